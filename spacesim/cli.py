@@ -1,0 +1,174 @@
+"""The `spacesim` command line. Nothing imports this module."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from spacesim.results import SloVerdict, check_slos, summarise, write_run
+from spacesim.scenario import Scenario, ScenarioError, load_scenario
+
+_REPO_SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
+
+# Rich falls back to 80 columns off a terminal, which truncates metric names in CI logs.
+out = Console(width=None if sys.stdout.isatty() else 120)
+err = Console(stderr=True)
+
+
+def _fmt(value: object, unit: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    x = float(value)  # type: ignore[arg-type]
+    if unit == "s":
+        return f"{x * 1000:.1f} ms" if abs(x) < 10 else f"{x:.1f} s"
+    if unit == "ratio":
+        return f"{x:.2%}"
+    if unit in ("count", "listeners"):
+        return f"{x:,.0f}"
+    return f"{x:,.3g}"
+
+
+def print_summary(summary: pd.DataFrame, verdicts: Sequence[SloVerdict], title: str) -> None:
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric")
+    for col in ("count", "mean", "p50", "p95", "p99", "value"):
+        table.add_column(col, justify="right")
+    for metric, row in summary.iterrows():
+        unit = str(row["unit"])
+        count = "" if pd.isna(row["count"]) else f"{int(row['count']):,}"
+        cells = [_fmt(row[c], unit) for c in ("mean", "p50", "p95", "p99", "value")]
+        table.add_row(str(metric), count, *cells)
+    out.print(table)
+    if verdicts:
+        slo = Table(title="SLOs", title_justify="left")
+        for col in ("objective", "target", "actual", "verdict"):
+            slo.add_column(col)
+        for v in verdicts:
+            unit = "ratio" if v.metric.startswith("delivery") else "s"
+            verdict = {True: "[green]pass[/]", False: "[red]FAIL[/]", None: "no data"}[v.passed]
+            slo.add_row(
+                v.metric, f"{v.op} {_fmt(v.threshold, unit)}", _fmt(v.actual, unit), verdict
+            )
+        out.print(slo)
+
+
+def _load(path: str, overrides: Sequence[str] = ()) -> Scenario:
+    return load_scenario(path, overrides)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from spacesim.sim import simulate
+
+    scenario = _load(args.scenario, args.set or ())
+    with Progress(
+        TextColumn(f"simulating [bold]{scenario.name}[/]"),
+        BarColumn(),
+        TextColumn("{task.fields[sim]}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=args.quiet,
+    ) as bar:
+        task = bar.add_task("sim", total=scenario.duration, sim="")
+
+        def progress(now: float, duration: float) -> None:
+            bar.update(task, completed=now, sim=f"{now:,.0f} / {duration:,.0f} s simulated")
+
+        run = simulate(scenario, seed=args.seed, progress=progress)
+    directory = Path(args.out) if args.out else Path("runs") / run.meta.run_id
+    write_run(directory, run.records, run.meta)
+    summary = summarise(run.records, scenario.duration)
+    verdicts = check_slos(summary, scenario.slo.targets())
+    wall = run.meta.wall_seconds or float("nan")
+    print_summary(
+        summary,
+        verdicts,
+        f"{scenario.name}: {scenario.duration:,.0f} s simulated in {wall:.1f} s "
+        f"({scenario.duration / wall:,.0f}x real time), seed {run.meta.seed}",
+    )
+    out.print(f"records: {len(run.records):,} -> {directory}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    scenario = _REPO_SCENARIOS / "town-hall.yaml"
+    if not scenario.is_file():
+        scenario = Path("scenarios/town-hall.yaml")
+    ns = argparse.Namespace(scenario=str(scenario), seed=None, out=args.out, set=[], quiet=False)
+    return cmd_simulate(ns)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    failed = 0
+    for path in args.files:
+        try:
+            sc = load_scenario(path)
+        except ScenarioError as exc:
+            err.print(str(exc), markup=False, highlight=False)
+            failed += 1
+        else:
+            out.print(f"{path}: ok ({sc.name}, {sc.duration:,.0f} s)", highlight=False)
+    return 1 if failed else 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    sc = _load(args.file, args.set or ())
+    sys.stdout.write(f"# {args.file} resolved: seconds, events per second, fractions\n")
+    sys.stdout.write(sc.to_yaml())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="spacesim", description="Load-test and simulate live audio rooms."
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sim = sub.add_parser("simulate", help="simulate a scenario and summarise it")
+    sim.add_argument("scenario", help="scenario YAML file")
+    sim.add_argument("--seed", type=int, help="random seed (default: the scenario's)")
+    sim.add_argument("--out", help="run directory (default: runs/RUN_ID)")
+    sim.add_argument(
+        "--set", action="append", metavar="PATH=VALUE", help="override a field, e.g. server.nodes=4"
+    )
+    sim.add_argument("--quiet", action="store_true", help="no progress bar")
+    sim.set_defaults(func=cmd_simulate)
+
+    demo = sub.add_parser("demo", help="simulate the town-hall scenario and summarise it")
+    demo.add_argument("--out", help="run directory (default: runs/RUN_ID)")
+    demo.set_defaults(func=cmd_demo)
+
+    scen = sub.add_parser("scenario", help="check or show scenario files")
+    ssub = scen.add_subparsers(dest="action", required=True, metavar="ACTION")
+    check = ssub.add_parser("check", help="validate scenario files")
+    check.add_argument("files", nargs="+")
+    check.set_defaults(func=cmd_check)
+    show = ssub.add_parser("show", help="print a scenario with every default resolved")
+    show.add_argument("file")
+    show.add_argument("--set", action="append", metavar="PATH=VALUE")
+    show.set_defaults(func=cmd_show)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ScenarioError as exc:
+        err.print(str(exc), markup=False, highlight=False)
+        return 2
+    except (FileExistsError, FileNotFoundError) as exc:
+        err.print(f"spacesim: {exc}", markup=False, highlight=False)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

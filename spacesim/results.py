@@ -1,0 +1,362 @@
+"""One record schema for every measured or simulated fact, and summaries of runs.
+
+A record is a row ``(kind, t, run_id, source, room, participant, role, value, attrs)``:
+
+* ``kind``: a name from `KINDS` (the one vocabulary shared by the simulator, the load
+  test and the server's event stream);
+* ``t``: seconds since the run started; ``value``: the kind's quantity, in the unit
+  `KINDS` gives (seconds for times, counts for counts), NaN when the kind has none;
+* ``source``: ``sim``, ``load`` or ``server``; ``attrs``: optional JSON text for extras.
+
+A run is a directory holding ``records.parquet`` and ``meta.json``. Notebooks, reports
+and the regression gate read runs only through `load_run` and `summarise`, so they never
+depend on which engine produced a run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "COLUMNS",
+    "KINDS",
+    "SOURCES",
+    "Recorder",
+    "Row",
+    "Run",
+    "RunMeta",
+    "SloVerdict",
+    "check_slos",
+    "load_run",
+    "metric_table",
+    "summarise",
+    "write_run",
+]
+
+Source = Literal["sim", "load", "server"]
+#: A record as the hot path appends it: (kind, t, room, participant, role, value, attrs).
+Row = tuple[str, float, str, str, str, float, str | None]
+SOURCES: tuple[str, ...] = ("sim", "load", "server")
+
+#: The vocabulary: kind -> (unit of `value`, meaning). Event names on the server's
+#: WebSocket stream are the same words.
+KINDS: Mapping[str, tuple[str, str]] = {
+    # membership
+    "participant_joined": ("s", "a participant joined; value = join time (request to connected)"),
+    "participant_left": ("s", "a participant left; value = time spent in the room"),
+    "join_refused": ("", "a join was refused (admission control, cap, block); attrs.reason"),
+    "space_started": ("", "the host started the space"),
+    "space_ended": ("", "the space ended"),
+    "concurrency": ("count", "participants in the room at t (sampled every tick)"),
+    # audio
+    "first_audio": ("s", "time from joining to the first audio packet heard"),
+    "audio_latency": ("s", "publisher -> listener latency of one sampled packet"),
+    "packets_received": ("count", "audio packets a sampled listener received in a tick"),
+    "packets_lost": ("count", "audio packets a sampled listener missed in a tick"),
+    "talk_spurt": ("s", "a speaker talked; value = spurt length"),
+    # stage and hands
+    "hand_raised": ("", "a listener asked to speak"),
+    "hand_lowered": ("", "a raised hand was withdrawn"),
+    "hand_declined": ("s", "the host declined a raised hand; value = wait"),
+    "speaker_invited": ("", "a host or co-host invited a listener to speak"),
+    "invite_declined": ("", "an invited listener declined"),
+    "speaker_granted": ("s", "a participant went on stage; value = wait since hand raise"),
+    "speaker_revoked": ("", "a speaker left the stage (demoted or stepped down)"),
+    "cohost_added": ("", "the host made a participant co-host"),
+    "cohost_removed": ("", "a co-host stepped down or was removed as co-host"),
+    "muted": ("", "a speaker was muted"),
+    "unmuted": ("", "a speaker unmuted"),
+    "speak_setting_changed": ("", "who may speak changed; attrs.setting"),
+    # audience and moderation
+    "reaction": ("count", "emoji reactions in a tick (aggregated) or one reaction"),
+    "report_filed": ("", "a report about a user or the space"),
+    "report_resolved": ("s", "a moderator resolved a report; value = time since filing"),
+    "removed": ("", "a participant was removed from the space"),
+    "blocked": ("", "a participant was blocked"),
+    # server nodes
+    "node_cpu": ("cores", "CPU a node used in a tick, in cores busy (CPU s per s)"),
+    "node_utilisation": ("ratio", "node_cpu / cores available"),
+    "packets_forwarded": ("count", "packets a node forwarded in a tick"),
+    "packets_dropped": ("count", "packets a node dropped in a tick (overload)"),
+}
+
+COLUMNS: tuple[str, ...] = (
+    "kind",
+    "t",
+    "run_id",
+    "source",
+    "room",
+    "participant",
+    "role",
+    "value",
+    "attrs",
+)
+_CATEGORICAL = ("kind", "run_id", "source", "room", "role")
+
+
+class Recorder:
+    """Collects records cheaply (a tuple per record); the DataFrame is built once at the end."""
+
+    def __init__(self, run_id: str, source: Source) -> None:
+        if source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+        self.run_id = run_id
+        self.source = source
+        self._rows: list[Row] = []
+        self.append = self._rows.append  # hot path: callers may bind this directly
+
+    def add(
+        self,
+        kind: str,
+        t: float,
+        room: str = "",
+        participant: str = "",
+        role: str = "",
+        value: float = math.nan,
+        attrs: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Add one record; `kind` must be in `KINDS`."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown record kind {kind!r}; see spacesim.results.KINDS")
+        text = json.dumps(attrs, sort_keys=True) if attrs else None
+        self._rows.append((kind, t, room, participant, role, float(value), text))
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def to_frame(self) -> pd.DataFrame:
+        """The records as a DataFrame in the schema's column order, sorted by time."""
+        return records_frame(self._rows, self.run_id, self.source)
+
+
+def records_frame(rows: Sequence[tuple[Any, ...]], run_id: str, source: str) -> pd.DataFrame:
+    """Build the schema's DataFrame from (kind, t, room, participant, role, value, attrs)."""
+    cols = ["kind", "t", "room", "participant", "role", "value", "attrs"]
+    df = pd.DataFrame.from_records(rows, columns=cols) if rows else pd.DataFrame(columns=cols)
+    df["run_id"] = run_id
+    df["source"] = source
+    df = df[list(COLUMNS)]
+    df["t"] = df["t"].astype("float64")
+    df["value"] = df["value"].astype("float64")
+    for col in ("participant", "attrs"):
+        df[col] = df[col].astype("object")
+    for col in _CATEGORICAL:
+        df[col] = df[col].astype("category")
+    unknown = set(df["kind"].cat.categories) - set(KINDS)
+    if unknown:
+        raise ValueError(f"unknown record kinds {sorted(unknown)}; see spacesim.results.KINDS")
+    return df.sort_values("t", kind="stable").reset_index(drop=True)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("spacesim")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class RunMeta:
+    """What a run is: enough to tell whether two runs are comparable."""
+
+    run_id: str
+    source: str
+    scenario_name: str
+    scenario_hash: str
+    seed: int | None
+    started_at: str
+    spacesim_version: str = field(default_factory=_version)
+    python: str = field(default_factory=platform.python_version)
+    machine: str = field(default_factory=lambda: f"{platform.system()} {platform.machine()}")
+    duration: float | None = None
+    wall_seconds: float | None = None
+    scenario: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @staticmethod
+    def new_run_id() -> str:
+        return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+@dataclass(frozen=True)
+class Run:
+    """A loaded run: its records and its metadata."""
+
+    records: pd.DataFrame
+    meta: RunMeta
+    path: Path | None = None
+
+
+def write_run(directory: str | Path, records: pd.DataFrame, meta: RunMeta) -> Path:
+    """Write ``records.parquet`` and ``meta.json``; refuses to overwrite another run."""
+    out = Path(directory)
+    if (out / "meta.json").exists():
+        old = json.loads((out / "meta.json").read_text())
+        if old.get("run_id") != meta.run_id:
+            raise FileExistsError(
+                f"{out} already holds run {old.get('run_id')}; pick another --out"
+            )
+    missing = [c for c in COLUMNS if c not in records.columns]
+    if missing:
+        raise ValueError(f"records lack columns {missing}")
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "records.parquet.tmp"
+    records[list(COLUMNS)].to_parquet(tmp, index=False)
+    tmp.replace(out / "records.parquet")
+    (out / "meta.json").write_text(json.dumps(asdict(meta), indent=2, sort_keys=True) + "\n")
+    return out
+
+
+def load_run(directory: str | Path) -> Run:
+    """Read a run directory written by `write_run`."""
+    path = Path(directory)
+    meta_file, rec_file = path / "meta.json", path / "records.parquet"
+    if not meta_file.is_file() or not rec_file.is_file():
+        raise FileNotFoundError(
+            f"{path} is not a run directory (needs meta.json and records.parquet)"
+        )
+    raw = json.loads(meta_file.read_text())
+    known = {f for f in RunMeta.__dataclass_fields__}
+    meta = RunMeta(**{k: v for k, v in raw.items() if k in known})
+    return Run(pd.read_parquet(rec_file), meta, path)
+
+
+# --------------------------------------------------------------------------- summaries
+
+_QUANTILES = (0.5, 0.95, 0.99)
+
+
+def _dist(values: pd.Series) -> dict[str, float]:
+    v = values.dropna().to_numpy(dtype="float64")
+    if v.size == 0:
+        return {"count": 0, "mean": math.nan, "p50": math.nan, "p95": math.nan, "p99": math.nan}
+    p50, p95, p99 = np.quantile(v, _QUANTILES)
+    return {"count": int(v.size), "mean": float(v.mean()), "p50": p50, "p95": p95, "p99": p99}
+
+
+def summarise(records: pd.DataFrame, duration: float | None = None) -> pd.DataFrame:
+    """Headline metrics of one run, one row per metric.
+
+    Columns: ``count, mean, p50, p95, p99, value, unit``. Distributions fill the
+    percentiles; ratios and totals fill ``value``. Metric names are what SLO targets
+    refer to (``audio_latency.p95``, ``delivery_ratio.value``, …).
+    """
+    by_kind = {k: g for k, g in records.groupby("kind", observed=True)}
+    empty = records.iloc[0:0]
+
+    def kind(name: str) -> pd.DataFrame:
+        return by_kind.get(name, empty)
+
+    rows: dict[str, dict[str, Any]] = {}
+
+    def dist(name: str, frame: pd.DataFrame, unit: str) -> None:
+        rows[name] = {**_dist(frame["value"]), "unit": unit}
+
+    def total(name: str, value: float, unit: str, count: int | None = None) -> None:
+        rows[name] = {"value": value, "unit": unit, "count": count}
+
+    joined = kind("participant_joined")
+    listeners = joined[joined["role"] == "listener"]
+    total("joins", float(len(joined)), "count", len(joined))
+    total("joins_refused", float(len(kind("join_refused"))), "count")
+    dist("join_time", listeners, "s")
+    dist("first_audio", kind("first_audio"), "s")
+    dist("session_length", kind("participant_left"), "s")
+
+    conc = kind("concurrency")
+    if len(conc):
+        per_t = conc.groupby("t")["value"].sum()
+        rows["concurrency"] = {**_dist(per_t), "value": float(per_t.max()), "unit": "listeners"}
+
+    dist("audio_latency", kind("audio_latency"), "s")
+    received = float(kind("packets_received")["value"].sum())
+    lost = float(kind("packets_lost")["value"].sum())
+    expected = received + lost
+    total("delivery_ratio", received / expected if expected else math.nan, "ratio", int(expected))
+
+    hands = kind("hand_raised")
+    granted = kind("speaker_granted")
+    total("hands_raised", float(len(hands)), "count")
+    total("hands_granted", float(len(granted)), "count")
+    total("hands_declined", float(len(kind("hand_declined"))), "count")
+    dist("hand_wait", granted.dropna(subset=["value"]), "s")
+
+    reactions = kind("reaction")["value"].sum()
+    total("reactions", float(reactions), "count")
+    if duration:
+        total("reaction_rate", float(reactions) / duration, "per s")
+    total("reports_filed", float(len(kind("report_filed"))), "count")
+    dist("report_resolution", kind("report_resolved"), "s")
+    total("removed", float(len(kind("removed"))), "count")
+    total("blocked", float(len(kind("blocked"))), "count")
+
+    util = kind("node_utilisation")
+    if len(util):
+        dist("node_utilisation", util, "ratio")
+        rows["node_utilisation"]["value"] = float(util["value"].max())
+    cpu = kind("node_cpu")
+    if len(cpu):
+        dist("node_cpu", cpu, "cores")
+    fwd = float(kind("packets_forwarded")["value"].sum())
+    dropped = float(kind("packets_dropped")["value"].sum())
+    total("packets_forwarded", fwd, "count")
+    total("packets_dropped", dropped, "count")
+
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    for col in ("count", "mean", "p50", "p95", "p99", "value"):
+        if col not in table:
+            table[col] = math.nan
+    table.index.name = "metric"
+    return table[["count", "mean", "p50", "p95", "p99", "value", "unit"]]
+
+
+def metric_table(summary: pd.DataFrame) -> dict[str, float]:
+    """Flatten a summary to ``{"audio_latency.p95": 0.08, "delivery_ratio.value": 0.99, …}``."""
+    flat: dict[str, float] = {}
+    for metric, row in summary.iterrows():
+        for stat in ("count", "mean", "p50", "p95", "p99", "value"):
+            x = row[stat]
+            if x is not None and not (isinstance(x, float) and math.isnan(x)):
+                flat[f"{metric}.{stat}"] = float(x)
+    return flat
+
+
+@dataclass(frozen=True)
+class SloVerdict:
+    metric: str
+    op: str
+    threshold: float
+    actual: float | None
+    passed: bool | None  # None when the run has no data for the metric
+
+
+def check_slos(
+    summary: pd.DataFrame, targets: Iterable[tuple[str, str, float]]
+) -> list[SloVerdict]:
+    """Judge (metric, '<=' or '>=', threshold) targets against a summary."""
+    flat = metric_table(summary)
+    verdicts = []
+    for metric, op, threshold in targets:
+        actual = flat.get(metric)
+        if actual is None:
+            passed = None
+        elif op == "<=":
+            passed = actual <= threshold
+        elif op == ">=":
+            passed = actual >= threshold
+        else:
+            raise ValueError(f"unknown comparison {op!r}")
+        verdicts.append(SloVerdict(metric, op, threshold, actual, passed))
+    return verdicts

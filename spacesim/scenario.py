@@ -1,0 +1,514 @@
+"""The scenario: one validated description of a space's load, read by both engines.
+
+The simulator (`spacesim.sim`) and, later, the load test read the same `Scenario`,
+so a notebook can lay a simulated and a measured curve on one plot. YAML uses
+human units; the model holds base units (seconds, events per second, fractions
+in 0..1) so no engine ever parses a string.
+
+Units accepted in YAML:
+
+* durations: ``250ms``, ``30s``, ``4m`` / ``4min``, ``1.5h``, ``30us``; a bare number is seconds;
+* rates: ``5/s``, ``300/min`` (also ``/m``), ``2/h``; a bare number is per second;
+* fractions: ``0.5%``; a bare number is taken as a fraction in 0..1;
+* counts: ``100000``, ``1e5``, ``100k``, ``1M``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "Arrivals",
+    "Audience",
+    "Burst",
+    "ConstantArrivals",
+    "FlashCrowdArrivals",
+    "NetworkProfile",
+    "Outcomes",
+    "PiecewiseArrivals",
+    "PoissonArrivals",
+    "RampArrivals",
+    "Rooms",
+    "Scenario",
+    "ScenarioError",
+    "Server",
+    "Session",
+    "SimSettings",
+    "Slo",
+    "Speaking",
+    "Step",
+    "load_scenario",
+    "parse_count",
+    "parse_duration",
+    "parse_fraction",
+    "parse_rate",
+    "parse_scenario",
+]
+
+
+class ScenarioError(ValueError):
+    """A scenario that cannot be used; `problems` holds one (path, reason) per fault."""
+
+    def __init__(self, source: str, problems: Sequence[tuple[str, str]]) -> None:
+        self.source = source
+        self.problems = list(problems)
+        lines = [f"{source}: {path or '<top>'}: {reason}" for path, reason in self.problems]
+        super().__init__("\n".join(lines))
+
+
+# --------------------------------------------------------------------------- units
+
+_NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_DURATION_RE = re.compile(rf"^\s*({_NUM})\s*([a-zµ]*)\s*$")
+_DURATION_UNITS = {
+    "": 1.0,
+    "s": 1.0,
+    "sec": 1.0,
+    "ms": 1e-3,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "m": 60.0,
+    "min": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+}
+_RATE_RE = re.compile(rf"^\s*({_NUM})\s*(?:/\s*([a-z]+))?\s*$")
+_RATE_UNITS = {"s": 1.0, "sec": 1.0, "m": 1 / 60, "min": 1 / 60, "h": 1 / 3600, "d": 1 / 86400}
+_COUNT_RE = re.compile(rf"^\s*({_NUM})\s*([kKM]?)\s*$")
+
+
+def _number(value: object, what: str) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a {what}, got a boolean")
+    if isinstance(value, int | float):
+        return float(value)
+    raise ValueError(f"expected a {what}, got {value!r}")
+
+
+def _finite_nonneg(x: float, what: str, text: object) -> float:
+    if not math.isfinite(x) or x < 0:
+        raise ValueError(f"{what} must be a finite number >= 0, got {text!r}")
+    return x
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from ``250ms``, ``4m``, ``1.5h`` or a bare number of seconds."""
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if not m or m.group(2) not in _DURATION_UNITS:
+            raise ValueError(f"not a duration: {value!r} (try '250ms', '30s', '4m', '1h')")
+        return _finite_nonneg(float(m.group(1)) * _DURATION_UNITS[m.group(2)], "duration", value)
+    return _finite_nonneg(_number(value, "duration"), "duration", value)
+
+
+def parse_rate(value: object) -> float:
+    """Events per second from ``5/s``, ``300/min``, ``2/h`` or a bare number per second."""
+    if isinstance(value, str):
+        m = _RATE_RE.match(value)
+        unit = (m.group(2) or "s") if m else None
+        if not m or unit not in _RATE_UNITS:
+            raise ValueError(f"not a rate: {value!r} (try '5/s', '300/min', '2/h')")
+        return _finite_nonneg(float(m.group(1)) * _RATE_UNITS[unit], "rate", value)
+    return _finite_nonneg(_number(value, "rate"), "rate", value)
+
+
+def parse_fraction(value: object) -> float:
+    """A fraction in 0..1 from ``0.5%`` or a bare number in 0..1."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            x = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        except ValueError:
+            raise ValueError(f"not a fraction: {value!r} (try '0.5%' or 0.005)") from None
+    else:
+        x = _number(value, "fraction")
+    if not (0.0 <= x <= 1.0):
+        raise ValueError(f"fraction must lie in 0..1 (0%..100%), got {value!r}")
+    return x
+
+
+def parse_count(value: object) -> int:
+    """A whole count from ``100000``, ``1e5``, ``100k`` or ``1M``."""
+    if isinstance(value, str):
+        m = _COUNT_RE.match(value)
+        if not m:
+            raise ValueError(f"not a count: {value!r} (try 1000, '1e5', '100k', '1M')")
+        x = float(m.group(1)) * {"": 1, "k": 1e3, "K": 1e3, "M": 1e6}[m.group(2)]
+    else:
+        x = _number(value, "count")
+    if not math.isfinite(x) or x < 0 or x != int(x):
+        raise ValueError(f"count must be a whole number >= 0, got {value!r}")
+    return int(x)
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Rate = Annotated[float, BeforeValidator(parse_rate)]
+Fraction = Annotated[float, BeforeValidator(parse_fraction)]
+Count = Annotated[int, BeforeValidator(parse_count)]
+
+
+class _Model(BaseModel):
+    # Unknown keys are errors: a typo ('arivals') must not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- rooms
+
+
+class Rooms(_Model):
+    """Rooms (spaces) and their stage; limits follow Twitter Spaces (2 co-hosts, 10 speakers)."""
+
+    count: Count = Field(1, ge=1, description="Identical rooms; arrivals apply to each room.")
+    cohosts: Count = Field(0, le=2, description="Co-hosts on stage besides the host (<= 2).")
+    speakers: Count = Field(
+        2, le=10, description="Speakers on stage at the start, besides host and co-hosts (<= 10)."
+    )
+    who_may_speak: Literal["everyone", "followed", "invited"] = "everyone"
+    host_follows: Fraction = Field(
+        0.05, description="Share of listeners the host follows (matters for 'followed')."
+    )
+    listener_cap: Count | None = Field(None, description="Listeners per room; null = unlimited.")
+
+
+# --------------------------------------------------------------------------- arrivals
+
+
+class ConstantArrivals(_Model):
+    """Evenly spaced arrivals: a deterministic baseline for checks."""
+
+    kind: Literal["constant"]
+    rate: Rate
+
+
+class PoissonArrivals(_Model):
+    kind: Literal["poisson"]
+    rate: Rate
+
+
+class RampArrivals(_Model):
+    """Poisson arrivals whose rate moves linearly from `start` to `end` over `over`."""
+
+    kind: Literal["ramp"]
+    start: Rate = 0.0
+    end: Rate
+    over: Duration = Field(gt=0)
+
+
+class Burst(_Model):
+    """A flash crowd: `size` arrivals after `at`, decaying with time constant `over`.
+
+    Arrival times are `at` + Exponential(`over`): 63 % arrive within `over`, as after a
+    notification goes out.
+    """
+
+    at: Duration = 0.0
+    size: Count
+    over: Duration = Field(30.0, gt=0)
+
+
+class FlashCrowdArrivals(_Model):
+    """A Poisson background at `base` plus one or more bursts (space start, notifications)."""
+
+    kind: Literal["flash_crowd"]
+    base: Rate = 0.0
+    bursts: list[Burst] = Field(min_length=1)
+
+
+class Step(_Model):
+    at: Duration
+    rate: Rate
+
+
+class PiecewiseArrivals(_Model):
+    """Poisson arrivals with a piecewise-constant rate; each step holds until the next."""
+
+    kind: Literal["piecewise"]
+    steps: list[Step] = Field(min_length=1)
+
+    @field_validator("steps")
+    @classmethod
+    def _ordered(cls, steps: list[Step]) -> list[Step]:
+        if steps[0].at != 0:
+            raise ValueError("the first step must be at 0s")
+        if any(b.at <= a.at for a, b in itertools.pairwise(steps)):
+            raise ValueError("steps must be in strictly increasing 'at' order")
+        return steps
+
+
+Arrivals = Annotated[
+    ConstantArrivals | PoissonArrivals | RampArrivals | FlashCrowdArrivals | PiecewiseArrivals,
+    Field(discriminator="kind"),
+]
+
+
+class Session(_Model):
+    """How long a listener stays. `mean` is the arithmetic mean for every kind."""
+
+    kind: Literal["exponential", "lognormal", "fixed"] = "exponential"
+    mean: Duration = Field(gt=0)
+    sigma: float = Field(1.0, gt=0, description="Shape of the lognormal (log-space std dev).")
+
+
+# --------------------------------------------------------------------------- behaviour
+
+
+class Speaking(_Model):
+    """Talk spurts and pauses per active speaker: Brady's on/off model.
+
+    Defaults are ITU-T P.59's conversational figures (mean talk spurt 1.004 s, mean
+    pause 1.587 s); both phases are exponential.
+    """
+
+    active_speakers: Count = Field(
+        2,
+        description="How many of the initial stage (host first) talk; granted speakers also talk.",
+    )
+    talk_spurt: Duration = Field(1.004, gt=0)
+    pause: Duration = Field(1.587, gt=0)
+    packet_interval: Duration = Field(0.020, gt=0, description="Opus frame size (ptime).")
+    dtx: bool = Field(
+        False,
+        description=(
+            "Opus DTX: send packets only in talk spurts. Off by default, as in browsers' and "
+            "aiortc's WebRTC, where an unmuted speaker sends every packet_interval."
+        ),
+    )
+
+    @property
+    def packets_per_second(self) -> float:
+        return 1.0 / self.packet_interval
+
+    @property
+    def activity(self) -> float:
+        """Long-run share of time an active speaker is talking."""
+        return self.talk_spurt / (self.talk_spurt + self.pause)
+
+
+class Outcomes(_Model):
+    """How moderators resolve reports; shares must sum to 100 %."""
+
+    dismiss: Fraction = 0.8
+    remove: Fraction = 0.15
+    block: Fraction = 0.05
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> Outcomes:
+        total = self.dismiss + self.remove + self.block
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"dismiss + remove + block must be 100%, got {total:.2%}")
+        return self
+
+
+class Audience(_Model):
+    """Per-listener behaviour rates and the moderation desk."""
+
+    hand_raise_rate: Rate = Field(parse_rate("0.5/h"), description="Per listener.")
+    host_response_time: Duration = Field(20.0, description="Mean (exponential) time to decide.")
+    approval: Fraction = Field(0.3, description="Chance the host approves a raised hand.")
+    speaker_stint: Duration = Field(120.0, gt=0, description="Mean time a granted speaker talks.")
+    reaction_rate: Rate = Field(parse_rate("1/min"), description="Emoji reactions per listener.")
+    report_rate: Rate = Field(parse_rate("0.05/h"), description="Reports filed per listener.")
+    space_report_share: Fraction = Field(0.1, description="Share of reports about the space.")
+    block_rate: Rate = Field(parse_rate("0.02/h"), description="Personal blocks per listener.")
+    moderators: Count = Field(2, ge=1)
+    review_time: Duration = Field(120.0, gt=0, description="Mean (exponential) review time.")
+    outcomes: Outcomes = Outcomes()
+
+
+class NetworkProfile(_Model):
+    """A client's path to the server; `share` is the fraction of clients on it."""
+
+    share: Fraction = 1.0
+    rtt: Duration = 0.060
+    jitter: Duration = 0.010
+    loss: Fraction = 0.0
+
+
+class Server(_Model):
+    """Server nodes and their costs; the defaults are this project's measured pass-through SFU.
+
+    `cpu_per_packet` is CPU per forwarded packet (about 30 us, FACTS.md);
+    `cpu_per_join` CPU per joining participant (about 6 ms); `cpu_per_connection` CPU
+    per connection per second of wall time (RTCP, ICE consent, keep-alives).
+    """
+
+    nodes: Count = Field(1, ge=1)
+    cores: float = Field(1.0, gt=0, description="Cores per node available to forwarding.")
+    cpu_per_packet: Duration = 30e-6
+    cpu_per_join: Duration = 6e-3
+    cpu_per_connection: Duration = 20e-6
+    max_streams: Count | None = Field(
+        None, description="Admission control: forwarded streams per node; null = none."
+    )
+    max_queue_delay: Duration = Field(
+        0.2, gt=0, description="Work queued longer than this is dropped (packets lost)."
+    )
+    edge_delay: Duration = Field(0.0005, description="Added per hop between nodes (cascade).")
+
+
+class Slo(_Model):
+    """Service-level objectives; each unset one is not checked."""
+
+    join_p95: Duration | None = None
+    first_audio_p95: Duration | None = None
+    audio_latency_p95: Duration | None = None
+    delivery_ratio: Fraction | None = None
+    hand_wait_p95: Duration | None = None
+
+    def targets(self) -> list[tuple[str, str, float]]:
+        """(metric, comparison, threshold) triples in `spacesim.results` metric names."""
+        spec = [
+            ("join_time", "p95", "<=", self.join_p95),
+            ("first_audio", "p95", "<=", self.first_audio_p95),
+            ("audio_latency", "p95", "<=", self.audio_latency_p95),
+            ("delivery_ratio", "value", ">=", self.delivery_ratio),
+            ("hand_wait", "p95", "<=", self.hand_wait_p95),
+        ]
+        return [(f"{m}.{stat}", op, v) for m, stat, op, v in spec if v is not None]
+
+
+class SimSettings(_Model):
+    """Simulator-only knobs (the load test ignores them)."""
+
+    tick: Duration = Field(1.0, gt=0, description="Step for aggregated behaviour and samples.")
+    latency_sample: Count = Field(50, description="Listeners per room whose audio is sampled.")
+    warmup: Duration = Field(0.0, description="Samples before this time are not recorded.")
+
+
+# --------------------------------------------------------------------------- scenario
+
+
+class Scenario(_Model):
+    """A whole scenario; see the module docstring for units."""
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    duration: Duration = Field(gt=0)
+    seed: int = 1
+    rooms: Rooms = Rooms()
+    arrivals: Arrivals
+    session: Session
+    speaking: Speaking = Speaking()
+    audience: Audience = Audience()
+    network: list[NetworkProfile] = Field(default_factory=lambda: [NetworkProfile()])
+    server: Server = Server()
+    slo: Slo = Slo()
+    sim: SimSettings = SimSettings()
+
+    @field_validator("network", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return [value] if isinstance(value, Mapping) else value
+
+    @field_validator("network")
+    @classmethod
+    def _shares(cls, profiles: list[NetworkProfile]) -> list[NetworkProfile]:
+        if not profiles:
+            raise ValueError("at least one network profile is needed")
+        total = sum(p.share for p in profiles)
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"profile shares must sum to 100%, got {total:.2%}")
+        return profiles
+
+    @model_validator(mode="after")
+    def _stage(self) -> Scenario:
+        stage = 1 + self.rooms.cohosts + self.rooms.speakers
+        if self.speaking.active_speakers > stage:
+            raise ValueError(
+                f"speaking.active_speakers ({self.speaking.active_speakers}) exceeds the stage "
+                f"(1 host + {self.rooms.cohosts} co-hosts + {self.rooms.speakers} speakers)"
+            )
+        return self
+
+    def content_hash(self) -> str:
+        """Hash of the resolved model: equal scenarios hash equal however they were written."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        """The resolved model in base units (seconds, per second, fractions)."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _path_of(loc: Sequence[int | str]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item in {"constant", "poisson", "ramp", "flash_crowd", "piecewise"} and parts:
+            continue  # pydantic's tag for the union branch: not a field the user wrote
+        elif str(item).startswith("function-"):
+            continue
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts)
+
+
+def _apply_overrides(data: dict[str, Any], overrides: Sequence[str], source: str) -> None:
+    for item in overrides:
+        path, sep, text = item.partition("=")
+        if not sep or not path.strip():
+            raise ScenarioError(source, [(f"--set {item}", "expected PATH=VALUE")])
+        keys = path.strip().split(".")
+        node: Any = data
+        for key in keys[:-1]:
+            if not isinstance(node.get(key), dict):
+                node[key] = {}
+            node = node[key]
+        node[keys[-1]] = yaml.safe_load(text)
+
+
+def parse_scenario(
+    data: object, source: str = "<scenario>", overrides: Sequence[str] = ()
+) -> Scenario:
+    """Validate a mapping; every fault is reported at once with its field path."""
+    if not isinstance(data, dict):
+        raise ScenarioError(source, [("", "a scenario must be a YAML mapping of fields")])
+    data = dict(data)
+    _apply_overrides(data, overrides, source)
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append((_path_of(err["loc"]), msg))
+        raise ScenarioError(source, problems) from None
+
+
+def load_scenario(path: str | Path, overrides: Sequence[str] = ()) -> Scenario:
+    """Read and validate a scenario file; errors name the file and the field."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ScenarioError(str(path), [("", f"cannot read file: {exc.strerror}")]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ScenarioError(str(path), [(where, f"invalid YAML: {problem}")]) from None
+    return parse_scenario(data, str(path), overrides)

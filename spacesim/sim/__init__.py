@@ -1,0 +1,5 @@
+"""The SimPy model of a space: what happens at a scale no load test reaches."""
+
+from spacesim.sim.engine import simulate
+
+__all__ = ["simulate"]

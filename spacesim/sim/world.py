@@ -1,0 +1,355 @@
+"""The simulated world: rooms, their participants and the nodes they load.
+
+Processes (`spacesim.sim.processes`) change the world only through these methods, so
+every membership or stage change passes through `spacesim.policy` (the same rulebook
+the server applies) and every node sees the load change at the moment it happens.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import simpy
+
+from spacesim import policy
+from spacesim.results import Recorder
+from spacesim.scenario import NetworkProfile, Scenario
+from spacesim.sim.draws import Draws
+from spacesim.sim.node import Node
+
+__all__ = ["Listener", "Room", "World"]
+
+# Handshakes before media flows (signalling, ICE check, DTLS); each is one round trip
+# and, when its packet is lost, waits for a 1 s retransmission timer (RFC 6347 4.2.4.1).
+_JOIN_ROUND_TRIPS = 3
+_RETRANSMIT = 1.0
+
+
+@dataclass(slots=True)
+class Listener:
+    """A connected participant's simulation-only facts (the policy holds their role)."""
+
+    node: Node
+    net: NetworkProfile
+    requested_at: float  # when the listener asked to join
+    joined_at: float  # when media could flow (the join completed)
+    sampled: bool = False
+
+
+@dataclass
+class Room:
+    """One space: its policy state plus what the simulator tracks around it."""
+
+    name: str
+    space: policy.Space
+    origin: Node
+    present: dict[str, Listener] = field(default_factory=dict)
+    ids: list[str] = field(default_factory=list)  # listeners, for O(1) random choice
+    index: dict[str, int] = field(default_factory=dict)
+    node_listeners: dict[Node, int] = field(default_factory=dict)
+    talking: int = 0
+    talk_seconds: float = 0.0  # speaker-seconds of talk in the current tick
+    talk_changed: float = 0.0
+    waiting_audio: list[str] = field(default_factory=list)  # joined, not yet heard audio
+    n_sampled: int = 0
+    hands: dict[str, float] = field(default_factory=dict)  # listener -> time raised
+
+    def add_id(self, pid: str) -> None:
+        self.index[pid] = len(self.ids)
+        self.ids.append(pid)
+
+    def drop_id(self, pid: str) -> None:
+        i = self.index.pop(pid, None)
+        if i is None:
+            return
+        last = self.ids.pop()
+        if last != pid:
+            self.ids[i] = last
+            self.index[last] = i
+
+
+class World:
+    """Shared state of one simulation run."""
+
+    def __init__(
+        self, env: simpy.Environment, scenario: Scenario, draws: Draws, recorder: Recorder
+    ) -> None:
+        self.env = env
+        self.sc = scenario
+        self.draws = draws
+        self.rec = recorder
+        self.add = recorder.append
+        self.pps = scenario.speaking.packets_per_second
+        self.nodes = [
+            Node(f"node-{i}", scenario.server, self.pps) for i in range(scenario.server.nodes)
+        ]
+        # A listener reserves one stream per speaker that may talk at once.
+        self.streams_per_listener = max(scenario.speaking.active_speakers, 1)
+        self._net_cum: list[float] = []
+        acc = 0.0
+        for p in scenario.network:
+            acc += p.share
+            self._net_cum.append(acc)
+        self.rooms: list[Room] = []
+        for i in range(scenario.rooms.count):
+            name = f"room-{i}"
+            space = policy.Space(
+                name,
+                f"{name}/host",
+                limits=policy.Limits(listener_cap=scenario.rooms.listener_cap),
+                who_may_speak=policy.WhoMaySpeak(scenario.rooms.who_may_speak),
+            )
+            self.rooms.append(Room(name, space, self.nodes[i % len(self.nodes)]))
+
+    # ------------------------------------------------------------------ records
+
+    def emit(self, room: Room, outcome: policy.Outcome, value: float = math.nan) -> None:
+        """Record a policy outcome's events (the same names as the record vocabulary)."""
+        t = self.env.now
+        for ev in outcome.events:
+            attrs = dict(ev.attrs)
+            if ev.actor is not None:
+                attrs["actor"] = ev.actor
+            role = ev.role.value if ev.role is not None else ""
+            text = json.dumps(attrs, sort_keys=True) if attrs else None
+            self.add((ev.kind, t, room.name, ev.participant, role, value, text))
+
+    # ------------------------------------------------------------------ network
+
+    def pick_network(self) -> NetworkProfile:
+        u = self.draws.uniform()
+        for p, edge in zip(self.sc.network, self._net_cum, strict=True):
+            if u < edge:
+                return p
+        return self.sc.network[-1]
+
+    def one_way(self, net: NetworkProfile) -> float:
+        """One-way network delay: half the RTT plus an exponential jitter term."""
+        j = self.draws.exp(net.jitter) if net.jitter > 0 else 0.0
+        return net.rtt / 2 + j
+
+    def audio_latency(self, room: Room, who: Listener) -> float:
+        """Publisher -> listener delay of one packet (network + server, no playout buffer)."""
+        node = who.node
+        fanout = room.node_listeners.get(node, 1)
+        delay = self.one_way(self.sc.network[0]) + node.packet_delay(fanout, self.draws.uniform())
+        if node is not room.origin:
+            delay += self.sc.server.edge_delay
+        return delay + self.one_way(who.net)
+
+    # ------------------------------------------------------------------ membership
+
+    def _place(self) -> Node | None:
+        need = self.streams_per_listener
+        nodes = self.nodes
+        if len(nodes) == 1:
+            return nodes[0] if nodes[0].admits(need) else None
+        best = min(nodes, key=_by_listeners)
+        if best.admits(need):
+            return best
+        fits = [n for n in nodes if n.admits(need)]
+        return min(fits, key=_by_listeners) if fits else None
+
+    def join_stage(self, room: Room, pid: str) -> None:
+        """Connect a stage member (host, co-host, speaker) to the room's origin node."""
+        room.origin.change(self.env.now, connections=1)
+
+    def join_listener(self, room: Room, pid: str) -> Listener | None:
+        """Admit a listener: policy first, then admission control, then the node."""
+        now = self.env.now
+        outcome = room.space.join(pid)
+        if not outcome.ok:
+            self.add(
+                (
+                    "join_refused",
+                    now,
+                    room.name,
+                    pid,
+                    "listener",
+                    math.nan,
+                    json.dumps({"reason": outcome.code}),
+                )
+            )
+            return None
+        node = self._place()
+        if node is None:
+            room.space.leave(pid)
+            self.add(
+                (
+                    "join_refused",
+                    now,
+                    room.name,
+                    pid,
+                    "listener",
+                    math.nan,
+                    '{"reason": "server_full"}',
+                )
+            )
+            return None
+        net = self.pick_network()
+        d = self.draws
+        join_time = _JOIN_ROUND_TRIPS * net.rtt + node.add_work(now, self.sc.server.cpu_per_join)
+        if net.loss > 0:
+            for _ in range(_JOIN_ROUND_TRIPS):
+                if d.uniform() < net.loss:
+                    join_time += _RETRANSMIT
+        node.change(now, streams=room.talking, connections=1)
+        node.listeners += 1
+        node.reserved_streams += self.streams_per_listener
+        room.node_listeners[node] = room.node_listeners.get(node, 0) + 1
+        who = Listener(node, net, now, now + join_time)
+        if room.n_sampled < self.sc.sim.latency_sample:
+            who.sampled = True
+            room.n_sampled += 1
+        room.present[pid] = who
+        room.add_id(pid)
+        if room.space.who_may_speak is policy.WhoMaySpeak.FOLLOWED and (
+            d.uniform() < self.sc.rooms.host_follows
+        ):
+            room.space.follow(pid)
+        self.add(("participant_joined", now, room.name, pid, "listener", join_time, None))
+        return who
+
+    def detach(self, room: Room, pid: str, reason: str | None = None) -> None:
+        """Undo a listener's node load and bookkeeping (after the policy let them go)."""
+        who = room.present.pop(pid, None)
+        if who is None:
+            return
+        now = self.env.now
+        node = who.node
+        node.change(now, streams=-room.talking, connections=-1)
+        node.listeners -= 1
+        node.reserved_streams -= self.streams_per_listener
+        left = room.node_listeners[node] - 1
+        if left:
+            room.node_listeners[node] = left
+        else:
+            del room.node_listeners[node]
+        room.drop_id(pid)
+        room.hands.pop(pid, None)
+        if who.sampled:
+            room.n_sampled -= 1
+        attrs = json.dumps({"reason": reason}) if reason else None
+        self.add(("participant_left", now, room.name, pid, "listener", now - who.joined_at, attrs))
+
+    def leave(self, room: Room, pid: str) -> None:
+        """A listener ends their session (if still there: they may have been removed)."""
+        if pid in room.present:
+            room.space.leave(pid)
+            self.detach(room, pid)
+
+    def apply_removals(self, room: Room, outcome: policy.Outcome) -> None:
+        for ev in outcome.events:
+            if ev.kind == "removed" and ev.participant in room.present:
+                self.detach(room, ev.participant, reason="removed")
+
+    # ------------------------------------------------------------------ talking
+
+    def _account_talk(self, room: Room) -> None:
+        now = self.env.now
+        room.talk_seconds += room.talking * (now - room.talk_changed)
+        room.talk_changed = now
+
+    def talk(self, room: Room, delta: int) -> None:
+        """A speaker starts (+1) or stops (-1) sending: every node's fan-out changes now."""
+        self._account_talk(room)
+        room.talking += delta
+        now = self.env.now
+        for node, n in room.node_listeners.items():
+            node.change(now, streams=delta * n)
+        if delta > 0 and room.waiting_audio:
+            self._first_audio(room)
+
+    def heard_soon(self, room: Room, pid: str) -> None:
+        """Record first audio (from the join request) for a listener whose join completed."""
+        if pid not in room.present:
+            return
+        if room.talking > 0:
+            who = room.present[pid]
+            value = self.env.now - who.requested_at + self._first_packet_wait(room, who)
+            self.add(("first_audio", self.env.now, room.name, pid, "listener", value, None))
+        else:
+            room.waiting_audio.append(pid)
+
+    def _first_packet_wait(self, room: Room, who: Listener) -> float:
+        return self.audio_latency(room, who) + self.draws.uniform() * (1.0 / self.pps)
+
+    def _first_audio(self, room: Room) -> None:
+        now = self.env.now
+        for pid in room.waiting_audio:
+            who = room.present.get(pid)
+            if who is None:
+                continue
+            value = now - who.requested_at + self._first_packet_wait(room, who)
+            self.add(("first_audio", now, room.name, pid, "listener", value, None))
+        room.waiting_audio.clear()
+
+    # ------------------------------------------------------------------ sampling
+
+    def sample_tick(self, tick: float, record: bool) -> None:
+        """Per-tick records: node CPU, concurrency, and the sampled listeners' audio."""
+        now = self.env.now
+        d = self.draws
+        add = self.add
+        drops: dict[Node, float] = {}
+        for node in self.nodes:
+            busy, _offered, fwd, dropped = node.take_tick(now)
+            if record:
+                add(("node_cpu", now, "", node.name, "node", busy / tick, None))
+                add(
+                    (
+                        "node_utilisation",
+                        now,
+                        "",
+                        node.name,
+                        "node",
+                        busy / (tick * node.cores),
+                        None,
+                    )
+                )
+                add(("packets_forwarded", now, "", node.name, "node", fwd, None))
+                add(("packets_dropped", now, "", node.name, "node", dropped, None))
+        for room in self.rooms:
+            self._account_talk(room)
+            talk = room.talk_seconds
+            room.talk_seconds = 0.0
+            if not record:
+                continue
+            add(("concurrency", now, room.name, "", "listener", float(len(room.present)), None))
+            expected = int(talk * self.pps + d.uniform())  # unbiased rounding
+            if expected <= 0:
+                continue
+            for pid, who in room.present.items():
+                if not who.sampled or who.joined_at > now:
+                    continue
+                node = who.node
+                fanout = room.node_listeners.get(node, 1)
+                if node not in drops:
+                    drops[node] = node.drop_probability(fanout)
+                p = (1.0 - who.net.loss) * (1.0 - drops[node])
+                got = d.binomial(expected, p)
+                add(("packets_received", now, room.name, pid, "listener", float(got), None))
+                add(("packets_lost", now, room.name, pid, "listener", float(expected - got), None))
+                if got:
+                    add(
+                        (
+                            "audio_latency",
+                            now,
+                            room.name,
+                            pid,
+                            "listener",
+                            self.audio_latency(room, who),
+                            None,
+                        )
+                    )
+
+    def close(self, rooms: Iterable[Room] | None = None) -> None:
+        for node in self.nodes:
+            node.advance(self.env.now)
+
+
+def _by_listeners(node: Node) -> int:
+    return node.listeners
