@@ -20,7 +20,8 @@ _REPO_SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
 
 # Rich falls back to 80 columns off a terminal, which truncates metric names in CI logs.
 out = Console(width=None if sys.stdout.isatty() else 120)
-err = Console(stderr=True)
+# Errors are never folded: a CI log must keep "FILE: FIELD: reason" on one line.
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _fmt(value: object, unit: str) -> str:

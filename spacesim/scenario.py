@@ -15,6 +15,7 @@ Units accepted in YAML:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import itertools
 import json
@@ -485,7 +486,7 @@ def parse_scenario(
     """Validate a mapping; every fault is reported at once with its field path."""
     if not isinstance(data, dict):
         raise ScenarioError(source, [("", "a scenario must be a YAML mapping of fields")])
-    data = dict(data)
+    data = copy.deepcopy(data)  # overrides must not leak into the caller's mapping
     _apply_overrides(data, overrides, source)
     try:
         return Scenario.model_validate(data)

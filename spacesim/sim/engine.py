@@ -64,5 +64,6 @@ def simulate(
         duration=duration,
         wall_seconds=time.perf_counter() - wall0,
         scenario=scenario.model_dump(mode="json"),
+        extra={"simpy_events": next(env._eid)},  # events scheduled: the engine's work
     )
     return Run(recorder.to_frame(), meta)

@@ -54,7 +54,7 @@ class Room:
     talk_seconds: float = 0.0  # speaker-seconds of talk in the current tick
     talk_changed: float = 0.0
     waiting_audio: list[str] = field(default_factory=list)  # joined, not yet heard audio
-    n_sampled: int = 0
+    sampled: dict[str, Listener] = field(default_factory=dict)  # whose audio is measured
     hands: dict[str, float] = field(default_factory=dict)  # listener -> time raised
 
     def add_id(self, pid: str) -> None:
@@ -201,9 +201,9 @@ class World:
         node.reserved_streams += self.streams_per_listener
         room.node_listeners[node] = room.node_listeners.get(node, 0) + 1
         who = Listener(node, net, now, now + join_time)
-        if room.n_sampled < self.sc.sim.latency_sample:
+        if len(room.sampled) < self.sc.sim.latency_sample:
             who.sampled = True
-            room.n_sampled += 1
+            room.sampled[pid] = who
         room.present[pid] = who
         room.add_id(pid)
         if room.space.who_may_speak is policy.WhoMaySpeak.FOLLOWED and (
@@ -213,7 +213,9 @@ class World:
         self.add(("participant_joined", now, room.name, pid, "listener", join_time, None))
         return who
 
-    def detach(self, room: Room, pid: str, reason: str | None = None) -> None:
+    def detach(
+        self, room: Room, pid: str, reason: str | None = None, role: str = "listener"
+    ) -> None:
         """Undo a listener's node load and bookkeeping (after the policy let them go)."""
         who = room.present.pop(pid, None)
         if who is None:
@@ -231,15 +233,16 @@ class World:
         room.drop_id(pid)
         room.hands.pop(pid, None)
         if who.sampled:
-            room.n_sampled -= 1
+            del room.sampled[pid]
         attrs = json.dumps({"reason": reason}) if reason else None
-        self.add(("participant_left", now, room.name, pid, "listener", now - who.joined_at, attrs))
+        self.add(("participant_left", now, room.name, pid, role, now - who.joined_at, attrs))
 
     def leave(self, room: Room, pid: str) -> None:
         """A listener ends their session (if still there: they may have been removed)."""
         if pid in room.present:
+            role = room.space.role_of(pid)
             room.space.leave(pid)
-            self.detach(room, pid)
+            self.detach(room, pid, role=role.value if role else "listener")
 
     def apply_removals(self, room: Room, outcome: policy.Outcome) -> None:
         for ev in outcome.events:
@@ -322,8 +325,8 @@ class World:
             expected = int(talk * self.pps + d.uniform())  # unbiased rounding
             if expected <= 0:
                 continue
-            for pid, who in room.present.items():
-                if not who.sampled or who.joined_at > now:
+            for pid, who in room.sampled.items():
+                if who.joined_at > now:
                     continue
                 node = who.node
                 fanout = room.node_listeners.get(node, 1)

@@ -1,0 +1,197 @@
+"""Tests for the `spacesim` command line, called in-process (plus one real subprocess)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from spacesim import cli
+from spacesim.cli import main
+from spacesim.results import COLUMNS, load_run
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENARIOS = ROOT / "scenarios"
+SMOKE = SCENARIOS / "smoke.yaml"
+SHIPPED = sorted(str(p) for p in SCENARIOS.glob("*.yaml"))
+
+BAD_SCENARIO = """\
+# a scenario with a bad unit in a nested field
+name: bad
+duration: 1m
+arrivals: {kind: poisson, rate: 5/x}
+session: {kind: exponential, mean: 1m}
+"""
+
+
+@pytest.fixture
+def bad_file(tmp_path: Path) -> Path:
+    path = tmp_path / "bad.yaml"
+    path.write_text(BAD_SCENARIO, encoding="utf-8")
+    return path
+
+
+def squeezed(text: object) -> str:
+    """`text` without whitespace: Rich wraps long lines, so compare with line breaks removed.
+
+    (Rich even folds a long path mid-name; see test_check_bad_file_long_path_is_not_folded.)
+    """
+    return "".join(str(text).split())
+
+
+def mentions(stream: str, *needles: object) -> bool:
+    return all(squeezed(n) in squeezed(stream) for n in needles)
+
+
+# --------------------------------------------------------------------------- scenario check/show
+
+
+def test_check_shipped_scenarios(capsys: pytest.CaptureFixture[str]) -> None:
+    assert SHIPPED
+    assert main(["scenario", "check", *SHIPPED]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    assert captured.out.count(": ok (") == len(SHIPPED)
+
+
+def test_check_bad_file(bad_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["scenario", "check", str(SMOKE), str(bad_file)]) == 1
+    captured = capsys.readouterr()
+    assert mentions(captured.err, bad_file, "arrivals.rate")
+    assert "smoke" in captured.out  # the good file is still reported
+
+
+def test_check_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "missing.yaml"
+    assert main(["scenario", "check", str(missing)]) == 1
+    assert mentions(capsys.readouterr().err, missing, "cannot read file")
+
+
+def test_check_bad_file_long_path_is_not_folded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    width = cli.err.width  # read, not changed: the path must be longer than a line
+    if width > 3000:
+        pytest.skip(f"stderr console is {width} columns wide; cannot build a longer path")
+    deep = tmp_path
+    while len(str(deep)) <= width + 20:
+        deep = deep / ("d" + "x" * 150)
+    deep.mkdir(parents=True)
+    path = deep / "bad.yaml"
+    path.write_text(BAD_SCENARIO, encoding="utf-8")
+    assert main(["scenario", "check", str(path)]) == 1
+    assert str(path) in capsys.readouterr().err
+
+
+def test_show_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["scenario", "show", str(SMOKE)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("#")
+    data = yaml.safe_load(text)
+    assert data["duration"] == 120.0
+    assert data["name"] == "smoke"
+    assert data["arrivals"] == {"kind": "poisson", "rate": 1.0}
+
+
+def test_show_with_set(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["scenario", "show", str(SMOKE), "--set", "server.nodes=4"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["server"]["nodes"] == 4
+
+
+def test_show_bad_file_exits_2(bad_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["scenario", "show", str(bad_file)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert mentions(captured.err, bad_file, "arrivals.rate")
+
+
+def test_check_via_subprocess() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "spacesim.cli", "scenario", "check", *SHIPPED],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count(": ok (") == len(SHIPPED)
+
+
+# --------------------------------------------------------------------------- simulate
+
+
+def simulate(out: Path, *extra: str) -> int:
+    return main(["simulate", str(SMOKE), "--quiet", "--out", str(out), *extra])
+
+
+def test_simulate_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    assert simulate(out) == 0
+    assert (out / "meta.json").is_file()
+    assert (out / "records.parquet").is_file()
+    stdout = capsys.readouterr().out
+    assert "join_time" in stdout
+    assert "SLOs" in stdout
+
+    run = load_run(out)
+    assert tuple(run.records.columns) == COLUMNS
+    assert len(run.records) > 0
+    assert run.meta.scenario_name == "smoke"
+    assert run.meta.source == "sim"
+    assert run.meta.seed == 1
+    assert run.meta.scenario is not None
+    assert run.meta.scenario["server"]["nodes"] == 1
+
+
+def test_simulate_bad_scenario(
+    bad_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert main(["simulate", str(bad_file), "--quiet", "--out", str(out)]) == 2
+    assert not out.exists()
+    assert mentions(capsys.readouterr().err, bad_file, "arrivals.rate")
+
+
+def test_simulate_bad_set_value(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    assert simulate(out, "--set", "server.nodes=lots") == 2
+    assert not out.exists()
+    assert mentions(capsys.readouterr().err, "server.nodes")
+
+
+def test_simulate_set_is_honoured(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    assert simulate(out, "--set", "server.nodes=2") == 0
+    capsys.readouterr()
+    scenario = load_run(out).meta.scenario
+    assert scenario is not None
+    assert scenario["server"]["nodes"] == 2
+
+
+def test_simulate_same_seed_is_reproducible(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert simulate(a, "--seed", "3") == 0
+    assert simulate(b, "--seed", "3") == 0
+    capsys.readouterr()
+    run_a, run_b = load_run(a), load_run(b)
+    assert run_a.meta.seed == run_b.meta.seed == 3
+    assert run_a.meta.scenario_hash == run_b.meta.scenario_hash
+    pd.testing.assert_frame_equal(run_a.records, run_b.records)
+
+
+def test_simulate_refuses_to_overwrite_other_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert simulate(out, "--seed", "1") == 0
+    first = load_run(out).meta.run_id
+    assert simulate(out, "--seed", "2") == 2
+    assert mentions(capsys.readouterr().err, "pick another --out", out)
+    assert load_run(out).meta.run_id == first
