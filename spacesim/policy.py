@@ -144,6 +144,9 @@ class Limits:
             raise ValueError(f"listener_cap must be None or >= 0, got {self.listener_cap}")
 
 
+_NO_ATTRS: Mapping[str, str] = MappingProxyType({})
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """Something that happened; callers turn these into records and side effects.
@@ -157,10 +160,12 @@ class Event:
     participant: str
     actor: str | None = None
     role: Role | None = None
-    attrs: Mapping[str, str] = field(default_factory=dict)
+    attrs: Mapping[str, str] = field(default_factory=lambda: _NO_ATTRS)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "attrs", MappingProxyType(dict(self.attrs)))
+        # Most events carry no attrs: share one empty read-only mapping (joins are hot).
+        if self.attrs is not _NO_ATTRS:
+            object.__setattr__(self, "attrs", MappingProxyType(dict(self.attrs)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -141,7 +141,7 @@ class Recorder:
         return records_frame(self._rows, self.run_id, self.source)
 
 
-def records_frame(rows: Sequence[tuple[Any, ...]], run_id: str, source: str) -> pd.DataFrame:
+def records_frame(rows: Sequence[Row], run_id: str, source: str) -> pd.DataFrame:
     """Build the schema's DataFrame from (kind, t, room, participant, role, value, attrs)."""
     cols = ["kind", "t", "room", "participant", "role", "value", "attrs"]
     df = pd.DataFrame.from_records(rows, columns=cols) if rows else pd.DataFrame(columns=cols)

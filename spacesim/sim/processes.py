@@ -134,9 +134,12 @@ def listener_session(
     who = world.join_listener(room, pid)
     if who is None:
         return
-    yield env.timeout(who.joined_at - env.now)
-    world.heard_soon(room, pid)
-    yield env.timeout(length)
+    if world.heard_at_join(room, who, pid):
+        yield env.timeout(who.joined_at - env.now + length)
+    else:
+        yield env.timeout(who.joined_at - env.now)
+        world.heard_soon(room, pid)
+        yield env.timeout(length)
     world.leave(room, pid)
 
 

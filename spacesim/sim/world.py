@@ -147,7 +147,11 @@ class World:
         nodes = self.nodes
         if len(nodes) == 1:
             return nodes[0] if nodes[0].admits(need) else None
-        best = min(nodes, key=_by_listeners)
+        # Power of two choices: the less loaded of two random nodes balances almost as well
+        # as a full scan (Mitzenmacher 2001) and costs O(1) per join, as real balancers do.
+        d = self.draws
+        a, b = nodes[d.index(len(nodes))], nodes[d.index(len(nodes))]
+        best = a if a.listeners <= b.listeners else b
         if best.admits(need):
             return best
         fits = [n for n in nodes if n.admits(need)]
@@ -265,6 +269,18 @@ class World:
             node.change(now, streams=delta * n)
         if delta > 0 and room.waiting_audio:
             self._first_audio(room)
+
+    def heard_at_join(self, room: Room, who: Listener, pid: str) -> bool:
+        """With continuous senders the first packet follows the join: record it now.
+
+        Saves an event per listener; with DTX (or nobody sending) the listener must wait
+        for a talk spurt, so `heard_soon` runs when the join completes instead.
+        """
+        if self.sc.speaking.dtx or room.talking == 0:
+            return False
+        value = who.joined_at - who.requested_at + self._first_packet_wait(room, who)
+        self.add(("first_audio", who.joined_at, room.name, pid, "listener", value, None))
+        return True
 
     def heard_soon(self, room: Room, pid: str) -> None:
         """Record first audio (from the join request) for a listener whose join completed."""
