@@ -31,6 +31,8 @@ def test_overload_builds_a_backlog_up_to_the_queue_limit_then_drops() -> None:
     assert n.backlog == pytest.approx(0.1)  # (2 - 1) x 0.1 s
     busy, offered, fwd, dropped = n.take_tick(10.0)
     assert busy == pytest.approx(10.0)  # the core is saturated
+    assert offered == pytest.approx(20.0)
+    assert fwd + dropped == pytest.approx(400 * 50 * 10)
     assert n.backlog == pytest.approx(0.2)  # capped at cores x max_queue_delay
     assert dropped == pytest.approx((20.0 - 10.0 - 0.2) / 1e-4)
     assert n.drop_probability(400) == pytest.approx(0.5)  # 1 - capacity / offered
