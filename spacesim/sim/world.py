@@ -195,11 +195,13 @@ class World:
             return None
         net = self.pick_network()
         d = self.draws
-        join_time = _JOIN_ROUND_TRIPS * net.rtt + node.add_work(now, self.sc.server.cpu_per_join)
-        if net.loss > 0:
-            for _ in range(_JOIN_ROUND_TRIPS):
-                if d.uniform() < net.loss:
-                    join_time += _RETRANSMIT
+        join_time = node.add_work(now, self.sc.server.cpu_per_join)
+        for _ in range(_JOIN_ROUND_TRIPS):
+            join_time += net.rtt
+            if net.jitter > 0:  # one jitter term each way
+                join_time += d.exp(net.jitter) + d.exp(net.jitter)
+            if net.loss > 0 and d.uniform() < net.loss:
+                join_time += _RETRANSMIT
         node.change(now, streams=room.talking, connections=1)
         node.listeners += 1
         node.reserved_streams += self.streams_per_listener
