@@ -230,7 +230,10 @@ def load_run(directory: str | Path) -> Run:
     raw = json.loads(meta_file.read_text())
     known = {f for f in RunMeta.__dataclass_fields__}
     meta = RunMeta(**{k: v for k, v in raw.items() if k in known})
-    return Run(pd.read_parquet(rec_file), meta, path)
+    records = pd.read_parquet(rec_file)
+    for col in ("participant", "attrs"):  # the same dtypes as a freshly recorded run
+        records[col] = records[col].astype("object")
+    return Run(records, meta, path)
 
 
 # --------------------------------------------------------------------------- summaries

@@ -31,6 +31,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -403,7 +404,7 @@ class Scenario(_Model):
     name: str = Field(min_length=1)
     description: str = ""
     duration: Duration = Field(gt=0)
-    seed: int = 1
+    seed: StrictInt = 1
     rooms: Rooms = Rooms()
     arrivals: Arrivals
     session: Session
@@ -434,7 +435,7 @@ class Scenario(_Model):
         stage = 1 + self.rooms.cohosts + self.rooms.speakers
         if self.speaking.active_speakers > stage:
             raise ValueError(
-                f"speaking.active_speakers ({self.speaking.active_speakers}) exceeds the stage "
+                f"speaking.active_speakers: {self.speaking.active_speakers} exceeds the stage "
                 f"(1 host + {self.rooms.cohosts} co-hosts + {self.rooms.speakers} speakers)"
             )
         return self
@@ -452,6 +453,9 @@ class Scenario(_Model):
 # --------------------------------------------------------------------------- loading
 
 
+_NAMED = re.compile(r"^([a-z_]+(?:\.[a-z_]+)+): (.*)$", re.S)
+
+
 def _path_of(loc: Sequence[int | str]) -> str:
     parts: list[str] = []
     for item in loc:
@@ -467,17 +471,29 @@ def _path_of(loc: Sequence[int | str]) -> str:
 
 
 def _apply_overrides(data: dict[str, Any], overrides: Sequence[str], source: str) -> None:
+    """Apply ``PATH=VALUE`` edits; list items are addressed by index (``network.1.loss``)."""
     for item in overrides:
         path, sep, text = item.partition("=")
-        if not sep or not path.strip():
-            raise ScenarioError(source, [(f"--set {item}", "expected PATH=VALUE")])
         keys = path.strip().split(".")
+        if not sep or not all(keys):
+            raise ScenarioError(source, [(f"--set {item}", "expected PATH=VALUE")])
         node: Any = data
-        for key in keys[:-1]:
-            if not isinstance(node.get(key), dict):
-                node[key] = {}
-            node = node[key]
-        node[keys[-1]] = yaml.safe_load(text)
+        for depth, key in enumerate(keys):
+            last = depth == len(keys) - 1
+            if isinstance(node, list):
+                if not key.isdigit() or int(key) >= len(node):
+                    where = ".".join(keys[:depth]) or "<top>"
+                    reason = f"{where} is a list of {len(node)}: use an index 0..{len(node) - 1}"
+                    raise ScenarioError(source, [(f"--set {item}", reason)])
+                slot: Any = int(key)
+            else:
+                slot = key
+                if not last and not isinstance(node.get(key), dict | list):
+                    node[key] = {}
+            if last:
+                node[slot] = yaml.safe_load(text)
+            else:
+                node = node[slot]
 
 
 def parse_scenario(
@@ -494,7 +510,10 @@ def parse_scenario(
         problems = []
         for err in exc.errors():
             msg = err["msg"].removeprefix("Value error, ")
-            problems.append((_path_of(err["loc"]), msg))
+            path = _path_of(err["loc"])
+            if not path and (m := _NAMED.match(msg)):  # a cross-field check names its field
+                path, msg = m.group(1), m.group(2)
+            problems.append((path, msg))
         raise ScenarioError(source, problems) from None
 
 

@@ -277,7 +277,7 @@ def test_single_network_profile_mapping_is_accepted(tmp_path: Path) -> None:
 def test_active_speakers_larger_than_stage(tmp_path: Path) -> None:
     path = write(tmp_path, base(speaking={"active_speakers": 5}))  # stage is 1 + 0 + 1
     err = load_error(path)
-    assert "active_speakers" in str(err)
+    assert paths(err) == ["speaking.active_speakers"]  # a cross-field check names its field
     assert "stage" in str(err)
 
 
@@ -501,3 +501,22 @@ def test_smoke_slo_targets() -> None:
     metrics = [m for m, _, _ in load_scenario(SCENARIOS / "smoke.yaml").slo.targets()]
     assert "audio_latency.p95" in metrics
     assert "delivery_ratio.value" in metrics
+
+
+def test_override_addresses_list_items_by_index(tmp_path: Path) -> None:
+    profiles = [{"share": 0.5, "loss": 0}, {"share": 0.5, "loss": 0}]
+    path = write(tmp_path, base(network=profiles))
+    sc = load_scenario(path, ["network.1.loss=2%"])
+    assert [p.loss for p in sc.network] == [0, 0.02]
+
+
+@pytest.mark.parametrize("override", ["network.7.loss=1%", "network.loss=1%"])
+def test_override_outside_a_list_is_refused(tmp_path: Path, override: str) -> None:
+    path = write(tmp_path, base(network=[{"share": 1}]))
+    err = load_error(path, (override,))
+    assert paths(err) == [f"--set {override}"]
+    assert "index" in str(err)
+
+
+def test_seed_must_be_an_integer_not_a_boolean(tmp_path: Path) -> None:
+    assert paths(load_error(write(tmp_path, base(seed=True)))) == ["seed"]
