@@ -161,37 +161,21 @@ class World:
         """Connect a stage member (host, co-host, speaker) to the room's origin node."""
         room.origin.change(self.env.now, connections=1)
 
+    def _refuse_join(self, room: Room, pid: str, reason: str) -> None:
+        attrs = json.dumps({"reason": reason})
+        self.add(("join_refused", self.env.now, room.name, pid, "listener", math.nan, attrs))
+
     def join_listener(self, room: Room, pid: str) -> Listener | None:
         """Admit a listener: policy first, then admission control, then the node."""
         now = self.env.now
         outcome = room.space.join(pid)
         if not outcome.ok:
-            self.add(
-                (
-                    "join_refused",
-                    now,
-                    room.name,
-                    pid,
-                    "listener",
-                    math.nan,
-                    json.dumps({"reason": outcome.code}),
-                )
-            )
+            self._refuse_join(room, pid, outcome.code or "refused")
             return None
         node = self._place()
         if node is None:
             room.space.leave(pid)
-            self.add(
-                (
-                    "join_refused",
-                    now,
-                    room.name,
-                    pid,
-                    "listener",
-                    math.nan,
-                    '{"reason": "server_full"}',
-                )
-            )
+            self._refuse_join(room, pid, "server_full")
             return None
         net = self.pick_network()
         d = self.draws
