@@ -41,7 +41,13 @@ def town_hall(listeners: int, nodes: int) -> Scenario:
             "bursts": [{"at": 0, "size": int(listeners * 0.9), "over": "5m"}],
         },
         "session": {"kind": "lognormal", "mean": "3h", "sigma": 0.5},
-        "audience": {"hand_raise_rate": "0.2/h", "reaction_rate": "1/min", "report_rate": "0.02/h"},
+        # No guest speakers: each would add a sender beyond the three the nodes are sized for.
+        "audience": {
+            "hand_raise_rate": "0.2/h",
+            "approval": 0,
+            "reaction_rate": "1/min",
+            "report_rate": "0.02/h",
+        },
         "network": [
             {"share": 0.8, "rtt": "40ms", "jitter": "5ms", "loss": "0.2%"},
             {"share": 0.2, "rtt": "150ms", "jitter": "20ms", "loss": "1%"},

@@ -61,7 +61,7 @@ KINDS: Mapping[str, tuple[str, str]] = {
     "space_ended": ("", "the space ended"),
     "concurrency": ("count", "participants in the room at t (sampled every tick)"),
     # audio
-    "first_audio": ("s", "time from joining to the first audio packet heard"),
+    "first_audio": ("s", "time from the join request to the first audio packet heard"),
     "audio_latency": ("s", "publisher -> listener latency of one sampled packet"),
     "packets_received": ("count", "audio packets a sampled listener received in a tick"),
     "packets_lost": ("count", "audio packets a sampled listener missed in a tick"),
@@ -272,11 +272,13 @@ def summarise(records: pd.DataFrame, duration: float | None = None) -> pd.DataFr
 
     joined = kind("participant_joined")
     listeners = joined[joined["role"] == "listener"]
-    total("joins", float(len(joined)), "count", len(joined))
+    total("joins", float(len(listeners)), "count", len(listeners))
     total("joins_refused", float(len(kind("join_refused"))), "count")
     dist("join_time", listeners, "s")
     dist("first_audio", kind("first_audio"), "s")
-    dist("session_length", kind("participant_left"), "s")
+    # Only sessions that ended within the run: long sessions are under-represented.
+    left = kind("participant_left")
+    dist("completed_session", left[left["role"] == "listener"], "s")
 
     conc = kind("concurrency")
     if len(conc):
@@ -292,9 +294,10 @@ def summarise(records: pd.DataFrame, duration: float | None = None) -> pd.DataFr
     hands = kind("hand_raised")
     granted = kind("speaker_granted")
     total("hands_raised", float(len(hands)), "count")
-    total("hands_granted", float(len(granted)), "count")
+    answered = granted.dropna(subset=["value"])  # grants that answered a raised hand
+    total("hands_granted", float(len(answered)), "count")
     total("hands_declined", float(len(kind("hand_declined"))), "count")
-    dist("hand_wait", granted.dropna(subset=["value"]), "s")
+    dist("hand_wait", answered, "s")
 
     reactions = kind("reaction")["value"].sum()
     total("reactions", float(reactions), "count")
@@ -303,7 +306,10 @@ def summarise(records: pd.DataFrame, duration: float | None = None) -> pd.DataFr
     total("reports_filed", float(len(kind("report_filed"))), "count")
     dist("report_resolution", kind("report_resolved"), "s")
     total("removed", float(len(kind("removed"))), "count")
-    total("blocked", float(len(kind("blocked"))), "count")
+    blocked = kind("blocked")
+    personal = blocked["attrs"].astype(str).str.contains('"scope": "personal"', regex=False)
+    total("blocked", float((~personal).sum()), "count")  # blocks that bar from the space
+    total("personal_blocks", float(personal.sum()), "count")
 
     util = kind("node_utilisation")
     if len(util):

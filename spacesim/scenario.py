@@ -339,8 +339,8 @@ class NetworkProfile(_Model):
     """A client's path to the server; `share` is the fraction of clients on it."""
 
     share: Fraction = 1.0
-    rtt: Duration = 0.060
-    jitter: Duration = 0.010
+    rtt: Duration = Field(0.060, description="Base (minimum) round-trip time.")
+    jitter: Duration = Field(0.010, description="Mean extra one-way delay (exponential).")
     loss: Fraction = 0.0
 
 
@@ -401,10 +401,15 @@ class SimSettings(_Model):
 class Scenario(_Model):
     """A whole scenario; see the module docstring for units."""
 
-    name: str = Field(min_length=1)
+    name: str = Field(
+        min_length=1,
+        max_length=80,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="A slug: it names run directories.",
+    )
     description: str = ""
     duration: Duration = Field(gt=0)
-    seed: StrictInt = 1
+    seed: StrictInt = Field(1, ge=0)
     rooms: Rooms = Rooms()
     arrivals: Arrivals
     session: Session
@@ -491,7 +496,11 @@ def _apply_overrides(data: dict[str, Any], overrides: Sequence[str], source: str
                 if not last and not isinstance(node.get(key), dict | list):
                     node[key] = {}
             if last:
-                node[slot] = yaml.safe_load(text)
+                try:
+                    node[slot] = yaml.safe_load(text)
+                except yaml.YAMLError as exc:
+                    reason = f"the value is not valid YAML: {getattr(exc, 'problem', exc)}"
+                    raise ScenarioError(source, [(f"--set {item}", reason)]) from None
             else:
                 node = node[slot]
 
@@ -503,6 +512,8 @@ def parse_scenario(
     if not isinstance(data, dict):
         raise ScenarioError(source, [("", "a scenario must be a YAML mapping of fields")])
     data = copy.deepcopy(data)  # overrides must not leak into the caller's mapping
+    if isinstance(data.get("network"), dict):  # one profile: a list of one, so indices work
+        data["network"] = [data["network"]]
     _apply_overrides(data, overrides, source)
     try:
         return Scenario.model_validate(data)
@@ -524,6 +535,8 @@ def load_scenario(path: str | Path, overrides: Sequence[str] = ()) -> Scenario:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ScenarioError(str(path), [("", f"cannot read file: {exc.strerror}")]) from None
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(str(path), [("", f"not UTF-8 text (byte {exc.start})")]) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

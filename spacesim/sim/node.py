@@ -1,14 +1,28 @@
-"""A server node as a fluid CPU queue: no event per packet, yet saturation shows.
+"""A server node: forwarding load as a rate, packet waits and losses in closed form.
 
-The forwarding work is a rate: ``streams x packets/s x cpu_per_packet`` plus a fixed
-cost per connection, in cores. Joins add impulses of work. The node drains work at
-`cores`; when the offered rate exceeds it a backlog builds, packets wait behind it,
-and work older than `max_queue_delay` is dropped (the packets are lost). Below
-saturation, each packet also waits in the M/D/1-like queue that random arrivals of
-packets form: ``Wq = rho * S / (2 c (1 - rho))`` with ``S`` the fan-out time of one
-packet (exact for one core; an approximation for several). Within a fan-out, the
-k-th of n listeners is served after k of the n sends, as the forwarding loop is
-sequential (FACTS.md: the last of N listeners gets a packet about N x 30 us late).
+No event per packet. The node knows, at any instant, how many (sender -> listener)
+streams it forwards (`streams`) and from how many senders (`senders`), so:
+
+* offered load ``r = streams x pps x cpu_per_packet + connections x cpu_per_connection``
+  (cores), utilisation ``rho = r / cores``;
+* each incoming packet is a batch of ``streams / senders`` sends (its fan-out), served in
+  ``S = fanout x cpu_per_packet / cores`` (the node's cores share the fan-out);
+* packets queue in a buffer that holds ``D = max_queue_delay`` of work. The wait of a
+  packet is the diffusion (heavy-traffic) approximation of an M/D/1 queue with that
+  finite buffer: busy with probability ``min(rho, 1)``, and then exponential with rate
+  ``theta = 2 (1 - rho) / S`` truncated to ``[0, D]`` (theta < 0 above saturation, so
+  waits pile up near D). The loss is the same approximation's blocking probability,
+  ``p = (1 - rho) E / (1 - rho E)`` with ``E = exp(-theta D)``, the continuous analogue of
+  M/M/1/K's ``(1 - rho) rho^K / (1 - rho^(K+1))``: it tends to ``S / (S + 2D)`` at
+  ``rho = 1`` and to ``1 - 1 / rho`` in overload, so latency and loss grow smoothly
+  through saturation. The mean wait below saturation is Pollaczek-Khinchine's
+  ``rho S / (2 (1 - rho))`` when D is large.
+* Joins add impulses of work (`add_work`) to a backlog served with the capacity the
+  forwarding leaves spare; packets and joins wait behind it (one event loop), and while
+  that wait exceeds D arriving packets are lost.
+
+The same functions feed the node's per-tick records (packets forwarded and dropped,
+CPU) and the sampled listeners' latency and loss, so the two always agree.
 """
 
 from __future__ import annotations
@@ -17,7 +31,25 @@ import math
 
 from spacesim.scenario import Server
 
-__all__ = ["Node"]
+__all__ = ["Node", "wait_and_loss"]
+
+
+def wait_and_loss(rho: float, service: float, buffer: float) -> tuple[float, float]:
+    """(theta, loss) of the finite-buffer queue; see the module docstring."""
+    if buffer <= 0.0:
+        return 0.0, 1.0 if rho > 0 else 0.0
+    if rho <= 0.0 or service <= 0.0:
+        return math.inf, 0.0
+    theta = 2.0 * (1.0 - rho) / service
+    x = theta * buffer
+    if abs(x) < 1e-9:  # rho == 1: the limit of the formula
+        return 0.0, service / (service + 2.0 * buffer)
+    if x > 700.0:  # E underflows: no loss
+        return theta, 0.0
+    if x < -700.0:  # deep overload
+        return theta, 1.0 - 1.0 / rho
+    e = math.exp(-x)
+    return theta, (1.0 - rho) * e / (1.0 - rho * e)
 
 
 class Node:
@@ -30,7 +62,7 @@ class Node:
         "cores",
         "cpu_per_connection",
         "cpu_per_packet",
-        "dropped_cpu",
+        "dropped_packets",
         "last",
         "listeners",
         "max_queue_delay",
@@ -40,6 +72,7 @@ class Node:
         "offered_packets",
         "pps",
         "reserved_streams",
+        "senders",
         "streams",
     )
 
@@ -53,107 +86,127 @@ class Node:
         self.pps = pps
         self.listeners = 0  # listener connections on this node
         self.connections = 0  # all connections (stage members and listeners)
-        self.streams = 0  # (talking speaker -> listener) streams forwarded now
+        self.streams = 0  # (sending speaker -> listener) streams forwarded now
+        self.senders = 0  # senders whose packets this node fans out now
         self.reserved_streams = 0  # streams admitted: what admission control counts
-        self.backlog = 0.0  # core-seconds of work waiting
+        self.backlog = 0.0  # core-seconds of join work waiting
         self.last = 0.0
         # per-tick accumulators, reset by `take_tick`
         self.busy = 0.0
         self.offered = 0.0
         self.offered_packets = 0.0
-        self.dropped_cpu = 0.0
+        self.dropped_packets = 0.0
 
-    # ------------------------------------------------------------------ state
+    # ------------------------------------------------------------------ load
+
+    def forwarding_rate(self) -> float:
+        """Forwarding work offered now, in cores."""
+        return self.streams * self.pps * self.cpu_per_packet
 
     def rate(self) -> float:
-        """Offered load now, in cores busy."""
-        return (
-            self.streams * self.pps * self.cpu_per_packet
-            + self.connections * self.cpu_per_connection
-        )
+        """All steady work offered now (forwarding + connections), in cores."""
+        return self.forwarding_rate() + self.connections * self.cpu_per_connection
+
+    def fanout_service(self) -> float:
+        """Time the node's cores take to fan one incoming packet out (S)."""
+        if self.senders <= 0:
+            return 0.0
+        return self.streams / self.senders * self.cpu_per_packet / self.cores
+
+    def queue_state(self) -> tuple[float, float, float, float]:
+        """(rho, theta, loss, room) for a packet arriving now; room = buffer left."""
+        rho = self.rate() / self.cores
+        room = self.max_queue_delay - self.backlog / self.cores
+        theta, loss = wait_and_loss(rho, self.fanout_service(), room)
+        return rho, theta, loss, room
 
     def advance(self, now: float) -> None:
-        """Integrate work, drain and drops from the last change to `now`."""
+        """Integrate work, losses and the join backlog from the last change to `now`."""
         dt = now - self.last
         if dt <= 0.0:
             return
         self.last = now
-        r = self.rate()
         c = self.cores
+        fwd = self.forwarding_rate()
+        r = fwd + self.connections * self.cpu_per_connection
+        _rho, _theta, loss, _room = self.queue_state()
+        packets = self.streams * self.pps * dt
         self.offered += r * dt
-        self.offered_packets += self.streams * self.pps * dt
-        if r < c:
-            if self.backlog > 0.0:
-                clear = self.backlog / (c - r)
-                if clear >= dt:
-                    self.busy += c * dt
-                    self.backlog -= (c - r) * dt
-                else:
-                    self.busy += c * clear + r * (dt - clear)
-                    self.backlog = 0.0
-            else:
-                self.busy += r * dt
+        self.offered_packets += packets
+        self.dropped_packets += packets * loss
+        served = min(r - fwd * loss, c)  # work actually done on packets and connections
+        spare = c - served  # what the join backlog drains with
+        if self.backlog > 0.0 and spare > 0.0:
+            drained = min(self.backlog, spare * dt)
+            self.backlog -= drained
+            served_total = served * dt + drained
         else:
-            self.busy += c * dt
-            self.backlog += (r - c) * dt
-            cap = c * self.max_queue_delay
-            if self.backlog > cap:
-                self.dropped_cpu += self.backlog - cap
-                self.backlog = cap
+            served_total = served * dt
+        self.busy += served_total
 
-    def change(self, now: float, streams: int = 0, connections: int = 0) -> None:
-        """Apply a change in forwarded streams or connections at `now`."""
+    def change(self, now: float, streams: int = 0, connections: int = 0, senders: int = 0) -> None:
+        """Apply a change in forwarded streams, senders or connections at `now`."""
         self.advance(now)
         self.streams += streams
         self.connections += connections
+        self.senders += senders
+
+    def spare(self) -> float:
+        """Cores left for join work once packets (those not lost) and connections are served."""
+        fwd = self.forwarding_rate()
+        served = min(self.rate() - fwd * self.loss_now(), self.cores)
+        return max(self.cores - served, 0.05 * self.cores)  # never fully starved
 
     def add_work(self, now: float, cpu: float) -> float:
-        """Queue an impulse of work (a join); returns when it completes, from `now`."""
+        """Queue an impulse of work (a join); returns the time until it completes."""
         self.advance(now)
         self.backlog += cpu
-        return self.backlog / self.cores
+        return self.backlog / self.spare()
+
+    def clear_time(self) -> float:
+        """How long until join work ahead of packets falls back within the queue limit."""
+        excess = self.backlog - self.cores * self.max_queue_delay
+        return excess / self.spare() if excess > 0 else 0.0
 
     def admits(self, streams: int) -> bool:
         """Admission control: room for `streams` more forwarded streams?"""
         return self.max_streams is None or self.reserved_streams + streams <= self.max_streams
 
-    # ------------------------------------------------------------------ latency
+    # ------------------------------------------------------------------ packets
 
-    def utilisation_now(self) -> float:
-        return self.rate() / self.cores
+    def packet_wait(self, u_busy: float, u_wait: float, u_position: float) -> float | None:
+        """Server delay of one packet (None if it is lost), from three uniforms in [0, 1).
 
-    def packet_delay(self, fanout: int, position: float) -> float:
-        """Server delay of one packet to the listener at `position` (0..1) of a fan-out."""
-        c = self.cores
-        service = fanout * self.cpu_per_packet
-        rho = self.rate() / c
-        queue = self.backlog / c
-        if rho < 1.0:
-            queue += rho * service / (2.0 * c * (1.0 - rho))
-        return queue + position * service
+        Wait behind join work, then the queue of fan-outs, then the listener's place in
+        its own packet's fan-out.
+        """
+        rho, theta, loss, room = self.queue_state()
+        if room <= 0.0:
+            return None  # behind more join work than the queue holds: see clear_time
+        # A lost packet is judged first, so delivered waits come from the truncated law.
+        if u_busy < loss:
+            return None
+        wait = self.backlog / self.cores
+        if (u_busy - loss) / (1.0 - loss) < min(rho, 1.0):
+            x = theta * room
+            if abs(x) < 1e-9:
+                wait += u_wait * room
+            elif x > 700.0:
+                wait += -math.log1p(-u_wait) / theta
+            else:
+                wait += -math.log1p(-u_wait * (1.0 - math.exp(-x))) / theta
+        return wait + u_position * self.fanout_service()
 
-    def drop_probability(self, fanout: int) -> float:
-        """Chance a packet arriving now (fanned out to `fanout` listeners) is dropped."""
-        r = self.rate()
-        c = self.cores
-        if self.backlog >= c * self.max_queue_delay * 0.999:
-            return 1.0 - c / r if r > c else 0.0
-        rho = r / c
-        if rho >= 1.0 or rho <= 0.0:
-            return 0.0
-        # Heavy-traffic tail of the waiting time: P(W > t) ~ rho * exp(-rho t / Wq).
-        service = fanout * self.cpu_per_packet
-        wq = rho * service / (2.0 * c * (1.0 - rho))
-        slack = self.max_queue_delay - self.backlog / c
-        return rho * math.exp(-rho * slack / wq) if wq > 0 else 0.0
+    def loss_now(self) -> float:
+        """Probability that a packet arriving now is lost for want of CPU or buffer."""
+        return self.queue_state()[2]
 
     # ------------------------------------------------------------------ ticks
 
     def take_tick(self, now: float) -> tuple[float, float, float, float]:
         """(cpu core-seconds, offered core-seconds, packets forwarded, packets dropped)."""
         self.advance(now)
-        dropped = self.dropped_cpu / self.cpu_per_packet if self.cpu_per_packet else 0.0
-        forwarded = max(self.offered_packets - dropped, 0.0)
-        out = (self.busy, self.offered, forwarded, dropped)
-        self.busy = self.offered = self.offered_packets = self.dropped_cpu = 0.0
+        dropped = self.dropped_packets
+        out = (self.busy, self.offered, self.offered_packets - dropped, dropped)
+        self.busy = self.offered = self.offered_packets = self.dropped_packets = 0.0
         return out

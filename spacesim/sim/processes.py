@@ -150,20 +150,20 @@ def stage(env: simpy.Environment, world: World, room: Room) -> Proc:
     """Seat the host, co-hosts and speakers through the policy, then start the talkers."""
     space = room.space
     host = space.host
-    world.join_stage(room, host)
+    world.join_stage(room, host, "host")
     members = [host]
     for i in range(world.sc.rooms.cohosts):
         pid = f"{room.name}/cohost{i}"
-        world.emit(room, space.join(pid))
+        space.join(pid)
         world.emit(room, space.add_cohost(host, pid))
-        world.join_stage(room, pid)
+        world.join_stage(room, pid, "cohost")
         members.append(pid)
     for i in range(world.sc.rooms.speakers):
         pid = f"{room.name}/speaker{i}"
-        world.emit(room, space.join(pid))
-        world.emit(room, space.invite(host, pid))
-        world.emit(room, space.accept_invite(pid))
-        world.join_stage(room, pid)
+        space.join(pid)
+        space.invite(host, pid)
+        world.emit(room, space.accept_invite(pid))  # speaker_granted, without a hand's wait
+        world.join_stage(room, pid, "speaker")
         members.append(pid)
     for pid in members[: world.sc.speaking.active_speakers]:
         env.process(talker(env, world, room, pid))
@@ -183,21 +183,21 @@ def talker(
     space = room.space
     talking = draws.uniform() < sp.activity
     if not sp.dtx:
-        world.talk(room, +1)
+        world.talk(room, pid, +1)
     while env.now < until and space.may_be_heard(pid):
         if talking:
             spurt = draws.exp(sp.talk_spurt)
             if sp.dtx:
-                world.talk(room, +1)
+                world.talk(room, pid, +1)
             yield env.timeout(spurt)
             if sp.dtx:
-                world.talk(room, -1)
+                world.talk(room, pid, -1)
             world.add(("talk_spurt", env.now, room.name, pid, "speaker", spurt, None))
         else:
             yield env.timeout(draws.exp(sp.pause))
         talking = not talking
     if not sp.dtx:
-        world.talk(room, -1)
+        world.talk(room, pid, -1)
 
 
 # --------------------------------------------------------------------------- audience
@@ -306,15 +306,17 @@ def report_review(
             action = policy.ModerationAction.REMOVE
         elif u < au.outcomes.remove + au.outcomes.block:
             action = policy.ModerationAction.BLOCK
+    role_before = space.role_of(target) if target is not None else None
     out = space.moderate(action, target)
     if not out.ok:
         return
     now = env.now
     for ev in out.events:
-        attrs = {"action": action.value, "queue_wait": queued}
+        attrs = {**ev.attrs, "action": action.value, "queue_wait": queued}
         value = now - t_filed if ev.kind == "report_resolved" else math.nan
-        role = ev.role.value if ev.role is not None else ""
-        world.add((ev.kind, now, room.name, ev.participant, role, value, json.dumps(attrs)))
+        role = ev.role or (role_before if ev.participant == target else None)
+        role_text = role.value if role is not None else ""
+        world.add((ev.kind, now, room.name, ev.participant, role_text, value, json.dumps(attrs)))
     world.apply_removals(room, out)
 
 

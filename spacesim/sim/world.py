@@ -50,7 +50,9 @@ class Room:
     ids: list[str] = field(default_factory=list)  # listeners, for O(1) random choice
     index: dict[str, int] = field(default_factory=dict)
     node_listeners: dict[Node, int] = field(default_factory=dict)
-    talking: int = 0
+    talking: int = 0  # senders now (talking with DTX, unmuted on stage without)
+    senders: dict[str, NetworkProfile] = field(default_factory=dict)  # who sends, their path
+    stage_nets: dict[str, NetworkProfile] = field(default_factory=dict)
     talk_seconds: float = 0.0  # speaker-seconds of talk in the current tick
     talk_changed: float = 0.0
     waiting_audio: list[str] = field(default_factory=list)  # joined, not yet heard audio
@@ -131,14 +133,40 @@ class World:
         j = self.draws.exp(net.jitter) if net.jitter > 0 else 0.0
         return net.rtt / 2 + j
 
-    def audio_latency(self, room: Room, who: Listener) -> float:
-        """Publisher -> listener delay of one packet (network + server, no playout buffer)."""
-        node = who.node
-        fanout = room.node_listeners.get(node, 1)
-        delay = self.one_way(self.sc.network[0]) + node.packet_delay(fanout, self.draws.uniform())
-        if node is not room.origin:
+    def audio_latency(self, room: Room, who: Listener) -> float | None:
+        """Publisher -> listener delay of one packet, None if the server loses it.
+
+        Network + server only: the receiver's jitter buffer and playout are not included.
+        The publisher is one of the room's current senders, on their own network path.
+        """
+        d = self.draws
+        server = who.node.packet_wait(d.uniform(), d.uniform(), d.uniform())
+        if server is None:
+            return None
+        senders = list(room.senders.values())
+        uplink = senders[d.index(len(senders))] if senders else self.sc.network[0]
+        delay = self.one_way(uplink) + server + self.one_way(who.net)
+        if who.node is not room.origin:
             delay += self.sc.server.edge_delay
-        return delay + self.one_way(who.net)
+        return delay
+
+    def delivered_latency(self, room: Room, who: Listener, *, first: bool = False) -> float:
+        """Latency of a packet that gets through.
+
+        With `first`, what precedes it counts too: the time until join work ahead of
+        the packets falls within the queue limit, and a frame per packet lost after.
+        """
+        node = who.node
+        clear = node.clear_time()
+        if clear > 0.0:  # every packet is lost until then; the first through waits ~D
+            wait = node.max_queue_delay + self.draws.uniform() * node.fanout_service()
+            uplink = self.one_way(self.sc.network[0])
+            return (clear if first else 0.0) + uplink + wait + self.one_way(who.net)
+        for k in range(1000):
+            delay = self.audio_latency(room, who)
+            if delay is not None:
+                return delay + (k / self.pps if first else 0.0)
+        return 1000 / self.pps  # only near-total overload gets here
 
     # ------------------------------------------------------------------ membership
 
@@ -157,9 +185,11 @@ class World:
         fits = [n for n in nodes if n.admits(need)]
         return min(fits, key=_by_listeners) if fits else None
 
-    def join_stage(self, room: Room, pid: str) -> None:
+    def join_stage(self, room: Room, pid: str, role: str) -> None:
         """Connect a stage member (host, co-host, speaker) to the room's origin node."""
         room.origin.change(self.env.now, connections=1)
+        room.stage_nets[pid] = self.pick_network()
+        self.add(("participant_joined", self.env.now, room.name, pid, role, math.nan, None))
 
     def _refuse_join(self, room: Room, pid: str, reason: str) -> None:
         attrs = json.dumps({"reason": reason})
@@ -186,10 +216,12 @@ class World:
                 join_time += d.exp(net.jitter) + d.exp(net.jitter)
             if net.loss > 0 and d.uniform() < net.loss:
                 join_time += _RETRANSMIT
-        node.change(now, streams=room.talking, connections=1)
+        here = room.node_listeners.get(node, 0)
+        # The node fans this room's senders out once it has a listener of the room.
+        node.change(now, streams=room.talking, connections=1, senders=0 if here else room.talking)
         node.listeners += 1
         node.reserved_streams += self.streams_per_listener
-        room.node_listeners[node] = room.node_listeners.get(node, 0) + 1
+        room.node_listeners[node] = here + 1
         who = Listener(node, net, now, now + join_time)
         if len(room.sampled) < self.sc.sim.latency_sample:
             who.sampled = True
@@ -212,10 +244,12 @@ class World:
             return
         now = self.env.now
         node = who.node
-        node.change(now, streams=-room.talking, connections=-1)
+        left = room.node_listeners[node] - 1
+        node.change(
+            now, streams=-room.talking, connections=-1, senders=0 if left else -room.talking
+        )
         node.listeners -= 1
         node.reserved_streams -= self.streams_per_listener
-        left = room.node_listeners[node] - 1
         if left:
             room.node_listeners[node] = left
         else:
@@ -246,13 +280,18 @@ class World:
         room.talk_seconds += room.talking * (now - room.talk_changed)
         room.talk_changed = now
 
-    def talk(self, room: Room, delta: int) -> None:
-        """A speaker starts (+1) or stops (-1) sending: every node's fan-out changes now."""
+    def talk(self, room: Room, pid: str, delta: int) -> None:
+        """`pid` starts (+1) or stops (-1) sending: every node's fan-out changes now."""
         self._account_talk(room)
         room.talking += delta
+        if delta > 0:
+            who = room.present.get(pid)
+            room.senders[pid] = who.net if who else room.stage_nets.get(pid, self.sc.network[0])
+        else:
+            room.senders.pop(pid, None)
         now = self.env.now
         for node, n in room.node_listeners.items():
-            node.change(now, streams=delta * n)
+            node.change(now, streams=delta * n, senders=delta)
         if delta > 0 and room.waiting_audio:
             self._first_audio(room)
 
@@ -265,7 +304,8 @@ class World:
         if self.sc.speaking.dtx or room.talking == 0:
             return False
         value = who.joined_at - who.requested_at + self._first_packet_wait(room, who)
-        self.add(("first_audio", who.joined_at, room.name, pid, "listener", value, None))
+        if who.joined_at <= self.sc.duration:
+            self.add(("first_audio", who.joined_at, room.name, pid, "listener", value, None))
         return True
 
     def heard_soon(self, room: Room, pid: str) -> None:
@@ -280,7 +320,7 @@ class World:
             room.waiting_audio.append(pid)
 
     def _first_packet_wait(self, room: Room, who: Listener) -> float:
-        return self.audio_latency(room, who) + self.draws.uniform() * (1.0 / self.pps)
+        return self.delivered_latency(room, who, first=True) + self.draws.uniform() / self.pps
 
     def _first_audio(self, room: Room) -> None:
         now = self.env.now
@@ -295,26 +335,23 @@ class World:
     # ------------------------------------------------------------------ sampling
 
     def sample_tick(self, tick: float, record: bool) -> None:
-        """Per-tick records: node CPU, concurrency, and the sampled listeners' audio."""
+        """Per-tick records: node CPU and packets, concurrency, the sampled listeners' audio.
+
+        A sampled listener's server-side loss in a tick is its node's dropped share over
+        that tick, so listener and node records agree by construction.
+        """
         now = self.env.now
         d = self.draws
         add = self.add
-        drops: dict[Node, float] = {}
+        server_loss: dict[Node, float] = {}
         for node in self.nodes:
             busy, _offered, fwd, dropped = node.take_tick(now)
+            total = fwd + dropped
+            server_loss[node] = dropped / total if total > 0 else node.loss_now()
             if record:
+                util = busy / (tick * node.cores)
                 add(("node_cpu", now, "", node.name, "node", busy / tick, None))
-                add(
-                    (
-                        "node_utilisation",
-                        now,
-                        "",
-                        node.name,
-                        "node",
-                        busy / (tick * node.cores),
-                        None,
-                    )
-                )
+                add(("node_utilisation", now, "", node.name, "node", util, None))
                 add(("packets_forwarded", now, "", node.name, "node", fwd, None))
                 add(("packets_dropped", now, "", node.name, "node", dropped, None))
         for room in self.rooms:
@@ -330,26 +367,13 @@ class World:
             for pid, who in room.sampled.items():
                 if who.joined_at > now:
                     continue
-                node = who.node
-                fanout = room.node_listeners.get(node, 1)
-                if node not in drops:
-                    drops[node] = node.drop_probability(fanout)
-                p = (1.0 - who.net.loss) * (1.0 - drops[node])
+                p = (1.0 - who.net.loss) * (1.0 - server_loss[who.node])
                 got = d.binomial(expected, p)
                 add(("packets_received", now, room.name, pid, "listener", float(got), None))
                 add(("packets_lost", now, room.name, pid, "listener", float(expected - got), None))
                 if got:
-                    add(
-                        (
-                            "audio_latency",
-                            now,
-                            room.name,
-                            pid,
-                            "listener",
-                            self.audio_latency(room, who),
-                            None,
-                        )
-                    )
+                    latency = self.delivered_latency(room, who)
+                    add(("audio_latency", now, room.name, pid, "listener", latency, None))
 
     def close(self, rooms: Iterable[Room] | None = None) -> None:
         for node in self.nodes:

@@ -1,11 +1,12 @@
-"""The node's fluid CPU queue, step by step, against hand-computed values."""
+"""The node's load, wait and loss model against hand-computed values and queueing limits."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from spacesim.scenario import Server
-from spacesim.sim.node import Node
+from spacesim.sim.node import Node, wait_and_loss
 
 
 def node(**kw: object) -> Node:
@@ -15,54 +16,84 @@ def node(**kw: object) -> Node:
     return Node("n", server, pps=50)
 
 
-def test_below_capacity_busy_equals_offered_and_no_backlog() -> None:
-    n = node()
-    n.change(0.0, streams=100)  # 100 x 50 x 1e-4 = 0.5 cores
+def loaded(listeners: int, senders: int = 1, **kw: object) -> Node:
+    n = node(**kw)
+    n.change(0.0, streams=listeners * senders, senders=senders)
+    return n
+
+
+def test_loss_limits_and_smoothness() -> None:
+    s, d = 0.01, 0.2
+    assert wait_and_loss(0.0, s, d)[1] == 0
+    assert wait_and_loss(1.0, s, d)[1] == pytest.approx(s / (s + 2 * d))
+    assert wait_and_loss(3.0, s, d)[1] == pytest.approx(1 - 1 / 3, rel=1e-6)
+    rhos = np.linspace(0.5, 1.5, 1001)
+    losses = np.array([wait_and_loss(r, s, d)[1] for r in rhos])
+    assert (np.diff(losses) >= 0).all()  # more load never loses less
+    assert np.abs(np.diff(losses)).max() < 0.01  # no jump through saturation
+    assert wait_and_loss(0.5, s, 0.0)[1] == 1.0  # no buffer left: everything is lost
+
+
+def test_below_capacity_busy_equals_offered() -> None:
+    n = loaded(100)  # 100 x 50 x 1e-4 = 0.5 cores
     busy, offered, fwd, dropped = n.take_tick(10.0)
     assert busy == pytest.approx(5.0) and offered == pytest.approx(5.0)
-    assert fwd == pytest.approx(100 * 50 * 10) and dropped == 0
-    assert n.backlog == 0
+    assert fwd + dropped == pytest.approx(100 * 50 * 10)
+    assert dropped / (fwd + dropped) < 1e-6
 
 
-def test_overload_builds_a_backlog_up_to_the_queue_limit_then_drops() -> None:
-    n = node(max_queue_delay=0.2)
-    n.change(0.0, streams=400)  # 2 cores offered on 1 core
-    n.advance(0.1)
-    assert n.backlog == pytest.approx(0.1)  # (2 - 1) x 0.1 s
+def test_overload_saturates_the_cores_and_drops_the_excess() -> None:
+    n = loaded(400)  # 2 cores offered on 1
     busy, offered, fwd, dropped = n.take_tick(10.0)
-    assert busy == pytest.approx(10.0)  # the core is saturated
     assert offered == pytest.approx(20.0)
-    assert fwd + dropped == pytest.approx(400 * 50 * 10)
-    assert n.backlog == pytest.approx(0.2)  # capped at cores x max_queue_delay
-    assert dropped == pytest.approx((20.0 - 10.0 - 0.2) / 1e-4)
-    assert n.drop_probability(400) == pytest.approx(0.5)  # 1 - capacity / offered
+    assert busy == pytest.approx(10.0, rel=0.01)
+    assert dropped / (fwd + dropped) == pytest.approx(0.5, rel=0.02)  # 1 - capacity / offered
+    assert n.loss_now() == pytest.approx(dropped / (fwd + dropped))
 
 
-def test_backlog_drains_at_spare_capacity_after_overload() -> None:
-    n = node()
-    n.add_work(0.0, 0.3)  # e.g. fifty joins at 6 ms
-    n.change(0.0, streams=100)  # 0.5 cores: the backlog drains at 0.5 core-s per s
+def test_join_work_waits_for_spare_capacity_and_drains() -> None:
+    n = loaded(100, max_queue_delay=1.0)  # 0.5 cores spare; joins stay under the queue limit
+    assert n.add_work(0.0, 0.006) == pytest.approx(0.012)
+    n.add_work(0.0, 0.294)  # 0.3 core-seconds queued
     n.advance(0.4)
     assert n.backlog == pytest.approx(0.1)
-    busy, *_ = n.take_tick(2.0)
+    busy, _offered, _fwd, dropped = n.take_tick(2.0)
+    assert dropped < 1e-6
     assert n.backlog == 0
-    assert busy == pytest.approx(0.3 + 0.5 * 2.0)  # all work done, none lost
+    assert busy == pytest.approx(0.3 + 0.5 * 2.0)  # all join work done, no forwarding lost
 
 
-def test_join_waits_behind_the_backlog() -> None:
-    n = node(cores=2)
-    assert n.add_work(0.0, 0.006) == pytest.approx(0.003)
-    assert n.add_work(0.0, 0.006) == pytest.approx(0.006)
+def test_packets_are_lost_while_join_work_exceeds_the_queue_limit() -> None:
+    n = loaded(100, max_queue_delay=0.2)
+    n.add_work(0.0, 0.5)  # half a second of joins ahead of every packet
+    assert n.loss_now() == 1.0
+    assert n.packet_wait(0.5, 0.5, 0.5) is None
 
 
-def test_packet_delay_grows_with_load_and_position() -> None:
-    n = node()
-    n.change(0.0, streams=100)
-    light = n.packet_delay(100, 0.5)
-    n.change(0.0, streams=80)  # rho 0.9
-    heavy = n.packet_delay(180, 0.5)
-    assert heavy > light
-    assert n.packet_delay(180, 1.0) - n.packet_delay(180, 0.0) == pytest.approx(180 * 1e-4)
+def test_mean_wait_matches_pollaczek_khinchine_when_the_buffer_is_large() -> None:
+    n = loaded(100, max_queue_delay=100.0)  # rho 0.5, fan-out 100 x 1e-4 = 10 ms
+    rng = np.random.default_rng(1)
+    u = rng.random((200_000, 3))
+    waits = np.array([n.packet_wait(a, b, 0.0) for a, b, _ in u], dtype=float)
+    s, rho = 100 * 1e-4, 0.5
+    assert waits.mean() == pytest.approx(rho * s / (2 * (1 - rho)), rel=0.02)
+    assert (waits == 0).mean() == pytest.approx(1 - rho, abs=0.01)
+
+
+def test_waits_never_exceed_the_queue_limit_and_grow_with_load() -> None:
+    rng = np.random.default_rng(2)
+    means = []
+    for listeners in (100, 180, 198, 220):
+        n = loaded(listeners, max_queue_delay=0.2)
+        waits = [n.packet_wait(*rng.random(3)) for _ in range(20_000)]
+        got = np.array([w for w in waits if w is not None])
+        assert got.max() <= 0.2 + listeners * 1e-4 + 1e-9  # queue limit + its own fan-out
+        means.append(got.mean())
+    assert means == sorted(means)
+
+
+def test_cores_share_a_fan_out() -> None:
+    assert loaded(100, cores=4).fanout_service() == pytest.approx(100 * 1e-4 / 4)
 
 
 def test_admission_counts_reserved_streams() -> None:
