@@ -69,6 +69,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from spacesim.sim import simulate
 
     scenario = _load(args.scenario, args.set or ())
+    seed = scenario.seed if args.seed is None else args.seed
+    directory = Path(args.out) if args.out else None
+    if directory is not None and (directory / "meta.json").exists():
+        raise FileExistsError(f"{directory} already holds a run; pick another --out")
     with Progress(
         TextColumn(f"simulating [bold]{scenario.name}[/]"),
         BarColumn(),
@@ -83,8 +87,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         def progress(now: float, duration: float) -> None:
             bar.update(task, completed=now, sim=f"{now:,.0f} / {duration:,.0f} s simulated")
 
-        run = simulate(scenario, seed=args.seed, progress=progress)
-    directory = Path(args.out) if args.out else Path("runs") / run.meta.run_id
+        run = simulate(scenario, seed=seed, progress=progress)
+    directory = directory or Path("runs") / run.meta.run_id
     write_run(directory, run.records, run.meta)
     summary = summarise(run.records, scenario.duration)
     verdicts = check_slos(summary, scenario.slo.targets())
@@ -96,6 +100,36 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         f"({scenario.duration / wall:,.0f}x real time), seed {run.meta.seed}",
     )
     out.print(f"records: {len(run.records):,} -> {directory}")
+    failed = [v.metric for v in verdicts if v.passed is False]
+    if args.check_slo and failed:
+        err.print(f"SLOs failed: {', '.join(failed)}")
+        return 1
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from aiohttp import web
+
+    from spacesim.server.app import ServerConfig, create_app
+    from spacesim.server.auth import load_or_create_secret
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for noisy in ("aioice", "aiortc"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    db = Path(args.db)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    config = ServerConfig(
+        db=db,
+        secret=load_or_create_secret(db.with_suffix(".secret")),
+        dev=not args.no_dev,
+        ice_hosts=tuple(args.ice_host or ["127.0.0.1"]),
+        capacity=args.capacity,
+        slots=args.slots,
+    )
+    err.print(f"spacesim serve: http://{args.host}:{args.port}  db={db}  dev={config.dev}")
+    web.run_app(create_app(config), host=args.host, port=args.port, print=None)
     return 0
 
 
@@ -103,7 +137,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     scenario = _REPO_SCENARIOS / "town-hall.yaml"
     if not scenario.is_file():
         scenario = Path("scenarios/town-hall.yaml")
-    ns = argparse.Namespace(scenario=str(scenario), seed=None, out=args.out, set=[], quiet=False)
+    ns = argparse.Namespace(
+        scenario=str(scenario), seed=None, out=args.out, set=[], quiet=False, check_slo=False
+    )
     return cmd_simulate(ns)
 
 
@@ -127,6 +163,16 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("seeds are whole numbers >= 0")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="spacesim", description="Load-test and simulate live audio rooms."
@@ -135,13 +181,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("simulate", help="simulate a scenario and summarise it")
     sim.add_argument("scenario", help="scenario YAML file")
-    sim.add_argument("--seed", type=int, help="random seed (default: the scenario's)")
+    sim.add_argument("--seed", type=_seed, help="random seed (default: the scenario's)")
     sim.add_argument("--out", help="run directory (default: runs/RUN_ID)")
     sim.add_argument(
         "--set", action="append", metavar="PATH=VALUE", help="override a field, e.g. server.nodes=4"
     )
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
+    sim.add_argument(
+        "--check-slo", action="store_true", help="exit 1 when any SLO fails (for CI jobs)"
+    )
     sim.set_defaults(func=cmd_simulate)
+
+    serve = sub.add_parser("serve", help="run the reference room server")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--db", default="spacesim.db", help="SQLite database (created if absent)")
+    serve.add_argument(
+        "--ice-host", action="append", help="address for ICE host candidates (default 127.0.0.1)"
+    )
+    serve.add_argument(
+        "--capacity", type=int, help="forwarded streams before joins are refused with 503"
+    )
+    serve.add_argument("--slots", type=int, default=3, help="speakers each listener hears at once")
+    serve.add_argument("--no-dev", action="store_true", help="disable /v1/dev/token")
+    serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo", help="simulate the town-hall scenario and summarise it")
     demo.add_argument("--out", help="run directory (default: runs/RUN_ID)")

@@ -195,3 +195,50 @@ def test_simulate_refuses_to_overwrite_other_run(
     assert simulate(out, "--seed", "2") == 2
     assert mentions(capsys.readouterr().err, "pick another --out", out)
     assert load_run(out).meta.run_id == first
+
+
+def test_check_slo_fails_the_exit_code_when_an_objective_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["simulate", str(SMOKE), "--quiet", "--check-slo"]
+    assert main([*args, "--out", str(tmp_path / "ok")]) == 0
+    strict = ["--set", "slo.audio_latency_p95=1ms"]
+    assert main([*args, "--out", str(tmp_path / "bad"), *strict]) == 1
+    assert "audio_latency.p95" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seed", ["-1", "x"])
+def test_bad_seed_is_a_usage_error(seed: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["simulate", str(SMOKE), "--seed", seed])
+    assert info.value.code == 2
+    assert "--seed" in capsys.readouterr().err
+
+
+def test_existing_out_is_refused_before_simulating(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert main(["simulate", str(SMOKE), "--quiet", "--out", str(out)]) == 0
+    before = (out / "records.parquet").stat().st_mtime_ns
+    assert main(["simulate", str(SMOKE), "--quiet", "--out", str(out), "--seed", "9"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (out / "records.parquet").stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [("arrivals=[1,2", "--set arrivals=[1,2"), ("name=../../escape", "name"), ("seed=-5", "seed")],
+)
+def test_bad_overrides_name_the_field(
+    override: str, field: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["simulate", str(SMOKE), "--quiet", "--set", override]) == 2
+    assert f"{field}:" in capsys.readouterr().err
+
+
+def test_non_utf8_file_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    assert main(["scenario", "check", str(path)]) == 1
+    assert "not UTF-8" in capsys.readouterr().err

@@ -1,0 +1,149 @@
+"""The wire contract between the room server and its clients (see docs/protocol.md).
+
+JSON over HTTP for requests, JSON over a WebSocket for the event stream, SDP for
+WebRTC. Event names are the record vocabulary's (`spacesim.results.KINDS`), so what a
+client sees on the wire is what the records call it. This module is the one place that
+names actions, events and error codes; the server and the clients both import it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "ACTIONS",
+    "ERROR_STATUS",
+    "PROTOCOL_VERSION",
+    "REACTIONS",
+    "ProtocolError",
+    "error_body",
+    "event_message",
+    "parse_action",
+]
+
+PROTOCOL_VERSION = "1"
+
+#: Actions a participant posts to ``POST /v1/spaces/{id}/actions`` (or sends on the
+#: WebSocket): name -> the fields it needs besides ``action``.
+ACTIONS: Mapping[str, tuple[str, ...]] = {
+    "raise_hand": (),
+    "lower_hand": (),
+    "accept_invite": (),
+    "decline_invite": (),
+    "invite": ("target",),
+    "approve": ("target",),
+    "decline": ("target",),
+    "demote": ("target",),
+    "add_cohost": ("target",),
+    "remove_cohost": ("target",),
+    "mute": ("target",),
+    "unmute": ("target",),
+    "mute_all": (),
+    "remove": ("target",),
+    "block": ("target",),
+    "report": (),  # optional target (absent = the space itself) and reason
+    "react": ("emoji",),
+    "set_who_may_speak": ("setting",),
+}
+
+REACTIONS = frozenset({"💯", "✋", "👍", "👏", "😂", "❤️", "🔥", "🙏", "😢", "🎉"})
+
+#: Refusal codes (the rulebook's and the server's) -> HTTP status.
+ERROR_STATUS: Mapping[str, int] = {
+    "bad_request": 400,
+    "bad_json": 400,
+    "bad_sdp": 400,
+    "unknown_action": 400,
+    "missing_field": 400,
+    "bad_target": 400,
+    "self_target": 400,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "not_allowed": 403,
+    "blocked": 403,
+    "removed": 403,
+    "speaking_restricted": 403,
+    "not_found": 404,
+    "not_present": 409,
+    "already_present": 409,
+    "already_live": 409,
+    "not_started": 409,
+    "space_ended": 409,
+    "stage_full": 409,
+    "cohosts_full": 409,
+    "hand_already_raised": 409,
+    "no_raised_hand": 409,
+    "not_on_stage": 409,
+    "not_a_listener": 409,
+    "no_invite": 409,
+    "room_full": 409,
+    "rate_limited": 429,
+    "server_full": 503,
+}
+
+
+class ProtocolError(Exception):
+    """A request the server refuses; `code` maps to an HTTP status via `ERROR_STATUS`."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+    @property
+    def status(self) -> int:
+        return ERROR_STATUS.get(self.code, 400)
+
+
+def error_body(code: str, reason: str) -> dict[str, str]:
+    return {"error": code, "reason": reason}
+
+
+def event_message(
+    kind: str,
+    space: str,
+    participant: str,
+    *,
+    t: float,
+    actor: str | None = None,
+    role: str | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One event on the WebSocket stream: ``{"type": "event", "kind": ..., ...}``."""
+    msg: dict[str, Any] = {
+        "type": "event",
+        "kind": kind,
+        "space": space,
+        "participant": participant,
+        "t": t,
+    }
+    if actor is not None:
+        msg["actor"] = actor
+    if role is not None:
+        msg["role"] = role
+    if attrs:
+        msg["attrs"] = dict(attrs)
+    return msg
+
+
+def parse_action(body: object) -> tuple[str, dict[str, str]]:
+    """Validate an action request; returns (action, fields) or raises ProtocolError."""
+    if not isinstance(body, dict):
+        raise ProtocolError("bad_request", "the body must be a JSON object")
+    action = body.get("action")
+    if not isinstance(action, str) or action not in ACTIONS:
+        known = ", ".join(sorted(ACTIONS))
+        raise ProtocolError("unknown_action", f"'action' must be one of: {known}")
+    fields: dict[str, str] = {}
+    for name in ("target", "reason", "emoji", "setting"):
+        value = body.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value or len(value) > 500:
+            raise ProtocolError("bad_request", f"'{name}' must be a non-empty string (<= 500)")
+        fields[name] = value
+    for name in ACTIONS[action]:
+        if name not in fields:
+            raise ProtocolError("missing_field", f"'{action}' needs '{name}'")
+    return action, fields

@@ -1,0 +1,488 @@
+"""The room server's HTTP API, WebSocket event stream and signalling (aiohttp).
+
+Every request is authenticated with a signed token, checked against the grant and
+then against the rulebook (`spacesim.policy`). Every refusal is a 4xx with a reason;
+an unexpected error in one space answers 500 for that request only and leaves the
+other spaces untouched. See docs/protocol.md for the contract.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from spacesim import policy
+from spacesim.protocol import PROTOCOL_VERSION, ProtocolError, error_body, parse_action
+from spacesim.server import metrics
+from spacesim.server.auth import AuthError, Claims, DevIssuer, Forbidden, verify_token
+from spacesim.server.room import Room
+from spacesim.server.store import NotFound, SqliteStore, Store
+
+__all__ = ["ServerConfig", "create_app"]
+
+log = logging.getLogger("spacesim.server")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+CONFIG: web.AppKey[ServerConfig] = web.AppKey("config", object)  # type: ignore[arg-type]
+STATE: web.AppKey[ServerState] = web.AppKey("state", object)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How a server runs; `spacesim serve` fills it from the command line."""
+
+    db: Path
+    secret: bytes
+    dev: bool = True
+    ice_hosts: tuple[str, ...] = ("127.0.0.1",)
+    capacity: int | None = None  # forwarded streams; None = no admission control
+    slots: int = 3  # audio streams each client receives (speakers heard at once)
+    max_body: int = 256 * 1024
+
+
+class ServerState:
+    """Rooms in memory, the store on disk; rebuilt from the store after a restart."""
+
+    def __init__(self, config: ServerConfig, store: Store) -> None:
+        self.config = config
+        self.store = store
+        self.rooms: dict[str, Room] = {}
+        self.media: dict[str, Any] = {}  # space id -> MediaRoom (created on first connect)
+
+    def recover(self) -> None:
+        """Scheduled and live spaces come back after a crash; clients rejoin."""
+        for row in self.store.spaces_to_recover():
+            self.rooms[row.id] = self._room_for(
+                row.id, row.host, policy.SpaceStatus(row.status), row.who_may_speak
+            )
+
+    def _room_for(self, space_id: str, host: str, status: policy.SpaceStatus, who: str) -> Room:
+        space = policy.Space(
+            space_id,
+            host,
+            who_may_speak=policy.WhoMaySpeak(who),
+            host_follows=self.store.follows_of(host),
+            blocked=self.store.blocked_by(host),
+            status=status,
+        )
+        return Room(space, persist=self.store)
+
+    def create(self, host: str, title: str, who: str, scheduled_for: float | None) -> Room:
+        space_id = "s-" + secrets.token_hex(6)
+        status = policy.SpaceStatus.SCHEDULED if scheduled_for else policy.SpaceStatus.LIVE
+        self.store.create_space(
+            space_id,
+            host=host,
+            title=title,
+            status=status.value,
+            who_may_speak=who,
+            scheduled_for=scheduled_for,
+            at=time.time(),
+        )
+        room = self._room_for(space_id, host, status, who)
+        self.rooms[space_id] = room
+        return room
+
+    def room(self, space_id: str) -> Room:
+        room = self.rooms.get(space_id)
+        if room is None:
+            raise ProtocolError("not_found", f"no space {space_id!r} on this server")
+        return room
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status)
+
+
+def _error(code: str, reason: str, status: int) -> web.Response:
+    return _json(error_body(code, reason), status)
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        data = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ProtocolError("bad_json", "the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("bad_request", "the body must be a JSON object")
+    return data
+
+
+def _claims(request: web.Request) -> Claims:
+    header = request.headers.get("Authorization", "")
+    token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+    token = token or request.query.get("token", "")
+    if not token:
+        raise AuthError("missing token: send 'Authorization: Bearer <token>'")
+    claims = verify_token(request.app[CONFIG].secret, token)
+    request.app[STATE].store.add_user(claims.sub, claims.sub)
+    return claims
+
+
+def _need(claims: Claims, grant: str, space: str | None = None) -> None:
+    if not claims.has(grant):
+        raise Forbidden(f"the token lacks the '{grant}' grant")
+    if space is not None and claims.space is not None and claims.space != space:
+        raise Forbidden(f"the token is for space {claims.space!r}, not {space!r}")
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map refusals to 4xx with a reason; contain anything unexpected to this request."""
+    try:
+        return await handler(request)
+    except ProtocolError as exc:
+        metrics.REFUSALS.labels(exc.code).inc()
+        return _error(exc.code, exc.reason, exc.status)
+    except Forbidden as exc:
+        return _error("forbidden", str(exc), 403)
+    except AuthError as exc:
+        return _error("unauthorized", str(exc), 401)
+    except NotFound as exc:
+        return _error("not_found", str(exc), 404)
+    except web.HTTPException as exc:
+        if exc.status >= 400 and exc.content_type != "application/json":
+            return _error("bad_request" if exc.status < 500 else "error", exc.reason, exc.status)
+        raise
+    except Exception:  # a bug: this request fails, the server and other spaces go on
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return _error("internal", "internal error; see the server log", 500)
+
+
+# --------------------------------------------------------------------------- routes
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    return _json({"ok": True, "protocol": PROTOCOL_VERSION})
+
+
+@routes.get("/openapi.json")
+async def openapi(request: web.Request) -> web.Response:
+    from spacesim.server.openapi import document
+
+    return _json(document())
+
+
+@routes.get("/metrics")
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    body, content_type = metrics.render(state.rooms.values(), state.media.values())
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+@routes.post("/v1/dev/token")
+async def dev_token(request: web.Request) -> web.Response:
+    config = request.app[CONFIG]
+    if not config.dev:
+        raise ProtocolError("forbidden", "dev tokens are disabled on this server")
+    body = await _body(request)
+    user = body.get("user")
+    if not isinstance(user, str) or not user or len(user) > 64 or not user.isprintable():
+        raise ProtocolError("bad_request", "'user' must be a printable string of 1-64 chars")
+    moderator = body.get("moderator", False) is True
+    token = DevIssuer(config.secret).token(user, moderator=moderator)
+    return _json({"token": token, "user": user})
+
+
+@routes.post("/v1/follows")
+async def follow(request: web.Request) -> web.Response:
+    claims = _claims(request)
+    body = await _body(request)
+    user = body.get("user")
+    if not isinstance(user, str) or not user or user == claims.sub:
+        raise ProtocolError("bad_request", "'user' must name another user")
+    state = request.app[STATE]
+    state.store.add_user(user, user)
+    state.store.follow(claims.sub, user)
+    for room in state.rooms.values():
+        if room.space.host == claims.sub:
+            room.space.follow(user)
+    return _json({"ok": True})
+
+
+@routes.post("/v1/spaces")
+async def create_space(request: web.Request) -> web.Response:
+    claims = _claims(request)
+    _need(claims, "space:create")
+    body = await _body(request)
+    title = body.get("title", "")
+    who = body.get("who_may_speak", "everyone")
+    when = body.get("scheduled_for")
+    if not isinstance(title, str) or len(title) > 200:
+        raise ProtocolError("bad_request", "'title' must be a string of at most 200 chars")
+    if who not in {w.value for w in policy.WhoMaySpeak}:
+        raise ProtocolError("bad_request", "'who_may_speak' must be everyone, followed or invited")
+    if when is not None and (not isinstance(when, int | float) or isinstance(when, bool)):
+        raise ProtocolError("bad_request", "'scheduled_for' must be unix seconds")
+    room = request.app[STATE].create(claims.sub, title, who, float(when) if when else None)
+    return _json(room.snapshot(), 201)
+
+
+@routes.get("/v1/spaces/{space}")
+async def get_space(request: web.Request) -> web.Response:
+    _claims(request)
+    return _json(request.app[STATE].room(request.match_info["space"]).snapshot())
+
+
+@routes.post("/v1/spaces/{space}/start")
+async def start_space(request: web.Request) -> web.Response:
+    return await _lifecycle(request, "start")
+
+
+@routes.post("/v1/spaces/{space}/end")
+async def end_space(request: web.Request) -> web.Response:
+    return await _lifecycle(request, "end")
+
+
+async def _lifecycle(request: web.Request, action: str) -> web.Response:
+    claims = _claims(request)
+    state = request.app[STATE]
+    room = state.room(request.match_info["space"])
+    _need(claims, "space:create", room.id)
+    events = room.lifecycle(claims.sub, action)
+    if action == "end":
+        await _close_media(state, room.id)
+    return _json({"ok": True, "events": events})
+
+
+@routes.post("/v1/spaces/{space}/join")
+async def join_space(request: web.Request) -> web.Response:
+    """Join as a listener and, with an SDP offer in the body, connect audio."""
+    claims = _claims(request)
+    state = request.app[STATE]
+    room = state.room(request.match_info["space"])
+    _need(claims, "space:join", room.id)
+    body = await _body(request)
+    offer = body.get("sdp")
+    if offer is not None and (not isinstance(offer, str) or "v=0" not in offer):
+        raise ProtocolError("bad_sdp", "'sdp' must be an SDP offer")
+    user = claims.sub
+    present = room.space.role_of(user) is not None
+    if not present:
+        _admit(state, room)
+        events = room.join(user)
+    else:
+        events = []  # rejoining after a dropped connection: keep the role
+    answer = None
+    if offer is not None:
+        try:
+            answer = await _connect(state, room, user, offer)
+        except ProtocolError:
+            if not present:
+                room.leave(user)
+            raise
+    metrics.JOINS.inc()
+    return _json(
+        {
+            "participant": user,
+            "role": room.space.role_of(user),
+            "sdp": answer,
+            "events": events,
+            "space": room.snapshot(),
+            "slots": state.config.slots,
+        }
+    )
+
+
+def _admit(state: ServerState, room: Room) -> None:
+    """Admission control: refuse a join that would exceed the forwarded-stream budget."""
+    cap = state.config.capacity
+    if cap is None:
+        return
+    heard = max(1, sum(1 for u in room.space.stage() if room.space.may_be_heard(u)))
+    streams = sum(
+        len(r.space.participants)
+        * max(1, sum(1 for u in r.space.stage() if r.space.may_be_heard(u)))
+        for r in state.rooms.values()
+    )
+    if streams + heard > cap:
+        metrics.JOINS_REFUSED.inc()
+        raise ProtocolError(
+            "server_full",
+            f"server at capacity ({streams} of {cap} forwarded streams); try another server",
+        )
+
+
+async def _connect(state: ServerState, room: Room, user: str, offer: str) -> str:
+    from spacesim.server.media import MediaRoom
+
+    media = state.media.get(room.id)
+    if media is None:
+        media = MediaRoom(room.space.may_be_heard, slots=state.config.slots)
+        state.media[room.id] = media
+    try:
+        answer: str = await media.connect(user, offer)
+    except ValueError as exc:
+        raise ProtocolError("bad_sdp", f"cannot use this SDP offer: {exc}") from None
+    return answer
+
+
+async def _close_media(state: ServerState, space_id: str, user: str | None = None) -> None:
+    media = state.media.get(space_id)
+    if media is None:
+        return
+    if user is None:
+        state.media.pop(space_id, None)
+        await media.close_all()
+    else:
+        await media.close(user)
+
+
+@routes.post("/v1/spaces/{space}/leave")
+async def leave_space(request: web.Request) -> web.Response:
+    claims = _claims(request)
+    state = request.app[STATE]
+    room = state.room(request.match_info["space"])
+    events = room.leave(claims.sub)
+    await _close_media(state, room.id, claims.sub)
+    if room.space.status is policy.SpaceStatus.ENDED:
+        await _close_media(state, room.id)
+    return _json({"ok": True, "events": events})
+
+
+@routes.post("/v1/spaces/{space}/actions")
+async def act(request: web.Request) -> web.Response:
+    claims = _claims(request)
+    state = request.app[STATE]
+    room = state.room(request.match_info["space"])
+    _need(claims, "space:join", room.id)
+    action, fields = parse_action(await _body(request))
+    events = room.apply(claims.sub, action, fields)
+    await _drop_gone(state, room)
+    return _json({"ok": True, "events": events})
+
+
+async def _drop_gone(state: ServerState, room: Room) -> None:
+    """Close the media of anyone the last action removed (they stop hearing at once)."""
+    media = state.media.get(room.id)
+    if media is None:
+        return
+    for user in list(media.participants()):
+        if room.space.role_of(user) is None:
+            await media.close(user)
+
+
+@routes.post("/v1/moderation/spaces/{space}")
+async def moderate(request: web.Request) -> web.Response:
+    """Platform moderators resolve reports: dismiss, remove, block or end."""
+    claims = _claims(request)
+    _need(claims, "moderate")
+    state = request.app[STATE]
+    room = state.room(request.match_info["space"])
+    body = await _body(request)
+    try:
+        action = policy.ModerationAction(str(body.get("action")))
+    except ValueError:
+        raise ProtocolError(
+            "bad_request", "'action' must be dismiss, remove, block or end"
+        ) from None
+    target = body.get("target")
+    if target is not None and not isinstance(target, str):
+        raise ProtocolError("bad_request", "'target' must be a user id")
+    report = body.get("report")
+    if report is not None:
+        if not isinstance(report, int) or isinstance(report, bool):
+            raise ProtocolError("bad_request", "'report' must be a report id")
+        state.store.resolve_report(report, action.value, claims.sub, time.time())
+    events = room.moderate(claims.sub, action, target)
+    await _drop_gone(state, room)
+    return _json({"ok": True, "events": events})
+
+
+@routes.get("/v1/spaces/{space}/events")
+async def events_ws(request: web.Request) -> web.StreamResponse:
+    """The event stream; clients may also send actions as JSON messages on it."""
+    claims = _claims(request)
+    state = request.app[STATE]
+    room = state.room(request.match_info["space"])
+    _need(claims, "space:join", room.id)
+    ws = web.WebSocketResponse(heartbeat=20, max_msg_size=64 * 1024)
+    await ws.prepare(request)
+    queue = room.subscribe()
+    await ws.send_json({"type": "hello", "protocol": PROTOCOL_VERSION, "space": room.snapshot()})
+
+    async def pump() -> None:
+        while True:
+            msg = await queue.get()
+            await ws.send_json(msg)
+            if msg.get("type") == "error":
+                await ws.close()
+                return
+
+    sender = asyncio.create_task(pump())
+    try:
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                await ws.send_json(
+                    {"type": "error", "error": "bad_request", "reason": "send JSON text"}
+                )
+                continue
+            reply = await _ws_action(state, room, claims, msg.data)
+            await ws.send_json(reply)
+    finally:
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sender
+        room.unsubscribe(queue)
+    return ws
+
+
+async def _ws_action(state: ServerState, room: Room, claims: Claims, text: str) -> dict[str, Any]:
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError:
+        return {"type": "error", "error": "bad_json", "reason": "the message is not valid JSON"}
+    request_id = body.get("id") if isinstance(body, dict) else None
+    try:
+        action, fields = parse_action(body)
+        events = room.apply(claims.sub, action, fields)
+        await _drop_gone(state, room)
+        return {"type": "result", "id": request_id, "ok": True, "events": len(events)}
+    except ProtocolError as exc:
+        return {"type": "error", "id": request_id, "error": exc.code, "reason": exc.reason}
+    except Exception:
+        log.exception("unhandled error on the event stream of %s", room.id)
+        return {"type": "error", "id": request_id, "error": "internal", "reason": "internal error"}
+
+
+# --------------------------------------------------------------------------- app
+
+
+def create_app(config: ServerConfig, store: Store | None = None) -> web.Application:
+    """The aiohttp application; `spacesim serve` runs it, tests use it on 127.0.0.1."""
+    from spacesim.server.rtc import use_host_addresses
+
+    use_host_addresses(list(config.ice_hosts))
+    app = web.Application(middlewares=[errors], client_max_size=config.max_body)
+    state = ServerState(config, store or SqliteStore(config.db))
+    state.recover()
+    app[CONFIG] = config
+    app[STATE] = state
+    app.add_routes(routes)
+
+    async def shutdown(app: web.Application) -> None:
+        for space_id in list(state.media):
+            await _close_media(state, space_id)
+        state.store.close()
+
+    app.on_shutdown.append(shutdown)
+    return app

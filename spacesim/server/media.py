@@ -1,0 +1,365 @@
+"""The media plane of a room: pass-through forwarding of Opus RTP (no decoding).
+
+One :class:`MediaRoom` per space. Every participant has one server-side WebRTC peer
+connection, created by :meth:`MediaRoom.connect` from the client's SDP offer.
+Packets a participant publishes are forwarded, payload bytes untouched, to every
+other connected participant -- if and only if ``gate(participant)`` is true when the
+packet arrives (the room server passes ``policy.Space.may_be_heard``: on stage,
+unmuted, space live). The gate is called for every packet, so a mute, demotion or
+removal takes effect at the next packet.
+
+Expected SDP offer (the protocol document copies this)
+------------------------------------------------------
+* Audio only: every ``m=`` section is ``m=audio``; no video, no data channel.
+  The first payload type of each audio section must be ``opus/48000/2``
+  (browsers and aiortc offer Opus first by default).
+* Exactly ``slots`` or ``slots + 1`` audio sections, in this order:
+
+  1. *publish section* -- present only when there are ``slots + 1`` sections:
+     direction ``sendonly`` or ``sendrecv`` (``pc.addTrack(mic)`` in a browser,
+     ``addTransceiver(track, direction="sendonly")`` in aiortc). The server answers
+     ``recvonly``. Offer it whenever the client may ever speak (a listener who is
+     promoted later needs no renegotiation: its packets are dropped until the gate
+     lets them through).
+  2. ``slots`` *listen sections* -- direction ``recvonly`` (or ``sendrecv``; the
+     server answers ``sendonly`` either way and ignores anything sent on them).
+     Each carries one continuous RTP stream: the answer's ``a=ssrc`` line of that
+     section is the SSRC the server uses for it.
+
+* Complete (non-trickle) ICE: the offer carries its candidates, as aiortc's
+  ``localDescription`` does after ``setLocalDescription``; so does the answer.
+
+Slots
+-----
+Each active speaker holds one slot index, the same for every listener, while they
+are heard; a slot is freed when its speaker's next packet is gated off, when they
+leave, or when they have sent nothing for ``idle_ms`` and another speaker needs it.
+With more active speakers than slots, the extra speakers' packets are dropped
+(``dropped_no_slot``). Per listener and slot the server rewrites SSRC (the slot's),
+sequence numbers (continuous across speaker changes; the publisher's own gaps pass
+through) and timestamps (monotonic: a new speaker continues from the slot's last
+timestamp plus the wall-clock gap, at least one 20 ms frame); the marker bit is set
+on a new speaker's first packet. Header extensions are not forwarded. A speaker
+never receives their own audio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Callable
+
+from aiortc import RTCPeerConnection, RTCSessionDescription
+
+from spacesim.server import rtc
+
+__all__ = ["MediaRoom", "OfferShape", "parse_offer"]
+
+_CLOCK_PER_MS = 48  # Opus RTP clock: 48 kHz
+_FRAME = 960  # one 20 ms Opus frame in RTP clock units
+
+
+class OfferShape:
+    """What :func:`parse_offer` found: the publish section's mid (or None) and the
+    listen sections' mids in order."""
+
+    __slots__ = ("listen_mids", "publish_mid")
+
+    def __init__(self, publish_mid: str | None, listen_mids: list[str]) -> None:
+        self.publish_mid = publish_mid
+        self.listen_mids = listen_mids
+
+
+def parse_offer(sdp: str, slots: int) -> OfferShape:
+    """Check an offer against the expected shape (module docstring); ValueError if not."""
+    sections: list[dict[str, str]] = []
+    for raw in sdp.splitlines():
+        line = raw.strip()
+        if line.startswith("m="):
+            parts = line[2:].split()
+            if len(parts) < 4:
+                raise ValueError(f"malformed media line {line!r}")
+            sections.append({"kind": parts[0], "pt": parts[3], "dir": "sendrecv"})
+        elif sections and line.startswith("a="):
+            attr = line[2:]
+            cur = sections[-1]
+            if attr in ("sendrecv", "sendonly", "recvonly", "inactive"):
+                cur["dir"] = attr
+            elif attr.startswith("mid:"):
+                cur["mid"] = attr[4:]
+            elif attr.startswith(f"rtpmap:{cur['pt']} "):
+                cur["codec"] = attr.split(" ", 1)[1].lower()
+    if not sections:
+        raise ValueError("the offer has no media sections")
+    for i, s in enumerate(sections):
+        if s["kind"] != "audio":
+            raise ValueError(f"media section {i} is {s['kind']!r}; only audio is accepted")
+        if "mid" not in s:
+            raise ValueError(f"audio section {i} has no a=mid")
+        if not s.get("codec", "").startswith("opus/48000"):
+            raise ValueError(f"audio section {i} does not offer Opus as its first codec")
+    if len(sections) == slots + 1:
+        publish, listen = sections[0], sections[1:]
+        if publish["dir"] not in ("sendonly", "sendrecv"):
+            raise ValueError("the publish section (first of slots + 1) must be sendonly/sendrecv")
+    elif len(sections) == slots:
+        publish, listen = None, sections
+    else:
+        raise ValueError(
+            f"expected {slots} listen sections, optionally after one publish section; "
+            f"got {len(sections)} audio sections"
+        )
+    for s in listen:
+        if s["dir"] not in ("recvonly", "sendrecv"):
+            raise ValueError(f"listen section {s['mid']!r} must be recvonly (or sendrecv)")
+    return OfferShape(publish["mid"] if publish else None, [s["mid"] for s in listen])
+
+
+class _SlotStream:
+    """One listener's outgoing stream on one slot: the rewrite for its current source."""
+
+    __slots__ = ("gen", "last_ms", "last_seq", "last_ts", "seq_off", "ts_off")
+
+    def __init__(self) -> None:
+        self.gen = -1  # slot generation this stream is rebased on
+        self.seq_off = 0
+        self.ts_off = 0
+        self.last_seq = random.getrandbits(16)
+        self.last_ts = random.getrandbits(32)
+        self.last_ms = -1  # -1: nothing sent yet
+
+    def rebase(self, gen: int, seq: int, ts: int, now_ms: int) -> None:
+        """Continue this stream with a new source whose next packet is (seq, ts)."""
+        step = _FRAME
+        if self.last_ms >= 0:
+            step = max(_FRAME, min((now_ms - self.last_ms) * _CLOCK_PER_MS, 1 << 30))
+        self.gen = gen
+        self.seq_off = (self.last_seq + 1 - seq) & 0xFFFF
+        self.ts_off = (self.last_ts + step - ts) & 0xFFFFFFFF
+
+
+class _Peer:
+    __slots__ = ("live", "name", "pc", "publish_mid", "streams", "writers")
+
+    def __init__(self, name: str, pc: RTCPeerConnection) -> None:
+        self.name = name
+        self.pc = pc
+        self.publish_mid: str | None = None
+        self.writers: list[rtc.RtpWriter] = []
+        self.streams: list[_SlotStream] = []
+        self.live = False  # connected and writers bound: receives forwarded audio
+
+
+class MediaRoom:
+    """Forwards each heard speaker's Opus RTP to every other participant of one room.
+
+    ``gate(participant)`` is called for every packet a participant publishes; only
+    when it returns True is the packet forwarded. ``slots`` is how many speakers a
+    listener hears at once (one listen section per slot in every offer).
+    """
+
+    def __init__(self, gate: Callable[[str], bool], slots: int = 3, idle_ms: int = 1000) -> None:
+        if slots < 1:
+            raise ValueError("slots must be at least 1")
+        self._gate = gate
+        self.slots = slots
+        self.idle_ms = idle_ms
+        self._peers: dict[str, _Peer] = {}
+        self._subs: tuple[_Peer, ...] = ()  # live peers, snapshot for the fan-out loop
+        self._owner: list[str | None] = [None] * slots
+        self._slot_gen: list[int] = [0] * slots
+        self._slot_ms: list[int] = [0] * slots
+        self._slot_of: dict[str, int] = {}
+        self._next_gen = 1
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.received = 0
+        self.forwarded = 0
+        self.dropped = 0
+        self.dropped_no_slot = 0
+        self.send_errors = 0
+
+    # ------------------------------------------------------------------ signalling
+
+    async def connect(self, participant: str, offer_sdp: str) -> str:
+        """Create the participant's server-side connection; return the SDP answer.
+
+        Replaces any earlier connection of the same participant. ValueError if the
+        offer does not have the expected shape (module docstring).
+        """
+        shape = parse_offer(offer_sdp, self.slots)
+        await self.close(participant)
+        pc = rtc.new_peer_connection()
+        peer = _Peer(participant, pc)
+        self._peers[participant] = peer
+        try:
+            try:
+                await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            except Exception as exc:
+                raise ValueError(str(exc) or type(exc).__name__) from None
+            by_mid = {t.mid: t for t in pc.getTransceivers()}
+            if shape.publish_mid is not None:
+                peer.publish_mid = shape.publish_mid
+                receiver = by_mid[shape.publish_mid].receiver
+
+                async def on_packet(packet: rtc.RtpPacket, arrival_ms: int) -> None:
+                    await self._forward(peer, packet, arrival_ms)
+
+                # before receive(): aiortc calls it once ICE and DTLS are up
+                rtc.tap_rtp(receiver, on_packet)
+            peer.writers = [rtc.RtpWriter(by_mid[mid]) for mid in shape.listen_mids]
+            peer.streams = [_SlotStream() for _ in shape.listen_mids]
+
+            @pc.on("connectionstatechange")
+            def on_state() -> None:
+                self._on_state(peer)
+
+            await pc.setLocalDescription(await pc.createAnswer())
+            answer: str = pc.localDescription.sdp
+        except BaseException:
+            await self.close(participant)
+            raise
+        return answer
+
+    def _on_state(self, peer: _Peer) -> None:
+        state = peer.pc.connectionState
+        if state == "connected" and not peer.live and self._peers.get(peer.name) is peer:
+            try:
+                for w in peer.writers:
+                    w.bind()
+            except Exception:
+                self._drop(peer)
+                return
+            peer.live = True
+            self._subs = (*self._subs, peer)
+        elif state in ("failed", "closed") and self._peers.get(peer.name) is peer:
+            self._drop(peer)
+
+    def _drop(self, peer: _Peer) -> None:
+        """Stop sending to a peer at once and close it in the background."""
+        self._unlist(peer)
+        task = asyncio.ensure_future(self.close(peer.name))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _unlist(self, peer: _Peer) -> None:
+        peer.live = False
+        self._subs = tuple(p for p in self._subs if p is not peer)
+        k = self._slot_of.get(peer.name)
+        if k is not None:
+            self._release(k)
+
+    async def close(self, participant: str) -> None:
+        """Close a participant's connection (no-op if there is none)."""
+        peer = self._peers.pop(participant, None)
+        if peer is None:
+            return
+        self._unlist(peer)
+        with contextlib.suppress(Exception):
+            await peer.pc.close()
+
+    async def close_all(self) -> None:
+        """Close every connection of the room."""
+        for name in list(self._peers):
+            await self.close(name)
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # ------------------------------------------------------------------ queries
+
+    def participants(self) -> list[str]:
+        """Participants with a connection (connected or still connecting)."""
+        return list(self._peers)
+
+    def slot_ssrcs(self, participant: str) -> list[int]:
+        """The SSRC of each of the participant's listen slots (as in the answer)."""
+        return [w.ssrc for w in self._peers[participant].writers]
+
+    def speaker_slots(self) -> dict[str, int]:
+        """Which speaker currently holds which slot index."""
+        return dict(self._slot_of)
+
+    def stats(self) -> dict[str, int]:
+        """Counters: packets received from publishers, forwarded (one per listener
+        send), dropped (gate said no), dropped_no_slot, send_errors; and sizes."""
+        return {
+            "received": self.received,
+            "forwarded": self.forwarded,
+            "dropped": self.dropped,
+            "dropped_no_slot": self.dropped_no_slot,
+            "send_errors": self.send_errors,
+            "participants": len(self._peers),
+            "listening": len(self._subs),
+            "speaking": len(self._slot_of),
+        }
+
+    # ------------------------------------------------------------------ slots
+
+    def _assign(self, name: str, now_ms: int) -> int | None:
+        owner = self._owner
+        k = next((i for i, o in enumerate(owner) if o is None), None)
+        if k is None:
+            # take the slot idle the longest, if idle long enough
+            k = min(range(self.slots), key=self._slot_ms.__getitem__)
+            if now_ms - self._slot_ms[k] < self.idle_ms:
+                return None
+            self._release(k)
+        owner[k] = name
+        self._slot_of[name] = k
+        self._slot_gen[k] = self._next_gen
+        self._next_gen += 1
+        return k
+
+    def _release(self, k: int) -> None:
+        name = self._owner[k]
+        if name is not None:
+            self._slot_of.pop(name, None)
+        self._owner[k] = None
+
+    # ------------------------------------------------------------------ hot path
+
+    async def _forward(self, src: _Peer, packet: rtc.RtpPacket, now_ms: int) -> None:
+        """One packet from a publisher: gate, slot, rewrite and send to each listener."""
+        self.received += 1
+        name = src.name
+        try:
+            heard = self._gate(name)
+        except Exception:
+            heard = False
+        k = self._slot_of.get(name)
+        if not heard:
+            self.dropped += 1
+            if k is not None:
+                self._release(k)
+            return
+        if k is None:
+            k = self._assign(name, now_ms)
+            if k is None:
+                self.dropped_no_slot += 1
+                return
+        self._slot_ms[k] = now_ms
+        gen = self._slot_gen[k]
+        seq = packet.sequence_number
+        ts = packet.timestamp
+        payload = packet.payload
+        for sub in self._subs:
+            if sub is src:
+                continue
+            st = sub.streams[k]
+            marker = packet.marker
+            if st.gen != gen:
+                st.rebase(gen, seq, ts, now_ms)
+                marker = 1
+            out_seq = (seq + st.seq_off) & 0xFFFF
+            out_ts = (ts + st.ts_off) & 0xFFFFFFFF
+            st.last_seq = out_seq
+            st.last_ts = out_ts
+            st.last_ms = now_ms
+            try:
+                await sub.writers[k].write(out_seq, out_ts, marker, payload)
+            except Exception:
+                self.send_errors += 1
+                if sub.live:
+                    self._drop(sub)
+                continue
+            self.forwarded += 1

@@ -1,0 +1,251 @@
+"""The OpenAPI 3.1 document served at /openapi.json (the human version is docs/protocol.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from spacesim.protocol import ACTIONS, ERROR_STATUS, PROTOCOL_VERSION
+
+__all__ = ["document"]
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_OK = {"$ref": "#/components/schemas/Result"}
+
+
+def _responses(ok: dict[str, Any], *codes: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"200": {"description": "OK", "content": _content(ok)}}
+    reasons = {
+        400: "malformed request",
+        401: "missing, forged or expired token",
+        403: "not allowed (grant or rulebook)",
+        404: "unknown space",
+        409: "refused by the rulebook in this state",
+        429: "rate limited",
+        503: "server at capacity",
+    }
+    for code in (400, 401, *codes):
+        out[str(code)] = {"description": reasons[code], "content": _content(_ERROR)}
+    return out
+
+
+def _content(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def _body(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "properties": props}
+    if required:
+        schema["required"] = required
+    return {"required": bool(required), "content": _content(schema)}
+
+
+def _space_path() -> list[dict[str, Any]]:
+    return [{"name": "space", "in": "path", "required": True, "schema": {"type": "string"}}]
+
+
+def document() -> dict[str, Any]:
+    """Build the document; it is small enough to build on each request."""
+    s = {"type": "string"}
+    space_ref = {"$ref": "#/components/schemas/Space"}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "spacesim reference room server",
+            "version": PROTOCOL_VERSION,
+            "description": "Audio rooms with Twitter Spaces rules. See docs/protocol.md.",
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error", "reason"],
+                    "properties": {"error": {"enum": sorted(ERROR_STATUS)}, "reason": s},
+                },
+                "Event": {
+                    "type": "object",
+                    "required": ["type", "kind", "space", "participant", "t"],
+                    "properties": {
+                        "type": {"const": "event"},
+                        "kind": s,
+                        "space": s,
+                        "participant": s,
+                        "actor": s,
+                        "role": s,
+                        "t": {"type": "number"},
+                        "attrs": {"type": "object"},
+                    },
+                },
+                "Result": {
+                    "type": "object",
+                    "properties": {
+                        "ok": {"type": "boolean"},
+                        "events": {
+                            "type": "array",
+                            "items": {"$ref": "#/components/schemas/Event"},
+                        },
+                    },
+                },
+                "Space": {
+                    "type": "object",
+                    "properties": {
+                        "id": s,
+                        "host": s,
+                        "status": {"enum": ["scheduled", "live", "ended"]},
+                        "who_may_speak": {"enum": ["everyone", "followed", "invited"]},
+                        "participants": {"type": "object", "additionalProperties": s},
+                        "muted": {"type": "array", "items": s},
+                        "hands": {"type": "array", "items": s},
+                        "invites": {"type": "object"},
+                        "limits": {"type": "object"},
+                    },
+                },
+                "Action": {
+                    "type": "object",
+                    "required": ["action"],
+                    "properties": {
+                        "action": {"enum": sorted(ACTIONS)},
+                        "target": s,
+                        "reason": s,
+                        "emoji": s,
+                        "setting": {"enum": ["everyone", "followed", "invited"]},
+                    },
+                },
+            },
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/healthz": {
+                "get": {
+                    "security": [],
+                    "summary": "Liveness",
+                    "responses": {"200": {"description": "OK"}},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "security": [],
+                    "summary": "Prometheus metrics",
+                    "responses": {"200": {"description": "text exposition"}},
+                }
+            },
+            "/v1/dev/token": {
+                "post": {
+                    "security": [],
+                    "summary": "Mint a token (dev mode only)",
+                    "requestBody": _body({"user": s, "moderator": {"type": "boolean"}}, ["user"]),
+                    "responses": _responses({"type": "object", "properties": {"token": s}}, 403),
+                }
+            },
+            "/v1/follows": {
+                "post": {
+                    "summary": "Follow a user (matters for who_may_speak=followed)",
+                    "requestBody": _body({"user": s}, ["user"]),
+                    "responses": _responses(_OK),
+                }
+            },
+            "/v1/spaces": {
+                "post": {
+                    "summary": "Create a space; live now, or scheduled with scheduled_for",
+                    "requestBody": _body(
+                        {
+                            "title": s,
+                            "who_may_speak": {"enum": ["everyone", "followed", "invited"]},
+                            "scheduled_for": {"type": "number"},
+                        }
+                    ),
+                    "responses": {
+                        **_responses(space_ref, 403),
+                        "201": {"description": "created", "content": _content(space_ref)},
+                    },
+                }
+            },
+            "/v1/spaces/{space}": {
+                "get": {
+                    "parameters": _space_path(),
+                    "summary": "State",
+                    "responses": _responses(space_ref, 404),
+                }
+            },
+            "/v1/spaces/{space}/start": {
+                "post": {
+                    "parameters": _space_path(),
+                    "summary": "Start a scheduled space (host)",
+                    "responses": _responses(_OK, 403, 404, 409),
+                }
+            },
+            "/v1/spaces/{space}/end": {
+                "post": {
+                    "parameters": _space_path(),
+                    "summary": "End the space (host)",
+                    "responses": _responses(_OK, 403, 404, 409),
+                }
+            },
+            "/v1/spaces/{space}/join": {
+                "post": {
+                    "parameters": _space_path(),
+                    "summary": "Join as a listener; with an SDP offer, connect audio",
+                    "requestBody": _body({"sdp": s}),
+                    "responses": _responses(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "participant": s,
+                                "role": s,
+                                "sdp": s,
+                                "slots": {"type": "integer"},
+                                "space": space_ref,
+                            },
+                        },
+                        403,
+                        404,
+                        409,
+                        503,
+                    ),
+                }
+            },
+            "/v1/spaces/{space}/leave": {
+                "post": {
+                    "parameters": _space_path(),
+                    "summary": "Leave",
+                    "responses": _responses(_OK, 404),
+                }
+            },
+            "/v1/spaces/{space}/actions": {
+                "post": {
+                    "parameters": _space_path(),
+                    "summary": "Act: hands, stage, moderation, reactions",
+                    "requestBody": {
+                        "required": True,
+                        "content": _content({"$ref": "#/components/schemas/Action"}),
+                    },
+                    "responses": _responses(_OK, 403, 404, 409, 429),
+                }
+            },
+            "/v1/spaces/{space}/events": {
+                "get": {
+                    "parameters": _space_path(),
+                    "summary": "WebSocket: events out, actions in (token may be ?token=)",
+                    "responses": {
+                        "101": {"description": "switching to WebSocket"},
+                        "401": {"description": "bad token", "content": _content(_ERROR)},
+                    },
+                }
+            },
+            "/v1/moderation/spaces/{space}": {
+                "post": {
+                    "parameters": _space_path(),
+                    "summary": "Platform moderation: resolve a report (grant 'moderate')",
+                    "requestBody": _body(
+                        {
+                            "action": {"enum": ["dismiss", "remove", "block", "end"]},
+                            "target": s,
+                            "report": {"type": "integer"},
+                        },
+                        ["action"],
+                    ),
+                    "responses": _responses(_OK, 403, 404, 409),
+                }
+            },
+        },
+    }

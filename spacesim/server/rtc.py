@@ -1,0 +1,240 @@
+"""The one module that touches aiortc / aioice internals (aiortc==1.16.0, aioice 0.13).
+
+Everything else in spacesim uses aiortc's public API or this module. Each internal
+used below carries a comment naming the aiortc/aioice source it relies on, and
+:func:`missing_internals` checks that all of them still exist, so an aiortc upgrade
+fails ``tests/server/test_rtc.py`` instead of failing silently at run time.
+
+What it provides:
+
+* :func:`new_peer_connection` -- an ``RTCPeerConnection`` with no ICE servers
+  (``iceServers=None`` would make aiortc add a public STUN server).
+* :func:`use_host_addresses` -- the host addresses aioice gathers candidates on
+  (aioice skips 127.0.0.1 by default).
+* :func:`tap_rtp` -- encoded, decrypted ``RtpPacket`` s of a receiver go to a
+  callback before aiortc's jitter buffer; the receiver's decoder thread is stopped
+  so nothing is decoded; RTCP receiver reports keep working.
+* :class:`RtpWriter` -- writes RTP packets for a sending transceiver straight to its
+  DTLS transport (SRTP-protected by aiortc) with the sender's SSRC and the
+  negotiated payload type. The sender's track never yields, so aiortc itself sends
+  no RTP on it (it still sends RTCP sender reports, kept accurate by the writer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import aioice.ice
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+)
+from aiortc.mediastreams import MediaStreamError
+from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtp import RtpPacket
+
+__all__ = [
+    "DEFAULT_HOST_ADDRESSES",
+    "OnPacket",
+    "RtpPacket",
+    "RtpWriter",
+    "missing_internals",
+    "new_peer_connection",
+    "tap_rtp",
+    "use_host_addresses",
+]
+
+DEFAULT_HOST_ADDRESSES: tuple[str, ...] = ("127.0.0.1",)
+
+OnPacket = Callable[[RtpPacket, int], Awaitable[None]]
+"""``await on_packet(packet, arrival_time_ms)``; arrival time is aiortc's clock (ms)."""
+
+# RTP fixed header (RFC 3550): V=2 P=0 X=0 CC=0 | M PT | seq | timestamp | SSRC.
+_RTP_HEADER = struct.Struct("!BBHII").pack
+_NTP_UNIX_OFFSET = 2_208_988_800  # seconds from 1900-01-01 to 1970-01-01
+
+# Names this module relies on: (object, attribute, where it comes from).
+_INTERNALS: tuple[tuple[object, str, str], ...] = (
+    (aioice.ice, "get_host_addresses", "aioice/ice.py get_host_addresses"),
+    (
+        RTCRtpReceiver,
+        "_handle_rtp_packet",
+        "aiortc/rtcrtpreceiver.py RTCRtpReceiver._handle_rtp_packet",
+    ),
+    (
+        RTCRtpReceiver,
+        "_RTCRtpReceiver__stop_decoder",
+        "aiortc/rtcrtpreceiver.py RTCRtpReceiver.__stop_decoder",
+    ),
+    (RTCDtlsTransport, "_send_rtp", "aiortc/rtcdtlstransport.py RTCDtlsTransport._send_rtp"),
+    (RTCDtlsTransport, "_handle_rtp_data", "aiortc/rtcdtlstransport.py _handle_rtp_data"),
+)
+# Instance attributes, found among the names their class's __init__ assigns
+# (name mangling happens at compile time, so co_names holds the mangled names).
+_INSTANCE_ATTRS: tuple[tuple[type, str, str], ...] = (
+    (
+        RTCRtpReceiver,
+        "_RTCRtpReceiver__decoder_thread",
+        "aiortc/rtcrtpreceiver.py RTCRtpReceiver.__decoder_thread",
+    ),
+    (RTCRtpSender, "_ssrc", "aiortc/rtcrtpsender.py RTCRtpSender._ssrc"),
+    (RTCRtpSender, "_RTCRtpSender__packet_count", "aiortc/rtcrtpsender.py __packet_count"),
+    (RTCRtpSender, "_RTCRtpSender__octet_count", "aiortc/rtcrtpsender.py __octet_count"),
+    (RTCRtpSender, "_RTCRtpSender__rtp_timestamp", "aiortc/rtcrtpsender.py __rtp_timestamp"),
+    (RTCRtpSender, "_RTCRtpSender__ntp_timestamp", "aiortc/rtcrtpsender.py __ntp_timestamp"),
+    (RTCRtpTransceiver, "_codecs", "aiortc/rtcrtptransceiver.py RTCRtpTransceiver._codecs"),
+)
+
+
+def new_peer_connection() -> RTCPeerConnection:
+    """A peer connection with no STUN/TURN servers (host candidates only)."""
+    return RTCPeerConnection(RTCConfiguration(iceServers=[]))
+
+
+def use_host_addresses(addrs: Iterable[str] = DEFAULT_HOST_ADDRESSES) -> None:
+    """Gather ICE host candidates on exactly these IPv4/IPv6 addresses.
+
+    Replaces ``aioice.ice.get_host_addresses`` (aioice/ice.py, called by
+    ``Connection.gather_candidates``), which enumerates all adapters but skips
+    127.0.0.1. Process-wide; call before creating peer connections.
+    """
+    chosen = list(addrs)
+
+    def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+
+    aioice.ice.get_host_addresses = get_host_addresses
+
+
+def _stop_decoder(receiver: RTCRtpReceiver) -> None:
+    # aiortc/rtcrtpreceiver.py RTCRtpReceiver.__stop_decoder: puts None in the
+    # decoder queue and joins the "audio-decoder" thread; a no-op once stopped.
+    receiver._RTCRtpReceiver__stop_decoder()  # type: ignore[attr-defined]
+
+
+def tap_rtp(receiver: RTCRtpReceiver, on_packet: OnPacket) -> None:
+    """Send the receiver's encoded RTP packets to ``on_packet``; decode nothing.
+
+    Call it before ``receiver.receive()`` runs -- e.g. in the peer connection's
+    "track" event or right after ``setRemoteDescription`` (aiortc calls
+    ``receive()`` from ``RTCPeerConnection.__connect`` only once ICE and DTLS are
+    up). If the decoder already runs it is stopped at once.
+
+    * ``RTCDtlsTransport._handle_rtp_data`` (aiortc/rtcdtlstransport.py) awaits
+      ``receiver._handle_rtp_packet(packet, arrival_time_ms=...)`` with a decrypted,
+      parsed ``RtpPacket``; a per-instance override sees it before the jitter buffer.
+      The original still runs afterwards, so RTCP receiver reports, ``getStats()``
+      and synchronisation sources stay right; with the decoder stopped it only
+      feeds statistics and a bounded 16-packet jitter buffer.
+    * ``RTCRtpReceiver.receive`` (aiortc/rtcrtpreceiver.py) starts the decoder
+      thread; a per-instance wrapper stops it right after (``__stop_decoder``), so
+      no frame is decoded and no unbounded decoded-frame queue grows.
+    """
+    original_handle = receiver._handle_rtp_packet
+    original_receive = receiver.receive
+
+    async def _handle_rtp_packet(packet: RtpPacket, arrival_time_ms: int) -> None:
+        await on_packet(packet, arrival_time_ms)
+        await original_handle(packet, arrival_time_ms)
+
+    async def receive(parameters: Any) -> None:
+        await original_receive(parameters)
+        _stop_decoder(receiver)
+
+    receiver._handle_rtp_packet = _handle_rtp_packet  # type: ignore[method-assign]
+    receiver.receive = receive  # type: ignore[method-assign]
+    if getattr(receiver, "_RTCRtpReceiver__decoder_thread", None) is not None:
+        _stop_decoder(receiver)
+
+
+class _SilentTrack(MediaStreamTrack):
+    """An audio track that never yields a frame: aiortc's RTP loop for the sender
+    waits in ``recv()`` forever (no 20 ms polling as with no track at all) and the
+    wait is cancelled when the sender stops."""
+
+    kind = "audio"
+
+    async def recv(self) -> Any:
+        await asyncio.get_running_loop().create_future()
+        raise MediaStreamError  # pragma: no cover - the future never completes
+
+
+class RtpWriter:
+    """Writes RTP for one sending transceiver straight to its DTLS transport.
+
+    Construct it after ``setRemoteDescription(offer)`` and before ``createAnswer``:
+    it makes the transceiver ``sendonly`` and gives the sender a track that never
+    yields. Call :meth:`bind` once the connection is up (the DTLS transport is known
+    after BUNDLE is applied; the payload type after codec negotiation); then
+    :meth:`write` sends one packet.
+
+    ``write`` awaits ``RTCDtlsTransport._send_rtp`` (aiortc/rtcdtlstransport.py),
+    which SRTP-protects and hands the datagram to aioice; over UDP that coroutine
+    never suspends. It raises ``ConnectionError`` once the transport has closed.
+    """
+
+    __slots__ = ("_send_rtp", "_sender", "payload_type", "ssrc", "transceiver")
+
+    def __init__(self, transceiver: RTCRtpTransceiver) -> None:
+        self.transceiver = transceiver
+        transceiver.direction = "sendonly"
+        transceiver.sender.replaceTrack(_SilentTrack())
+        self._sender: RTCRtpSender = transceiver.sender
+        # aiortc/rtcrtpsender.py RTCRtpSender.__init__: _ssrc is the SSRC the answer
+        # announces (rtcpeerconnection.py create_media_description_for_transceiver).
+        self.ssrc: int = self._sender._ssrc
+        self.payload_type: int = -1
+        self._send_rtp: Callable[[bytes], Awaitable[None]] | None = None
+
+    def bind(self) -> None:
+        """Look up the negotiated payload type and the (bundled) DTLS transport."""
+        # aiortc/rtcpeerconnection.py setRemoteDescription: transceiver._codecs are
+        # the negotiated codecs; RTCRtpSender._run_rtp sends with _codecs[0].
+        payload_type = self.transceiver._codecs[0].payloadType
+        if payload_type is None:
+            raise ValueError("no negotiated payload type")
+        self.payload_type = payload_type
+        # aiortc/rtcdtlstransport.py RTCDtlsTransport._send_rtp
+        self._send_rtp = self._sender.transport._send_rtp
+
+    async def write(
+        self, sequence_number: int, timestamp: int, marker: int, payload: bytes
+    ) -> None:
+        """Send one RTP packet (fixed 12-byte header, no extensions) with this SSRC."""
+        send = self._send_rtp
+        if send is None:
+            raise ConnectionError("RtpWriter not bound")
+        data = (
+            _RTP_HEADER(
+                0x80, (marker << 7) | self.payload_type, sequence_number, timestamp, self.ssrc
+            )
+            + payload
+        )
+        await send(data)
+        # Keep aiortc's RTCP sender reports truthful (aiortc/rtcrtpsender.py
+        # RTCRtpSender._run_rtcp reads these counters; _run_rtp would set them).
+        s = self._sender
+        s._RTCRtpSender__packet_count += 1  # type: ignore[attr-defined]
+        s._RTCRtpSender__octet_count += len(payload)  # type: ignore[attr-defined]
+        s._RTCRtpSender__rtp_timestamp = timestamp  # type: ignore[attr-defined]
+        s._RTCRtpSender__ntp_timestamp = int(  # type: ignore[attr-defined]
+            (time.time() + _NTP_UNIX_OFFSET) * 4294967296.0
+        )
+
+
+def missing_internals() -> list[str]:
+    """The aiortc/aioice internals used here that the installed versions lack ([] = all there)."""
+    missing = [where for obj, name, where in _INTERNALS if not hasattr(obj, name)]
+    for cls, name, where in _INSTANCE_ATTRS:
+        init = getattr(vars(cls).get("__init__"), "__code__", None)
+        if init is None or name not in init.co_names:
+            missing.append(where)
+    return missing

@@ -1,0 +1,654 @@
+"""Tests for spacesim.server.store: one behavioural suite run against SqliteStore and
+MemoryStore, then SQLite-only checks (schema, WAL, durability, and a kill -9 crash test)."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spacesim.policy import ModerationAction, Role, SpaceStatus, WhoMaySpeak
+from spacesim.server.store import (
+    SCHEMA_VERSION,
+    AlreadyExists,
+    Block,
+    Conflict,
+    InvalidArgument,
+    MemoryStore,
+    NotFound,
+    ReportStatus,
+    SqliteStore,
+    Store,
+    StoreError,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class FakeClock:
+    def __init__(self, t: float = 1_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """A factory, so tests can pass a clock; every store made is closed afterwards."""
+    made: list[Any] = []
+
+    def make(clock: FakeClock | None = None) -> Any:
+        clock = clock or FakeClock()
+        if request.param == "memory":
+            store: Any = MemoryStore(clock=clock)
+        else:
+            store = SqliteStore(tmp_path / f"db{len(made)}.sqlite", clock=clock)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.close()
+
+
+@pytest.fixture
+def store(make_store: Any) -> Any:
+    s = make_store()
+    for uid in ("host", "alice", "bob", "carol"):
+        s.add_user(uid, uid.title(), at=1.0)
+    s.create_space("sp", "host", "Town hall", status="live", at=10.0)
+    return s
+
+
+# --------------------------------------------------------------------------- the seam
+
+
+def test_both_implementations_satisfy_the_protocol(store: Any) -> None:
+    assert isinstance(store, Store)
+
+
+def test_closed_store_refuses_work_and_close_is_idempotent(make_store: Any) -> None:
+    s = make_store()
+    s.add_user("u", "U")
+    s.close()
+    s.close()
+    with pytest.raises(StoreError, match="closed"):
+        s.get_user("u")
+    with pytest.raises(StoreError, match="closed"):
+        s.add_user("v", "V")
+
+
+# --------------------------------------------------------------------------- users, follows
+
+
+def test_users_round_trip_and_add_is_idempotent(make_store: Any) -> None:
+    clock = FakeClock(42.0)
+    s = make_store(clock)
+    u = s.add_user("alice", "Alice")
+    assert (u.id, u.display_name, u.created_at) == ("alice", "Alice", 42.0)
+    assert s.get_user("alice") == u
+    clock.t = 50.0
+    assert s.add_user("alice", "Someone else") == u  # existing user returned unchanged
+    assert s.get_user("alice") == u
+    with pytest.raises(NotFound, match="nobody"):
+        s.get_user("nobody")
+
+
+@pytest.mark.parametrize("bad", ["", None, 3, b"x"])
+def test_bad_ids_are_invalid_arguments(store: Any, bad: Any) -> None:
+    with pytest.raises(InvalidArgument):
+        store.add_user(bad, "x")
+    with pytest.raises(InvalidArgument):
+        store.get_space(bad)
+    with pytest.raises(InvalidArgument):
+        store.block("alice", bad)
+    with pytest.raises(InvalidArgument):
+        store.file_report("sp", bad, None)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "10", True, 10**400])
+def test_bad_timestamps_are_invalid_arguments(store: Any, bad: Any) -> None:
+    with pytest.raises(InvalidArgument):
+        store.block("alice", "bob", at=bad)
+    with pytest.raises(InvalidArgument):
+        store.create_space("sp2", "host", "t", scheduled_for=bad)
+    assert not store.is_blocked("alice", "bob")
+
+
+def test_follows(store: Any) -> None:
+    assert store.follow("host", "alice") is True
+    assert store.follow("host", "alice") is False  # idempotent
+    store.follow("host", "bob")
+    store.follow("carol", "alice")
+    assert store.follows_of("host") == {"alice", "bob"}
+    assert store.followers_of("alice") == {"host", "carol"}
+    assert store.unfollow("host", "bob") is True
+    assert store.unfollow("host", "bob") is False
+    assert store.follows_of("host") == {"alice"}
+    assert store.follows_of("bob") == set()
+    returned = store.follows_of("host")
+    returned.add("mallory")  # a copy, not the store's state
+    assert store.follows_of("host") == {"alice"}
+
+
+def test_follow_errors(store: Any) -> None:
+    with pytest.raises(NotFound):
+        store.follow("host", "ghost")
+    with pytest.raises(NotFound):
+        store.follows_of("ghost")
+    with pytest.raises(InvalidArgument):
+        store.follow("alice", "alice")
+
+
+# --------------------------------------------------------------------------- spaces
+
+
+def test_create_and_get_space(store: Any) -> None:
+    sp = store.get_space("sp")
+    assert sp.status is SpaceStatus.LIVE and sp.started_at == 10.0 and sp.ended_at is None
+    assert sp.who_may_speak is WhoMaySpeak.EVERYONE and sp.host == "host"
+    sched = store.create_space(
+        "later",
+        host="host",
+        title="Later",
+        who_may_speak=WhoMaySpeak.FOLLOWED,
+        scheduled_for=5_000,
+        at=20.0,
+    )
+    assert sched.status is SpaceStatus.SCHEDULED and sched.started_at is None
+    assert sched.scheduled_for == 5_000.0 and sched.created_at == 20.0
+    assert store.get_space("later") == sched
+
+
+def test_create_space_errors(store: Any) -> None:
+    with pytest.raises(AlreadyExists):
+        store.create_space("sp", "host", "again")
+    with pytest.raises(NotFound, match="ghost"):
+        store.create_space("x", "ghost", "t")
+    with pytest.raises(InvalidArgument):
+        store.create_space("x", "host", "t", status="ended")
+    with pytest.raises(InvalidArgument, match="status"):
+        store.create_space("x", "host", "t", status="paused")
+    with pytest.raises(InvalidArgument, match="who_may_speak"):
+        store.create_space("x", "host", "t", who_may_speak="nobody")
+    with pytest.raises(NotFound):
+        store.get_space("x")
+
+
+def test_space_lifecycle_moves_forward_only(store: Any) -> None:
+    store.create_space("s2", "host", "t", at=1.0)
+    live = store.set_space_status("s2", "live", 5.0)
+    assert (live.status, live.started_at) == (SpaceStatus.LIVE, 5.0)
+    assert store.set_space_status("s2", SpaceStatus.LIVE, 6.0) == live  # same: no-op
+    with pytest.raises(Conflict):
+        store.set_space_status("s2", "scheduled")
+    ended = store.set_space_status("s2", "ended", at=9.0)
+    assert (ended.status, ended.started_at, ended.ended_at) == (SpaceStatus.ENDED, 5.0, 9.0)
+    assert store.get_space("s2") == ended
+    assert store.set_space_status("s2", "ended", at=11.0) == ended
+    with pytest.raises(Conflict):
+        store.set_space_status("s2", "live")
+    store.create_space("s3", "host", "t")
+    cancelled = store.set_space_status("s3", "ended", at=3.0)
+    assert cancelled.started_at is None and cancelled.ended_at == 3.0
+    with pytest.raises(NotFound):
+        store.set_space_status("ghost", "live")
+
+
+def test_set_who_may_speak(store: Any) -> None:
+    assert store.set_who_may_speak("sp", "invited").who_may_speak is WhoMaySpeak.INVITED
+    assert store.get_space("sp").who_may_speak is WhoMaySpeak.INVITED
+    with pytest.raises(InvalidArgument):
+        store.set_who_may_speak("sp", "anyone")
+    with pytest.raises(NotFound):
+        store.set_who_may_speak("ghost", "everyone")
+
+
+def test_spaces_to_recover_lists_scheduled_and_live_oldest_first(store: Any) -> None:
+    store.create_space("b", "host", "t", at=30.0)
+    store.create_space("a", "host", "t", status="live", at=20.0)
+    store.create_space("c", "host", "t", at=30.0)  # same time as b: creation order decides
+    store.create_space("gone", "host", "t", at=5.0)
+    store.set_space_status("gone", "ended")
+    assert [s.id for s in store.spaces_to_recover()] == ["sp", "a", "b", "c"]
+
+
+# --------------------------------------------------------------------------- participation
+
+
+def test_join_role_change_and_leave(store: Any) -> None:
+    j = store.record_join("sp", "alice", "listener", 11.0)
+    assert (j.space, j.user, j.role, j.joined_at, j.left_at) == (
+        "sp",
+        "alice",
+        Role.LISTENER,
+        11.0,
+        None,
+    )
+    store.record_join("sp", "host", Role.HOST, at=10.0)
+    assert store.present("sp") == {"alice": Role.LISTENER, "host": Role.HOST}
+    promoted = store.record_role("sp", "alice", "speaker", 12.0)
+    assert promoted.role is Role.SPEAKER and promoted.id != j.id
+    assert store.record_role("sp", "alice", "speaker", 13.0) == promoted  # same role: no-op
+    left = store.record_leave("sp", "alice", 14.0)
+    assert left is not None and left.left_at == 14.0 and left.id == promoted.id
+    assert store.record_leave("sp", "alice", 15.0) is None  # idempotent
+    history = store.participations(space="sp", user="alice")
+    assert [(p.role, p.joined_at, p.left_at) for p in history] == [
+        (Role.LISTENER, 11.0, 12.0),
+        (Role.SPEAKER, 12.0, 14.0),
+    ]
+    assert store.present("sp") == {"host": Role.HOST}
+    assert [p.user for p in store.participations()] == ["alice", "host", "alice"]
+
+
+def test_rejoin_with_a_stale_open_row_closes_it(store: Any) -> None:
+    first = store.record_join("sp", "bob", at=11.0)  # e.g. the server crashed after this
+    second = store.record_join("sp", "bob", at=20.0)
+    assert second.id != first.id
+    assert [(p.joined_at, p.left_at) for p in store.participations(user="bob")] == [
+        (11.0, 20.0),
+        (20.0, None),
+    ]
+
+
+def test_ending_a_space_closes_open_participations(store: Any) -> None:
+    store.record_join("sp", "alice", at=11.0)
+    store.record_join("sp", "bob", at=12.0)
+    store.record_leave("sp", "bob", at=13.0)
+    store.set_space_status("sp", "ended", at=30.0)
+    assert store.present("sp") == {}
+    assert [p.left_at for p in store.participations(space="sp")] == [30.0, 13.0]
+
+
+def test_participation_errors(store: Any) -> None:
+    with pytest.raises(NotFound):
+        store.record_join("ghost", "alice")
+    with pytest.raises(NotFound):
+        store.record_join("sp", "ghost")
+    with pytest.raises(InvalidArgument):
+        store.record_join("sp", "alice", "moderator")
+    with pytest.raises(NotFound):
+        store.record_role("sp", "alice", "speaker")  # not present
+    with pytest.raises(NotFound):
+        store.record_leave("ghost", "alice")
+    with pytest.raises(NotFound):
+        store.present("ghost")
+    with pytest.raises(NotFound):
+        store.participations(space="ghost")
+    assert store.participations() == []
+
+
+# --------------------------------------------------------------------------- audit
+
+
+def test_audit_log_appends_and_reads_back(store: Any) -> None:
+    store.create_space("other", "host", "t")
+    e1 = store.audit("sp", "host", "remove", "alice", {"reason": "spam", "n": 2}, 11.0)
+    e2 = store.audit("other", None, "moderate:end", at=12.0)
+    e3 = store.audit("sp", "host", "mute_all", at=13.0)
+    assert e1.id < e2.id < e3.id
+    assert dict(e1.attrs) == {"reason": "spam", "n": 2} and dict(e2.attrs) == {}
+    assert (e2.actor, e2.target) == (None, None)
+    assert store.audit_log() == [e1, e2, e3]
+    assert store.audit_log("sp") == [e1, e3]
+    with pytest.raises(TypeError):
+        e1.attrs["x"] = 1  # read-only view
+
+
+def test_audit_errors(store: Any) -> None:
+    with pytest.raises(NotFound):
+        store.audit("ghost", "host", "remove")
+    with pytest.raises(InvalidArgument, match="JSON"):
+        store.audit("sp", "host", "remove", "alice", {"when": object()})
+    with pytest.raises(InvalidArgument, match="JSON"):
+        store.audit("sp", "host", "remove", "alice", {"x": float("nan")})
+    with pytest.raises(InvalidArgument):
+        store.audit("sp", "host", "", "alice")
+    with pytest.raises(NotFound):
+        store.audit_log("ghost")
+    assert store.audit_log() == []
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def test_reports_file_resolve_and_filter(store: Any) -> None:
+    store.create_space("other", "host", "t")
+    r1 = store.file_report("sp", "alice", "bob", "spam", 11.0)
+    r2 = store.file_report("sp", "bob", None, at=12.0)  # about the space
+    r3 = store.file_report("other", "carol", "alice", "abuse", 13.0)
+    assert r1 < r2 < r3 and all(isinstance(r, int) for r in (r1, r2, r3))
+    got = store.get_report(r1)
+    assert (got.space, got.reporter, got.target, got.reason) == ("sp", "alice", "bob", "spam")
+    assert got.status is ReportStatus.OPEN and got.resolution is None and got.filed_at == 11.0
+    assert store.get_report(r2).target is None and store.get_report(r2).reason == ""
+
+    done = store.resolve_report(r1, "remove", "mod", 20.0)
+    assert (done.status, done.resolution, done.resolved_by, done.resolved_at) == (
+        ReportStatus.RESOLVED,
+        ModerationAction.REMOVE,
+        "mod",
+        20.0,
+    )
+    assert store.resolve_report(r1, ModerationAction.REMOVE, "mod2", 30.0) == done  # idempotent
+    with pytest.raises(Conflict):
+        store.resolve_report(r1, "dismiss")
+    assert store.get_report(r1) == done
+
+    assert [r.id for r in store.reports()] == [r1, r2, r3]
+    assert [r.id for r in store.reports(space="sp")] == [r1, r2]
+    assert [r.id for r in store.reports(status="open")] == [r2, r3]
+    assert [r.id for r in store.reports(space="sp", status=ReportStatus.RESOLVED)] == [r1]
+
+
+def test_report_errors(store: Any) -> None:
+    with pytest.raises(NotFound):
+        store.file_report("ghost", "alice", None)
+    with pytest.raises(NotFound):
+        store.file_report("sp", "ghost", None)
+    with pytest.raises(NotFound):
+        store.file_report("sp", "alice", "ghost")
+    with pytest.raises(InvalidArgument):
+        store.file_report("sp", "alice", None, reason=7)
+    with pytest.raises(NotFound):
+        store.get_report(99)
+    with pytest.raises(NotFound):
+        store.resolve_report(99, "dismiss")
+    with pytest.raises(InvalidArgument):
+        store.get_report("1")
+    rid = store.file_report("sp", "alice", None)
+    with pytest.raises(InvalidArgument, match="resolution"):
+        store.resolve_report(rid, "ban")
+    with pytest.raises(InvalidArgument):
+        store.reports(status="closed")
+    with pytest.raises(NotFound):
+        store.reports(space="ghost")
+    assert store.get_report(rid).status is ReportStatus.OPEN
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+def test_blocks(store: Any) -> None:
+    assert store.block("host", "alice", 11.0) is True
+    assert store.block("host", "alice", 99.0) is False  # idempotent: the first time is kept
+    store.block("host", "bob", 12.0)
+    store.block("carol", "host", 13.0)
+    assert store.blocked_by("host") == {"alice", "bob"}
+    assert store.blocks("host") == [Block("host", "alice", 11.0), Block("host", "bob", 12.0)]
+    assert store.is_blocked("host", "alice") and not store.is_blocked("alice", "host")
+    assert store.is_blocked("carol", "host")
+    assert store.unblock("host", "alice") is True
+    assert store.unblock("host", "alice") is False
+    assert store.blocked_by("host") == {"bob"}
+    assert store.blocked_by("alice") == set()
+
+
+def test_block_errors(store: Any) -> None:
+    with pytest.raises(InvalidArgument):
+        store.block("alice", "alice")
+    with pytest.raises(NotFound):
+        store.block("alice", "ghost")
+    with pytest.raises(NotFound):
+        store.blocked_by("ghost")
+    with pytest.raises(NotFound):
+        store.is_blocked("ghost", "alice")
+
+
+def test_default_timestamps_come_from_the_clock(make_store: Any) -> None:
+    clock = FakeClock(100.0)
+    s = make_store(clock)
+    s.add_user("h", "H")
+    s.add_user("u", "U")
+    assert s.create_space("x", "h", "t", status="live").started_at == 100.0
+    clock.t = 101.0
+    assert s.record_join("x", "u").joined_at == 101.0
+    clock.t = 102.0
+    rid = s.file_report("x", "u", "h")
+    assert s.get_report(rid).filed_at == 102.0
+    clock.t = 103.0
+    s.block("h", "u")
+    assert s.blocks("h")[0].at == 103.0
+    assert s.audit("x", "h", "remove", "u").at == 103.0
+    clock.t = 104.0
+    assert s.set_space_status("x", "ended").ended_at == 104.0
+
+
+def test_memory_and_sqlite_agree_on_a_scripted_session(tmp_path: Path) -> None:
+    """The same calls give equal results on both implementations."""
+
+    def script(s: Any) -> list[Any]:
+        out: list[Any] = []
+        for uid in ("h", "a", "b"):
+            out.append(s.add_user(uid, uid.upper(), at=1.0))
+        out.append(s.create_space("x", "h", "T", status="live", at=2.0))
+        out.append(s.record_join("x", "a", at=3.0))
+        out.append(s.record_role("x", "a", "speaker", at=4.0))
+        out.append(s.file_report("x", "b", "a", "loud", at=5.0))
+        out.append(s.resolve_report(1, "block", "m", at=6.0))
+        out.append(s.block("h", "a", at=6.0))
+        out.append(s.audit("x", "m", "moderate:block", "a", {"report": 1}, at=6.0))
+        out.append(s.set_space_status("x", "ended", at=7.0))
+        out += [s.participations(), s.reports(), s.blocked_by("h"), s.spaces_to_recover()]
+        out.append([(e.id, e.action, dict(e.attrs)) for e in s.audit_log()])
+        return out
+
+    with MemoryStore() as mem, SqliteStore(tmp_path / "x.db") as sql:
+        assert script(mem) == script(sql)
+
+
+# --------------------------------------------------------------------------- SQLite only
+
+
+def test_sqlite_data_survives_reopen_with_wal_and_schema_version(tmp_path: Path) -> None:
+    path = tmp_path / "spaces.db"
+    with SqliteStore(path) as s:
+        assert s.journal_mode == "wal"
+        s.add_user("h", "H", at=1.0)
+        s.add_user("u", "U", at=1.0)
+        s.create_space("x", "h", "T", status="live", at=2.0)
+        rid = s.file_report("x", "u", None, "r", at=3.0)
+        s.block("h", "u", at=4.0)
+    with SqliteStore(path) as s:
+        assert s.get_report(rid).reason == "r"
+        assert s.blocked_by("h") == {"u"}
+        assert [sp.id for sp in s.spaces_to_recover()] == ["x"]
+    raw = sqlite3.connect(path)
+    try:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        raw.close()
+
+
+def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:
+    path = tmp_path / "future.db"
+    raw = sqlite3.connect(path)
+    try:
+        raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        raw.commit()
+    finally:
+        raw.close()
+    with pytest.raises(StoreError, match="schema version"):
+        SqliteStore(path)
+
+
+@pytest.mark.parametrize("content", [b"this is not a database" * 100, b"\x00" * 5000])
+def test_sqlite_garbage_file_is_a_store_error(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "garbage.db"
+    path.write_bytes(content)
+    with pytest.raises(StoreError) as info:
+        SqliteStore(path)
+    assert not isinstance(info.value, sqlite3.Error)
+
+
+def test_sqlite_unopenable_path_is_a_store_error(tmp_path: Path) -> None:
+    with pytest.raises(StoreError):
+        SqliteStore(tmp_path / "no" / "such" / "dir" / "x.db")
+
+
+def test_sqlite_audit_log_is_append_only_even_for_raw_sql(tmp_path: Path) -> None:
+    path = tmp_path / "a.db"
+    with SqliteStore(path) as s:
+        s.add_user("h", "H")
+        s.create_space("x", "h", "T")
+        s.audit("x", "h", "remove", "u")
+    raw = sqlite3.connect(path)
+    try:
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            raw.execute("UPDATE audit_log SET action = 'nothing'")
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            raw.execute("DELETE FROM audit_log")
+    finally:
+        raw.close()
+
+
+def test_sqlite_acknowledged_writes_commit_with_synchronous_full(tmp_path: Path) -> None:
+    """White-box: kill -9 cannot tell FULL from NORMAL (the OS keeps the data), so check
+    which synchronous setting is in force at each COMMIT."""
+    with SqliteStore(tmp_path / "s.db") as s:
+        s.add_user("h", "H")
+        s.add_user("u", "U")
+        s.create_space("x", "h", "T", status="live")
+        conn = s._conn
+        assert conn is not None
+        commits: list[tuple[str, str]] = []
+        label = [""]
+        level = ["FULL"]  # what the store sets on open (schema creation is durable)
+
+        def watch(sql: str) -> None:  # the pragma cannot be queried inside the callback
+            text = sql.upper().replace(" ", "")
+            if text.startswith("PRAGMASYNCHRONOUS="):
+                level[0] = text.split("=")[1]
+            elif text == "COMMIT":
+                commits.append((label[0], level[0]))
+
+        conn.set_trace_callback(watch)
+        try:
+            label[0] = "join"
+            s.record_join("x", "u")
+            label[0] = "report"
+            s.file_report("x", "u", "h", "r")
+            label[0] = "leave"
+            s.record_leave("x", "u")
+            label[0] = "block"
+            s.block("h", "u")
+            label[0] = "resolve"
+            s.resolve_report(1, "dismiss")
+        finally:
+            conn.set_trace_callback(None)
+        assert commits == [
+            ("join", "NORMAL"),
+            ("report", "FULL"),
+            ("leave", "NORMAL"),
+            ("block", "FULL"),
+            ("resolve", "FULL"),
+        ]
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+
+
+# --------------------------------------------------------------------------- kill -9
+
+_CHILD = textwrap.dedent(
+    """
+    import sys
+    from spacesim.server.store import SqliteStore
+
+    store = SqliteStore(sys.argv[1])
+    store.add_user("host", "Host")
+    for i in range(5):
+        store.add_user(f"r{i}", f"Reporter {i}")
+    store.create_space("live", "host", "Live", status="live")
+    store.create_space("sched", "host", "Later", scheduled_for=4e9)
+    store.create_space("done", "host", "Done", status="live")
+    store.set_space_status("done", "ended")
+    print("ready", flush=True)
+    n = 0
+    while True:
+        n += 1
+        rid = store.file_report("live", f"r{n % 5}", None, f"reason {n}")
+        print(f"ack {n} report {rid}", flush=True)
+        store.add_user(f"x{n}", "X")
+        store.block("host", f"x{n}")
+        print(f"ack {n} block x{n}", flush=True)
+    """
+)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGKILL is POSIX")
+def test_kill_9_loses_no_acknowledged_report_or_block(tmp_path: Path) -> None:
+    db = tmp_path / "crash.db"
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+    acked_reports: dict[int, str] = {}
+    acked_blocks: set[str] = set()
+    deadline = time.monotonic() + 12.0
+    with subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(db)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    ) as proc:
+        assert proc.stdout is not None
+
+        def pump() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.put(line)
+            lines.put(None)
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        try:
+            acks = 0
+            while acks < 200:
+                try:
+                    line = lines.get(timeout=max(0.01, deadline - time.monotonic()))
+                except queue.Empty:
+                    pytest.fail(f"only {acks} acks before the deadline")
+                if line is None:
+                    pytest.fail(f"child exited early: {proc.stderr.read() if proc.stderr else ''}")
+                words = line.split()
+                if words[0] != "ack":
+                    continue
+                acks += 1
+                n = int(words[1])
+                if words[2] == "report":
+                    acked_reports[int(words[3])] = f"reason {n}"
+                else:
+                    acked_blocks.add(words[3])
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=5)
+            reader.join(timeout=5)
+        assert proc.returncode == -signal.SIGKILL
+
+    assert len(acked_reports) >= 100 and len(acked_blocks) >= 99
+    with SqliteStore(db) as store:
+        stored = {r.id: r.reason for r in store.reports(space="live")}
+        for rid, reason in acked_reports.items():
+            assert stored.get(rid) == reason, f"acknowledged report {rid} lost"
+        assert acked_blocks <= store.blocked_by("host")
+        assert {s.id for s in store.spaces_to_recover()} == {"live", "sched"}
+    raw = sqlite3.connect(db)
+    try:
+        assert raw.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        raw.close()
