@@ -24,7 +24,7 @@ from aiohttp import WSMsgType, web
 from spacesim import policy
 from spacesim.protocol import PROTOCOL_VERSION, ProtocolError, error_body, parse_action
 from spacesim.server import metrics
-from spacesim.server.auth import AuthError, Claims, DevIssuer, Forbidden, verify_token
+from spacesim.server.auth import AuthError, Claims, DevIssuer, Forbidden, require, verify_token
 from spacesim.server.room import Room
 from spacesim.server.store import NotFound, SqliteStore, Store
 
@@ -90,6 +90,7 @@ class ServerState:
             scheduled_for=scheduled_for,
             at=time.time(),
         )
+        self.store.record_join(space_id, host, "host", time.time())
         room = self._room_for(space_id, host, status, who)
         self.rooms[space_id] = room
         return room
@@ -129,17 +130,10 @@ def _claims(request: web.Request) -> Claims:
     token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
     token = token or request.query.get("token", "")
     if not token:
-        raise AuthError("missing token: send 'Authorization: Bearer <token>'")
+        raise AuthError("missing", "send 'Authorization: Bearer <token>'")
     claims = verify_token(request.app[CONFIG].secret, token)
     request.app[STATE].store.add_user(claims.sub, claims.sub)
     return claims
-
-
-def _need(claims: Claims, grant: str, space: str | None = None) -> None:
-    if not claims.has(grant):
-        raise Forbidden(f"the token lacks the '{grant}' grant")
-    if space is not None and claims.space is not None and claims.space != space:
-        raise Forbidden(f"the token is for space {claims.space!r}, not {space!r}")
 
 
 @web.middleware
@@ -222,7 +216,7 @@ async def follow(request: web.Request) -> web.Response:
 @routes.post("/v1/spaces")
 async def create_space(request: web.Request) -> web.Response:
     claims = _claims(request)
-    _need(claims, "space:create")
+    require(claims, "space:create")
     body = await _body(request)
     title = body.get("title", "")
     who = body.get("who_may_speak", "everyone")
@@ -257,7 +251,7 @@ async def _lifecycle(request: web.Request, action: str) -> web.Response:
     claims = _claims(request)
     state = request.app[STATE]
     room = state.room(request.match_info["space"])
-    _need(claims, "space:create", room.id)
+    require(claims, "space:create", room.id)
     events = room.lifecycle(claims.sub, action)
     if action == "end":
         await _close_media(state, room.id)
@@ -270,7 +264,7 @@ async def join_space(request: web.Request) -> web.Response:
     claims = _claims(request)
     state = request.app[STATE]
     room = state.room(request.match_info["space"])
-    _need(claims, "space:join", room.id)
+    require(claims, "space:join", room.id)
     body = await _body(request)
     offer = body.get("sdp")
     if offer is not None and (not isinstance(offer, str) or "v=0" not in offer):
@@ -364,7 +358,7 @@ async def act(request: web.Request) -> web.Response:
     claims = _claims(request)
     state = request.app[STATE]
     room = state.room(request.match_info["space"])
-    _need(claims, "space:join", room.id)
+    require(claims, "space:join", room.id)
     action, fields = parse_action(await _body(request))
     events = room.apply(claims.sub, action, fields)
     await _drop_gone(state, room)
@@ -385,7 +379,7 @@ async def _drop_gone(state: ServerState, room: Room) -> None:
 async def moderate(request: web.Request) -> web.Response:
     """Platform moderators resolve reports: dismiss, remove, block or end."""
     claims = _claims(request)
-    _need(claims, "moderate")
+    require(claims, "moderate")
     state = request.app[STATE]
     room = state.room(request.match_info["space"])
     body = await _body(request)
@@ -402,8 +396,11 @@ async def moderate(request: web.Request) -> web.Response:
     if report is not None:
         if not isinstance(report, int) or isinstance(report, bool):
             raise ProtocolError("bad_request", "'report' must be a report id")
-        state.store.resolve_report(report, action.value, claims.sub, time.time())
+        if state.store.get_report(report).space != room.id:
+            raise ProtocolError("bad_request", f"report {report} is not about space {room.id}")
     events = room.moderate(claims.sub, action, target)
+    if report is not None:  # only once the decision is applied
+        state.store.resolve_report(report, action.value, claims.sub, time.time())
     await _drop_gone(state, room)
     return _json({"ok": True, "events": events})
 
@@ -414,7 +411,7 @@ async def events_ws(request: web.Request) -> web.StreamResponse:
     claims = _claims(request)
     state = request.app[STATE]
     room = state.room(request.match_info["space"])
-    _need(claims, "space:join", room.id)
+    require(claims, "space:join", room.id)
     ws = web.WebSocketResponse(heartbeat=20, max_msg_size=64 * 1024)
     await ws.prepare(request)
     queue = room.subscribe()

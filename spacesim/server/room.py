@@ -39,7 +39,8 @@ _ON_TARGET = {
     "block",
 }
 #: Actions written to the audit log (moderation, not audience chatter).
-_AUDITED = _ON_TARGET | {"mute_all", "report", "set_who_may_speak", "start", "end"}
+_AUDITED = _ON_TARGET | {"mute_all", "report", "set_who_may_speak", "start", "end", "moderate"}
+_ROLE_CHANGES = {"speaker_granted", "speaker_revoked", "cohost_added", "cohost_removed"}
 
 
 @dataclass
@@ -142,6 +143,18 @@ class Room:
             raise ProtocolError(outcome.code or "bad_request", outcome.reason or "refused")
         return outcome
 
+    def _commit(
+        self,
+        actor: str | None,
+        action: str,
+        outcome: policy.Outcome,
+        fields: dict[str, str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Persist an accepted outcome, then tell everyone: nothing is acknowledged unsaved."""
+        fields = fields or {}
+        extras = self._persist(actor, action, fields, outcome)
+        return self.publish(outcome.events, extras)
+
     def apply(self, actor: str, action: str, fields: dict[str, str]) -> list[dict[str, Any]]:
         """Apply a validated action (see `spacesim.protocol.parse_action`); returns events.
 
@@ -170,30 +183,53 @@ class Room:
             outcome = space.set_who_may_speak(actor, setting)
         else:
             raise ProtocolError("unknown_action", f"unknown action {action!r}")
-        self._check(outcome)
-        extras = self._persist(actor, action, target, fields, outcome)
-        return self.publish(outcome.events, extras)
+        return self._commit(actor, action, self._check(outcome), fields)
 
     def _persist(
         self,
-        actor: str,
+        actor: str | None,
         action: str,
-        target: str | None,
         fields: dict[str, str],
         outcome: policy.Outcome,
     ) -> dict[int, dict[str, str]]:
-        """Write what must survive a crash before anyone is told; returns event extras."""
+        """Write what must survive a crash before anyone is told; returns event extras.
+
+        A block with a space-wide effect (by the host, a co-host or platform moderation)
+        is stored as the host's block: the user stays out of this host's spaces after a
+        restart. A personal block is stored as the blocker's.
+        """
+        store = self.persist
         at = self._wall()
         extras: dict[int, dict[str, str]] = {}
         for i, ev in enumerate(outcome.events):
-            if ev.kind == "report_filed":
-                reason = fields.get("reason", "")
-                report_id = self.persist.file_report(self.id, actor, target, reason, at)
+            kind = ev.kind
+            if kind == "report_filed":
+                target = fields.get("target")
+                reporter = actor or ev.actor or ""
+                report_id = store.file_report(
+                    self.id, reporter, target, fields.get("reason", ""), at
+                )
                 extras[i] = {"report_id": str(report_id)}
-            elif ev.kind == "blocked":
-                self.persist.block(ev.actor or actor, ev.participant, at)
+            elif kind == "blocked":
+                personal = ev.attrs.get("scope") == "personal"
+                blocker = (ev.actor or actor or self.space.host) if personal else self.space.host
+                store.add_user(ev.participant, ev.participant, at)
+                store.block(blocker, ev.participant, at)
+            elif kind == "participant_joined":
+                store.record_join(self.id, ev.participant, "listener", at)
+            elif kind in ("participant_left", "removed"):
+                store.record_leave(self.id, ev.participant, at)
+            elif kind in _ROLE_CHANGES and ev.role is not None:
+                store.record_role(self.id, ev.participant, ev.role.value, at)
+            elif kind == "space_started":
+                store.set_space_status(self.id, "live", at)
+            elif kind == "space_ended":
+                store.set_space_status(self.id, "ended", at)
+            elif kind == "speak_setting_changed":
+                store.set_who_may_speak(self.id, self.space.who_may_speak.value)
         if action in _AUDITED:
-            self.persist.audit(self.id, actor, action, target, dict(fields), at)
+            target = fields.get("target")
+            store.audit(self.id, actor, action, target, dict(fields), at)
         return extras
 
     def _react(self, actor: str, emoji: str) -> list[dict[str, Any]]:
@@ -210,33 +246,24 @@ class Room:
     # ------------------------------------------------------------------ membership
 
     def join(self, user: str) -> list[dict[str, Any]]:
-        outcome = self._check(self.space.join(user))
-        self.persist.record_join(self.id, user, "listener", self._wall())
-        return self.publish(outcome.events)
+        return self._commit(user, "join", self._check(self.space.join(user)))
 
     def leave(self, user: str) -> list[dict[str, Any]]:
         if self.space.role_of(user) is None:
             return []
-        outcome = self._check(self.space.leave(user))
-        self.persist.record_leave(self.id, user, self._wall())
-        return self.publish(outcome.events)
+        return self._commit(user, "leave", self._check(self.space.leave(user)))
 
     def lifecycle(self, actor: str, action: str) -> list[dict[str, Any]]:
         """start / end, with the status persisted before the event goes out."""
-        outcome = self._check(getattr(self.space, action)(actor))
-        self.persist.set_space_status(self.id, self.space.status.value, self._wall())
-        self.persist.audit(self.id, actor, action, None, {}, self._wall())
-        return self.publish(outcome.events)
+        return self._commit(actor, action, self._check(getattr(self.space, action)(actor)))
 
     def moderate(
         self, moderator: str, action: policy.ModerationAction, target: str | None
     ) -> list[dict[str, Any]]:
+        """Platform moderation (the caller checked the grant)."""
         outcome = self._check(self.space.moderate(action, target))
-        extras = self._persist(moderator, "moderate", target, {"action": action.value}, outcome)
-        self.persist.audit(self.id, moderator, f"moderate:{action.value}", target, {}, self._wall())
-        if self.space.status is policy.SpaceStatus.ENDED:
-            self.persist.set_space_status(self.id, "ended", self._wall())
-        return self.publish(outcome.events, extras)
+        fields = {"action": action.value} | ({"target": target} if target else {})
+        return self._commit(moderator, "moderate", outcome, fields)
 
     def snapshot(self) -> dict[str, Any]:
         """The room's state as clients see it on join and on GET."""

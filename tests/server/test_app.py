@@ -1,0 +1,451 @@
+"""The room server end to end over real sockets on 127.0.0.1: HTTP, WebSocket and WebRTC."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+from aiortc import RTCSessionDescription
+
+from spacesim.results import KINDS
+from spacesim.server import rtc
+from spacesim.server.app import ServerConfig, create_app
+from spacesim.server.auth import issue_token
+from tests.server.test_media import Client, opus_tone
+
+for _name in ("aioice", "aiortc", "aiohttp.access"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+SECRET = b"0123456789abcdef0123456789abcdef"
+SLOTS = 3
+pytestmark = pytest.mark.timeout(30)
+
+
+class Api:
+    """A small HTTP client for one server; `as_(user)` gives a user's headers."""
+
+    def __init__(self, http: aiohttp.ClientSession, base: str) -> None:
+        self.http = http
+        self.base = base
+        self.tokens: dict[str, str] = {}
+
+    async def token(self, user: str, moderator: bool = False) -> str:
+        if user not in self.tokens:
+            r = await self.http.post(
+                f"{self.base}/v1/dev/token", json={"user": user, "moderator": moderator}
+            )
+            assert r.status == 200, await r.text()
+            self.tokens[user] = (await r.json())["token"]
+        return self.tokens[user]
+
+    async def call(
+        self, method: str, path: str, user: str | None = None, body: Any = None, raw: Any = None
+    ) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {await self.token(user)}"} if user else {}
+        kwargs: dict[str, Any] = {"headers": headers}
+        if raw is not None:
+            kwargs["data"] = raw
+        elif body is not None:
+            kwargs["json"] = body
+        r = await self.http.request(method, f"{self.base}{path}", **kwargs)
+        text = await r.text()
+        try:
+            return r.status, json.loads(text)
+        except json.JSONDecodeError:
+            return r.status, text
+
+    async def space(self, host: str, **body: Any) -> str:
+        status, data = await self.call("POST", "/v1/spaces", host, {"title": "t", **body})
+        assert status == 201, data
+        return str(data["id"])
+
+    async def act(self, space: str, user: str, action: str, **fields: Any) -> tuple[int, Any]:
+        return await self.call(
+            "POST", f"/v1/spaces/{space}/actions", user, {"action": action, **fields}
+        )
+
+    async def join(self, space: str, user: str) -> tuple[int, Any]:
+        return await self.call("POST", f"/v1/spaces/{space}/join", user, {})
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[Api]:
+    rtc.use_host_addresses(["127.0.0.1"])
+    config = ServerConfig(db=tmp_path / "s.db", secret=SECRET, slots=SLOTS, capacity=60)
+    server = TestServer(create_app(config), host="127.0.0.1")
+    await server.start_server()
+    async with aiohttp.ClientSession() as http:
+        yield Api(http, str(server.make_url("")).rstrip("/"))
+    await server.close()
+
+
+class AudioClient(Client):
+    """The media test's client, joined through the HTTP API instead of the media room."""
+
+    async def join_api(self, api: Api, space: str) -> dict[str, Any]:
+        if self.track is not None:
+            self.pc.addTransceiver(self.track, direction="sendonly")
+        slots = [self.pc.addTransceiver("audio", direction="recvonly") for _ in range(SLOTS)]
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        status, data = await api.call(
+            "POST", f"/v1/spaces/{space}/join", self.name, {"sdp": self.pc.localDescription.sdp}
+        )
+        assert status == 200, data
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=data["sdp"], type="answer"))
+        for i, t in enumerate(slots):
+            rtc.tap_rtp(t.receiver, self._recorder(i))
+        return dict(data)
+
+    def received(self) -> list[bytes]:
+        return [p for slot in range(SLOTS) for p in self.payloads(slot)]
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[list[AudioClient]]:
+    made: list[AudioClient] = []
+    yield made
+    for c in made:
+        await c.close()
+
+
+async def until(cond: Any, timeout: float = 8.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+# --------------------------------------------------------------------------- audio
+
+
+async def test_speaker_heard_by_two_listeners_with_identical_payloads(
+    api: Api, clients: list[AudioClient]
+) -> None:
+    space = await api.space("host")
+    tone = opus_tone(440.0)
+    host = AudioClient("host", tone)
+    a, b = AudioClient("a"), AudioClient("b")
+    clients += [host, a, b]
+    await host.join_api(api, space)
+    for c in (a, b):
+        data = await c.join_api(api, space)
+        assert data["role"] == "listener" and data["slots"] == SLOTS
+    await until(lambda: len(a.received()) >= 50 and len(b.received()) >= 50)
+    for c in (a, b):
+        got = c.received()
+        start = tone.index(got[0])
+        assert got[:50] == list(tone[start : start + 50])  # forwarded untouched, in order
+
+
+async def test_listener_unheard_until_approved_then_silent_once_demoted(
+    api: Api, clients: list[AudioClient]
+) -> None:
+    space = await api.space("host")
+    bob_tone = opus_tone(660.0, frames=600)
+    bob, ann = AudioClient("bob", bob_tone), AudioClient("ann")
+    clients += [bob, ann]
+    await ann.join_api(api, space)
+    await bob.join_api(api, space)
+    await asyncio.sleep(0.5)  # bob sends all along; as a listener he is dropped
+    assert ann.received() == []
+    assert (await api.act(space, "bob", "raise_hand"))[0] == 200
+    status, data = await api.act(space, "host", "approve", target="bob")
+    assert status == 200 and data["events"][0]["kind"] == "speaker_granted"
+    await until(lambda: len(ann.received()) >= 20)
+    assert set(ann.received()) <= set(bob_tone)
+    assert (await api.act(space, "host", "demote", target="bob"))[0] == 200
+    await asyncio.sleep(0.2)  # packets already in flight
+    heard = len(ann.received())
+    await asyncio.sleep(0.5)
+    assert len(ann.received()) == heard  # silence after the demotion
+
+
+# --------------------------------------------------------------------------- rules
+
+
+ACTIONS: list[tuple[str, dict[str, str]]] = [
+    ("approve", {"target": "hand"}),
+    ("decline", {"target": "hand"}),
+    ("invite", {"target": "lis2"}),
+    ("demote", {"target": "spk2"}),
+    ("add_cohost", {"target": "lis2"}),
+    ("mute", {"target": "spk2"}),
+    ("mute_all", {}),
+    ("remove", {"target": "lis2"}),
+    ("block", {"target": "lis2"}),
+    ("set_who_may_speak", {"setting": "invited"}),
+]
+ALLOWED = {
+    "host": {a for a, _ in ACTIONS},
+    "cohost": {"approve", "decline", "invite", "demote", "mute", "mute_all", "remove", "block"},
+    "speaker": {"block"},  # a personal block: allowed, with no effect on the space
+    "listener": {"block"},
+}
+
+
+async def _room_with_every_role(api: Api) -> str:
+    space = await api.space("host")
+    for user in ("co", "spk", "spk2", "lis", "lis2", "hand"):
+        assert (await api.join(space, user))[0] == 200
+    assert (await api.act(space, "host", "add_cohost", target="co"))[0] == 200
+    for user in ("spk", "spk2"):
+        assert (await api.act(space, "host", "invite", target=user))[0] == 200
+        assert (await api.act(space, user, "accept_invite"))[0] == 200
+    assert (await api.act(space, "hand", "raise_hand"))[0] == 200
+    return space
+
+
+@pytest.mark.parametrize("role", ["host", "cohost", "speaker", "listener"])
+@pytest.mark.parametrize(("action", "fields"), ACTIONS, ids=[a for a, _ in ACTIONS])
+async def test_every_role_and_privileged_action(
+    api: Api, role: str, action: str, fields: dict[str, str]
+) -> None:
+    space = await _room_with_every_role(api)
+    actor = {"host": "host", "cohost": "co", "speaker": "spk", "listener": "lis"}[role]
+    status, data = await api.act(space, actor, action, **fields)
+    if action in ALLOWED[role]:
+        assert status == 200, data
+    else:
+        assert status == 403 and data["error"] == "not_allowed", data
+
+
+async def test_block_prevents_join_and_removes_a_present_user(api: Api) -> None:
+    space = await api.space("host")
+    assert (await api.join(space, "troll"))[0] == 200
+    status, data = await api.act(space, "host", "block", target="troll")
+    assert status == 200 and [e["kind"] for e in data["events"]] == ["blocked", "removed"]
+    status, data = await api.join(space, "troll")
+    assert status == 403 and data["error"] == "blocked"
+    other = await api.space("host")  # the host's block holds in their other spaces too
+    assert (await api.join(other, "troll"))[0] == 403
+
+
+async def test_events_stream_uses_the_record_vocabulary(api: Api) -> None:
+    space = await api.space("host")
+    token = await api.token("host")
+    url = f"{api.base}/v1/spaces/{space}/events?token={token}"
+    async with api.http.ws_connect(url) as ws:
+        hello = await ws.receive_json(timeout=5)
+        assert hello["type"] == "hello" and hello["space"]["id"] == space
+        await api.join(space, "zoe")
+        await api.act(space, "zoe", "raise_hand")
+        await api.act(space, "zoe", "react", emoji="🔥")
+        kinds = [(await ws.receive_json(timeout=5))["kind"] for _ in range(3)]
+        assert kinds == ["participant_joined", "hand_raised", "reaction"]
+        assert set(kinds) <= set(KINDS)
+        await ws.send_str("not json")  # a bad message gets an error, the stream lives on
+        assert (await ws.receive_json(timeout=5))["error"] == "bad_json"
+        await ws.send_json({"id": 1, "action": "decline", "target": "zoe"})
+        msgs = [await ws.receive_json(timeout=5) for _ in range(2)]
+        assert {(m["type"], m.get("kind")) for m in msgs} == {
+            ("event", "hand_declined"),
+            ("result", None),
+        }
+        await ws.send_json({"id": 2, "action": "lower_hand"})  # the host has no hand up
+        refused = await ws.receive_json(timeout=5)
+        assert refused["type"] == "error" and refused["id"] == 2 and refused["reason"]
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "user", "raw", "status", "code"),
+    [
+        ("POST", "/v1/spaces", "u", b"{not json", 400, "bad_json"),
+        ("POST", "/v1/spaces", "u", b"[1, 2]", 400, "bad_request"),
+        ("POST", "/v1/spaces", "u", b'{"who_may_speak": "nobody"}', 400, "bad_request"),
+        ("GET", "/v1/spaces/s-nope", "u", None, 404, "not_found"),
+        ("POST", "/v1/spaces/s-nope/join", "u", b"{}", 404, "not_found"),
+        ("POST", "/v1/spaces", None, b"{}", 401, "unauthorized"),
+        ("POST", "/v1/dev/token", None, b'{"user": ""}', 400, "bad_request"),
+    ],
+)
+async def test_bad_requests_get_a_4xx_with_a_reason(
+    api: Api, method: str, path: str, user: str | None, raw: bytes | None, status: int, code: str
+) -> None:
+    got, data = await api.call(method, path, user, raw=raw)
+    assert got == status and data["error"] == code and data["reason"], data
+
+
+async def test_forged_and_expired_tokens_are_refused(api: Api) -> None:
+    good = await api.token("eve")
+    forged = good[:-2] + ("AA" if not good.endswith("AA") else "BB")
+    expired = issue_token(SECRET, "eve", ["space:create"], ttl=10, now=time.time() - 60)
+    other_key = issue_token(b"another-secret-of-32-bytes-here!", "eve", ["space:create"], ttl=60)
+    for token in (forged, expired, other_key, "garbage"):
+        r = await api.http.post(
+            f"{api.base}/v1/spaces", json={}, headers={"Authorization": f"Bearer {token}"}
+        )
+        assert r.status == 401, token
+        assert (await r.json())["reason"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"action": "dance"}, 400, "unknown_action"),
+        ({"action": "approve"}, 400, "missing_field"),
+        ({"action": "react", "emoji": "🦄"}, 400, "bad_request"),
+        ({"action": "approve", "target": "nobody"}, 409, "no_raised_hand"),
+        ({"action": "lower_hand"}, 409, "not_present"),
+    ],
+)
+async def test_bad_actions_get_the_rulebook_reason(
+    api: Api, body: dict[str, str], status: int, code: str
+) -> None:
+    space = await api.space("host")
+    actor = "host" if body.get("action") in ("approve", "react", "dance") else "stranger"
+    got, data = await api.call("POST", f"/v1/spaces/{space}/actions", actor, body)
+    assert (got, data["error"]) == (status, code), data
+
+
+async def test_bad_sdp_is_refused_and_the_join_undone(api: Api) -> None:
+    space = await api.space("host")
+    for sdp in ("hello", "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n"):
+        status, data = await api.call("POST", f"/v1/spaces/{space}/join", "al", {"sdp": sdp})
+        assert status == 400 and data["error"] == "bad_sdp", data
+    _, state = await api.call("GET", f"/v1/spaces/{space}", "al")
+    assert "al" not in state["participants"]
+
+
+async def test_reactions_and_hands_are_rate_limited(api: Api) -> None:
+    space = await api.space("host")
+    await api.join(space, "fan")
+    codes = [(await api.act(space, "fan", "react", emoji="👏"))[0] for _ in range(15)]
+    assert codes[:10] == [200] * 10 and 429 in codes
+    hands = []
+    for _ in range(4):
+        hands.append((await api.act(space, "fan", "raise_hand"))[0])
+        await api.act(space, "fan", "lower_hand")
+    assert 429 in hands
+
+
+async def test_admission_control_refuses_with_503_and_a_reason(api: Api) -> None:
+    space = await api.space("host")  # capacity 60 streams, one speaker heard
+    statuses = [(await api.join(space, f"u{i}"))[0] for i in range(70)]
+    assert statuses.count(503) > 0 and statuses[:50] == [200] * 50
+    status, data = await api.join(space, "late")
+    assert status == 503 and "capacity" in data["reason"]
+
+
+async def test_an_error_in_one_space_leaves_the_others_working(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken, fine = await api.space("host"), await api.space("host")
+    from spacesim.server import room as room_module
+
+    original = room_module.Room.apply
+
+    def apply(self: Any, actor: str, action: str, fields: dict[str, str]) -> Any:
+        if self.id == broken:
+            raise RuntimeError("boom")
+        return original(self, actor, action, fields)
+
+    monkeypatch.setattr(room_module.Room, "apply", apply)
+    logging.getLogger("spacesim.server").disabled = True
+    try:
+        assert (await api.act(broken, "host", "mute_all"))[0] == 500
+    finally:
+        logging.getLogger("spacesim.server").disabled = False
+    assert (await api.act(fine, "host", "mute_all"))[0] == 200
+    assert (await api.call("GET", "/healthz"))[0] == 200
+
+
+async def test_metrics_and_openapi(api: Api) -> None:
+    space = await api.space("host")
+    await api.join(space, "m1")
+    status, text = await api.call("GET", "/metrics")
+    assert status == 200
+    for name in (
+        'spacesim_spaces{status="live"}',
+        'spacesim_participants{role="listener"}',
+        "spacesim_packets_forwarded",
+        "spacesim_packets_dropped",
+        "spacesim_server_cpu_seconds",
+        "spacesim_joins_refused",
+    ):
+        assert name in text
+    status, doc = await api.call("GET", "/openapi.json")
+    assert status == 200 and doc["openapi"].startswith("3.")
+    assert {"/v1/spaces", "/v1/spaces/{space}/actions", "/v1/spaces/{space}/events"} <= set(
+        doc["paths"]
+    )
+
+
+# --------------------------------------------------------------------------- durability
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _serve(db: Path, port: int) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "spacesim.cli", "serve", "--port", str(port), "--db", str(db)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+
+
+async def _wait_up(http: aiohttp.ClientSession, base: str) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            async with http.get(f"{base}/healthz") as r:
+                if r.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        assert time.monotonic() < deadline, "server did not start"
+        await asyncio.sleep(0.1)
+
+
+async def test_kill_9_keeps_acknowledged_reports_and_blocks(tmp_path: Path) -> None:
+    db, port = tmp_path / "kill.db", _free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = _serve(db, port)
+    try:
+        async with aiohttp.ClientSession() as http:
+            await _wait_up(http, base)
+            api = Api(http, base)
+            space = await api.space("host")
+            for user in ("r1", "r2", "bad"):
+                assert (await api.join(space, user))[0] == 200
+            acked = []
+            for user in ("r1", "r2"):
+                status, data = await api.act(space, user, "report", target="bad", reason="spam")
+                assert status == 200
+                acked.append(data["events"][0]["attrs"]["report_id"])
+            assert (await api.act(space, "host", "block", target="bad"))[0] == 200
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+            proc = _serve(db, port)
+            await _wait_up(http, base)
+            api.tokens.clear()  # the secret file survived too, but mint fresh ones anyway
+            status, state = await api.call("GET", f"/v1/spaces/{space}", "host")
+            assert status == 200 and state["status"] == "live"  # recovered; clients rejoin
+            status, data = await api.join(space, "bad")
+            assert status == 403 and data["error"] == "blocked"
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    from spacesim.server.store import SqliteStore
+
+    with SqliteStore(db) as store:
+        reports = {str(r.id) for r in store.reports(space=space)}
+        assert set(acked) <= reports
+        assert store.is_blocked("host", "bad")
