@@ -7,6 +7,7 @@ the server applies) and every node sees the load change at the moment it happens
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 from collections.abc import Iterable
@@ -122,11 +123,11 @@ class World:
     # ------------------------------------------------------------------ network
 
     def pick_network(self) -> NetworkProfile:
-        u = self.draws.uniform()
-        for p, edge in zip(self.sc.network, self._net_cum, strict=True):
-            if u < edge:
-                return p
-        return self.sc.network[-1]
+        profiles = self.sc.network
+        if len(profiles) == 1:
+            return profiles[0]
+        i = bisect.bisect_right(self._net_cum, self.draws.uniform())
+        return profiles[min(i, len(profiles) - 1)]
 
     def one_way(self, net: NetworkProfile) -> float:
         """One-way network delay: half the RTT plus an exponential jitter term."""

@@ -1,0 +1,36 @@
+"""docs/protocol.md suffices for a client: its example hears the host through a real server."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.server.test_app import _free_port, _serve, _wait_up
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.timeout(60)
+
+
+async def test_documented_client_hears_the_host(tmp_path: Path) -> None:
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = _serve(tmp_path / "doc.db", port)
+    try:
+        async with aiohttp.ClientSession() as http:
+            await _wait_up(http, base)
+        example = ROOT / "examples" / "hello_space.py"
+        proc = subprocess.run(
+            [sys.executable, str(example), "--base", base, "--seconds", "2"],
+            capture_output=True,
+            text=True,
+            timeout=45,
+        )
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "heard 440 Hz" in proc.stdout
