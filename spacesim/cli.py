@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import math
 import sys
 from collections.abc import Sequence
@@ -107,15 +109,30 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    import logging
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: what log shippers and `jq` expect from a server."""
 
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from spacesim.server.app import ServerConfig, create_app
     from spacesim.server.auth import load_or_create_secret
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLogFormatter())
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     for noisy in ("aioice", "aiortc"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     db = Path(args.db)
@@ -127,6 +144,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ice_hosts=tuple(args.ice_host or ["127.0.0.1"]),
         capacity=args.capacity,
         slots=args.slots,
+        record_dir=Path(args.record) if args.record else None,
     )
     err.print(f"spacesim serve: http://{args.host}:{args.port}  db={db}  dev={config.dev}")
     web.run_app(create_app(config), host=args.host, port=args.port, print=None)
@@ -204,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--slots", type=int, default=3, help="speakers each listener hears at once")
     serve.add_argument("--no-dev", action="store_true", help="disable /v1/dev/token")
+    serve.add_argument("--record", metavar="DIR", help="write the server's records here on exit")
     serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo", help="simulate the town-hall scenario and summarise it")

@@ -25,6 +25,7 @@ from spacesim import policy
 from spacesim.protocol import PROTOCOL_VERSION, ProtocolError, error_body, parse_action
 from spacesim.server import metrics
 from spacesim.server.auth import AuthError, Claims, DevIssuer, Forbidden, require, verify_token
+from spacesim.server.records import ServerRecorder
 from spacesim.server.room import Room
 from spacesim.server.store import NotFound, SqliteStore, Store
 
@@ -49,6 +50,7 @@ class ServerConfig:
     capacity: int | None = None  # forwarded streams; None = no admission control
     slots: int = 3  # audio streams each client receives (speakers heard at once)
     max_body: int = 256 * 1024
+    record_dir: Path | None = None  # write the server's own records (source=server) here
 
 
 class ServerState:
@@ -59,6 +61,10 @@ class ServerState:
         self.store = store
         self.rooms: dict[str, Room] = {}
         self.media: dict[str, Any] = {}  # space id -> MediaRoom (created on first connect)
+        self.closed_media: dict[str, int] = {}  # counters of media rooms already closed
+        self.recorder: ServerRecorder | None = (
+            ServerRecorder(config.record_dir) if config.record_dir else None
+        )
 
     def recover(self) -> None:
         """Scheduled and live spaces come back after a crash; clients rejoin."""
@@ -76,7 +82,10 @@ class ServerState:
             blocked=self.store.blocked_by(host),
             status=status,
         )
-        return Room(space, persist=self.store)
+        room = Room(space, persist=self.store)
+        if self.recorder is not None:
+            room.sinks.append(self.recorder.sink)
+        return room
 
     def create(self, host: str, title: str, who: str, scheduled_for: float | None) -> Room:
         space_id = "s-" + secrets.token_hex(6)
@@ -179,7 +188,9 @@ async def openapi(request: web.Request) -> web.Response:
 @routes.get("/metrics")
 async def metrics_endpoint(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    body, content_type = metrics.render(state.rooms.values(), state.media.values())
+    body, content_type = metrics.render(
+        state.rooms.values(), state.media.values(), state.closed_media
+    )
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
@@ -336,6 +347,9 @@ async def _close_media(state: ServerState, space_id: str, user: str | None = Non
         return
     if user is None:
         state.media.pop(space_id, None)
+        for key, value in media.stats().items():  # counters must never go backwards
+            if key in ("received", "forwarded", "dropped"):
+                state.closed_media[key] = state.closed_media.get(key, 0) + int(value)
         await media.close_all()
     else:
         await media.close(user)
@@ -476,10 +490,18 @@ def create_app(config: ServerConfig, store: Store | None = None) -> web.Applicat
     app[STATE] = state
     app.add_routes(routes)
 
+    async def startup(app: web.Application) -> None:
+        if state.recorder is not None:
+            state.recorder.start_sampling(lambda: list(state.media.values()))
+
     async def shutdown(app: web.Application) -> None:
         for space_id in list(state.media):
             await _close_media(state, space_id)
+        if state.recorder is not None:
+            path = await state.recorder.close()
+            log.info("server records written to %s", path)
         state.store.close()
 
+    app.on_startup.append(startup)
     app.on_shutdown.append(shutdown)
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import resource
 from collections import Counter as Tally
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
@@ -21,7 +21,9 @@ JOINS_REFUSED = Counter(
 REFUSALS = Counter("spacesim_refusals", "Requests refused, by code", ["code"], registry=REGISTRY)
 
 
-def render(rooms: Iterable[Any], media: Iterable[Any]) -> tuple[bytes, str]:
+def render(
+    rooms: Iterable[Any], media: Iterable[Any], closed: Mapping[str, int] | None = None
+) -> tuple[bytes, str]:
     """The exposition text: fixed counters plus gauges of the rooms' current state."""
     spaces = Tally[str]()
     roles = Tally[str]()
@@ -37,7 +39,8 @@ def render(rooms: Iterable[Any], media: Iterable[Any]) -> tuple[bytes, str]:
     )
     for role, n in sorted(roles.items()):
         g_roles.add_metric([role], n)
-    fwd = dropped = 0
+    fwd = int((closed or {}).get("forwarded", 0))
+    dropped = int((closed or {}).get("dropped", 0))
     for m in media:
         stats = m.stats()
         fwd += int(stats.get("forwarded", 0))

@@ -150,8 +150,12 @@ async def test_speaker_heard_by_two_listeners_with_identical_payloads(
         assert got[:50] == list(tone[start : start + 50])  # forwarded untouched, in order
 
 
-async def test_listener_unheard_until_approved_then_silent_once_demoted(
-    api: Api, clients: list[AudioClient]
+@pytest.mark.parametrize(
+    ("actor", "action"),
+    [("host", "demote"), ("host", "mute"), ("host", "remove"), ("bob", "demote")],
+)
+async def test_listener_unheard_until_approved_then_silenced(
+    api: Api, clients: list[AudioClient], actor: str, action: str
 ) -> None:
     space = await api.space("host")
     bob_tone = opus_tone(660.0, frames=600)
@@ -166,11 +170,12 @@ async def test_listener_unheard_until_approved_then_silent_once_demoted(
     assert status == 200 and data["events"][0]["kind"] == "speaker_granted"
     await until(lambda: len(ann.received()) >= 20)
     assert set(ann.received()) <= set(bob_tone)
-    assert (await api.act(space, "host", "demote", target="bob"))[0] == 200
+    status, data = await api.act(space, actor, action, target="bob")
+    assert status == 200, data
     await asyncio.sleep(0.2)  # packets already in flight
     heard = len(ann.received())
     await asyncio.sleep(0.5)
-    assert len(ann.received()) == heard  # silence after the demotion
+    assert len(ann.received()) == heard  # silence once off stage, muted or removed
 
 
 # --------------------------------------------------------------------------- rules
@@ -449,3 +454,25 @@ async def test_kill_9_keeps_acknowledged_reports_and_blocks(tmp_path: Path) -> N
         reports = {str(r.id) for r in store.reports(space=space)}
         assert set(acked) <= reports
         assert store.is_blocked("host", "bad")
+
+
+async def test_server_writes_its_own_records(tmp_path: Path) -> None:
+    from spacesim.results import load_run
+
+    rtc.use_host_addresses(["127.0.0.1"])
+    config = ServerConfig(db=tmp_path / "r.db", secret=SECRET, record_dir=tmp_path / "run")
+    server = TestServer(create_app(config), host="127.0.0.1")
+    await server.start_server()
+    async with aiohttp.ClientSession() as http:
+        api = Api(http, str(server.make_url("")).rstrip("/"))
+        space = await api.space("host")
+        await api.join(space, "amy")
+        await api.act(space, "amy", "raise_hand")
+        await asyncio.sleep(1.2)  # one CPU sample
+    await server.close()
+    run = load_run(tmp_path / "run")
+    assert run.meta.source == "server"
+    kinds = list(run.records["kind"])
+    assert kinds.count("participant_joined") == 1 and "hand_raised" in kinds
+    assert "node_cpu" in kinds
+    assert set(run.records["source"]) == {"server"}

@@ -1,0 +1,114 @@
+"""The server's own records (source=server): its events and its CPU, in the one schema.
+
+With `spacesim serve --record DIR`, every event a room publishes becomes a record, and
+once a second the server adds its CPU (`node_cpu`, in cores) and the packets its media
+plane forwarded and dropped. The run directory is written when the server stops, so a
+load test's records and the server's can be compared in one notebook.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from spacesim.results import KINDS, Recorder, RunMeta, write_run
+
+__all__ = ["ServerRecorder"]
+
+
+class ServerRecorder:
+    """Collects records while the server runs; `close` writes the run directory."""
+
+    def __init__(self, directory: Path, clock: Callable[[], float] = time.monotonic) -> None:
+        self.directory = directory
+        self.clock = clock
+        self.t0 = clock()
+        self.started = datetime.now(UTC).isoformat(timespec="seconds")
+        self.recorder = Recorder(RunMeta.new_run_id(), "server")
+        self._task: asyncio.Task[None] | None = None
+
+    def sink(self, msg: dict[str, Any]) -> None:
+        """Room event -> record (a Room sink: called for every event it publishes)."""
+        kind = msg.get("kind")
+        if msg.get("type") != "event" or kind not in KINDS:
+            return
+        attrs = dict(msg.get("attrs") or {})
+        if msg.get("actor"):
+            attrs["actor"] = msg["actor"]
+        self.recorder.append(
+            (
+                str(kind),
+                self.clock() - self.t0,
+                str(msg.get("space", "")),
+                str(msg.get("participant", "")),
+                str(msg.get("role") or ""),
+                math.nan,
+                json.dumps(attrs, sort_keys=True) if attrs else None,
+            )
+        )
+
+    def start_sampling(self, media: Callable[[], Iterable[Any]], every: float = 1.0) -> None:
+        """Sample CPU and packet counters every `every` seconds until `close`."""
+
+        async def sample() -> None:
+            last_cpu, last_t = time.process_time(), self.clock()
+            last_fwd = last_drop = 0
+            while True:
+                await asyncio.sleep(every)
+                cpu, t = time.process_time(), self.clock()
+                fwd = drop = 0
+                for m in media():
+                    stats = m.stats()
+                    fwd += int(stats.get("forwarded", 0))
+                    drop += int(stats.get("dropped", 0))
+                now = t - self.t0
+                add = self.recorder.append
+                add(("node_cpu", now, "", "server", "node", (cpu - last_cpu) / (t - last_t), None))
+                add(
+                    (
+                        "packets_forwarded",
+                        now,
+                        "",
+                        "server",
+                        "node",
+                        float(max(fwd - last_fwd, 0)),
+                        None,
+                    )
+                )
+                add(
+                    (
+                        "packets_dropped",
+                        now,
+                        "",
+                        "server",
+                        "node",
+                        float(max(drop - last_drop, 0)),
+                        None,
+                    )
+                )
+                last_cpu, last_t, last_fwd, last_drop = cpu, t, fwd, drop
+
+        self._task = asyncio.get_running_loop().create_task(sample())
+
+    async def close(self) -> Path:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        meta = RunMeta(
+            run_id=self.recorder.run_id,
+            source="server",
+            scenario_name="serve",
+            scenario_hash="",
+            seed=None,
+            started_at=self.started,
+            duration=self.clock() - self.t0,
+        )
+        return write_run(self.directory, self.recorder.to_frame(), meta)
