@@ -145,6 +145,16 @@ def _claims(request: web.Request) -> Claims:
     return claims
 
 
+def _in_space(request: web.Request, grant: str | None) -> tuple[Claims, ServerState, Room]:
+    """The caller, the server and the space named in the path, with the grant checked."""
+    claims = _claims(request)
+    state = request.app[STATE]
+    room = state.room(request.match_info["space"])
+    if grant is not None:
+        require(claims, grant, room.id)
+    return claims, state, room
+
+
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Map refusals to 4xx with a reason; contain anything unexpected to this request."""
@@ -259,10 +269,7 @@ async def end_space(request: web.Request) -> web.Response:
 
 
 async def _lifecycle(request: web.Request, action: str) -> web.Response:
-    claims = _claims(request)
-    state = request.app[STATE]
-    room = state.room(request.match_info["space"])
-    require(claims, "space:create", room.id)
+    claims, state, room = _in_space(request, "space:create")
     events = room.lifecycle(claims.sub, action)
     if action == "end":
         await _close_media(state, room.id)
@@ -272,10 +279,7 @@ async def _lifecycle(request: web.Request, action: str) -> web.Response:
 @routes.post("/v1/spaces/{space}/join")
 async def join_space(request: web.Request) -> web.Response:
     """Join as a listener and, with an SDP offer in the body, connect audio."""
-    claims = _claims(request)
-    state = request.app[STATE]
-    room = state.room(request.match_info["space"])
-    require(claims, "space:join", room.id)
+    claims, state, room = _in_space(request, "space:join")
     body = await _body(request)
     offer = body.get("sdp")
     if offer is not None and (not isinstance(offer, str) or "v=0" not in offer):
@@ -357,9 +361,7 @@ async def _close_media(state: ServerState, space_id: str, user: str | None = Non
 
 @routes.post("/v1/spaces/{space}/leave")
 async def leave_space(request: web.Request) -> web.Response:
-    claims = _claims(request)
-    state = request.app[STATE]
-    room = state.room(request.match_info["space"])
+    claims, state, room = _in_space(request, None)
     events = room.leave(claims.sub)
     await _close_media(state, room.id, claims.sub)
     if room.space.status is policy.SpaceStatus.ENDED:
@@ -369,10 +371,7 @@ async def leave_space(request: web.Request) -> web.Response:
 
 @routes.post("/v1/spaces/{space}/actions")
 async def act(request: web.Request) -> web.Response:
-    claims = _claims(request)
-    state = request.app[STATE]
-    room = state.room(request.match_info["space"])
-    require(claims, "space:join", room.id)
+    claims, state, room = _in_space(request, "space:join")
     action, fields = parse_action(await _body(request))
     events = room.apply(claims.sub, action, fields)
     await _drop_gone(state, room)
@@ -392,10 +391,7 @@ async def _drop_gone(state: ServerState, room: Room) -> None:
 @routes.post("/v1/moderation/spaces/{space}")
 async def moderate(request: web.Request) -> web.Response:
     """Platform moderators resolve reports: dismiss, remove, block or end."""
-    claims = _claims(request)
-    require(claims, "moderate")
-    state = request.app[STATE]
-    room = state.room(request.match_info["space"])
+    claims, state, room = _in_space(request, "moderate")
     body = await _body(request)
     try:
         action = policy.ModerationAction(str(body.get("action")))
@@ -422,10 +418,7 @@ async def moderate(request: web.Request) -> web.Response:
 @routes.get("/v1/spaces/{space}/events")
 async def events_ws(request: web.Request) -> web.StreamResponse:
     """The event stream; clients may also send actions as JSON messages on it."""
-    claims = _claims(request)
-    state = request.app[STATE]
-    room = state.room(request.match_info["space"])
-    require(claims, "space:join", room.id)
+    claims, state, room = _in_space(request, "space:join")
     ws = web.WebSocketResponse(heartbeat=20, max_msg_size=64 * 1024)
     await ws.prepare(request)
     queue = room.subscribe()

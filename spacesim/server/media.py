@@ -178,6 +178,7 @@ class MediaRoom:
         self.dropped = 0
         self.dropped_no_slot = 0
         self.send_errors = 0
+        self.sent_async = 0
 
     # ------------------------------------------------------------------ signalling
 
@@ -288,6 +289,7 @@ class MediaRoom:
             "dropped": self.dropped,
             "dropped_no_slot": self.dropped_no_slot,
             "send_errors": self.send_errors,
+            "sent_async": self.sent_async,
             "participants": len(self._peers),
             "listening": len(self._subs),
             "speaking": len(self._slot_of),
@@ -342,6 +344,7 @@ class MediaRoom:
         seq = packet.sequence_number
         ts = packet.timestamp
         payload = packet.payload
+        ntp = rtc.ntp_now()
         for sub in self._subs:
             if sub is src:
                 continue
@@ -355,8 +358,11 @@ class MediaRoom:
             st.last_seq = out_seq
             st.last_ts = out_ts
             st.last_ms = now_ms
+            writer = sub.writers[k]
             try:
-                await sub.writers[k].write(out_seq, out_ts, marker, payload)
+                if not writer.send_now(out_seq, out_ts, marker, payload, ntp):
+                    self.sent_async += 1  # not a plain UDP pair (e.g. TURN): the slow path
+                    await writer.write(out_seq, out_ts, marker, payload)
             except Exception:
                 self.send_errors += 1
                 if sub.live:

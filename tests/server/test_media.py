@@ -215,6 +215,7 @@ async def test_speaker_reaches_two_listeners_byte_identical(world: Any) -> None:
     assert not [t for t in threading.enumerate() if t.name.endswith("-decoder")]
     st = room.stats()
     assert st["dropped"] == 0 and st["send_errors"] == 0
+    assert st["sent_async"] == 0  # every send took the synchronous UDP path
     assert st["forwarded"] >= 50
 
 
