@@ -24,6 +24,7 @@ class Draws:
         self._exp: Iterator[float] = iter(())
         self._uni: Iterator[float] = iter(())
         self._norm: Iterator[float] = iter(())
+        self._gamma: dict[int, Iterator[float]] = {}
 
     def exp(self, mean: float) -> float:
         """Exponential with the given mean."""
@@ -48,6 +49,17 @@ class Draws:
         except StopIteration:
             self._norm = iter(self.rng.standard_normal(_CHUNK).tolist())
             return next(self._norm)
+
+    def gamma(self, shape: int, mean: float) -> float:
+        """Sum of `shape` exponentials of mean `mean` (one draw instead of `shape`)."""
+        it = self._gamma.get(shape)
+        x = next(it, None) if it is not None else None
+        if x is None:
+            values: list[float] = self.rng.standard_gamma(shape, _CHUNK).tolist()
+            it = iter(values)
+            self._gamma[shape] = it
+            x = next(it)
+        return x * mean
 
     def lognormal(self, mean: float, sigma: float) -> float:
         """Lognormal with arithmetic mean `mean` and log-space deviation `sigma`."""

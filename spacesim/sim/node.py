@@ -166,6 +166,16 @@ class Node:
         served = min(self.rate() - fwd * self.loss_now(), self.cores)
         return max(self.cores - served, 0.05 * self.cores)  # never fully starved
 
+    def connect(self, now: float, streams: int, senders: int, cpu: float) -> float:
+        """A listener joins: its join work queues, then its streams start; returns join wait."""
+        self.advance(now)
+        self.backlog += cpu
+        wait = self.backlog / self.spare()
+        self.streams += streams
+        self.connections += 1
+        self.senders += senders
+        return wait
+
     def add_work(self, now: float, cpu: float) -> float:
         """Queue an impulse of work (a join); returns the time until it completes."""
         self.advance(now)

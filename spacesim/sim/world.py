@@ -210,16 +210,19 @@ class World:
             return None
         net = self.pick_network()
         d = self.draws
-        join_time = node.add_work(now, self.sc.server.cpu_per_join)
-        for _ in range(_JOIN_ROUND_TRIPS):
-            join_time += net.rtt
-            if net.jitter > 0:  # one jitter term each way
-                join_time += d.exp(net.jitter) + d.exp(net.jitter)
-            if net.loss > 0 and d.uniform() < net.loss:
-                join_time += _RETRANSMIT
         here = room.node_listeners.get(node, 0)
         # The node fans this room's senders out once it has a listener of the room.
-        node.change(now, streams=room.talking, connections=1, senders=0 if here else room.talking)
+        senders = 0 if here else room.talking
+        join_time = node.connect(now, room.talking, senders, self.sc.server.cpu_per_join)
+        # Handshake round trips, each with a jitter term each way, and a retransmission
+        # timer for each one whose packet is lost.
+        join_time += _JOIN_ROUND_TRIPS * net.rtt
+        if net.jitter > 0:
+            join_time += d.gamma(2 * _JOIN_ROUND_TRIPS, net.jitter)
+        if net.loss > 0:
+            for _ in range(_JOIN_ROUND_TRIPS):
+                if d.uniform() < net.loss:
+                    join_time += _RETRANSMIT
         node.listeners += 1
         node.reserved_streams += self.streams_per_listener
         room.node_listeners[node] = here + 1
