@@ -476,3 +476,58 @@ async def test_server_writes_its_own_records(tmp_path: Path) -> None:
     assert kinds.count("participant_joined") == 1 and "hand_raised" in kinds
     assert "node_cpu" in kinds
     assert set(run.records["source"]) == {"server"}
+
+
+async def test_scheduled_space_opens_when_the_host_starts_it(api: Api) -> None:
+    status, data = await api.call(
+        "POST", "/v1/spaces", "host", {"title": "later", "scheduled_for": time.time() + 3600}
+    )
+    assert status == 201 and data["status"] == "scheduled"
+    space = data["id"]
+    status, data = await api.join(space, "early")
+    assert status == 409 and data["error"] == "not_started"
+    status, data = await api.call("POST", f"/v1/spaces/{space}/start", "early")
+    assert status == 409 and data["error"] == "not_present"  # only the host is in it yet
+    status, data = await api.call("POST", f"/v1/spaces/{space}/start", "host")
+    assert status == 200 and data["events"][0]["kind"] == "space_started"
+    assert (await api.join(space, "early"))[0] == 200
+    status, data = await api.call("POST", f"/v1/spaces/{space}/end", "host")
+    assert status == 200 and data["events"][-1]["kind"] == "space_ended"
+    status, data = await api.join(space, "late")
+    assert status == 409 and data["error"] == "space_ended"
+
+
+async def test_who_may_speak_followed_uses_the_hosts_follows(api: Api) -> None:
+    space = await api.space("host", who_may_speak="followed")
+    assert (await api.call("POST", "/v1/follows", "host", {"user": "friend"}))[0] == 200
+    for user in ("friend", "stranger"):
+        await api.join(space, user)
+    assert (await api.act(space, "friend", "raise_hand"))[0] == 200
+    status, data = await api.act(space, "stranger", "raise_hand")
+    assert status == 403 and data["error"] == "speaking_restricted"
+    status, data = await api.act(space, "host", "set_who_may_speak", setting="everyone")
+    assert status == 200
+    assert (await api.act(space, "stranger", "raise_hand"))[0] == 200
+
+
+async def test_reports_reach_platform_moderators_who_resolve_them(api: Api) -> None:
+    space = await api.space("host")
+    for user in ("victim", "troll"):
+        await api.join(space, user)
+    status, data = await api.act(space, "victim", "report", target="troll", reason="abuse")
+    assert status == 200
+    report = int(data["events"][0]["attrs"]["report_id"])
+    status, data = await api.act(space, "victim", "report")  # the space itself
+    assert status == 200 and data["events"][0]["participant"] == space
+    body = {"action": "remove", "target": "troll", "report": report}
+    path = f"/v1/moderation/spaces/{space}"
+    status, data = await api.call("POST", path, "victim", body)
+    assert status == 403  # an ordinary token lacks the 'moderate' grant
+    await api.token("mod", moderator=True)
+    status, data = await api.call("POST", path, "mod", body)
+    assert status == 200
+    assert [e["kind"] for e in data["events"]] == ["removed", "report_resolved"]
+    status, data = await api.join(space, "troll")
+    assert status == 403 and data["error"] == "removed"
+    status, data = await api.call("POST", path, "mod", {**body, "report": 999})
+    assert status == 404
