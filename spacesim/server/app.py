@@ -27,7 +27,8 @@ from spacesim.server import metrics
 from spacesim.server.auth import AuthError, Claims, DevIssuer, Forbidden, require, verify_token
 from spacesim.server.records import ServerRecorder
 from spacesim.server.room import Room
-from spacesim.server.store import NotFound, SqliteStore, Store
+from spacesim.server.store import NotFound, Store
+from spacesim.server.store_sqlite import SqliteStore
 
 __all__ = ["ServerConfig", "create_app"]
 

@@ -448,7 +448,7 @@ async def test_kill_9_keeps_acknowledged_reports_and_blocks(tmp_path: Path) -> N
     finally:
         proc.kill()
         proc.wait(timeout=10)
-    from spacesim.server.store import SqliteStore
+    from spacesim.server.store_sqlite import SqliteStore
 
     with SqliteStore(db) as store:
         reports = {str(r.id) for r in store.reports(space=space)}

@@ -25,13 +25,13 @@ from spacesim.server.store import (
     Block,
     Conflict,
     InvalidArgument,
-    MemoryStore,
     NotFound,
     ReportStatus,
-    SqliteStore,
     Store,
     StoreError,
 )
+from spacesim.server.store_memory import MemoryStore
+from spacesim.server.store_sqlite import SqliteStore
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -565,7 +565,7 @@ def test_sqlite_acknowledged_writes_commit_with_synchronous_full(tmp_path: Path)
 _CHILD = textwrap.dedent(
     """
     import sys
-    from spacesim.server.store import SqliteStore
+    from spacesim.server.store_sqlite import SqliteStore
 
     store = SqliteStore(sys.argv[1])
     store.add_user("host", "Host")
