@@ -40,7 +40,7 @@ def _tool(name: str) -> str:
 def test_ruff_is_clean() -> None:
     for args in (["check"], ["format", "--check"]):
         proc = subprocess.run(
-            [_tool("ruff"), *args, "spacesim", "tests", "benchmarks", "examples"],
+            [_tool("ruff"), *args, "spacesim", "tests", "benchmarks", "examples", "scripts"],
             cwd=ROOT,
             capture_output=True,
             text=True,

@@ -474,7 +474,7 @@ async def _ws_action(state: ServerState, room: Room, claims: Claims, text: str) 
 
 def create_app(config: ServerConfig, store: Store | None = None) -> web.Application:
     """The aiohttp application; `spacesim serve` runs it, tests use it on 127.0.0.1."""
-    from spacesim.server.rtc import use_host_addresses
+    from spacesim.rtc import use_host_addresses
 
     use_host_addresses(list(config.ice_hosts))
     app = web.Application(middlewares=[errors], client_max_size=config.max_body)

@@ -52,7 +52,7 @@ from collections.abc import Callable
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
-from spacesim.server import rtc
+from spacesim import rtc
 
 __all__ = ["MediaRoom", "OfferShape", "parse_offer"]
 

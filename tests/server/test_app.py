@@ -20,8 +20,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 from aiortc import RTCSessionDescription
 
+from spacesim import rtc
 from spacesim.results import KINDS
-from spacesim.server import rtc
 from spacesim.server.app import ServerConfig, create_app
 from spacesim.server.auth import issue_token
 from tests.server.test_media import Client, opus_tone

@@ -18,7 +18,7 @@ import pytest
 from aiortc import MediaStreamTrack, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from spacesim.server import rtc
+from spacesim import rtc
 from spacesim.server.media import MediaRoom, parse_offer
 
 for _name in ("aioice", "aiortc"):

@@ -1,9 +1,11 @@
 """The one module that touches aiortc / aioice internals (aiortc==1.16.0, aioice 0.13).
 
+Shared by the room server (spacesim.server) and the synthetic clients (spacesim.client).
+
 Everything else in spacesim uses aiortc's public API or this module. Each internal
 used below carries a comment naming the aiortc/aioice source it relies on, and
 :func:`missing_internals` checks that all of them still exist, so an aiortc upgrade
-fails ``tests/server/test_rtc.py`` instead of failing silently at run time.
+fails ``tests/test_rtc.py`` instead of failing silently at run time.
 
 What it provides:
 

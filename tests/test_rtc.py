@@ -1,11 +1,11 @@
-"""spacesim.server.rtc: the aiortc internals it relies on exist in the installed aiortc."""
+"""spacesim.rtc: the aiortc internals it relies on exist in the installed aiortc."""
 
 from __future__ import annotations
 
 import aioice.ice
 import pytest
 
-from spacesim.server import rtc
+from spacesim import rtc
 
 
 def test_no_internal_is_missing() -> None:

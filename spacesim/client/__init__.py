@@ -1,0 +1,1 @@
+"""Synthetic WebRTC clients: speakers that publish marked Opus, listeners that measure it."""

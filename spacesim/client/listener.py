@@ -1,0 +1,79 @@
+"""Receive-side measurement for lite listeners: no decoding, just the RTP that arrives.
+
+Each packet a `SpeakerTrack` sends carries a marker in its Opus padding (sender, a
+contiguous sequence number, the send time on the monotonic clock; see
+`spacesim.client.opus`). On one machine that clock is shared by every process, so a
+listener computes publisher -> listener latency directly (the records say
+``clock="monotonic"``); loss is the gap between the sequence numbers a sender used and
+the ones that arrived; jitter is RFC 3550's interarrival estimate (section 6.4.1) in
+seconds. The aiortc jitter buffer is not involved: the tap sees packets on arrival.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from spacesim import rtc
+from spacesim.client.opus import read_mark
+
+__all__ = ["ListenerStats", "SenderStats"]
+
+
+@dataclass
+class SenderStats:
+    """What one listener received from one sender."""
+
+    first_seq: int = -1
+    last_seq: int = -1
+    received: int = 0
+    latencies: list[float] = field(default_factory=list)  # seconds
+    jitter: float = 0.0  # RFC 3550 6.4.1 estimate, seconds
+    _transit: float | None = None
+
+    @property
+    def expected(self) -> int:
+        return self.last_seq - self.first_seq + 1 if self.received else 0
+
+    @property
+    def lost(self) -> int:
+        return max(self.expected - self.received, 0)
+
+
+@dataclass
+class ListenerStats:
+    """Per-sender receive statistics of one listener, fed by `on_packet`."""
+
+    clock: Callable[[], int] = time.monotonic_ns
+    senders: dict[int, SenderStats] = field(default_factory=dict)
+    unmarked: int = 0
+    first_audio_ns: int | None = None
+
+    async def on_packet(self, slot: int, packet: rtc.RtpPacket, arrival_ms: int) -> None:
+        """The `connect_audio` callback: one arriving RTP packet."""
+        now = self.clock()
+        mark = read_mark(packet.payload)
+        if mark is None:
+            self.unmarked += 1
+            return
+        if self.first_audio_ns is None:
+            self.first_audio_ns = now
+        s = self.senders.get(mark.sender_id)
+        if s is None:
+            s = self.senders[mark.sender_id] = SenderStats(first_seq=mark.seq)
+        s.received += 1
+        s.last_seq = max(s.last_seq, mark.seq)
+        s.first_seq = min(s.first_seq, mark.seq)
+        transit = (now - mark.t_ns) / 1e9
+        s.latencies.append(transit)
+        if s._transit is not None:  # J += (|D| - J) / 16, RFC 3550 6.4.1
+            s.jitter += (abs(transit - s._transit) - s.jitter) / 16
+        s._transit = transit
+
+    def totals(self) -> tuple[int, int]:
+        """(received, lost) over all senders."""
+        return (
+            sum(s.received for s in self.senders.values()),
+            sum(s.lost for s in self.senders.values()),
+        )

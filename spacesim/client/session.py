@@ -1,0 +1,155 @@
+"""Signalling for synthetic clients, written from docs/protocol.md (never server internals).
+
+`RoomClient` speaks the HTTP API for one user; `connect_audio` makes the WebRTC offer
+the protocol describes (an optional publish section, then `slots` listen sections),
+joins with it, and taps what each listen slot receives without decoding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+
+from spacesim import rtc
+from spacesim.client.netem import Impairment, UdpRelay, blackhole_candidates, relay_answer
+
+__all__ = ["AudioLink", "ClientError", "RoomClient", "connect_audio"]
+
+OnPacket = Callable[[int, rtc.RtpPacket, int], Awaitable[None]]
+
+
+class ClientError(Exception):
+    """The server refused a request: HTTP status, protocol error code and its reason."""
+
+    def __init__(self, status: int, code: str, reason: str) -> None:
+        super().__init__(f"{status} {code}: {reason}")
+        self.status = status
+        self.code = code
+        self.reason = reason
+
+
+class RoomClient:
+    """One user's view of a server: a token and the protocol's requests."""
+
+    def __init__(self, base: str, user: str, http: aiohttp.ClientSession) -> None:
+        self.base = base.rstrip("/")
+        self.user = user
+        self.http = http
+        self._token: str | None = None
+
+    async def _call(self, method: str, path: str, body: Any = None, auth: bool = True) -> Any:
+        headers = {"Authorization": f"Bearer {await self.token()}"} if auth else {}
+        try:
+            async with self.http.request(
+                method, f"{self.base}{path}", json=body, headers=headers
+            ) as r:
+                try:
+                    data = await r.json(content_type=None)
+                except ValueError:
+                    raise ClientError(r.status, "bad_response", "not a spacesim server") from None
+                if r.status >= 400:
+                    if not isinstance(data, dict):
+                        raise ClientError(r.status, "bad_response", str(data)[:200])
+                    raise ClientError(r.status, data.get("error", "?"), data.get("reason", ""))
+                return data
+        except aiohttp.ClientConnectionError as exc:
+            raise ClientError(0, "unreachable", f"{self.base}: {exc}") from None
+
+    async def token(self) -> str:
+        """A dev-mode token for this user (minted once)."""
+        if self._token is None:
+            data = await self._call("POST", "/v1/dev/token", {"user": self.user}, auth=False)
+            self._token = str(data["token"])
+        return self._token
+
+    async def create_space(self, title: str = "", who_may_speak: str = "everyone") -> str:
+        data = await self._call(
+            "POST", "/v1/spaces", {"title": title, "who_may_speak": who_may_speak}
+        )
+        return str(data["id"])
+
+    async def join(self, space: str, sdp: str | None = None) -> dict[str, Any]:
+        body = {"sdp": sdp} if sdp is not None else {}
+        result: dict[str, Any] = await self._call("POST", f"/v1/spaces/{space}/join", body)
+        return result
+
+    async def act(self, space: str, action: str, **fields: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(
+            "POST", f"/v1/spaces/{space}/actions", {"action": action, **fields}
+        )
+        return result
+
+    async def leave(self, space: str) -> None:
+        await self._call("POST", f"/v1/spaces/{space}/leave", {})
+
+    async def events(self, space: str) -> AsyncIterator[dict[str, Any]]:
+        """The space's event stream (after the hello message)."""
+        url = f"{self.base}/v1/spaces/{space}/events?token={await self.token()}"
+        async with self.http.ws_connect(url) as ws:
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    yield msg.json()
+
+
+@dataclass
+class AudioLink:
+    """A participant's WebRTC connection and, if impaired, the relays in its path."""
+
+    pc: RTCPeerConnection
+    relays: list[UdpRelay]
+    join: dict[str, Any]
+
+    async def close(self) -> None:
+        await self.pc.close()
+        for relay in self.relays:
+            await relay.close()
+
+
+async def connect_audio(
+    client: RoomClient,
+    space: str,
+    on_packet: OnPacket,
+    *,
+    publish: MediaStreamTrack | None = None,
+    slots: int = 3,
+    impair: tuple[Impairment, Impairment] | None = None,
+) -> AudioLink:
+    """Join `space` with audio; `on_packet(slot, packet, arrival_ms)` sees every RTP packet.
+
+    `impair` = (client -> server, server -> client) puts a user-space relay between the
+    client and the server's ICE candidates (the kernel here has no netem).
+    """
+    pc = rtc.new_peer_connection()
+    if publish is not None:
+        pc.addTransceiver(publish, direction="sendonly")
+    listen = [pc.addTransceiver("audio", direction="recvonly") for _ in range(slots)]
+    await pc.setLocalDescription(await pc.createOffer())
+    offer = pc.localDescription.sdp
+    if impair is not None:
+        # The server must not reach the client directly, or ICE nominates the direct path
+        # and the relay carries nothing (netem's docstring): offer dead candidates only.
+        offer = blackhole_candidates(offer)
+    try:
+        data = await client.join(space, offer)
+    except BaseException:
+        await pc.close()
+        raise
+    answer = str(data["sdp"])
+    relays: list[UdpRelay] = []
+    if impair is not None:
+        answer, relays = await relay_answer(answer, impair[0], impair[1])
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+    for i, transceiver in enumerate(listen):
+        rtc.tap_rtp(transceiver.receiver, _slot_handler(i, on_packet))
+    return AudioLink(pc, relays, data)
+
+
+def _slot_handler(slot: int, on_packet: OnPacket) -> rtc.OnPacket:
+    async def handle(packet: rtc.RtpPacket, arrival_ms: int) -> None:
+        await on_packet(slot, packet, arrival_ms)
+
+    return handle
