@@ -151,6 +151,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_load(args: argparse.Namespace) -> int:
+    from spacesim.load.run import main as load_main
+
+    return load_main(
+        args.scenario,
+        target=args.target,
+        users=args.users,
+        duration=args.duration,
+        workers=args.workers,
+        out=args.out,
+        spawn_rate=args.spawn_rate,
+    )
+
+
+def _duration(text: str) -> float:
+    from spacesim.scenario import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     scenario = _REPO_SCENARIOS / "town-hall.yaml"
     if not scenario.is_file():
@@ -224,6 +247,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-dev", action="store_true", help="disable /v1/dev/token")
     serve.add_argument("--record", metavar="DIR", help="write the server's records here on exit")
     serve.set_defaults(func=cmd_serve)
+
+    load = sub.add_parser("load", help="run a scenario's Locust users against a server")
+    load.add_argument("scenario", help="scenario YAML file")
+    load.add_argument(
+        "--target", metavar="URL", help="server base URL (default: start one on 127.0.0.1)"
+    )
+    load.add_argument("-u", "--users", type=int, help="Locust users incl. one host per room")
+    load.add_argument("-r", "--spawn-rate", type=float, help="users started per second")
+    load.add_argument("-t", "--duration", type=_duration, help="run time, e.g. 30s, 2m")
+    load.add_argument("--workers", type=int, default=0, help="locust --processes N")
+    load.add_argument("--out", help="run directory (default: runs/RUN_ID)")
+    load.set_defaults(func=cmd_load)
 
     demo = sub.add_parser("demo", help="simulate the town-hall scenario and summarise it")
     demo.add_argument("--out", help="run directory (default: runs/RUN_ID)")

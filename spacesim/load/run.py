@@ -1,0 +1,357 @@
+"""`spacesim load`: run a scenario's Locust users headless against a spacesim server.
+
+Locust runs in a subprocess (its gevent monkey-patching must not touch this process):
+
+1. without ``target``, start the reference server (``spacesim serve``) on a free
+   127.0.0.1 port with a temporary database and wait for ``/healthz``;
+2. check the target's ``/healthz`` (a clear error, exit 2, if it is unreachable or
+   not a spacesim server);
+3. run ``locust -f loadtests/locustfile.py --headless -u N -r R -t T --host URL --csv
+   OUT/locust/locust --html OUT/locust/report.html`` (``--processes W`` when
+   ``workers`` > 0), streaming its output; every process writes
+   ``OUT/parts/part-<pid>.parquet``;
+4. merge the parts into one run directory (`write_run`) and print `summarise`.
+
+Every step has a timeout: the Locust run is killed ``GRACE`` seconds after its
+run time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import IO, Any
+
+import pandas as pd
+
+from spacesim.results import RunMeta, records_frame, summarise, write_run
+from spacesim.scenario import FlashCrowdArrivals, Scenario, ScenarioError, load_scenario
+
+__all__ = ["LoadError", "default_users", "main"]
+
+MAX_DEFAULT_LISTENERS = 50  # per run, when the caller gives no -u
+MAX_USERS = 900  # one UDP socket per connection; stay under a 1024 fd limit per process
+MAX_DEFAULT_DURATION = 600.0
+GRACE = 60.0  # seconds past the run time before Locust is killed
+SERVER_START_TIMEOUT = 20.0
+HEALTH_TIMEOUT = 5.0
+_REPO = Path(__file__).resolve().parents[2]
+_FALLBACK_LOCUSTFILE = (
+    "import locust  # noqa: F401\nfrom spacesim.load.users import Host, Listener  # noqa: E402\n"
+)
+
+
+class LoadError(Exception):
+    """A load run that cannot go ahead; the message says why."""
+
+
+def _say(msg: str) -> None:
+    print(f"spacesim load: {msg}", file=sys.stderr, flush=True)
+
+
+def _arrival_rate(sc: Scenario) -> float:
+    a = sc.arrivals
+    if a.kind in ("constant", "poisson"):
+        return a.rate
+    if a.kind == "ramp":
+        return max(a.start, a.end)
+    if a.kind == "piecewise":
+        return max(s.rate for s in a.steps)
+    if isinstance(a, FlashCrowdArrivals):  # on average over the run
+        return a.base + sum(b.size for b in a.bursts) / sc.duration
+    return a.rate
+
+
+def default_users(sc: Scenario) -> tuple[int, float]:
+    """(Locust users, spawn rate per s): hosts plus Little's-law listeners, capped."""
+    rate = _arrival_rate(sc)
+    listeners = math.ceil(rate * sc.session.mean) * sc.rooms.count
+    if sc.rooms.listener_cap is not None:
+        listeners = min(listeners, sc.rooms.listener_cap * sc.rooms.count)
+    listeners = max(1, min(listeners, MAX_DEFAULT_LISTENERS))
+    spawn = max(1.0, min(rate * sc.rooms.count, 20.0))
+    return sc.rooms.count + listeners, spawn
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def check_target(url: str, timeout: float = HEALTH_TIMEOUT) -> dict[str, Any]:
+    """``GET url/healthz``: the answer, or `LoadError` naming what is wrong."""
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/healthz", timeout=timeout) as r:
+            body = r.read(64 * 1024)
+    except urllib.error.HTTPError as exc:
+        raise LoadError(f"{url} is not a spacesim server (/healthz answered {exc.code})") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise LoadError(f"cannot reach {url}: {reason}") from None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or "protocol" not in data:
+        raise LoadError(f"{url} is not a spacesim server (/healthz gave no protocol version)")
+    return data
+
+
+@contextlib.contextmanager
+def embedded_server(workdir: Path) -> Iterator[str]:
+    """`spacesim serve` on a free loopback port with a temporary database."""
+    port = _free_port()
+    log_path = workdir / "server.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "spacesim.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--db",
+        str(workdir / "server.db"),
+    ]
+    url = f"http://127.0.0.1:{port}"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_child_env())
+        try:
+            deadline = time.monotonic() + SERVER_START_TIMEOUT
+            while True:
+                if proc.poll() is not None:
+                    tail = log_path.read_text(errors="replace")[-2000:]
+                    raise LoadError(f"the embedded server exited ({proc.returncode}):\n{tail}")
+                try:
+                    check_target(url, timeout=1.0)
+                    break
+                except LoadError:
+                    if time.monotonic() > deadline:
+                        raise LoadError(
+                            f"the embedded server did not answer /healthz "
+                            f"within {SERVER_START_TIMEOUT:.0f} s"
+                        ) from None
+                    time.sleep(0.2)
+            _say(f"embedded server at {url}")
+            yield url
+        finally:
+            _stop(proc, 10.0)
+
+
+def _stop(proc: subprocess.Popen[Any], timeout: float) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def _child_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
+    path = env.get("PYTHONPATH", "")
+    if (_REPO / "spacesim").is_dir():  # a source checkout: children import the same code
+        env["PYTHONPATH"] = f"{_REPO}{os.pathsep}{path}" if path else str(_REPO)
+    env.update(extra)
+    return env
+
+
+def _locustfile(workdir: Path) -> Path:
+    repo = _REPO / "loadtests" / "locustfile.py"
+    if repo.is_file():
+        return repo
+    path = workdir / "locustfile.py"
+    path.write_text(_FALLBACK_LOCUSTFILE)
+    return path
+
+
+def _raise_fd_limit(users: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = users * 4 + 256
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+
+
+def _pump(stream: IO[bytes], sink: IO[str]) -> None:
+    for line in iter(stream.readline, b""):
+        sink.write(line.decode(errors="replace"))
+        sink.flush()
+
+
+def _run_locust(cmd: Sequence[str], env: dict[str, str], timeout: float) -> int:
+    _say(" ".join(cmd))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    assert proc.stdout is not None
+    reader = threading.Thread(target=_pump, args=(proc.stdout, sys.stderr), daemon=True)
+    reader.start()
+    try:
+        rc = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        _say(f"locust did not finish within {timeout:.0f} s: stopping it")
+        _stop(proc, 10.0)
+        rc = -1
+    except BaseException:
+        _stop(proc, 10.0)
+        raise
+    reader.join(5)
+    return rc
+
+
+def merge_parts(parts_dir: Path, run_id: str) -> pd.DataFrame:
+    """One record frame from every process's ``part-*.parquet``."""
+    frames = [pd.read_parquet(p) for p in sorted(parts_dir.glob("part-*.parquet"))]
+    cols = ["kind", "t", "room", "participant", "role", "value", "attrs"]
+    rows: list[Any] = []
+    for f in frames:
+        f = f[cols].astype({"kind": str, "room": str, "role": str})
+        f["attrs"] = f["attrs"].astype(object).where(f["attrs"].notna(), None)
+        rows += list(f.itertuples(index=False, name=None))
+    return records_frame(rows, run_id, "load")
+
+
+def main(
+    scenario_path: str | Path,
+    target: str | None = None,
+    users: int | None = None,
+    duration: float | None = None,
+    workers: int = 0,
+    out: str | Path | None = None,
+    spawn_rate: float | None = None,
+) -> int:
+    """Run a load test; 0 on success, 2 for a refused run, 1 when nothing was measured."""
+    try:
+        return _main(scenario_path, target, users, duration, workers, out, spawn_rate)
+    except (LoadError, ScenarioError, FileExistsError) as exc:
+        _say(str(exc))
+        return 2
+
+
+def _main(
+    scenario_path: str | Path,
+    target: str | None,
+    users: int | None,
+    duration: float | None,
+    workers: int,
+    out: str | Path | None,
+    spawn_rate: float | None,
+) -> int:
+    sc = load_scenario(scenario_path)
+    auto_users, auto_spawn = default_users(sc)
+    n_users = auto_users if users is None else users
+    if not (sc.rooms.count < n_users <= MAX_USERS):
+        raise LoadError(
+            f"users must be more than the {sc.rooms.count} host(s) and at most {MAX_USERS}, "
+            f"got {n_users}"
+        )
+    run_time = min(sc.duration, MAX_DEFAULT_DURATION) if duration is None else duration
+    if not (0 < run_time <= 24 * 3600):
+        raise LoadError(f"duration must be in (0, 86400] s, got {run_time}")
+    if workers < 0:
+        raise LoadError(f"workers must be >= 0, got {workers}")
+    spawn = auto_spawn if spawn_rate is None else spawn_rate
+    run_id = RunMeta.new_run_id()
+    out_dir = Path(out) if out else Path("runs") / run_id
+    if (out_dir / "meta.json").exists():
+        raise FileExistsError(f"{out_dir} already holds a run; pick another --out")
+    if target is not None:
+        check_target(target)  # fail fast, before any server or Locust starts
+    _raise_fd_limit(n_users)
+    started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    wall0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="spacesim-load-") as tmp:
+        workdir = Path(tmp)
+        server = embedded_server(workdir) if target is None else contextlib.nullcontext(target)
+        with server as url:
+            parts = out_dir / "parts"
+            locust_dir = out_dir / "locust"
+            if parts.exists():
+                shutil.rmtree(parts)
+            locust_dir.mkdir(parents=True, exist_ok=True)
+            t0 = time.time()
+            env = _child_env(
+                SPACESIM_SCENARIO=str(Path(scenario_path).resolve()),
+                SPACESIM_LOAD_OUT=str(parts.resolve()),
+                SPACESIM_RUN_ID=run_id,
+                SPACESIM_T0=repr(t0),
+            )
+            cmd = [
+                sys.executable,
+                "-m",
+                "locust",
+                "-f",
+                str(_locustfile(workdir)),
+                "--headless",
+                "-u",
+                str(n_users),
+                "-r",
+                f"{spawn:g}",
+                "-t",
+                f"{math.ceil(run_time)}s",
+                "--host",
+                url,
+                "--csv",
+                str(locust_dir / "locust"),
+                "--html",
+                str(locust_dir / "report.html"),
+                "--exit-code-on-error",
+                "0",
+                "--only-summary",
+            ]
+            if workers > 0:
+                cmd += ["--processes", str(workers)]
+            rc = _run_locust(cmd, env, run_time + GRACE)
+    wall = time.monotonic() - wall0
+    records = merge_parts(parts, run_id) if parts.is_dir() else None
+    if records is None or records.empty:
+        _say(f"locust exited {rc} and no records were written (see its output above)")
+        return 1
+    meta = RunMeta(
+        run_id=run_id,
+        source="load",
+        scenario_name=sc.name,
+        scenario_hash=sc.content_hash(),
+        seed=sc.seed,
+        started_at=started_at,
+        duration=run_time,
+        wall_seconds=wall,
+        scenario=sc.model_dump(mode="json"),
+        extra={
+            "target": target or "embedded",
+            "users": n_users,
+            "spawn_rate": spawn,
+            "workers": workers,
+            "locust": metadata.version("locust"),
+            "locust_exit_code": rc,
+        },
+    )
+    write_run(out_dir, records, meta)
+    summary = summarise(records, run_time)
+    with pd.option_context("display.width", 120, "display.max_columns", 10):
+        print(f"{sc.name}: {n_users} users for {run_time:g} s (wall {wall:.1f} s), run {run_id}")
+        print(summary.to_string())
+    print(f"records: {len(records):,} -> {out_dir}")
+    joined = int((records["kind"] == "participant_joined").sum())
+    if rc != 0:
+        _say(f"locust exited {rc}")
+    return 0 if rc == 0 and joined else 1

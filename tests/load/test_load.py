@@ -1,0 +1,95 @@
+"""spacesim.load: Locust runs only in subprocesses (never gevent-patch the pytest process)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("locust")  # the `load` extra
+
+from spacesim.load.run import main
+from spacesim.results import load_run
+
+pytestmark = pytest.mark.timeout(60)
+
+TINY = """\
+name: tiny-load
+duration: 8s
+rooms: {count: 1, speakers: 1}
+speaking: {active_speakers: 2}
+arrivals: {kind: constant, rate: 1/s}
+session: {kind: fixed, mean: 30s}
+audience: {hand_raise_rate: 360/h, host_response_time: 1s, approval: 1, reaction_rate: 6/min}
+"""
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
+    return path
+
+
+def test_tiny_run_with_embedded_server(tiny: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert main(tiny, users=4, duration=8, out=out) == 0
+    run = load_run(out)
+    rec = run.records
+    assert set(rec["source"].astype(str)) == {"load"}
+    kinds = set(rec["kind"].astype(str))
+    assert {"participant_joined", "first_audio", "audio_latency", "packets_received"} <= kinds
+    listeners = rec[(rec["kind"] == "participant_joined") & (rec["role"] == "listener")]
+    assert len(listeners) == 3
+    assert (listeners["value"] > 0).all() and (listeners["value"] < 5).all()
+    latency = rec.loc[rec["kind"] == "audio_latency", "value"]
+    assert 0 < latency.median() < 0.2
+    assert len(rec[rec["kind"] == "first_audio"]) == 3
+    assert run.meta.source == "load" and run.meta.scenario_name == "tiny-load"
+    stats = (out / "locust" / "locust_stats.csv").read_text()
+    for name in ("join", "first_audio", "audio_latency"):
+        assert f",{name}," in stats
+    assert (out / "locust" / "report.html").is_file()
+
+
+def test_unreachable_target_fails_fast(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    t = time.monotonic()
+    assert main(tiny, target="http://127.0.0.1:9", out=tmp_path / "run") == 2
+    assert time.monotonic() - t < 10
+    assert "cannot reach http://127.0.0.1:9" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_bridge_guards_and_runs_under_gevent() -> None:
+    code = """
+import locust, asyncio, gevent
+from spacesim.load import bridge
+
+async def add(a, b):
+    await asyncio.sleep(0.01)
+    return a + b
+
+async def nested():
+    try:
+        bridge.run(add(1, 2))
+    except bridge.BridgeError:
+        return "guarded"
+
+assert bridge.run(add(1, 2), timeout=5) == 3
+assert gevent.joinall([gevent.spawn(bridge.run, add(i, 1), 5) for i in range(20)], timeout=5)
+assert bridge.run(nested(), timeout=5) == "guarded"
+try:
+    bridge.run(asyncio.sleep(5), timeout=0.1)
+except TimeoutError:
+    print("ok")
+"""
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ok"
