@@ -1,0 +1,358 @@
+"""Client CPU per received packet: lite, probe and default aiortc listeners.
+
+What runs (all on 127.0.0.1, every process with a hard deadline):
+
+* the reference server, ``spacesim serve`` as a subprocess (temporary database);
+* one speaker process: the host of a new space, publishing a packaged speech clip
+  (`SpeakerTrack`, marked pre-encoded Opus, 50 packets/s) via `connect_audio`;
+* one worker process per listener kind, run one after the other, each holding
+  N listeners of that kind:
+
+  - ``lite``: `connect_audio` + `ListenerStats.on_packet` (RTP tap, decoder stopped);
+  - ``probe``: `connect_audio` + `ProbeStats.on_packet` (tap + libopus decode);
+  - ``default``: a plain aiortc `RTCPeerConnection` with ``slots`` recvonly
+    transceivers joined with `RoomClient.join`, one task per track awaiting
+    ``track.recv()`` (aiortc's jitter buffer and decoder thread run).
+
+Inside a worker, after all N are connected and ``--warmup`` s of audio, it takes
+``time.process_time()`` (user + sys, all threads of the process, so aiortc's decoder
+threads count) and its received-packet count, waits ``--window`` s and takes both
+again: us/packet = CPU delta / packets delta. Packets are marked RTP packets seen by
+the tap (lite, probe) or decoded frames returned by ``recv()`` (default; one 20 ms
+frame per packet). The figure includes everything the process does per listener in
+that window -- RTCP reports, ICE consent checks, asyncio -- not only the callback.
+listeners per core = 1e6 / (50 x us/packet): one speaker heard, 50 packets/s each.
+
+``--profile`` additionally runs cProfile over the lite worker's window and prints
+the top functions (profiling inflates the cost; the figures of that run are not
+representative).
+
+Run: ``python benchmarks/bench_swarm.py [--lite 50] [--probe 20] [--default 10]
+[--warmup 2] [--window 8] [--profile]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import multiprocessing as mp
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+PACKETS_PER_S = 50
+SLOTS = 3
+CONNECT_TIMEOUT = 20.0
+
+
+def _quiet() -> None:
+    for name in ("aioice", "aiortc"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _watchdog(seconds: float) -> None:
+    t = threading.Timer(seconds, os._exit, args=(3,))
+    t.daemon = True
+    t.start()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def _wait_connected(pcs: list[Any], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while any(pc.connectionState != "connected" for pc in pcs):
+        bad = [pc.connectionState for pc in pcs if pc.connectionState in ("failed", "closed")]
+        if bad:
+            raise ConnectionError(f"{len(bad)} connections {bad[0]}")
+        if time.monotonic() > deadline:
+            n = sum(pc.connectionState == "connected" for pc in pcs)
+            raise TimeoutError(f"only {n}/{len(pcs)} connected after {timeout} s")
+        await asyncio.sleep(0.02)
+
+
+# ---------------------------------------------------------------------- speaker
+
+
+async def _speaker_main(conn: Connection, base: str) -> None:
+    import aiohttp
+
+    from spacesim import rtc
+    from spacesim.client.session import RoomClient, connect_audio
+    from spacesim.client.speaker import SpeakerTrack, clip_names, load_clip
+
+    rtc.use_host_addresses(["127.0.0.1"])
+
+    async def ignore(slot: int, packet: rtc.RtpPacket, arrival_ms: int) -> None:
+        return None
+
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession() as http:
+        host = RoomClient(base, "speaker", http)
+        space = await host.create_space("bench_swarm")
+        clip = clip_names()[0]
+        track = SpeakerTrack(load_clip(clip), sender_id=1)
+        link = await connect_audio(host, space, ignore, publish=track)
+        await _wait_connected([link.pc], CONNECT_TIMEOUT)
+        conn.send((space, clip))
+        await loop.run_in_executor(None, conn.recv)  # "stop"
+        conn.send({"sent": track.sent, "skipped": track.skipped})
+
+
+def _speaker(conn: Connection, base: str, max_s: float) -> None:
+    _watchdog(max_s)
+    _quiet()
+    asyncio.run(_speaker_main(conn, base))
+    os._exit(0)
+
+
+# ---------------------------------------------------------------------- listeners
+
+
+async def _worker_main(
+    kind: str, n: int, base: str, space: str, warmup: float, window: float, profile: bool
+) -> dict[str, Any]:
+    import aiohttp
+    from aiortc import RTCSessionDescription
+    from aiortc.mediastreams import MediaStreamError
+
+    from spacesim import rtc
+    from spacesim.client.listener import ListenerStats
+    from spacesim.client.probe import ProbeStats
+    from spacesim.client.session import RoomClient, connect_audio
+
+    rtc.use_host_addresses(["127.0.0.1"])
+    pcs: list[Any] = []
+    stats: list[ListenerStats] = []
+    frames = [0]
+    tasks: list[asyncio.Task[None]] = []
+
+    async def consume(track: Any) -> None:
+        try:
+            while True:
+                await track.recv()
+                frames[0] += 1
+        except MediaStreamError:
+            return
+
+    t_connect = time.monotonic()
+    async with aiohttp.ClientSession() as http:
+        for i in range(n):
+            client = RoomClient(base, f"{kind}-{i}", http)
+            if kind in ("lite", "probe"):
+                st = ListenerStats() if kind == "lite" else ProbeStats()
+                link = await connect_audio(client, space, st.on_packet, slots=SLOTS)
+                stats.append(st)
+                pcs.append(link.pc)
+            else:
+                pc = rtc.new_peer_connection()
+
+                @pc.on("track")
+                def on_track(track: Any) -> None:
+                    tasks.append(asyncio.ensure_future(consume(track)))
+
+                for _ in range(SLOTS):
+                    pc.addTransceiver("audio", direction="recvonly")
+                await pc.setLocalDescription(await pc.createOffer())
+                data = await client.join(space, pc.localDescription.sdp)
+                answer = RTCSessionDescription(sdp=str(data["sdp"]), type="answer")
+                await pc.setRemoteDescription(answer)
+                pcs.append(pc)
+        await _wait_connected(pcs, CONNECT_TIMEOUT)
+        connect_s = time.monotonic() - t_connect
+
+        def received() -> int:
+            if kind == "default":
+                return frames[0]
+            return sum(s.totals()[0] + s.unmarked for s in stats)
+
+        await asyncio.sleep(warmup)
+        prof = None
+        if profile:
+            import cProfile
+
+            prof = cProfile.Profile()
+            prof.enable()
+        c0, p0, w0 = time.process_time(), received(), time.monotonic()
+        await asyncio.sleep(window)
+        c1, p1, w1 = time.process_time(), received(), time.monotonic()
+        if prof is not None:
+            import io
+            import pstats
+
+            prof.disable()
+            out = io.StringIO()
+            pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(18)
+            print(f"--- cProfile, {kind} worker window (tottime) ---", file=sys.stderr)
+            print(out.getvalue(), file=sys.stderr)
+
+    packets = p1 - p0
+    result: dict[str, Any] = {
+        "kind": kind,
+        "n": n,
+        "connect_s": connect_s,
+        "cpu_s": c1 - c0,
+        "wall_s": w1 - w0,
+        "packets": packets,
+        "expected": n * PACKETS_PER_S * (w1 - w0),
+        "us_per_packet": (c1 - c0) * 1e6 / packets if packets else float("nan"),
+    }
+    if stats:
+        lat = sorted(x for s in stats for ss in s.senders.values() for x in ss.latencies)
+        result["latency_p50_ms"] = lat[len(lat) // 2] * 1e3 if lat else float("nan")
+        result["lost"] = sum(s.totals()[1] for s in stats)
+    if kind == "probe":
+        q = [s.quality() for s in stats if isinstance(s, ProbeStats)]
+        fr, au, err = (sum(x[k] for x in q) for k in range(3))
+        result["audible_fraction"] = au / fr if fr else float("nan")
+        result["decode_errors"] = err
+    return result
+
+
+def _worker(conn: Connection, args: tuple[Any, ...], max_s: float) -> None:
+    _watchdog(max_s)
+    _quiet()
+    try:
+        conn.send(asyncio.run(_worker_main(*args)))
+    except Exception as exc:  # report, do not hang the parent
+        conn.send({"error": f"{type(exc).__name__}: {exc}"})
+    os._exit(0)  # skip closing the connections one by one
+
+
+# ---------------------------------------------------------------------- main
+
+
+def _start_server(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = _free_port()
+    exe = Path(sys.executable).with_name("spacesim")
+    cmd = (
+        [str(exe)]
+        if exe.exists()
+        else [sys.executable, "-c", "from spacesim.cli import main; main()"]
+    )
+    proc = subprocess.Popen(
+        [*cmd, "serve", "--port", str(port), "--db", str(tmp / "bench.db")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            req = urllib.request.Request(
+                f"{base}/v1/dev/token", data=b'{"user": "probe"}', method="POST"
+            )
+            req.add_header("Content-Type", "application/json")
+            urllib.request.urlopen(req, timeout=1).read()
+            return proc, base
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("spacesim serve did not start") from None
+            time.sleep(0.1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--lite", type=int, default=50, help="lite listeners (0 = skip)")
+    ap.add_argument("--probe", type=int, default=20, help="probe listeners (0 = skip)")
+    ap.add_argument("--default", type=int, default=10, help="default aiortc listeners")
+    ap.add_argument("--warmup", type=float, default=2.0, help="s of audio before the window")
+    ap.add_argument("--window", type=float, default=8.0, help="measurement window, s")
+    ap.add_argument("--profile", action="store_true", help="cProfile the lite worker")
+    args = ap.parse_args()
+    t0 = time.monotonic()
+    ctx = mp.get_context("spawn")
+    per_worker_s = CONNECT_TIMEOUT + args.warmup + args.window + 30
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        server, base = _start_server(Path(tmp))
+        speaker = None
+        try:
+            parent, child = ctx.Pipe()
+            speaker = ctx.Process(
+                target=_speaker, args=(child, base, 4 * per_worker_s), daemon=True
+            )
+            speaker.start()
+            if not parent.poll(CONNECT_TIMEOUT + 10):
+                raise RuntimeError("speaker did not connect")
+            space, clip = parent.recv()
+            print(f"server {base}, space {space}, speaker plays clip {clip!r}")
+            for kind in ("lite", "probe", "default"):
+                n = getattr(args, kind)
+                if n <= 0:
+                    continue
+                wp, wc = ctx.Pipe()
+                wargs = (kind, n, base, space, args.warmup, args.window, args.profile)
+                w = ctx.Process(target=_worker, args=(wc, wargs, per_worker_s), daemon=True)
+                w.start()
+                if not wp.poll(per_worker_s + 5):
+                    w.kill()
+                    print(f"{kind}: no result (timed out)")
+                    continue
+                r = wp.recv()
+                w.join(5)
+                if "error" in r:
+                    print(f"{kind}: {r['error']}")
+                    continue
+                results[kind] = r
+                extra = ""
+                if "latency_p50_ms" in r:
+                    extra += f"  latency p50 {r['latency_p50_ms']:.1f} ms, lost {r['lost']}"
+                if "audible_fraction" in r:
+                    extra += (
+                        f"  audible {r['audible_fraction']:.3f}, decode errors {r['decode_errors']}"
+                    )
+                print(
+                    f"{kind:8s} N={r['n']:3d}  connect {r['connect_s']:.1f} s  "
+                    f"cpu {r['cpu_s']:.3f} s / {r['wall_s']:.1f} s "
+                    f"({100 * r['cpu_s'] / r['wall_s']:.0f} % core)  "
+                    f"packets {r['packets']} of ~{r['expected']:.0f}  "
+                    f"{r['us_per_packet']:.1f} us/packet{extra}"
+                )
+            parent.send("stop")
+            if parent.poll(5):
+                s = parent.recv()
+                print(f"speaker sent {s['sent']} packets, skipped {s['skipped']} slots")
+        finally:
+            if speaker is not None and speaker.is_alive():
+                speaker.kill()
+            server.terminate()
+            try:
+                server.wait(5)
+            except subprocess.TimeoutExpired:
+                server.kill()
+    if "probe" in results:
+        from spacesim.client.probe import reference_audible_fraction
+        from spacesim.client.speaker import load_clip
+
+        ref = reference_audible_fraction(load_clip(clip))
+        print(
+            f"probe audible fraction {results['probe']['audible_fraction']:.3f}"
+            f" (clip decoded locally: {ref:.3f})"
+        )
+    print(f"total {time.monotonic() - t0:.0f} s")
+    for kind in ("lite", "probe", "default"):
+        if kind in results:
+            print(f"FIGURE {kind}_us_per_packet={results[kind]['us_per_packet']:.1f} us")
+    for kind in ("lite", "probe"):
+        if kind in results:
+            us = results[kind]["us_per_packet"]
+            print(f"FIGURE {kind}_listeners_per_core={1e6 / (PACKETS_PER_S * us):.0f}")
+
+
+if __name__ == "__main__":
+    main()
