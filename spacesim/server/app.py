@@ -300,6 +300,9 @@ async def join_space(request: web.Request) -> web.Response:
             if not present:
                 room.leave(user)
             raise
+        if room.space.role_of(user) is None:  # removed, blocked or ended while connecting
+            await _close_media(state, room.id, user)
+            raise ProtocolError("not_present", f"{user} left the space while connecting")
     metrics.JOINS.inc()
     return _json(
         {
