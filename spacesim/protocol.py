@@ -65,6 +65,7 @@ ERROR_STATUS: Mapping[str, int] = {
     "removed": 403,
     "speaking_restricted": 403,
     "not_found": 404,
+    "conflict": 409,
     "not_present": 409,
     "already_present": 409,
     "already_live": 409,
@@ -127,6 +128,14 @@ def event_message(
     return msg
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates from JSON escapes
+        return False
+    return True
+
+
 def parse_action(body: object) -> tuple[str, dict[str, str]]:
     """Validate an action request; returns (action, fields) or raises ProtocolError."""
     if not isinstance(body, dict):
@@ -140,7 +149,7 @@ def parse_action(body: object) -> tuple[str, dict[str, str]]:
         value = body.get(name)
         if value is None:
             continue
-        if not isinstance(value, str) or not value or len(value) > 500:
+        if not isinstance(value, str) or not value or len(value) > 500 or not _utf8(value):
             raise ProtocolError("bad_request", f"'{name}' must be a non-empty string (<= 500)")
         fields[name] = value
     for name in ACTIONS[action]:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from aiohttp import WSMsgType, web
 
@@ -27,7 +27,7 @@ from spacesim.server import metrics
 from spacesim.server.auth import AuthError, Claims, DevIssuer, Forbidden, require, verify_token
 from spacesim.server.records import ServerRecorder
 from spacesim.server.room import Room
-from spacesim.server.store import NotFound, Store
+from spacesim.server.store import Conflict, NotFound, Store, StoreError
 from spacesim.server.store_sqlite import SqliteStore
 
 __all__ = ["ServerConfig", "create_app"]
@@ -128,7 +128,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
         return {}
     try:
         data = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError, LookupError):  # bad JSON, bad UTF-8, bad charset
         raise ProtocolError("bad_json", "the body is not valid JSON") from None
     if not isinstance(data, dict):
         raise ProtocolError("bad_request", "the body must be a JSON object")
@@ -144,6 +144,17 @@ def _claims(request: web.Request) -> Claims:
     claims = verify_token(request.app[CONFIG].secret, token)
     request.app[STATE].store.add_user(claims.sub, claims.sub)
     return claims
+
+
+def _user_id(value: object) -> TypeGuard[str]:
+    """A user id the store can hold: 1-64 printable characters, valid UTF-8."""
+    if not isinstance(value, str) or not 0 < len(value) <= 64 or not value.isprintable():
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates
+        return False
+    return True
 
 
 def _in_space(request: web.Request, grant: str | None) -> tuple[Claims, ServerState, Room]:
@@ -170,6 +181,10 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error("unauthorized", str(exc), 401)
     except NotFound as exc:
         return _error("not_found", str(exc), 404)
+    except Conflict as exc:
+        return _error("conflict", str(exc), 409)
+    except StoreError as exc:  # the store refused a value the API let through
+        return _error("bad_request", str(exc), 400)
     except web.HTTPException as exc:
         if exc.status >= 400 and exc.content_type != "application/json":
             return _error("bad_request" if exc.status < 500 else "error", exc.reason, exc.status)
@@ -212,7 +227,7 @@ async def dev_token(request: web.Request) -> web.Response:
         raise ProtocolError("forbidden", "dev tokens are disabled on this server")
     body = await _body(request)
     user = body.get("user")
-    if not isinstance(user, str) or not user or len(user) > 64 or not user.isprintable():
+    if not _user_id(user):
         raise ProtocolError("bad_request", "'user' must be a printable string of 1-64 chars")
     moderator = body.get("moderator", False) is True
     token = DevIssuer(config.secret).token(user, moderator=moderator)
@@ -224,8 +239,8 @@ async def follow(request: web.Request) -> web.Response:
     claims = _claims(request)
     body = await _body(request)
     user = body.get("user")
-    if not isinstance(user, str) or not user or user == claims.sub:
-        raise ProtocolError("bad_request", "'user' must name another user")
+    if not _user_id(user) or user == claims.sub:
+        raise ProtocolError("bad_request", "'user' must name another user (1-64 printable chars)")
     state = request.app[STATE]
     state.store.add_user(user, user)
     state.store.follow(claims.sub, user)
@@ -245,9 +260,13 @@ async def create_space(request: web.Request) -> web.Response:
     when = body.get("scheduled_for")
     if not isinstance(title, str) or len(title) > 200:
         raise ProtocolError("bad_request", "'title' must be a string of at most 200 chars")
-    if who not in {w.value for w in policy.WhoMaySpeak}:
+    if not isinstance(who, str) or who not in {w.value for w in policy.WhoMaySpeak}:
         raise ProtocolError("bad_request", "'who_may_speak' must be everyone, followed or invited")
-    if when is not None and (not isinstance(when, int | float) or isinstance(when, bool)):
+    if when is not None and (
+        not isinstance(when, int | float)
+        or isinstance(when, bool)
+        or not 0 < when < 1e11  # finite, after 1970, before year 5138
+    ):
         raise ProtocolError("bad_request", "'scheduled_for' must be unix seconds")
     room = request.app[STATE].create(claims.sub, title, who, float(when) if when else None)
     return _json(room.snapshot(), 201)
@@ -296,7 +315,7 @@ async def join_space(request: web.Request) -> web.Response:
     if offer is not None:
         try:
             answer = await _connect(state, room, user, offer)
-        except ProtocolError:
+        except BaseException:
             if not present:
                 room.leave(user)
             raise
@@ -404,18 +423,25 @@ async def moderate(request: web.Request) -> web.Response:
             "bad_request", "'action' must be dismiss, remove, block or end"
         ) from None
     target = body.get("target")
-    if target is not None and not isinstance(target, str):
+    if target is not None and not _user_id(target):
         raise ProtocolError("bad_request", "'target' must be a user id")
+    if target is not None and target == room.space.host and action is policy.ModerationAction.BLOCK:
+        action = policy.ModerationAction.END  # barring a host from their own space ends it
     report = body.get("report")
     if report is not None:
-        if not isinstance(report, int) or isinstance(report, bool):
+        if not isinstance(report, int) or isinstance(report, bool) or not 0 < report < 2**63:
             raise ProtocolError("bad_request", "'report' must be a report id")
-        if state.store.get_report(report).space != room.id:
+        filed = state.store.get_report(report)
+        if filed.space != room.id:
             raise ProtocolError("bad_request", f"report {report} is not about space {room.id}")
-    events = room.moderate(claims.sub, action, target)
-    if report is not None:  # only once the decision is applied
-        state.store.resolve_report(report, action.value, claims.sub, time.time())
-    await _drop_gone(state, room)
+        if filed.resolution is not None:
+            raise ProtocolError("conflict", f"report {report} was already resolved")
+    try:
+        events = room.moderate(claims.sub, action, target)
+        if report is not None:  # only once the decision is applied
+            state.store.resolve_report(report, action.value, claims.sub, time.time())
+    finally:
+        await _drop_gone(state, room)  # whatever happened, the removed stop hearing
     return _json({"ok": True, "events": events})
 
 
@@ -457,7 +483,7 @@ async def events_ws(request: web.Request) -> web.StreamResponse:
 async def _ws_action(state: ServerState, room: Room, claims: Claims, text: str) -> dict[str, Any]:
     try:
         body = json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         return {"type": "error", "error": "bad_json", "reason": "the message is not valid JSON"}
     request_id = body.get("id") if isinstance(body, dict) else None
     try:

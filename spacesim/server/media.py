@@ -217,8 +217,14 @@ class MediaRoom:
 
             await pc.setLocalDescription(await pc.createAnswer())
             answer: str = pc.localDescription.sdp
+        except ValueError:
+            await self._close_peer(peer)
+            raise
+        except Exception as exc:  # e.g. closed meanwhile by a newer connect or a removal
+            await self._close_peer(peer)
+            raise ValueError(f"connection setup failed: {type(exc).__name__}: {exc}") from None
         except BaseException:
-            await self.close(participant)
+            await self._close_peer(peer)
             raise
         return answer
 
@@ -239,7 +245,7 @@ class MediaRoom:
     def _drop(self, peer: _Peer) -> None:
         """Stop sending to a peer at once and close it in the background."""
         self._unlist(peer)
-        task = asyncio.ensure_future(self.close(peer.name))
+        task = asyncio.ensure_future(self._close_peer(peer))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -252,9 +258,14 @@ class MediaRoom:
 
     async def close(self, participant: str) -> None:
         """Close a participant's connection (no-op if there is none)."""
-        peer = self._peers.pop(participant, None)
-        if peer is None:
-            return
+        peer = self._peers.get(participant)
+        if peer is not None:
+            await self._close_peer(peer)
+
+    async def _close_peer(self, peer: _Peer) -> None:
+        """Close this very connection; a newer one of the same participant is left alone."""
+        if self._peers.get(peer.name) is peer:
+            del self._peers[peer.name]
         self._unlist(peer)
         with contextlib.suppress(Exception):
             await peer.pc.close()
@@ -355,9 +366,10 @@ class MediaRoom:
                 marker = 1
             out_seq = (seq + st.seq_off) & 0xFFFF
             out_ts = (ts + st.ts_off) & 0xFFFFFFFF
-            st.last_seq = out_seq
-            st.last_ts = out_ts
-            st.last_ms = now_ms
+            if 0 < ((out_seq - st.last_seq) & 0xFFFF) < 0x8000:  # newer: a late packet never
+                st.last_seq = out_seq  # moves the slot back, or the next speaker would reuse
+                st.last_ts = out_ts  # its sequence number (a duplicate to the jitter buffer)
+                st.last_ms = now_ms
             writer = sub.writers[k]
             try:
                 if not writer.send_now(out_seq, out_ts, marker, payload, ntp):

@@ -531,3 +531,92 @@ async def test_reports_reach_platform_moderators_who_resolve_them(api: Api) -> N
     assert status == 403 and data["error"] == "removed"
     status, data = await api.call("POST", path, "mod", {**body, "report": 999})
     assert status == 404
+
+
+@pytest.mark.parametrize(
+    ("path", "raw"),
+    [
+        ("/v1/spaces", b'{"who_may_speak": []}'),
+        ("/v1/spaces", b'{"scheduled_for": 1' + b"0" * 400 + b"}"),
+        ("/v1/spaces", b'{"scheduled_for": NaN}'),
+        ("/v1/spaces", b"[" * 100_000 + b"]" * 100_000),
+        ("/v1/follows", b'{"user": "\\ud800"}'),
+    ],
+)
+async def test_hostile_bodies_get_400_not_500(api: Api, path: str, raw: bytes) -> None:
+    status, data = await api.call("POST", path, "u", raw=raw)
+    assert status == 400, data
+
+
+async def test_bad_charset_is_bad_json(api: Api) -> None:
+    r = await api.http.post(
+        f"{api.base}/v1/spaces",
+        data=b"{}",
+        headers={
+            "Authorization": f"Bearer {await api.token('u')}",
+            "Content-Type": "application/json; charset=bogus",
+        },
+    )
+    assert r.status == 400
+
+
+async def test_moderating_a_resolved_report_again_is_refused_and_changes_nothing(
+    api: Api,
+) -> None:
+    space = await api.space("host")
+    for user in ("victim", "bob"):
+        await api.join(space, user)
+    _, data = await api.act(space, "victim", "report", target="bob")
+    report = int(data["events"][0]["attrs"]["report_id"])
+    await api.token("mod", moderator=True)
+    path = f"/v1/moderation/spaces/{space}"
+    assert (await api.call("POST", path, "mod", {"action": "dismiss", "report": report}))[0] == 200
+    status, data = await api.call(
+        "POST", path, "mod", {"action": "block", "target": "bob", "report": report}
+    )
+    assert status == 409 and data["error"] == "conflict"
+    _, state = await api.call("GET", f"/v1/spaces/{space}", "host")
+    assert "bob" in state["participants"]  # the refused decision was not applied
+    status, _ = await api.call("POST", path, "mod", {"action": "remove", "report": 2**70})
+    assert status == 400
+
+
+async def test_a_moderator_blocking_the_host_ends_the_space(api: Api) -> None:
+    space = await api.space("host")
+    await api.token("mod", moderator=True)
+    status, data = await api.call(
+        "POST", f"/v1/moderation/spaces/{space}", "mod", {"action": "block", "target": "host"}
+    )
+    assert status == 200 and "space_ended" in [e["kind"] for e in data["events"]]
+
+
+async def test_deeply_nested_websocket_message_is_bad_json(api: Api) -> None:
+    space = await api.space("host")
+    url = f"{api.base}/v1/spaces/{space}/events?token={await api.token('host')}"
+    async with api.http.ws_connect(url) as ws:
+        await ws.receive_json(timeout=5)  # hello
+        await ws.send_str("[" * 30_000 + "]" * 30_000)
+        assert (await ws.receive_json(timeout=5))["error"] == "bad_json"
+        await ws.send_json({"id": 1, "action": "mute_all"})
+        assert (await ws.receive_json(timeout=5))["type"] == "result"
+
+
+async def test_concurrent_joins_of_one_user_leave_a_consistent_state(
+    api: Api, clients: list[AudioClient]
+) -> None:
+    space = await api.space("host")
+    twins = [AudioClient("carol"), AudioClient("carol")]
+    clients += twins
+    offers = []
+    for c in twins:
+        for _ in range(SLOTS):
+            c.pc.addTransceiver("audio", direction="recvonly")
+        await c.pc.setLocalDescription(await c.pc.createOffer())
+        offers.append(c.pc.localDescription.sdp)
+    results = await asyncio.gather(
+        *(api.call("POST", f"/v1/spaces/{space}/join", "carol", {"sdp": o}) for o in offers)
+    )
+    statuses = sorted(status for status, _ in results)
+    assert all(s < 500 for s in statuses), results
+    _, state = await api.call("GET", f"/v1/spaces/{space}", "host")
+    assert ("carol" in state["participants"]) == (200 in statuses)

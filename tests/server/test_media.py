@@ -321,3 +321,33 @@ async def test_closed_participant_stops_and_frees_slot(world: Any) -> None:
     assert room.stats()["send_errors"] == 0
     await room.close("s")
     assert room.speaker_slots() == {}
+
+
+async def test_a_late_packet_never_makes_the_next_speaker_reuse_a_sequence_number() -> None:
+    from spacesim.server.media import _Peer, _SlotStream
+
+    class Writer:
+        def __init__(self) -> None:
+            self.out: list[tuple[int, int, int]] = []
+
+        def send_now(self, seq: int, ts: int, marker: int, payload: bytes, ntp: int) -> bool:
+            self.out.append((seq, ts, marker))
+            return True
+
+    class Packet:
+        def __init__(self, seq: int, ts: int) -> None:
+            self.sequence_number, self.timestamp, self.marker, self.payload = seq, ts, 0, b"x"
+
+    room = MediaRoom(lambda name: True, slots=1, idle_ms=0)
+    a, b, listener = (_Peer(name, None) for name in "abl")  # type: ignore[arg-type]
+    for peer in (a, b, listener):
+        peer.writers, peer.streams, peer.live = [Writer()], [_SlotStream()], True
+    room._subs = (a, b, listener)
+    for seq, ts, now in ((100, 96000, 0), (102, 97920, 20), (101, 96960, 21)):  # 101 is late
+        await room._forward(a, Packet(seq, ts), now)  # type: ignore[arg-type]
+    room._release(0)  # a's slot is freed (muted, or idle)
+    await room._forward(b, Packet(5000, 1), 40)  # type: ignore[arg-type]
+    out = listener.writers[0].out  # type: ignore[attr-defined]
+    seqs = [(s - out[0][0]) & 0xFFFF for s, _, _ in out]
+    assert seqs == [0, 2, 1, 3]  # b continues after the newest number sent, not the late one
+    assert out[-1][2] == 1  # and its first packet carries the marker
