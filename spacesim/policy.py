@@ -216,6 +216,8 @@ class Space:
         host_follows: Iterable[str] = (),
         blocked: Iterable[str] = (),
         status: SpaceStatus = SpaceStatus.LIVE,
+        removed: Iterable[str] = (),
+        past_participants: Iterable[str] = (),
     ) -> None:
         if not space_id or not host:
             raise ValueError("space_id and host must be non-empty")
@@ -232,8 +234,10 @@ class Space:
         self._who = WhoMaySpeak(who_may_speak)
         self._follows: set[str] = set(host_follows)
         self._blocked: set[str] = blocked_set
-        self._removed: set[str] = set()
-        self._ever: set[str] = {host}
+        # Restored after a restart: removals keep users out, and past participants can
+        # still be reported.
+        self._removed: set[str] = set(removed)
+        self._ever: set[str] = {host, *past_participants, *self._removed}
         self._roles: dict[str, Role] = {}
         # Per-role insertion-ordered membership, so counts are O(1) with many listeners.
         self._members: dict[Role, dict[str, None]] = {r: {} for r in Role}

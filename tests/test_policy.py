@@ -1109,3 +1109,12 @@ def test_random_walk_keeps_invariants() -> None:
     assert spaces >= 3
     assert codes_seen == REFUSAL_CODES  # the walk reaches every kind of edge
     assert all(successes[n] > 0 for n in names if n not in ("follow", "unfollow")), str(successes)
+
+
+def test_restored_removals_and_past_participants() -> None:
+    """After a restart the server rebuilds a space with who was removed and who was there."""
+    space = Space("s", "h", removed=["troll"], past_participants=["old"])
+    refused = space.join("troll")
+    assert not refused.ok and refused.code == "removed"
+    assert space.join("fan").ok
+    assert space.report("fan", "old").ok  # someone who was in the space before can be reported

@@ -75,6 +75,12 @@ class ServerState:
             )
 
     def _room_for(self, space_id: str, host: str, status: policy.SpaceStatus, who: str) -> Room:
+        removed = set()
+        for entry in self.store.audit_log(space=space_id):  # the audit log is the history
+            how = entry.attrs.get("action") if entry.action == "moderate" else entry.action
+            barred = how == "remove" or (how == "block" and entry.attrs.get("scope") != "personal")
+            if barred and entry.target and entry.target != host:
+                removed.add(entry.target)
         space = policy.Space(
             space_id,
             host,
@@ -82,6 +88,8 @@ class ServerState:
             host_follows=self.store.follows_of(host),
             blocked=self.store.blocked_by(host),
             status=status,
+            removed=removed - {host},
+            past_participants={p.user for p in self.store.participations(space=space_id)},
         )
         room = Room(space, persist=self.store)
         if self.recorder is not None:
@@ -409,6 +417,8 @@ async def _drop_gone(state: ServerState, room: Room) -> None:
     for user in list(media.participants()):
         if room.space.role_of(user) is None:
             await media.close(user)
+    if room.space.status is policy.SpaceStatus.ENDED:  # e.g. moderation ended it
+        await _close_media(state, room.id)
 
 
 @routes.post("/v1/moderation/spaces/{space}")
@@ -449,9 +459,9 @@ async def moderate(request: web.Request) -> web.Response:
 async def events_ws(request: web.Request) -> web.StreamResponse:
     """The event stream; clients may also send actions as JSON messages on it."""
     claims, state, room = _in_space(request, "space:join")
+    queue = room.subscribe(claims.sub)  # before the upgrade: a refusal is still a 403
     ws = web.WebSocketResponse(heartbeat=20, max_msg_size=64 * 1024)
     await ws.prepare(request)
-    queue = room.subscribe()
     await ws.send_json({"type": "hello", "protocol": PROTOCOL_VERSION, "space": room.snapshot()})
 
     async def pump() -> None:

@@ -81,7 +81,7 @@ class Room:
         self._wall = wall_clock
         self._t0 = mono_clock()
         self._mono = mono_clock
-        self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._subscribers: dict[asyncio.Queue[dict[str, Any]], str] = {}  # queue -> user
         self._reactions = RateLimiter(reactions_per_s, reactions_per_s * 5, mono_clock)
         self._hands = RateLimiter(hands_per_min / 60, 2, mono_clock)
         self.sinks: list[EventSink] = []  # e.g. the server's own record writer
@@ -92,13 +92,30 @@ class Room:
 
     # ------------------------------------------------------------------ events
 
-    def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
+    def subscribe(self, user: str) -> asyncio.Queue[dict[str, Any]]:
+        """A queue of this room's events for `user`; refused to users barred from it."""
+        if user in self.space.blocked or user in self.space.removed:
+            raise ProtocolError("forbidden", f"{user} is barred from this space")
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=_QUEUE_LIMIT)
-        self._subscribers.add(queue)
+        self._subscribers[queue] = user
         return queue
 
     def unsubscribe(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
-        self._subscribers.discard(queue)
+        self._subscribers.pop(queue, None)
+
+    def _cut_off(self, user: str, why: str) -> None:
+        """A user barred from the space stops receiving its events at once."""
+        for queue, who in list(self._subscribers.items()):
+            if who == user:
+                self._subscribers.pop(queue, None)
+                self._say_error(queue, why, f"{user} was {why} from the space")
+
+    @staticmethod
+    def _say_error(queue: asyncio.Queue[dict[str, Any]], code: str, reason: str) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait({"type": "error", "error": code, "reason": reason})
 
     def now(self) -> float:
         """Seconds since the room was created on this server (event ``t``)."""
@@ -131,10 +148,10 @@ class Room:
             try:
                 queue.put_nowait(msg)
             except asyncio.QueueFull:  # a stuck client: cut it off, tell it why
-                self._subscribers.discard(queue)
-                with contextlib.suppress(asyncio.QueueFull):
-                    queue.get_nowait()
-                    queue.put_nowait({"type": "error", "error": "too_slow", "reason": "dropped"})
+                self._subscribers.pop(queue, None)
+                self._say_error(queue, "too_slow", "dropped: 1,000 events behind")
+        if msg.get("kind") == "removed":
+            self._cut_off(str(msg.get("participant")), "removed")
 
     # ------------------------------------------------------------------ actions
 
@@ -201,6 +218,7 @@ class Room:
         store = self.persist
         at = self._wall()
         extras: dict[int, dict[str, str]] = {}
+        audit_attrs: dict[str, str] = dict(fields)
         for i, ev in enumerate(outcome.events):
             kind = ev.kind
             if kind == "report_filed":
@@ -211,6 +229,7 @@ class Room:
                 )
                 extras[i] = {"report_id": str(report_id)}
             elif kind == "blocked":
+                audit_attrs["scope"] = ev.attrs.get("scope", "space")
                 personal = ev.attrs.get("scope") == "personal"
                 blocker = (ev.actor or actor or self.space.host) if personal else self.space.host
                 store.add_user(ev.participant, ev.participant, at)
@@ -229,7 +248,7 @@ class Room:
                 store.set_who_may_speak(self.id, self.space.who_may_speak.value)
         if action in _AUDITED:
             target = fields.get("target")
-            store.audit(self.id, actor, action, target, dict(fields), at)
+            store.audit(self.id, actor, action, target, audit_attrs, at)
         return extras
 
     def _react(self, actor: str, emoji: str) -> list[dict[str, Any]]:

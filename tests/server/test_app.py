@@ -428,8 +428,10 @@ async def test_kill_9_keeps_acknowledged_reports_and_blocks(tmp_path: Path) -> N
             await _wait_up(http, base)
             api = Api(http, base)
             space = await api.space("host")
-            for user in ("r1", "r2", "bad"):
+            for user in ("r1", "r2", "bad", "gone", "chatty"):
                 assert (await api.join(space, user))[0] == 200
+            assert (await api.act(space, "host", "remove", target="gone"))[0] == 200
+            assert (await api.act(space, "r1", "block", target="chatty"))[0] == 200  # personal
             acked = []
             for user in ("r1", "r2"):
                 status, data = await api.act(space, user, "report", target="bad", reason="spam")
@@ -445,6 +447,9 @@ async def test_kill_9_keeps_acknowledged_reports_and_blocks(tmp_path: Path) -> N
             assert status == 200 and state["status"] == "live"  # recovered; clients rejoin
             status, data = await api.join(space, "bad")
             assert status == 403 and data["error"] == "blocked"
+            status, data = await api.join(space, "gone")  # removals survive a restart too
+            assert status == 403 and data["error"] == "removed"
+            assert (await api.join(space, "chatty"))[0] == 200  # a personal block bars nobody
     finally:
         proc.kill()
         proc.wait(timeout=10)
@@ -620,3 +625,22 @@ async def test_concurrent_joins_of_one_user_leave_a_consistent_state(
     assert all(s < 500 for s in statuses), results
     _, state = await api.call("GET", f"/v1/spaces/{space}", "host")
     assert ("carol" in state["participants"]) == (200 in statuses)
+
+
+async def test_a_removed_user_stops_receiving_events_and_cannot_resubscribe(api: Api) -> None:
+    space = await api.space("host")
+    await api.join(space, "eve")
+    url = f"{api.base}/v1/spaces/{space}/events?token={await api.token('eve')}"
+    async with api.http.ws_connect(url) as ws:
+        await ws.receive_json(timeout=5)  # hello
+        assert (await api.act(space, "host", "remove", target="eve"))[0] == 200
+        kinds = []
+        while True:
+            msg = await ws.receive(timeout=5)
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                break
+            data = json.loads(msg.data)
+            kinds.append(data.get("kind") or data.get("error"))
+        assert kinds[-1] == "removed" and "removed" in kinds[:-1]
+    r = await api.http.get(url)
+    assert r.status == 403
