@@ -96,8 +96,8 @@ class ForbiddenReason(StrEnum):
     WRONG_SPACE = "wrong_space"
 
 
-class AuthError(Exception):
-    """The token is unusable (-> 401). ``reason`` is machine-readable, ``detail`` for humans."""
+class _Refusal(Exception):
+    """A refusal with a machine-readable ``reason`` and a ``detail`` for humans."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(reason, detail)
@@ -108,16 +108,12 @@ class AuthError(Exception):
         return f"{self.reason}: {self.detail}" if self.detail else self.reason
 
 
-class Forbidden(Exception):
+class AuthError(_Refusal):
+    """The token is unusable (-> 401)."""
+
+
+class Forbidden(_Refusal):
     """A valid token that does not allow the action (-> 403); not an AuthError subclass."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(reason, detail)
-        self.reason = reason
-        self.detail = detail
-
-    def __str__(self) -> str:
-        return f"{self.reason}: {self.detail}" if self.detail else self.reason
 
 
 @dataclass(frozen=True, slots=True)
