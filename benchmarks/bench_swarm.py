@@ -38,16 +38,15 @@ import asyncio
 import logging
 import multiprocessing as mp
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
+
+from spacesim.server import launch
 
 PACKETS_PER_S = 50
 SLOTS = 3
@@ -63,13 +62,6 @@ def _watchdog(seconds: float) -> None:
     t = threading.Timer(seconds, os._exit, args=(3,))
     t.daemon = True
     t.start()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def _wait_connected(pcs: list[Any], timeout: float) -> None:
@@ -235,36 +227,6 @@ def _worker(conn: Connection, args: tuple[Any, ...], max_s: float) -> None:
 # ---------------------------------------------------------------------- main
 
 
-def _start_server(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
-    exe = Path(sys.executable).with_name("spacesim")
-    cmd = (
-        [str(exe)]
-        if exe.exists()
-        else [sys.executable, "-c", "from spacesim.cli import main; main()"]
-    )
-    proc = subprocess.Popen(
-        [*cmd, "serve", "--port", str(port), "--db", str(tmp / "bench.db")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            req = urllib.request.Request(
-                f"{base}/v1/dev/token", data=b'{"user": "probe"}', method="POST"
-            )
-            req.add_header("Content-Type", "application/json")
-            urllib.request.urlopen(req, timeout=1).read()
-            return proc, base
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("spacesim serve did not start") from None
-            time.sleep(0.1)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--lite", type=int, default=50, help="lite listeners (0 = skip)")
@@ -279,7 +241,8 @@ def main() -> None:
     per_worker_s = CONNECT_TIMEOUT + args.warmup + args.window + 30
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        server, base = _start_server(Path(tmp))
+        server, base = launch.start(Path(tmp) / "bench.db")
+        launch.wait_up(server, base)
         speaker = None
         try:
             parent, child = ctx.Pipe()
@@ -330,11 +293,7 @@ def main() -> None:
         finally:
             if speaker is not None and speaker.is_alive():
                 speaker.kill()
-            server.terminate()
-            try:
-                server.wait(5)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            launch.stop(server)
     if "probe" in results:
         from spacesim.client.probe import reference_audible_fraction
         from spacesim.client.speaker import load_clip

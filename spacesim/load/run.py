@@ -19,19 +19,15 @@ run time.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -41,6 +37,7 @@ import pandas as pd
 
 from spacesim.results import RunMeta, records_frame, summarise, write_run
 from spacesim.scenario import FlashCrowdArrivals, Scenario, ScenarioError, load_scenario
+from spacesim.server import launch
 
 __all__ = ["LoadError", "default_users", "main"]
 
@@ -88,81 +85,23 @@ def default_users(sc: Scenario) -> tuple[int, float]:
     return sc.rooms.count + listeners, spawn
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def check_target(url: str, timeout: float = HEALTH_TIMEOUT) -> dict[str, Any]:
     """``GET url/healthz``: the answer, or `LoadError` naming what is wrong."""
     try:
-        with urllib.request.urlopen(f"{url.rstrip('/')}/healthz", timeout=timeout) as r:
-            body = r.read(64 * 1024)
-    except urllib.error.HTTPError as exc:
-        raise LoadError(f"{url} is not a spacesim server (/healthz answered {exc.code})") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise LoadError(f"cannot reach {url}: {reason}") from None
-    try:
-        data = json.loads(body)
-    except ValueError:
-        data = None
-    if not isinstance(data, dict) or "protocol" not in data:
-        raise LoadError(f"{url} is not a spacesim server (/healthz gave no protocol version)")
-    return data
+        return launch.health(url, timeout)
+    except launch.ServerUnavailable as exc:
+        raise LoadError(str(exc)) from None
 
 
 @contextlib.contextmanager
 def embedded_server(workdir: Path) -> Iterator[str]:
     """`spacesim serve` on a free loopback port with a temporary database."""
-    port = _free_port()
-    log_path = workdir / "server.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "spacesim.cli",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--db",
-        str(workdir / "server.db"),
-    ]
-    url = f"http://127.0.0.1:{port}"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_child_env())
-        try:
-            deadline = time.monotonic() + SERVER_START_TIMEOUT
-            while True:
-                if proc.poll() is not None:
-                    tail = log_path.read_text(errors="replace")[-2000:]
-                    raise LoadError(f"the embedded server exited ({proc.returncode}):\n{tail}")
-                try:
-                    check_target(url, timeout=1.0)
-                    break
-                except LoadError:
-                    if time.monotonic() > deadline:
-                        raise LoadError(
-                            f"the embedded server did not answer /healthz "
-                            f"within {SERVER_START_TIMEOUT:.0f} s"
-                        ) from None
-                    time.sleep(0.2)
+    try:
+        with launch.embedded_server(workdir, SERVER_START_TIMEOUT, env=_child_env()) as url:
             _say(f"embedded server at {url}")
             yield url
-        finally:
-            _stop(proc, 10.0)
-
-
-def _stop(proc: subprocess.Popen[Any], timeout: float) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    except launch.ServerUnavailable as exc:
+        raise LoadError(f"the embedded server did not start: {exc}") from None
 
 
 def _child_env(**extra: str) -> dict[str, str]:
@@ -209,10 +148,10 @@ def _run_locust(cmd: Sequence[str], env: dict[str, str], timeout: float) -> int:
         rc = proc.wait(timeout)
     except subprocess.TimeoutExpired:
         _say(f"locust did not finish within {timeout:.0f} s: stopping it")
-        _stop(proc, 10.0)
+        launch.stop(proc)
         rc = -1
     except BaseException:
-        _stop(proc, 10.0)
+        launch.stop(proc)
         raise
     reader.join(5)
     return rc

@@ -5,11 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,6 +19,7 @@ from aiortc import RTCSessionDescription
 
 from spacesim import rtc
 from spacesim.results import KINDS
+from spacesim.server import launch
 from spacesim.server.app import ServerConfig, create_app
 from spacesim.server.auth import issue_token
 from tests.server.test_media import Client, opus_tone
@@ -394,38 +392,18 @@ async def test_metrics_and_openapi(api: Api) -> None:
 # --------------------------------------------------------------------------- durability
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _serve(db: Path, port: int) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "spacesim.cli", "serve", "--port", str(port), "--db", str(db)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-
-
-async def _wait_up(http: aiohttp.ClientSession, base: str) -> None:
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            async with http.get(f"{base}/healthz") as r:
-                if r.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        assert time.monotonic() < deadline, "server did not start"
-        await asyncio.sleep(0.1)
+async def _serve(db: Path, port: int) -> tuple[subprocess.Popen[bytes], str]:
+    """A real `spacesim serve` process, up and answering (the project's one launcher)."""
+    proc, url = launch.start(db, port)
+    await asyncio.to_thread(launch.wait_up, proc, url)
+    return proc, url
 
 
 async def test_kill_9_keeps_acknowledged_reports_and_blocks(tmp_path: Path) -> None:
-    db, port = tmp_path / "kill.db", _free_port()
-    base = f"http://127.0.0.1:{port}"
-    proc = _serve(db, port)
+    db, port = tmp_path / "kill.db", launch.free_port()
+    proc, base = await _serve(db, port)
     try:
         async with aiohttp.ClientSession() as http:
-            await _wait_up(http, base)
             api = Api(http, base)
             space = await api.space("host")
             for user in ("r1", "r2", "bad", "gone", "chatty"):
@@ -440,8 +418,7 @@ async def test_kill_9_keeps_acknowledged_reports_and_blocks(tmp_path: Path) -> N
             assert (await api.act(space, "host", "block", target="bad"))[0] == 200
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
-            proc = _serve(db, port)
-            await _wait_up(http, base)
+            proc, base = await _serve(db, port)
             api.tokens.clear()  # the secret file survived too, but mint fresh ones anyway
             status, state = await api.call("GET", f"/v1/spaces/{space}", "host")
             assert status == 200 and state["status"] == "live"  # recovered; clients rejoin

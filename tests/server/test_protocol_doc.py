@@ -2,26 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
 
-import aiohttp
 import pytest
 
-from tests.server.test_app import _free_port, _serve, _wait_up
+from spacesim.server import launch
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(60)
 
 
 async def test_documented_client_hears_the_host(tmp_path: Path) -> None:
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    server = _serve(tmp_path / "doc.db", port)
+    server, base = launch.start(tmp_path / "doc.db")
     try:
-        async with aiohttp.ClientSession() as http:
-            await _wait_up(http, base)
+        await asyncio.to_thread(launch.wait_up, server, base)
         example = ROOT / "examples" / "hello_space.py"
         proc = subprocess.run(
             [sys.executable, str(example), "--base", base, "--seconds", "2"],

@@ -1,0 +1,115 @@
+"""Start `spacesim serve` as a child process on loopback and wait until it answers.
+
+One launcher for everything that needs a real server process: `spacesim load`'s
+embedded server, the benchmarks and the kill -9 tests. Nothing here imports the server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["ServerUnavailable", "embedded_server", "free_port", "health", "start", "wait_up"]
+
+
+class ServerUnavailable(Exception):
+    """No spacesim server answers at an address (or the child process died)."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def health(url: str, timeout: float = 5.0) -> dict[str, Any]:
+    """``GET url/healthz``: the answer, or ServerUnavailable naming what is wrong."""
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/healthz", timeout=timeout) as r:
+            body = r.read(64 * 1024)
+    except urllib.error.HTTPError as exc:
+        raise ServerUnavailable(
+            f"{url} is not a spacesim server (/healthz answered {exc.code})"
+        ) from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise ServerUnavailable(f"cannot reach {url}: {getattr(exc, 'reason', exc)}") from None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or "protocol" not in data:
+        raise ServerUnavailable(
+            f"{url} is not a spacesim server (/healthz gave no protocol version)"
+        )
+    return data
+
+
+def start(
+    db: Path,
+    port: int | None = None,
+    log: IO[bytes] | int | None = subprocess.DEVNULL,
+    env: dict[str, str] | None = None,
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Launch `spacesim serve` (not waiting for it); returns the process and its base URL."""
+    port = port or free_port()
+    cmd = [sys.executable, "-m", "spacesim.cli", "serve", "--host", "127.0.0.1",
+           "--port", str(port), "--db", str(db)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def wait_up(proc: subprocess.Popen[bytes], url: str, timeout: float = 30.0) -> None:
+    """Poll /healthz until the server answers; ServerUnavailable if it dies or never does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise ServerUnavailable(f"the server exited with code {proc.returncode}")
+        try:
+            health(url, timeout=1.0)
+            return
+        except ServerUnavailable:
+            if time.monotonic() > deadline:
+                raise ServerUnavailable(
+                    f"{url} did not answer /healthz within {timeout:.0f} s"
+                ) from None
+            time.sleep(0.1)
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM (a clean shutdown writes --record runs), SIGKILL if it lingers."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@contextlib.contextmanager
+def embedded_server(
+    workdir: Path, timeout: float = 30.0, env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """A server with a fresh database in `workdir` for the duration of the block."""
+    log_path = workdir / "server.log"
+    with open(log_path, "wb") as log:
+        proc, url = start(workdir / "server.db", log=log, env=env)
+        try:
+            try:
+                wait_up(proc, url, timeout)
+            except ServerUnavailable as exc:
+                tail = log_path.read_text(errors="replace")[-2000:]
+                raise ServerUnavailable(f"{exc}\n{tail}") from None
+            yield url
+        finally:
+            stop(proc)
