@@ -21,7 +21,7 @@ import itertools
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -267,6 +267,20 @@ class Session(_Model):
     kind: Literal["exponential", "lognormal", "fixed"] = "exponential"
     mean: Duration = Field(gt=0)
     sigma: float = Field(1.0, gt=0, description="Shape of the lognormal (log-space std dev).")
+
+    def draw(
+        self, standard_exponential: Callable[[], float], standard_normal: Callable[[], float]
+    ) -> float:
+        """One session length from the engine's own random source (both engines use this).
+
+        A lognormal with arithmetic mean m has log-space mean ln(m) - sigma^2 / 2.
+        """
+        if self.kind == "fixed":
+            return self.mean
+        if self.kind == "lognormal":
+            mu = math.log(self.mean) - self.sigma * self.sigma / 2
+            return math.exp(mu + self.sigma * standard_normal())
+        return self.mean * standard_exponential()
 
 
 # --------------------------------------------------------------------------- behaviour

@@ -520,3 +520,21 @@ def test_override_outside_a_list_is_refused(tmp_path: Path, override: str) -> No
 
 def test_seed_must_be_an_integer_not_a_boolean(tmp_path: Path) -> None:
     assert paths(load_error(write(tmp_path, base(seed=True)))) == ["seed"]
+
+
+def test_session_law_is_shared_by_both_engines() -> None:
+    """`Session.draw` is the one place the session distributions are defined."""
+    import random
+
+    import numpy as np
+
+    rng = random.Random(3)
+    for kind, sigma in (("exponential", 1.0), ("lognormal", 1.2), ("fixed", 1.0)):
+        session = parse_scenario(
+            {**BASE, "session": {"kind": kind, "mean": "5m", "sigma": sigma}}, "t"
+        ).session
+        draws = [
+            session.draw(lambda: rng.expovariate(1.0), lambda: rng.gauss(0, 1))
+            for _ in range(40_000)
+        ]
+        assert np.mean(draws) == pytest.approx(300, rel=0.03)

@@ -140,15 +140,6 @@ def _exp(rng: random.Random, mean: float) -> float:
     return rng.expovariate(1.0 / mean) if mean > 0 else 0.0
 
 
-def _session_length(sc: Scenario, rng: random.Random) -> float:
-    s = sc.session
-    if s.kind == "fixed":
-        return s.mean
-    if s.kind == "lognormal":
-        return rng.lognormvariate(math.log(s.mean) - s.sigma**2 / 2, s.sigma)
-    return rng.expovariate(1.0 / s.mean)
-
-
 async def _connected(link: AudioLink, timeout: float) -> None:
     """Wait until ICE + DTLS are up (``connect_audio`` returns after the answer)."""
     deadline = time.monotonic() + timeout
@@ -427,7 +418,11 @@ class Listener(User):
         fire(env, "join", join_s)
         st.recorder.add("participant_joined", sess.joined_at, space, sess.user, "listener", join_s)
         try:
-            self._stay(sess, start_ns, _session_length(sc, st.rng))
+            self._stay(
+                sess,
+                start_ns,
+                sc.session.draw(lambda: st.rng.expovariate(1.0), lambda: st.rng.gauss(0.0, 1.0)),
+            )
         finally:
             self._flush(sess)
             _close(sess)

@@ -8,7 +8,6 @@ identical records.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -61,10 +60,9 @@ class Draws:
             x = next(it)
         return x * mean
 
-    def lognormal(self, mean: float, sigma: float) -> float:
-        """Lognormal with arithmetic mean `mean` and log-space deviation `sigma`."""
-        mu = math.log(mean) - sigma * sigma / 2
-        return math.exp(mu + sigma * self.normal())
+    def standard_exponential(self) -> float:
+        """Exponential with mean 1."""
+        return self.exp(1.0)
 
     def poisson(self, lam: float) -> int:
         return int(self.rng.poisson(lam)) if lam > 0 else 0

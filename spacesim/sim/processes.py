@@ -107,11 +107,8 @@ def arrival_times(scenario: Scenario, draws: Draws) -> Iterator[float]:
 
 
 def session_length(session: Session, draws: Draws) -> float:
-    if session.kind == "exponential":
-        return draws.exp(session.mean)
-    if session.kind == "lognormal":
-        return draws.lognormal(session.mean, session.sigma)
-    return session.mean
+    """The scenario's session law (`Session.draw`) fed from the run's buffered draws."""
+    return session.draw(draws.standard_exponential, draws.normal)
 
 
 def arrivals(env: simpy.Environment, world: World, room: Room) -> Proc:
