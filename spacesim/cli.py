@@ -162,6 +162,9 @@ def cmd_load(args: argparse.Namespace) -> int:
         workers=args.workers,
         out=args.out,
         spawn_rate=args.spawn_rate,
+        show=lambda summary, sc, title: print_summary(
+            summary, check_slos(summary, sc.slo.targets()), title
+        ),
     )
 
 

@@ -28,7 +28,7 @@ class SenderStats:
     first_seq: int = -1
     last_seq: int = -1
     received: int = 0
-    latencies: list[float] = field(default_factory=list)  # seconds
+    latencies: list[float] = field(default_factory=list)  # seconds; the caller drains it
     jitter: float = 0.0  # RFC 3550 6.4.1 estimate, seconds
     _transit: float | None = None
 

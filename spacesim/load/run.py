@@ -28,7 +28,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
@@ -55,6 +55,9 @@ _FALLBACK_LOCUSTFILE = (
 
 class LoadError(Exception):
     """A load run that cannot go ahead; the message says why."""
+
+
+Show = Callable[[pd.DataFrame, Scenario, str], None]
 
 
 def _say(msg: str) -> None:
@@ -177,10 +180,15 @@ def main(
     workers: int = 0,
     out: str | Path | None = None,
     spawn_rate: float | None = None,
+    show: Show | None = None,
 ) -> int:
-    """Run a load test; 0 on success, 2 for a refused run, 1 when nothing was measured."""
+    """Run a load test; 0 on success, 2 for a refused run, 1 when nothing was measured.
+
+    `show(summary, scenario, title)` presents the summary (the CLI passes the same table
+    `spacesim simulate` prints); without it the summary is printed as plain text.
+    """
     try:
-        return _main(scenario_path, target, users, duration, workers, out, spawn_rate)
+        return _main(scenario_path, target, users, duration, workers, out, spawn_rate, show)
     except (LoadError, ScenarioError, FileExistsError) as exc:
         _say(str(exc))
         return 2
@@ -194,6 +202,7 @@ def _main(
     workers: int,
     out: str | Path | None,
     spawn_rate: float | None,
+    show: Show | None,
 ) -> int:
     sc = load_scenario(scenario_path)
     auto_users, auto_spawn = default_users(sc)
@@ -286,9 +295,13 @@ def _main(
     )
     write_run(out_dir, records, meta)
     summary = summarise(records, run_time)
-    with pd.option_context("display.width", 120, "display.max_columns", 10):
-        print(f"{sc.name}: {n_users} users for {run_time:g} s (wall {wall:.1f} s), run {run_id}")
-        print(summary.to_string())
+    title = f"{sc.name}: {n_users} users for {run_time:g} s (wall {wall:.1f} s), run {run_id}"
+    if show is not None:
+        show(summary, sc, title)
+    else:
+        with pd.option_context("display.width", 120, "display.max_columns", 10):
+            print(title)
+            print(summary.to_string())
     print(f"records: {len(records):,} -> {out_dir}")
     joined = int((records["kind"] == "participant_joined").sum())
     if rc != 0:
