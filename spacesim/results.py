@@ -249,6 +249,20 @@ def _dist(values: pd.Series) -> dict[str, float]:
     return {"count": int(v.size), "mean": float(v.mean()), "p50": p50, "p95": p95, "p99": p99}
 
 
+def _cpu_seconds(cpu: pd.DataFrame) -> float:
+    """CPU seconds from per-tick `node_cpu` samples (cores), each node's tick inferred.
+
+    The tick is the median spacing of a node's samples: the simulator uses its `tick`,
+    the server samples once a second; a node with one sample counts as one second.
+    """
+    total = 0.0
+    for _, g in cpu.groupby("participant", observed=True, sort=False):
+        t = np.sort(g["t"].to_numpy(dtype="float64"))
+        tick = float(np.median(np.diff(t))) if t.size > 1 else 1.0
+        total += float(g["value"].sum()) * tick
+    return total
+
+
 def summarise(records: pd.DataFrame, duration: float | None = None) -> pd.DataFrame:
     """Headline metrics of one run, one row per metric.
 
@@ -322,6 +336,8 @@ def summarise(records: pd.DataFrame, duration: float | None = None) -> pd.DataFr
     dropped = float(kind("packets_dropped")["value"].sum())
     total("packets_forwarded", fwd, "count")
     total("packets_dropped", dropped, "count")
+    if len(cpu) and fwd > 0:
+        total("cpu_per_packet", _cpu_seconds(cpu) / fwd, "s", int(fwd))
 
     table = pd.DataFrame.from_dict(rows, orient="index")
     for col in ("count", "mean", "p50", "p95", "p99", "value"):

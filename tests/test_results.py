@@ -345,3 +345,22 @@ def test_check_slos_accepts_scenario_targets(summary: pd.DataFrame) -> None:
         "audio_latency.p95": True,
         "delivery_ratio.value": False,
     }
+
+
+def test_cpu_per_packet_uses_each_nodes_tick() -> None:
+    rec = Recorder("r", "sim")
+    for i in range(4):  # node a: 0.5 s ticks, 0.2 cores -> 0.1 CPU s per tick
+        rec.add("node_cpu", 0.5 * i, participant="a", role="node", value=0.2)
+        rec.add("packets_forwarded", 0.5 * i, participant="a", role="node", value=1000)
+    for i in range(2):  # node b: 2 s ticks, 0.1 cores -> 0.2 CPU s per tick
+        rec.add("node_cpu", 2.0 * i, participant="b", role="node", value=0.1)
+        rec.add("packets_forwarded", 2.0 * i, participant="b", role="node", value=1000)
+    row = summarise(rec.to_frame()).loc["cpu_per_packet"]
+    assert row["value"] == pytest.approx((4 * 0.1 + 2 * 0.2) / 6000)
+    assert row["unit"] == "s" and row["count"] == 6000
+
+
+def test_no_cpu_per_packet_without_forwarding() -> None:
+    rec = Recorder("r", "server")
+    rec.add("node_cpu", 1.0, participant="server", role="node", value=0.1)
+    assert "cpu_per_packet" not in summarise(rec.to_frame()).index

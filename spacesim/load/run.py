@@ -3,7 +3,8 @@
 Locust runs in a subprocess (its gevent monkey-patching must not touch this process):
 
 1. without ``target``, start the reference server (``spacesim serve``) on a free
-   127.0.0.1 port with a temporary database and wait for ``/healthz``;
+   127.0.0.1 port with a temporary database and wait for ``/healthz``; it records its
+   own run (CPU, packets forwarded, events; ``source=server``) into ``OUT/server``;
 2. check the target's ``/healthz`` (a clear error, exit 2, if it is unreachable or
    not a spacesim server);
 3. run ``locust -f loadtests/locustfile.py --headless -u N -r R -t T --host URL --csv
@@ -46,6 +47,7 @@ MAX_USERS = 900  # one UDP socket per connection; stay under a 1024 fd limit per
 MAX_DEFAULT_DURATION = 600.0
 GRACE = 60.0  # seconds past the run time before Locust is killed
 SERVER_START_TIMEOUT = 20.0
+SERVER_RUN = "server"  # the embedded server's own run: a run directory inside the load run
 HEALTH_TIMEOUT = 5.0
 _REPO = Path(__file__).resolve().parents[2]
 _FALLBACK_LOCUSTFILE = (
@@ -97,10 +99,17 @@ def check_target(url: str, timeout: float = HEALTH_TIMEOUT) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def embedded_server(workdir: Path) -> Iterator[str]:
-    """`spacesim serve` on a free loopback port with a temporary database."""
+def embedded_server(workdir: Path, record: Path | None = None) -> Iterator[str]:
+    """`spacesim serve` on a free loopback port with a temporary database.
+
+    With `record`, the server writes its own run (source=server: its CPU, packets
+    forwarded and events) there when it stops.
+    """
+    args = ["--record", str(record)] if record is not None else []
     try:
-        with launch.embedded_server(workdir, SERVER_START_TIMEOUT, env=_child_env()) as url:
+        with launch.embedded_server(
+            workdir, SERVER_START_TIMEOUT, env=_child_env(), args=args
+        ) as url:
             _say(f"embedded server at {url}")
             yield url
     except launch.ServerUnavailable as exc:
@@ -229,7 +238,14 @@ def _main(
     wall0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="spacesim-load-") as tmp:
         workdir = Path(tmp)
-        server = embedded_server(workdir) if target is None else contextlib.nullcontext(target)
+        server_dir = out_dir / SERVER_RUN
+        if target is None and server_dir.exists():
+            shutil.rmtree(server_dir)
+        server = (
+            embedded_server(workdir, server_dir)
+            if target is None
+            else contextlib.nullcontext(target)
+        )
         with server as url:
             parts = out_dir / "parts"
             locust_dir = out_dir / "locust"
@@ -291,6 +307,8 @@ def _main(
             "workers": workers,
             "locust": metadata.version("locust"),
             "locust_exit_code": rc,
+            "server_run": SERVER_RUN if (out_dir / SERVER_RUN / "meta.json").is_file() else None,
+            "t0_unix": t0,
         },
     )
     write_run(out_dir, records, meta)

@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("locust")  # the `load` extra
 
 from spacesim.load.run import main
-from spacesim.results import load_run
+from spacesim.results import load_run, summarise
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -36,6 +36,7 @@ def tiny(tmp_path: Path) -> Path:
 
 def test_tiny_run_with_embedded_server(tiny: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
+    t0 = time.time()
     assert main(tiny, users=4, duration=8, out=out) == 0
     run = load_run(out)
     rec = run.records
@@ -53,6 +54,11 @@ def test_tiny_run_with_embedded_server(tiny: Path, tmp_path: Path) -> None:
     for name in ("join", "first_audio", "audio_latency"):
         assert f",{name}," in stats
     assert (out / "locust" / "report.html").is_file()
+    server = load_run(out / run.meta.extra["server_run"])  # the embedded server's own run
+    assert server.meta.source == "server" and abs(server.meta.extra["t0_unix"] - t0) < 30
+    figures = summarise(server.records).loc
+    assert figures["packets_forwarded", "value"] > 100
+    assert 0 < figures["cpu_per_packet", "value"] < 0.01
 
 
 def test_unreachable_target_fails_fast(
