@@ -162,6 +162,8 @@ def cmd_load(args: argparse.Namespace) -> int:
         workers=args.workers,
         out=args.out,
         spawn_rate=args.spawn_rate,
+        shape=args.shape,
+        network=args.network,
         show=lambda summary, sc, title: print_summary(
             summary, check_slos(summary, sc.slo.targets()), title
         ),
@@ -256,11 +258,25 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument(
         "--target", metavar="URL", help="server base URL (default: start one on 127.0.0.1)"
     )
-    load.add_argument("-u", "--users", type=int, help="Locust users incl. one host per room")
+    load.add_argument("-u", "--users", type=int, help="peak Locust users incl. one host per room")
     load.add_argument("-r", "--spawn-rate", type=float, help="users started per second")
     load.add_argument("-t", "--duration", type=_duration, help="run time, e.g. 30s, 2m")
     load.add_argument("--workers", type=int, default=0, help="locust --processes N")
     load.add_argument("--out", help="run directory (default: runs/RUN_ID)")
+    load.add_argument(
+        "--shape",
+        choices=("arrivals", "steady"),
+        default="arrivals",
+        help="arrivals: users follow the scenario's arrival profile, peaking at -u "
+        "(default); steady: -u users throughout",
+    )
+    load.add_argument(
+        "--network",
+        choices=("scenario", "none"),
+        default="scenario",
+        help="scenario: each client gets the scenario's delay, jitter and loss through a "
+        "user-space relay (default); none: plain loopback",
+    )
     load.set_defaults(func=cmd_load)
 
     demo = sub.add_parser("demo", help="simulate the town-hall scenario and summarise it")

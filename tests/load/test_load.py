@@ -37,7 +37,7 @@ def tiny(tmp_path: Path) -> Path:
 def test_tiny_run_with_embedded_server(tiny: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     t0 = time.time()
-    assert main(tiny, users=4, duration=8, out=out) == 0
+    assert main(tiny, users=4, duration=8, out=out, shape="steady", network="none") == 0
     run = load_run(out)
     rec = run.records
     assert set(rec["source"].astype(str)) == {"load"}
@@ -59,6 +59,49 @@ def test_tiny_run_with_embedded_server(tiny: Path, tmp_path: Path) -> None:
     figures = summarise(server.records).loc
     assert figures["packets_forwarded", "value"] > 100
     assert 0 < figures["cpu_per_packet", "value"] < 0.01
+
+
+MODERATED = """\
+name: moderated-load
+duration: 12s
+rooms: {count: 1, speakers: 1}
+speaking: {active_speakers: 1}
+arrivals: {kind: constant, rate: 2/s}
+session: {kind: fixed, mean: 60s}
+network: {rtt: 40ms, jitter: 0ms, loss: 0}
+audience:
+  hand_raise_rate: 0/h
+  reaction_rate: 0/h
+  report_rate: 720/h
+  space_report_share: 0
+  moderators: 1
+  review_time: 0.5s
+  outcomes: {dismiss: 0, remove: 100%, block: 0}
+"""
+
+
+def test_arrivals_shape_network_and_moderation(tmp_path: Path) -> None:
+    """Users follow the arrival curve; the path's 40 ms RTT shows; reports get resolved."""
+    path = tmp_path / "moderated.yaml"
+    path.write_text(MODERATED)
+    out = tmp_path / "run"
+    assert main(path, users=7, duration=12, out=out) == 0
+    run = load_run(out)
+    rec = run.records
+    assert run.meta.extra["shape"] == "arrivals" and run.meta.extra["network"] == "scenario"
+    joins = rec[(rec["kind"] == "participant_joined") & (rec["role"] == "listener")]
+    # The curve climbs 2/s for 12 s, scaled to a peak of 6: listeners join over the run.
+    assert 3 <= len(joins) <= 12
+    assert joins["t"].max() - joins["t"].min() > 4
+    assert all('"rtt": 0.04' in a for a in joins["attrs"])
+    # Speaker's path (20 ms one way) + listener's (20 ms) + loopback and server.
+    latency = rec.loc[rec["kind"] == "audio_latency", "value"]
+    assert 0.039 < latency.median() < 0.06
+    filed = rec[rec["kind"] == "report_filed"]
+    resolved = rec[rec["kind"] == "report_resolved"]
+    assert len(filed) >= 1 and len(resolved) >= 1
+    assert (resolved["value"] >= 0).all() and (resolved["value"] < 8).all()
+    assert set(rec.loc[rec["kind"] == "removed", "participant"]) <= set(joins["participant"])
 
 
 def test_unreachable_target_fails_fast(
