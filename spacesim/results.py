@@ -42,6 +42,7 @@ __all__ = [
     "load_run",
     "metric_table",
     "summarise",
+    "summarise_run",
     "write_run",
 ]
 
@@ -345,6 +346,27 @@ def summarise(records: pd.DataFrame, duration: float | None = None) -> pd.DataFr
             table[col] = math.nan
     table.index.name = "metric"
     return table[["count", "mean", "p50", "p95", "p99", "value", "unit"]]
+
+
+#: Metrics a load run takes from the server's own run (its CPU and forwarding).
+SERVER_METRICS = ("node_cpu", "packets_forwarded", "packets_dropped", "cpu_per_packet")
+
+
+def summarise_run(run: Run) -> pd.DataFrame:
+    """`summarise` of a run, with the server's figures when the run holds the server's own.
+
+    `spacesim load` with its embedded server keeps the server's run (source=server) in a
+    subdirectory named by ``meta.extra["server_run"]``; its `SERVER_METRICS` replace the
+    load run's (which has none: clients do not see the server's CPU).
+    """
+    summary = summarise(run.records, run.meta.duration)
+    nested = run.meta.extra.get("server_run")
+    if nested and run.path is not None and (run.path / nested / "meta.json").is_file():
+        server = summarise(load_run(run.path / nested).records)
+        for metric in SERVER_METRICS:
+            if metric in server.index:
+                summary.loc[metric] = server.loc[metric]
+    return summary
 
 
 def metric_table(summary: pd.DataFrame) -> dict[str, float]:

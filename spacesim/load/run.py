@@ -11,7 +11,7 @@ Locust runs in a subprocess (its gevent monkey-patching must not touch this proc
    OUT/locust/locust --html OUT/locust/report.html`` (``--processes W`` when
    ``workers`` > 0), streaming its output; every process writes
    ``OUT/parts/part-<pid>.parquet``;
-4. merge the parts into one run directory (`write_run`) and print `summarise`.
+4. merge the parts into one run directory (`write_run`) and print `summarise_run`.
 
 Every step has a timeout: the Locust run is killed ``GRACE`` seconds after its
 run time.
@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from spacesim.load.shape import DEFAULT_LISTENERS, audience_curve, scaled_users
-from spacesim.results import RunMeta, records_frame, summarise, write_run
+from spacesim.results import Run, RunMeta, records_frame, summarise_run, write_run
 from spacesim.scenario import Scenario, ScenarioError, load_scenario
 from spacesim.server import launch
 
@@ -323,7 +323,7 @@ def _main(
         },
     )
     write_run(out_dir, records, meta)
-    summary = summarise(records, run_time)
+    summary = summarise_run(Run(records, meta, out_dir))
     title = f"{sc.name}: {n_users} users for {run_time:g} s (wall {wall:.1f} s), run {run_id}"
     if show is not None:
         show(summary, sc, title)
