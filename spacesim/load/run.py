@@ -19,7 +19,9 @@ run time.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import json
 import math
 import os
 import resource
@@ -335,4 +337,17 @@ def _main(
     joined = int((records["kind"] == "participant_joined").sum())
     if rc != 0:
         _say(f"locust exited {rc}")
+    if not joined:
+        _say(f"no participant could join {target or 'the embedded server'}: {_refusals(records)}")
     return 0 if rc == 0 and joined else 1
+
+
+def _refusals(records: pd.DataFrame) -> str:
+    """'12 x server_full (the server is at capacity ...)' for each refusal reason seen."""
+    refused = records.loc[records["kind"] == "join_refused", "attrs"].dropna()
+    if refused.empty:
+        return "no join was refused either (see Locust's output above)"
+    counts = collections.Counter(
+        (a.get("reason", "?"), a.get("detail", "")) for a in map(json.loads, refused)
+    )
+    return "; ".join(f"{n} x {code} ({detail})" for (code, detail), n in counts.most_common(3))

@@ -40,6 +40,7 @@ import gevent
 import gevent.event
 from locust import LoadTestShape, User, constant, events, task  # gevent patches first
 from locust.env import Environment
+from locust.exception import StopUser
 from locust.runners import MasterRunner, WorkerRunner
 
 # isort: split
@@ -66,6 +67,7 @@ FIRST_AUDIO_TIMEOUT = 10.0
 LATENCY_SAMPLES = 10  # audio_latency records per listener per window
 EMOJIS = ("💯", "👍", "👏", "😂", "❤️", "🔥", "🙏", "🎉")
 MSG_SPACE = "spacesim_space"
+GIVE_UP_AFTER = 20  # refused joins, none accepted, before this process stops the run
 
 
 # --------------------------------------------------------------------------- per process
@@ -81,6 +83,8 @@ class _State:
         self.recorder = Recorder(self.run_id, "load")
         self.spaces: list[str] = []
         self.active: dict[str, str] = {}  # listener user -> space, for reports about users
+        self.joined = 0
+        self.refused = 0
         self.space_ready = gevent.event.Event()
         self.closers: dict[int, Any] = {}  # id -> object with async close()
         self.ids = itertools.count()
@@ -141,6 +145,13 @@ def fire(env: Environment, name: str, seconds: float, exc: BaseException | None 
         exception=exc,
         context={},
     )
+
+
+def _refusal(exc: BaseException) -> dict[str, str]:
+    """attrs of a join_refused record: the protocol's code (or the error's type) and why."""
+    if isinstance(exc, ClientError):
+        return {"reason": exc.code, "detail": exc.reason[:200]}
+    return {"reason": type(exc).__name__, "detail": str(exc)[:200]}
 
 
 def _exp(rng: random.Random, mean: float) -> float:
@@ -396,7 +407,18 @@ class Host(User):
             bridge.run(self.room.start(), timeout=JOIN_TIMEOUT + 10)
         except BaseException as exc:
             fire(self.environment, "host_start", time.monotonic() - t, exc)
+            st.recorder.add(
+                "join_refused", st.now(), self.room.space, self.room.user, "host",
+                attrs=_refusal(exc),
+            )  # fmt: skip
+            _write_part()  # the run's summary says why, even if nothing else happens
             _close(self.room)
+            if isinstance(exc, ClientError) and 400 <= exc.status < 500:
+                # A refusal will not go away by retrying: stop the run, say why once.
+                log.error("the host could not open a space, stopping the run: %s", exc)
+                if self.environment.runner is not None:
+                    self.environment.runner.quit()
+                raise StopUser() from None
             raise
         fire(self.environment, "host_start", time.monotonic() - t)
         st.add_space(self.room.space)
@@ -503,15 +525,20 @@ class Listener(User):
         except Exception as exc:
             took = (time.monotonic_ns() - start_ns) / 1e9
             fire(env, "join", took, exc)
-            reason = exc.code if isinstance(exc, ClientError) else type(exc).__name__
             st.recorder.add(
-                "join_refused", st.now(), space, sess.user, "listener", attrs={"reason": reason}
+                "join_refused", st.now(), space, sess.user, "listener", attrs=_refusal(exc)
             )
             _close(sess)
+            st.refused += 1
+            if st.refused >= GIVE_UP_AFTER and not st.joined and env.runner is not None:
+                log.error("%d joins refused and none accepted (%s): stopping", st.refused, exc)
+                _write_part()
+                env.runner.quit()
             gevent.sleep(1)
             return
         join_s = (time.monotonic_ns() - start_ns) / 1e9
         sess.joined_at = st.now()
+        st.joined += 1
         fire(env, "join", join_s)
         st.recorder.add(
             "participant_joined",

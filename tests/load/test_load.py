@@ -13,6 +13,7 @@ pytest.importorskip("locust")  # the `load` extra
 
 from spacesim.load.run import main
 from spacesim.results import load_run, summarise
+from spacesim.server import launch
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -112,6 +113,23 @@ def test_unreachable_target_fails_fast(
     assert time.monotonic() - t < 10
     assert "cannot reach http://127.0.0.1:9" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_refused_host_stops_the_run_with_the_servers_reason(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A server that refuses (no dev tokens here) ends the run at once, exit 1, saying why."""
+    proc, url = launch.start(tmp_path / "db", args=["--no-dev"])
+    try:
+        launch.wait_up(proc, url)
+        t = time.monotonic()
+        rc = main(tiny, target=url, users=4, duration=30, out=tmp_path / "run", network="none")
+        took = time.monotonic() - t
+    finally:
+        launch.stop(proc)
+    assert rc == 1 and took < 20
+    err = capsys.readouterr().err
+    assert "no participant could join" in err and "dev tokens are disabled" in err
 
 
 def test_bridge_guards_and_runs_under_gevent() -> None:
