@@ -66,7 +66,7 @@ def test_tiny_run_with_embedded_server(tiny: Path, tmp_path: Path) -> None:
 MODERATED = """\
 name: moderated-load
 duration: 12s
-rooms: {count: 1, speakers: 1}
+rooms: {count: 2, speakers: 1}
 speaking: {active_speakers: 1}
 arrivals: {kind: constant, rate: 2/s}
 session: {kind: fixed, mean: 60s}
@@ -82,18 +82,22 @@ audience:
 """
 
 
-def test_arrivals_shape_network_and_moderation(tmp_path: Path) -> None:
-    """Users follow the arrival curve; the path's 40 ms RTT shows; reports get resolved."""
+def test_arrivals_shape_network_rooms_and_moderation(tmp_path: Path) -> None:
+    """Users follow the arrival curve in two rooms; the path's 40 ms RTT shows; reports
+    get resolved."""
     path = tmp_path / "moderated.yaml"
     path.write_text(MODERATED)
     out = tmp_path / "run"
-    assert main(path, users=7, duration=12, out=out) == 0
+    assert main(path, users=10, duration=12, out=out) == 0
     run = load_run(out)
     rec = run.records
     assert run.meta.extra["shape"] == "arrivals" and run.meta.extra["network"] == "scenario"
     joins = rec[(rec["kind"] == "participant_joined") & (rec["role"] == "listener")]
-    # The curve climbs 2/s for 12 s, scaled to a peak of 6: listeners join over the run.
-    assert 3 <= len(joins) <= 12
+    # The curve climbs 2/s per room for 12 s, scaled to a peak of 8: joins spread out.
+    assert 4 <= len(joins) <= 16
+    assert joins["room"].nunique() == 2
+    heard = rec[rec["kind"] == "audio_latency"]
+    assert heard["room"].nunique() == 2
     assert joins["t"].max() - joins["t"].min() > 4
     assert all('"rtt": 0.04' in a for a in joins["attrs"])
     # Speaker's path (20 ms one way) + listener's (20 ms) + loopback and server.
@@ -168,6 +172,47 @@ def test_clients_reconnect_after_the_server_crashes(tiny: Path, tmp_path: Path) 
     assert heard["value"].sum() > 100  # audio flows again after the restart
     # The publishers were down too, so the gap is silence, not loss: nothing was sent.
     assert rec.loc[rec["kind"] == "packets_lost", "value"].sum() >= 0
+
+
+def test_web_ui_shows_the_custom_metrics(tiny: Path, tmp_path: Path) -> None:
+    """`locust -f loadtests/locustfile.py` with its web UI: the stats page lists our events."""
+    import json
+    import urllib.request
+
+    from spacesim.load.run import _child_env
+
+    proc, url = launch.start(tmp_path / "db")
+    web_port = launch.free_port()
+    locust = None
+    try:
+        launch.wait_up(proc, url)
+        repo = Path(__file__).resolve().parents[2]
+        cmd = [sys.executable, "-m", "locust", "-f", str(repo / "loadtests" / "locustfile.py"),
+               "--scenario", str(tiny), "--host", url, "--web-host", "127.0.0.1",
+               "--web-port", str(web_port), "--autostart", "-u", "3", "--spacesim-shape",
+               "steady", "--spacesim-network", "none"]  # fmt: skip
+        locust = subprocess.Popen(
+            cmd, env=_child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        names: set[str] = set()
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and not {"join", "audio_latency"} <= names:
+            time.sleep(1)
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{web_port}/stats/requests", timeout=2
+                ) as r:
+                    names = {s["name"] for s in json.load(r)["stats"]}
+            except OSError:
+                continue
+        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/", timeout=2) as r:
+            assert r.status == 200
+    finally:
+        if locust is not None:
+            locust.terminate()
+            locust.wait(15)
+        launch.stop(proc)
+    assert {"join", "first_audio", "audio_latency", "host_start"} <= names
 
 
 def test_bridge_guards_and_runs_under_gevent() -> None:
