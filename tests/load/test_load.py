@@ -243,3 +243,21 @@ except TimeoutError:
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ok"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_master_and_two_workers_run_the_town_hall(tmp_path: Path) -> None:
+    """`spacesim load --workers 2` (Locust master + 2 worker processes), town-hall cut down:
+    the host's space reaches both workers and every process's records are merged."""
+    scenario = Path(__file__).resolve().parents[2] / "scenarios" / "town-hall.yaml"
+    out = tmp_path / "run"
+    assert main(scenario, users=24, duration=40, workers=2, out=out, network="none") == 0
+    rec = load_run(out).records
+    joins = rec[(rec["kind"] == "participant_joined") & (rec["role"] == "listener")]
+    assert len(joins) >= 15
+    pids = {p.split("-")[1] for p in joins["participant"]}  # listener ids are l-<pid>-<n>
+    assert len(pids) == 2
+    heard = rec[rec["kind"] == "first_audio"]
+    assert {p.split("-")[1] for p in heard["participant"]} == pids
+    assert summarise(rec).loc["delivery_ratio", "value"] > 0.95
