@@ -505,6 +505,33 @@ class Scenario(_Model):
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
+    def with_audience(self, factor: float) -> Scenario:
+        """The same room at `factor` times the audience: arrival rates and burst sizes
+        scale, so do the listener cap and admission limit; sessions, speakers and
+        behaviour per listener do not. A swarm on one machine runs a scaled-down
+        scenario, and simulating that same scaled scenario makes the two comparable.
+        """
+        if not (math.isfinite(factor) and factor > 0):
+            raise ValueError(f"factor must be a finite number > 0, got {factor!r}")
+        data = self.model_dump(mode="json")
+        arr = data["arrivals"]
+        for key in ("rate", "start", "end", "base"):
+            if key in arr:
+                arr[key] *= factor
+        for step in arr.get("steps", []):
+            step["rate"] *= factor
+        for burst in arr.get("bursts", []):
+            burst["size"] = max(1, round(burst["size"] * factor))
+        if data["rooms"].get("listener_cap") is not None:
+            data["rooms"]["listener_cap"] = max(
+                1, math.ceil(data["rooms"]["listener_cap"] * factor)
+            )
+        if data["server"].get("max_streams") is not None:
+            data["server"]["max_streams"] = max(
+                1, math.ceil(data["server"]["max_streams"] * factor)
+            )
+        return Scenario.model_validate(data)
+
     def to_yaml(self) -> str:
         """The resolved model in base units (seconds, per second, fractions)."""
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

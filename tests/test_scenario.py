@@ -553,3 +553,15 @@ def test_session_survival_matches_draws(kind: str) -> None:
         empirical = sum(d > x for d in draws) / len(draws)
         assert session.survival(x) == pytest.approx(empirical, abs=0.015)
     assert session.survival(-1) == 1.0
+
+
+def test_with_audience_scales_arrivals_and_caps_only() -> None:
+    sc = load_scenario(SCENARIOS / "town-hall.yaml")
+    small = sc.with_audience(0.01)
+    assert small.session == sc.session and small.speaking == sc.speaking
+    assert small.arrivals.kind == "flash_crowd" and sc.arrivals.kind == "flash_crowd"
+    assert small.arrivals.base == pytest.approx(sc.arrivals.base * 0.01)
+    assert small.arrivals.bursts[0].size == round(sc.arrivals.bursts[0].size * 0.01)
+    assert Scenario.model_validate(small.model_dump(mode="json")) == small  # still valid
+    with pytest.raises(ValueError, match="factor"):
+        sc.with_audience(0)
