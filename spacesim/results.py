@@ -87,6 +87,8 @@ KINDS: Mapping[str, tuple[str, str]] = {
     "report_resolved": ("s", "a moderator resolved a report; value = time since filing"),
     "removed": ("", "a participant was removed from the space"),
     "blocked": ("", "a participant was blocked"),
+    # the swarm itself
+    "loop_lag": ("s", "how late a load process's event loop ran a timer; worst in a tick"),
     # server nodes
     "node_cpu": ("cores", "CPU a node used in a tick, in cores busy (CPU s per s)"),
     "node_utilisation": ("ratio", "node_cpu / cores available"),
@@ -326,6 +328,10 @@ def summarise(records: pd.DataFrame, duration: float | None = None) -> pd.DataFr
     personal = blocked["attrs"].astype(str).str.contains('"scope": "personal"', regex=False)
     total("blocked", float((~personal).sum()), "count")  # blocks that bar from the space
     total("personal_blocks", float(personal.sum()), "count")
+
+    lag = kind("loop_lag")
+    if len(lag):
+        dist("loop_lag", lag, "s")
 
     util = kind("node_utilisation")
     if len(util):

@@ -53,6 +53,7 @@ GRACE = 60.0  # seconds past the run time before Locust is killed
 SERVER_START_TIMEOUT = 20.0
 SERVER_RUN = "server"  # the embedded server's own run: a run directory inside the load run
 HEALTH_TIMEOUT = 5.0
+LAG_WARNING = 0.05  # swarm loop lag (p95, s) beyond which the run's latencies are suspect
 _REPO = Path(__file__).resolve().parents[2]
 _FALLBACK_LOCUSTFILE = (
     "import locust  # noqa: F401\n"
@@ -334,6 +335,13 @@ def _main(
             print(title)
             print(summary.to_string())
     print(f"records: {len(records):,} -> {out_dir}")
+    lag = summary["p95"].get("loop_lag", math.nan)
+    if lag > LAG_WARNING:
+        _say(
+            f"the swarm's own event loop ran {lag * 1000:.0f} ms late (p95 of loop_lag): "
+            "its latency figures include that delay; run fewer users, or --workers on "
+            "a machine with cores to spare"
+        )
     joined = int((records["kind"] == "participant_joined").sum())
     if rc != 0:
         _say(f"locust exited {rc}")

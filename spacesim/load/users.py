@@ -69,6 +69,7 @@ EMOJIS = ("💯", "👍", "👏", "😂", "❤️", "🔥", "🙏", "🎉")
 MSG_SPACE = "spacesim_space"
 GIVE_UP_AFTER = 20  # refused joins, none accepted, before this process stops the run
 STALL = 3.0  # seconds without audio after which a listener's connection counts as dropped
+LAG_PROBE = 0.05  # the loop-lag watch's timer (s)
 
 
 # --------------------------------------------------------------------------- per process
@@ -86,6 +87,7 @@ class _State:
         self.active: dict[str, str] = {}  # listener user -> space, for reports about users
         self.joined = 0
         self.refused = 0
+        self.lag_watch: Any = None
         self.space_ready = gevent.event.Event()
         self.closers: dict[int, Any] = {}  # id -> object with async close()
         self.ids = itertools.count()
@@ -182,6 +184,33 @@ def _path_attrs(path: tuple[Impairment, Impairment] | None) -> dict[str, float]:
     if path is None:
         return {"rtt": 0.0, "jitter": 0.0, "loss": 0.0}
     return {"rtt": 2 * path[0].delay, "jitter": path[0].jitter, "loss": path[0].loss}
+
+
+async def _watch_lag(env: Environment) -> None:
+    """Record how late this process's loop runs a short timer, worst per second.
+
+    A saturated swarm delays every packet it measures (FACTS.md: Locust's own CPU
+    warning stays silent when the whole machine is busy), so each run carries the
+    swarm's own lag next to the latencies it reports.
+    """
+    st = state()
+    loop = asyncio.get_running_loop()
+    worst, window_end = 0.0, loop.time() + TICK
+    while True:
+        t = loop.time()
+        await asyncio.sleep(LAG_PROBE)
+        now = loop.time()
+        worst = max(worst, now - t - LAG_PROBE)
+        if now >= window_end:
+            st.recorder.add("loop_lag", st.now(), "", f"swarm-{st.pid}", "swarm", worst)
+            fire(env, "loop_lag", worst)
+            worst, window_end = 0.0, now + TICK
+
+
+def _ensure_lag_watch(env: Environment) -> None:
+    st = state()
+    if st.lag_watch is None:
+        st.lag_watch = bridge.spawn(_watch_lag(env))
 
 
 async def _connected(link: AudioLink, timeout: float) -> None:
@@ -426,6 +455,7 @@ class Host(User):
     wait_time = constant(1)
 
     def on_start(self) -> None:
+        _ensure_lag_watch(self.environment)
         self.room = _Room(self.environment, self.host or "", scenario())
         st = state()
         st.closers[id(self.room)] = self.room
@@ -549,6 +579,7 @@ class Listener(User):
 
     @task
     def listen(self) -> None:
+        _ensure_lag_watch(self.environment)
         st = state()
         sc = scenario()
         env = self.environment

@@ -52,6 +52,8 @@ def test_tiny_run_with_embedded_server(tiny: Path, tmp_path: Path) -> None:
     assert 0 < latency.median() < 0.2
     assert len(rec[rec["kind"] == "first_audio"]) == 3
     assert run.meta.source == "load" and run.meta.scenario_name == "tiny-load"
+    lag = rec.loc[rec["kind"] == "loop_lag", "value"]  # the swarm watches its own loop
+    assert len(lag) >= 4 and (lag >= 0).all()
     stats = (out / "locust" / "locust_stats.csv").read_text()
     for name in ("join", "first_audio", "audio_latency"):
         assert f",{name}," in stats
