@@ -268,6 +268,19 @@ def _seed(text: str) -> int:
     return value
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from spacesim.analysis import RunError
+    from spacesim.analysis.report import write_report
+
+    try:
+        path = write_report(args.runs, args.out)
+    except RunError as exc:
+        err.print(f"spacesim report: {exc}", markup=False, highlight=False)
+        return 2
+    out.print(f"report: {path}", highlight=False)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="spacesim", description="Load-test and simulate live audio rooms."
@@ -349,6 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("file")
     show.add_argument("--set", action="append", metavar="PATH=VALUE")
     show.set_defaults(func=cmd_show)
+
+    report = sub.add_parser("report", help="write one HTML report about one or more runs")
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories to compare")
+    report.add_argument("-o", "--out", default="report.html", help="HTML file to write")
+    report.set_defaults(func=cmd_report)
     return p
 
 
