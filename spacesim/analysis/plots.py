@@ -95,18 +95,19 @@ def percentiles_over_time(
     metric: str = "audio_latency",
     window: float = 10.0,
     slo: float | None = None,
+    by_role: bool = False,
 ) -> Figure:
     """p50 (solid), p95 (dashed) and p99 (dotted) of `metric` per `window` seconds (ms)."""
     fig, (ax,) = _figure()
     drawn = False
     for i, (name, rec) in enumerate(frames.items()):
-        table = views.over_time(views.samples(rec, metric), window)
-        if table.empty:
-            continue
-        for stat, style in _PCT_STYLE.items():
-            ax.plot(table["t"] + window / 2, table[stat] * 1e3, linestyle=style,
-                    color=_colour(i), label=f"{name} {stat}")  # fmt: skip
-        drawn = True
+        table = views.over_time(views.samples(rec, metric), window, "role" if by_role else None)
+        for j, (group, g) in enumerate(table.groupby("group", sort=True)):
+            label = f"{name} · {group}" if by_role else name
+            for stat, style in _PCT_STYLE.items():
+                ax.plot(g["t"] + window / 2, g[stat] * 1e3, linestyle=style, color=_colour(i + j),
+                        label=f"{label} {stat}")  # fmt: skip
+            drawn = True
     if slo is not None:
         ax.axhline(slo * 1e3, color="red", linewidth=1, label=f"SLO p95 target {slo * 1e3:g} ms")
     if not drawn:
@@ -161,6 +162,7 @@ def loss_jitter(frames: Frames, window: float = 10.0) -> Figure:
         _no_data(top, "packet counts")
     if not any_jitter:
         _no_data(bottom, "latency samples")
+    top.set_ylim(bottom=0)
     top.set_ylabel("packets lost (% of expected)")
     top.set_title("packet loss at sampled listeners")
     bottom.set_ylabel("jitter (ms)")
@@ -196,27 +198,34 @@ def moderation_timings(frames: Frames) -> Figure:
 
 
 def node_load(frames: Frames) -> Figure:
-    """CPU per server node (cores busy) and packets forwarded per second, over time."""
+    """CPU per server node (cores busy; mean line, min-max band) and packets forwarded / s."""
     fig, (top, bottom) = _figure(2, 1, height=3.2)
     drawn = False
     for i, (name, rec) in enumerate(frames.items()):
-        table = views.nodes(rec)
-        for j, ((source, node), g) in enumerate(table.groupby(["source", "node"], sort=True)):
+        table = views.node_totals(rec)
+        for j, (source, g) in enumerate(table.groupby("source", sort=True)):
             style = ["-", "--", ":", "-."][j % 4]
-            label = f"{name} · {node}" + (" (server's own)" if source == "server" else "")
-            top.plot(g["t"], g["node_cpu"], color=_colour(i), linestyle=style, label=label)
-            bottom.plot(g["t"], g["packets_forwarded"], color=_colour(i), linestyle=style,
-                        label=label)  # fmt: skip
+            n = int(g["nodes"].max())
+            own = " (server's own)" if source == "server" else ""
+            label = f"{name}{own}, " + ("1 node" if n == 1 else f"mean of {n} nodes")
+            top.plot(g["t"], g["cpu_mean"], color=_colour(i), linestyle=style, label=label)
+            if n > 1:
+                band = f"{name}: idlest to busiest node"
+                top.fill_between(g["t"], g["cpu_min"], g["cpu_max"], color=_colour(i),
+                                 alpha=0.2, linewidth=0, label=band)  # fmt: skip
+            bottom.plot(g["t"], g["forwarded_per_s"], color=_colour(i), linestyle=style,
+                        label=f"{name}{own}, all nodes")  # fmt: skip
             drawn = True
     if not drawn:
         _no_data(top, "node records")
         _no_data(bottom, "node records")
-    top.set_ylabel("CPU (cores busy)")
+    top.set_ylabel("CPU per node (cores busy)")
     top.set_title("server CPU per node")
     bottom.set_ylabel("packets forwarded (per s)")
-    bottom.set_title("packets forwarded per node")
+    bottom.set_title("packets forwarded, all nodes together")
     for ax in (top, bottom):
         ax.set_xlabel("time since run start (s)")
+        ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         _legend(ax)
     return fig

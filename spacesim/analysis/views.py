@@ -27,6 +27,7 @@ __all__ = [
     "ecdf",
     "loss",
     "moderation",
+    "node_totals",
     "nodes",
     "over_time",
     "samples",
@@ -210,12 +211,13 @@ def moderation(records: pd.DataFrame) -> pd.DataFrame:
 def nodes(records: pd.DataFrame) -> pd.DataFrame:
     """Node load over time: one row per (source, node, t) with CPU and packet counts.
 
-    ``node_cpu`` is in cores busy, ``packets_forwarded`` / ``packets_dropped`` per
-    record tick (1 s in the simulator and the server).
+    ``node_cpu`` is in cores busy; ``packets_forwarded`` / ``packets_dropped`` are per
+    record tick, and ``forwarded_per_s`` divides by the tick (the time since the node's
+    previous row), since the simulator's tick is a scenario setting.
     """
     kinds = ["node_cpu", "node_utilisation", "packets_forwarded", "packets_dropped"]
     rows = records[records["kind"].isin(kinds)]
-    cols = ["source", "node", "t", *kinds]
+    cols = ["source", "node", "t", *kinds, "forwarded_per_s"]
     if rows.empty:
         return pd.DataFrame(columns=cols)
     rows = rows.astype({"kind": str, "source": str, "participant": str})
@@ -224,7 +226,33 @@ def nodes(records: pd.DataFrame) -> pd.DataFrame:
     )
     wide = wide.reindex(columns=kinds).reset_index().rename(columns={"participant": "node"})
     wide.columns.name = None
+    dt = wide.groupby(["source", "node"])["t"].diff()
+    dt = dt.fillna(dt.median() if dt.notna().any() else 1.0).where(lambda d: d > 0, math.nan)
+    wide["forwarded_per_s"] = wide["packets_forwarded"] / dt
     return wide[cols]
+
+
+def node_totals(records: pd.DataFrame) -> pd.DataFrame:
+    """All nodes of each source at each t: node count, CPU mean / min / max, packets per s.
+
+    What a capacity planner reads first: how busy the average and the busiest node are.
+    """
+    table = nodes(records)
+    cols = ["source", "t", "nodes", "cpu_mean", "cpu_min", "cpu_max", "forwarded_per_s"]
+    if table.empty:
+        return pd.DataFrame(columns=cols)
+    out = (
+        table.groupby(["source", "t"], sort=True)
+        .agg(
+            nodes=("node", "nunique"),
+            cpu_mean=("node_cpu", "mean"),
+            cpu_min=("node_cpu", "min"),
+            cpu_max=("node_cpu", "max"),
+            forwarded_per_s=("forwarded_per_s", "sum"),
+        )
+        .reset_index()
+    )
+    return out[cols]
 
 
 def concurrency(records: pd.DataFrame) -> pd.Series:
