@@ -77,7 +77,9 @@ _FIGURES = (
         "packets that arrived at least that fast. Audio latency = publisher → listener, "
         "network + server; it excludes the listener's jitter buffer and playout. Further "
         "left is better; where a curve crosses the grey 0.95 line is its p95, and the red "
-        "line is the scenario's p95 target.",
+        "line is the scenario's p95 target. A load run against a server on this "
+        "machine has almost no network delay unless the scenario's network is emulated; "
+        "a simulated run includes the scenario's network (RTT, jitter, loss).",
     ),
     (
         "Audio latency over time",
@@ -259,7 +261,7 @@ def _summary_cell(row: pd.Series, name: str, unit: str) -> str:
 
     if _isna(get("p50")):
         value = _fmt(get("value"), unit)
-        return value or '<span class="nodata">—</span>'
+        return value or _DASH
     text = " / ".join(_fmt(get(s), unit) for s in ("p50", "p95", "p99"))
     note = f"n = {_fmt(get('count'), 'count')}"
     if not _isna(get("value")):
@@ -267,23 +269,33 @@ def _summary_cell(row: pd.Series, name: str, unit: str) -> str:
     return f"{text}<br><span class='note'>{note}</span>"
 
 
+_DASH = '<span class="nodata">—</span>'
+_NODE_TOTALS = ("packets_forwarded", "packets_dropped")  # summarise counts 0 without nodes
+
+
 def _summary_section(items: Sequence[Run], names: Sequence[str]) -> str:
     table = runs.compare_summaries(items)
+    has_nodes = {
+        name: bool(runs.records(r)["kind"].isin(runs.NODE_KINDS).any())
+        for name, r in zip(names, items, strict=True)
+    }
     rows = []
     for metric, row in table.iterrows():
         unit = str(row[("", "unit")])
         words = _e(METRIC_WORDS.get(str(metric), ""))
-        rows.append(
-            [
-                f"<b>{_e(metric)}</b><br><span class='note'>{words}</span>",
-                *(_summary_cell(row, name, unit) for name in names),
-            ]
-        )
+        cells = [
+            _DASH
+            if metric in _NODE_TOTALS and not has_nodes[name]
+            else _summary_cell(row, name, unit)
+            for name in names
+        ]
+        rows.append([f"<b>{_e(metric)}</b><br><span class='note'>{words}</span>", *cells])
     return (
         "<h2>Headline numbers</h2>"
         "<p>Distributions show p50 / p95 / p99 (half, 95% and 99% of observations were at "
         "or below); n is the number of observations. Times below 10 s are in "
-        "milliseconds. A dash means the run has no such records.</p>"
+        "milliseconds. A dash means the run has no such records (a load run has server "
+        "figures only when the server's own records are stored with it).</p>"
         + _table(["metric", *map(_e, names)], rows)
     )
 

@@ -80,7 +80,15 @@ def server_run(run: Run) -> Run | None:
 
 
 def _clock_offset(run: Run, server: Run) -> float:
-    """Seconds to add to server times to put them on the run's clock (1 s resolution)."""
+    """Seconds to add to server times to put them on the run's clock.
+
+    Exact when both metas carry ``extra["t0"]`` (the wall-clock epoch of their t = 0);
+    otherwise from ``started_at`` (1 s resolution, and a load run's start is stamped
+    before its embedded server starts, so a few seconds off).
+    """
+    t0, s0 = run.meta.extra.get("t0"), server.meta.extra.get("t0")
+    if isinstance(t0, int | float) and isinstance(s0, int | float):
+        return float(s0) - float(t0)
     try:
         a = datetime.fromisoformat(run.meta.started_at)
         b = datetime.fromisoformat(server.meta.started_at)
@@ -92,8 +100,8 @@ def _clock_offset(run: Run, server: Run) -> float:
 def records(run: Run) -> pd.DataFrame:
     """The run's records plus, for a load run, its server's node records.
 
-    Server times are shifted by the difference of the two runs' start times, so a
-    CPU curve and a latency curve share one time axis to within a second.
+    Server times are shifted onto the run's clock (see `_clock_offset`), so a CPU
+    curve and a latency curve share one time axis.
     """
     server = server_run(run)
     if server is None:

@@ -79,7 +79,9 @@ def write(directory: Path, source: str = "sim", run_id: str = "unit-1") -> Path:
     return write_run(directory, records(source), meta(source, run_id))
 
 
-def write_server(load_dir: Path, started_at: str = "2026-01-01T12:00:05+00:00") -> Path:
+def write_server(
+    load_dir: Path, started_at: str = "2026-01-01T12:00:05+00:00", **extra: Any
+) -> Path:
     """A server run in ``load_dir/server``: node records plus an event the load run has."""
     rec = Recorder("srv-1", "server")
     rec.add("participant_joined", 1.0, "room-0", "L1", "listener")
@@ -94,5 +96,6 @@ def write_server(load_dir: Path, started_at: str = "2026-01-01T12:00:05+00:00") 
         seed=None,
         started_at=started_at,
         duration=3.0,
+        extra=extra,
     )
     return write_run(load_dir / "server", rec.to_frame(), m)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from spacesim.analysis import runs
-from spacesim.results import summarise
+from spacesim.results import summarise, write_run
 from tests.analysis import synthetic
 
 
@@ -49,6 +49,14 @@ def test_server_node_records_join_a_load_run_on_its_clock(tmp_path: Path) -> Non
     # the server's own participant_joined is not counted a second time
     assert runs.summary(run).loc["joins", "value"] == len(synthetic.JOIN)
     assert runs.summary(run).loc["node_cpu", "p50"] == 0.25
+
+
+def test_server_clock_from_epochs_when_both_runs_have_them(tmp_path: Path) -> None:
+    records, meta = synthetic.records("load"), synthetic.meta("load", extra={"t0": 1000.0})
+    directory = write_run(tmp_path / "r", records, meta)
+    synthetic.write_server(directory, t0=997.5)  # the server started 2.5 s earlier
+    rec = runs.records(runs.open_run(directory))
+    assert list(rec[rec["kind"] == "node_cpu"]["t"]) == [-1.5, -0.5]
 
 
 def test_labels_are_unique(tmp_path: Path) -> None:
