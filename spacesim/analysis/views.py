@@ -113,8 +113,9 @@ def _stats_frame(groups: Mapping[Any, pd.Series], name: str) -> pd.DataFrame:
     return table
 
 
-def distribution_by(frame: pd.DataFrame, by: By = None) -> pd.DataFrame:
-    """Percentiles of a `samples` frame per role or per room (one row ``all`` when None)."""
+def distribution_by(frame: pd.DataFrame, by: str | None = None) -> pd.DataFrame:
+    """Percentiles of a `samples` frame per role, room or another column such as
+    `moderation`'s ``timing`` (one row ``all`` when None; no rows for no samples)."""
     if by is None:
         return _stats_frame({"all": frame["value"]}, "group")
     groups = {k: g["value"] for k, g in frame.groupby(by, sort=True)}
