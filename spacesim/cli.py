@@ -270,11 +270,15 @@ def _seed(text: str) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from spacesim.analysis import RunError
-    from spacesim.analysis.report import write_report
 
     try:
+        from spacesim.analysis.report import write_report
+
         path = write_report(args.runs, args.out)
-    except RunError as exc:
+    except ImportError as exc:
+        err.print(f"spacesim report needs the notebooks extra (matplotlib): {exc}", markup=False)
+        return 2
+    except (RunError, OSError) as exc:
         err.print(f"spacesim report: {exc}", markup=False, highlight=False)
         return 2
     out.print(f"report: {path}", highlight=False)

@@ -91,3 +91,10 @@ def test_compare_summaries_puts_runs_side_by_side(tmp_path: Path) -> None:
     assert table.loc["audio_latency", (lb, "count")] == 6
     assert table.loc["node_cpu", (la, "p50")] == 1.0
     assert table.loc["join_time", ("", "unit")] == "s"
+
+
+def test_public_surface() -> None:
+    import spacesim.analysis as analysis
+
+    assert len(set(analysis.__all__)) == len(analysis.__all__)
+    assert all(hasattr(analysis, name) for name in analysis.__all__)
