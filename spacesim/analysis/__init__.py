@@ -7,7 +7,6 @@ on its own; everything re-exported here needs only pandas.
 
 from spacesim.analysis.runs import (
     NODE_KINDS,
-    SERVER_SUBDIR,
     RunError,
     compare_summaries,
     frames,
@@ -39,7 +38,6 @@ from spacesim.analysis.views import (
 __all__ = [
     "METRICS",
     "NODE_KINDS",
-    "SERVER_SUBDIR",
     "STATS",
     "RunError",
     "compare_summaries",

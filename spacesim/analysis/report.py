@@ -61,6 +61,9 @@ METRIC_WORDS = {
     "node_cpu": "server CPU per node, cores busy",
     "packets_forwarded": "audio packets forwarded by the server",
     "packets_dropped": "audio packets the server dropped (overload)",
+    "cpu_per_packet": "server CPU time per forwarded packet",
+    "loop_lag": "how late the load generator's event loop ran (high = swarm overloaded, "
+    "its measurements are suspect)",
 }
 
 _FIGURES = (
@@ -145,6 +148,8 @@ def _fmt(value: object, unit: str) -> str:
     if math.isnan(x):
         return ""
     if unit == "s":
+        if x != 0 and abs(x) < 1e-3:
+            return f"{x * 1e6:,.1f} µs"  # CPU per packet
         return f"{x * 1000:,.1f} ms" if abs(x) < 10 else f"{x:,.1f} s"
     if unit == "ratio":
         return f"{x:.2%}"

@@ -3,9 +3,11 @@
 Runs are read only through `spacesim.results` (`load_run`, `summarise`, `check_slos`),
 so a notebook, a report and `spacesim simulate` print the same numbers for one run.
 
-A load run may hold the server's own run in ``server/`` (``source=server``). Only its
-node records (CPU, packets forwarded and dropped) are taken, shifted onto the load
-run's clock: its events repeat what the load users measured and would count twice.
+A load run may hold the server's own run (``source=server``) in the subdirectory its
+``meta.extra["server_run"]`` names. Summaries take the server's figures the way
+`spacesim.results.summarise_run` does; views and plots take only its node records
+(CPU, packets forwarded and dropped), shifted onto the load run's clock: its events
+repeat what the load users measured and would count twice.
 """
 
 from __future__ import annotations
@@ -18,12 +20,11 @@ from pathlib import Path
 import pandas as pd
 from pydantic import ValidationError
 
-from spacesim.results import Run, SloVerdict, check_slos, load_run, summarise
+from spacesim.results import Run, SloVerdict, check_slos, load_run, summarise_run
 from spacesim.scenario import Scenario
 
 __all__ = [
     "NODE_KINDS",
-    "SERVER_SUBDIR",
     "RunError",
     "compare_summaries",
     "frames",
@@ -38,7 +39,6 @@ __all__ = [
     "summary",
 ]
 
-SERVER_SUBDIR = "server"
 #: Kinds a server run adds to its load run (everything else the load users measured).
 NODE_KINDS = ("node_cpu", "node_utilisation", "packets_forwarded", "packets_dropped")
 
@@ -66,14 +66,16 @@ def open_runs(paths: Iterable[str | Path]) -> list[Run]:
 
 
 def server_run(run: Run) -> Run | None:
-    """The server's own run stored beside a load run, or None when there is none.
+    """The server's own run stored inside a load run, or None when there is none.
 
-    A ``server/`` directory without both files (a server still writing, or none) is
-    treated as absent; one with both that cannot be read raises `RunError`.
+    Found through ``meta.extra["server_run"]`` (as `summarise_run` finds it); a
+    directory without both files is treated as absent, one with both that cannot be
+    read raises `RunError`.
     """
-    if run.path is None:
+    name = run.meta.extra.get("server_run")
+    if run.path is None or not isinstance(name, str) or not name:
         return None
-    sub = run.path / SERVER_SUBDIR
+    sub = run.path / name
     if not ((sub / "meta.json").is_file() and (sub / "records.parquet").is_file()):
         return None
     return open_run(sub)
@@ -82,11 +84,11 @@ def server_run(run: Run) -> Run | None:
 def _clock_offset(run: Run, server: Run) -> float:
     """Seconds to add to server times to put them on the run's clock.
 
-    Exact when both metas carry ``extra["t0"]`` (the wall-clock epoch of their t = 0);
+    Exact when both metas carry ``extra["t0_unix"]`` (the Unix time of their t = 0);
     otherwise from ``started_at`` (1 s resolution, and a load run's start is stamped
     before its embedded server starts, so a few seconds off).
     """
-    t0, s0 = run.meta.extra.get("t0"), server.meta.extra.get("t0")
+    t0, s0 = run.meta.extra.get("t0_unix"), server.meta.extra.get("t0_unix")
     if isinstance(t0, int | float) and isinstance(s0, int | float):
         return float(s0) - float(t0)
     try:
@@ -146,8 +148,8 @@ def scenario_of(run: Run) -> Scenario | None:
 
 
 def summary(run: Run) -> pd.DataFrame:
-    """`summarise` of `records(run)` over the run's duration: the CLI's table."""
-    return summarise(records(run), run.meta.duration)
+    """`summarise_run`: the table `spacesim simulate` and `spacesim load` print."""
+    return summarise_run(run)
 
 
 def slo_verdicts(run: Run) -> list[SloVerdict]:

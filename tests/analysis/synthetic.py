@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,15 @@ def write(directory: Path, source: str = "sim", run_id: str = "unit-1") -> Path:
 def write_server(
     load_dir: Path, started_at: str = "2026-01-01T12:00:05+00:00", **extra: Any
 ) -> Path:
-    """A server run in ``load_dir/server``: node records plus an event the load run has."""
+    """A server run in ``load_dir/server``: node records plus an event the load run has.
+
+    The load run's meta.json gains ``extra.server_run``, as `spacesim load` writes it.
+    """
+    meta_file = load_dir / "meta.json"
+    if meta_file.is_file():
+        data = json.loads(meta_file.read_text())
+        data["extra"]["server_run"] = "server"
+        meta_file.write_text(json.dumps(data))
     rec = Recorder("srv-1", "server")
     rec.add("participant_joined", 1.0, "room-0", "L1", "listener")
     for t in (1.0, 2.0):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from spacesim.analysis import runs
-from spacesim.results import summarise, write_run
+from spacesim.results import summarise, summarise_run, write_run
 from tests.analysis import synthetic
 
 
@@ -33,7 +33,7 @@ def test_a_run_without_server_dir_is_its_own_records(tmp_path: Path) -> None:
     run = runs.open_run(synthetic.write(tmp_path / "r", "load"))
     assert runs.server_run(run) is None
     assert runs.records(run) is run.records
-    (tmp_path / "r" / "server").mkdir()  # a server still writing: no files yet
+    synthetic.write_server(tmp_path / "r")  # present, but the meta does not name it
     assert runs.server_run(run) is None
 
 
@@ -49,12 +49,13 @@ def test_server_node_records_join_a_load_run_on_its_clock(tmp_path: Path) -> Non
     # the server's own participant_joined is not counted a second time
     assert runs.summary(run).loc["joins", "value"] == len(synthetic.JOIN)
     assert runs.summary(run).loc["node_cpu", "p50"] == 0.25
+    assert runs.summary(run).equals(summarise_run(run))
 
 
 def test_server_clock_from_epochs_when_both_runs_have_them(tmp_path: Path) -> None:
-    records, meta = synthetic.records("load"), synthetic.meta("load", extra={"t0": 1000.0})
+    records, meta = synthetic.records("load"), synthetic.meta("load", extra={"t0_unix": 1e9})
     directory = write_run(tmp_path / "r", records, meta)
-    synthetic.write_server(directory, t0=997.5)  # the server started 2.5 s earlier
+    synthetic.write_server(directory, t0_unix=1e9 - 2.5)  # the server started 2.5 s earlier
     rec = runs.records(runs.open_run(directory))
     assert list(rec[rec["kind"] == "node_cpu"]["t"]) == [-1.5, -0.5]
 
