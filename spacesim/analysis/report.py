@@ -80,9 +80,10 @@ _FIGURES = (
         "packets that arrived at least that fast. Audio latency = publisher → listener, "
         "network + server; it excludes the listener's jitter buffer and playout. Further "
         "left is better; where a curve crosses the grey 0.95 line is its p95, and the red "
-        "line is the scenario's p95 target. A load run against a server on this "
-        "machine has almost no network delay unless the scenario's network is emulated; "
-        "a simulated run includes the scenario's network (RTT, jitter, loss).",
+        "line is the scenario's p95 target. A simulated run models the scenario's "
+        "network (RTT, jitter, loss); a load run has it only when its clients went through "
+        "the emulated network (spacesim load --network scenario, the default: see "
+        "'network' under The runs), else it measures loopback on this machine.",
     ),
     (
         "Audio latency over time",
