@@ -234,8 +234,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             check_slo=False,
         )  # fmt: skip
         cmd_simulate(ns)
-    out.print(f"runs: {root / 'load'} (swarm), {root / 'sim'}, {root / 'sim-full'}")
-    return 0
+    out.rule("3/3 report comparing the swarm with the simulations")
+    runs = [str(root / "load"), str(root / "sim"), str(root / "sim-full")]
+    return cmd_report(argparse.Namespace(runs=runs, out=str(root / "report.html")))
 
 
 def cmd_check(args: argparse.Namespace) -> int:
