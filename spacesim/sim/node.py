@@ -3,10 +3,11 @@
 No event per packet. The node knows, at any instant, how many (sender -> listener)
 streams it forwards (`streams`) and from how many senders (`senders`), so:
 
-* offered load ``r = streams x pps x cpu_per_packet + connections x cpu_per_connection``
-  (cores), utilisation ``rho = r / cores``;
+* offered load ``r = streams x pps x cpu_per_packet + connections x cpu_per_connection
+  + cpu_fixed`` (cores), utilisation ``rho = r / cores``;
 * each incoming packet is a batch of ``streams / senders`` sends (its fan-out), served in
-  ``S = fanout x cpu_per_packet / cores`` (the node's cores share the fan-out);
+  ``S = fanout x cpu_per_packet / cores`` (the node's cores share the fan-out), or in
+  ``fanout x fanout_delay`` when the scenario gives a measured `fanout_delay`;
 * packets queue in a buffer that holds ``D = max_queue_delay`` of work. The wait of a
   packet is the diffusion (heavy-traffic) approximation of an M/D/1 queue with that
   finite buffer: busy with probability ``min(rho, 1)``, and then exponential with rate
@@ -62,9 +63,12 @@ class Node:
         "busy",
         "connections",
         "cores",
+        "cpu_fixed",
         "cpu_per_connection",
         "cpu_per_packet",
         "dropped_packets",
+        "fanout_delay",
+        "forward_delay",
         "last",
         "listeners",
         "max_queue_delay",
@@ -83,6 +87,14 @@ class Node:
         self.cores = server.cores
         self.cpu_per_packet = server.cpu_per_packet
         self.cpu_per_connection = server.cpu_per_connection
+        self.cpu_fixed = server.cpu_fixed
+        # Per listener in a fan-out: measured, or the CPU cost shared by the cores.
+        self.fanout_delay = (
+            server.fanout_delay
+            if server.fanout_delay is not None
+            else server.cpu_per_packet / server.cores
+        )
+        self.forward_delay = server.forward_delay
         self.max_streams = server.max_streams
         self.max_queue_delay = server.max_queue_delay
         self.pps = pps
@@ -108,14 +120,14 @@ class Node:
         return self.streams * self.pps * self.cpu_per_packet
 
     def rate(self) -> float:
-        """All steady work offered now (forwarding + connections), in cores."""
-        return self.forwarding_rate() + self.connections * self.cpu_per_connection
+        """All steady work offered now (forwarding + connections + fixed), in cores."""
+        return self.forwarding_rate() + self.connections * self.cpu_per_connection + self.cpu_fixed
 
     def fanout_service(self) -> float:
         """Time the node's cores take to fan one incoming packet out (S)."""
         if self.senders <= 0:
             return 0.0
-        return self.streams / self.senders * self.cpu_per_packet / self.cores
+        return self.streams / self.senders * self.fanout_delay
 
     def queue_state(self) -> tuple[float, float, float, float]:
         """(rho, theta, loss, room) for a packet arriving now; room = buffer left."""
@@ -137,7 +149,7 @@ class Node:
         self.last = now
         c = self.cores
         fwd = self.forwarding_rate()
-        r = fwd + self.connections * self.cpu_per_connection
+        r = fwd + self.connections * self.cpu_per_connection + self.cpu_fixed
         _rho, _theta, loss, _room = self.queue_state()
         packets = self.streams * self.pps * dt
         self.offered += r * dt
@@ -214,7 +226,7 @@ class Node:
                 wait += -math.log1p(-u_wait) / theta
             else:
                 wait += -math.log1p(-u_wait * (1.0 - math.exp(-x))) / theta
-        return wait + u_position * self.fanout_service()
+        return self.forward_delay + wait + u_position * self.fanout_service()
 
     def loss_now(self) -> float:
         """Probability that a packet arriving now is lost for want of CPU or buffer."""
