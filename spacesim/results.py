@@ -41,6 +41,7 @@ __all__ = [
     "check_slos",
     "load_run",
     "metric_table",
+    "steady_window",
     "summarise",
     "write_run",
 ]
@@ -385,3 +386,19 @@ def check_slos(
             raise ValueError(f"unknown comparison {op!r}")
         verdicts.append(SloVerdict(metric, op, threshold, actual, passed))
     return verdicts
+
+
+def steady_window(
+    records: pd.DataFrame, duration: float | None, settle: float = 2.0
+) -> tuple[float, float]:
+    """(start, end) of a run's steady part: `settle` s after the last listener joined.
+
+    The same window applies to load and simulated records (both record
+    ``participant_joined`` for listeners), so both engines are compared alike.
+    """
+    joins = records.loc[
+        (records["kind"] == "participant_joined") & (records["role"] == "listener"), "t"
+    ]
+    end = float(duration) if duration else float(records["t"].max())
+    start = float(joins.max()) + settle if len(joins) else 0.0
+    return (min(start, end), end)

@@ -44,7 +44,7 @@ import pandas as pd
 import yaml
 from pydantic import ValidationError
 
-from spacesim.results import Run, load_run
+from spacesim.results import Run, load_run, steady_window
 from spacesim.scenario import Scenario, ScenarioError, Server, parse_scenario
 
 __all__ = [
@@ -59,7 +59,6 @@ __all__ = [
     "latency_points",
     "load_calibration",
     "nnls",
-    "steady_window",
 ]
 
 #: Regressors of the CPU fit, in order, and the server field each coefficient sets.
@@ -71,7 +70,6 @@ CPU_TERMS: tuple[tuple[str, str], ...] = (
 )
 _CPU_COLS = tuple(name for name, _ in CPU_TERMS[1:])  # sample columns after the constant
 QUANTILES: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-SETTLE = 2.0  # seconds after the last join before a window counts as steady
 
 
 class CalibrationError(ValueError):
@@ -213,20 +211,6 @@ def _cpu_samples(pair: _Pair) -> pd.DataFrame:
     )
     frame["joins"] = frame["joins"].astype("float64")
     return frame[frame["t"] <= _end(pair)].reset_index(drop=True)
-
-
-def steady_window(records: pd.DataFrame, duration: float | None) -> tuple[float, float]:
-    """(start, end) of a run's steady part: `SETTLE` s after the last listener joined.
-
-    The same window applies to load and simulated records (both record
-    ``participant_joined`` for listeners), so both engines are compared alike.
-    """
-    joins = records.loc[
-        (records["kind"] == "participant_joined") & (records["role"] == "listener"), "t"
-    ]
-    end = float(duration) if duration else float(records["t"].max())
-    start = float(joins.max()) + SETTLE if len(joins) else 0.0
-    return (min(start, end), end)
 
 
 def _listeners_in(records: pd.DataFrame, start: float, end: float) -> float:
