@@ -41,6 +41,7 @@ __all__ = [
     "check_slos",
     "load_run",
     "metric_table",
+    "packets_per_window",
     "steady_window",
     "summarise",
     "write_run",
@@ -402,3 +403,14 @@ def steady_window(
     end = float(duration) if duration else float(records["t"].max())
     start = float(joins.max()) + settle if len(joins) else 0.0
     return (min(start, end), end)
+
+
+def packets_per_window(records: pd.DataFrame) -> float:
+    """Mean packets (received + lost) a sampled listener accounted for per measurement window.
+
+    A receiver that keeps up accounts for senders x packets/s per 1 s window; one that
+    falls behind (a saturated load generator) accounts for fewer, though none is lost.
+    """
+    got = records.loc[records["kind"] == "packets_received", "value"].to_numpy("float64")
+    lost = records.loc[records["kind"] == "packets_lost", "value"].to_numpy("float64")
+    return float((got.sum() + lost.sum()) / got.size) if got.size else math.nan

@@ -44,7 +44,7 @@ import pandas as pd
 import yaml
 from pydantic import ValidationError
 
-from spacesim.results import Run, load_run, steady_window
+from spacesim.results import Run, load_run, packets_per_window, steady_window
 from spacesim.scenario import Scenario, ScenarioError, Server, parse_scenario
 
 __all__ = [
@@ -59,6 +59,7 @@ __all__ = [
     "latency_points",
     "load_calibration",
     "nnls",
+    "swarm_pace",
 ]
 
 #: Regressors of the CPU fit, in order, and the server field each coefficient sets.
@@ -69,6 +70,7 @@ CPU_TERMS: tuple[tuple[str, str], ...] = (
     ("connections", "cpu_per_connection"),
 )
 _CPU_COLS = tuple(name for name, _ in CPU_TERMS[1:])  # sample columns after the constant
+MIN_PACE = 0.95  # below this share of packets taken in per window, the swarm fell behind
 QUANTILES: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
@@ -225,6 +227,22 @@ def latency_points(directory: str | Path) -> pd.DataFrame:
     return _latency_points(_pair(directory))
 
 
+def swarm_pace(run: Run) -> float:
+    """Packets the listeners accounted for per window over what the senders sent: 1 = kept up.
+
+    Below `MIN_PACE` the load generator fell behind the server: its latencies then
+    measure its own backlog, not the server, so the run is left out of the latency fit
+    (its CPU samples, the server's own, still count).
+    """
+    rec = run.records
+    start, end = steady_window(rec, run.meta.duration)
+    window = rec[(rec["t"] >= start) & (rec["t"] <= end)]
+    speaking = (run.meta.scenario or {}).get("speaking") or {}
+    senders = float(speaking.get("active_speakers") or 1)
+    pps = 1.0 / float(speaking.get("packet_interval") or 0.02)
+    return packets_per_window(window) / (senders * pps)
+
+
 def _latency_points(pair: _Pair) -> pd.DataFrame:
     cols = ["q", "listeners", "senders", "latency", "run_id"]
     if pair.load is None:
@@ -235,16 +253,16 @@ def _latency_points(pair: _Pair) -> pd.DataFrame:
         (rec["kind"] == "audio_latency") & (rec["t"] >= start) & (rec["t"] <= end), "value"
     ].dropna()
     n = _listeners_in(rec, start, end)
-    if lat.size < 20 or n <= 0:
+    if lat.size < 20 or n <= 0 or swarm_pace(pair.load) < MIN_PACE:
         return pd.DataFrame(columns=cols)
-    scenario = pair.load.meta.scenario or {}
-    senders = float(((scenario.get("speaking") or {}).get("active_speakers")) or 1)
     qs = np.quantile(lat.to_numpy("float64"), QUANTILES)
     return pd.DataFrame(
         {
             "q": QUANTILES,
             "listeners": n,
-            "senders": senders,
+            "senders": float(
+                ((pair.load.meta.scenario or {}).get("speaking") or {}).get("active_speakers") or 1
+            ),
             "latency": qs,
             "run_id": pair.load.meta.run_id,
         }
@@ -384,14 +402,22 @@ def _machine() -> dict[str, Any]:
     }
 
 
-def calibrate(directories: Sequence[str | Path]) -> Calibration:
-    """Fit server costs from load runs (or server runs); see the module docstring."""
+def calibrate(
+    directories: Sequence[str | Path], latency_from: Sequence[str | Path] | None = None
+) -> Calibration:
+    """Fit server costs from load runs (or server runs); see the module docstring.
+
+    `latency_from` limits the latency fit to some of the runs (default: all), e.g. to
+    leave out a run that is there to separate CPU terms but loads the swarm harder.
+    """
     if not directories:
         raise CalibrationError("no runs given")
     pairs = [_pair(d) for d in directories]
     samples = pd.concat([_cpu_samples(p) for p in pairs], ignore_index=True)
     cpu = fit_cpu(samples)
-    frames = [f for f in (_latency_points(p) for p in pairs) if len(f)]
+    chosen = None if latency_from is None else {Path(d).resolve() for d in latency_from}
+    timed = [p for p in pairs if chosen is None or p.directory.resolve() in chosen]
+    frames = [f for f in (_latency_points(p) for p in timed) if len(f)]
     points = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     latency = fit_latency(points) if len(points) else None
     fitted = dict(cpu.coef) | (latency.coef if latency is not None else {})
@@ -406,6 +432,8 @@ def calibrate(directories: Sequence[str | Path]) -> Calibration:
         if p.load is not None:
             start, end = steady_window(p.load.records, p.load.meta.duration)
             entry["listeners"] = _listeners_in(p.load.records, start, end)
+            entry["swarm_pace"] = round(swarm_pace(p.load), 4)
+            entry["in_latency_fit"] = entry["swarm_pace"] >= MIN_PACE and p in timed
             entry["users"] = p.load.meta.extra.get("users")
         runs.append(entry)
     return Calibration(

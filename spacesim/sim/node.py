@@ -6,8 +6,7 @@ streams it forwards (`streams`) and from how many senders (`senders`), so:
 * offered load ``r = streams x pps x cpu_per_packet + connections x cpu_per_connection
   + cpu_fixed`` (cores), utilisation ``rho = r / cores``;
 * each incoming packet is a batch of ``streams / senders`` sends (its fan-out), served in
-  ``S = fanout x cpu_per_packet / cores`` (the node's cores share the fan-out), or in
-  ``fanout x fanout_delay`` when the scenario gives a measured `fanout_delay`;
+  ``S = fanout x cpu_per_packet / cores`` (the node's cores share the fan-out);
 * packets queue in a buffer that holds ``D = max_queue_delay`` of work. The wait of a
   packet is the diffusion (heavy-traffic) approximation of an M/D/1 queue with that
   finite buffer: busy with probability ``min(rho, 1)``, and then exponential with rate
@@ -127,6 +126,17 @@ class Node:
         """Time the node's cores take to fan one incoming packet out (S)."""
         if self.senders <= 0:
             return 0.0
+        return self.streams / self.senders * self.cpu_per_packet / self.cores
+
+    def fanout_spread(self) -> float:
+        """Time from the first to the last listener's copy of one packet.
+
+        `fanout_delay` per listener: the CPU cost (S) unless a calibration measured more,
+        e.g. the receivers' own path on loopback; that extra delays, but does not occupy,
+        the node, so it is not part of S.
+        """
+        if self.senders <= 0:
+            return 0.0
         return self.streams / self.senders * self.fanout_delay
 
     def queue_state(self) -> tuple[float, float, float, float]:
@@ -208,8 +218,8 @@ class Node:
     def packet_wait(self, u_busy: float, u_wait: float, u_position: float) -> float | None:
         """Server delay of one packet (None if it is lost), from three uniforms in [0, 1).
 
-        Wait behind join work, then the queue of fan-outs, then the listener's place in
-        its own packet's fan-out.
+        A fixed forwarding delay, the wait behind join work, then the queue of fan-outs,
+        then the listener's place in its own packet's fan-out (`fanout_spread`).
         """
         rho, theta, loss, room = self.queue_state()
         if room <= 0.0:
@@ -226,7 +236,7 @@ class Node:
                 wait += -math.log1p(-u_wait) / theta
             else:
                 wait += -math.log1p(-u_wait * (1.0 - math.exp(-x))) / theta
-        return self.forward_delay + wait + u_position * self.fanout_service()
+        return self.forward_delay + wait + u_position * self.fanout_spread()
 
     def loss_now(self) -> float:
         """Probability that a packet arriving now is lost for want of CPU or buffer."""
