@@ -21,7 +21,6 @@ from spacesim.results import (
     Run,
     load_run,
     metric_table,
-    packets_per_window,
     steady_window,
     summarise,
 )
@@ -33,7 +32,6 @@ __all__ = [
     "level_metrics",
     "open_level",
     "relative_errors",
-    "swarm_pace",
 ]
 
 #: Compared metrics: name -> (label, unit for display).
@@ -98,16 +96,3 @@ def latency_samples(level: Level) -> np.ndarray:
     rec = level.records
     v = rec.loc[rec["kind"] == "audio_latency", "value"].dropna().to_numpy("float64")
     return np.sort(v)
-
-
-def swarm_pace(level: Level) -> float:
-    """Packets listeners took in per 1 s window over what the senders sent (1 = kept up).
-
-    A measured level below ~0.95 is one where the swarm fell behind the server: its
-    latencies are the load generator's backlog (the same test `spacesim calibrate`
-    uses to leave a run out of its latency fit).
-    """
-    speaking = (level.run.meta.scenario or {}).get("speaking") or {}
-    senders = float(speaking.get("active_speakers") or 1)
-    pps = 1.0 / float(speaking.get("packet_interval") or 0.02)
-    return packets_per_window(level.records) / (senders * pps)
