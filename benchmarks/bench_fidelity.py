@@ -191,11 +191,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--reuse", action="store_true", help="reuse load runs already in --out")
     ap.add_argument("--seed", type=int, default=5)
     ap.add_argument(
-        "--quick", action="store_true", help="2 tiny levels, 8 s each (for the notebook's CI run)"
+        "--quick", action="store_true", help="2 tiny levels, 6 s each (for the notebook's CI run)"
     )
     args = ap.parse_args(argv)
     if args.quick:
-        args.levels, args.duration, args.spawn, args.no_duo = "3,8", 8.0, 10.0, True
+        args.levels, args.duration, args.spawn, args.no_duo = "3,6", 6.0, 20.0, True
     levels = sorted({int(x) for x in args.levels.split(",")})
     fit = (
         {int(x) for x in args.fit.split(",")}

@@ -20,6 +20,8 @@ from spacesim.sim.calibrate import (
     cpu_samples,
     load_calibration,
     nnls,
+    swarm_behind,
+    swarm_pace,
 )
 from tests.sim.builders import fixed_crowd
 
@@ -77,7 +79,9 @@ def server_run(
     return directory
 
 
-def load_run_pair(directory: Path, n: int, forward: float, fanout: float, seed: int) -> Path:
+def load_run_pair(
+    directory: Path, n: int, forward: float, fanout: float, seed: int, pace: float = 1.0
+) -> Path:
     """A load run with n steady listeners (latency = forward + U x n x fanout) + its server."""
     server_run(directory / "server", 20, n / 4, 1, seed, 0.002)
     rng = np.random.default_rng(seed)
@@ -88,7 +92,12 @@ def load_run_pair(directory: Path, n: int, forward: float, fanout: float, seed: 
         rec.add(
             "audio_latency", float(t), "r", "l0", "listener", forward + rng.random() * n * fanout
         )
-    meta = _meta(rec.run_id, "load", 20.0, 1000.5, server_run="server", users=n + 1)
+    for t in range(5, 21):
+        rec.add("packets_received", float(t), "r", "l0", "listener", PPS * pace)
+        rec.add("packets_lost", float(t), "r", "l0", "listener", 0.0)
+    meta = _meta(
+        rec.run_id, "load", 20.0, 1000.5, server_run="server", users=n + 1, target="embedded"
+    )
     write_run(directory, rec.to_frame(), meta)
     return directory
 
@@ -135,6 +144,21 @@ def test_latency_fit_and_file_round_trip(tmp_path: Path) -> None:
     assert data["provenance"]["runs"][0]["listeners"] == 10
     assert data["provenance"]["fit"]["cpu"]["unit"] == "cores"
     assert load_calibration(path) == cal.server
+
+
+def test_runs_where_the_swarm_fell_behind_stay_out_of_the_latency_fit(tmp_path: Path) -> None:
+    good = [load_run_pair(tmp_path / f"n{n}", n, 0.001, 60e-6, n) for n in (10, 50)]
+    slow = load_run_pair(tmp_path / "slow", 80, 0.001, 60e-6, 80, pace=0.6)
+    backlog = load_run_pair(tmp_path / "backlog", 90, 0.4, 60e-6, 90)  # 400 ms on loopback
+    cal = calibrate([*good, slow, backlog])
+    assert swarm_behind(load_run(slow)) == "pace 0.60 < 0.95"
+    assert "backlog" in (swarm_behind(load_run(backlog)) or "")
+    assert swarm_behind(load_run(good[0])) is None and swarm_pace(load_run(good[0])) == 1.0
+    assert cal.latency is not None and set(cal.latency.per_run) == {"load-10", "load-50"}
+    assert cal.server["fanout_delay"] == pytest.approx(60e-6, rel=0.1)
+    assert len(cal.cpu.per_run) == 4  # their CPU samples still count
+    flags = {r["dir"]: r["in_latency_fit"] for r in cal.runs}
+    assert flags == {str(d): d in good for d in [*good, slow, backlog]}
 
 
 @pytest.mark.parametrize(
