@@ -310,6 +310,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         out.print(f"{what} fit: rms {fit.rms:.3g} {unit}, R² {fit.r2:.3f}, {fit.samples} points")
         for run, r in fit.per_run.items():
             out.print(f"  {run}: rms {r['rms']:.3g} {unit}, bias {r['bias']:+.3g} {unit}")
+    for entry in cal.runs:
+        if entry.get("swarm_behind"):
+            out.print(f"  {entry['dir']}: not in the latency fit: {entry['swarm_behind']}")
     path = cal.write(args.out)
     out.print(f"calibration -> {path}")
     return 0
