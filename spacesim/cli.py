@@ -70,11 +70,7 @@ def _load(path: str, overrides: Sequence[str] = ()) -> Scenario:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from spacesim.sim import simulate
 
-    scenario = _load(args.scenario, args.set or ())
-    if getattr(args, "calibration", None):
-        from spacesim.sim.calibrate import apply_calibration
-
-        scenario = apply_calibration(scenario, args.calibration)
+    scenario = _calibrated(_load(args.scenario, args.set or ()), getattr(args, "calibration", None))
     seed = scenario.seed if args.seed is None else args.seed
     directory = Path(args.out) if args.out else None
     if directory is not None and (directory / "meta.json").exists():
@@ -287,6 +283,15 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("-o", "--out", default="calibration.yaml", help="calibration file to write")
     cal.set_defaults(func=cmd_calibrate)
     return p
+
+
+def _calibrated(scenario: Scenario, calibration: str | None) -> Scenario:
+    """`scenario` with a calibration file's server section applied (`simulate --calibration`)."""
+    if not calibration:
+        return scenario
+    from spacesim.sim.calibrate import apply_calibration
+
+    return apply_calibration(scenario, calibration)
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
