@@ -44,6 +44,7 @@ __all__ = [
     "packets_per_window",
     "steady_window",
     "summarise",
+    "summarise_run",
     "write_run",
 ]
 
@@ -59,6 +60,7 @@ KINDS: Mapping[str, tuple[str, str]] = {
     "participant_joined": ("s", "a participant joined; value = join time (request to connected)"),
     "participant_left": ("s", "a participant left; value = time spent in the room"),
     "join_refused": ("", "a join was refused (admission control, cap, block); attrs.reason"),
+    "reconnected": ("s", "a dropped connection was re-established; value = time to rejoin"),
     "space_started": ("", "the host started the space"),
     "space_ended": ("", "the space ended"),
     "concurrency": ("count", "participants in the room at t (sampled every tick)"),
@@ -87,6 +89,8 @@ KINDS: Mapping[str, tuple[str, str]] = {
     "report_resolved": ("s", "a moderator resolved a report; value = time since filing"),
     "removed": ("", "a participant was removed from the space"),
     "blocked": ("", "a participant was blocked"),
+    # the swarm itself
+    "loop_lag": ("s", "how late a load process's event loop ran a timer; worst in a tick"),
     # server nodes
     "node_cpu": ("cores", "CPU a node used in a tick, in cores busy (CPU s per s)"),
     "node_utilisation": ("ratio", "node_cpu / cores available"),
@@ -327,6 +331,10 @@ def summarise(records: pd.DataFrame, duration: float | None = None) -> pd.DataFr
     total("blocked", float((~personal).sum()), "count")  # blocks that bar from the space
     total("personal_blocks", float(personal.sum()), "count")
 
+    lag = kind("loop_lag")
+    if len(lag):
+        dist("loop_lag", lag, "s")
+
     util = kind("node_utilisation")
     if len(util):
         dist("node_utilisation", util, "ratio")
@@ -347,6 +355,27 @@ def summarise(records: pd.DataFrame, duration: float | None = None) -> pd.DataFr
             table[col] = math.nan
     table.index.name = "metric"
     return table[["count", "mean", "p50", "p95", "p99", "value", "unit"]]
+
+
+#: Metrics a load run takes from the server's own run (its CPU and forwarding).
+SERVER_METRICS = ("node_cpu", "packets_forwarded", "packets_dropped", "cpu_per_packet")
+
+
+def summarise_run(run: Run) -> pd.DataFrame:
+    """`summarise` of a run, with the server's figures when the run holds the server's own.
+
+    `spacesim load` with its embedded server keeps the server's run (source=server) in a
+    subdirectory named by ``meta.extra["server_run"]``; its `SERVER_METRICS` replace the
+    load run's (which has none: clients do not see the server's CPU).
+    """
+    summary = summarise(run.records, run.meta.duration)
+    nested = run.meta.extra.get("server_run")
+    if nested and run.path is not None and (run.path / nested / "meta.json").is_file():
+        server = summarise(load_run(run.path / nested).records)
+        for metric in SERVER_METRICS:
+            if metric in server.index:
+                summary.loc[metric] = server.loc[metric]
+    return summary
 
 
 def metric_table(summary: pd.DataFrame) -> dict[str, float]:

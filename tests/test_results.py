@@ -364,3 +364,22 @@ def test_no_cpu_per_packet_without_forwarding() -> None:
     rec = Recorder("r", "server")
     rec.add("node_cpu", 1.0, participant="server", role="node", value=0.1)
     assert "cpu_per_packet" not in summarise(rec.to_frame()).index
+
+
+def test_summarise_run_takes_the_servers_figures_from_its_nested_run(tmp_path: Path) -> None:
+    from spacesim.results import summarise_run
+
+    server = Recorder("srv", "server")
+    for i in range(3):
+        server.add("node_cpu", float(i), participant="server", role="node", value=0.5)
+        server.add("packets_forwarded", float(i), participant="server", role="node", value=5e3)
+        server.add("participant_joined", float(i), "r0", f"p{i}", "listener")  # not counted
+    write_run(tmp_path / "server", server.to_frame(), meta("srv"))
+    df = sample_recorder().to_frame()
+    write_run(tmp_path, df, meta(extra={"server_run": "server"}))
+    summary = summarise_run(load_run(tmp_path))
+    assert summary.loc["cpu_per_packet", "value"] == pytest.approx(1.5 / 15e3)
+    assert summary.loc["packets_forwarded", "value"] == 15e3
+    assert summary.loc["joins", "value"] == summarise(df).loc["joins", "value"]
+    alone = summarise_run(load_run(tmp_path / "server"))  # a run without a nested one
+    assert alone.loc["cpu_per_packet", "value"] == pytest.approx(1e-4)
