@@ -58,7 +58,13 @@ from spacesim.analysis.fidelity import (
 from spacesim.results import write_run
 from spacesim.scenario import load_scenario
 from spacesim.sim import simulate
-from spacesim.sim.calibrate import apply_calibration, calibrate, swarm_behind, swarm_pace
+from spacesim.sim.calibrate import (
+    apply_calibration,
+    calibrate,
+    swarm_behind,
+    swarm_loop_lag,
+    swarm_pace,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIO = ROOT / "scenarios" / "fidelity.yaml"
@@ -147,6 +153,7 @@ def compare(out: Path, levels: Sequence[int], fitted: set[int]) -> pd.DataFrame:
         e.insert(0, "listeners", n)
         e["in_fit"] = n in fitted
         e["swarm_pace"] = swarm_pace(measured.run)
+        e["swarm_loop_lag"] = swarm_loop_lag(measured.run)
         e["swarm_behind"] = swarm_behind(measured.run) or ""
         frames.append(e)
     table = pd.concat(frames, ignore_index=True)
@@ -166,14 +173,16 @@ def _show(x: float, unit: str) -> str:
 
 def print_table(table: pd.DataFrame) -> None:
     print(
-        f"{'N':>4} {'fit':>3} {'pace':>5}  {'metric':<15} {'measured':>11} {'simulated':>11} "
+        f"{'N':>4} {'fit':>3} {'pace':>5} {'lag95':>6}  {'metric':<15} {'measured':>11} "
+        f"{'simulated':>11} "
         f"{'error':>8}"
     )
     for row in table.itertuples(index=False):
         label, unit = METRICS[str(row.metric)]
         flag = "*" if row.rel_error > TARGET else " "
         print(
-            f"{row.listeners:>4} {'yes' if row.in_fit else 'no':>3} {row.swarm_pace:>5.2f}  "
+            f"{row.listeners:>4} {'yes' if row.in_fit else 'no':>3} {row.swarm_pace:>5.2f} "
+            f"{row.swarm_loop_lag * 1000:>4.0f}ms  "
             f"{label:<15} "
             f"{_show(row.measured, unit):>11} {_show(row.simulated, unit):>11} "
             f"{row.rel_error:>7.1%}{flag}"
