@@ -3,7 +3,8 @@
 What runs (all on 127.0.0.1; every load run bounded in users and time):
 
 1. ``spacesim load scenarios/fidelity.yaml`` (one room, the host speaking, listeners
-   who stay) at each load level, ``-u N+1 -r SPAWN -t DURATION``, with the embedded
+   who stay) at each load level, ``-u N+1 -r SPAWN -t DURATION --shape steady
+   --network none``, with the embedded
    server recording its own CPU and packets (``OUT/load-NNN``); plus one run with two
    speakers at the 2nd level (``OUT/load-duo-NNN``), which separates CPU per packet
    from CPU per connection (with one speaker they are proportional); it feeds the CPU
@@ -111,6 +112,10 @@ def load_level(
         f"{duration:g}s",
         "--out",
         str(d),
+        "--shape",
+        "steady",  # N listeners throughout, started at the spawn rate
+        "--network",
+        "none",  # plain loopback: the scenario's network is zero anyway
     ]
     _say(f"{name}: {n} listeners for {duration:g} s")
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1")

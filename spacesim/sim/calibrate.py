@@ -76,7 +76,6 @@ CPU_TERMS: tuple[tuple[str, str], ...] = (
 _CPU_COLS = tuple(name for name, _ in CPU_TERMS[1:])  # sample columns after the constant
 MIN_PACE = 0.95  # below this share of packets taken in per window, the swarm fell behind
 BACKLOG_INTERVALS = 5.0  # loopback median latency above this many packet intervals: backlog
-MAX_LOOP_LAG = 0.05  # p95 of the swarm's loop_lag (s); spacesim load warns at the same level
 # The fan-out law is fitted on the body of the distribution; the tail above it carries
 # the rig's stalls (GC, scheduling), which the model does not have.
 QUANTILES: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)
@@ -256,7 +255,11 @@ def swarm_pace(run: Run) -> float:
 
 
 def swarm_loop_lag(run: Run) -> float:
-    """p95 of the swarm's ``loop_lag`` records (s) in the steady window; NaN if none."""
+    """p95 of the swarm's ``loop_lag`` records (s) in the steady window; NaN if none.
+
+    Reported, not used to reject a run: each record is a second's *worst* lag, so its
+    p95 passes 50 ms on a busy machine long before the swarm's median latency moves.
+    """
     rec = _steady(run)
     lag = rec.loc[rec["kind"] == "loop_lag", "value"].dropna()
     return float(np.quantile(lag.to_numpy("float64"), 0.95)) if lag.size else math.nan
@@ -265,9 +268,8 @@ def swarm_loop_lag(run: Run) -> float:
 def swarm_behind(run: Run) -> str | None:
     """Why a load run's latencies measure the swarm rather than the server, or None.
 
-    Either the listeners took in fewer packets than were sent (pace < `MIN_PACE`), or
-    the swarm's own event loop ran late (p95 of its ``loop_lag`` records above
-    `MAX_LOOP_LAG`), or, on loopback (the embedded server), half the packets waited longer than
+    Either the listeners took in fewer packets than were sent (pace < `MIN_PACE`), or,
+    on loopback (the embedded server), half the packets waited longer than
     `BACKLOG_INTERVALS` packet intervals although nothing on the path but the server
     and the swarm's own event loop can hold them: the swarm is working off a backlog.
     Such runs stay out of the latency fit (their CPU samples, the server's own, count).
@@ -277,9 +279,6 @@ def swarm_behind(run: Run) -> str | None:
         return f"pace {pace:.2f} < {MIN_PACE}"
     _, interval = _speaking(run)
     rec = _steady(run)
-    lag = swarm_loop_lag(run)
-    if lag > MAX_LOOP_LAG:
-        return f"the swarm's event loop ran {lag * 1000:.0f} ms late (p95 of loop_lag)"
     median = float(rec.loc[rec["kind"] == "audio_latency", "value"].median())
     if run.meta.extra.get("target") == "embedded" and median > BACKLOG_INTERVALS * interval:
         return f"median latency {median * 1000:.0f} ms on loopback: a backlog in the swarm"

@@ -21,6 +21,7 @@ from spacesim.sim.calibrate import (
     load_calibration,
     nnls,
     swarm_behind,
+    swarm_loop_lag,
     swarm_pace,
 )
 from tests.sim.builders import fixed_crowd
@@ -80,7 +81,13 @@ def server_run(
 
 
 def load_run_pair(
-    directory: Path, n: int, forward: float, fanout: float, seed: int, pace: float = 1.0
+    directory: Path,
+    n: int,
+    forward: float,
+    fanout: float,
+    seed: int,
+    pace: float = 1.0,
+    lag: float = 0.002,
 ) -> Path:
     """A load run with n steady listeners (latency = forward + U x n x fanout) + its server."""
     server_run(directory / "server", 20, n / 4, 1, seed, 0.002)
@@ -95,6 +102,7 @@ def load_run_pair(
     for t in range(5, 21):
         rec.add("packets_received", float(t), "r", "l0", "listener", PPS * pace)
         rec.add("packets_lost", float(t), "r", "l0", "listener", 0.0)
+        rec.add("loop_lag", float(t), "", "swarm-1", "swarm", lag)
     meta = _meta(
         rec.run_id, "load", 20.0, 1000.5, server_run="server", users=n + 1, target="embedded"
     )
@@ -159,6 +167,9 @@ def test_runs_where_the_swarm_fell_behind_stay_out_of_the_latency_fit(tmp_path: 
     assert len(cal.cpu.per_run) == 4  # their CPU samples still count
     flags = {r["dir"]: r["in_latency_fit"] for r in cal.runs}
     assert flags == {str(d): d in good for d in [*good, slow, backlog]}
+    # the swarm's own loop lag is reported with each run (not a reason to leave it out)
+    assert swarm_loop_lag(load_run(good[0])) == pytest.approx(0.002)
+    assert cal.runs[0]["swarm_loop_lag"] == pytest.approx(0.002)
 
 
 @pytest.mark.parametrize(
@@ -238,7 +249,8 @@ def test_calibrate_from_two_real_load_runs(tmp_path: Path) -> None:
     runs = []
     for n in (3, 8):
         out = tmp_path / f"load-{n}"
-        assert load(scenario, users=n + 1, duration=8, out=out, spawn_rate=10) == 0
+        rc = load(scenario, users=n + 1, duration=8, out=out, spawn_rate=10, shape="steady")
+        assert rc == 0
         runs.append(out)
     t = time.monotonic()
     cal = calibrate(runs)
