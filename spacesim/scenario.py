@@ -429,7 +429,8 @@ class Server(_Model):
         description=(
             "Time between consecutive listeners' copies of one packet in a node's "
             "sequential fan-out (the k-th listener waits k of them); null = "
-            "cpu_per_packet / cores."
+            "cpu_per_packet / cores. Calibrated on loopback it includes the swarm's own "
+            "receive path."
         ),
     )
     forward_delay: Duration = Field(

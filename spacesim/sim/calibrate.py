@@ -24,6 +24,11 @@ so their clocks line up. Two fits, both non-negative least squares:
   On loopback both terms include the clients' own receive path: the swarm's listeners
   share an event loop, so the k-th copy of a packet is also *read* k copies late.
 
+For capacity questions about real listeners (each on their own device), the two
+latency terms from a loopback rig overstate the fan-out: delete ``fanout_delay`` and
+``forward_delay`` from the file and the node falls back to ``cpu_per_packet / cores``
+per listener; the CPU terms carry over as they are.
+
 The result is a YAML file whose ``server:`` section overrides a scenario's
 (`apply_calibration`, ``spacesim simulate --calibration FILE``), plus provenance:
 runs, residuals, machine.
