@@ -73,7 +73,7 @@ def _load(path: str, overrides: Sequence[str] = ()) -> Scenario:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from spacesim.sim import simulate
 
-    scenario = _load(args.scenario, args.set or ())
+    scenario = _calibrated(_load(args.scenario, args.set or ()), getattr(args, "calibration", None))
     seed = scenario.seed if args.seed is None else args.seed
     directory = Path(args.out) if args.out else None
     if directory is not None and (directory / "meta.json").exists():
@@ -302,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--set", action="append", metavar="PATH=VALUE", help="override a field, e.g. server.nodes=4"
     )
+    sim.add_argument("--calibration", metavar="FILE", help="server costs from spacesim calibrate")
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
     sim.add_argument(
         "--check-slo", action="store_true", help="exit 1 when any SLO fails (for CI jobs)"
@@ -375,7 +376,50 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories to compare")
     report.add_argument("-o", "--out", default="report.html", help="HTML file to write")
     report.set_defaults(func=cmd_report)
+
+    cal = sub.add_parser("calibrate", help="fit the model's server costs from load runs")
+    cal.add_argument("runs", nargs="+", metavar="RUN_DIR", help="load run directories")
+    cal.add_argument("-o", "--out", default="calibration.yaml", help="calibration file to write")
+    cal.set_defaults(func=cmd_calibrate)
     return p
+
+
+def _calibrated(scenario: Scenario, calibration: str | None) -> Scenario:
+    """`scenario` with a calibration file's server section applied (`simulate --calibration`)."""
+    if not calibration:
+        return scenario
+    from spacesim.sim.calibrate import apply_calibration
+
+    return apply_calibration(scenario, calibration)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Fit server costs from load runs, write the calibration file, show the residuals."""
+    from spacesim.sim.calibrate import CalibrationError, calibrate
+
+    try:
+        cal = calibrate(args.runs)
+    except CalibrationError as exc:
+        err.print(f"spacesim calibrate: {exc}", markup=False, highlight=False)
+        return 2
+    table = Table(title=f"calibration from {len(args.runs)} run(s)", title_justify="left")
+    for col in ("server field", "value", "std error"):
+        table.add_column(col, justify="right" if col != "server field" else "left")
+    stderr = cal.cpu.stderr | (cal.latency.stderr if cal.latency else {})
+    for name, value in cal.server.items():
+        table.add_row(name, f"{value:.4g}", f"{stderr.get(name, math.nan):.2g}")
+    out.print(table)
+    fits = [("cpu", cal.cpu, "cores")] + ([("latency", cal.latency, "s")] if cal.latency else [])
+    for what, fit, unit in fits:
+        out.print(f"{what} fit: rms {fit.rms:.3g} {unit}, R² {fit.r2:.3f}, {fit.samples} points")
+        for run, r in fit.per_run.items():
+            out.print(f"  {run}: rms {r['rms']:.3g} {unit}, bias {r['bias']:+.3g} {unit}")
+    for entry in cal.runs:
+        if entry.get("swarm_behind"):
+            out.print(f"  {entry['dir']}: not in the latency fit: {entry['swarm_behind']}")
+    path = cal.write(args.out)
+    out.print(f"calibration -> {path}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

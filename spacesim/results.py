@@ -41,6 +41,8 @@ __all__ = [
     "check_slos",
     "load_run",
     "metric_table",
+    "packets_per_window",
+    "steady_window",
     "summarise",
     "summarise_run",
     "write_run",
@@ -414,3 +416,30 @@ def check_slos(
             raise ValueError(f"unknown comparison {op!r}")
         verdicts.append(SloVerdict(metric, op, threshold, actual, passed))
     return verdicts
+
+
+def steady_window(
+    records: pd.DataFrame, duration: float | None, settle: float = 2.0
+) -> tuple[float, float]:
+    """(start, end) of a run's steady part: `settle` s after the last listener joined.
+
+    The same window applies to load and simulated records (both record
+    ``participant_joined`` for listeners), so both engines are compared alike.
+    """
+    joins = records.loc[
+        (records["kind"] == "participant_joined") & (records["role"] == "listener"), "t"
+    ]
+    end = float(duration) if duration else float(records["t"].max())
+    start = float(joins.max()) + settle if len(joins) else 0.0
+    return (min(start, end), end)
+
+
+def packets_per_window(records: pd.DataFrame) -> float:
+    """Mean packets (received + lost) a sampled listener accounted for per measurement window.
+
+    A receiver that keeps up accounts for senders x packets/s per 1 s window; one that
+    falls behind (a saturated load generator) accounts for fewer, though none is lost.
+    """
+    got = records.loc[records["kind"] == "packets_received", "value"].to_numpy("float64")
+    lost = records.loc[records["kind"] == "packets_lost", "value"].to_numpy("float64")
+    return float((got.sum() + lost.sum()) / got.size) if got.size else math.nan

@@ -405,13 +405,42 @@ class Server(_Model):
     `cpu_per_packet` is CPU per forwarded packet (about 30 us, FACTS.md);
     `cpu_per_join` CPU per joining participant (about 6 ms); `cpu_per_connection` CPU
     per connection per second of wall time (RTCP, ICE consent, keep-alives).
+    `spacesim calibrate` fits these costs (and `cpu_fixed`, `fanout_delay`,
+    `forward_delay`) from load runs; `simulate --calibration FILE` applies them.
     """
 
     nodes: Count = Field(1, ge=1)
     cores: float = Field(1.0, gt=0, description="Cores per node available to forwarding.")
-    cpu_per_packet: Duration = 30e-6
-    cpu_per_join: Duration = 6e-3
-    cpu_per_connection: Duration = 20e-6
+    cpu_per_packet: Duration = Field(30e-6, description="CPU per forwarded packet.")
+    cpu_per_join: Duration = Field(6e-3, description="CPU per joining participant.")
+    cpu_per_connection: Duration = Field(
+        20e-6, description="CPU per open connection per second (RTCP, ICE consent)."
+    )
+    cpu_fixed: float = Field(
+        0.0,
+        ge=0,
+        description=(
+            "CPU a node uses with nobody connected (event loop, timers, metrics), in cores; "
+            "it counts towards utilisation."
+        ),
+    )
+    fanout_delay: Duration | None = Field(
+        None,
+        description=(
+            "Time between consecutive listeners' copies of one packet in a node's "
+            "sequential fan-out (the k-th listener waits k of them); null = "
+            "cpu_per_packet / cores. Calibrated on loopback it includes the swarm's own "
+            "receive path."
+        ),
+    )
+    forward_delay: Duration = Field(
+        0.0,
+        description=(
+            "Fixed latency every forwarded packet spends in the node whatever the load "
+            "(receive, SRTP unprotect / protect, send). A calibration from loopback runs "
+            "also puts the clients' own receive path here."
+        ),
+    )
     max_streams: Count | None = Field(
         None, description="Admission control: forwarded streams per node; null = none."
     )
