@@ -88,7 +88,7 @@ async def _speaker_main(conn: Connection, base: str) -> None:
 
     rtc.use_host_addresses(["127.0.0.1"])
 
-    async def ignore(slot: int, packet: rtc.RtpPacket, arrival_ms: int) -> None:
+    def ignore(slot: int, packet: bytes) -> None:
         return None
 
     loop = asyncio.get_running_loop()
@@ -146,7 +146,7 @@ async def _worker_main(
             client = RoomClient(base, f"{kind}-{i}", http)
             if kind in ("lite", "probe"):
                 st = ListenerStats() if kind == "lite" else ProbeStats()
-                link = await connect_audio(client, space, st.on_packet, slots=SLOTS)
+                link = await connect_audio(client, space, st.on_rtp, slots=SLOTS)
                 stats.append(st)
                 pcs.append(link.pc)
             else:

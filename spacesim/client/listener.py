@@ -6,7 +6,9 @@ contiguous sequence number, the send time on the monotonic clock; see
 listener computes publisher -> listener latency directly (the records say
 ``clock="monotonic"``); loss is the gap between the sequence numbers a sender used and
 the ones that arrived; jitter is RFC 3550's interarrival estimate (section 6.4.1) in
-seconds. The aiortc jitter buffer is not involved: the tap sees packets on arrival.
+seconds. The aiortc jitter buffer is not involved: `spacesim.rtc.receive_rtp_direct`
+hands each packet over from the socket's callback as it arrives, and only its payload
+is looked at (`spacesim.client.rtp.payload`).
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from spacesim import rtc
 from spacesim.client.opus import read_mark
+from spacesim.client.rtp import payload as rtp_payload
 
 __all__ = ["ListenerStats", "SenderStats"]
 
@@ -43,17 +45,25 @@ class SenderStats:
 
 @dataclass
 class ListenerStats:
-    """Per-sender receive statistics of one listener, fed by `on_packet`."""
+    """Per-sender receive statistics of one listener, fed by `on_rtp`."""
 
     clock: Callable[[], int] = time.monotonic_ns
     senders: dict[int, SenderStats] = field(default_factory=dict)
     unmarked: int = 0
     first_audio_ns: int | None = None
 
-    async def on_packet(self, slot: int, packet: rtc.RtpPacket, arrival_ms: int) -> None:
-        """The `connect_audio` callback: one arriving RTP packet."""
+    def on_rtp(self, slot: int, packet: bytes) -> None:
+        """The `connect_audio` callback: one decrypted RTP packet, just arrived."""
+        payload = rtp_payload(packet)
+        if payload is None:
+            self.unmarked += 1
+            return
+        self.on_payload(slot, payload)
+
+    def on_payload(self, slot: int, payload: bytes) -> None:
+        """One arriving RTP payload (an Opus packet) of listen slot ``slot``."""
         now = self.clock()
-        mark = read_mark(packet.payload)
+        mark = read_mark(payload)
         if mark is None:
             self.unmarked += 1
             return
