@@ -178,9 +178,10 @@ async def _worker_main(
 
             prof = cProfile.Profile()
             prof.enable()
-        c0, p0, w0 = time.process_time(), received(), time.monotonic()
+        t0, p0, w0 = os.times(), received(), time.monotonic()
         await asyncio.sleep(window)
-        c1, p1, w1 = time.process_time(), received(), time.monotonic()
+        t1, p1, w1 = os.times(), received(), time.monotonic()
+        c0, c1 = t0.user + t0.system, t1.user + t1.system
         if prof is not None:
             import io
             import pstats
@@ -197,6 +198,7 @@ async def _worker_main(
         "n": n,
         "connect_s": connect_s,
         "cpu_s": c1 - c0,
+        "sys_s": t1.system - t0.system,
         "wall_s": w1 - w0,
         "packets": packets,
         "expected": n * PACKETS_PER_S * (w1 - w0),
@@ -282,7 +284,7 @@ def main() -> None:
                 print(
                     f"{kind:8s} N={r['n']:3d}  connect {r['connect_s']:.1f} s  "
                     f"cpu {r['cpu_s']:.3f} s / {r['wall_s']:.1f} s "
-                    f"({100 * r['cpu_s'] / r['wall_s']:.0f} % core)  "
+                    f"({100 * r['cpu_s'] / r['wall_s']:.0f} % core, sys {r['sys_s']:.3f} s)  "
                     f"packets {r['packets']} of ~{r['expected']:.0f}  "
                     f"{r['us_per_packet']:.1f} us/packet{extra}"
                 )

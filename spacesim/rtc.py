@@ -212,13 +212,14 @@ loop's socket callback, so it must be quick and must not block."""
 class DirectRtp:
     """What :func:`receive_rtp_direct` installed, with its counters."""
 
-    __slots__ = ("_slot_of", "receivers", "rtp", "srtp_errors", "unrouted")
+    __slots__ = ("_slot_of", "receivers", "rtp", "sender_reports", "srtp_errors", "unrouted")
 
     def __init__(self, receivers: list[RTCRtpReceiver]) -> None:
         self.receivers = receivers
         self.rtp = 0  # RTP packets taken off the socket and unprotected
         self.srtp_errors = 0  # failed authentication / replay (aiortc drops these too)
         self.unrouted = 0  # SSRC of none of the receivers (aiortc discards these too)
+        self.sender_reports = 0  # RTCP SRs of those streams, not passed on (see below)
         self._slot_of: dict[int, int] = {}
 
     def slot(self, dtls: RTCDtlsTransport, ssrc: int) -> int:
@@ -260,7 +261,14 @@ def receive_rtp_direct(receivers: list[RTCRtpReceiver], on_rtp: OnRtp) -> Direct
     turns "connected"); it unprotects it with that ``pylibsrtp.Session`` and calls
     ``on_rtp`` synchronously. Everything else -- STUN (consent freshness, RFC 7675),
     DTLS, SRTCP, and RTP that arrives before the keys exist -- falls through to
-    aioice's original handler, so aiortc handles it as before.
+    aioice's original handler, so aiortc handles it as before, with one exception:
+    an RTCP sender report (packet type 200, no report blocks) from the SSRC of a
+    stream received here is counted and dropped unread. aiortc would take it the slow
+    way (queue, task, unprotect, parse) only to note its NTP time for receiver reports
+    it does not send on this path (``RTCRtpReceiver._handle_rtcp_packet``), and the
+    server sends one per listen slot per second -- about a sixth of a lite listener's
+    CPU. Reports with report blocks (about what this peer sends), BYE and feedback
+    still reach aiortc.
 
     What aiortc no longer sees: the receivers' RTP. Their decoder threads are
     stopped (nothing would reach them), they send no RTCP receiver reports (aiortc
@@ -288,23 +296,34 @@ def receive_rtp_direct(receivers: list[RTCRtpReceiver], on_rtp: OnRtp) -> Direct
         def datagram_received(
             data: bytes, addr: tuple[Any, ...], original: Callable[..., None] = original
         ) -> None:
-            if len(data) > 12 and 127 < data[0] < 192 and not 191 < data[1] < 209:
-                srtp = dtls._rx_srtp
-                if srtp is not None:
-                    try:
-                        packet = srtp.unprotect(data)
-                    except srtp_error:
-                        direct.srtp_errors += 1
-                        return
-                    direct.rtp += 1
-                    ssrc = int.from_bytes(packet[8:12], "big")
-                    slot = slot_of.get(ssrc)
-                    if slot is None:
-                        slot = direct.slot(dtls, ssrc)
-                        if slot < 0:
-                            direct.unrouted += 1
+            if len(data) > 12 and 127 < data[0] < 192:
+                second = data[1]
+                if not 191 < second < 209:  # RTP, not RTCP
+                    srtp = dtls._rx_srtp
+                    if srtp is not None:
+                        try:
+                            packet = srtp.unprotect(data)
+                        except srtp_error:
+                            direct.srtp_errors += 1
                             return
-                    on_rtp(slot, packet)
+                        direct.rtp += 1
+                        ssrc = int.from_bytes(packet[8:12], "big")
+                        slot = slot_of.get(ssrc, -1)
+                        if slot < 0:
+                            slot = direct.slot(dtls, ssrc)
+                            if slot < 0:
+                                direct.unrouted += 1
+                                return
+                        on_rtp(slot, packet)
+                        return
+                elif (
+                    second == 200
+                    and not data[0] & 0x1F
+                    and int.from_bytes(data[4:8], "big") in slot_of
+                ):
+                    # A sender report without report blocks about a stream taken here
+                    # (SRTCP leaves the first 8 bytes in clear, RFC 3711 3.4).
+                    direct.sender_reports += 1
                     return
             original(data, addr)
 
