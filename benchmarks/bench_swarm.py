@@ -210,6 +210,7 @@ async def _worker_main(
         "packets": packets,
         "expected": n * PACKETS_PER_S * (w1 - w0),
         "us_per_packet": (c1 - c0) * 1e6 / packets if packets else float("nan"),
+        "us_per_listener_s": (c1 - c0) * 1e6 / n / (w1 - w0),
     }
     if stats:
         lat = sorted(x for s in stats for ss in s.senders.values() for x in ss.latencies)
@@ -250,7 +251,8 @@ def _line(r: dict[str, Any]) -> str:
         f"{r['kind']:8s} N={r['n']:3d}  connect {r['connect_s']:.1f} s  "
         f"cpu {r['cpu_s']:.3f} s (sys {r['sys_s']:.3f}) / {r['wall_s']:.1f} s  "
         f"packets {r['packets']} of ~{r['expected']:.0f}  "
-        f"{r['us_per_packet']:.1f} us/packet{extra}"
+        f"{r['us_per_packet']:.1f} us/packet ({r['us_per_listener_s']:.0f} us/listener/s)"
+        f"{extra}"
     )
 
 

@@ -104,6 +104,16 @@ _INSTANCE_ATTRS: tuple[tuple[type, str, str], ...] = (
         "_RTCRtpReceiver__decoder_thread",
         "aiortc/rtcrtpreceiver.py RTCRtpReceiver.__decoder_thread",
     ),
+    (
+        RTCRtpReceiver,
+        "_RTCRtpReceiver__rtcp_task",
+        "aiortc/rtcrtpreceiver.py RTCRtpReceiver.__rtcp_task",
+    ),
+    (
+        RTCRtpReceiver,
+        "_RTCRtpReceiver__rtcp_started",
+        "aiortc/rtcrtpreceiver.py RTCRtpReceiver.__rtcp_started",
+    ),
     (RTCRtpSender, "_ssrc", "aiortc/rtcrtpsender.py RTCRtpSender._ssrc"),
     (RTCRtpSender, "_RTCRtpSender__packet_count", "aiortc/rtcrtpsender.py __packet_count"),
     (RTCRtpSender, "_RTCRtpSender__octet_count", "aiortc/rtcrtpsender.py __octet_count"),
@@ -186,17 +196,31 @@ def tap_rtp(receiver: RTCRtpReceiver, on_packet: OnPacket) -> None:
     _no_decoder(receiver)
 
 
-def _no_decoder(receiver: RTCRtpReceiver) -> None:
+def _stop_rtcp(receiver: RTCRtpReceiver) -> None:
+    # aiortc/rtcrtpreceiver.py: _run_rtcp sets __rtcp_started first thing, and on
+    # cancellation sets __rtcp_exited, which stop() awaits after cancelling the task
+    # itself; so cancel only a task that has started, or stop() would wait forever.
+    task = receiver._RTCRtpReceiver__rtcp_task  # type: ignore[attr-defined]
+    if task is not None and receiver._RTCRtpReceiver__rtcp_started.is_set():  # type: ignore[attr-defined]
+        task.cancel()
+
+
+def _no_decoder(receiver: RTCRtpReceiver, stop_rtcp: bool = False) -> None:
     """Stop the receiver's decoder thread right after aiortc starts it (or now).
 
     ``RTCRtpReceiver.receive`` (aiortc/rtcrtpreceiver.py) starts an "audio-decoder"
-    thread; a per-instance wrapper stops it right after (``__stop_decoder``).
+    thread; a per-instance wrapper stops it right after (``__stop_decoder``). With
+    ``stop_rtcp`` it also cancels the receiver's RTCP task (``_run_rtcp``, started by
+    ``receive()`` too) once that has started -- for receivers that get no RTP, whose
+    task would wake about once a second only to find no stream to report on.
     """
     original_receive = receiver.receive
 
     async def receive(parameters: Any) -> None:
         await original_receive(parameters)
         _stop_decoder(receiver)
+        if stop_rtcp:  # the task's first step is already queued: this runs after it
+            asyncio.get_running_loop().call_soon(_stop_rtcp, receiver)
 
     receiver.receive = receive  # type: ignore[method-assign]
     if getattr(receiver, "_RTCRtpReceiver__decoder_thread", None) is not None:
@@ -262,18 +286,20 @@ def receive_rtp_direct(receivers: list[RTCRtpReceiver], on_rtp: OnRtp) -> Direct
     ``on_rtp`` synchronously. Everything else -- STUN (consent freshness, RFC 7675),
     DTLS, SRTCP, and RTP that arrives before the keys exist -- falls through to
     aioice's original handler, so aiortc handles it as before, with one exception:
-    an RTCP sender report (packet type 200, no report blocks) from the SSRC of a
-    stream received here is counted and dropped unread. aiortc would take it the slow
+    an RTCP sender report (packet type 200, no report blocks) from the SSRC of one
+    of these receivers' streams (as routed by aiortc, whether or not it has sent RTP
+    yet) is counted and dropped unread. aiortc would take it the slow
     way (queue, task, unprotect, parse) only to note its NTP time for receiver reports
     it does not send on this path (``RTCRtpReceiver._handle_rtcp_packet``), and the
-    server sends one per listen slot per second -- about a sixth of a lite listener's
-    CPU. Reports with report blocks (about what this peer sends), BYE and feedback
-    still reach aiortc.
+    server sends one per listen slot per second, silent slots included -- as much
+    CPU as a third of the listener's packets. Reports with report blocks (about what
+    this peer sends), BYE and feedback still reach aiortc.
 
     What aiortc no longer sees: the receivers' RTP. Their decoder threads are
     stopped (nothing would reach them), they send no RTCP receiver reports (aiortc
-    sends an RR only for streams it has seen RTP from), ``getStats()`` reports no
-    inbound RTP, and the transport's byte/packet counters leave RTP out.
+    sends an RR only for streams it has seen RTP from, so their RTCP tasks are
+    cancelled), ``getStats()`` reports no inbound RTP, and the transport's
+    byte/packet counters leave RTP out.
     """
     if not receivers:
         raise ValueError("no receivers")
@@ -281,7 +307,7 @@ def receive_rtp_direct(receivers: list[RTCRtpReceiver], on_rtp: OnRtp) -> Direct
     if any(r.transport is not dtls for r in receivers):
         raise ValueError("receivers on different DTLS transports (no BUNDLE?)")
     for r in receivers:
-        _no_decoder(r)
+        _no_decoder(r, stop_rtcp=True)
     direct = DirectRtp(list(receivers))
     slot_of = direct._slot_of
     srtp_error = pylibsrtp.Error
@@ -316,15 +342,13 @@ def receive_rtp_direct(receivers: list[RTCRtpReceiver], on_rtp: OnRtp) -> Direct
                                 return
                         on_rtp(slot, packet)
                         return
-                elif (
-                    second == 200
-                    and not data[0] & 0x1F
-                    and int.from_bytes(data[4:8], "big") in slot_of
-                ):
-                    # A sender report without report blocks about a stream taken here
-                    # (SRTCP leaves the first 8 bytes in clear, RFC 3711 3.4).
-                    direct.sender_reports += 1
-                    return
+                elif second == 200 and not data[0] & 0x1F:
+                    # A sender report without report blocks: is it about a stream
+                    # taken here? (SRTCP leaves the first 8 bytes clear, RFC 3711 3.4.)
+                    ssrc = int.from_bytes(data[4:8], "big")
+                    if slot_of.get(ssrc, -1) >= 0 or direct.slot(dtls, ssrc) >= 0:
+                        direct.sender_reports += 1
+                        return
             original(data, addr)
 
         protocol.datagram_received = datagram_received  # type: ignore[method-assign,assignment]

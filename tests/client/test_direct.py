@@ -67,10 +67,12 @@ async def _listen(base: str, seconds: float) -> tuple[ListenerStats, AudioLink, 
             await asyncio.sleep(0.3)
             sent = track.sent
             assert state == "connected" and listener.pc.connectionState == "connected"
-            # aiortc's receivers saw no RTP: no inbound-rtp statistics
+            # aiortc's receivers saw no RTP (no inbound-rtp statistics); their idle
+            # RTCP tasks are gone (spacesim.rtc cancels them)
             for t in listener.pc.getTransceivers():
                 report = await t.receiver.getStats()
                 assert not [s for s in report.values() if s.type == "inbound-rtp"]
+                assert t.receiver._RTCRtpReceiver__rtcp_task.done()  # type: ignore[attr-defined]
         finally:
             for link in links:
                 await link.close()
