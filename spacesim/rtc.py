@@ -246,20 +246,21 @@ class DirectRtp:
         self.sender_reports = 0  # RTCP SRs of those streams, not passed on (see below)
         self._slot_of: dict[int, int] = {}
 
-    def slot(self, dtls: RTCDtlsTransport, ssrc: int) -> int:
-        """The listen slot of ``ssrc`` as aiortc routes it, or -1 (cached once known).
+    def slot(self, dtls: RTCDtlsTransport, ssrc: int, by_type: bool = True) -> int:
+        """The listen slot of ``ssrc`` as aiortc routes RTP, or -1 (cached once known).
 
         ``RtpRouter.route_rtp`` (aiortc/rtcdtlstransport.py) looks the SSRC up in
         ``ssrc_table`` (filled by ``_register_rtp_receiver`` from the remote
         description's ``a=ssrc`` lines when ``receive()`` runs); failing that, a
-        payload type served by a single receiver claims it -- here, a single slot.
+        payload type served by a single receiver claims it -- here, a single slot
+        (unless not ``by_type``).
         """
         receiver = dtls._rtp_router.ssrc_table.get(ssrc)
         for i, r in enumerate(self.receivers):
             if r is receiver:
                 self._slot_of[ssrc] = i
                 return i
-        if receiver is None and len(self.receivers) == 1:
+        if by_type and receiver is None and len(self.receivers) == 1:
             self._slot_of[ssrc] = 0
             return 0
         return -1
@@ -346,7 +347,7 @@ def receive_rtp_direct(receivers: list[RTCRtpReceiver], on_rtp: OnRtp) -> Direct
                     # A sender report without report blocks: is it about a stream
                     # taken here? (SRTCP leaves the first 8 bytes clear, RFC 3711 3.4.)
                     ssrc = int.from_bytes(data[4:8], "big")
-                    if slot_of.get(ssrc, -1) >= 0 or direct.slot(dtls, ssrc) >= 0:
+                    if ssrc in slot_of or direct.slot(dtls, ssrc, by_type=False) >= 0:
                         direct.sender_reports += 1
                         return
             original(data, addr)
