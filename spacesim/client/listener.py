@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from spacesim.client.opus import read_mark
+from spacesim.client.opus import read_mark_fields
 from spacesim.client.rtp import payload as rtp_payload
 
 __all__ = ["ListenerStats", "SenderStats"]
@@ -63,19 +63,22 @@ class ListenerStats:
     def on_payload(self, slot: int, payload: bytes) -> None:
         """One arriving RTP payload (an Opus packet) of listen slot ``slot``."""
         now = self.clock()
-        mark = read_mark(payload)
+        mark = read_mark_fields(payload)
         if mark is None:
             self.unmarked += 1
             return
+        sender_id, seq, t_ns = mark
         if self.first_audio_ns is None:
             self.first_audio_ns = now
-        s = self.senders.get(mark.sender_id)
+        s = self.senders.get(sender_id)
         if s is None:
-            s = self.senders[mark.sender_id] = SenderStats(first_seq=mark.seq)
+            s = self.senders[sender_id] = SenderStats(first_seq=seq)
         s.received += 1
-        s.last_seq = max(s.last_seq, mark.seq)
-        s.first_seq = min(s.first_seq, mark.seq)
-        transit = (now - mark.t_ns) / 1e9
+        if seq > s.last_seq:
+            s.last_seq = seq
+        elif seq < s.first_seq:
+            s.first_seq = seq
+        transit = (now - t_ns) / 1e9
         s.latencies.append(transit)
         if s._transit is not None:  # J += (|D| - J) / 16, RFC 3550 6.4.1
             s.jitter += (abs(transit - s._transit) - s.jitter) / 16
