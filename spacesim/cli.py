@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,6 +32,8 @@ def _fmt(value: object, unit: str) -> str:
         return ""
     x = float(value)  # type: ignore[arg-type]
     if unit == "s":
+        if x != 0 and abs(x) < 1e-3:
+            return f"{x * 1e6:.1f} µs"  # CPU per packet
         return f"{x * 1000:.1f} ms" if abs(x) < 10 else f"{x:.1f} s"
     if unit == "ratio":
         return f"{x:.2%}"
@@ -162,6 +165,8 @@ def cmd_load(args: argparse.Namespace) -> int:
         workers=args.workers,
         out=args.out,
         spawn_rate=args.spawn_rate,
+        shape=args.shape,
+        network=args.network,
         show=lambda summary, sc, title: print_summary(
             summary, check_slos(summary, sc.slo.targets()), title
         ),
@@ -177,14 +182,60 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def demo_scenario(sc: Scenario, listeners: int, duration: float) -> Scenario:
+    """`sc` cut to what one machine can swarm: `duration`, an audience peaking at
+    `listeners`, one single-core node (the reference server is one Python process)."""
+    from spacesim.load.shape import audience_curve
+
+    peak = float(audience_curve(sc, duration).max())
+    small = sc.with_audience(listeners / peak) if peak > 0 else sc
+    data = small.model_dump(mode="json")
+    data["duration"] = duration
+    data["name"] = f"{sc.name}-demo"
+    data["server"] |= {"nodes": 1, "cores": 1.0}
+    return Scenario.model_validate(data)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    scenario = _REPO_SCENARIOS / "town-hall.yaml"
-    if not scenario.is_file():
-        scenario = Path("scenarios/town-hall.yaml")
-    ns = argparse.Namespace(
-        scenario=str(scenario), seed=None, out=args.out, set=[], quiet=False, check_slo=False
+    """The whole loop on one machine: server + swarm, the same scenario simulated, report."""
+    from spacesim.load.run import main as load_main
+
+    path = _REPO_SCENARIOS / "town-hall.yaml"
+    if not path.is_file():
+        path = Path("scenarios/town-hall.yaml")
+    full = load_scenario(path)
+    root = Path(args.out) if args.out else Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    if root.exists() and any(root.iterdir()):
+        raise FileExistsError(f"{root} is not empty; pick another --out")
+    root.mkdir(parents=True, exist_ok=True)
+    small = demo_scenario(full, args.listeners, args.duration)
+    small_path = root / "scenario.yaml"
+    small_path.write_text(
+        f"# {full.name} cut to one machine by `spacesim demo`: {args.listeners} listeners "
+        f"at the peak, {args.duration:g} s\n" + small.to_yaml()
     )
-    return cmd_simulate(ns)
+    out.rule(f"1/3 swarm: {small.name} against the reference server ({args.duration:g} s)")
+    rc = load_main(
+        small_path,
+        users=small.rooms.count + args.listeners,
+        duration=args.duration,
+        out=root / "load",
+        show=lambda summary, sc, title: print_summary(
+            summary, check_slos(summary, sc.slo.targets()), title
+        ),
+    )
+    if rc != 0:
+        err.print(f"spacesim demo: the swarm failed (exit {rc}); see above")
+        return rc
+    out.rule("2/3 simulation of the same cut-down scenario, then of the full one")
+    for scenario, name in ((small_path, "sim"), (path, "sim-full")):
+        ns = argparse.Namespace(
+            scenario=str(scenario), seed=None, out=str(root / name), set=[], quiet=False,
+            check_slo=False,
+        )  # fmt: skip
+        cmd_simulate(ns)
+    out.print(f"runs: {root / 'load'} (swarm), {root / 'sim'}, {root / 'sim-full'}")
+    return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -256,15 +307,37 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument(
         "--target", metavar="URL", help="server base URL (default: start one on 127.0.0.1)"
     )
-    load.add_argument("-u", "--users", type=int, help="Locust users incl. one host per room")
+    load.add_argument("-u", "--users", type=int, help="peak Locust users incl. one host per room")
     load.add_argument("-r", "--spawn-rate", type=float, help="users started per second")
     load.add_argument("-t", "--duration", type=_duration, help="run time, e.g. 30s, 2m")
     load.add_argument("--workers", type=int, default=0, help="locust --processes N")
     load.add_argument("--out", help="run directory (default: runs/RUN_ID)")
+    load.add_argument(
+        "--shape",
+        choices=("arrivals", "steady"),
+        default="arrivals",
+        help="arrivals: users follow the scenario's arrival profile, peaking at -u "
+        "(default); steady: -u users throughout",
+    )
+    load.add_argument(
+        "--network",
+        choices=("scenario", "none"),
+        default="scenario",
+        help="scenario: each client gets the scenario's delay, jitter and loss through a "
+        "user-space relay (default); none: plain loopback",
+    )
     load.set_defaults(func=cmd_load)
 
-    demo = sub.add_parser("demo", help="simulate the town-hall scenario and summarise it")
-    demo.add_argument("--out", help="run directory (default: runs/RUN_ID)")
+    demo = sub.add_parser(
+        "demo", help="server + swarm + simulation + report of the town-hall scenario"
+    )
+    demo.add_argument("--out", help="directory for the runs and report (default: runs/demo-TIME)")
+    demo.add_argument(
+        "--listeners", type=int, default=30, help="swarm listeners at the peak (default 30)"
+    )
+    demo.add_argument(
+        "-t", "--duration", type=_duration, default=60.0, help="swarm run time (default 60s)"
+    )
     demo.set_defaults(func=cmd_demo)
 
     scen = sub.add_parser("scenario", help="check or show scenario files")

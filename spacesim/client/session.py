@@ -34,10 +34,13 @@ class ClientError(Exception):
 class RoomClient:
     """One user's view of a server: a token and the protocol's requests."""
 
-    def __init__(self, base: str, user: str, http: aiohttp.ClientSession) -> None:
+    def __init__(
+        self, base: str, user: str, http: aiohttp.ClientSession, *, moderator: bool = False
+    ) -> None:
         self.base = base.rstrip("/")
         self.user = user
         self.http = http
+        self.moderator = moderator  # a platform moderator (dev tokens carry the grant)
         self._token: str | None = None
 
     async def _call(self, method: str, path: str, body: Any = None, auth: bool = True) -> Any:
@@ -61,7 +64,8 @@ class RoomClient:
     async def token(self) -> str:
         """A dev-mode token for this user (minted once)."""
         if self._token is None:
-            data = await self._call("POST", "/v1/dev/token", {"user": self.user}, auth=False)
+            body = {"user": self.user} | ({"moderator": True} if self.moderator else {})
+            data = await self._call("POST", "/v1/dev/token", body, auth=False)
             self._token = str(data["token"])
         return self._token
 
@@ -80,6 +84,18 @@ class RoomClient:
         result: dict[str, Any] = await self._call(
             "POST", f"/v1/spaces/{space}/actions", {"action": action, **fields}
         )
+        return result
+
+    async def moderate(
+        self, space: str, action: str, target: str | None = None, report: int | None = None
+    ) -> dict[str, Any]:
+        """Resolve a report as a platform moderator: dismiss, remove, block or end."""
+        body: dict[str, Any] = {"action": action}
+        if target is not None:
+            body["target"] = target
+        if report is not None:
+            body["report"] = report
+        result: dict[str, Any] = await self._call("POST", f"/v1/moderation/spaces/{space}", body)
         return result
 
     async def leave(self, space: str) -> None:
