@@ -32,6 +32,13 @@ listeners per core = 1e6 / (50 x us/packet): one speaker heard, 50 packets/s eac
 the top functions (profiling inflates the cost; the figures of that run are not
 representative).
 
+Recorded 2026-11-25 (2 cores, load average 4-7 from other work, so read the ratios
+rather than the absolute figures), defaults, median of 3 rounds: lite 24.5 us/packet
+(816 per core, 11.4x cheaper than default), probe 69.4 us (288 per core, 3.8x),
+default 252 us (79 per core). The lite worker idles at ~240 us per listener-second
+(ICE consent, loop) with no audio. Before the socket-level path (aiortc receive path
++ ``tap_rtp``), same machine and hour: lite 56 us, probe 116 us, default 225 us.
+
 Run: ``OPENBLAS_NUM_THREADS=1 python benchmarks/bench_swarm.py [--lite 100]
 [--probe 40] [--default 10] [--runs 3] [--warmup 3] [--window 8] [--profile]``.
 """
