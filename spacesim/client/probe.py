@@ -36,7 +36,6 @@ from typing import Any
 import av
 import numpy as np
 
-from spacesim import rtc
 from spacesim.client.listener import ListenerStats
 
 __all__ = ["ProbeStats", "SlotQuality", "new_decoder", "reference_audible_fraction"]
@@ -75,7 +74,7 @@ class SlotQuality:
 
 @dataclass
 class ProbeStats(ListenerStats):
-    """`ListenerStats` that also decodes every payload; use ``on_packet`` with `connect_audio`."""
+    """`ListenerStats` that also decodes every payload; use ``on_rtp`` with `connect_audio`."""
 
     silence_dbfs: float = DEFAULT_SILENCE_DBFS
     slots: dict[int, SlotQuality] = field(default_factory=dict)
@@ -83,10 +82,10 @@ class ProbeStats(ListenerStats):
     def __post_init__(self) -> None:
         self._min_ms = _threshold(self.silence_dbfs)
 
-    async def on_packet(self, slot: int, packet: rtc.RtpPacket, arrival_ms: int) -> None:
-        """The `connect_audio` callback: latency/loss as `ListenerStats`, then decode."""
-        await ListenerStats.on_packet(self, slot, packet, arrival_ms)
-        self.decode(slot, packet.payload)
+    def on_payload(self, slot: int, payload: bytes) -> None:
+        """Latency/loss as `ListenerStats` (timed before decoding), then decode."""
+        ListenerStats.on_payload(self, slot, payload)
+        self.decode(slot, payload)
 
     def decode(self, slot: int, payload: bytes) -> None:
         """Decode one Opus payload received on ``slot`` and update its `SlotQuality`."""

@@ -437,7 +437,7 @@ class _Room:
             st.recorder.add("participant_left", st.now(), self.space, user, role, st.now() - at)
 
 
-async def _ignore(slot: int, packet: Any, arrival_ms: int) -> None:
+def _ignore(slot: int, packet: bytes) -> None:
     return None
 
 
@@ -525,7 +525,7 @@ class _ListenerSession:
     async def join(self) -> None:
         self.client = RoomClient(self.base, self.user, await state().session())
         self.link = await connect_audio(
-            self.client, self.space, self.stats.on_packet, impair=self.path
+            self.client, self.space, self.stats.on_rtp, impair=self.path
         )
         await _connected(self.link, JOIN_TIMEOUT)
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
 from aiortc.rtp import RtpPacket
 
@@ -13,13 +11,10 @@ from spacesim.client.speaker import clip_names, encode_pcm, load_clip, tone_pack
 
 
 def _feed(stats: ProbeStats, slot: int, packets: list[bytes], sender: int) -> None:
-    async def run() -> None:
-        for seq, p in enumerate(packets):
-            rtp = RtpPacket(payload_type=111, sequence_number=seq, timestamp=seq * 960)
-            rtp.payload = mark(p, sender, seq, stats.clock())
-            await stats.on_packet(slot, rtp, 0)
-
-    asyncio.run(run())
+    for seq, p in enumerate(packets):
+        rtp = RtpPacket(payload_type=111, sequence_number=seq, timestamp=seq * 960)
+        rtp.payload = mark(p, sender, seq, stats.clock())
+        stats.on_rtp(slot, rtp.serialize())
 
 
 def test_tone_decodes_audible_with_latency() -> None:
