@@ -67,6 +67,12 @@ KINDS: Mapping[str, tuple[str, str]] = {
     # audio
     "first_audio": ("s", "time from the join request to the first audio packet heard"),
     "audio_latency": ("s", "publisher -> listener latency of one sampled packet"),
+    "mouth_to_ear": (
+        "s",
+        "publisher -> played out at a probe listener: network + server + jitter buffer + decode",
+    ),
+    "client_buffer": ("s", "time a probe listener's jitter buffer held a frame before decoding"),
+    "audible_fraction": ("ratio", "share of a probe's decoded frames above -60 dBFS in a tick"),
     "packets_received": ("count", "audio packets a sampled listener received in a tick"),
     "packets_lost": ("count", "audio packets a sampled listener missed in a tick"),
     "talk_spurt": ("s", "a speaker talked; value = spurt length"),
@@ -306,6 +312,13 @@ def summarise(records: pd.DataFrame, duration: float | None = None) -> pd.DataFr
         rows["concurrency"] = {**_dist(per_t), "value": float(per_t.max()), "unit": "listeners"}
 
     dist("audio_latency", kind("audio_latency"), "s")
+    for name, unit in (
+        ("mouth_to_ear", "s"),
+        ("client_buffer", "s"),
+        ("audible_fraction", "ratio"),
+    ):
+        if name in by_kind:
+            dist(name, kind(name), unit)
     received = float(kind("packets_received")["value"].sum())
     lost = float(kind("packets_lost")["value"].sum())
     expected = received + lost

@@ -479,6 +479,16 @@ class SimSettings(_Model):
     warmup: Duration = Field(0.0, description="Samples before this time are not recorded.")
 
 
+class LoadSettings(_Model):
+    """Load-test-only knobs (the simulator ignores them)."""
+
+    probe_fraction: Fraction = Field(
+        0.05,
+        description="Share of listeners that decode (probes: mouth-to-ear latency, the jitter "
+        "buffer's hold and audible audio); the rest only count RTP (lite).",
+    )
+
+
 # --------------------------------------------------------------------------- scenario
 
 
@@ -503,6 +513,7 @@ class Scenario(_Model):
     server: Server = Server()
     slo: Slo = Slo()
     sim: SimSettings = SimSettings()
+    load: LoadSettings = LoadSettings()
 
     @field_validator("network", mode="before")
     @classmethod

@@ -1,4 +1,4 @@
-"""Locust users per role, driven by a scenario: a `Host` per room and lite `Listener` s.
+"""Locust users per role, driven by a scenario: a `Host` per room and `Listener` s.
 
 Import this from a locustfile *after* ``import locust`` (gevent must patch first).
 
@@ -8,18 +8,28 @@ Import this from a locustfile *after* ``import locust`` (gevent must patch first
   event stream and answers each raised hand after Exp(``audience.host_response_time``)
   with probability ``audience.approval`` of approving; approved speakers are demoted
   after Exp(``audience.speaker_stint``). hand_wait = server time of the grant minus
-  server time of the raise (both from the event stream).
+  server time of the raise (both from the event stream). Its moderation desk of
+  ``audience.moderators`` resolves each report after Exp(``audience.review_time``)
+  (dismiss / remove / block in ``audience.outcomes``' shares). When the event stream
+  comes back after breaking (a server restart), it rejoins its publishers.
 * `Listener`: each task run is one listening session under a fresh user id: join with
-  audio (`connect_audio`, no decoding, `ListenerStats`), stay a session length drawn
-  from ``session``, raise hands and react at the ``audience`` rates, leave. Locust
-  keeps ``-u`` users busy, so concurrency is fixed (a closed model), not the
-  scenario's arrival process; run.py derives ``-u`` from Little's law.
+  audio (`connect_audio`; a lite `ListenerStats`, or with ``load.probe_fraction`` a
+  `ProbeStats` that also buffers and decodes), stay a session length drawn from
+  ``session``, raise hands, react and report at the ``audience`` rates, leave. A
+  connection that fails or goes silent is rejoined (``reconnected``).
+* `ScenarioShape`: the number of users follows the scenario's arrival profile
+  (`spacesim.load.shape`), peaking at ``-u``; ``--spacesim-shape steady`` holds ``-u``.
+* Every client's path gets the scenario's ``network`` (user-space relays), unless
+  ``--spacesim-network none``.
 
 Locust request events (request_type "spacesim"): ``join``, ``first_audio``,
-``audio_latency`` (p50 of each listener's last 1 s window), ``hand_wait`` and the
-actions. Records (source ``load``) go to a per-process `Recorder`, written at test
-stop to ``OUT/part-<pid>.parquet`` (``--spacesim-out`` / ``SPACESIM_LOAD_OUT``);
-`spacesim.load.run` merges the parts into one run directory.
+``audio_latency`` and ``mouth_to_ear`` (p50 of each listener's last 1 s window),
+``hand_wait``, ``report_resolution``, ``reconnect``, ``loop_lag`` and the actions.
+Records (source ``load``) go to a per-process `Recorder`, written at test stop to
+``OUT/part-<pid>.parquet`` (``--spacesim-out`` / ``SPACESIM_LOAD_OUT``);
+`spacesim.load.run` merges the parts into one run directory. In Locust's own
+distributed mode (``--master`` / ``--worker``), give every worker the same
+``--spacesim-out`` on one machine; latencies need the processes on one machine anyway.
 """
 
 from __future__ import annotations
@@ -48,6 +58,7 @@ import aiohttp
 
 from spacesim.client.listener import ListenerStats
 from spacesim.client.netem import Impairment
+from spacesim.client.probe import ProbeStats
 from spacesim.client.session import AudioLink, ClientError, RoomClient, connect_audio
 from spacesim.client.speaker import SpeakerTrack, clip_names, load_clip
 from spacesim.load import bridge
@@ -513,7 +524,9 @@ class _ListenerSession:
         self.space = space
         self.user = user
         self.path = path
-        self.stats = ListenerStats()
+        probe = state().rng.random() < scenario().load.probe_fraction
+        self.stats: ListenerStats = ProbeStats() if probe else ListenerStats()
+        self.quality = (0, 0)  # a probe's (frames, audible) at the last window
         self.link: AudioLink | None = None
         self.client: RoomClient | None = None
         self.joined_at: float | None = None
@@ -560,6 +573,17 @@ class _ListenerSession:
         if d_recv:
             self.last_audio = time.monotonic()
         return lat, d_recv, d_lost
+
+    def heard(self) -> tuple[list[tuple[float, float]], int, int]:
+        """A probe's (buffer hold, mouth-to-ear) per frame played since the last call,
+        and the frames decoded / audible in between (nothing for a lite listener)."""
+        if not isinstance(self.stats, ProbeStats):
+            return [], 0, 0
+        played, self.stats.playout = self.stats.playout, []
+        frames, audible, _ = self.stats.quality()
+        d_frames, d_audible = frames - self.quality[0], audible - self.quality[1]
+        self.quality = (frames, audible)
+        return played, d_frames, d_audible
 
     async def close(self) -> None:
         if self.closed:
@@ -729,6 +753,15 @@ class Listener(User):
         if received or lost:
             add("packets_received", now, sess.space, sess.user, "listener", received)
             add("packets_lost", now, sess.space, sess.user, "listener", lost)
+        played, frames, audible = sess.heard()
+        if played:
+            fire(self.environment, "mouth_to_ear", statistics.median(m for _, m in played))
+            step = max(1, len(played) // LATENCY_SAMPLES)
+            for hold, m2e in played[::step][:LATENCY_SAMPLES]:
+                add("client_buffer", now, sess.space, sess.user, "listener", hold)
+                add("mouth_to_ear", now, sess.space, sess.user, "listener", m2e)
+        if frames:
+            add("audible_fraction", now, sess.space, sess.user, "listener", audible / frames)
 
 
 def _happens(rng: random.Random, rate: float, dt: float) -> bool:

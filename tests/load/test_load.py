@@ -26,6 +26,7 @@ speaking: {active_speakers: 2}
 arrivals: {kind: constant, rate: 1/s}
 session: {kind: fixed, mean: 30s}
 audience: {hand_raise_rate: 360/h, host_response_time: 1s, approval: 1, reaction_rate: 6/min}
+load: {probe_fraction: 100%}
 """
 
 
@@ -52,6 +53,12 @@ def test_tiny_run_with_embedded_server(tiny: Path, tmp_path: Path) -> None:
     assert 0 < latency.median() < 0.2
     assert len(rec[rec["kind"] == "first_audio"]) == 3
     assert run.meta.source == "load" and run.meta.scenario_name == "tiny-load"
+    # Probes (all listeners here): the jitter buffer holds ~4 frames, mouth-to-ear adds up.
+    summary = summarise(rec).loc
+    hold, m2e = summary["client_buffer", "p50"], summary["mouth_to_ear", "p50"]
+    assert 0.06 < hold < 0.12
+    assert m2e == pytest.approx(summary["audio_latency", "p50"] + hold, abs=0.015)
+    assert summary["audible_fraction", "mean"] > 0.3  # speech, with its pauses
     lag = rec.loc[rec["kind"] == "loop_lag", "value"]  # the swarm watches its own loop
     assert len(lag) >= 4 and (lag >= 0).all()
     stats = (out / "locust" / "locust_stats.csv").read_text()
