@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from spacesim.results import SloVerdict, check_slos, summarise, write_run
+from spacesim.results import SloVerdict, check_slos, format_value, summarise, write_run
 from spacesim.scenario import Scenario, ScenarioError, load_scenario
 
 _REPO_SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
@@ -27,19 +27,7 @@ out = Console(width=None if sys.stdout.isatty() else 120)
 err = Console(stderr=True, soft_wrap=True)
 
 
-def _fmt(value: object, unit: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    x = float(value)  # type: ignore[arg-type]
-    if unit == "s":
-        if x != 0 and abs(x) < 1e-3:
-            return f"{x * 1e6:.1f} µs"  # CPU per packet
-        return f"{x * 1000:.1f} ms" if abs(x) < 10 else f"{x:.1f} s"
-    if unit == "ratio":
-        return f"{x:.2%}"
-    if unit in ("count", "listeners"):
-        return f"{x:,.0f}"
-    return f"{x:,.3g}"
+_fmt = format_value
 
 
 def print_summary(summary: pd.DataFrame, verdicts: Sequence[SloVerdict], title: str) -> None:

@@ -39,6 +39,7 @@ __all__ = [
     "RunMeta",
     "SloVerdict",
     "check_slos",
+    "format_value",
     "load_run",
     "metric_table",
     "packets_per_window",
@@ -389,6 +390,27 @@ def summarise_run(run: Run) -> pd.DataFrame:
             if metric in server.index:
                 summary.loc[metric] = server.loc[metric]
     return summary
+
+
+def format_value(value: object, unit: str) -> str:
+    """A figure in its unit for people: ms or µs for seconds, % for ratios ('' if none).
+
+    The CLI's tables and `spacesim report` both print figures this way.
+    """
+    if value is None:
+        return ""
+    x = float(value)  # type: ignore[arg-type]
+    if math.isnan(x):
+        return ""
+    if unit == "s":
+        if x != 0 and abs(x) < 1e-3:
+            return f"{x * 1e6:,.1f} µs"  # CPU per packet
+        return f"{x * 1000:,.1f} ms" if abs(x) < 10 else f"{x:,.1f} s"
+    if unit == "ratio":
+        return f"{x:.2%}"
+    if unit in ("count", "listeners"):
+        return f"{x:,.0f}"
+    return f"{x:,.3g} {unit}".strip()
 
 
 def metric_table(summary: pd.DataFrame) -> dict[str, float]:

@@ -21,7 +21,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from spacesim.analysis import plots, runs, views
-from spacesim.results import Run
+from spacesim.results import Run, format_value
 from spacesim.scenario import Scenario
 
 __all__ = ["render", "write_report"]
@@ -142,21 +142,7 @@ $body
 """)
 
 
-def _fmt(value: object, unit: str) -> str:
-    if value is None:
-        return ""
-    x = float(value)  # type: ignore[arg-type]
-    if math.isnan(x):
-        return ""
-    if unit == "s":
-        if x != 0 and abs(x) < 1e-3:
-            return f"{x * 1e6:,.1f} µs"  # CPU per packet
-        return f"{x * 1000:,.1f} ms" if abs(x) < 10 else f"{x:,.1f} s"
-    if unit == "ratio":
-        return f"{x:.2%}"
-    if unit in ("count", "listeners"):
-        return f"{x:,.0f}"
-    return f"{x:,.3g} {unit}".strip()
+_fmt = format_value
 
 
 def _e(text: object) -> str:

@@ -352,18 +352,7 @@ def fit_cpu(samples: pd.DataFrame) -> Fit:
         [np.ones(len(samples))] + [samples[c].to_numpy("float64") for c in _CPU_COLS]
     )
     y = samples["cpu"].to_numpy("float64")
-    coef = nnls(a, y)
-    resid = y - a @ coef
-    se = _stderr(a, resid, coef)
-    names = [f for _, f in CPU_TERMS]
-    return Fit(
-        coef=dict(zip(names, map(float, coef), strict=True)),
-        stderr=dict(zip(names, se, strict=True)),
-        rms=float(np.sqrt(np.mean(resid**2))),
-        r2=_r2(y, resid),
-        samples=len(y),
-        per_run=_per_run(samples, resid),
-    )
+    return _nnls_fit(a, y, [f for _, f in CPU_TERMS], samples)
 
 
 def fit_latency(points: pd.DataFrame) -> Fit | None:
@@ -378,17 +367,21 @@ def fit_latency(points: pd.DataFrame) -> Fit | None:
     y = points["latency"].to_numpy("float64")
     if np.ptp(x) <= 0:
         return None
+    return _nnls_fit(a, y, ["forward_delay", "fanout_delay"], points)
+
+
+def _nnls_fit(a: np.ndarray, y: np.ndarray, names: list[str], rows: pd.DataFrame) -> Fit:
+    """Non-negative least squares of y on the columns of a, with its residual figures."""
     coef = nnls(a, y)
     resid = y - a @ coef
     se = _stderr(a, resid, coef)
-    names = ["forward_delay", "fanout_delay"]
     return Fit(
         coef=dict(zip(names, map(float, coef), strict=True)),
         stderr=dict(zip(names, se, strict=True)),
         rms=float(np.sqrt(np.mean(resid**2))),
         r2=_r2(y, resid),
         samples=len(y),
-        per_run=_per_run(points, resid),
+        per_run=_per_run(rows, resid),
     )
 
 
