@@ -40,7 +40,7 @@ def _arrived(sc: Scenario, t: np.ndarray) -> np.ndarray:
     if isinstance(a, RampArrivals):
         inside = np.minimum(t, a.over)
         ramp = a.start * inside + (a.end - a.start) * inside**2 / (2 * a.over)
-        return ramp + a.end * np.maximum(t - a.over, 0.0)
+        return np.asarray(ramp + a.end * np.maximum(t - a.over, 0.0))
     if isinstance(a, PiecewiseArrivals):
         total = np.zeros_like(t)
         ends = [s.at for s in a.steps[1:]] + [math.inf]
@@ -64,7 +64,8 @@ def _survival(sc: Scenario, x: np.ndarray) -> np.ndarray:
         return np.exp(-x / s.mean)
     mu = math.log(s.mean) - s.sigma * s.sigma / 2
     z = (np.log(np.maximum(x, 1e-300)) - mu) / (s.sigma * math.sqrt(2))
-    return 0.5 * np.frompyfunc(math.erfc, 1, 1)(z).astype("float64")
+    erfc = np.asarray(np.frompyfunc(math.erfc, 1, 1)(z), dtype="float64")
+    return 0.5 * erfc
 
 
 def expected_audience(scenario: Scenario) -> float:

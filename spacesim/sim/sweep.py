@@ -42,6 +42,7 @@ __all__ = [
     "FIGURES",
     "GridError",
     "Point",
+    "axis_column",
     "grid_points",
     "parse_grid",
     "run_point",
@@ -92,13 +93,13 @@ def parse_grid(specs: Iterable[str]) -> dict[str, list[str]]:
         values = [v.strip() for v in text.split(",")]
         if not text.strip() or not all(values):
             raise GridError(f"--grid {spec}: axis {name!r} has an empty value")
-        if _column(name) in {_column(n) for n in grid}:
+        if axis_column(name) in {axis_column(n) for n in grid}:
             raise GridError(f"--grid {spec}: axis {name!r} is given twice")
         grid[name] = values
     return grid
 
 
-def _column(name: str) -> str:
+def axis_column(name: str) -> str:
     """The table column of an axis: aliases by their short name (`server.nodes` -> nodes)."""
     for short, path in ALIASES.items():
         if name == path:
@@ -168,7 +169,8 @@ def grid_points(
                 run_seed = _number(name, value)
             else:
                 overrides.append(f"{ALIASES.get(name, name)}={text}")
-        source = f"{scenario.name} (grid point {', '.join(map(str, combo))})"
+        where = ", ".join(f"{n}={v}" for n, v in zip(names, combo, strict=True))
+        source = f"{scenario.name} (grid point {where})"
         sc = parse_scenario(base, source, overrides)
         if listeners is not None:
             sc = with_audience(sc, listeners)
@@ -180,7 +182,7 @@ def grid_points(
             elif name == "seed":
                 axes[name] = run_seed
             else:
-                axes[_column(name)] = _resolved(resolved, ALIASES.get(name, name))
+                axes[axis_column(name)] = _resolved(resolved, ALIASES.get(name, name))
         points.append(Point(index, axes, sc, run_seed, str(out / "runs" / _dirname(index, axes))))
     return points
 
