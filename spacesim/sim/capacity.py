@@ -117,6 +117,7 @@ def capacity(
     seed: int | None = None,
     max_refused: float = 0.0,
     rel_tol: float = 0.0,
+    known: pd.DataFrame | None = None,
     progress: Probe | None = None,
 ) -> CapacityAnswer:
     """Search the fewest nodes meeting `scenario`'s SLOs for `listeners` (see module doc).
@@ -124,7 +125,9 @@ def capacity(
     `nodes` lists the candidate counts (default 1..`max_nodes`); the search assumes more
     nodes never hurt. `rel_tol` stops the bisection once the bracket is within that
     share of the answer (0: exact), which saves probes at a million listeners.
-    `progress(nodes, row)` follows each probe. Probes land in `out_dir`/runs.
+    `known` holds earlier sweep rows (e.g. a coarse sweep over nodes): those of this
+    audience bracket the answer, so only the gap is probed. `progress(nodes, row)`
+    follows each probe. Probes land in `out_dir`/n<NODES>/runs.
     """
     if not scenario.slo.targets():
         raise ValueError(f"{scenario.name} has no SLOs: there is nothing to size against")
@@ -143,28 +146,44 @@ def capacity(
                 progress(n, rows[n])
         return bool(meets(pd.DataFrame([rows[n]]), max_refused).iloc[0])
 
-    # Start at the forwarding floor: below it the nodes are saturated.
-    floor = math.ceil(forwarding_cores(scenario, listeners) / scenario.server.cores)
-    start = next((i for i, n in enumerate(cands) if n >= floor), len(cands) - 1)
-    hi: int | None = None  # index of the lowest count known to meet
-    lo = -1  # index of the highest count known to fail
-    if ok(start):
-        hi = start
-        while hi > 0:  # halve the node count until one fails
+    def down(hi: int) -> tuple[int, int]:  # halve the node count until one fails
+        while hi > 0:
             j = min(max(bisect.bisect_right(cands, cands[hi] // 2) - 1, 0), hi - 1)
             if not ok(j):
-                lo = j
-                break
+                return j, hi
             hi = j
-    else:
-        lo = start
-        while lo < len(cands) - 1:  # double the node count until one meets
-            j = max(bisect.bisect_left(cands, cands[lo] * 2), lo + 1)
-            j = min(j, len(cands) - 1)
+        return -1, hi
+
+    def up(lo: int) -> tuple[int, int | None]:  # double the node count until one meets
+        while lo < len(cands) - 1:
+            j = min(max(bisect.bisect_left(cands, cands[lo] * 2), lo + 1), len(cands) - 1)
             if ok(j):
-                hi = j
-                break
+                return lo, j
             lo = j
+        return lo, None
+
+    hi: int | None  # index of the lowest count known to meet
+    if known is not None:  # earlier points (a sweep) bracket the answer without probes
+        same = known[(known["listeners"] == listeners) & known["nodes"].isin(cands)]
+        if seed is not None and "seed" in same:
+            same = same[same["seed"] == seed]
+        for r in same.to_dict("records"):
+            rows[int(r["nodes"])] = {str(k): v for k, v in r.items()}
+    if rows:
+        verdict = {n: bool(meets(pd.DataFrame([r]), max_refused).iloc[0]) for n, r in rows.items()}
+        best = _answer(list(verdict), list(verdict.values()))
+        if best is None:
+            lo, hi = up(cands.index(max(verdict)))
+        else:
+            fails = [n for n, good in verdict.items() if n < best and not good]
+            lo, hi = (
+                (cands.index(max(fails)), cands.index(best)) if fails else down(cands.index(best))
+            )
+    else:
+        # Start at the forwarding floor: below it the nodes are saturated.
+        floor = math.ceil(forwarding_cores(scenario, listeners) / scenario.server.cores)
+        start = next((i for i, n in enumerate(cands) if n >= floor), len(cands) - 1)
+        lo, hi = down(start) if ok(start) else up(start)
     if hi is not None:
         while hi - lo > 1 and (lo < 0 or cands[hi] - cands[lo] > rel_tol * cands[hi]):
             mid = (lo + hi) // 2

@@ -171,6 +171,18 @@ def test_capacity_search_finds_the_known_answer(tmp_path: Path) -> None:
     assert list(answer.curve["nodes"]) == sorted(probed)
     assert answer.curve.set_index("nodes")["meets"].to_dict() == {n: n >= 8 for n in probed}
     assert str(answer) == "test: 8 nodes for 400 listeners"
+    # Points known from a coarse sweep bracket the answer: only the gap is probed.
+    coarse = answer.curve[answer.curve["nodes"].isin([2, 8])]
+    probed.clear()
+    again = capacity(
+        admission(),
+        400,
+        out_dir=tmp_path,
+        known=coarse,
+        max_nodes=64,
+        progress=lambda n, r: probed.append(n),
+    )
+    assert again.nodes == 8 and sorted(probed) == [5, 6, 7]
 
 
 def test_capacity_search_says_when_no_count_meets(tmp_path: Path) -> None:

@@ -1,0 +1,1 @@
+"""Helpers the notebooks call: load runs, compare simulated with measured, plots."""
