@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 __all__ = ["curves", "latency_vs_nodes", "nodes_needed"]
 
@@ -26,6 +28,15 @@ def curves(
     if metric.startswith("delivery"):
         return table.pivot_table(index="nodes", columns=by, values=metric, aggfunc="min")
     return table.pivot_table(index="nodes", columns=by, values=metric, aggfunc="max")
+
+
+def _plain_log(ax: Axes, *, y: bool = False) -> None:
+    """Log axes labelled 20, 50, 1,000 rather than 2 x 10^1: planners read counts."""
+    plain = FuncFormatter(lambda v, _pos: f"{v:,.0f}")
+    some = FuncFormatter(lambda v, _pos: f"{v:,.0f}" if f"{v:.0e}"[0] in "25" else "")
+    for axis in (ax.xaxis, ax.yaxis) if y else (ax.xaxis,):
+        axis.set_major_formatter(plain)
+        axis.set_minor_formatter(some)
 
 
 def latency_vs_nodes(
@@ -47,6 +58,7 @@ def latency_vs_nodes(
     if slo is not None:
         ax.axhline(slo * 1e3, color="red", linewidth=1, label=f"SLO {slo * 1e3:g} ms")
     ax.set_xscale("log")
+    _plain_log(ax)
     ax.set_xlabel("server nodes (log scale)")
     ax.set_ylabel(f"{metric} (ms)")
     ax.grid(True, which="both", alpha=0.3)
@@ -69,6 +81,7 @@ def nodes_needed(answers: Mapping[str, pd.DataFrame], by: str = "listeners") -> 
             ax.annotate(f"{int(y):,}", (x, y), textcoords="offset points", xytext=(4, -12))
     ax.set_xscale("log")
     ax.set_yscale("log")
+    _plain_log(ax, y=True)
     ax.set_xlabel(f"{by} (peak concurrent, log scale)")
     ax.set_ylabel("server nodes needed (log scale)")
     ax.grid(True, which="both", alpha=0.3)
