@@ -249,9 +249,13 @@ def _print_rows(rows: pd.DataFrame, keys: Sequence[str], title: str) -> None:
         table.add_column(heading, justify="right", no_wrap=True)
     table.add_column("SLOs")
     for _, row in rows.iterrows():
+        failed = set(str(row["slo_failed"]).split(","))
         cells = [f"{row[k]:,.6g}" if isinstance(row[k], float) else f"{row[k]:,}" for k in keys]
-        cells += [_fmt(row[c], unit) for c, _h, unit in _SWEEP_COLUMNS]
-        verdict = "[green]pass[/]" if row["slo_pass"] else f"[red]FAIL[/] {row['slo_failed']}"
+        for col, _h, unit in _SWEEP_COLUMNS:
+            text = _fmt(row[col], unit)
+            cells.append(f"[red]{text}[/]" if col in failed else text)
+        others = sorted(failed - {c for c, _h, _u in _SWEEP_COLUMNS} - {""})
+        verdict = "[green]pass[/]" if row["slo_pass"] else " ".join(["[red]FAIL[/]", *others])
         table.add_row(*cells, verdict)
     out.print(table)
 
@@ -301,7 +305,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         by = [c for c in axes if c not in ("nodes", "seed")]
         answers = capacity_table(table, by=by)
         cap = Table(title="capacity: fewest nodes meeting every SLO", title_justify="left")
-        for col in (*by, "nodes needed", "tested", "note"):
+        for col in (*by, "nodes needed"):
+            cap.add_column(col, justify="right")
+        for col in ("tested", "note"):
             cap.add_column(col)
         for _, row in answers.iterrows():
             needed = row["nodes_needed"]

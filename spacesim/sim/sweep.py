@@ -160,7 +160,7 @@ def grid_points(
         listeners: int | None = None
         run_seed = scenario.seed if seed is None else seed
         for name, value in zip(names, combo, strict=True):
-            text = _short(value) if isinstance(value, float) else str(value)
+            text = repr(value) if isinstance(value, float) else str(value)
             if name == "listeners":
                 listeners = _number(name, value)
                 if listeners <= 0:
