@@ -8,12 +8,12 @@ matplotlib, the ``notebooks`` extra.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import pandas as pd
-from matplotlib.axes import Axes
+from matplotlib.axis import Axis
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 __all__ = ["curves", "latency_vs_nodes", "nodes_needed"]
 
@@ -30,13 +30,18 @@ def curves(
     return table.pivot_table(index="nodes", columns=by, values=metric, aggfunc="max")
 
 
-def _plain_log(ax: Axes, *, y: bool = False) -> None:
-    """Log axes labelled 20, 50, 1,000 rather than 2 x 10^1: planners read counts."""
-    plain = FuncFormatter(lambda v, _pos: f"{v:,.0f}")
-    some = FuncFormatter(lambda v, _pos: f"{v:,.0f}" if f"{v:.0e}"[0] in "25" else "")
-    for axis in (ax.xaxis, ax.yaxis) if y else (ax.xaxis,):
-        axis.set_major_formatter(plain)
-        axis.set_minor_formatter(some)
+def _plain_log(axis: Axis, values: Iterable[float]) -> None:
+    """Log ticks labelled 20, 50, 1,000 rather than 2 x 10^1: planners read counts.
+
+    Within a decade, a log axis has no major tick at all: use a few plain ones instead.
+    """
+    vals = [v for v in values if v > 0]
+    narrow = bool(vals) and max(vals) / min(vals) < 10
+    axis.set_major_locator(
+        MaxNLocator(nbins=6, integer=True) if narrow else LogLocator(subs=(1.0, 2.0, 5.0))
+    )
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:,.0f}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def latency_vs_nodes(
@@ -58,7 +63,7 @@ def latency_vs_nodes(
     if slo is not None:
         ax.axhline(slo * 1e3, color="red", linewidth=1, label=f"SLO {slo * 1e3:g} ms")
     ax.set_xscale("log")
-    _plain_log(ax)
+    _plain_log(ax.xaxis, table["nodes"])
     ax.set_xlabel("server nodes (log scale)")
     ax.set_ylabel(f"{metric} (ms)")
     ax.grid(True, which="both", alpha=0.3)
@@ -81,7 +86,9 @@ def nodes_needed(answers: Mapping[str, pd.DataFrame], by: str = "listeners") -> 
             ax.annotate(f"{int(y):,}", (x, y), textcoords="offset points", xytext=(4, -12))
     ax.set_xscale("log")
     ax.set_yscale("log")
-    _plain_log(ax, y=True)
+    drawn = pd.concat([t.dropna(subset=["nodes_needed"]) for t in answers.values()])
+    _plain_log(ax.xaxis, drawn[by].astype(float))
+    _plain_log(ax.yaxis, drawn["nodes_needed"].astype(float))
     ax.set_xlabel(f"{by} (peak concurrent, log scale)")
     ax.set_ylabel("server nodes needed (log scale)")
     ax.grid(True, which="both", alpha=0.3)

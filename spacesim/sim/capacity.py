@@ -101,7 +101,8 @@ class CapacityAnswer:
                 f"{self.scenario}: no node count in {lo}..{hi} meets the SLOs for "
                 f"{self.listeners:,} listeners (at {int(top['nodes'])} nodes: {failed})"
             )
-        return f"{self.scenario}: {self.nodes:,} nodes for {self.listeners:,} listeners"
+        nodes = "1 node" if self.nodes == 1 else f"{self.nodes:,} nodes"
+        return f"{self.scenario}: {nodes} for {self.listeners:,} listeners"
 
 
 Probe = Callable[[int, dict[str, Any]], None]
