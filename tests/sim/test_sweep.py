@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from spacesim.sim.capacity import capacity, capacity_table
 from spacesim.sim.sweep import FIGURES, GridError, grid_points, parse_grid, sweep
 from tests.sim.builders import scenario
 
+ROOT = Path(__file__).resolve().parents[2]
 SLO = {"audio_latency_p95": "1s", "delivery_ratio": "50%"}
 
 
@@ -221,21 +224,37 @@ def test_cli_sweep_and_capacity(tmp_path: Path, capsys: pytest.CaptureFixture[st
 # --------------------------------------------------------------------------- dask
 
 
-def test_dask_local_cluster_gives_the_local_table(tmp_path: Path) -> None:
-    distributed = pytest.importorskip("distributed")
-    grid = ["listeners=50,100", "nodes=1,2"]
-    local = sweep(admission(), grid, tmp_path / "local", processes=1)
+# In its own interpreter: the load tests import Locust, whose gevent patches threading,
+# and Dask's client refuses to start in a process so patched.
+DASK_SWEEP = """
+import sys
+from distributed import Client, LocalCluster
+from spacesim.sim.sweep import sweep
+from tests.sim.test_sweep import GRID, admission
+
+if __name__ == "__main__":
     with (
-        distributed.LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-        ) as cluster,
-        distributed.Client(cluster) as client,
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                     dashboard_address=None) as cluster,
+        Client(cluster) as client,
     ):
-        remote = sweep(admission(), grid, tmp_path / "dask", client=client)
+        sweep(admission(), GRID, sys.argv[1], client=client)
+"""
+GRID = ["listeners=50,100", "nodes=1,2"]
+
+
+def test_dask_local_cluster_gives_the_local_table(tmp_path: Path) -> None:
+    pytest.importorskip("distributed")
+    local = sweep(admission(), GRID, tmp_path / "local", processes=1)
+    proc = subprocess.run(
+        [sys.executable, "-c", DASK_SWEEP, str(tmp_path / "dask")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    remote = pd.read_parquet(tmp_path / "dask" / "sweep.parquet")
     same = [c for c in local.columns if c not in ("run_dir", "wall_seconds")]
     pd.testing.assert_frame_equal(remote[same], local[same])
     assert all(str(tmp_path / "dask") in d for d in remote["run_dir"])
