@@ -274,8 +274,16 @@ def sweep(
     line. Points run in `processes` local processes (default: every core), or on a Dask
     cluster when `client` is a ``distributed.Client`` or a scheduler address; a remote
     cluster's workers must see `out_dir`. `progress(done, total, row)` follows each point.
+
+    Local processes are spawned, so a script that sweeps needs the usual
+    ``if __name__ == "__main__":`` guard (notebooks and the CLI need nothing). If a point
+    fails the sweep stops, but finished points keep their runs: run it again to resume.
     """
-    axes = parse_grid(grid) if not isinstance(grid, Mapping) else dict(grid)
+    axes: Grid
+    if isinstance(grid, Mapping):  # a value may also be written "1,2,4", as on the CLI
+        axes = {k: v.split(",") if isinstance(v, str) else v for k, v in grid.items()}
+    else:
+        axes = parse_grid(grid)
     points = grid_points(scenario, axes, out_dir, seed)
     if client is not None:
         rows = _dask(points, client)
