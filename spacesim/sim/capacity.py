@@ -96,7 +96,10 @@ class CapacityAnswer:
         if self.nodes is None:
             lo, hi = self.searched
             top = self.curve.iloc[-1]
-            failed = top["slo_failed"] or f"refused {top['refused_share']:.1%} of joins"
+            metrics = [m for m in str(top["slo_failed"]).split(",") if m]
+            failed = ", ".join(f"{m} = {top[m]:.3g}" for m in metrics) or (
+                f"refused {top['refused_share']:.1%} of joins"
+            )
             return (
                 f"{self.scenario}: no node count in {lo}..{hi} meets the SLOs for "
                 f"{self.listeners:,} listeners (at {int(top['nodes'])} nodes: {failed})"
