@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,6 +32,8 @@ def _fmt(value: object, unit: str) -> str:
         return ""
     x = float(value)  # type: ignore[arg-type]
     if unit == "s":
+        if x != 0 and abs(x) < 1e-3:
+            return f"{x * 1e6:.1f} µs"  # CPU per packet
         return f"{x * 1000:.1f} ms" if abs(x) < 10 else f"{x:.1f} s"
     if unit == "ratio":
         return f"{x:.2%}"
@@ -70,7 +73,7 @@ def _load(path: str, overrides: Sequence[str] = ()) -> Scenario:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from spacesim.sim import simulate
 
-    scenario = _load(args.scenario, args.set or ())
+    scenario = _calibrated(_load(args.scenario, args.set or ()), getattr(args, "calibration", None))
     seed = scenario.seed if args.seed is None else args.seed
     directory = Path(args.out) if args.out else None
     if directory is not None and (directory / "meta.json").exists():
@@ -162,6 +165,8 @@ def cmd_load(args: argparse.Namespace) -> int:
         workers=args.workers,
         out=args.out,
         spawn_rate=args.spawn_rate,
+        shape=args.shape,
+        network=args.network,
         show=lambda summary, sc, title: print_summary(
             summary, check_slos(summary, sc.slo.targets()), title
         ),
@@ -177,14 +182,64 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def demo_scenario(sc: Scenario, listeners: int, duration: float) -> Scenario:
+    """`sc` cut to what one machine can swarm: `duration`, an audience peaking at
+    `listeners`, one single-core node (the reference server is one Python process)."""
+    from spacesim.load.shape import audience_curve
+
+    peak = float(audience_curve(sc, duration).max())
+    small = sc.with_audience(listeners / peak) if peak > 0 else sc
+    data = small.model_dump(mode="json")
+    data["duration"] = duration
+    data["name"] = f"{sc.name}-demo"
+    data["server"] |= {"nodes": 1, "cores": 1.0}
+    return Scenario.model_validate(data)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    scenario = _REPO_SCENARIOS / "town-hall.yaml"
-    if not scenario.is_file():
-        scenario = Path("scenarios/town-hall.yaml")
-    ns = argparse.Namespace(
-        scenario=str(scenario), seed=None, out=args.out, set=[], quiet=False, check_slo=False
+    """The whole loop on one machine: server + swarm, the same scenario simulated, report."""
+    from spacesim.load.run import main as load_main
+
+    path = _REPO_SCENARIOS / "town-hall.yaml"
+    if not path.is_file():
+        path = Path("scenarios/town-hall.yaml")
+    full = load_scenario(path)
+    root = Path(args.out) if args.out else Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    if root.exists() and any(root.iterdir()):
+        raise FileExistsError(f"{root} is not empty; pick another --out")
+    root.mkdir(parents=True, exist_ok=True)
+    small = demo_scenario(full, args.listeners, args.duration)
+    small_path = root / "scenario.yaml"
+    small_path.write_text(
+        f"# {full.name} cut to one machine by `spacesim demo`: {args.listeners} listeners "
+        f"at the peak, {args.duration:g} s\n" + small.to_yaml()
     )
-    return cmd_simulate(ns)
+    out.rule(f"1/3 swarm: {small.name} against the reference server ({args.duration:g} s)")
+    rc = load_main(
+        small_path,
+        users=small.rooms.count + args.listeners,
+        duration=args.duration,
+        out=root / "load",
+        show=lambda summary, sc, title: print_summary(
+            summary, check_slos(summary, sc.slo.targets()), title
+        ),
+    )
+    if rc != 0:
+        err.print(f"spacesim demo: the swarm failed (exit {rc}); see above")
+        return rc
+    out.rule("2/3 simulation of the same cut-down scenario, then of the full one")
+    for scenario, name in ((small_path, "sim"), (path, "sim-full")):
+        ns = argparse.Namespace(
+            scenario=str(scenario), seed=None, out=str(root / name), set=[], quiet=False,
+            check_slo=False,
+        )  # fmt: skip
+        cmd_simulate(ns)
+    out.rule("3/3 reports: the swarm against its simulation, and the full-size town hall")
+    pair = [str(root / "load"), str(root / "sim")]
+    rc = cmd_report(argparse.Namespace(runs=pair, out=str(root / "report.html")))
+    return rc or cmd_report(
+        argparse.Namespace(runs=[str(root / "sim-full")], out=str(root / "full-size.html"))
+    )
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -215,6 +270,23 @@ def _seed(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError("seeds are whole numbers >= 0")
     return value
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from spacesim.analysis import RunError
+
+    try:
+        from spacesim.analysis.report import write_report
+
+        path = write_report(args.runs, args.out)
+    except ImportError as exc:
+        err.print(f"spacesim report needs the notebooks extra (matplotlib): {exc}", markup=False)
+        return 2
+    except (RunError, OSError) as exc:
+        err.print(f"spacesim report: {exc}", markup=False, highlight=False)
+        return 2
+    out.print(f"report: {path}", highlight=False)
+    return 0
 
 
 # --------------------------------------------------------------------------- sweep, capacity
@@ -368,6 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--set", action="append", metavar="PATH=VALUE", help="override a field, e.g. server.nodes=4"
     )
+    sim.add_argument("--calibration", metavar="FILE", help="server costs from spacesim calibrate")
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
     sim.add_argument(
         "--check-slo", action="store_true", help="exit 1 when any SLO fails (for CI jobs)"
@@ -394,15 +467,37 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument(
         "--target", metavar="URL", help="server base URL (default: start one on 127.0.0.1)"
     )
-    load.add_argument("-u", "--users", type=int, help="Locust users incl. one host per room")
+    load.add_argument("-u", "--users", type=int, help="peak Locust users incl. one host per room")
     load.add_argument("-r", "--spawn-rate", type=float, help="users started per second")
     load.add_argument("-t", "--duration", type=_duration, help="run time, e.g. 30s, 2m")
     load.add_argument("--workers", type=int, default=0, help="locust --processes N")
     load.add_argument("--out", help="run directory (default: runs/RUN_ID)")
+    load.add_argument(
+        "--shape",
+        choices=("arrivals", "steady"),
+        default="arrivals",
+        help="arrivals: users follow the scenario's arrival profile, peaking at -u "
+        "(default); steady: -u users throughout",
+    )
+    load.add_argument(
+        "--network",
+        choices=("scenario", "none"),
+        default="scenario",
+        help="scenario: each client gets the scenario's delay, jitter and loss through a "
+        "user-space relay (default); none: plain loopback",
+    )
     load.set_defaults(func=cmd_load)
 
-    demo = sub.add_parser("demo", help="simulate the town-hall scenario and summarise it")
-    demo.add_argument("--out", help="run directory (default: runs/RUN_ID)")
+    demo = sub.add_parser(
+        "demo", help="server + swarm + simulation + report of the town-hall scenario"
+    )
+    demo.add_argument("--out", help="directory for the runs and report (default: runs/demo-TIME)")
+    demo.add_argument(
+        "--listeners", type=int, default=30, help="swarm listeners at the peak (default 30)"
+    )
+    demo.add_argument(
+        "-t", "--duration", type=_duration, default=60.0, help="swarm run time (default 60s)"
+    )
     demo.set_defaults(func=cmd_demo)
 
     scen = sub.add_parser("scenario", help="check or show scenario files")
@@ -414,6 +509,16 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("file")
     show.add_argument("--set", action="append", metavar="PATH=VALUE")
     show.set_defaults(func=cmd_show)
+
+    report = sub.add_parser("report", help="write one HTML report about one or more runs")
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories to compare")
+    report.add_argument("-o", "--out", default="report.html", help="HTML file to write")
+    report.set_defaults(func=cmd_report)
+
+    cal = sub.add_parser("calibrate", help="fit the model's server costs from load runs")
+    cal.add_argument("runs", nargs="+", metavar="RUN_DIR", help="load run directories")
+    cal.add_argument("-o", "--out", default="calibration.yaml", help="calibration file to write")
+    cal.set_defaults(func=cmd_calibrate)
 
     sweep = sub.add_parser("sweep", help="simulate a scenario over a grid of overrides")
     sweep.add_argument("scenario", help="scenario YAML file")
@@ -446,6 +551,44 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--quiet", action="store_true", help="no progress bar")
     cap.set_defaults(func=cmd_capacity)
     return p
+
+
+def _calibrated(scenario: Scenario, calibration: str | None) -> Scenario:
+    """`scenario` with a calibration file's server section applied (`simulate --calibration`)."""
+    if not calibration:
+        return scenario
+    from spacesim.sim.calibrate import apply_calibration
+
+    return apply_calibration(scenario, calibration)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Fit server costs from load runs, write the calibration file, show the residuals."""
+    from spacesim.sim.calibrate import CalibrationError, calibrate
+
+    try:
+        cal = calibrate(args.runs)
+    except CalibrationError as exc:
+        err.print(f"spacesim calibrate: {exc}", markup=False, highlight=False)
+        return 2
+    table = Table(title=f"calibration from {len(args.runs)} run(s)", title_justify="left")
+    for col in ("server field", "value", "std error"):
+        table.add_column(col, justify="right" if col != "server field" else "left")
+    stderr = cal.cpu.stderr | (cal.latency.stderr if cal.latency else {})
+    for name, value in cal.server.items():
+        table.add_row(name, f"{value:.4g}", f"{stderr.get(name, math.nan):.2g}")
+    out.print(table)
+    fits = [("cpu", cal.cpu, "cores")] + ([("latency", cal.latency, "s")] if cal.latency else [])
+    for what, fit, unit in fits:
+        out.print(f"{what} fit: rms {fit.rms:.3g} {unit}, R² {fit.r2:.3f}, {fit.samples} points")
+        for run, r in fit.per_run.items():
+            out.print(f"  {run}: rms {r['rms']:.3g} {unit}, bias {r['bias']:+.3g} {unit}")
+    for entry in cal.runs:
+        if entry.get("swarm_behind"):
+            out.print(f"  {entry['dir']}: not in the latency fit: {entry['swarm_behind']}")
+    path = cal.write(args.out)
+    out.print(f"calibration -> {path}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -41,7 +41,10 @@ __all__ = [
     "check_slos",
     "load_run",
     "metric_table",
+    "packets_per_window",
+    "steady_window",
     "summarise",
+    "summarise_run",
     "write_run",
 ]
 
@@ -57,12 +60,19 @@ KINDS: Mapping[str, tuple[str, str]] = {
     "participant_joined": ("s", "a participant joined; value = join time (request to connected)"),
     "participant_left": ("s", "a participant left; value = time spent in the room"),
     "join_refused": ("", "a join was refused (admission control, cap, block); attrs.reason"),
+    "reconnected": ("s", "a dropped connection was re-established; value = time to rejoin"),
     "space_started": ("", "the host started the space"),
     "space_ended": ("", "the space ended"),
     "concurrency": ("count", "participants in the room at t (sampled every tick)"),
     # audio
     "first_audio": ("s", "time from the join request to the first audio packet heard"),
     "audio_latency": ("s", "publisher -> listener latency of one sampled packet"),
+    "mouth_to_ear": (
+        "s",
+        "publisher -> played out at a probe listener: network + server + jitter buffer + decode",
+    ),
+    "client_buffer": ("s", "time a probe listener's jitter buffer held a frame before decoding"),
+    "audible_fraction": ("ratio", "share of a probe's decoded frames above -60 dBFS in a tick"),
     "packets_received": ("count", "audio packets a sampled listener received in a tick"),
     "packets_lost": ("count", "audio packets a sampled listener missed in a tick"),
     "talk_spurt": ("s", "a speaker talked; value = spurt length"),
@@ -85,6 +95,8 @@ KINDS: Mapping[str, tuple[str, str]] = {
     "report_resolved": ("s", "a moderator resolved a report; value = time since filing"),
     "removed": ("", "a participant was removed from the space"),
     "blocked": ("", "a participant was blocked"),
+    # the swarm itself
+    "loop_lag": ("s", "how late a load process's event loop ran a timer; worst in a tick"),
     # server nodes
     "node_cpu": ("cores", "CPU a node used in a tick, in cores busy (CPU s per s)"),
     "node_utilisation": ("ratio", "node_cpu / cores available"),
@@ -249,6 +261,20 @@ def _dist(values: pd.Series) -> dict[str, float]:
     return {"count": int(v.size), "mean": float(v.mean()), "p50": p50, "p95": p95, "p99": p99}
 
 
+def _cpu_seconds(cpu: pd.DataFrame) -> float:
+    """CPU seconds from per-tick `node_cpu` samples (cores), each node's tick inferred.
+
+    The tick is the median spacing of a node's samples: the simulator uses its `tick`,
+    the server samples once a second; a node with one sample counts as one second.
+    """
+    total = 0.0
+    for _, g in cpu.groupby("participant", observed=True, sort=False):
+        t = np.sort(g["t"].to_numpy(dtype="float64"))
+        tick = float(np.median(np.diff(t))) if t.size > 1 else 1.0
+        total += float(g["value"].sum()) * tick
+    return total
+
+
 def summarise(records: pd.DataFrame, duration: float | None = None) -> pd.DataFrame:
     """Headline metrics of one run, one row per metric.
 
@@ -286,6 +312,13 @@ def summarise(records: pd.DataFrame, duration: float | None = None) -> pd.DataFr
         rows["concurrency"] = {**_dist(per_t), "value": float(per_t.max()), "unit": "listeners"}
 
     dist("audio_latency", kind("audio_latency"), "s")
+    for name, unit in (
+        ("mouth_to_ear", "s"),
+        ("client_buffer", "s"),
+        ("audible_fraction", "ratio"),
+    ):
+        if name in by_kind:
+            dist(name, kind(name), unit)
     received = float(kind("packets_received")["value"].sum())
     lost = float(kind("packets_lost")["value"].sum())
     expected = received + lost
@@ -311,6 +344,10 @@ def summarise(records: pd.DataFrame, duration: float | None = None) -> pd.DataFr
     total("blocked", float((~personal).sum()), "count")  # blocks that bar from the space
     total("personal_blocks", float(personal.sum()), "count")
 
+    lag = kind("loop_lag")
+    if len(lag):
+        dist("loop_lag", lag, "s")
+
     util = kind("node_utilisation")
     if len(util):
         dist("node_utilisation", util, "ratio")
@@ -322,6 +359,8 @@ def summarise(records: pd.DataFrame, duration: float | None = None) -> pd.DataFr
     dropped = float(kind("packets_dropped")["value"].sum())
     total("packets_forwarded", fwd, "count")
     total("packets_dropped", dropped, "count")
+    if len(cpu) and fwd > 0:
+        total("cpu_per_packet", _cpu_seconds(cpu) / fwd, "s", int(fwd))
 
     table = pd.DataFrame.from_dict(rows, orient="index")
     for col in ("count", "mean", "p50", "p95", "p99", "value"):
@@ -329,6 +368,27 @@ def summarise(records: pd.DataFrame, duration: float | None = None) -> pd.DataFr
             table[col] = math.nan
     table.index.name = "metric"
     return table[["count", "mean", "p50", "p95", "p99", "value", "unit"]]
+
+
+#: Metrics a load run takes from the server's own run (its CPU and forwarding).
+SERVER_METRICS = ("node_cpu", "packets_forwarded", "packets_dropped", "cpu_per_packet")
+
+
+def summarise_run(run: Run) -> pd.DataFrame:
+    """`summarise` of a run, with the server's figures when the run holds the server's own.
+
+    `spacesim load` with its embedded server keeps the server's run (source=server) in a
+    subdirectory named by ``meta.extra["server_run"]``; its `SERVER_METRICS` replace the
+    load run's (which has none: clients do not see the server's CPU).
+    """
+    summary = summarise(run.records, run.meta.duration)
+    nested = run.meta.extra.get("server_run")
+    if nested and run.path is not None and (run.path / nested / "meta.json").is_file():
+        server = summarise(load_run(run.path / nested).records)
+        for metric in SERVER_METRICS:
+            if metric in server.index:
+                summary.loc[metric] = server.loc[metric]
+    return summary
 
 
 def metric_table(summary: pd.DataFrame) -> dict[str, float]:
@@ -369,3 +429,30 @@ def check_slos(
             raise ValueError(f"unknown comparison {op!r}")
         verdicts.append(SloVerdict(metric, op, threshold, actual, passed))
     return verdicts
+
+
+def steady_window(
+    records: pd.DataFrame, duration: float | None, settle: float = 2.0
+) -> tuple[float, float]:
+    """(start, end) of a run's steady part: `settle` s after the last listener joined.
+
+    The same window applies to load and simulated records (both record
+    ``participant_joined`` for listeners), so both engines are compared alike.
+    """
+    joins = records.loc[
+        (records["kind"] == "participant_joined") & (records["role"] == "listener"), "t"
+    ]
+    end = float(duration) if duration else float(records["t"].max())
+    start = float(joins.max()) + settle if len(joins) else 0.0
+    return (min(start, end), end)
+
+
+def packets_per_window(records: pd.DataFrame) -> float:
+    """Mean packets (received + lost) a sampled listener accounted for per measurement window.
+
+    A receiver that keeps up accounts for senders x packets/s per 1 s window; one that
+    falls behind (a saturated load generator) accounts for fewer, though none is lost.
+    """
+    got = records.loc[records["kind"] == "packets_received", "value"].to_numpy("float64")
+    lost = records.loc[records["kind"] == "packets_lost", "value"].to_numpy("float64")
+    return float((got.sum() + lost.sum()) / got.size) if got.size else math.nan

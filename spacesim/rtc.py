@@ -16,6 +16,10 @@ What it provides:
 * :func:`tap_rtp` -- encoded, decrypted ``RtpPacket`` s of a receiver go to a
   callback before aiortc's jitter buffer; the receiver's decoder thread is stopped
   so nothing is decoded; RTCP receiver reports keep working.
+* :func:`receive_rtp_direct` -- the listeners' receive path: RTP is taken off the
+  UDP socket's protocol callback, SRTP-unprotected and handed to a plain function
+  as bytes (no asyncio queue, task wake-up, ``RtpPacket`` or jitter buffer); STUN,
+  DTLS and RTCP still go to aioice / aiortc.
 * :class:`RtpWriter` -- writes RTP packets for a sending transceiver straight to its
   DTLS transport (SRTP-protected by aiortc) with the sender's SSRC and the
   negotiated payload type. The sender's track never yields, so aiortc itself sends
@@ -31,6 +35,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import aioice.ice
+import pylibsrtp
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
@@ -40,17 +45,20 @@ from aiortc import (
     RTCRtpTransceiver,
 )
 from aiortc.mediastreams import MediaStreamError
-from aiortc.rtcdtlstransport import RTCDtlsTransport, State
+from aiortc.rtcdtlstransport import RTCDtlsTransport, RtpRouter, State
 from aiortc.rtcicetransport import RTCIceTransport
 from aiortc.rtp import RtpPacket
 
 __all__ = [
     "DEFAULT_HOST_ADDRESSES",
+    "DirectRtp",
     "OnPacket",
+    "OnRtp",
     "RtpPacket",
     "RtpWriter",
     "missing_internals",
     "new_peer_connection",
+    "receive_rtp_direct",
     "tap_rtp",
     "use_host_addresses",
 ]
@@ -79,6 +87,14 @@ _INTERNALS: tuple[tuple[object, str, str], ...] = (
     ),
     (RTCDtlsTransport, "_send_rtp", "aiortc/rtcdtlstransport.py RTCDtlsTransport._send_rtp"),
     (RTCDtlsTransport, "_handle_rtp_data", "aiortc/rtcdtlstransport.py _handle_rtp_data"),
+    # receive_rtp_direct
+    (
+        aioice.ice.StunProtocol,
+        "datagram_received",
+        "aioice/ice.py StunProtocol.datagram_received",
+    ),
+    (pylibsrtp.Session, "unprotect", "pylibsrtp Session.unprotect"),
+    (pylibsrtp, "Error", "pylibsrtp.Error"),
 )
 # Instance attributes, found among the names their class's __init__ assigns
 # (name mangling happens at compile time, so co_names holds the mangled names).
@@ -87,6 +103,16 @@ _INSTANCE_ATTRS: tuple[tuple[type, str, str], ...] = (
         RTCRtpReceiver,
         "_RTCRtpReceiver__decoder_thread",
         "aiortc/rtcrtpreceiver.py RTCRtpReceiver.__decoder_thread",
+    ),
+    (
+        RTCRtpReceiver,
+        "_RTCRtpReceiver__rtcp_task",
+        "aiortc/rtcrtpreceiver.py RTCRtpReceiver.__rtcp_task",
+    ),
+    (
+        RTCRtpReceiver,
+        "_RTCRtpReceiver__rtcp_started",
+        "aiortc/rtcrtpreceiver.py RTCRtpReceiver.__rtcp_started",
     ),
     (RTCRtpSender, "_ssrc", "aiortc/rtcrtpsender.py RTCRtpSender._ssrc"),
     (RTCRtpSender, "_RTCRtpSender__packet_count", "aiortc/rtcrtpsender.py __packet_count"),
@@ -104,6 +130,15 @@ _INSTANCE_ATTRS: tuple[tuple[type, str, str], ...] = (
     ),
     (RTCIceTransport, "_connection", "aiortc/rtcicetransport.py RTCIceTransport._connection"),
     (aioice.ice.Connection, "_nominated", "aioice/ice.py Connection._nominated"),
+    # receive_rtp_direct
+    (RTCDtlsTransport, "_rx_srtp", "aiortc/rtcdtlstransport.py RTCDtlsTransport._rx_srtp"),
+    (
+        RTCDtlsTransport,
+        "_rtp_router",
+        "aiortc/rtcdtlstransport.py RTCDtlsTransport._rtp_router",
+    ),
+    (RtpRouter, "ssrc_table", "aiortc/rtcdtlstransport.py RtpRouter.ssrc_table"),
+    (aioice.ice.Connection, "_protocols", "aioice/ice.py Connection._protocols"),
 )
 
 
@@ -152,20 +187,173 @@ def tap_rtp(receiver: RTCRtpReceiver, on_packet: OnPacket) -> None:
       no frame is decoded and no unbounded decoded-frame queue grows.
     """
     original_handle = receiver._handle_rtp_packet
-    original_receive = receiver.receive
 
     async def _handle_rtp_packet(packet: RtpPacket, arrival_time_ms: int) -> None:
         await on_packet(packet, arrival_time_ms)
         await original_handle(packet, arrival_time_ms)
 
+    receiver._handle_rtp_packet = _handle_rtp_packet  # type: ignore[method-assign]
+    _no_decoder(receiver)
+
+
+def _stop_rtcp(receiver: RTCRtpReceiver) -> None:
+    # aiortc/rtcrtpreceiver.py: _run_rtcp sets __rtcp_started first thing, and on
+    # cancellation sets __rtcp_exited, which stop() awaits after cancelling the task
+    # itself; so cancel only a task that has started, or stop() would wait forever.
+    task = receiver._RTCRtpReceiver__rtcp_task  # type: ignore[attr-defined]
+    if task is not None and receiver._RTCRtpReceiver__rtcp_started.is_set():  # type: ignore[attr-defined]
+        task.cancel()
+
+
+def _no_decoder(receiver: RTCRtpReceiver, stop_rtcp: bool = False) -> None:
+    """Stop the receiver's decoder thread right after aiortc starts it (or now).
+
+    ``RTCRtpReceiver.receive`` (aiortc/rtcrtpreceiver.py) starts an "audio-decoder"
+    thread; a per-instance wrapper stops it right after (``__stop_decoder``). With
+    ``stop_rtcp`` it also cancels the receiver's RTCP task (``_run_rtcp``, started by
+    ``receive()`` too) once that has started -- for receivers that get no RTP, whose
+    task would wake about once a second only to find no stream to report on.
+    """
+    original_receive = receiver.receive
+
     async def receive(parameters: Any) -> None:
         await original_receive(parameters)
         _stop_decoder(receiver)
+        if stop_rtcp:  # the task's first step is already queued: this runs after it
+            asyncio.get_running_loop().call_soon(_stop_rtcp, receiver)
 
-    receiver._handle_rtp_packet = _handle_rtp_packet  # type: ignore[method-assign]
     receiver.receive = receive  # type: ignore[method-assign]
     if getattr(receiver, "_RTCRtpReceiver__decoder_thread", None) is not None:
         _stop_decoder(receiver)
+
+
+OnRtp = Callable[[int, bytes], None]
+"""``on_rtp(slot, packet)``: one decrypted RTP packet (header and payload, as sent)
+received on listen slot ``slot`` (the index of its receiver). Called from the event
+loop's socket callback, so it must be quick and must not block."""
+
+
+class DirectRtp:
+    """What :func:`receive_rtp_direct` installed, with its counters."""
+
+    __slots__ = ("_slot_of", "receivers", "rtp", "sender_reports", "srtp_errors", "unrouted")
+
+    def __init__(self, receivers: list[RTCRtpReceiver]) -> None:
+        self.receivers = receivers
+        self.rtp = 0  # RTP packets taken off the socket and unprotected
+        self.srtp_errors = 0  # failed authentication / replay (aiortc drops these too)
+        self.unrouted = 0  # SSRC of none of the receivers (aiortc discards these too)
+        self.sender_reports = 0  # RTCP SRs of those streams, not passed on (see below)
+        self._slot_of: dict[int, int] = {}
+
+    def slot(self, dtls: RTCDtlsTransport, ssrc: int, by_type: bool = True) -> int:
+        """The listen slot of ``ssrc`` as aiortc routes RTP, or -1 (cached once known).
+
+        ``RtpRouter.route_rtp`` (aiortc/rtcdtlstransport.py) looks the SSRC up in
+        ``ssrc_table`` (filled by ``_register_rtp_receiver`` from the remote
+        description's ``a=ssrc`` lines when ``receive()`` runs); failing that, a
+        payload type served by a single receiver claims it -- here, a single slot
+        (unless not ``by_type``).
+        """
+        receiver = dtls._rtp_router.ssrc_table.get(ssrc)
+        for i, r in enumerate(self.receivers):
+            if r is receiver:
+                self._slot_of[ssrc] = i
+                return i
+        if by_type and receiver is None and len(self.receivers) == 1:
+            self._slot_of[ssrc] = 0
+            return 0
+        return -1
+
+
+def receive_rtp_direct(receivers: list[RTCRtpReceiver], on_rtp: OnRtp) -> DirectRtp:
+    """Receive the RTP of ``receivers`` at the socket: ``on_rtp(slot, packet)`` per packet.
+
+    Call it after ``setRemoteDescription`` (the receivers then share their bundled
+    DTLS transport) and before the connection is up. ICE and DTLS run through aiortc
+    as usual. Per packet, aiortc 1.16 / aioice 0.13 would run
+    ``StunProtocol.datagram_received`` (a STUN parse that fails with ``ValueError``),
+    ``Connection.data_received`` (an ``asyncio.Queue`` put), a wake-up of the DTLS
+    task (``RTCDtlsTransport._recv_next``), ``_rx_srtp.unprotect``, ``RtpPacket.parse``,
+    routing and ``RTCRtpReceiver._handle_rtp_packet`` (statistics, jitter buffer, NACK
+    bookkeeping). Instead, a per-instance ``datagram_received`` on each of the ICE
+    connection's UDP protocols (``aioice.ice.Connection._protocols``; asyncio's
+    ``_SelectorDatagramTransport._read_ready`` calls ``protocol.datagram_received``,
+    and aioice's ``TurnTransport`` calls its inner ``StunProtocol``'s) takes a
+    datagram when it is SRTP (first byte 128..191, RFC 7983), not SRTCP (second
+    byte 192..208, as ``aiortc.rtp.is_rtcp``) and the DTLS handshake has produced
+    ``RTCDtlsTransport._rx_srtp`` (set in ``_setup_srtp`` just before the transport
+    turns "connected"); it unprotects it with that ``pylibsrtp.Session`` and calls
+    ``on_rtp`` synchronously. Everything else -- STUN (consent freshness, RFC 7675),
+    DTLS, SRTCP, and RTP that arrives before the keys exist -- falls through to
+    aioice's original handler, so aiortc handles it as before, with one exception:
+    an RTCP sender report (packet type 200, no report blocks) from the SSRC of one
+    of these receivers' streams (as routed by aiortc, whether or not it has sent RTP
+    yet) is counted and dropped unread. aiortc would take it the slow
+    way (queue, task, unprotect, parse) only to note its NTP time for receiver reports
+    it does not send on this path (``RTCRtpReceiver._handle_rtcp_packet``), and the
+    server sends one per listen slot per second, silent slots included -- as much
+    CPU as a third of the listener's packets. Reports with report blocks (about what
+    this peer sends), BYE and feedback still reach aiortc.
+
+    What aiortc no longer sees: the receivers' RTP. Their decoder threads are
+    stopped (nothing would reach them), they send no RTCP receiver reports (aiortc
+    sends an RR only for streams it has seen RTP from, so their RTCP tasks are
+    cancelled), ``getStats()`` reports no inbound RTP, and the transport's
+    byte/packet counters leave RTP out.
+    """
+    if not receivers:
+        raise ValueError("no receivers")
+    dtls: RTCDtlsTransport = receivers[0].transport
+    if any(r.transport is not dtls for r in receivers):
+        raise ValueError("receivers on different DTLS transports (no BUNDLE?)")
+    for r in receivers:
+        _no_decoder(r, stop_rtcp=True)
+    direct = DirectRtp(list(receivers))
+    slot_of = direct._slot_of
+    srtp_error = pylibsrtp.Error
+    # aiortc/rtcicetransport.py RTCIceTransport._connection: the aioice Connection;
+    # its UDP sockets' protocols exist once candidates are gathered (setLocalDescription).
+    ice: aioice.ice.Connection = dtls.transport._connection
+    if not ice._protocols:
+        raise ValueError("no ICE candidates gathered yet")
+    for protocol in ice._protocols:
+        original = protocol.datagram_received
+
+        def datagram_received(
+            data: bytes, addr: tuple[Any, ...], original: Callable[..., None] = original
+        ) -> None:
+            if len(data) > 12 and 127 < data[0] < 192:
+                second = data[1]
+                if not 191 < second < 209:  # RTP, not RTCP
+                    srtp = dtls._rx_srtp
+                    if srtp is not None:
+                        try:
+                            packet = srtp.unprotect(data)
+                        except srtp_error:
+                            direct.srtp_errors += 1
+                            return
+                        direct.rtp += 1
+                        ssrc = int.from_bytes(packet[8:12], "big")
+                        slot = slot_of.get(ssrc, -1)
+                        if slot < 0:
+                            slot = direct.slot(dtls, ssrc)
+                            if slot < 0:
+                                direct.unrouted += 1
+                                return
+                        on_rtp(slot, packet)
+                        return
+                elif second == 200 and not data[0] & 0x1F:
+                    # A sender report without report blocks: is it about a stream
+                    # taken here? (SRTCP leaves the first 8 bytes clear, RFC 3711 3.4.)
+                    ssrc = int.from_bytes(data[4:8], "big")
+                    if ssrc in slot_of or direct.slot(dtls, ssrc, by_type=False) >= 0:
+                        direct.sender_reports += 1
+                        return
+            original(data, addr)
+
+        protocol.datagram_received = datagram_received  # type: ignore[method-assign,assignment]
+    return direct
 
 
 class _SilentTrack(MediaStreamTrack):

@@ -199,10 +199,18 @@ class ConstantArrivals(_Model):
     kind: Literal["constant"]
     rate: Rate
 
+    def rate_at(self, t: float) -> float:
+        """Arrivals per second expected at `t` (the load test's shape follows this)."""
+        return self.rate if t >= 0 else 0.0
+
 
 class PoissonArrivals(_Model):
     kind: Literal["poisson"]
     rate: Rate
+
+    def rate_at(self, t: float) -> float:
+        """Arrivals per second expected at `t`."""
+        return self.rate if t >= 0 else 0.0
 
 
 class RampArrivals(_Model):
@@ -212,6 +220,12 @@ class RampArrivals(_Model):
     start: Rate = 0.0
     end: Rate
     over: Duration = Field(gt=0)
+
+    def rate_at(self, t: float) -> float:
+        """Arrivals per second expected at `t`."""
+        if t < 0:
+            return 0.0
+        return self.start + (self.end - self.start) * min(t / self.over, 1.0)
 
 
 class Burst(_Model):
@@ -233,6 +247,14 @@ class FlashCrowdArrivals(_Model):
     base: Rate = 0.0
     bursts: list[Burst] = Field(min_length=1)
 
+    def rate_at(self, t: float) -> float:
+        """Arrivals per second expected at `t`: the background plus each burst's density."""
+        if t < 0:
+            return 0.0
+        return self.base + sum(
+            b.size / b.over * math.exp(-(t - b.at) / b.over) for b in self.bursts if t >= b.at
+        )
+
 
 class Step(_Model):
     at: Duration
@@ -253,6 +275,12 @@ class PiecewiseArrivals(_Model):
         if any(b.at <= a.at for a, b in itertools.pairwise(steps)):
             raise ValueError("steps must be in strictly increasing 'at' order")
         return steps
+
+    def rate_at(self, t: float) -> float:
+        """Arrivals per second expected at `t`."""
+        if t < 0:
+            return 0.0
+        return next(s.rate for s in reversed(self.steps) if s.at <= t)
 
 
 Arrivals = Annotated[
@@ -281,6 +309,19 @@ class Session(_Model):
             mu = math.log(self.mean) - self.sigma * self.sigma / 2
             return math.exp(mu + self.sigma * standard_normal())
         return self.mean * standard_exponential()
+
+    def survival(self, x: float) -> float:
+        """P(a session lasts longer than `x` s): how many of those who came are still in."""
+        if x < 0:
+            return 1.0
+        if self.kind == "fixed":
+            return 1.0 if x < self.mean else 0.0
+        if self.kind == "lognormal":
+            if x == 0:
+                return 1.0
+            mu = math.log(self.mean) - self.sigma * self.sigma / 2
+            return 0.5 * math.erfc((math.log(x) - mu) / (self.sigma * math.sqrt(2)))
+        return math.exp(-x / self.mean)
 
 
 # --------------------------------------------------------------------------- behaviour
@@ -364,13 +405,42 @@ class Server(_Model):
     `cpu_per_packet` is CPU per forwarded packet (about 30 us, FACTS.md);
     `cpu_per_join` CPU per joining participant (about 6 ms); `cpu_per_connection` CPU
     per connection per second of wall time (RTCP, ICE consent, keep-alives).
+    `spacesim calibrate` fits these costs (and `cpu_fixed`, `fanout_delay`,
+    `forward_delay`) from load runs; `simulate --calibration FILE` applies them.
     """
 
     nodes: Count = Field(1, ge=1)
     cores: float = Field(1.0, gt=0, description="Cores per node available to forwarding.")
-    cpu_per_packet: Duration = 30e-6
-    cpu_per_join: Duration = 6e-3
-    cpu_per_connection: Duration = 20e-6
+    cpu_per_packet: Duration = Field(30e-6, description="CPU per forwarded packet.")
+    cpu_per_join: Duration = Field(6e-3, description="CPU per joining participant.")
+    cpu_per_connection: Duration = Field(
+        20e-6, description="CPU per open connection per second (RTCP, ICE consent)."
+    )
+    cpu_fixed: float = Field(
+        0.0,
+        ge=0,
+        description=(
+            "CPU a node uses with nobody connected (event loop, timers, metrics), in cores; "
+            "it counts towards utilisation."
+        ),
+    )
+    fanout_delay: Duration | None = Field(
+        None,
+        description=(
+            "Time between consecutive listeners' copies of one packet in a node's "
+            "sequential fan-out (the k-th listener waits k of them); null = "
+            "cpu_per_packet / cores. Calibrated on loopback it includes the swarm's own "
+            "receive path."
+        ),
+    )
+    forward_delay: Duration = Field(
+        0.0,
+        description=(
+            "Fixed latency every forwarded packet spends in the node whatever the load "
+            "(receive, SRTP unprotect / protect, send). A calibration from loopback runs "
+            "also puts the clients' own receive path here."
+        ),
+    )
     max_streams: Count | None = Field(
         None, description="Admission control: forwarded streams per node; null = none."
     )
@@ -409,6 +479,16 @@ class SimSettings(_Model):
     warmup: Duration = Field(0.0, description="Samples before this time are not recorded.")
 
 
+class LoadSettings(_Model):
+    """Load-test-only knobs (the simulator ignores them)."""
+
+    probe_fraction: Fraction = Field(
+        0.05,
+        description="Share of listeners that decode (probes: mouth-to-ear latency, the jitter "
+        "buffer's hold and audible audio); the rest only count RTP (lite).",
+    )
+
+
 # --------------------------------------------------------------------------- scenario
 
 
@@ -433,6 +513,7 @@ class Scenario(_Model):
     server: Server = Server()
     slo: Slo = Slo()
     sim: SimSettings = SimSettings()
+    load: LoadSettings = LoadSettings()
 
     @field_validator("network", mode="before")
     @classmethod
@@ -463,6 +544,33 @@ class Scenario(_Model):
         """Hash of the resolved model: equal scenarios hash equal however they were written."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+    def with_audience(self, factor: float) -> Scenario:
+        """The same room at `factor` times the audience: arrival rates and burst sizes
+        scale, so do the listener cap and admission limit; sessions, speakers and
+        behaviour per listener do not. A swarm on one machine runs a scaled-down
+        scenario, and simulating that same scaled scenario makes the two comparable.
+        """
+        if not (math.isfinite(factor) and factor > 0):
+            raise ValueError(f"factor must be a finite number > 0, got {factor!r}")
+        data = self.model_dump(mode="json")
+        arr = data["arrivals"]
+        for key in ("rate", "start", "end", "base"):
+            if key in arr:
+                arr[key] *= factor
+        for step in arr.get("steps", []):
+            step["rate"] *= factor
+        for burst in arr.get("bursts", []):
+            burst["size"] = max(1, round(burst["size"] * factor))
+        if data["rooms"].get("listener_cap") is not None:
+            data["rooms"]["listener_cap"] = max(
+                1, math.ceil(data["rooms"]["listener_cap"] * factor)
+            )
+        if data["server"].get("max_streams") is not None:
+            data["server"]["max_streams"] = max(
+                1, math.ceil(data["server"]["max_streams"] * factor)
+            )
+        return Scenario.model_validate(data)
 
     def to_yaml(self) -> str:
         """The resolved model in base units (seconds, per second, fractions)."""

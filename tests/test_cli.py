@@ -242,3 +242,29 @@ def test_non_utf8_file_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFi
     path.write_bytes("name: caf\xe9\n".encode("latin-1"))
     assert main(["scenario", "check", str(path)]) == 1
     assert "not UTF-8" in capsys.readouterr().err
+
+
+def test_demo_scenario_is_the_town_hall_cut_to_the_swarm() -> None:
+    from spacesim.load.shape import audience_curve
+    from spacesim.scenario import load_scenario
+
+    full = load_scenario(Path(__file__).resolve().parents[1] / "scenarios" / "town-hall.yaml")
+    small = cli.demo_scenario(full, 30, 60.0)
+    assert small.duration == 60 and small.server.nodes == 1 and small.server.cores == 1
+    assert audience_curve(small, 60).max() == pytest.approx(30, rel=0.05)
+    assert small.session == full.session and small.speaking == full.speaking
+
+
+@pytest.mark.timeout(300)
+def test_demo_runs_swarm_simulations_and_reports(tmp_path: Path) -> None:
+    """The README's first command, cut short: server + swarm, two simulations, reports."""
+    pytest.importorskip("locust")
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "-t", "12s", "--listeners", "4"]) == 0
+    assert load_run(out / "load").meta.source == "load"
+    assert load_run(out / "sim").meta.scenario_name == "town-hall-demo"
+    assert load_run(out / "sim-full").meta.scenario_name == "town-hall"
+    for page in ("report.html", "full-size.html"):
+        html = (out / page).read_text()
+        assert "data:image/png;base64," in html
+    assert main(["demo", "--out", str(out)]) == 2  # not empty: refuses to mix runs

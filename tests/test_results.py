@@ -345,3 +345,41 @@ def test_check_slos_accepts_scenario_targets(summary: pd.DataFrame) -> None:
         "audio_latency.p95": True,
         "delivery_ratio.value": False,
     }
+
+
+def test_cpu_per_packet_uses_each_nodes_tick() -> None:
+    rec = Recorder("r", "sim")
+    for i in range(4):  # node a: 0.5 s ticks, 0.2 cores -> 0.1 CPU s per tick
+        rec.add("node_cpu", 0.5 * i, participant="a", role="node", value=0.2)
+        rec.add("packets_forwarded", 0.5 * i, participant="a", role="node", value=1000)
+    for i in range(2):  # node b: 2 s ticks, 0.1 cores -> 0.2 CPU s per tick
+        rec.add("node_cpu", 2.0 * i, participant="b", role="node", value=0.1)
+        rec.add("packets_forwarded", 2.0 * i, participant="b", role="node", value=1000)
+    row = summarise(rec.to_frame()).loc["cpu_per_packet"]
+    assert row["value"] == pytest.approx((4 * 0.1 + 2 * 0.2) / 6000)
+    assert row["unit"] == "s" and row["count"] == 6000
+
+
+def test_no_cpu_per_packet_without_forwarding() -> None:
+    rec = Recorder("r", "server")
+    rec.add("node_cpu", 1.0, participant="server", role="node", value=0.1)
+    assert "cpu_per_packet" not in summarise(rec.to_frame()).index
+
+
+def test_summarise_run_takes_the_servers_figures_from_its_nested_run(tmp_path: Path) -> None:
+    from spacesim.results import summarise_run
+
+    server = Recorder("srv", "server")
+    for i in range(3):
+        server.add("node_cpu", float(i), participant="server", role="node", value=0.5)
+        server.add("packets_forwarded", float(i), participant="server", role="node", value=5e3)
+        server.add("participant_joined", float(i), "r0", f"p{i}", "listener")  # not counted
+    write_run(tmp_path / "server", server.to_frame(), meta("srv"))
+    df = sample_recorder().to_frame()
+    write_run(tmp_path, df, meta(extra={"server_run": "server"}))
+    summary = summarise_run(load_run(tmp_path))
+    assert summary.loc["cpu_per_packet", "value"] == pytest.approx(1.5 / 15e3)
+    assert summary.loc["packets_forwarded", "value"] == 15e3
+    assert summary.loc["joins", "value"] == summarise(df).loc["joins", "value"]
+    alone = summarise_run(load_run(tmp_path / "server"))  # a run without a nested one
+    assert alone.loc["cpu_per_packet", "value"] == pytest.approx(1e-4)

@@ -14,6 +14,7 @@ from spacesim.scenario import (
     PoissonArrivals,
     Scenario,
     ScenarioError,
+    Session,
     Slo,
     load_scenario,
     parse_count,
@@ -538,3 +539,29 @@ def test_session_law_is_shared_by_both_engines() -> None:
             for _ in range(40_000)
         ]
         assert np.mean(draws) == pytest.approx(300, rel=0.03)
+
+
+@pytest.mark.parametrize("kind", ["exponential", "lognormal", "fixed"])
+def test_session_survival_matches_draws(kind: str) -> None:
+    import random
+
+    session = Session(kind=kind, mean=10.0, sigma=0.7)
+    rng = random.Random(3)
+    draws = [session.draw(lambda: rng.expovariate(1.0), lambda: rng.gauss(0, 1))
+             for _ in range(20_000)]  # fmt: skip
+    for x in (2.0, 9.0, 25.0):
+        empirical = sum(d > x for d in draws) / len(draws)
+        assert session.survival(x) == pytest.approx(empirical, abs=0.015)
+    assert session.survival(-1) == 1.0
+
+
+def test_with_audience_scales_arrivals_and_caps_only() -> None:
+    sc = load_scenario(SCENARIOS / "town-hall.yaml")
+    small = sc.with_audience(0.01)
+    assert small.session == sc.session and small.speaking == sc.speaking
+    assert small.arrivals.kind == "flash_crowd" and sc.arrivals.kind == "flash_crowd"
+    assert small.arrivals.base == pytest.approx(sc.arrivals.base * 0.01)
+    assert small.arrivals.bursts[0].size == round(sc.arrivals.bursts[0].size * 0.01)
+    assert Scenario.model_validate(small.model_dump(mode="json")) == small  # still valid
+    with pytest.raises(ValueError, match="factor"):
+        sc.with_audience(0)

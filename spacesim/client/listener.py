@@ -6,7 +6,9 @@ contiguous sequence number, the send time on the monotonic clock; see
 listener computes publisher -> listener latency directly (the records say
 ``clock="monotonic"``); loss is the gap between the sequence numbers a sender used and
 the ones that arrived; jitter is RFC 3550's interarrival estimate (section 6.4.1) in
-seconds. The aiortc jitter buffer is not involved: the tap sees packets on arrival.
+seconds. The aiortc jitter buffer is not involved: `spacesim.rtc.receive_rtp_direct`
+hands each packet over from the socket's callback as it arrives, and only its payload
+is looked at (`spacesim.client.rtp.payload`).
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from spacesim import rtc
-from spacesim.client.opus import read_mark
+from spacesim.client.opus import read_mark_fields
+from spacesim.client.rtp import payload as rtp_payload
 
 __all__ = ["ListenerStats", "SenderStats"]
 
@@ -43,29 +45,40 @@ class SenderStats:
 
 @dataclass
 class ListenerStats:
-    """Per-sender receive statistics of one listener, fed by `on_packet`."""
+    """Per-sender receive statistics of one listener, fed by `on_rtp`."""
 
     clock: Callable[[], int] = time.monotonic_ns
     senders: dict[int, SenderStats] = field(default_factory=dict)
     unmarked: int = 0
     first_audio_ns: int | None = None
 
-    async def on_packet(self, slot: int, packet: rtc.RtpPacket, arrival_ms: int) -> None:
-        """The `connect_audio` callback: one arriving RTP packet."""
+    def on_rtp(self, slot: int, packet: bytes) -> None:
+        """The `connect_audio` callback: one decrypted RTP packet, just arrived."""
+        payload = rtp_payload(packet)
+        if payload is None:
+            self.unmarked += 1
+            return
+        self.on_payload(slot, payload)
+
+    def on_payload(self, slot: int, payload: bytes) -> None:
+        """One arriving RTP payload (an Opus packet) of listen slot ``slot``."""
         now = self.clock()
-        mark = read_mark(packet.payload)
+        mark = read_mark_fields(payload)
         if mark is None:
             self.unmarked += 1
             return
+        sender_id, seq, t_ns = mark
         if self.first_audio_ns is None:
             self.first_audio_ns = now
-        s = self.senders.get(mark.sender_id)
+        s = self.senders.get(sender_id)
         if s is None:
-            s = self.senders[mark.sender_id] = SenderStats(first_seq=mark.seq)
+            s = self.senders[sender_id] = SenderStats(first_seq=seq)
         s.received += 1
-        s.last_seq = max(s.last_seq, mark.seq)
-        s.first_seq = min(s.first_seq, mark.seq)
-        transit = (now - mark.t_ns) / 1e9
+        if seq > s.last_seq:
+            s.last_seq = seq
+        elif seq < s.first_seq:
+            s.first_seq = seq
+        transit = (now - t_ns) / 1e9
         s.latencies.append(transit)
         if s._transit is not None:  # J += (|D| - J) / 16, RFC 3550 6.4.1
             s.jitter += (abs(transit - s._transit) - s.jitter) / 16

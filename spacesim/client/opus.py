@@ -27,7 +27,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-__all__ = ["MAGIC", "MARK_SIZE", "Mark", "frames", "mark", "read_mark"]
+__all__ = ["MAGIC", "MARK_SIZE", "Mark", "frames", "mark", "read_mark", "read_mark_fields"]
 
 MAGIC = b"SSm1"
 """First four bytes of the padding block of a marked packet (spacesim mark v1)."""
@@ -168,6 +168,13 @@ def read_mark(packet: bytes) -> Mark | None:
     the magic at the start of the trailing padding (section 3.2.5 puts padding at
     the end of the packet).
     """
+    fields = read_mark_fields(packet)
+    return None if fields is None else Mark(*fields)
+
+
+def read_mark_fields(packet: bytes) -> tuple[int, int, int] | None:
+    """:func:`read_mark` as a plain ``(sender_id, seq, t_ns)`` tuple, for per-packet use
+    (a frozen dataclass costs more to build than the rest of the check)."""
     if len(packet) < 3 + MARK_SIZE or packet[0] & 3 != 3:
         return None
     count = packet[1]
@@ -176,4 +183,4 @@ def read_mark(packet: bytes) -> Mark | None:
     magic, sender_id, seq, t_ns = _MARK.unpack_from(packet, len(packet) - MARK_SIZE)
     if magic != MAGIC:
         return None
-    return Mark(sender_id, seq, t_ns)
+    return sender_id, seq, t_ns

@@ -1,15 +1,16 @@
-"""Probe listeners: `ListenerStats` plus an Opus decode of every packet received.
+"""Probe listeners: `ListenerStats` plus a jitter buffer and an Opus decode, as a client.
 
 A lite listener (`spacesim.client.listener.ListenerStats`) never decodes, so it cannot
 tell a stream of valid but silent (or garbled) Opus from real speech. `ProbeStats`
 does the same bookkeeping (latency from the marks, loss, RFC 3550 jitter) and also
-feeds each received payload to a libopus decoder (PyAV, ``av.CodecContext.create(
-"libopus", "r")``), one decoder per listen slot -- the server keeps each slot's RTP
-stream continuous, so a slot is what a real client would decode as one stream.
+passes each slot's packets through aiortc's audio jitter buffer and feeds every frame
+it releases to a libopus decoder (PyAV, ``av.CodecContext.create("libopus", "r")``),
+one buffer and decoder per listen slot -- the server keeps each slot's RTP stream
+continuous, so a slot is what a real client would decode as one stream.
 
 The audio-quality figure, per slot and in total:
 
-* ``frames``: 20 ms frames decoded (one per received packet; the clips and tones
+* ``frames``: 20 ms frames decoded (one per released packet; the clips and tones
   are 20 ms per packet, so normally ``frames == packets - decode_errors``);
 * ``audible``: frames whose RMS is above ``silence_dbfs`` (default -60 dBFS, i.e.
   RMS ~33 on the int16 scale);
@@ -35,9 +36,12 @@ from typing import Any
 
 import av
 import numpy as np
+from aiortc.jitterbuffer import JitterBuffer
 
-from spacesim import rtc
 from spacesim.client.listener import ListenerStats
+from spacesim.client.opus import read_mark_fields
+from spacesim.client.rtp import header as rtp_header
+from spacesim.client.rtp import payload as rtp_payload
 
 __all__ = ["ProbeStats", "SlotQuality", "new_decoder", "reference_audible_fraction"]
 
@@ -73,20 +77,71 @@ class SlotQuality:
         return self.audible / self.frames if self.frames else math.nan
 
 
+class _Buffered:
+    """What aiortc's `JitterBuffer` reads of a packet, plus when it arrived."""
+
+    __slots__ = ("_data", "arrival_ns", "sequence_number", "timestamp")
+
+    def __init__(self, seq: int, ts: int, data: bytes, arrival_ns: int) -> None:
+        self.sequence_number = seq
+        self.timestamp = ts
+        self._data = data
+        self.arrival_ns = arrival_ns
+
+
 @dataclass
 class ProbeStats(ListenerStats):
-    """`ListenerStats` that also decodes every payload; use ``on_packet`` with `connect_audio`."""
+    """`ListenerStats` plus what a real client hears; use ``on_rtp`` with `connect_audio`.
+
+    Each slot's packets go through aiortc's own audio jitter buffer (``JitterBuffer(
+    capacity=16, prefetch=4)``, as `aiortc.rtcrtpreceiver.RTCRtpReceiver` builds it),
+    and each frame it releases is decoded, as an aiortc listener would. So a probe
+    reports three delays: ``audio_latency`` at arrival (network + server, as lite
+    listeners do), the time the buffer held the frame (`playout`'s first item: the
+    client's buffering, ~4 frames = ~80 ms), and mouth-to-ear (the marker's send time
+    to the end of decoding: the sum of the two plus decoding).
+    """
 
     silence_dbfs: float = DEFAULT_SILENCE_DBFS
+    prefetch: int = 4
     slots: dict[int, SlotQuality] = field(default_factory=dict)
+    #: (buffer hold, mouth-to-ear) in seconds per played frame; the caller drains it
+    playout: list[tuple[float, float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._min_ms = _threshold(self.silence_dbfs)
+        self._buffers: dict[int, tuple[JitterBuffer, dict[int, int]]] = {}
 
-    async def on_packet(self, slot: int, packet: rtc.RtpPacket, arrival_ms: int) -> None:
-        """The `connect_audio` callback: latency/loss as `ListenerStats`, then decode."""
-        await ListenerStats.on_packet(self, slot, packet, arrival_ms)
-        self.decode(slot, packet.payload)
+    def on_rtp(self, slot: int, packet: bytes) -> None:
+        """Arrival (latency, loss, jitter), then the jitter buffer; decode what it releases."""
+        h = rtp_header(packet)
+        payload = rtp_payload(packet)
+        if h is None or payload is None:
+            self.unmarked += 1
+            return
+        ListenerStats.on_payload(self, slot, payload)
+        self.play(slot, h.sequence_number, h.timestamp, payload)
+
+    def play(self, slot: int, seq: int, ts: int, payload: bytes) -> None:
+        """One packet into ``slot``'s jitter buffer; a released frame is decoded and timed."""
+        entry = self._buffers.get(slot)
+        if entry is None:
+            entry = self._buffers[slot] = (JitterBuffer(capacity=16, prefetch=self.prefetch), {})
+        jb, arrivals = entry
+        now = self.clock()
+        arrivals[ts] = now
+        _, frame = jb.add(_Buffered(seq, ts, payload, now))  # type: ignore[arg-type]
+        if frame is None:
+            return
+        arrived = arrivals.pop(frame.timestamp, now)
+        if len(arrivals) > 64:  # frames the buffer skipped never come out: forget them
+            for old in [t for t in arrivals if (t - frame.timestamp) & 0x80000000]:
+                del arrivals[old]
+        self.decode(slot, frame.data)
+        played = self.clock()
+        mark = read_mark_fields(frame.data)
+        if mark is not None:
+            self.playout.append(((now - arrived) / 1e9, (played - mark[2]) / 1e9))
 
     def decode(self, slot: int, payload: bytes) -> None:
         """Decode one Opus payload received on ``slot`` and update its `SlotQuality`."""

@@ -2,12 +2,13 @@
 
 `RoomClient` speaks the HTTP API for one user; `connect_audio` makes the WebRTC offer
 the protocol describes (an optional publish section, then `slots` listen sections),
-joins with it, and taps what each listen slot receives without decoding.
+joins with it, and receives what each listen slot gets at the socket, without aiortc's
+receive path or any decoding (`spacesim.rtc.receive_rtp_direct`).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,8 +19,6 @@ from spacesim import rtc
 from spacesim.client.netem import Impairment, UdpRelay, blackhole_candidates, relay_answer
 
 __all__ = ["AudioLink", "ClientError", "RoomClient", "connect_audio"]
-
-OnPacket = Callable[[int, rtc.RtpPacket, int], Awaitable[None]]
 
 
 class ClientError(Exception):
@@ -35,10 +34,13 @@ class ClientError(Exception):
 class RoomClient:
     """One user's view of a server: a token and the protocol's requests."""
 
-    def __init__(self, base: str, user: str, http: aiohttp.ClientSession) -> None:
+    def __init__(
+        self, base: str, user: str, http: aiohttp.ClientSession, *, moderator: bool = False
+    ) -> None:
         self.base = base.rstrip("/")
         self.user = user
         self.http = http
+        self.moderator = moderator  # a platform moderator (dev tokens carry the grant)
         self._token: str | None = None
 
     async def _call(self, method: str, path: str, body: Any = None, auth: bool = True) -> Any:
@@ -62,7 +64,8 @@ class RoomClient:
     async def token(self) -> str:
         """A dev-mode token for this user (minted once)."""
         if self._token is None:
-            data = await self._call("POST", "/v1/dev/token", {"user": self.user}, auth=False)
+            body = {"user": self.user} | ({"moderator": True} if self.moderator else {})
+            data = await self._call("POST", "/v1/dev/token", body, auth=False)
             self._token = str(data["token"])
         return self._token
 
@@ -83,6 +86,18 @@ class RoomClient:
         )
         return result
 
+    async def moderate(
+        self, space: str, action: str, target: str | None = None, report: int | None = None
+    ) -> dict[str, Any]:
+        """Resolve a report as a platform moderator: dismiss, remove, block or end."""
+        body: dict[str, Any] = {"action": action}
+        if target is not None:
+            body["target"] = target
+        if report is not None:
+            body["report"] = report
+        result: dict[str, Any] = await self._call("POST", f"/v1/moderation/spaces/{space}", body)
+        return result
+
     async def leave(self, space: str) -> None:
         await self._call("POST", f"/v1/spaces/{space}/leave", {})
 
@@ -97,11 +112,12 @@ class RoomClient:
 
 @dataclass
 class AudioLink:
-    """A participant's WebRTC connection and, if impaired, the relays in its path."""
+    """A participant's WebRTC connection, its receive path and, if impaired, the relays."""
 
     pc: RTCPeerConnection
     relays: list[UdpRelay]
     join: dict[str, Any]
+    rx: rtc.DirectRtp | None = None  # counters of the direct receive path (None: no slots)
 
     async def close(self) -> None:
         await self.pc.close()
@@ -112,13 +128,16 @@ class AudioLink:
 async def connect_audio(
     client: RoomClient,
     space: str,
-    on_packet: OnPacket,
+    on_rtp: rtc.OnRtp,
     *,
     publish: MediaStreamTrack | None = None,
     slots: int = 3,
     impair: tuple[Impairment, Impairment] | None = None,
 ) -> AudioLink:
-    """Join `space` with audio; `on_packet(slot, packet, arrival_ms)` sees every RTP packet.
+    """Join `space` with audio; `on_rtp(slot, packet)` gets every RTP packet, decrypted.
+
+    `on_rtp` runs in the socket's callback on the event loop (no task per packet), with
+    the whole RTP packet as bytes; `spacesim.client.rtp` reads it.
 
     `impair` = (client -> server, server -> client) puts a user-space relay between the
     client and the server's ICE candidates (the kernel here has no netem).
@@ -142,14 +161,12 @@ async def connect_audio(
     relays: list[UdpRelay] = []
     if impair is not None:
         answer, relays = await relay_answer(answer, impair[0], impair[1])
-    await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
-    for i, transceiver in enumerate(listen):
-        rtc.tap_rtp(transceiver.receiver, _slot_handler(i, on_packet))
-    return AudioLink(pc, relays, data)
-
-
-def _slot_handler(slot: int, on_packet: OnPacket) -> rtc.OnPacket:
-    async def handle(packet: rtc.RtpPacket, arrival_ms: int) -> None:
-        await on_packet(slot, packet, arrival_ms)
-
-    return handle
+    link = AudioLink(pc, relays, data)
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        if listen:
+            link.rx = rtc.receive_rtp_direct([t.receiver for t in listen], on_rtp)
+    except BaseException:
+        await link.close()
+        raise
+    return link

@@ -3,14 +3,15 @@
 Locust runs in a subprocess (its gevent monkey-patching must not touch this process):
 
 1. without ``target``, start the reference server (``spacesim serve``) on a free
-   127.0.0.1 port with a temporary database and wait for ``/healthz``;
+   127.0.0.1 port with a temporary database and wait for ``/healthz``; it records its
+   own run (CPU, packets forwarded, events; ``source=server``) into ``OUT/server``;
 2. check the target's ``/healthz`` (a clear error, exit 2, if it is unreachable or
    not a spacesim server);
 3. run ``locust -f loadtests/locustfile.py --headless -u N -r R -t T --host URL --csv
    OUT/locust/locust --html OUT/locust/report.html`` (``--processes W`` when
    ``workers`` > 0), streaming its output; every process writes
    ``OUT/parts/part-<pid>.parquet``;
-4. merge the parts into one run directory (`write_run`) and print `summarise`.
+4. merge the parts into one run directory (`write_run`) and print `summarise_run`.
 
 Every step has a timeout: the Locust run is killed ``GRACE`` seconds after its
 run time.
@@ -18,7 +19,9 @@ run time.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import json
 import math
 import os
 import resource
@@ -33,23 +36,28 @@ from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import pandas as pd
 
-from spacesim.results import RunMeta, records_frame, summarise, write_run
-from spacesim.scenario import FlashCrowdArrivals, Scenario, ScenarioError, load_scenario
+from spacesim.load.shape import DEFAULT_LISTENERS, audience_curve, scaled_users
+from spacesim.results import Run, RunMeta, records_frame, summarise_run, write_run
+from spacesim.scenario import Scenario, ScenarioError, load_scenario
 from spacesim.server import launch
 
 __all__ = ["LoadError", "default_users", "main"]
 
-MAX_DEFAULT_LISTENERS = 50  # per run, when the caller gives no -u
+MAX_DEFAULT_LISTENERS = DEFAULT_LISTENERS  # per run, when the caller gives no -u
 MAX_USERS = 900  # one UDP socket per connection; stay under a 1024 fd limit per process
 MAX_DEFAULT_DURATION = 600.0
 GRACE = 60.0  # seconds past the run time before Locust is killed
 SERVER_START_TIMEOUT = 20.0
+SERVER_RUN = "server"  # the embedded server's own run: a run directory inside the load run
 HEALTH_TIMEOUT = 5.0
+LAG_WARNING = 0.05  # swarm loop lag (p95, s) beyond which the run's latencies are suspect
 _REPO = Path(__file__).resolve().parents[2]
 _FALLBACK_LOCUSTFILE = (
-    "import locust  # noqa: F401\nfrom spacesim.load.users import Host, Listener  # noqa: E402\n"
+    "import locust  # noqa: F401\n"
+    "from spacesim.load.users import Host, Listener, ScenarioShape  # noqa: E402\n"
 )
 
 
@@ -64,28 +72,16 @@ def _say(msg: str) -> None:
     print(f"spacesim load: {msg}", file=sys.stderr, flush=True)
 
 
-def _arrival_rate(sc: Scenario) -> float:
-    a = sc.arrivals
-    if a.kind in ("constant", "poisson"):
-        return a.rate
-    if a.kind == "ramp":
-        return max(a.start, a.end)
-    if a.kind == "piecewise":
-        return max(s.rate for s in a.steps)
-    if isinstance(a, FlashCrowdArrivals):  # on average over the run
-        return a.base + sum(b.size for b in a.bursts) / sc.duration
-    return a.rate
+def default_users(sc: Scenario, horizon: float) -> tuple[int, float]:
+    """(Locust users, spawn rate per s): hosts plus the audience's peak within `horizon`.
 
-
-def default_users(sc: Scenario) -> tuple[int, float]:
-    """(Locust users, spawn rate per s): hosts plus Little's-law listeners, capped."""
-    rate = _arrival_rate(sc)
-    listeners = math.ceil(rate * sc.session.mean) * sc.rooms.count
-    if sc.rooms.listener_cap is not None:
-        listeners = min(listeners, sc.rooms.listener_cap * sc.rooms.count)
-    listeners = max(1, min(listeners, MAX_DEFAULT_LISTENERS))
-    spawn = max(1.0, min(rate * sc.rooms.count, 20.0))
-    return sc.rooms.count + listeners, spawn
+    The peak is that of the M/G/∞ audience curve (`shape.audience_curve`), capped at
+    `MAX_DEFAULT_LISTENERS`; the spawn rate is the curve's steepest climb (at least 1/s).
+    """
+    curve = audience_curve(sc, horizon)
+    listeners = max(1, min(math.ceil(float(curve.max())), MAX_DEFAULT_LISTENERS))
+    climb = float(np.diff(scaled_users(curve, listeners)).max(initial=0))
+    return sc.rooms.count + listeners, max(1.0, min(climb, 20.0))
 
 
 def check_target(url: str, timeout: float = HEALTH_TIMEOUT) -> dict[str, Any]:
@@ -97,10 +93,17 @@ def check_target(url: str, timeout: float = HEALTH_TIMEOUT) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def embedded_server(workdir: Path) -> Iterator[str]:
-    """`spacesim serve` on a free loopback port with a temporary database."""
+def embedded_server(workdir: Path, record: Path | None = None) -> Iterator[str]:
+    """`spacesim serve` on a free loopback port with a temporary database.
+
+    With `record`, the server writes its own run (source=server: its CPU, packets
+    forwarded and events) there when it stops.
+    """
+    args = ["--record", str(record)] if record is not None else []
     try:
-        with launch.embedded_server(workdir, SERVER_START_TIMEOUT, env=_child_env()) as url:
+        with launch.embedded_server(
+            workdir, SERVER_START_TIMEOUT, env=_child_env(), args=args
+        ) as url:
             _say(f"embedded server at {url}")
             yield url
     except launch.ServerUnavailable as exc:
@@ -181,14 +184,25 @@ def main(
     out: str | Path | None = None,
     spawn_rate: float | None = None,
     show: Show | None = None,
+    shape: str = "arrivals",
+    network: str = "scenario",
 ) -> int:
     """Run a load test; 0 on success, 2 for a refused run, 1 when nothing was measured.
 
     `show(summary, scenario, title)` presents the summary (the CLI passes the same table
     `spacesim simulate` prints); without it the summary is printed as plain text.
+    `shape` is ``arrivals`` (users follow the scenario's arrival profile, peaking at
+    `users`) or ``steady``; `network` is ``scenario`` (each client's path gets the
+    scenario's delay, jitter and loss) or ``none``.
     """
     try:
-        return _main(scenario_path, target, users, duration, workers, out, spawn_rate, show)
+        if shape not in ("arrivals", "steady"):
+            raise LoadError(f"shape must be arrivals or steady, got {shape!r}")
+        if network not in ("scenario", "none"):
+            raise LoadError(f"network must be scenario or none, got {network!r}")
+        return _main(
+            scenario_path, target, users, duration, workers, out, spawn_rate, show, shape, network
+        )
     except (LoadError, ScenarioError, FileExistsError) as exc:
         _say(str(exc))
         return 2
@@ -203,18 +217,20 @@ def _main(
     out: str | Path | None,
     spawn_rate: float | None,
     show: Show | None,
+    shape: str,
+    network: str,
 ) -> int:
     sc = load_scenario(scenario_path)
-    auto_users, auto_spawn = default_users(sc)
+    run_time = min(sc.duration, MAX_DEFAULT_DURATION) if duration is None else duration
+    if not (0 < run_time <= 24 * 3600):
+        raise LoadError(f"duration must be in (0, 86400] s, got {run_time}")
+    auto_users, auto_spawn = default_users(sc, run_time)
     n_users = auto_users if users is None else users
     if not (sc.rooms.count < n_users <= MAX_USERS):
         raise LoadError(
             f"users must be more than the {sc.rooms.count} host(s) and at most {MAX_USERS}, "
             f"got {n_users}"
         )
-    run_time = min(sc.duration, MAX_DEFAULT_DURATION) if duration is None else duration
-    if not (0 < run_time <= 24 * 3600):
-        raise LoadError(f"duration must be in (0, 86400] s, got {run_time}")
     if workers < 0:
         raise LoadError(f"workers must be >= 0, got {workers}")
     spawn = auto_spawn if spawn_rate is None else spawn_rate
@@ -229,7 +245,14 @@ def _main(
     wall0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="spacesim-load-") as tmp:
         workdir = Path(tmp)
-        server = embedded_server(workdir) if target is None else contextlib.nullcontext(target)
+        server_dir = out_dir / SERVER_RUN
+        if target is None and server_dir.exists():
+            shutil.rmtree(server_dir)
+        server = (
+            embedded_server(workdir, server_dir)
+            if target is None
+            else contextlib.nullcontext(target)
+        )
         with server as url:
             parts = out_dir / "parts"
             locust_dir = out_dir / "locust"
@@ -242,6 +265,8 @@ def _main(
                 SPACESIM_LOAD_OUT=str(parts.resolve()),
                 SPACESIM_RUN_ID=run_id,
                 SPACESIM_T0=repr(t0),
+                SPACESIM_SHAPE=shape,
+                SPACESIM_NETWORK=network,
             )
             cmd = [
                 sys.executable,
@@ -291,10 +316,17 @@ def _main(
             "workers": workers,
             "locust": metadata.version("locust"),
             "locust_exit_code": rc,
+            "shape": shape,
+            "network": network,
+            # audio_latency compares the speaker's and the listener's CLOCK_MONOTONIC:
+            # valid while every Locust process runs on one machine (as spacesim load does)
+            "clock": "monotonic, one machine",
+            "server_run": SERVER_RUN if (out_dir / SERVER_RUN / "meta.json").is_file() else None,
+            "t0_unix": t0,
         },
     )
     write_run(out_dir, records, meta)
-    summary = summarise(records, run_time)
+    summary = summarise_run(Run(records, meta, out_dir))
     title = f"{sc.name}: {n_users} users for {run_time:g} s (wall {wall:.1f} s), run {run_id}"
     if show is not None:
         show(summary, sc, title)
@@ -303,7 +335,27 @@ def _main(
             print(title)
             print(summary.to_string())
     print(f"records: {len(records):,} -> {out_dir}")
+    lag = summary["p95"].get("loop_lag", math.nan)
+    if lag > LAG_WARNING:
+        _say(
+            f"the swarm's own event loop ran {lag * 1000:.0f} ms late (p95 of loop_lag): "
+            "its latency figures include that delay; run fewer users, or --workers on "
+            "a machine with cores to spare"
+        )
     joined = int((records["kind"] == "participant_joined").sum())
     if rc != 0:
         _say(f"locust exited {rc}")
+    if not joined:
+        _say(f"no participant could join {target or 'the embedded server'}: {_refusals(records)}")
     return 0 if rc == 0 and joined else 1
+
+
+def _refusals(records: pd.DataFrame) -> str:
+    """'12 x server_full (the server is at capacity ...)' for each refusal reason seen."""
+    refused = records.loc[records["kind"] == "join_refused", "attrs"].dropna()
+    if refused.empty:
+        return "no join was refused either (see Locust's output above)"
+    counts = collections.Counter(
+        (a.get("reason", "?"), a.get("detail", "")) for a in map(json.loads, refused)
+    )
+    return "; ".join(f"{n} x {code} ({detail})" for (code, detail), n in counts.most_common(3))

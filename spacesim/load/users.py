@@ -1,4 +1,4 @@
-"""Locust users per role, driven by a scenario: a `Host` per room and lite `Listener` s.
+"""Locust users per role, driven by a scenario: a `Host` per room and `Listener` s.
 
 Import this from a locustfile *after* ``import locust`` (gevent must patch first).
 
@@ -8,18 +8,28 @@ Import this from a locustfile *after* ``import locust`` (gevent must patch first
   event stream and answers each raised hand after Exp(``audience.host_response_time``)
   with probability ``audience.approval`` of approving; approved speakers are demoted
   after Exp(``audience.speaker_stint``). hand_wait = server time of the grant minus
-  server time of the raise (both from the event stream).
+  server time of the raise (both from the event stream). Its moderation desk of
+  ``audience.moderators`` resolves each report after Exp(``audience.review_time``)
+  (dismiss / remove / block in ``audience.outcomes``' shares). When the event stream
+  comes back after breaking (a server restart), it rejoins its publishers.
 * `Listener`: each task run is one listening session under a fresh user id: join with
-  audio (`connect_audio`, no decoding, `ListenerStats`), stay a session length drawn
-  from ``session``, raise hands and react at the ``audience`` rates, leave. Locust
-  keeps ``-u`` users busy, so concurrency is fixed (a closed model), not the
-  scenario's arrival process; run.py derives ``-u`` from Little's law.
+  audio (`connect_audio`; a lite `ListenerStats`, or with ``load.probe_fraction`` a
+  `ProbeStats` that also buffers and decodes), stay a session length drawn from
+  ``session``, raise hands, react and report at the ``audience`` rates, leave. A
+  connection that fails or goes silent is rejoined (``reconnected``).
+* `ScenarioShape`: the number of users follows the scenario's arrival profile
+  (`spacesim.load.shape`), peaking at ``-u``; ``--spacesim-shape steady`` holds ``-u``.
+* Every client's path gets the scenario's ``network`` (user-space relays), unless
+  ``--spacesim-network none``.
 
 Locust request events (request_type "spacesim"): ``join``, ``first_audio``,
-``audio_latency`` (p50 of each listener's last 1 s window), ``hand_wait`` and the
-actions. Records (source ``load``) go to a per-process `Recorder`, written at test
-stop to ``OUT/part-<pid>.parquet`` (``--spacesim-out`` / ``SPACESIM_LOAD_OUT``);
-`spacesim.load.run` merges the parts into one run directory.
+``audio_latency`` and ``mouth_to_ear`` (p50 of each listener's last 1 s window),
+``hand_wait``, ``report_resolution``, ``reconnect``, ``loop_lag`` and the actions.
+Records (source ``load``) go to a per-process `Recorder`, written at test stop to
+``OUT/part-<pid>.parquet`` (``--spacesim-out`` / ``SPACESIM_LOAD_OUT``);
+`spacesim.load.run` merges the parts into one run directory. In Locust's own
+distributed mode (``--master`` / ``--worker``), give every worker the same
+``--spacesim-out`` on one machine; latencies need the processes on one machine anyway.
 """
 
 from __future__ import annotations
@@ -38,21 +48,25 @@ from typing import Any
 
 import gevent
 import gevent.event
-from locust import User, constant, events, task  # gevent patches here, before aiohttp
+from locust import LoadTestShape, User, constant, events, task  # gevent patches first
 from locust.env import Environment
+from locust.exception import StopUser
 from locust.runners import MasterRunner, WorkerRunner
 
 # isort: split
 import aiohttp
 
 from spacesim.client.listener import ListenerStats
+from spacesim.client.netem import Impairment
+from spacesim.client.probe import ProbeStats
 from spacesim.client.session import AudioLink, ClientError, RoomClient, connect_audio
 from spacesim.client.speaker import SpeakerTrack, clip_names, load_clip
 from spacesim.load import bridge
+from spacesim.load.shape import DEFAULT_LISTENERS, audience_curve, scaled_users
 from spacesim.results import Recorder, RunMeta
 from spacesim.scenario import Scenario, load_scenario
 
-__all__ = ["Host", "Listener", "state"]
+__all__ = ["Host", "Listener", "ScenarioShape", "state"]
 
 log = logging.getLogger("spacesim.load")
 
@@ -64,6 +78,9 @@ FIRST_AUDIO_TIMEOUT = 10.0
 LATENCY_SAMPLES = 10  # audio_latency records per listener per window
 EMOJIS = ("💯", "👍", "👏", "😂", "❤️", "🔥", "🙏", "🎉")
 MSG_SPACE = "spacesim_space"
+GIVE_UP_AFTER = 20  # refused joins, none accepted, before this process stops the run
+STALL = 3.0  # seconds without audio after which a listener's connection counts as dropped
+LAG_PROBE = 0.05  # the loop-lag watch's timer (s)
 
 
 # --------------------------------------------------------------------------- per process
@@ -78,6 +95,10 @@ class _State:
         self.t0 = float(os.environ.get("SPACESIM_T0") or time.time())
         self.recorder = Recorder(self.run_id, "load")
         self.spaces: list[str] = []
+        self.active: dict[str, str] = {}  # listener user -> space, for reports about users
+        self.joined = 0
+        self.refused = 0
+        self.lag_watch: Any = None
         self.space_ready = gevent.event.Event()
         self.closers: dict[int, Any] = {}  # id -> object with async close()
         self.ids = itertools.count()
@@ -105,6 +126,10 @@ class _State:
 _state: _State | None = None
 _scenario: Scenario | None = None
 _out: Path | None = None
+_shape_mode = os.environ.get("SPACESIM_SHAPE", "arrivals")
+_network_mode = os.environ.get("SPACESIM_NETWORK", "scenario")
+SHAPES = ("arrivals", "steady")
+NETWORKS = ("scenario", "none")
 
 
 def state() -> _State:
@@ -136,8 +161,67 @@ def fire(env: Environment, name: str, seconds: float, exc: BaseException | None 
     )
 
 
+def _refusal(exc: BaseException) -> dict[str, str]:
+    """attrs of a join_refused record: the protocol's code (or the error's type) and why."""
+    if isinstance(exc, ClientError):
+        return {"reason": exc.code, "detail": exc.reason[:200]}
+    return {"reason": type(exc).__name__, "detail": str(exc)[:200]}
+
+
 def _exp(rng: random.Random, mean: float) -> float:
     return rng.expovariate(1.0 / mean) if mean > 0 else 0.0
+
+
+def _path(rng: random.Random) -> tuple[Impairment, Impairment] | None:
+    """A client's network path drawn from the scenario's mix (None: plain loopback).
+
+    Both directions get ``rtt / 2`` plus Exp(``jitter``) and ``loss``, as in the
+    simulator; `spacesim.client.netem` relays the client's datagrams in user space.
+    """
+    if _network_mode == "none":
+        return None
+    profiles = scenario().network
+    p = rng.choices(profiles, weights=[n.share for n in profiles])[0]
+    if p.rtt <= 0 and p.jitter <= 0 and p.loss <= 0:
+        return None
+    up, down = (
+        Impairment(delay=p.rtt / 2, jitter=p.jitter, loss=p.loss, seed=rng.getrandbits(32))
+        for _ in range(2)
+    )
+    return up, down
+
+
+def _path_attrs(path: tuple[Impairment, Impairment] | None) -> dict[str, float]:
+    if path is None:
+        return {"rtt": 0.0, "jitter": 0.0, "loss": 0.0}
+    return {"rtt": 2 * path[0].delay, "jitter": path[0].jitter, "loss": path[0].loss}
+
+
+async def _watch_lag(env: Environment) -> None:
+    """Record how late this process's loop runs a short timer, worst per second.
+
+    A saturated swarm delays every packet it measures (FACTS.md: Locust's own CPU
+    warning stays silent when the whole machine is busy), so each run carries the
+    swarm's own lag next to the latencies it reports.
+    """
+    st = state()
+    loop = asyncio.get_running_loop()
+    worst, window_end = 0.0, loop.time() + TICK
+    while True:
+        t = loop.time()
+        await asyncio.sleep(LAG_PROBE)
+        now = loop.time()
+        worst = max(worst, now - t - LAG_PROBE)
+        if now >= window_end:
+            st.recorder.add("loop_lag", st.now(), "", f"swarm-{st.pid}", "swarm", worst)
+            fire(env, "loop_lag", worst)
+            worst, window_end = 0.0, now + TICK
+
+
+def _ensure_lag_watch(env: Environment) -> None:
+    st = state()
+    if st.lag_watch is None:
+        st.lag_watch = bridge.spawn(_watch_lag(env))
 
 
 async def _connected(link: AudioLink, timeout: float) -> None:
@@ -172,6 +256,10 @@ class _Room:
         self.rng = random.Random(sc.seed * 1_000_003 + st.pid * 1009 + self.n)
         self.closed = False
         self.joined: dict[str, float] = {}  # user -> run time joined
+        # The moderation desk: `audience.moderators` review reports, an M/M/c queue as
+        # in the simulator; each report takes Exp(`review_time`).
+        self.desk = asyncio.Semaphore(sc.audience.moderators)
+        self.moderator: RoomClient | None = None
 
     def _task(self, coro: Any) -> None:
         t = asyncio.get_running_loop().create_task(coro)
@@ -190,12 +278,20 @@ class _Room:
         self.clients.append(host)
         t = time.monotonic()
         self.space = await host.create_space(f"load {self.sc.name}", self.sc.rooms.who_may_speak)
-        link = await connect_audio(host, self.space, _ignore, publish=self._track(0))
+        self.moderator = RoomClient(self.base, f"mod-{st.pid}-{self.n}", http, moderator=True)
+        path = _path(self.rng)
+        link = await connect_audio(host, self.space, _ignore, publish=self._track(0), impair=path)
         self.links.append(link)
         await _connected(link, JOIN_TIMEOUT)
         self.joined[self.user] = st.now()
         st.recorder.add(
-            "participant_joined", st.now(), self.space, self.user, "host", time.monotonic() - t
+            "participant_joined",
+            st.now(),
+            self.space,
+            self.user,
+            "host",
+            time.monotonic() - t,
+            _path_attrs(path),
         )
         self._task(self._watch(host))
         for k in range(1, self.sc.speaking.active_speakers):
@@ -207,29 +303,61 @@ class _Room:
         speaker = RoomClient(self.base, who, host.http)
         self.clients.append(speaker)
         t = time.monotonic()
-        link = await connect_audio(speaker, self.space, _ignore, publish=self._track(k))
+        path = _path(self.rng)
+        link = await connect_audio(
+            speaker, self.space, _ignore, publish=self._track(k), impair=path
+        )
         self.links.append(link)
         await _connected(link, JOIN_TIMEOUT)
         await host.act(self.space, "invite", target=who)
         await speaker.act(self.space, "accept_invite")
         now = self.joined[who] = st.now()
-        st.recorder.add("participant_joined", now, self.space, who, "speaker", time.monotonic() - t)
+        took = time.monotonic() - t
+        st.recorder.add(
+            "participant_joined", now, self.space, who, "speaker", took, _path_attrs(path)
+        )
         st.recorder.add("speaker_granted", now, self.space, who, "speaker")
 
     async def _watch(self, host: RoomClient) -> None:
-        st = state()
+        """Follow the space's events; after the stream breaks (e.g. the server restarted),
+        reopen it and rejoin every publisher, whose media died with the stream."""
+        broke = False
         while not self.closed:
             try:
                 async for ev in host.events(self.space):
+                    if broke:
+                        broke = False
+                        await self._rejoin_media()
                     if ev.get("type") == "event":
                         self._on_event(ev, host)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the stream broke: reconnect unless closing
                 log.warning("event stream of %s: %r", self.space, exc)
+            broke = True
             if not self.closed:
                 await asyncio.sleep(1.0)
-        del st
+
+    async def _rejoin_media(self) -> None:
+        """Join again with each publisher (the server keeps roles across a rejoin)."""
+        st = state()
+        for k, (client, link) in enumerate(zip(self.clients, self.links, strict=False)):
+            t = time.monotonic()
+            await _quiet(link.close())
+            try:
+                path = _path(self.rng)
+                new = await connect_audio(
+                    client, self.space, _ignore, publish=self._track(k), impair=path
+                )
+                self.links[k] = new
+                await _connected(new, JOIN_TIMEOUT)
+            except Exception as exc:
+                fire(self.env, "reconnect", time.monotonic() - t, exc)
+                continue
+            took = time.monotonic() - t
+            fire(self.env, "reconnect", took)
+            role = "host" if k == 0 else "speaker"
+            st.recorder.add("reconnected", st.now(), self.space, client.user, role, took)
 
     def _on_event(self, ev: dict[str, Any], host: RoomClient) -> None:
         st = state()
@@ -247,6 +375,44 @@ class _Room:
             fire(self.env, "hand_wait", wait)
         elif kind in ("hand_lowered", "participant_left", "removed"):
             self.raised.pop(who, None)
+        elif kind == "report_filed":
+            attrs = ev.get("attrs") or {}
+            report = attrs.get("report_id")
+            target = who if attrs.get("target_type") == "user" else None
+            if report is not None:
+                self._task(self._review(int(report), target))
+
+    async def _review(self, report: int, target: str | None) -> None:
+        """A moderator takes the report when free, reviews it, and applies an outcome."""
+        st = state()
+        filed = st.now()
+        aud = self.sc.audience
+        async with self.desk:
+            queued = st.now() - filed
+            await asyncio.sleep(_exp(self.rng, aud.review_time))
+            action = "dismiss"
+            if target is not None:
+                u = self.rng.random()
+                if u < aud.outcomes.remove:
+                    action = "remove"
+                elif u < aud.outcomes.remove + aud.outcomes.block:
+                    action = "block"
+            if self.closed or self.moderator is None:
+                return
+            t = time.monotonic()
+            try:
+                await self.moderator.moderate(self.space, action, target, report)
+            except ClientError as exc:  # e.g. the target left and was already gone
+                fire(self.env, "moderate", time.monotonic() - t, exc)
+                return
+        fire(self.env, "moderate", time.monotonic() - t)
+        fire(self.env, "report_resolution", st.now() - filed)
+        now = st.now()
+        attrs = {"action": action, "queue_wait": queued, "report_id": report}
+        st.recorder.add("report_resolved", now, self.space, target or "", "", now - filed, attrs)
+        if action in ("remove", "block") and target is not None:
+            st.recorder.add("removed" if action == "remove" else "blocked", now, self.space,
+                            target, "listener", attrs=attrs)  # fmt: skip
 
     async def _decide(self, host: RoomClient, who: str) -> None:
         aud = self.sc.audience
@@ -282,7 +448,7 @@ class _Room:
             st.recorder.add("participant_left", st.now(), self.space, user, role, st.now() - at)
 
 
-async def _ignore(slot: int, packet: Any, arrival_ms: int) -> None:
+def _ignore(slot: int, packet: bytes) -> None:
     return None
 
 
@@ -300,6 +466,7 @@ class Host(User):
     wait_time = constant(1)
 
     def on_start(self) -> None:
+        _ensure_lag_watch(self.environment)
         self.room = _Room(self.environment, self.host or "", scenario())
         st = state()
         st.closers[id(self.room)] = self.room
@@ -308,7 +475,18 @@ class Host(User):
             bridge.run(self.room.start(), timeout=JOIN_TIMEOUT + 10)
         except BaseException as exc:
             fire(self.environment, "host_start", time.monotonic() - t, exc)
+            st.recorder.add(
+                "join_refused", st.now(), self.room.space, self.room.user, "host",
+                attrs=_refusal(exc),
+            )  # fmt: skip
+            _write_part()  # the run's summary says why, even if nothing else happens
             _close(self.room)
+            if isinstance(exc, ClientError) and 400 <= exc.status < 500:
+                # A refusal will not go away by retrying: stop the run, say why once.
+                log.error("the host could not open a space, stopping the run: %s", exc)
+                if self.environment.runner is not None:
+                    self.environment.runner.quit()
+                raise StopUser() from None
             raise
         fire(self.environment, "host_start", time.monotonic() - t)
         st.add_space(self.room.space)
@@ -339,22 +517,45 @@ def _close(obj: Any) -> None:
 class _ListenerSession:
     """One listening session: join, measure, act, leave (coroutines run on the loop)."""
 
-    def __init__(self, base: str, space: str, user: str) -> None:
+    def __init__(
+        self, base: str, space: str, user: str, path: tuple[Impairment, Impairment] | None
+    ) -> None:
         self.base = base
         self.space = space
         self.user = user
-        self.stats = ListenerStats()
+        self.path = path
+        probe = state().rng.random() < scenario().load.probe_fraction
+        self.stats: ListenerStats = ProbeStats() if probe else ListenerStats()
+        self.quality = (0, 0)  # a probe's (frames, audible) at the last window
         self.link: AudioLink | None = None
         self.client: RoomClient | None = None
         self.joined_at: float | None = None
         self.closed = False
         self.received = 0
         self.lost = 0
+        self.last_audio: float | None = None  # monotonic time of the last window with audio
 
     async def join(self) -> None:
         self.client = RoomClient(self.base, self.user, await state().session())
-        self.link = await connect_audio(self.client, self.space, self.stats.on_packet)
+        self.link = await connect_audio(
+            self.client, self.space, self.stats.on_rtp, impair=self.path
+        )
         await _connected(self.link, JOIN_TIMEOUT)
+
+    def gone(self) -> bool:
+        """The connection closed or failed, or audio stopped (speakers here never pause)."""
+        if self.link is None or self.link.pc.connectionState in ("closed", "failed"):
+            return True
+        return self.last_audio is not None and time.monotonic() - self.last_audio > STALL
+
+    async def reconnect(self) -> None:
+        """Join again as the same user: the server keeps the role and reconnects audio."""
+        assert self.client is not None
+        if self.link is not None:
+            await _quiet(self.link.close())
+        self.link = None
+        self.last_audio = None
+        await self.join()
 
     async def act(self, action: str, **fields: str) -> None:
         assert self.client is not None
@@ -369,7 +570,20 @@ class _ListenerSession:
         received, lost = self.stats.totals()
         d_recv, d_lost = received - self.received, lost - self.lost
         self.received, self.lost = received, lost
+        if d_recv:
+            self.last_audio = time.monotonic()
         return lat, d_recv, d_lost
+
+    def heard(self) -> tuple[list[tuple[float, float]], int, int]:
+        """A probe's (buffer hold, mouth-to-ear) per frame played since the last call,
+        and the frames decoded / audible in between (nothing for a lite listener)."""
+        if not isinstance(self.stats, ProbeStats):
+            return [], 0, 0
+        played, self.stats.playout = self.stats.playout, []
+        frames, audible, _ = self.stats.quality()
+        d_frames, d_audible = frames - self.quality[0], audible - self.quality[1]
+        self.quality = (frames, audible)
+        return played, d_frames, d_audible
 
     async def close(self) -> None:
         if self.closed:
@@ -389,6 +603,7 @@ class Listener(User):
 
     @task
     def listen(self) -> None:
+        _ensure_lag_watch(self.environment)
         st = state()
         sc = scenario()
         env = self.environment
@@ -398,7 +613,7 @@ class Listener(User):
             return
         n = next(st.ids)
         space = st.spaces[n % len(st.spaces)]
-        sess = _ListenerSession(self.host or "", space, f"l-{st.pid}-{n}")
+        sess = _ListenerSession(self.host or "", space, f"l-{st.pid}-{n}", _path(st.rng))
         st.closers[id(sess)] = sess
         start_ns = time.monotonic_ns()
         try:
@@ -406,17 +621,31 @@ class Listener(User):
         except Exception as exc:
             took = (time.monotonic_ns() - start_ns) / 1e9
             fire(env, "join", took, exc)
-            reason = exc.code if isinstance(exc, ClientError) else type(exc).__name__
             st.recorder.add(
-                "join_refused", st.now(), space, sess.user, "listener", attrs={"reason": reason}
+                "join_refused", st.now(), space, sess.user, "listener", attrs=_refusal(exc)
             )
             _close(sess)
+            st.refused += 1
+            if st.refused >= GIVE_UP_AFTER and not st.joined and env.runner is not None:
+                log.error("%d joins refused and none accepted (%s): stopping", st.refused, exc)
+                _write_part()
+                env.runner.quit()
             gevent.sleep(1)
             return
         join_s = (time.monotonic_ns() - start_ns) / 1e9
         sess.joined_at = st.now()
+        st.joined += 1
         fire(env, "join", join_s)
-        st.recorder.add("participant_joined", sess.joined_at, space, sess.user, "listener", join_s)
+        st.recorder.add(
+            "participant_joined",
+            sess.joined_at,
+            space,
+            sess.user,
+            "listener",
+            join_s,
+            _path_attrs(sess.path),
+        )
+        st.active[sess.user] = space
         try:
             self._stay(
                 sess,
@@ -424,6 +653,7 @@ class Listener(User):
                 sc.session.draw(lambda: st.rng.expovariate(1.0), lambda: st.rng.gauss(0.0, 1.0)),
             )
         finally:
+            st.active.pop(sess.user, None)
             self._flush(sess)
             _close(sess)
             st.recorder.add(
@@ -456,6 +686,8 @@ class Listener(User):
             self._flush(sess)
             if time.monotonic() >= end:
                 break
+            if sess.gone() and not self._reconnect(sess):
+                break  # removed, blocked or the space ended: the session is over
             if not raised and _happens(st.rng, aud.hand_raise_rate, TICK):
                 raised = self._act(sess, "raise_hand")
                 if raised:
@@ -464,6 +696,38 @@ class Listener(User):
                 sess, "react", emoji=st.rng.choice(EMOJIS)
             ):
                 st.recorder.add("reaction", st.now(), sess.space, sess.user, "listener", 1.0)
+            if _happens(st.rng, aud.report_rate, TICK):
+                self._report(sess)
+
+    def _reconnect(self, sess: _ListenerSession) -> bool:
+        """Rejoin after a dropped connection; False when the server will not have us back."""
+        st = state()
+        t = time.monotonic()
+        try:
+            bridge.run(sess.reconnect(), timeout=JOIN_TIMEOUT + 5)
+        except ClientError as exc:
+            fire(self.environment, "reconnect", time.monotonic() - t, exc)
+            return exc.status not in (403, 404, 409)  # removed, blocked, gone, ended
+        except Exception as exc:  # the server may still be coming back: retry next tick
+            fire(self.environment, "reconnect", time.monotonic() - t, exc)
+            return True
+        took = time.monotonic() - t
+        fire(self.environment, "reconnect", took)
+        st.recorder.add("reconnected", st.now(), sess.space, sess.user, "listener", took)
+        return True
+
+    def _report(self, sess: _ListenerSession) -> None:
+        """Report the space, or another listener in it (as the simulator's audience does)."""
+        st = state()
+        about_space = st.rng.random() < scenario().audience.space_report_share
+        others = [u for u, sp in st.active.items() if sp == sess.space and u != sess.user]
+        target = None if about_space or not others else st.rng.choice(others)
+        fields = {"reason": "load test"} | ({"target": target} if target else {})
+        if self._act(sess, "report", **fields):
+            attrs = {"target_type": "user" if target else "space"}
+            st.recorder.add(
+                "report_filed", st.now(), sess.space, target or "", "listener", attrs=attrs
+            )
 
     def _act(self, sess: _ListenerSession, action: str, **fields: str) -> bool:
         t = time.monotonic()
@@ -489,6 +753,15 @@ class Listener(User):
         if received or lost:
             add("packets_received", now, sess.space, sess.user, "listener", received)
             add("packets_lost", now, sess.space, sess.user, "listener", lost)
+        played, frames, audible = sess.heard()
+        if played:
+            fire(self.environment, "mouth_to_ear", statistics.median(m for _, m in played))
+            step = max(1, len(played) // LATENCY_SAMPLES)
+            for hold, m2e in played[::step][:LATENCY_SAMPLES]:
+                add("client_buffer", now, sess.space, sess.user, "listener", hold)
+                add("mouth_to_ear", now, sess.space, sess.user, "listener", m2e)
+        if frames:
+            add("audible_fraction", now, sess.space, sess.user, "listener", audible / frames)
 
 
 def _happens(rng: random.Random, rate: float, dt: float) -> bool:
@@ -515,12 +788,30 @@ def _args(parser: Any) -> None:
         default="",
         help="directory for this process's records (part-<pid>.parquet)",
     )
+    parser.add_argument(
+        "--spacesim-shape",
+        choices=SHAPES,
+        env_var="SPACESIM_SHAPE",
+        default="arrivals",
+        help="arrivals: users follow the scenario's arrival profile (peak = -u); "
+        "steady: -u users from the start",
+    )
+    parser.add_argument(
+        "--spacesim-network",
+        choices=NETWORKS,
+        env_var="SPACESIM_NETWORK",
+        default="scenario",
+        help="scenario: each client's path gets the scenario's delay, jitter and loss "
+        "(a user-space relay); none: plain loopback",
+    )
 
 
 @events.init.add_listener
 def _init(environment: Environment, **_: Any) -> None:
-    global _scenario, _out
+    global _scenario, _out, _shape_mode, _network_mode
     opts = environment.parsed_options
+    _shape_mode = getattr(opts, "spacesim_shape", None) or _shape_mode
+    _network_mode = getattr(opts, "spacesim_network", None) or _network_mode
     path = getattr(opts, "scenario", "") if opts else ""
     if path:
         os.environ["SPACESIM_SCENARIO"] = path
@@ -542,6 +833,47 @@ def _init(environment: Environment, **_: Any) -> None:
             state().add_space(str(msg.data["space"]))
 
         runner.register_message(MSG_SPACE, learn)
+
+
+class ScenarioShape(LoadTestShape):
+    """Users over time from the scenario's arrival profile (`spacesim.load.shape`).
+
+    The expected audience curve E[N(t)] is scaled so that its peak within the run is
+    ``-u`` minus the hosts (default `DEFAULT_LISTENERS`); each Listener user runs
+    sessions back to back, so the room holds the curve's audience while sessions of
+    the scenario's law come and go. ``--spacesim-shape steady`` holds ``-u`` users
+    throughout, Locust's usual behaviour. The run ends at ``-t`` (default: the
+    scenario's duration).
+    """
+
+    use_common_options = True  # -u caps the peak, -r caps the spawn rate, -t ends it
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._users: Any = None
+
+    def tick(self) -> tuple[int, float] | None:
+        sc = scenario()
+        opts = self.runner.environment.parsed_options if self.runner else None
+        run_time = float(getattr(opts, "run_time", None) or sc.duration)
+        t = self.get_run_time()
+        if t >= run_time:
+            return None
+        hosts = sc.rooms.count
+        num_users = getattr(opts, "num_users", None)
+        cap_rate = getattr(opts, "spawn_rate", None)
+        if _shape_mode == "steady":
+            return max(num_users or hosts + 1, hosts + 1), float(cap_rate or 1.0)
+        if self._users is None:
+            listeners = num_users - hosts if num_users else DEFAULT_LISTENERS
+            self._users = scaled_users(audience_curve(sc, run_time + 1.0), max(listeners, 1))
+        users = self._users
+        i = min(int(t), len(users) - 1)
+        nxt = users[min(i + 1, len(users) - 1)]
+        rate = max(1.0, float(abs(int(nxt) - int(users[i]))))
+        if cap_rate:
+            rate = min(rate, float(cap_rate))
+        return hosts + int(max(users[i], nxt)), rate
 
 
 async def _close_all(objs: list[Any]) -> None:

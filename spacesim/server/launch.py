@@ -14,7 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -59,11 +59,15 @@ def start(
     port: int | None = None,
     log: IO[bytes] | int | None = subprocess.DEVNULL,
     env: dict[str, str] | None = None,
+    args: Sequence[str] = (),
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """Launch `spacesim serve` (not waiting for it); returns the process and its base URL."""
+    """Launch `spacesim serve` (not waiting for it); returns the process and its base URL.
+
+    `args` are further `spacesim serve` options, e.g. ``["--record", DIR]``.
+    """
     port = port or free_port()
     cmd = [sys.executable, "-m", "spacesim.cli", "serve", "--host", "127.0.0.1",
-           "--port", str(port), "--db", str(db)]  # fmt: skip
+           "--port", str(port), "--db", str(db), *args]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     return proc, f"http://127.0.0.1:{port}"
 
@@ -98,12 +102,15 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
 
 @contextlib.contextmanager
 def embedded_server(
-    workdir: Path, timeout: float = 30.0, env: dict[str, str] | None = None
+    workdir: Path,
+    timeout: float = 30.0,
+    env: dict[str, str] | None = None,
+    args: Sequence[str] = (),
 ) -> Iterator[str]:
     """A server with a fresh database in `workdir` for the duration of the block."""
     log_path = workdir / "server.log"
     with open(log_path, "wb") as log:
-        proc, url = start(workdir / "server.db", log=log, env=env)
+        proc, url = start(workdir / "server.db", log=log, env=env, args=args)
         try:
             try:
                 wait_up(proc, url, timeout)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ class ServerRecorder:
         self.directory = directory
         self.clock = clock
         self.t0 = clock()
+        self.t0_unix = time.time()  # lines this run up with a load run's t0_unix
         self.started = datetime.now(UTC).isoformat(timespec="seconds")
         self.recorder = Recorder(RunMeta.new_run_id(), "server")
         self._task: asyncio.Task[None] | None = None
@@ -110,5 +112,6 @@ class ServerRecorder:
             seed=None,
             started_at=self.started,
             duration=self.clock() - self.t0,
+            extra={"t0_unix": self.t0_unix, "pid": os.getpid()},
         )
         return write_run(self.directory, self.recorder.to_frame(), meta)

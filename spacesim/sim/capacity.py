@@ -185,7 +185,8 @@ def capacity(
             )
     else:
         # Start at the forwarding floor: below it the nodes are saturated.
-        floor = math.ceil(forwarding_cores(scenario, listeners) / scenario.server.cores)
+        spare = max(scenario.server.cores - scenario.server.cpu_fixed, 1e-9)  # per node
+        floor = math.ceil(forwarding_cores(scenario, listeners) / spare)
         start = next((i for i, n in enumerate(cands) if n >= floor), len(cands) - 1)
         lo, hi = down(start) if ok(start) else up(start)
     if hi is not None:

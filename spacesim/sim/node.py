@@ -3,8 +3,8 @@
 No event per packet. The node knows, at any instant, how many (sender -> listener)
 streams it forwards (`streams`) and from how many senders (`senders`), so:
 
-* offered load ``r = streams x pps x cpu_per_packet + connections x cpu_per_connection``
-  (cores), utilisation ``rho = r / cores``;
+* offered load ``r = streams x pps x cpu_per_packet + connections x cpu_per_connection
+  + cpu_fixed`` (cores), utilisation ``rho = r / cores``;
 * each incoming packet is a batch of ``streams / senders`` sends (its fan-out), served in
   ``S = fanout x cpu_per_packet / cores`` (the node's cores share the fan-out);
 * packets queue in a buffer that holds ``D = max_queue_delay`` of work. The wait of a
@@ -62,9 +62,12 @@ class Node:
         "busy",
         "connections",
         "cores",
+        "cpu_fixed",
         "cpu_per_connection",
         "cpu_per_packet",
         "dropped_packets",
+        "fanout_delay",
+        "forward_delay",
         "last",
         "listeners",
         "max_queue_delay",
@@ -83,6 +86,14 @@ class Node:
         self.cores = server.cores
         self.cpu_per_packet = server.cpu_per_packet
         self.cpu_per_connection = server.cpu_per_connection
+        self.cpu_fixed = server.cpu_fixed
+        # Per listener in a fan-out: measured, or the CPU cost shared by the cores.
+        self.fanout_delay = (
+            server.fanout_delay
+            if server.fanout_delay is not None
+            else server.cpu_per_packet / server.cores
+        )
+        self.forward_delay = server.forward_delay
         self.max_streams = server.max_streams
         self.max_queue_delay = server.max_queue_delay
         self.pps = pps
@@ -108,14 +119,25 @@ class Node:
         return self.streams * self.pps * self.cpu_per_packet
 
     def rate(self) -> float:
-        """All steady work offered now (forwarding + connections), in cores."""
-        return self.forwarding_rate() + self.connections * self.cpu_per_connection
+        """All steady work offered now (forwarding + connections + fixed), in cores."""
+        return self.forwarding_rate() + self.connections * self.cpu_per_connection + self.cpu_fixed
 
     def fanout_service(self) -> float:
         """Time the node's cores take to fan one incoming packet out (S)."""
         if self.senders <= 0:
             return 0.0
         return self.streams / self.senders * self.cpu_per_packet / self.cores
+
+    def fanout_spread(self) -> float:
+        """Time from the first to the last listener's copy of one packet.
+
+        `fanout_delay` per listener: the CPU cost (S) unless a calibration measured more,
+        e.g. the receivers' own path on loopback; that extra delays, but does not occupy,
+        the node, so it is not part of S.
+        """
+        if self.senders <= 0:
+            return 0.0
+        return self.streams / self.senders * self.fanout_delay
 
     def queue_state(self) -> tuple[float, float, float, float]:
         """(rho, theta, loss, room) for a packet arriving now; room = buffer left."""
@@ -137,7 +159,7 @@ class Node:
         self.last = now
         c = self.cores
         fwd = self.forwarding_rate()
-        r = fwd + self.connections * self.cpu_per_connection
+        r = fwd + self.connections * self.cpu_per_connection + self.cpu_fixed
         _rho, _theta, loss, _room = self.queue_state()
         packets = self.streams * self.pps * dt
         self.offered += r * dt
@@ -196,8 +218,8 @@ class Node:
     def packet_wait(self, u_busy: float, u_wait: float, u_position: float) -> float | None:
         """Server delay of one packet (None if it is lost), from three uniforms in [0, 1).
 
-        Wait behind join work, then the queue of fan-outs, then the listener's place in
-        its own packet's fan-out.
+        A fixed forwarding delay, the wait behind join work, then the queue of fan-outs,
+        then the listener's place in its own packet's fan-out (`fanout_spread`).
         """
         rho, theta, loss, room = self.queue_state()
         if room <= 0.0:
@@ -214,7 +236,7 @@ class Node:
                 wait += -math.log1p(-u_wait) / theta
             else:
                 wait += -math.log1p(-u_wait * (1.0 - math.exp(-x))) / theta
-        return wait + u_position * self.fanout_service()
+        return self.forward_delay + wait + u_position * self.fanout_spread()
 
     def loss_now(self) -> float:
         """Probability that a packet arriving now is lost for want of CPU or buffer."""

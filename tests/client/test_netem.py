@@ -169,8 +169,10 @@ async def test_jitter_spreads_rtt_and_keeps_order(echo: Address) -> None:
     async with await UdpRelay.start(echo, jitter_up, jitter_down) as relay:
         jittery = await _ping(relay.address, count=200, gap=0.003, settle=0.15)
     assert len(steady.rtts) == len(jittery.rtts) == 200
-    assert _ms(statistics.pstdev(steady.rtts)) < 1.5
-    assert _ms(statistics.pstdev(jittery.rtts)) > 3.0
+    # Interquartile ranges: a busy machine's scheduling stalls are outliers, not spread.
+    q_steady, q_jittery = (statistics.quantiles(p.rtts, n=4) for p in (steady, jittery))
+    assert _ms(q_steady[2] - q_steady[0]) < 1.5
+    assert _ms(q_jittery[2] - q_jittery[0]) > 3.0
     # Jitter only adds delay: nothing arrives sooner than 2 x delay (minus timer lead).
     assert _ms(min(jittery.rtts)) >= 18.0
     assert statistics.median(jittery.rtts) > statistics.median(steady.rtts) + 0.005

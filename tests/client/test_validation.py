@@ -55,7 +55,7 @@ async def test_injected_delay_and_loss_are_recovered(base: str) -> None:
                 ("impaired", impaired, (Impairment(), Impairment(delay, 0, loss, seed=11))),
             ):
                 link = await connect_audio(
-                    RoomClient(base, user, http), space, stats.on_packet, impair=impair
+                    RoomClient(base, user, http), space, stats.on_rtp, impair=impair
                 )
                 links.append(link)
             track = SpeakerTrack(load_clip("welcome"), sender_id=1)
@@ -77,7 +77,7 @@ async def test_injected_delay_and_loss_are_recovered(base: str) -> None:
 
 
 async def _speaker(client: RoomClient, space: str, track: SpeakerTrack) -> AudioLink:
-    async def ignore(slot: int, packet: rtc.RtpPacket, arrival_ms: int) -> None:
+    def ignore(slot: int, packet: bytes) -> None:
         return None
 
     return await connect_audio(client, space, ignore, publish=track)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import pytest
 pytest.importorskip("locust")  # the `load` extra
 
 from spacesim.load.run import main
-from spacesim.results import load_run
+from spacesim.results import load_run, summarise
+from spacesim.server import launch
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -24,6 +26,7 @@ speaking: {active_speakers: 2}
 arrivals: {kind: constant, rate: 1/s}
 session: {kind: fixed, mean: 30s}
 audience: {hand_raise_rate: 360/h, host_response_time: 1s, approval: 1, reaction_rate: 6/min}
+load: {probe_fraction: 100%}
 """
 
 
@@ -36,7 +39,8 @@ def tiny(tmp_path: Path) -> Path:
 
 def test_tiny_run_with_embedded_server(tiny: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    assert main(tiny, users=4, duration=8, out=out) == 0
+    t0 = time.time()
+    assert main(tiny, users=4, duration=8, out=out, shape="steady", network="none") == 0
     run = load_run(out)
     rec = run.records
     assert set(rec["source"].astype(str)) == {"load"}
@@ -49,10 +53,70 @@ def test_tiny_run_with_embedded_server(tiny: Path, tmp_path: Path) -> None:
     assert 0 < latency.median() < 0.2
     assert len(rec[rec["kind"] == "first_audio"]) == 3
     assert run.meta.source == "load" and run.meta.scenario_name == "tiny-load"
+    # Probes (all listeners here): the jitter buffer holds ~4 frames, mouth-to-ear adds up.
+    summary = summarise(rec).loc
+    hold, m2e = summary["client_buffer", "p50"], summary["mouth_to_ear", "p50"]
+    assert 0.06 < hold < 0.12
+    assert m2e == pytest.approx(summary["audio_latency", "p50"] + hold, abs=0.015)
+    assert summary["audible_fraction", "mean"] > 0.3  # speech, with its pauses
+    lag = rec.loc[rec["kind"] == "loop_lag", "value"]  # the swarm watches its own loop
+    assert len(lag) >= 4 and (lag >= 0).all()
     stats = (out / "locust" / "locust_stats.csv").read_text()
     for name in ("join", "first_audio", "audio_latency"):
         assert f",{name}," in stats
     assert (out / "locust" / "report.html").is_file()
+    server = load_run(out / run.meta.extra["server_run"])  # the embedded server's own run
+    assert server.meta.source == "server" and abs(server.meta.extra["t0_unix"] - t0) < 30
+    figures = summarise(server.records).loc
+    assert figures["packets_forwarded", "value"] > 100
+    assert 0 < figures["cpu_per_packet", "value"] < 0.01
+
+
+MODERATED = """\
+name: moderated-load
+duration: 12s
+rooms: {count: 2, speakers: 1}
+speaking: {active_speakers: 1}
+arrivals: {kind: constant, rate: 2/s}
+session: {kind: fixed, mean: 60s}
+network: {rtt: 40ms, jitter: 0ms, loss: 0}
+audience:
+  hand_raise_rate: 0/h
+  reaction_rate: 0/h
+  report_rate: 720/h
+  space_report_share: 0
+  moderators: 1
+  review_time: 0.5s
+  outcomes: {dismiss: 0, remove: 100%, block: 0}
+"""
+
+
+def test_arrivals_shape_network_rooms_and_moderation(tmp_path: Path) -> None:
+    """Users follow the arrival curve in two rooms; the path's 40 ms RTT shows; reports
+    get resolved."""
+    path = tmp_path / "moderated.yaml"
+    path.write_text(MODERATED)
+    out = tmp_path / "run"
+    assert main(path, users=10, duration=12, out=out) == 0
+    run = load_run(out)
+    rec = run.records
+    assert run.meta.extra["shape"] == "arrivals" and run.meta.extra["network"] == "scenario"
+    joins = rec[(rec["kind"] == "participant_joined") & (rec["role"] == "listener")]
+    # The curve climbs 2/s per room for 12 s, scaled to a peak of 8: joins spread out.
+    assert 4 <= len(joins) <= 16
+    assert joins["room"].nunique() == 2
+    heard = rec[rec["kind"] == "audio_latency"]
+    assert heard["room"].nunique() == 2
+    assert joins["t"].max() - joins["t"].min() > 4
+    assert all('"rtt": 0.04' in a for a in joins["attrs"])
+    # Speaker's path (20 ms one way) + listener's (20 ms) + loopback and server.
+    latency = rec.loc[rec["kind"] == "audio_latency", "value"]
+    assert 0.039 < latency.median() < 0.06
+    filed = rec[rec["kind"] == "report_filed"]
+    resolved = rec[rec["kind"] == "report_resolved"]
+    assert len(filed) >= 1 and len(resolved) >= 1
+    assert (resolved["value"] >= 0).all() and (resolved["value"] < 8).all()
+    assert set(rec.loc[rec["kind"] == "removed", "participant"]) <= set(joins["participant"])
 
 
 def test_unreachable_target_fails_fast(
@@ -63,6 +127,101 @@ def test_unreachable_target_fails_fast(
     assert time.monotonic() - t < 10
     assert "cannot reach http://127.0.0.1:9" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_refused_host_stops_the_run_with_the_servers_reason(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A server that refuses (no dev tokens here) ends the run at once, exit 1, saying why."""
+    proc, url = launch.start(tmp_path / "db", args=["--no-dev"])
+    try:
+        launch.wait_up(proc, url)
+        t = time.monotonic()
+        rc = main(tiny, target=url, users=4, duration=30, out=tmp_path / "run", network="none")
+        took = time.monotonic() - t
+    finally:
+        launch.stop(proc)
+    assert rc == 1 and took < 20
+    err = capsys.readouterr().err
+    assert "no participant could join" in err and "dev tokens are disabled" in err
+
+
+@pytest.mark.timeout(120)
+def test_clients_reconnect_after_the_server_crashes(tiny: Path, tmp_path: Path) -> None:
+    """kill -9 the server mid-run and start it again: the host and listeners rejoin and
+    audio flows again (the space survives the restart, see tests/server)."""
+    port = launch.free_port()
+    db = tmp_path / "db"
+    proc, url = launch.start(db, port)
+    launch.wait_up(proc, url)
+    out = tmp_path / "run"
+    result: list[int] = []
+    runner = threading.Thread(
+        target=lambda: result.append(
+            main(tiny, target=url, users=3, duration=30, out=out, shape="steady", network="none")
+        )
+    )
+    runner.start()
+    try:
+        time.sleep(12)
+        crash = time.time()
+        proc.kill()
+        proc.wait(5)
+        proc, _ = launch.start(db, port)
+        launch.wait_up(proc, url)
+        runner.join(90)
+    finally:
+        launch.stop(proc)
+    assert result == [0]
+    rec = load_run(out).records
+    t_crash = crash - load_run(out).meta.extra["t0_unix"]
+    back = rec[rec["kind"] == "reconnected"]
+    assert {"host", "listener"} <= set(back["role"].astype(str))
+    heard = rec[(rec["kind"] == "packets_received") & (rec["t"] > t_crash + 8)]
+    assert heard["value"].sum() > 100  # audio flows again after the restart
+    # The publishers were down too, so the gap is silence, not loss: nothing was sent.
+    assert rec.loc[rec["kind"] == "packets_lost", "value"].sum() >= 0
+
+
+def test_web_ui_shows_the_custom_metrics(tiny: Path, tmp_path: Path) -> None:
+    """`locust -f loadtests/locustfile.py` with its web UI: the stats page lists our events."""
+    import json
+    import urllib.request
+
+    from spacesim.load.run import _child_env
+
+    proc, url = launch.start(tmp_path / "db")
+    web_port = launch.free_port()
+    locust = None
+    try:
+        launch.wait_up(proc, url)
+        repo = Path(__file__).resolve().parents[2]
+        cmd = [sys.executable, "-m", "locust", "-f", str(repo / "loadtests" / "locustfile.py"),
+               "--scenario", str(tiny), "--host", url, "--web-host", "127.0.0.1",
+               "--web-port", str(web_port), "--autostart", "-u", "3", "--spacesim-shape",
+               "steady", "--spacesim-network", "none"]  # fmt: skip
+        locust = subprocess.Popen(
+            cmd, env=_child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        names: set[str] = set()
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and not {"join", "audio_latency"} <= names:
+            time.sleep(1)
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{web_port}/stats/requests", timeout=2
+                ) as r:
+                    names = {s["name"] for s in json.load(r)["stats"]}
+            except OSError:
+                continue
+        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/", timeout=2) as r:
+            assert r.status == 200
+    finally:
+        if locust is not None:
+            locust.terminate()
+            locust.wait(15)
+        launch.stop(proc)
+    assert {"join", "first_audio", "audio_latency", "host_start"} <= names
 
 
 def test_bridge_guards_and_runs_under_gevent() -> None:
@@ -93,3 +252,21 @@ except TimeoutError:
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ok"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_master_and_two_workers_run_the_town_hall(tmp_path: Path) -> None:
+    """`spacesim load --workers 2` (Locust master + 2 worker processes), town-hall cut down:
+    the host's space reaches both workers and every process's records are merged."""
+    scenario = Path(__file__).resolve().parents[2] / "scenarios" / "town-hall.yaml"
+    out = tmp_path / "run"
+    assert main(scenario, users=24, duration=40, workers=2, out=out, network="none") == 0
+    rec = load_run(out).records
+    joins = rec[(rec["kind"] == "participant_joined") & (rec["role"] == "listener")]
+    assert len(joins) >= 15
+    pids = {p.split("-")[1] for p in joins["participant"]}  # listener ids are l-<pid>-<n>
+    assert len(pids) == 2
+    heard = rec[rec["kind"] == "first_audio"]
+    assert {p.split("-")[1] for p in heard["participant"]} == pids
+    assert summarise(rec).loc["delivery_ratio", "value"] > 0.95

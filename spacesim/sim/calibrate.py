@@ -1,0 +1,537 @@
+"""Calibration: fit the model's server costs from load runs and the server's own records.
+
+A load run (`spacesim load --out DIR`) holds the swarm's records (source=load) and the
+embedded server's (``DIR/server``, source=server); both metas carry ``extra.t0_unix``
+so their clocks line up. Two fits, both non-negative least squares:
+
+* **CPU.** The server samples its CPU (cores) once a second. Each sample is regressed
+  on what the server did in that second::
+
+      node_cpu = cpu_fixed + cpu_per_packet x packets_forwarded
+                 + cpu_per_join x joins + cpu_per_connection x connections
+
+  joins and connections come from the server's own ``participant_joined`` /
+  ``participant_left`` records. Seconds after the swarm stopped (its teardown storm)
+  are left out. With one speaker, packets per second are proportional to connections,
+  so the packet and connection costs trade off; runs with a different number of
+  speakers separate them (the standard errors show how well they were separated).
+* **Latency.** The reference SFU fans a packet out sequentially, so in a steady window
+  with N listeners the q-quantile of publisher -> listener latency is about
+  ``forward_delay + q x N x fanout_delay`` (listeners' positions in the fan-out are
+  uniform). Quantiles q = 0.1 .. 0.5 of each run's steady window are fitted (the
+  body of the distribution: the tail carries the rig's stalls). Runs where the swarm
+  fell behind the server (`swarm_behind`) are left out.
+  On loopback both terms include the clients' own receive path: the swarm's listeners
+  share an event loop, so the k-th copy of a packet is also *read* k copies late.
+
+For capacity questions about real listeners (each on their own device), the two
+latency terms from a loopback rig overstate the fan-out: delete ``fanout_delay`` and
+``forward_delay`` from the file and the node falls back to ``cpu_per_packet / cores``
+per listener; the CPU terms carry over as they are.
+
+The result is a YAML file whose ``server:`` section overrides a scenario's
+(`apply_calibration`, ``spacesim simulate --calibration FILE``), plus provenance:
+runs, residuals, machine.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import platform
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+from pydantic import ValidationError
+
+from spacesim.results import Run, load_run, packets_per_window, steady_window
+from spacesim.scenario import Scenario, ScenarioError, Server, parse_scenario
+
+__all__ = [
+    "CPU_TERMS",
+    "Calibration",
+    "CalibrationError",
+    "apply_calibration",
+    "calibrate",
+    "cpu_samples",
+    "fit_cpu",
+    "fit_latency",
+    "latency_points",
+    "load_calibration",
+    "nnls",
+    "swarm_behind",
+    "swarm_loop_lag",
+    "swarm_pace",
+]
+
+#: Regressors of the CPU fit, in order, and the server field each coefficient sets.
+CPU_TERMS: tuple[tuple[str, str], ...] = (
+    ("fixed", "cpu_fixed"),
+    ("packets", "cpu_per_packet"),
+    ("joins", "cpu_per_join"),
+    ("connections", "cpu_per_connection"),
+)
+_CPU_COLS = tuple(name for name, _ in CPU_TERMS[1:])  # sample columns after the constant
+MIN_PACE = 0.95  # below this share of packets taken in per window, the swarm fell behind
+BACKLOG_INTERVALS = 5.0  # loopback median latency above this many packet intervals: backlog
+# The fan-out law is fitted on the body of the distribution; the tail above it carries
+# the rig's stalls (GC, scheduling), which the model does not have.
+QUANTILES: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)
+
+
+class CalibrationError(ValueError):
+    """Runs that cannot be calibrated from; the message says which and why."""
+
+
+# --------------------------------------------------------------------------- maths
+
+
+def nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Non-negative least squares, exactly, for the few columns a calibration has.
+
+    The optimum is the unconstrained least-squares fit on some subset of columns with
+    every coefficient >= 0, so trying each subset (2^k for k <= 6 columns) finds it
+    without an iterative solver. Columns are scaled to unit norm first.
+    """
+    a = np.asarray(a, dtype="float64")
+    b = np.asarray(b, dtype="float64")
+    k = a.shape[1]
+    if k > 10:
+        raise ValueError("nnls here is exhaustive: at most 10 columns")
+    norms = np.linalg.norm(a, axis=0)
+    norms[norms == 0] = 1.0
+    s = a / norms
+    best = np.zeros(k)
+    best_rss = float(b @ b)
+    for r in range(1, k + 1):
+        for cols in itertools.combinations(range(k), r):
+            idx = list(cols)
+            x, *_ = np.linalg.lstsq(s[:, idx], b, rcond=None)
+            if np.any(x < 0):
+                continue
+            rss = float(np.sum((s[:, idx] @ x - b) ** 2))
+            if rss < best_rss - 1e-15 * max(best_rss, 1.0):
+                best_rss = rss
+                best = np.zeros(k)
+                best[idx] = x
+    out: np.ndarray = best / norms
+    return out
+
+
+def _stderr(a: np.ndarray, resid: np.ndarray, coef: np.ndarray) -> list[float]:
+    """Standard errors of the non-zero coefficients (OLS formula on the active columns)."""
+    active = [i for i in range(a.shape[1]) if coef[i] > 0]
+    out = [math.nan] * a.shape[1]
+    dof = a.shape[0] - len(active)
+    if not active or dof <= 0:
+        return out
+    sigma2 = float(resid @ resid) / dof
+    sub = a[:, active]
+    try:
+        cov = np.linalg.inv(sub.T @ sub) * sigma2
+    except np.linalg.LinAlgError:
+        return out
+    for j, i in enumerate(active):
+        out[i] = float(math.sqrt(max(cov[j, j], 0.0)))
+    return out
+
+
+def _r2(y: np.ndarray, resid: np.ndarray) -> float:
+    ss = float(np.sum((y - y.mean()) ** 2))
+    return 1.0 - float(resid @ resid) / ss if ss > 0 else math.nan
+
+
+# --------------------------------------------------------------------------- runs
+
+
+@dataclass(frozen=True)
+class _Pair:
+    """A server run and, when there is one, the load run that drove it."""
+
+    directory: Path
+    server: Run
+    load: Run | None
+    offset: float  # server t = load t + offset
+
+
+def _pair(directory: str | Path) -> _Pair:
+    path = Path(directory)
+    run = load_run(path)
+    if run.meta.source == "server":
+        return _Pair(path, run, None, 0.0)
+    if run.meta.source != "load":
+        raise CalibrationError(f"{path}: a {run.meta.source} run; calibrate from load runs")
+    sub = path / str(run.meta.extra.get("server_run") or "server")
+    if not (sub / "meta.json").is_file():
+        raise CalibrationError(
+            f"{path}: no server records ({sub}); run `spacesim load` with its embedded server"
+        )
+    server = load_run(sub)
+    try:
+        offset = float(run.meta.extra["t0_unix"]) - float(server.meta.extra["t0_unix"])
+    except (KeyError, TypeError, ValueError):
+        raise CalibrationError(
+            f"{path}: a meta lacks extra.t0_unix; cannot line clocks up"
+        ) from None
+    return _Pair(path, server, run, offset)
+
+
+def _end(pair: _Pair) -> float:
+    """When the swarm stopped, on the server's clock (inf for a server run alone)."""
+    if pair.load is None or pair.load.meta.duration is None:
+        return math.inf
+    return pair.load.meta.duration + pair.offset
+
+
+def cpu_samples(directory: str | Path) -> pd.DataFrame:
+    """One row per server CPU sample: ``t, cpu, packets, joins, connections, run_id``.
+
+    `joins` are the server's ``participant_joined`` records in the sample's second;
+    `connections` the participants connected, averaged over the second's two ends.
+    """
+    return _cpu_samples(_pair(directory))
+
+
+def _cpu_samples(pair: _Pair) -> pd.DataFrame:
+    rec = pair.server.records
+    cpu = rec[(rec["kind"] == "node_cpu")].sort_values("t")
+    fwd = rec[(rec["kind"] == "packets_forwarded")].set_index("t")["value"]
+    t = cpu["t"].to_numpy(dtype="float64")
+    if t.size < 2:
+        raise CalibrationError(f"{pair.directory}: fewer than two CPU samples")
+    joined = np.sort(rec.loc[rec["kind"] == "participant_joined", "t"].to_numpy("float64"))
+    left = np.sort(rec.loc[rec["kind"] == "participant_left", "t"].to_numpy("float64"))
+    start = np.concatenate([[0.0], t[:-1]])
+
+    def alive(at: np.ndarray) -> np.ndarray:
+        return np.searchsorted(joined, at, "right") - np.searchsorted(left, at, "right")
+
+    frame = pd.DataFrame(
+        {
+            "t": t,
+            "cpu": cpu["value"].to_numpy("float64"),
+            "packets": fwd.reindex(t).fillna(0.0).to_numpy("float64"),
+            "joins": np.searchsorted(joined, t, "right") - np.searchsorted(joined, start, "right"),
+            "connections": (alive(start) + alive(t)) / 2.0,
+            "run_id": pair.server.meta.run_id,
+        }
+    )
+    frame["joins"] = frame["joins"].astype("float64")
+    return frame[frame["t"] <= _end(pair)].reset_index(drop=True)
+
+
+def _listeners_in(records: pd.DataFrame, start: float, end: float) -> float:
+    lis = records[records["role"] == "listener"]
+    joined = lis.loc[lis["kind"] == "participant_joined", "t"]
+    left = lis.loc[lis["kind"] == "participant_left", "t"]
+    return float((joined <= start).sum() - (left < end).sum())
+
+
+def latency_points(directory: str | Path) -> pd.DataFrame:
+    """Latency quantiles of a load run's steady window: ``q, listeners, senders, latency``."""
+    return _latency_points(_pair(directory))
+
+
+def _speaking(run: Run) -> tuple[float, float]:
+    """(senders, packet interval) of the run's scenario."""
+    speaking = (run.meta.scenario or {}).get("speaking") or {}
+    return float(speaking.get("active_speakers") or 1), float(
+        speaking.get("packet_interval") or 0.02
+    )
+
+
+def _steady(run: Run) -> pd.DataFrame:
+    rec = run.records
+    start, end = steady_window(rec, run.meta.duration)
+    return rec[(rec["t"] >= start) & (rec["t"] <= end)]
+
+
+def swarm_pace(run: Run) -> float:
+    """Packets the listeners accounted for per window over what the senders sent: 1 = kept up."""
+    senders, interval = _speaking(run)
+    return packets_per_window(_steady(run)) * interval / senders
+
+
+def swarm_loop_lag(run: Run) -> float:
+    """p95 of the swarm's ``loop_lag`` records (s) in the steady window; NaN if none.
+
+    Reported, not used to reject a run: each record is a second's *worst* lag, so its
+    p95 passes 50 ms on a busy machine long before the swarm's median latency moves.
+    """
+    rec = _steady(run)
+    lag = rec.loc[rec["kind"] == "loop_lag", "value"].dropna()
+    return float(np.quantile(lag.to_numpy("float64"), 0.95)) if lag.size else math.nan
+
+
+def swarm_behind(run: Run) -> str | None:
+    """Why a load run's latencies measure the swarm rather than the server, or None.
+
+    Either the listeners took in fewer packets than were sent (pace < `MIN_PACE`), or,
+    on loopback (the embedded server), half the packets waited longer than
+    `BACKLOG_INTERVALS` packet intervals although nothing on the path but the server
+    and the swarm's own event loop can hold them: the swarm is working off a backlog.
+    Such runs stay out of the latency fit (their CPU samples, the server's own, count).
+    """
+    pace = swarm_pace(run)
+    if pace < MIN_PACE:
+        return f"pace {pace:.2f} < {MIN_PACE}"
+    _, interval = _speaking(run)
+    rec = _steady(run)
+    median = float(rec.loc[rec["kind"] == "audio_latency", "value"].median())
+    if run.meta.extra.get("target") == "embedded" and median > BACKLOG_INTERVALS * interval:
+        return f"median latency {median * 1000:.0f} ms on loopback: a backlog in the swarm"
+    return None
+
+
+def _latency_points(pair: _Pair) -> pd.DataFrame:
+    cols = ["q", "listeners", "senders", "latency", "run_id"]
+    if pair.load is None:
+        return pd.DataFrame(columns=cols)
+    rec = pair.load.records
+    start, end = steady_window(rec, pair.load.meta.duration)
+    lat = rec.loc[
+        (rec["kind"] == "audio_latency") & (rec["t"] >= start) & (rec["t"] <= end), "value"
+    ].dropna()
+    n = _listeners_in(rec, start, end)
+    if lat.size < 20 or n <= 0 or swarm_behind(pair.load):
+        return pd.DataFrame(columns=cols)
+    qs = np.quantile(lat.to_numpy("float64"), QUANTILES)
+    return pd.DataFrame(
+        {
+            "q": QUANTILES,
+            "listeners": n,
+            "senders": float(
+                ((pair.load.meta.scenario or {}).get("speaking") or {}).get("active_speakers") or 1
+            ),
+            "latency": qs,
+            "run_id": pair.load.meta.run_id,
+        }
+    )
+
+
+# --------------------------------------------------------------------------- fits
+
+
+@dataclass(frozen=True)
+class Fit:
+    """Coefficients of one fit with their residuals."""
+
+    coef: dict[str, float]
+    stderr: dict[str, float]
+    rms: float
+    r2: float
+    samples: int
+    per_run: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def _per_run(frame: pd.DataFrame, resid: np.ndarray) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    runs = frame["run_id"].to_numpy()
+    for run in dict.fromkeys(runs):
+        r = resid[runs == run]
+        out[str(run)] = {
+            "samples": int(r.size),
+            "rms": float(np.sqrt(np.mean(r**2))),
+            "bias": float(np.mean(r)),
+        }
+    return out
+
+
+def fit_cpu(samples: pd.DataFrame) -> Fit:
+    """Fit `CPU_TERMS` to per-second server CPU samples (see the module docstring)."""
+    if len(samples) < len(CPU_TERMS) + 2:
+        raise CalibrationError(f"{len(samples)} CPU samples: too few to fit {len(CPU_TERMS)}")
+    a = np.column_stack(
+        [np.ones(len(samples))] + [samples[c].to_numpy("float64") for c in _CPU_COLS]
+    )
+    y = samples["cpu"].to_numpy("float64")
+    coef = nnls(a, y)
+    resid = y - a @ coef
+    se = _stderr(a, resid, coef)
+    names = [f for _, f in CPU_TERMS]
+    return Fit(
+        coef=dict(zip(names, map(float, coef), strict=True)),
+        stderr=dict(zip(names, se, strict=True)),
+        rms=float(np.sqrt(np.mean(resid**2))),
+        r2=_r2(y, resid),
+        samples=len(y),
+        per_run=_per_run(samples, resid),
+    )
+
+
+def fit_latency(points: pd.DataFrame) -> Fit | None:
+    """Fit ``latency_q = forward_delay + q x fan-out x fanout_delay``; None without points.
+
+    The fan-out of a packet is listeners (every listener hears every sender here).
+    """
+    if len(points) < 3:
+        return None
+    x = (points["q"] * points["listeners"]).to_numpy("float64")
+    a = np.column_stack([np.ones(len(points)), x])
+    y = points["latency"].to_numpy("float64")
+    if np.ptp(x) <= 0:
+        return None
+    coef = nnls(a, y)
+    resid = y - a @ coef
+    se = _stderr(a, resid, coef)
+    names = ["forward_delay", "fanout_delay"]
+    return Fit(
+        coef=dict(zip(names, map(float, coef), strict=True)),
+        stderr=dict(zip(names, se, strict=True)),
+        rms=float(np.sqrt(np.mean(resid**2))),
+        r2=_r2(y, resid),
+        samples=len(y),
+        per_run=_per_run(points, resid),
+    )
+
+
+# --------------------------------------------------------------------------- the file
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Fitted server fields plus where they came from and how well they fit."""
+
+    server: dict[str, float]
+    cpu: Fit
+    latency: Fit | None
+    runs: list[dict[str, Any]]
+    machine: dict[str, Any]
+    created: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "server": dict(self.server),
+            "provenance": {
+                "created": self.created,
+                "machine": self.machine,
+                "runs": self.runs,
+                "fit": {
+                    "cpu": _fit_dict(self.cpu, "cores"),
+                    "latency": _fit_dict(self.latency, "s") if self.latency else None,
+                },
+            },
+        }
+
+    def to_yaml(self) -> str:
+        head = (
+            "# spacesim calibration: `server:` overrides a scenario's server section\n"
+            "# (spacesim simulate SCENARIO --calibration THIS_FILE); provenance is for humans.\n"
+        )
+        return head + yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def write(self, path: str | Path) -> Path:
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(self.to_yaml(), encoding="utf-8")
+        return out
+
+
+def _fit_dict(fit: Fit, unit: str) -> dict[str, Any]:
+    d = asdict(fit)
+    d["unit"] = unit
+    return d
+
+
+def _machine() -> dict[str, Any]:
+    return {
+        "node": platform.node(),
+        "system": f"{platform.system()} {platform.release()} {platform.machine()}",
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+
+
+def calibrate(
+    directories: Sequence[str | Path], latency_from: Sequence[str | Path] | None = None
+) -> Calibration:
+    """Fit server costs from load runs (or server runs); see the module docstring.
+
+    `latency_from` limits the latency fit to some of the runs (default: all), e.g. to
+    leave out a run that is there to separate CPU terms but loads the swarm harder.
+    """
+    if not directories:
+        raise CalibrationError("no runs given")
+    pairs = [_pair(d) for d in directories]
+    samples = pd.concat([_cpu_samples(p) for p in pairs], ignore_index=True)
+    cpu = fit_cpu(samples)
+    chosen = None if latency_from is None else {Path(d).resolve() for d in latency_from}
+    timed = [p for p in pairs if chosen is None or p.directory.resolve() in chosen]
+    frames = [f for f in (_latency_points(p) for p in timed) if len(f)]
+    points = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    latency = fit_latency(points) if len(points) else None
+    fitted = dict(cpu.coef) | (latency.coef if latency is not None else {})
+    server = {k: float(f"{v:.4g}") for k, v in fitted.items()}  # more digits are noise
+    runs = []
+    for p in pairs:
+        entry: dict[str, Any] = {
+            "dir": str(p.directory),
+            "server_run": p.server.meta.run_id,
+            "load_run": p.load.meta.run_id if p.load else None,
+        }
+        if p.load is not None:
+            start, end = steady_window(p.load.records, p.load.meta.duration)
+            entry["listeners"] = _listeners_in(p.load.records, start, end)
+            entry["swarm_pace"] = round(swarm_pace(p.load), 4)
+            entry["swarm_loop_lag"] = round(swarm_loop_lag(p.load), 4)
+            entry["swarm_behind"] = swarm_behind(p.load)
+            entry["in_latency_fit"] = entry["swarm_behind"] is None and p in timed
+            entry["users"] = p.load.meta.extra.get("users")
+        runs.append(entry)
+    return Calibration(
+        server=server,
+        cpu=cpu,
+        latency=latency,
+        runs=runs,
+        machine=_machine(),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+
+
+def load_calibration(path: str | Path) -> dict[str, Any]:
+    """The ``server:`` overrides of a calibration file, checked against `Server`.
+
+    Errors are `ScenarioError` s naming the file and the field, like a scenario's.
+    """
+    source = str(path)
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ScenarioError(source, [("", f"cannot read file: {exc.strerror}")]) from None
+    except yaml.YAMLError as exc:
+        raise ScenarioError(source, [("", f"invalid YAML: {exc}")]) from None
+    if not isinstance(data, dict) or not isinstance(data.get("server"), dict):
+        raise ScenarioError(source, [("server", "a calibration needs a `server:` mapping")])
+    unknown = sorted(set(data) - {"server", "provenance"})
+    if unknown:
+        raise ScenarioError(
+            source, [(k, "unknown section (expected server, provenance)") for k in unknown]
+        )
+    overrides: dict[str, Any] = data["server"]
+    try:
+        Server.model_validate(overrides)
+    except ValidationError as exc:
+        problems = []
+        for e in exc.errors():
+            loc = ".".join(str(x) for x in e["loc"] if not str(x).startswith("function-"))
+            problems.append(
+                (f"server.{loc}" if loc else "server", e["msg"].removeprefix("Value error, "))
+            )
+        raise ScenarioError(source, problems) from None
+    return overrides
+
+
+def apply_calibration(scenario: Scenario, path: str | Path) -> Scenario:
+    """`scenario` with its server section overridden by a calibration file's."""
+    overrides = load_calibration(path)
+    data = scenario.model_dump(mode="json")
+    server: Mapping[str, Any] = data.get("server") or {}
+    data["server"] = {**server, **overrides}
+    return parse_scenario(data, str(path))

@@ -1,0 +1,262 @@
+"""spacesim calibrate: the fits recover known costs, the file is checked, simulate applies it."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from spacesim.cli import main as cli
+from spacesim.results import Recorder, RunMeta, load_run, summarise, write_run
+from spacesim.scenario import ScenarioError
+from spacesim.sim import simulate
+from spacesim.sim.calibrate import (
+    apply_calibration,
+    calibrate,
+    cpu_samples,
+    load_calibration,
+    nnls,
+    swarm_behind,
+    swarm_loop_lag,
+    swarm_pace,
+)
+from tests.sim.builders import fixed_crowd
+
+TRUE = {
+    "cpu_fixed": 0.02,
+    "cpu_per_packet": 30e-6,
+    "cpu_per_join": 6e-3,
+    "cpu_per_connection": 400e-6,
+}
+PPS = 50.0
+
+
+def _meta(run_id: str, source: str, duration: float, t0: float, **extra: object) -> RunMeta:
+    return RunMeta(
+        run_id=run_id,
+        source=source,
+        scenario_name="synthetic",
+        scenario_hash="",
+        seed=None,
+        started_at="2026-01-01T00:00:00",
+        duration=duration,
+        scenario={"speaking": {"active_speakers": 1}},
+        extra={"t0_unix": t0, **extra},
+    )
+
+
+def server_run(
+    directory: Path, seconds: int, join_rate: float, speakers: int, seed: int, noise: float
+) -> Path:
+    """A server run whose CPU follows `TRUE` exactly (plus Gaussian noise)."""
+    rng = np.random.default_rng(seed)
+    rec = Recorder(f"server-{seed}", "server")
+    alive = 0
+    k = 0
+    for s in range(1, seconds + 1):
+        joins = int(rng.poisson(join_rate)) if s <= seconds // 2 else 0
+        start_alive = alive
+        for j in range(joins):
+            k += 1
+            rec.add("participant_joined", s - 1 + (j + 0.5) / (joins + 1), "r", f"l{k}", "listener")
+        alive += joins
+        conn = (start_alive + alive) / 2
+        # packets from the connections alive through the second: speakers x pps each
+        packets = speakers * PPS * conn
+        cpu = (
+            TRUE["cpu_fixed"]
+            + TRUE["cpu_per_packet"] * packets
+            + TRUE["cpu_per_join"] * joins
+            + TRUE["cpu_per_connection"] * conn
+            + rng.normal(0.0, noise)
+        )
+        rec.add("node_cpu", float(s), "", "server", "node", cpu)
+        rec.add("packets_forwarded", float(s), "", "server", "node", packets)
+    write_run(directory, rec.to_frame(), _meta(rec.run_id, "server", seconds, 1000.0))
+    return directory
+
+
+def load_run_pair(
+    directory: Path,
+    n: int,
+    forward: float,
+    fanout: float,
+    seed: int,
+    pace: float = 1.0,
+    lag: float = 0.002,
+) -> Path:
+    """A load run with n steady listeners (latency = forward + U x n x fanout) + its server."""
+    server_run(directory / "server", 20, n / 4, 1, seed, 0.002)
+    rng = np.random.default_rng(seed)
+    rec = Recorder(f"load-{seed}", "load")
+    for i in range(n):
+        rec.add("participant_joined", 1.0 + i * 0.01, "r", f"l{i}", "listener", 0.1)
+    for t in np.arange(5.0, 20.0, 0.01):
+        rec.add(
+            "audio_latency", float(t), "r", "l0", "listener", forward + rng.random() * n * fanout
+        )
+    for t in range(5, 21):
+        rec.add("packets_received", float(t), "r", "l0", "listener", PPS * pace)
+        rec.add("packets_lost", float(t), "r", "l0", "listener", 0.0)
+        rec.add("loop_lag", float(t), "", "swarm-1", "swarm", lag)
+    meta = _meta(
+        rec.run_id, "load", 20.0, 1000.5, server_run="server", users=n + 1, target="embedded"
+    )
+    write_run(directory, rec.to_frame(), meta)
+    return directory
+
+
+def test_nnls_matches_the_constrained_optimum() -> None:
+    rng = np.random.default_rng(1)
+    a = rng.random((50, 3))
+    b = a @ np.array([2.0, -1.0, 0.5]) + rng.normal(0, 0.01, 50)
+    x = nnls(a, b)
+    assert x[1] == 0 and (x >= 0).all()
+    scipy = pytest.importorskip("scipy.optimize")
+    ref, _ = scipy.nnls(a, b)
+    assert np.allclose(x, ref, atol=1e-8)
+
+
+def test_cpu_fit_recovers_known_costs(tmp_path: Path) -> None:
+    # different sizes and speaker counts make packets and connections separable
+    runs = [
+        server_run(tmp_path / "a", 40, 3.0, 1, 1, 0.003),
+        server_run(tmp_path / "b", 40, 8.0, 2, 2, 0.003),
+        server_run(tmp_path / "c", 40, 5.0, 3, 3, 0.003),
+    ]
+    cal = calibrate(runs)
+    for field, true in TRUE.items():
+        assert cal.server[field] == pytest.approx(true, rel=0.15), field
+    assert cal.cpu.samples == 120 and cal.cpu.r2 > 0.99
+    assert 0.002 < cal.cpu.rms < 0.004  # the noise we put in
+    assert set(cal.cpu.per_run) == {"server-1", "server-2", "server-3"}
+    assert all(abs(r["bias"]) < 0.002 for r in cal.cpu.per_run.values())
+    assert cal.latency is None  # server runs alone say nothing about latency
+    samples = cpu_samples(runs[0])
+    assert list(samples.columns) == ["t", "cpu", "packets", "joins", "connections", "run_id"]
+
+
+def test_latency_fit_and_file_round_trip(tmp_path: Path) -> None:
+    runs = [load_run_pair(tmp_path / f"n{n}", n, 0.001, 60e-6, n) for n in (10, 50, 120)]
+    cal = calibrate(runs)
+    assert cal.latency is not None
+    assert cal.server["forward_delay"] == pytest.approx(0.001, abs=2e-4)
+    assert cal.server["fanout_delay"] == pytest.approx(60e-6, rel=0.05)
+    assert cal.latency.r2 > 0.99 and len(cal.latency.per_run) == 3
+    path = cal.write(tmp_path / "cal.yaml")
+    data = yaml.safe_load(path.read_text())
+    assert data["provenance"]["runs"][0]["listeners"] == 10
+    assert data["provenance"]["fit"]["cpu"]["unit"] == "cores"
+    assert load_calibration(path) == cal.server
+
+
+def test_runs_where_the_swarm_fell_behind_stay_out_of_the_latency_fit(tmp_path: Path) -> None:
+    good = [load_run_pair(tmp_path / f"n{n}", n, 0.001, 60e-6, n) for n in (10, 50)]
+    slow = load_run_pair(tmp_path / "slow", 80, 0.001, 60e-6, 80, pace=0.6)
+    backlog = load_run_pair(tmp_path / "backlog", 90, 0.4, 60e-6, 90)  # 400 ms on loopback
+    cal = calibrate([*good, slow, backlog])
+    assert swarm_behind(load_run(slow)) == "pace 0.60 < 0.95"
+    assert "backlog" in (swarm_behind(load_run(backlog)) or "")
+    assert swarm_behind(load_run(good[0])) is None and swarm_pace(load_run(good[0])) == 1.0
+    assert cal.latency is not None and set(cal.latency.per_run) == {"load-10", "load-50"}
+    assert cal.server["fanout_delay"] == pytest.approx(60e-6, rel=0.1)
+    assert len(cal.cpu.per_run) == 4  # their CPU samples still count
+    flags = {r["dir"]: r["in_latency_fit"] for r in cal.runs}
+    assert flags == {str(d): d in good for d in [*good, slow, backlog]}
+    # the swarm's own loop lag is reported with each run (not a reason to leave it out)
+    assert swarm_loop_lag(load_run(good[0])) == pytest.approx(0.002)
+    assert cal.runs[0]["swarm_loop_lag"] == pytest.approx(0.002)
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "reason"),
+    [
+        ("server:\n  cpu_per_packet: fast\n", "server.cpu_per_packet", "not a duration"),
+        ("server:\n  cpu_per_pakcet: 1e-5\n", "server.cpu_per_pakcet", "Extra inputs"),
+        ("server:\n  cpu_fixed: -1\n", "server.cpu_fixed", "greater than or equal"),
+        ("cpu_per_packet: 1e-5\n", "server", "needs a `server:` mapping"),
+        ("server: {}\nserevr: {}\n", "serevr", "unknown section"),
+        ("server: [\n", "", "invalid YAML"),
+    ],
+)
+def test_malformed_calibration_names_file_and_field(
+    tmp_path: Path, text: str, field: str, reason: str
+) -> None:
+    path = tmp_path / "bad-cal.yaml"
+    path.write_text(text)
+    with pytest.raises(ScenarioError) as exc:
+        load_calibration(path)
+    msg = str(exc.value)
+    assert msg.startswith(f"{path}: {field or '<top>'}: ") and reason in msg
+
+
+def test_cli_refuses_a_malformed_calibration(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bad-cal.yaml"
+    path.write_text("server:\n  cores: many\n")
+    rc = cli(["simulate", "scenarios/smoke.yaml", "--calibration", str(path), "--quiet"])
+    assert rc == 2
+    assert f"{path}: server.cores:" in capsys.readouterr().err
+
+
+def test_simulate_with_calibration_uses_the_fitted_costs(tmp_path: Path) -> None:
+    cal = tmp_path / "cal.yaml"
+    costs = {"cpu_fixed": 0.25, "cpu_per_packet": 0, "cpu_per_join": 0, "cpu_per_connection": 0}
+    cal.write_text(yaml.safe_dump({"server": costs, "provenance": {"note": "test"}}))
+    scenario = tmp_path / "sc.yaml"
+    scenario.write_text(fixed_crowd(20, 30).to_yaml())
+    out = tmp_path / "run"
+    rc = cli(["simulate", str(scenario), "--calibration", str(cal), "--out", str(out), "--quiet"])
+    assert rc == 0
+    rec = load_run(out).records
+    cpu = rec.loc[rec["kind"] == "node_cpu", "value"]
+    assert np.allclose(cpu, 0.25)  # only the fixed cost is left
+    assert load_run(out).meta.scenario["server"]["cpu_fixed"] == 0.25
+
+
+def test_fanout_and_forward_delay_shape_simulated_latency(tmp_path: Path) -> None:
+    n, forward, fanout = 100, 0.001, 50e-6
+    cal = tmp_path / "cal.yaml"
+    cal.write_text(yaml.safe_dump({"server": {"forward_delay": forward, "fanout_delay": fanout}}))
+    sc = fixed_crowd(
+        n,
+        20,
+        network={"rtt": 0, "jitter": 0, "loss": 0},
+        speaking={"active_speakers": 1, "dtx": False},
+        sim={"latency_sample": n},
+    )
+    sc = apply_calibration(sc, cal)
+    assert sc.server.fanout_delay == fanout and sc.server.forward_delay == forward
+    summary = summarise(simulate(sc, seed=2).records)
+    # positions are uniform over the fan-out: p50 ~ forward + n/2 x fanout (+ a small queue)
+    p50 = summary.loc["audio_latency", "p50"]
+    assert p50 == pytest.approx(forward + 0.5 * n * fanout, rel=0.1)
+    assert math.isfinite(summary.loc["audio_latency", "p95"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_calibrate_from_two_real_load_runs(tmp_path: Path) -> None:
+    pytest.importorskip("locust")
+    from spacesim.load.run import main as load
+
+    scenario = Path(__file__).resolve().parents[2] / "scenarios" / "fidelity.yaml"
+    runs = []
+    for n in (3, 8):
+        out = tmp_path / f"load-{n}"
+        rc = load(scenario, users=n + 1, duration=8, out=out, spawn_rate=10, shape="steady")
+        assert rc == 0
+        runs.append(out)
+    t = time.monotonic()
+    cal = calibrate(runs)
+    assert time.monotonic() - t < 10
+    assert cal.cpu.samples >= 10 and all(math.isfinite(v) for v in cal.server.values())
+    assert cal.latency is not None and 0 < cal.latency.rms < 0.05
+    path = cal.write(tmp_path / "cal.yaml")
+    assert cli(["calibrate", *map(str, runs), "-o", str(tmp_path / "cli.yaml")]) == 0
+    assert set(load_calibration(tmp_path / "cli.yaml")) == set(load_calibration(path))
