@@ -277,6 +277,144 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- sweep, capacity
+
+_SWEEP_COLUMNS = (  # (table column, heading, unit)
+    ("concurrency.value", "peak", "count"),
+    ("refused_share", "refused", "ratio"),
+    ("join_time.p95", "join95", "s"),
+    ("first_audio.p95", "audio1st95", "s"),
+    ("audio_latency.p95", "lat95", "s"),
+    ("audio_latency.p99", "lat99", "s"),
+    ("delivery_ratio.value", "delivered", "ratio"),
+    ("node_utilisation.p95", "util95", "ratio"),
+)
+
+
+def _count(text: str) -> int:
+    from spacesim.scenario import parse_count
+
+    try:
+        value = parse_count(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _print_rows(rows: pd.DataFrame, keys: Sequence[str], title: str) -> None:
+    table = Table(title=title, title_justify="left")
+    for heading in (*keys, *(h for _c, h, _u in _SWEEP_COLUMNS)):
+        table.add_column(heading, justify="right", no_wrap=True)
+    table.add_column("SLOs")
+    for _, row in rows.iterrows():
+        failed = set(str(row["slo_failed"]).split(","))
+        cells = [f"{row[k]:,.6g}" if isinstance(row[k], float) else f"{row[k]:,}" for k in keys]
+        for col, _h, unit in _SWEEP_COLUMNS:
+            text = _fmt(row[col], unit)
+            cells.append(f"[red]{text}[/]" if col in failed else text)
+        others = sorted(failed - {c for c, _h, _u in _SWEEP_COLUMNS} - {""})
+        verdict = "[green]pass[/]" if row["slo_pass"] else " ".join(["[red]FAIL[/]", *others])
+        table.add_row(*cells, verdict)
+    out.print(table)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from spacesim.sim.capacity import capacity_table
+    from spacesim.sim.sweep import GridError, axis_column, grid_points, parse_grid, sweep
+
+    scenario = _load(args.scenario, args.set or ())
+    out_dir = Path(args.out) if args.out else Path("runs") / f"sweep-{scenario.name}"
+    try:
+        grid = parse_grid(args.grid)
+        total = len(grid_points(scenario, grid, out_dir, args.seed))  # validate before running
+    except GridError as exc:
+        err.print(f"{args.scenario}: {exc}", markup=False, highlight=False)
+        return 2
+    where = f"Dask at {args.dask}" if args.dask else f"{args.processes or 'all'} processes"
+    with Progress(
+        TextColumn(f"sweeping [bold]{scenario.name}[/] ({where})"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} points {task.fields[last]}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=args.quiet,
+    ) as bar:
+        task = bar.add_task("sweep", total=total, last="")
+
+        def progress(done: int, _total: int, row: dict[str, object]) -> None:
+            bar.update(task, completed=done, last=Path(str(row["run_dir"])).name)
+
+        table = sweep(
+            scenario,
+            grid,
+            out_dir,
+            client=args.dask,
+            processes=args.processes,
+            seed=args.seed,
+            progress=progress,
+        )
+    axes = list(table.columns[: list(table.columns).index("seed") + 1])
+    if table["seed"].nunique() == 1:
+        axes.remove("seed")
+    _print_rows(table, axes, f"{scenario.name}: {len(table)} points")
+    out.print(f"table: {out_dir / 'sweep.parquet'} (and sweep.csv); runs: {out_dir / 'runs'}")
+    if "nodes" in {axis_column(name) for name in grid}:
+        by = [c for c in axes if c not in ("nodes", "seed")]
+        answers = capacity_table(table, by=by)
+        cap = Table(title="capacity: fewest nodes meeting every SLO", title_justify="left")
+        for col in (*by, "nodes needed"):
+            cap.add_column(col, justify="right")
+        for col in ("tested", "note"):
+            cap.add_column(col)
+        for _, row in answers.iterrows():
+            needed = row["nodes_needed"]
+            cells = [f"{row[c]:,}" if not isinstance(row[c], str) else row[c] for c in by]
+            shown = "[red]none[/]" if pd.isna(needed) else f"{int(needed):,}"
+            cap.add_row(*cells, shown, str(row["tested"]), str(row["note"]))
+        out.print(cap)
+    return 0
+
+
+def cmd_capacity(args: argparse.Namespace) -> int:
+    from spacesim.sim.capacity import capacity, meets
+
+    scenario = _load(args.scenario, args.set or ())
+    out_dir = Path(args.out) if args.out else Path("runs") / f"capacity-{scenario.name}"
+    missing = 0
+    for listeners in args.listeners:
+        with Progress(
+            TextColumn(f"sizing [bold]{scenario.name}[/] for {listeners:,} listeners"),
+            TextColumn("{task.fields[last]}"),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+            disable=args.quiet,
+        ) as bar:
+            bar.add_task("capacity", total=None, last="")
+
+            def progress(nodes: int, row: dict[str, object], bar: Progress = bar) -> None:
+                ok = meets(pd.DataFrame([row]), args.max_refused).iloc[0]
+                bar.update(bar.task_ids[0], last=f"{nodes:,} nodes {'meet' if ok else 'fail'}")
+
+            answer = capacity(
+                scenario,
+                listeners,
+                max_nodes=args.max_nodes,
+                out_dir=out_dir / f"listeners={listeners}",
+                seed=args.seed,
+                max_refused=args.max_refused,
+                rel_tol=args.rel_tol,
+                progress=progress,
+            )
+        _print_rows(answer.curve, ["nodes"], f"{scenario.name}: {listeners:,} listeners")
+        out.print(str(answer), highlight=False)
+        missing += answer.nodes is None
+    return 1 if missing else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="spacesim", description="Load-test and simulate live audio rooms."
@@ -369,6 +507,37 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("runs", nargs="+", metavar="RUN_DIR", help="load run directories")
     cal.add_argument("-o", "--out", default="calibration.yaml", help="calibration file to write")
     cal.set_defaults(func=cmd_calibrate)
+
+    sweep = sub.add_parser("sweep", help="simulate a scenario over a grid of overrides")
+    sweep.add_argument("scenario", help="scenario YAML file")
+    sweep.add_argument(
+        "--grid",
+        action="append",
+        required=True,
+        metavar="NAME=V1,V2",
+        help="an axis: listeners, nodes, seed or a field path (server.cores=2,4); repeatable",
+    )
+    sweep.add_argument("--dask", metavar="ADDRESS", help="run on this Dask scheduler")
+    sweep.add_argument("--processes", type=int, help="local processes (default: every core)")
+    sweep.add_argument("--out", help="sweep directory (default: runs/sweep-NAME)")
+    sweep.add_argument("--seed", type=_seed, help="random seed (default: the scenario's)")
+    sweep.add_argument("--set", action="append", metavar="PATH=VALUE", help="fixed override")
+    sweep.add_argument("--quiet", action="store_true", help="no progress bar")
+    sweep.set_defaults(func=cmd_sweep)
+
+    cap = sub.add_parser("capacity", help="fewest nodes meeting a scenario's SLOs")
+    cap.add_argument("scenario", help="scenario YAML file")
+    cap.add_argument(
+        "--listeners", type=_count, action="append", required=True, help="audience, e.g. 100k"
+    )
+    cap.add_argument("--max-nodes", type=_count, default=10_000, help="search 1..M nodes")
+    cap.add_argument("--max-refused", type=float, default=0.0, help="share of joins refused")
+    cap.add_argument("--rel-tol", type=float, default=0.0, help="stop within this share")
+    cap.add_argument("--out", help="directory for the probes (default: runs/capacity-NAME)")
+    cap.add_argument("--seed", type=_seed, help="random seed (default: the scenario's)")
+    cap.add_argument("--set", action="append", metavar="PATH=VALUE", help="fixed override")
+    cap.add_argument("--quiet", action="store_true", help="no progress bar")
+    cap.set_defaults(func=cmd_capacity)
     return p
 
 
