@@ -173,9 +173,7 @@ def _duration(text: str) -> float:
 def demo_scenario(sc: Scenario, listeners: int, duration: float) -> Scenario:
     """`sc` cut to what one machine can swarm: `duration`, an audience peaking at
     `listeners`, one single-core node (the reference server is one Python process)."""
-    from spacesim.load.shape import audience_curve
-
-    peak = float(audience_curve(sc, duration).max())
+    peak = float(sc.audience_curve(duration).max())
     small = sc.with_audience(listeners / peak) if peak > 0 else sc
     data = small.model_dump(mode="json")
     data["duration"] = duration

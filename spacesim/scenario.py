@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import numpy as np
 import yaml
 from pydantic import (
     BaseModel,
@@ -199,18 +200,20 @@ class ConstantArrivals(_Model):
     kind: Literal["constant"]
     rate: Rate
 
-    def rate_at(self, t: float) -> float:
-        """Arrivals per second expected at `t` (the load test's shape follows this)."""
-        return self.rate if t >= 0 else 0.0
+    def arrived(self, t: np.ndarray) -> np.ndarray:
+        """Expected arrivals to one room by each time in `t` (the rate's integral)."""
+        out: np.ndarray = self.rate * np.maximum(t, 0.0)
+        return out
 
 
 class PoissonArrivals(_Model):
     kind: Literal["poisson"]
     rate: Rate
 
-    def rate_at(self, t: float) -> float:
-        """Arrivals per second expected at `t`."""
-        return self.rate if t >= 0 else 0.0
+    def arrived(self, t: np.ndarray) -> np.ndarray:
+        """Expected arrivals to one room by each time in `t`."""
+        out: np.ndarray = self.rate * np.maximum(t, 0.0)
+        return out
 
 
 class RampArrivals(_Model):
@@ -221,11 +224,12 @@ class RampArrivals(_Model):
     end: Rate
     over: Duration = Field(gt=0)
 
-    def rate_at(self, t: float) -> float:
-        """Arrivals per second expected at `t`."""
-        if t < 0:
-            return 0.0
-        return self.start + (self.end - self.start) * min(t / self.over, 1.0)
+    def arrived(self, t: np.ndarray) -> np.ndarray:
+        """Expected arrivals to one room by each time in `t`."""
+        inside = np.clip(t, 0.0, self.over)
+        ramp = self.start * inside + (self.end - self.start) * inside**2 / (2 * self.over)
+        out: np.ndarray = ramp + self.end * np.maximum(t - self.over, 0.0)
+        return out
 
 
 class Burst(_Model):
@@ -247,13 +251,12 @@ class FlashCrowdArrivals(_Model):
     base: Rate = 0.0
     bursts: list[Burst] = Field(min_length=1)
 
-    def rate_at(self, t: float) -> float:
-        """Arrivals per second expected at `t`: the background plus each burst's density."""
-        if t < 0:
-            return 0.0
-        return self.base + sum(
-            b.size / b.over * math.exp(-(t - b.at) / b.over) for b in self.bursts if t >= b.at
-        )
+    def arrived(self, t: np.ndarray) -> np.ndarray:
+        """Expected arrivals to one room by each time in `t`: background plus bursts."""
+        out: np.ndarray = self.base * np.maximum(t, 0.0)
+        for b in self.bursts:
+            out = out + b.size * -np.expm1(-np.maximum(t - b.at, 0.0) / b.over)
+        return out
 
 
 class Step(_Model):
@@ -276,11 +279,13 @@ class PiecewiseArrivals(_Model):
             raise ValueError("steps must be in strictly increasing 'at' order")
         return steps
 
-    def rate_at(self, t: float) -> float:
-        """Arrivals per second expected at `t`."""
-        if t < 0:
-            return 0.0
-        return next(s.rate for s in reversed(self.steps) if s.at <= t)
+    def arrived(self, t: np.ndarray) -> np.ndarray:
+        """Expected arrivals to one room by each time in `t`."""
+        out = np.zeros_like(t, dtype="float64")
+        ends = [s.at for s in self.steps[1:]] + [math.inf]
+        for step, end in zip(self.steps, ends, strict=True):
+            out += step.rate * np.clip(t - step.at, 0.0, end - step.at)
+        return out
 
 
 Arrivals = Annotated[
@@ -310,18 +315,19 @@ class Session(_Model):
             return math.exp(mu + self.sigma * standard_normal())
         return self.mean * standard_exponential()
 
-    def survival(self, x: float) -> float:
-        """P(a session lasts longer than `x` s): how many of those who came are still in."""
-        if x < 0:
-            return 1.0
+    def survival(self, x: np.ndarray) -> np.ndarray:
+        """P(a session lasts longer than each `x` s): who of those who came is still in."""
+        x = np.maximum(np.asarray(x, dtype="float64"), 0.0)
         if self.kind == "fixed":
-            return 1.0 if x < self.mean else 0.0
+            return (x < self.mean).astype("float64")
         if self.kind == "lognormal":
-            if x == 0:
-                return 1.0
             mu = math.log(self.mean) - self.sigma * self.sigma / 2
-            return 0.5 * math.erfc((math.log(x) - mu) / (self.sigma * math.sqrt(2)))
-        return math.exp(-x / self.mean)
+            z = (np.log(np.maximum(x, 1e-300)) - mu) / (self.sigma * math.sqrt(2))
+            erfc = np.frompyfunc(math.erfc, 1, 1)(z)
+            out: np.ndarray = 0.5 * np.asarray(erfc, dtype="float64")
+            return out
+        exp: np.ndarray = np.exp(-x / self.mean)
+        return exp
 
 
 # --------------------------------------------------------------------------- behaviour
@@ -545,16 +551,43 @@ class Scenario(_Model):
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
+    def audience_curve(self, horizon: float, step: float = 1.0, capped: bool = True) -> np.ndarray:
+        """Expected listeners over all rooms at t = 0, step, 2·step, … up to `horizon`.
+
+        Listeners arrive per the profile and stay a session drawn from `session`, so
+        the audience is that of an M/G/∞ queue started empty (Ross, *Introduction to
+        Probability Models*, §5.3.5: the time-dependent form of Little's law)::
+
+            E[N(t)] = ∫₀ᵗ λ(s) · P(session > t - s) ds
+
+        Arrivals per `step` bin are exact (`arrived`), taken at the bin's middle.
+        `capped` holds each room at ``rooms.listener_cap`` (the server refuses the rest).
+        The load test's users follow this curve; the sweeps size audiences by its peak.
+        """
+        if step <= 0 or not math.isfinite(horizon) or horizon < 0:
+            raise ValueError(f"need step > 0 and a finite horizon >= 0, got {step}, {horizon}")
+        n = int(horizon // step) + 1
+        arrivals = np.diff(self.arrivals.arrived(np.arange(n + 1) * step))
+        survive = self.session.survival((np.arange(n) + 0.5) * step)
+        # E[N(t_j)] = Σ_{k<j} arrivals[k] · survive[j-k-1]: a causal convolution
+        per_room = np.concatenate(([0.0], np.convolve(arrivals, survive)[: n - 1]))
+        if capped and self.rooms.listener_cap is not None:
+            per_room = np.minimum(per_room, self.rooms.listener_cap)
+        out: np.ndarray = per_room * self.rooms.count
+        return out
+
+    def expected_audience(self) -> float:
+        """Expected peak concurrent listeners over all rooms, caps and refusals aside."""
+        return float(self.audience_curve(self.duration, self.duration / 4000, False).max())
+
     def with_audience(self, factor: float) -> Scenario:
-        """The same room at `factor` times the audience: arrival rates and burst sizes
-        scale, so do the listener cap and admission limit; sessions, speakers and
-        behaviour per listener do not. A swarm on one machine runs a scaled-down
-        scenario, and simulating that same scaled scenario makes the two comparable.
+        """The same rooms with `factor` times the arrivals: rates and burst sizes scale,
+        so a steady stream stays steady and a burst stays a burst; sessions, speakers,
+        behaviour per listener, caps and server limits do not.
         """
         if not (math.isfinite(factor) and factor > 0):
             raise ValueError(f"factor must be a finite number > 0, got {factor!r}")
-        data = self.model_dump(mode="json")
-        arr = data["arrivals"]
+        arr = self.model_dump(mode="json")["arrivals"]
         for key in ("rate", "start", "end", "base"):
             if key in arr:
                 arr[key] *= factor
@@ -562,15 +595,7 @@ class Scenario(_Model):
             step["rate"] *= factor
         for burst in arr.get("bursts", []):
             burst["size"] = max(1, round(burst["size"] * factor))
-        if data["rooms"].get("listener_cap") is not None:
-            data["rooms"]["listener_cap"] = max(
-                1, math.ceil(data["rooms"]["listener_cap"] * factor)
-            )
-        if data["server"].get("max_streams") is not None:
-            data["server"]["max_streams"] = max(
-                1, math.ceil(data["server"]["max_streams"] * factor)
-            )
-        return Scenario.model_validate(data)
+        return Scenario.model_validate({**self.model_dump(mode="json"), "arrivals": arr})
 
     def to_yaml(self) -> str:
         """The resolved model in base units (seconds, per second, fractions)."""

@@ -245,13 +245,12 @@ def test_non_utf8_file_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_demo_scenario_is_the_town_hall_cut_to_the_swarm() -> None:
-    from spacesim.load.shape import audience_curve
     from spacesim.scenario import load_scenario
 
     full = load_scenario(Path(__file__).resolve().parents[1] / "scenarios" / "town-hall.yaml")
     small = cli.demo_scenario(full, 30, 60.0)
     assert small.duration == 60 and small.server.nodes == 1 and small.server.cores == 1
-    assert audience_curve(small, 60).max() == pytest.approx(30, rel=0.05)
+    assert small.audience_curve(60).max() == pytest.approx(30, rel=0.05)
     assert small.session == full.session and small.speaking == full.speaking
 
 

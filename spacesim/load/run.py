@@ -39,7 +39,7 @@ from typing import IO, Any
 import numpy as np
 import pandas as pd
 
-from spacesim.load.shape import DEFAULT_LISTENERS, audience_curve, scaled_users
+from spacesim.load.shape import DEFAULT_LISTENERS, scaled_users
 from spacesim.results import Run, RunMeta, records_frame, summarise_run, write_run
 from spacesim.scenario import Scenario, ScenarioError, load_scenario
 from spacesim.server import launch
@@ -75,10 +75,10 @@ def _say(msg: str) -> None:
 def default_users(sc: Scenario, horizon: float) -> tuple[int, float]:
     """(Locust users, spawn rate per s): hosts plus the audience's peak within `horizon`.
 
-    The peak is that of the M/G/∞ audience curve (`shape.audience_curve`), capped at
+    The peak is that of the M/G/∞ audience curve (`Scenario.audience_curve`), capped at
     `MAX_DEFAULT_LISTENERS`; the spawn rate is the curve's steepest climb (at least 1/s).
     """
-    curve = audience_curve(sc, horizon)
+    curve = sc.audience_curve(horizon)
     listeners = max(1, min(math.ceil(float(curve.max())), MAX_DEFAULT_LISTENERS))
     climb = float(np.diff(scaled_users(curve, listeners)).max(initial=0))
     return sc.rooms.count + listeners, max(1.0, min(climb, 20.0))

@@ -18,7 +18,7 @@ Import this from a locustfile *after* ``import locust`` (gevent must patch first
   ``session``, raise hands, react and report at the ``audience`` rates, leave. A
   connection that fails or goes silent is rejoined (``reconnected``).
 * `ScenarioShape`: the number of users follows the scenario's arrival profile
-  (`spacesim.load.shape`), peaking at ``-u``; ``--spacesim-shape steady`` holds ``-u``.
+  (`Scenario.audience_curve`), peaking at ``-u``; ``--spacesim-shape steady`` holds ``-u``.
 * Every client's path gets the scenario's ``network`` (user-space relays), unless
   ``--spacesim-network none``.
 
@@ -62,7 +62,7 @@ from spacesim.client.probe import ProbeStats
 from spacesim.client.session import AudioLink, ClientError, RoomClient, connect_audio
 from spacesim.client.speaker import SpeakerTrack, clip_names, load_clip
 from spacesim.load import bridge
-from spacesim.load.shape import DEFAULT_LISTENERS, audience_curve, scaled_users
+from spacesim.load.shape import DEFAULT_LISTENERS, scaled_users
 from spacesim.results import Recorder, RunMeta
 from spacesim.scenario import Scenario, load_scenario
 
@@ -836,7 +836,7 @@ def _init(environment: Environment, **_: Any) -> None:
 
 
 class ScenarioShape(LoadTestShape):
-    """Users over time from the scenario's arrival profile (`spacesim.load.shape`).
+    """Users over time from the scenario's arrival profile (`Scenario.audience_curve`).
 
     The expected audience curve E[N(t)] is scaled so that its peak within the run is
     ``-u`` minus the hosts (default `DEFAULT_LISTENERS`); each Listener user runs
@@ -866,7 +866,7 @@ class ScenarioShape(LoadTestShape):
             return max(num_users or hosts + 1, hosts + 1), float(cap_rate or 1.0)
         if self._users is None:
             listeners = num_users - hosts if num_users else DEFAULT_LISTENERS
-            self._users = scaled_users(audience_curve(sc, run_time + 1.0), max(listeners, 1))
+            self._users = scaled_users(sc.audience_curve(run_time + 1.0), max(listeners, 1))
         users = self._users
         i = min(int(t), len(users) - 1)
         nxt = users[min(i + 1, len(users) - 1)]

@@ -13,70 +13,14 @@ notification burst) is kept and only its size changes. The simulated peak
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
-
-from spacesim.scenario import (
-    ConstantArrivals,
-    FlashCrowdArrivals,
-    PiecewiseArrivals,
-    PoissonArrivals,
-    RampArrivals,
-    Scenario,
-    ScenarioError,
-)
+from spacesim.scenario import Scenario, ScenarioError
 
 __all__ = ["expected_audience", "forwarding_cores", "with_audience"]
 
-_BINS = 4000
-
-
-def _arrived(sc: Scenario, t: np.ndarray) -> np.ndarray:
-    """Expected arrivals to one room by each time in `t` (the integral of the rate)."""
-    a = sc.arrivals
-    if isinstance(a, ConstantArrivals | PoissonArrivals):
-        return a.rate * t
-    if isinstance(a, RampArrivals):
-        inside = np.minimum(t, a.over)
-        ramp = a.start * inside + (a.end - a.start) * inside**2 / (2 * a.over)
-        return np.asarray(ramp + a.end * np.maximum(t - a.over, 0.0))
-    if isinstance(a, PiecewiseArrivals):
-        total = np.zeros_like(t)
-        ends = [s.at for s in a.steps[1:]] + [math.inf]
-        for step, end in zip(a.steps, ends, strict=True):
-            total += step.rate * np.clip(t - step.at, 0.0, end - step.at)
-        return total
-    if isinstance(a, FlashCrowdArrivals):
-        total = a.base * t
-        for b in a.bursts:
-            total = total + b.size * -np.expm1(-np.maximum(t - b.at, 0.0) / b.over)
-        return total
-    raise TypeError(f"unknown arrival profile {type(a).__name__}")
-
-
-def _survival(sc: Scenario, x: np.ndarray) -> np.ndarray:
-    """P(session > x) under the scenario's session law (`Session.draw`)."""
-    s = sc.session
-    if s.kind == "fixed":
-        return (x < s.mean).astype("float64")
-    if s.kind == "exponential":
-        return np.exp(-x / s.mean)
-    mu = math.log(s.mean) - s.sigma * s.sigma / 2
-    z = (np.log(np.maximum(x, 1e-300)) - mu) / (s.sigma * math.sqrt(2))
-    erfc = np.asarray(np.frompyfunc(math.erfc, 1, 1)(z), dtype="float64")
-    return 0.5 * erfc
-
 
 def expected_audience(scenario: Scenario) -> float:
-    """Expected peak concurrent listeners over all rooms (see the module docstring)."""
-    edges = np.linspace(0.0, scenario.duration, _BINS + 1)
-    arrivals = np.diff(_arrived(scenario, edges))  # expected arrivals per bin
-    dt = edges[1]
-    # Arrivals in bin i are taken at its middle; N is read at the end of each bin j.
-    survive = _survival(scenario, (np.arange(_BINS) + 0.5) * dt)
-    present = np.convolve(arrivals, survive)[:_BINS]
-    return float(present.max(initial=0.0)) * scenario.rooms.count
+    """Expected peak concurrent listeners over all rooms (`Scenario.expected_audience`)."""
+    return scenario.expected_audience()
 
 
 def with_audience(scenario: Scenario, listeners: float) -> Scenario:
@@ -89,20 +33,7 @@ def with_audience(scenario: Scenario, listeners: float) -> Scenario:
         raise ScenarioError(
             scenario.name, [("arrivals", "no listeners arrive, so there is no audience to scale")]
         )
-    k = listeners / now
-    a = scenario.arrivals
-    scaled: object
-    if isinstance(a, ConstantArrivals | PoissonArrivals):
-        scaled = a.model_copy(update={"rate": a.rate * k})
-    elif isinstance(a, RampArrivals):
-        scaled = a.model_copy(update={"start": a.start * k, "end": a.end * k})
-    elif isinstance(a, PiecewiseArrivals):
-        steps = [s.model_copy(update={"rate": s.rate * k}) for s in a.steps]
-        scaled = a.model_copy(update={"steps": steps})
-    else:
-        bursts = [b.model_copy(update={"size": round(b.size * k)}) for b in a.bursts]
-        scaled = a.model_copy(update={"base": a.base * k, "bursts": bursts})
-    return scenario.model_copy(update={"arrivals": scaled})
+    return scenario.with_audience(listeners / now)
 
 
 def forwarding_cores(scenario: Scenario, listeners: float) -> float:

@@ -1,4 +1,4 @@
-"""spacesim.load.shape: the M/G/∞ audience curve the Locust shape follows (no Locust here)."""
+"""The M/G/∞ audience curve (`Scenario.audience_curve`) the Locust shape follows, scaled."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from spacesim.load.shape import audience_curve, scaled_users
+from spacesim.load.shape import scaled_users
 from spacesim.scenario import Scenario
 
 
@@ -19,7 +19,7 @@ def scenario(arrivals: dict[str, object], session: dict[str, object], **extra: o
 
 def test_exponential_sessions_fill_as_little_and_erlang_say() -> None:
     sc = scenario({"kind": "poisson", "rate": "2/s"}, {"kind": "exponential", "mean": "60s"})
-    curve = audience_curve(sc, 600, step=1.0)
+    curve = sc.audience_curve(600, step=1.0)
     for t in (10, 60, 300, 600):  # λ m (1 - e^{-t/m})
         assert curve[t] == pytest.approx(120 * (1 - math.exp(-t / 60)), rel=0.01)
     assert curve[0] == 0
@@ -27,7 +27,7 @@ def test_exponential_sessions_fill_as_little_and_erlang_say() -> None:
 
 def test_fixed_sessions_plateau_at_rate_times_length() -> None:
     sc = scenario({"kind": "constant", "rate": "1/s"}, {"kind": "fixed", "mean": "30s"})
-    curve = audience_curve(sc, 100)
+    curve = sc.audience_curve(100)
     assert curve[10] == pytest.approx(10, abs=0.6)
     assert curve[60] == pytest.approx(30, abs=0.6) and curve[100] == pytest.approx(30, abs=0.6)
 
@@ -36,7 +36,7 @@ def test_lognormal_mean_is_little() -> None:
     sc = scenario(
         {"kind": "poisson", "rate": "1/s"}, {"kind": "lognormal", "mean": "20s", "sigma": 0.8}
     )
-    assert audience_curve(sc, 2000)[-1] == pytest.approx(20, rel=0.02)
+    assert sc.audience_curve(2000)[-1] == pytest.approx(20, rel=0.02)
 
 
 def test_flash_crowd_peaks_then_drains_and_rooms_and_cap_apply() -> None:
@@ -45,25 +45,25 @@ def test_flash_crowd_peaks_then_drains_and_rooms_and_cap_apply() -> None:
         {"kind": "exponential", "mean": "120s"},
         rooms={"count": 3},
     )
-    curve = audience_curve(sc, 900)
+    curve = sc.audience_curve(900)
     assert curve[59] == 0
     peak = int(np.argmax(curve))
     assert 60 < peak < 120 and curve[peak] < 300 and curve[900] < curve[peak] / 4
-    capped = audience_curve(sc.model_copy(update={"rooms": sc.rooms.model_copy(
-        update={"listener_cap": 20})}), 900)  # fmt: skip
+    rooms = sc.rooms.model_copy(update={"listener_cap": 20})
+    capped = sc.model_copy(update={"rooms": rooms}).audience_curve(900)
     assert capped.max() == pytest.approx(60)
 
 
-def test_ramp_and_piecewise_rates() -> None:
+def test_ramp_and_piecewise_arrivals() -> None:
     ramp = scenario({"kind": "ramp", "start": 0, "end": "10/s", "over": "100s"},
                     {"kind": "fixed", "mean": "1s"})  # fmt: skip
-    assert ramp.arrivals.rate_at(50) == pytest.approx(5) and ramp.arrivals.rate_at(500) == 10
+    got = ramp.arrivals.arrived(np.array([-1.0, 50.0, 100.0, 200.0]))
+    assert got.tolist() == pytest.approx([0, 125, 500, 1500])
     steps = scenario(
         {"kind": "piecewise", "steps": [{"at": 0, "rate": "1/s"}, {"at": "1m", "rate": "3/s"}]},
         {"kind": "fixed", "mean": "1s"},
     )
-    assert steps.arrivals.rate_at(59.9) == 1 and steps.arrivals.rate_at(60) == 3
-    assert steps.arrivals.rate_at(-1) == 0
+    assert steps.arrivals.arrived(np.array([30.0, 60.0, 70.0])).tolist() == [30, 60, 90]
 
 
 def test_scaled_users_caps_the_peak_and_never_scales_up() -> None:
@@ -76,4 +76,4 @@ def test_scaled_users_caps_the_peak_and_never_scales_up() -> None:
 def test_bad_horizon() -> None:
     sc = scenario({"kind": "poisson", "rate": "1/s"}, {"kind": "fixed", "mean": "1s"})
     with pytest.raises(ValueError, match="horizon"):
-        audience_curve(sc, math.inf)
+        sc.audience_curve(math.inf)
