@@ -401,11 +401,11 @@ def markdown(comparisons: Sequence[Comparison], title: str, notes: Sequence[str]
     ]
     for c in comparisons:
         f = c.figure
-        sign = "+" if f.higher_is_worse else "-"
+        tol = f"{'+' if f.higher_is_worse else '-'}{f.tolerance * 100:.0f} %"
         interval = "—" if not math.isfinite(c.low) else f"{_pct(c.low)} … {_pct(c.high)}"
         lines.append(
             f"| {f.label} | {_show(f, c.base_median)} | {_show(f, c.now_median)} | "
-            f"{_pct(c.change)} | {interval} | {sign}{f.tolerance:.0%} | {_MARK[c.verdict]} |"
+            f"{_pct(c.change)} | {interval} | {tol} | {_MARK[c.verdict]} |"
         )
     lines += [
         "",
@@ -583,7 +583,10 @@ def run_series(
     out: Path,
     say: Callable[[str], None] = _say,
 ) -> list[dict[str, list[float]]]:
-    """`repeat` runs per side; two sides alternate A B, B A, A B … (balanced order)."""
+    """`repeat` runs per side; two sides alternate A B, B A, A B … (balanced order).
+
+    A run that fails is retried once; a second failure raises `RegressError`.
+    """
     values: list[dict[str, list[float]]] = [{f.name: [] for f in FIGURES} for _ in sides]
     total = repeat * len(sides)
     n = 0
@@ -595,7 +598,11 @@ def run_series(
             n += 1
             side = sides[i]
             t = time.monotonic()
-            got = measure(scenario, side, out / f"{n:02d}-{side.label}")
+            try:
+                got = measure(scenario, side, out / f"{n:02d}-{side.label}")
+            except RegressError as exc:  # one retry: a shared CI machine has hiccups
+                say(f"run {n}/{total} ({side.label}) failed, retrying once: {exc}")
+                got = measure(scenario, side, out / f"{n:02d}-{side.label}-retry")
             for name, x in got.items():
                 values[i][name].append(x)
             say(f"run {n}/{total} ({side.label}, {time.monotonic() - t:.0f} s): {_brief(got)}")
