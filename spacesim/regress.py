@@ -505,7 +505,8 @@ def _server(side: Side, workdir: Path, record: Path) -> Iterator[str]:
     env, cwd = _server_env(side)
     log_path = workdir / "server.log"
     port = launch.free_port()
-    db = str(workdir / "server.db")
+    db = str(workdir.resolve() / "server.db")
+    record = record.resolve()  # the server runs in its own tree's directory
     cmd = [sys.executable, "-m", "spacesim.cli", "serve", "--host", "127.0.0.1",
            "--port", str(port), "--db", db, "--record", str(record)]  # fmt: skip
     url = f"http://127.0.0.1:{port}"

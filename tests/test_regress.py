@@ -314,9 +314,10 @@ def test_gate_end_to_end_with_a_gross_fault(
         ),
     )
     monkeypatch.setenv("SPACESIM_TEST_FAULT_BUSY_US", "400")
+    monkeypatch.chdir(tmp_path)  # relative paths are the user's, not the server's
     junit, md = tmp_path / "r.xml", tmp_path / "r.md"
     args = ["regress", str(scenario), "--baseline", str(base), "--repeat", "2"]
-    rc = main([*args, "--out", str(tmp_path / "g"), "--junit", str(junit), "--markdown", str(md)])
+    rc = main([*args, "--out", "g", "--junit", "r.xml", "--markdown", "r.md"])
     out = capsys.readouterr()
     assert rc == 1, out.out + out.err
     assert "TEST-ONLY FAULT" in out.err and "regression in cpu_per_packet" in out.out
