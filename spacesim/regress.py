@@ -614,9 +614,12 @@ def run_series(
 
 
 def _git(repo: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        ["git", "-C", str(repo), *args], capture_output=True, timeout=120, check=False
-    )
+    try:
+        return subprocess.run(
+            ["git", "-C", str(repo), *args], capture_output=True, timeout=120, check=False
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise RegressError(f"--against needs git: {exc}") from None
 
 
 def checkout(ref: str, into: Path, repo: Path = _REPO) -> tuple[Path, str]:
@@ -641,7 +644,10 @@ def checkout(ref: str, into: Path, repo: Path = _REPO) -> tuple[Path, str]:
         tree = into / f"ref-{sha[:10]}"
         tree.mkdir(parents=True, exist_ok=True)
         with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-            tar.extractall(tree, filter="data")
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4
+                tar.extractall(tree, filter="data")
+            else:  # our own repository's archive
+                tar.extractall(tree)
         desc = f"{ref} ({sha[:10]})"
     for need in ("spacesim/cli.py", "spacesim/server/app.py"):
         if not (tree / need).is_file():
