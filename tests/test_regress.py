@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -216,6 +217,12 @@ def test_junit_has_one_testcase_per_figure_and_a_failure_per_regression() -> Non
 # --------------------------------------------------------------------------- REF
 
 
+needs_git = pytest.mark.skipif(
+    not (ROOT / ".git").exists() or shutil.which("git") is None, reason="not a git checkout"
+)
+
+
+@needs_git
 def test_against_a_revision_that_does_not_exist(tmp_path: Path) -> None:
     with pytest.raises(RegressError, match="no-such-rev: no such git revision"):
         regress.checkout("no-such-rev", tmp_path)
@@ -232,6 +239,7 @@ def test_against_outside_a_git_repository(tmp_path: Path) -> None:
         regress.checkout("HEAD", tmp_path / "x", repo=tmp_path)
 
 
+@needs_git
 def test_against_a_git_revision_exports_its_tree(tmp_path: Path) -> None:
     tree, desc = regress.checkout("HEAD", tmp_path)
     assert (tree / "spacesim" / "server" / "app.py").is_file() and "HEAD (" in desc
