@@ -34,6 +34,7 @@ The server's CPU comes from its own records (``node_cpu`` and ``packets_forwarde
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import json
 import math
@@ -536,6 +537,16 @@ def _figures_of(out: Path) -> dict[str, float]:
     return got
 
 
+def _steady() -> dict[str, Any]:
+    """A fixed audience on plain loopback, where `spacesim load` offers the choice: the
+    gate wants the server's own latency, not a simulated network's jitter."""
+    from spacesim.load.run import main as load_main
+
+    params = inspect.signature(load_main).parameters
+    wanted = {"shape": "steady", "network": "none"}
+    return {k: v for k, v in wanted.items() if k in params}
+
+
 def measure(scenario: Path, side: Side, out: Path) -> dict[str, float]:
     """One run of the scenario against `side`'s server: the figures (NaN when absent).
 
@@ -554,7 +565,9 @@ def measure(scenario: Path, side: Side, out: Path) -> dict[str, float]:
                 contextlib.redirect_stdout(log),
                 contextlib.redirect_stderr(log),
             ):
-                rc = load_main(scenario, target=url, out=out / "load", show=lambda *a: None)
+                rc = load_main(
+                    scenario, target=url, out=out / "load", show=lambda *a: None, **_steady()
+                )
         finally:
             server_log = Path(tmp) / "server.log"
             if server_log.is_file():
