@@ -136,6 +136,13 @@ class Comparison:
     def regressed(self) -> bool:
         return self.verdict == "regression"
 
+    @property
+    def inconclusive(self) -> bool:
+        """ "ok", but the interval reaches past the tolerance on both sides: the runs are
+        too noisy to tell (a busy machine's latency p95s often are)."""
+        tol = self.figure.tolerance
+        return self.verdict == "ok" and self.low < -tol and self.high > tol
+
 
 def _finite(values: Sequence[float]) -> np.ndarray:
     a = np.asarray(values, dtype="float64")
@@ -404,14 +411,16 @@ def markdown(comparisons: Sequence[Comparison], title: str, notes: Sequence[str]
         f = c.figure
         tol = f"{'+' if f.higher_is_worse else '-'}{f.tolerance * 100:.0f} %"
         interval = "—" if not math.isfinite(c.low) else f"{_pct(c.low)} … {_pct(c.high)}"
+        mark = "✅ ok (too noisy to tell)" if c.inconclusive else _MARK[c.verdict]
         lines.append(
             f"| {f.label} | {_show(f, c.base_median)} | {_show(f, c.now_median)} | "
-            f"{_pct(c.change)} | {interval} | {tol} | {_MARK[c.verdict]} |"
+            f"{_pct(c.change)} | {interval} | {tol} | {mark} |"
         )
     lines += [
         "",
         "Medians over runs; the interval is a 95 % bootstrap interval of now / baseline. "
-        "A figure regresses only when the whole interval is past its tolerance.",
+        "A figure regresses only when the whole interval is past its tolerance; "
+        '"too noisy to tell" means it reaches past the tolerance on both sides.',
     ]
     return "\n".join(lines) + "\n"
 

@@ -202,6 +202,9 @@ def test_markdown_table_has_one_row_per_figure_and_names_the_regression() -> Non
     assert all(r.startswith("| ") and r.count("|") == 8 for r in rows)
     assert "❌ **regression**" in rows[0] and "+30.0 %" in rows[0]
     assert all("✅ ok" in r for r in rows[1:])
+    noisy_latency = compare(FIG["audio_latency_p95"], [0.01, 0.5, 0.02], [0.4, 0.01, 0.03])
+    assert noisy_latency.inconclusive and not noisy_latency.regressed
+    assert "✅ ok (too noisy to tell)" in markdown([noisy_latency], "t")
 
 
 def test_junit_has_one_testcase_per_figure_and_a_failure_per_regression() -> None:
