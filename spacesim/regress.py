@@ -772,6 +772,11 @@ def gate(opts: Options, say: Callable[[str], None] = _say) -> int:
                 f"`{_git_describe(_REPO) or 'this installation'}` · {opts.repeat} runs",
                 *_notes_for(baseline),
             ]
+    if opts.repeat < 3:
+        notes.append(
+            f"⚠️ {opts.repeat} runs a side: the interval is little more than the range of "
+            "the runs; use --repeat 3 or more for a verdict to rely on"
+        )
     if fault:
         notes.append(f"⚠️ test-only fault injected in the current server: {FAULT_ENV}={fault}")
     notes.append(f"scenario `{sc.name}` · gate time {time.monotonic() - t0:.0f} s")
