@@ -33,6 +33,32 @@ from spacesim import regress
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def recount(path: Path) -> int:
+    """Judge stored comparisons again with `regress.FIGURES` as they are now."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    alarms = {f.name: 0 for f in regress.FIGURES}
+    caught = {f.name: 0 for f in regress.FIGURES}
+    any_alarm = any_caught = 0
+    for row in rows:
+        results = regress.compare_all(regress.FIGURES, row["base"], row["now"])
+        hit = [c.figure.name for c in results if c.regressed]
+        for name in hit:
+            (caught if row["faulty"] else alarms)[name] += 1
+        if row["faulty"]:
+            any_caught += bool(hit)
+        else:
+            any_alarm += bool(hit)
+    clean = sum(not r["faulty"] for r in rows)
+    faulty = len(rows) - clean
+    for name, n in alarms.items():
+        print(f"{name} false_alarms={n} of {clean}")
+    print(f"gate false_alarms={any_alarm} of {clean}")
+    for name, n in caught.items():
+        print(f"detection {name}: {n} of {faulty}")
+    print(f"gate detection: {any_caught} of {faulty}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clean", type=int, default=20, help="A/A comparisons (false alarms)")
@@ -41,7 +67,15 @@ def main() -> int:
     ap.add_argument("--slowdown", type=float, default=0.30, help="injected CPU per packet")
     ap.add_argument("--scenario", default=str(ROOT / "scenarios" / "ci-regression.yaml"))
     ap.add_argument("--out", default=f"runs/bench-regress-{time.strftime('%Y%m%d-%H%M%S')}")
+    ap.add_argument(
+        "--recount",
+        metavar="JSONL",
+        help="only re-judge a run's comparisons.jsonl with "
+        "today's tolerances (each line keeps every run's figures)",
+    )
     args = ap.parse_args()
+    if args.recount:
+        return recount(Path(args.recount))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     scenario = Path(args.scenario)

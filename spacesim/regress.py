@@ -102,15 +102,19 @@ class Figure:
 
 
 #: The gate's figures and their default tolerances (a baseline file may override them).
+#: The p95s are the swarm's view and a busy machine moves them a lot (run-to-run
+#: coefficient of variation ~0.5 for join time on a shared 2-core machine, against
+#: ~0.08 for CPU per packet): at +30 % a neighbour's burst during three runs of one side
+#: gave a false alarm (benchmarks/bench_regress.py), so they get +50 %.
 FIGURES: tuple[Figure, ...] = (
     Figure("cpu_per_packet", "server CPU per packet", "cpu_per_packet.value", "server",
            "µs", 1e6, True, 0.10, 0.0),
     Figure("audio_latency_p95", "audio latency p95", "audio_latency.p95", "load",
-           "ms", 1e3, True, 0.30, 0.002),
+           "ms", 1e3, True, 0.50, 0.005),
     Figure("join_time_p95", "join time p95", "join_time.p95", "load",
-           "ms", 1e3, True, 0.30, 0.020),
+           "ms", 1e3, True, 0.50, 0.050),
     Figure("first_audio_p95", "time to first audio p95", "first_audio.p95", "load",
-           "ms", 1e3, True, 0.30, 0.020),
+           "ms", 1e3, True, 0.50, 0.050),
     Figure("delivery_ratio", "delivery ratio", "delivery_ratio.value", "load",
            "%", 100.0, False, 0.01, 0.0),
 )  # fmt: skip
