@@ -248,6 +248,30 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_regress(args: argparse.Namespace) -> int:
+    from spacesim.regress import Options, RegressError, gate
+
+    scenario = Path(args.scenario or _REPO_SCENARIOS / "ci-regression.yaml")
+    if not args.scenario and not scenario.is_file():
+        scenario = Path("scenarios/ci-regression.yaml")
+    baseline = Path(args.baseline or f"benchmarks/baselines/{scenario.stem}.json")
+    opts = Options(
+        scenario=scenario,
+        baseline=baseline,
+        repeat=args.repeat,
+        against=args.against,
+        update_baseline=args.update_baseline,
+        junit=Path(args.junit) if args.junit else None,
+        markdown=Path(args.markdown) if args.markdown else None,
+        out=Path(args.out) if args.out else None,
+    )
+    try:
+        return gate(opts)
+    except RegressError as exc:
+        err.print(f"spacesim regress: {exc}", markup=False, highlight=False)
+        return 2
+
+
 def _seed(text: str) -> int:
     try:
         value = int(text)
@@ -536,6 +560,21 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--set", action="append", metavar="PATH=VALUE", help="fixed override")
     cap.add_argument("--quiet", action="store_true", help="no progress bar")
     cap.set_defaults(func=cmd_capacity)
+
+    reg = sub.add_parser(
+        "regress", help="CI gate: fail when server CPU per packet, latency or joins get worse"
+    )
+    reg.add_argument("scenario", nargs="?", help="scenario (default scenarios/ci-regression.yaml)")
+    reg.add_argument("--baseline", help="baseline file (default benchmarks/baselines/NAME.json)")
+    reg.add_argument("--update-baseline", action="store_true", help="record a new baseline")
+    reg.add_argument(
+        "--against", metavar="REF", help="A/B: a git revision or checkout run in the same job"
+    )
+    reg.add_argument("--repeat", type=int, default=3, help="runs per side (default 3)")
+    reg.add_argument("--junit", metavar="FILE", help="write JUnit XML (one test per figure)")
+    reg.add_argument("--markdown", metavar="FILE", help="write the markdown table")
+    reg.add_argument("--out", help="directory for the runs (default runs/regress-TIME)")
+    reg.set_defaults(func=cmd_regress)
     return p
 
 

@@ -511,11 +511,29 @@ async def _ws_action(state: ServerState, room: Room, claims: Claims, text: str) 
 # --------------------------------------------------------------------------- app
 
 
+def _check_fault_hook(config: ServerConfig) -> None:
+    """The media plane's test-only slowdown: refused in production, loud in development."""
+    from spacesim.server import media
+
+    if not media.FAULT_BUSY_US:
+        return
+    if not config.dev:
+        raise ValueError(f"{media.FAULT_ENV} is a test-only fault hook; unset it to run --no-dev")
+    log.warning(
+        "TEST-ONLY FAULT INJECTED: %s=%g: every forwarded packet burns %g us of extra CPU. "
+        "Never run a real server like this.",
+        media.FAULT_ENV,
+        media.FAULT_BUSY_US,
+        media.FAULT_BUSY_US,
+    )
+
+
 def create_app(config: ServerConfig, store: Store | None = None) -> web.Application:
     """The aiohttp application; `spacesim serve` runs it, tests use it on 127.0.0.1."""
     from spacesim.rtc import use_host_addresses
 
     use_host_addresses(list(config.ice_hosts))
+    _check_fault_hook(config)
     app = web.Application(middlewares=[errors], client_max_size=config.max_body)
     state = ServerState(config, store or SqliteStore(config.db))
     state.recover()

@@ -41,23 +41,60 @@ through) and timestamps (monotonic: a new speaker continues from the slot's last
 timestamp plus the wall-clock gap, at least one 20 ms frame); the marker bit is set
 on a new speaker's first packet. Header extensions are not forwarded. A speaker
 never receives their own audio.
+
+Test-only fault hook
+--------------------
+``SPACESIM_TEST_FAULT_BUSY_US=N`` (read once, when this module is imported) makes
+every forwarded packet burn N µs of extra CPU time of the forwarding thread (spun on
+the thread's CPU clock, so preemption on a busy machine does not shorten it). It
+exists so `spacesim regress` can be shown to catch a slowdown; the server logs a
+warning at startup while it is set and refuses to start with ``--no-dev``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
+import time
 from collections.abc import Callable
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from spacesim import rtc
 
-__all__ = ["MediaRoom", "OfferShape", "parse_offer"]
+__all__ = ["FAULT_BUSY_US", "FAULT_ENV", "MediaRoom", "OfferShape", "parse_offer"]
 
 _CLOCK_PER_MS = 48  # Opus RTP clock: 48 kHz
 _FRAME = 960  # one 20 ms Opus frame in RTP clock units
+
+FAULT_ENV = "SPACESIM_TEST_FAULT_BUSY_US"
+
+
+def _fault_from_env() -> float:
+    raw = os.environ.get(FAULT_ENV, "").strip()
+    if not raw:
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{FAULT_ENV}={raw!r} is not a number of microseconds") from None
+    if not 0 <= value <= 10_000:
+        raise ValueError(f"{FAULT_ENV}={raw!r} must be within 0..10000 microseconds")
+    return value
+
+
+#: Extra CPU µs burnt per forwarded packet (test-only fault hook; 0 = off).
+FAULT_BUSY_US = _fault_from_env()
+_FAULT_BUSY_NS = int(FAULT_BUSY_US * 1000)
+
+
+def _burn(ns: int) -> None:
+    """Spin until this thread has used `ns` more nanoseconds of CPU time."""
+    end = time.thread_time_ns() + ns
+    while time.thread_time_ns() < end:
+        pass
 
 
 class OfferShape:
@@ -356,6 +393,7 @@ class MediaRoom:
         ts = packet.timestamp
         payload = packet.payload
         ntp = rtc.ntp_now()
+        busy = _FAULT_BUSY_NS
         for sub in self._subs:
             if sub is src:
                 continue
@@ -381,3 +419,5 @@ class MediaRoom:
                     self._drop(sub)
                 continue
             self.forwarded += 1
+            if busy:
+                _burn(busy)
