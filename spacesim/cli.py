@@ -54,6 +54,12 @@ def print_summary(summary: pd.DataFrame, verdicts: Sequence[SloVerdict], title: 
         out.print(slo)
 
 
+def progress_bar(title: str, status: str, quiet: bool, bar: bool = True) -> Progress:
+    """The commands' one progress display: on stderr, gone when done, off with --quiet."""
+    columns = [TextColumn(title), *([BarColumn()] if bar else []), TextColumn(status)]
+    return Progress(*columns, TimeElapsedColumn(), console=err, transient=True, disable=quiet)
+
+
 def _load(path: str, overrides: Sequence[str] = ()) -> Scenario:
     return load_scenario(path, overrides)
 
@@ -66,14 +72,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     directory = Path(args.out) if args.out else None
     if directory is not None and (directory / "meta.json").exists():
         raise FileExistsError(f"{directory} already holds a run; pick another --out")
-    with Progress(
-        TextColumn(f"simulating [bold]{scenario.name}[/]"),
-        BarColumn(),
-        TextColumn("{task.fields[sim]}"),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-        disable=args.quiet,
+    with progress_bar(
+        f"simulating [bold]{scenario.name}[/]", "{task.fields[sim]}", args.quiet
     ) as bar:
         task = bar.add_task("sim", total=scenario.duration, sim="")
 
@@ -355,14 +355,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         err.print(f"{args.scenario}: {exc}", markup=False, highlight=False)
         return 2
     where = f"Dask at {args.dask}" if args.dask else f"{args.processes or 'all'} processes"
-    with Progress(
-        TextColumn(f"sweeping [bold]{scenario.name}[/] ({where})"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} points {task.fields[last]}"),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-        disable=args.quiet,
+    with progress_bar(
+        f"sweeping [bold]{scenario.name}[/] ({where})",
+        "{task.completed}/{task.total} points {task.fields[last]}",
+        args.quiet,
     ) as bar:
         task = bar.add_task("sweep", total=total, last="")
 
@@ -407,13 +403,11 @@ def cmd_capacity(args: argparse.Namespace) -> int:
     out_dir = Path(args.out) if args.out else Path("runs") / f"capacity-{scenario.name}"
     missing = 0
     for listeners in args.listeners:
-        with Progress(
-            TextColumn(f"sizing [bold]{scenario.name}[/] for {listeners:,} listeners"),
-            TextColumn("{task.fields[last]}"),
-            TimeElapsedColumn(),
-            console=err,
-            transient=True,
-            disable=args.quiet,
+        with progress_bar(
+            f"sizing [bold]{scenario.name}[/] for {listeners:,} listeners",
+            "{task.fields[last]}",
+            args.quiet,
+            bar=False,
         ) as bar:
             bar.add_task("capacity", total=None, last="")
 
