@@ -155,6 +155,7 @@ def cmd_load(args: argparse.Namespace) -> int:
         spawn_rate=args.spawn_rate,
         shape=args.shape,
         network=args.network,
+        clock=args.clock,
         show=lambda summary, sc, title: print_summary(
             summary, check_slos(summary, sc.slo.targets()), title
         ),
@@ -489,6 +490,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="scenario",
         help="scenario: each client gets the scenario's delay, jitter and loss through a "
         "user-space relay (default); none: plain loopback",
+    )
+    load.add_argument(
+        "--clock",
+        choices=("local", "server"),
+        default="local",
+        help="local: latencies on this machine's clock (default); server: every Locust "
+        "process reads the server's clock through an offset (workers on several machines)",
     )
     load.set_defaults(func=cmd_load)
 

@@ -53,6 +53,11 @@ GRACE = 60.0  # seconds past the run time before Locust is killed
 SERVER_START_TIMEOUT = 20.0
 SERVER_RUN = "server"  # the embedded server's own run: a run directory inside the load run
 HEALTH_TIMEOUT = 5.0
+#: What audio_latency's two ends were read on, as the run's meta says it.
+CLOCK_NOTES = {
+    "local": "monotonic, one machine",
+    "server": "server's monotonic clock via each process's offset (+-rtt/2 over HTTP)",
+}
 LAG_WARNING = 0.05  # swarm loop lag (p95, s) beyond which the run's latencies are suspect
 _REPO = Path(__file__).resolve().parents[2]
 _FALLBACK_LOCUSTFILE = (
@@ -186,6 +191,7 @@ def main(
     show: Show | None = None,
     shape: str = "arrivals",
     network: str = "scenario",
+    clock: str = "local",
 ) -> int:
     """Run a load test; 0 on success, 2 for a refused run, 1 when nothing was measured.
 
@@ -193,16 +199,21 @@ def main(
     `spacesim simulate` prints); without it the summary is printed as plain text.
     `shape` is ``arrivals`` (users follow the scenario's arrival profile, peaking at
     `users`) or ``steady``; `network` is ``scenario`` (each client's path gets the
-    scenario's delay, jitter and loss) or ``none``.
+    scenario's delay, jitter and loss) or ``none``; `clock` is ``local`` (latencies on
+    this machine's monotonic clock) or ``server`` (each Locust process reads the
+    server's clock through an offset: `spacesim.client.clock`).
     """
     try:
         if shape not in ("arrivals", "steady"):
             raise LoadError(f"shape must be arrivals or steady, got {shape!r}")
         if network not in ("scenario", "none"):
             raise LoadError(f"network must be scenario or none, got {network!r}")
+        if clock not in CLOCK_NOTES:
+            raise LoadError(f"clock must be local or server, got {clock!r}")
         return _main(
-            scenario_path, target, users, duration, workers, out, spawn_rate, show, shape, network
-        )
+            scenario_path, target, users, duration, workers, out, spawn_rate, show, shape,
+            network, clock,
+        )  # fmt: skip
     except (LoadError, ScenarioError, FileExistsError) as exc:
         _say(str(exc))
         return 2
@@ -219,6 +230,7 @@ def _main(
     show: Show | None,
     shape: str,
     network: str,
+    clock: str,
 ) -> int:
     sc = load_scenario(scenario_path)
     run_time = min(sc.duration, MAX_DEFAULT_DURATION) if duration is None else duration
@@ -267,6 +279,7 @@ def _main(
                 SPACESIM_T0=repr(t0),
                 SPACESIM_SHAPE=shape,
                 SPACESIM_NETWORK=network,
+                SPACESIM_CLOCK=clock,
             )
             cmd = [
                 sys.executable,
@@ -318,9 +331,7 @@ def _main(
             "locust_exit_code": rc,
             "shape": shape,
             "network": network,
-            # audio_latency compares the speaker's and the listener's CLOCK_MONOTONIC:
-            # valid while every Locust process runs on one machine (as spacesim load does)
-            "clock": "monotonic, one machine",
+            "clock": CLOCK_NOTES[clock],
             "server_run": SERVER_RUN if (out_dir / SERVER_RUN / "meta.json").is_file() else None,
             "t0_unix": t0,
         },

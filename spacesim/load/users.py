@@ -28,8 +28,9 @@ Locust request events (request_type "spacesim"): ``join``, ``first_audio``,
 Records (source ``load``) go to a per-process `Recorder`, written at test stop to
 ``OUT/part-<pid>.parquet`` (``--spacesim-out`` / ``SPACESIM_LOAD_OUT``);
 `spacesim.load.run` merges the parts into one run directory. In Locust's own
-distributed mode (``--master`` / ``--worker``), give every worker the same
-``--spacesim-out`` on one machine; latencies need the processes on one machine anyway.
+distributed mode (``--master`` / ``--worker``) every worker writes its part to its
+``--spacesim-out`` (a shared directory, or copy the parts together before merging);
+workers on several machines need ``--spacesim-clock server`` for latencies.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import random
 import statistics
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,7 @@ from locust.runners import MasterRunner, WorkerRunner
 # isort: split
 import aiohttp
 
+from spacesim.client.clock import ClockOffset, server_offset
 from spacesim.client.listener import ListenerStats
 from spacesim.client.netem import Impairment
 from spacesim.client.probe import ProbeStats
@@ -99,6 +102,10 @@ class _State:
         self.joined = 0
         self.refused = 0
         self.lag_watch: Any = None
+        # What speakers' marks and listeners' arrivals are read on: this machine's
+        # monotonic clock, or with --spacesim-clock server the server's (an offset).
+        self.clock: Callable[[], int] = time.monotonic_ns
+        self.offset: ClockOffset | None = None
         self.space_ready = gevent.event.Event()
         self.closers: dict[int, Any] = {}  # id -> object with async close()
         self.ids = itertools.count()
@@ -128,6 +135,8 @@ _scenario: Scenario | None = None
 _out: Path | None = None
 _shape_mode = os.environ.get("SPACESIM_SHAPE", "arrivals")
 _network_mode = os.environ.get("SPACESIM_NETWORK", "scenario")
+_clock_mode = os.environ.get("SPACESIM_CLOCK", "local")
+CLOCKS = ("local", "server")
 SHAPES = ("arrivals", "steady")
 NETWORKS = ("scenario", "none")
 
@@ -218,6 +227,21 @@ async def _watch_lag(env: Environment) -> None:
             worst, window_end = 0.0, now + TICK
 
 
+def _ensure_clock(base: str) -> None:
+    """With ``--spacesim-clock server``, estimate this process's offset once."""
+    st = state()
+    if _clock_mode != "server" or st.offset is not None:
+        return
+
+    async def estimate() -> ClockOffset:
+        return await server_offset(await st.session(), base)
+
+    st.offset = bridge.run(estimate(), timeout=ACTION_TIMEOUT)
+    st.clock = st.offset.clock()
+    log.info("clock offset to %s: %+d ns (+-%d ns)", base, st.offset.offset_ns,
+             st.offset.rtt_ns // 2)  # fmt: skip
+
+
 def _ensure_lag_watch(env: Environment) -> None:
     st = state()
     if st.lag_watch is None:
@@ -269,7 +293,9 @@ class _Room:
     def _track(self, k: int) -> SpeakerTrack:
         names = clip_names()
         sender = zlib.crc32(f"{self.user}/{k}".encode())
-        return SpeakerTrack(load_clip(names[(self.n + k) % len(names)]), sender)
+        return SpeakerTrack(
+            load_clip(names[(self.n + k) % len(names)]), sender, clock=state().clock
+        )
 
     async def start(self) -> None:
         st = state()
@@ -467,6 +493,7 @@ class Host(User):
 
     def on_start(self) -> None:
         _ensure_lag_watch(self.environment)
+        _ensure_clock(self.host or "")
         self.room = _Room(self.environment, self.host or "", scenario())
         st = state()
         st.closers[id(self.room)] = self.room
@@ -525,7 +552,8 @@ class _ListenerSession:
         self.user = user
         self.path = path
         probe = state().rng.random() < scenario().load.probe_fraction
-        self.stats: ListenerStats = ProbeStats() if probe else ListenerStats()
+        clock = state().clock
+        self.stats: ListenerStats = ProbeStats(clock=clock) if probe else ListenerStats(clock=clock)
         self.quality = (0, 0)  # a probe's (frames, audible) at the last window
         self.link: AudioLink | None = None
         self.client: RoomClient | None = None
@@ -604,6 +632,7 @@ class Listener(User):
     @task
     def listen(self) -> None:
         _ensure_lag_watch(self.environment)
+        _ensure_clock(self.host or "")
         st = state()
         sc = scenario()
         env = self.environment
@@ -615,11 +644,11 @@ class Listener(User):
         space = st.spaces[n % len(st.spaces)]
         sess = _ListenerSession(self.host or "", space, f"l-{st.pid}-{n}", _path(st.rng))
         st.closers[id(sess)] = sess
-        start_ns = time.monotonic_ns()
+        start_ns = st.clock()  # the clock first_audio_ns is read on
         try:
             bridge.run(sess.join(), timeout=JOIN_TIMEOUT + 5)
         except Exception as exc:
-            took = (time.monotonic_ns() - start_ns) / 1e9
+            took = (st.clock() - start_ns) / 1e9
             fire(env, "join", took, exc)
             st.recorder.add(
                 "join_refused", st.now(), space, sess.user, "listener", attrs=_refusal(exc)
@@ -632,7 +661,7 @@ class Listener(User):
                 env.runner.quit()
             gevent.sleep(1)
             return
-        join_s = (time.monotonic_ns() - start_ns) / 1e9
+        join_s = (st.clock() - start_ns) / 1e9
         sess.joined_at = st.now()
         st.joined += 1
         fire(env, "join", join_s)
@@ -680,7 +709,7 @@ class Listener(User):
                     fire(env, "first_audio", v)
                     st.recorder.add("first_audio", st.now(), sess.space, sess.user, "listener", v)
                     first_reported = True
-                elif time.monotonic_ns() - start_ns > FIRST_AUDIO_TIMEOUT * 1e9:
+                elif state().clock() - start_ns > FIRST_AUDIO_TIMEOUT * 1e9:
                     fire(env, "first_audio", FIRST_AUDIO_TIMEOUT, TimeoutError("no audio heard"))
                     first_reported = True
             self._flush(sess)
@@ -804,14 +833,24 @@ def _args(parser: Any) -> None:
         help="scenario: each client's path gets the scenario's delay, jitter and loss "
         "(a user-space relay); none: plain loopback",
     )
+    parser.add_argument(
+        "--spacesim-clock",
+        choices=CLOCKS,
+        env_var="SPACESIM_CLOCK",
+        default="local",
+        help="local: latencies on this machine's monotonic clock (all processes on one "
+        "machine); server: each process reads the server's clock via an offset estimated "
+        "over HTTP (workers on several machines; error <= half the fastest round trip)",
+    )
 
 
 @events.init.add_listener
 def _init(environment: Environment, **_: Any) -> None:
-    global _scenario, _out, _shape_mode, _network_mode
+    global _scenario, _out, _shape_mode, _network_mode, _clock_mode
     opts = environment.parsed_options
     _shape_mode = getattr(opts, "spacesim_shape", None) or _shape_mode
     _network_mode = getattr(opts, "spacesim_network", None) or _network_mode
+    _clock_mode = getattr(opts, "spacesim_clock", None) or _clock_mode
     path = getattr(opts, "scenario", "") if opts else ""
     if path:
         os.environ["SPACESIM_SCENARIO"] = path

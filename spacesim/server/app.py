@@ -209,7 +209,9 @@ routes = web.RouteTableDef()
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
-    return _json({"ok": True, "protocol": PROTOCOL_VERSION})
+    # clock_ns: the server's monotonic clock, the common reference of load processes on
+    # several machines (spacesim.client.clock estimates their offsets to it)
+    return _json({"ok": True, "protocol": PROTOCOL_VERSION, "clock_ns": time.monotonic_ns()})
 
 
 @routes.get("/openapi.json")

@@ -118,7 +118,7 @@ def document() -> dict[str, Any]:
             "/healthz": {
                 "get": {
                     "security": [],
-                    "summary": "Liveness",
+                    "summary": "Liveness, the protocol version and the server's clock (clock_ns)",
                     "responses": {"200": {"description": "OK"}},
                 }
             },

@@ -97,10 +97,11 @@ def test_arrivals_shape_network_rooms_and_moderation(tmp_path: Path) -> None:
     path = tmp_path / "moderated.yaml"
     path.write_text(MODERATED)
     out = tmp_path / "run"
-    assert main(path, users=10, duration=12, out=out) == 0
+    assert main(path, users=10, duration=12, out=out, clock="server") == 0
     run = load_run(out)
     rec = run.records
     assert run.meta.extra["shape"] == "arrivals" and run.meta.extra["network"] == "scenario"
+    assert run.meta.extra["clock"].startswith("server's monotonic clock")
     joins = rec[(rec["kind"] == "participant_joined") & (rec["role"] == "listener")]
     # The curve climbs 2/s per room for 12 s, scaled to a peak of 8: joins spread out.
     assert 4 <= len(joins) <= 16
@@ -261,7 +262,10 @@ def test_master_and_two_workers_run_the_town_hall(tmp_path: Path) -> None:
     the host's space reaches both workers and every process's records are merged."""
     scenario = Path(__file__).resolve().parents[2] / "scenarios" / "town-hall.yaml"
     out = tmp_path / "run"
-    assert main(scenario, users=24, duration=40, workers=2, out=out, network="none") == 0
+    assert (
+        main(scenario, users=24, duration=40, workers=2, out=out, network="none", clock="server")
+        == 0
+    )  # every worker estimates its own offset to the server's clock
     rec = load_run(out).records
     joins = rec[(rec["kind"] == "participant_joined") & (rec["role"] == "listener")]
     assert len(joins) >= 15
@@ -270,3 +274,5 @@ def test_master_and_two_workers_run_the_town_hall(tmp_path: Path) -> None:
     heard = rec[rec["kind"] == "first_audio"]
     assert {p.split("-")[1] for p in heard["participant"]} == pids
     assert summarise(rec).loc["delivery_ratio", "value"] > 0.95
+    latency = rec.loc[rec["kind"] == "audio_latency", "value"]
+    assert latency.min() > -0.002 and latency.median() < 0.5  # offsets agree within ~1 ms
