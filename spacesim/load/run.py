@@ -10,7 +10,7 @@ Locust runs in a subprocess (its gevent monkey-patching must not touch this proc
 3. run ``locust -f loadtests/locustfile.py --headless -u N -r R -t T --host URL --csv
    OUT/locust/locust --html OUT/locust/report.html`` (``--processes W`` when
    ``workers`` > 0), streaming its output; every process writes
-   ``OUT/parts/part-<pid>.parquet``;
+   ``OUT/parts/part-<host>-<pid>.parquet`` (workers send theirs to the master, which writes them);
 4. merge the parts into one run directory (`write_run`) and print `summarise_run`.
 
 Every step has a timeout: the Locust run is killed ``GRACE`` seconds after its

@@ -26,21 +26,24 @@ Locust request events (request_type "spacesim"): ``join``, ``first_audio``,
 ``audio_latency`` and ``mouth_to_ear`` (p50 of each listener's last 1 s window),
 ``hand_wait``, ``report_resolution``, ``reconnect``, ``loop_lag`` and the actions.
 Records (source ``load``) go to a per-process `Recorder`, written at test stop to
-``OUT/part-<pid>.parquet`` (``--spacesim-out`` / ``SPACESIM_LOAD_OUT``);
-`spacesim.load.run` merges the parts into one run directory. In Locust's own
-distributed mode (``--master`` / ``--worker``) every worker writes its part to its
-``--spacesim-out`` (a shared directory, or copy the parts together before merging);
-workers on several machines need ``--spacesim-clock server`` for latencies.
+``OUT/part-<host>-<pid>.parquet`` (``--spacesim-out`` / ``SPACESIM_LOAD_OUT``);
+`spacesim.load.run` merges the parts into one run directory. In distributed mode
+(``--processes``, or ``--master`` / ``--worker`` on several machines) workers send
+their records to the master as Locust messages and the master writes every part into
+its own ``--spacesim-out``: no shared disk. Workers on several machines need
+``--spacesim-clock server`` for latencies.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
 import logging
 import math
 import os
 import random
+import socket
 import statistics
 import time
 import zlib
@@ -81,6 +84,7 @@ FIRST_AUDIO_TIMEOUT = 10.0
 LATENCY_SAMPLES = 10  # audio_latency records per listener per window
 EMOJIS = ("💯", "👍", "👏", "😂", "❤️", "🔥", "🙏", "🎉")
 MSG_SPACE = "spacesim_space"
+MSG_RECORDS = "spacesim_records"  # a worker's records, to the master that writes them
 GIVE_UP_AFTER = 20  # refused joins, none accepted, before this process stops the run
 STALL = 3.0  # seconds without audio after which a listener's connection counts as dropped
 LAG_PROBE = 0.05  # the loop-lag watch's timer (s)
@@ -136,6 +140,8 @@ _out: Path | None = None
 _shape_mode = os.environ.get("SPACESIM_SHAPE", "arrivals")
 _network_mode = os.environ.get("SPACESIM_NETWORK", "scenario")
 _clock_mode = os.environ.get("SPACESIM_CLOCK", "local")
+_runner: Any = None
+_node = socket.gethostname()
 CLOCKS = ("local", "server")
 SHAPES = ("arrivals", "steady")
 NETWORKS = ("scenario", "none")
@@ -815,7 +821,8 @@ def _args(parser: Any) -> None:
         type=str,
         env_var="SPACESIM_LOAD_OUT",
         default="",
-        help="directory for this process's records (part-<pid>.parquet)",
+        help="directory for the records (part-<host>-<pid>.parquet; the master's in "
+        "distributed mode, where workers send theirs to it)",
     )
     parser.add_argument(
         "--spacesim-shape",
@@ -846,7 +853,8 @@ def _args(parser: Any) -> None:
 
 @events.init.add_listener
 def _init(environment: Environment, **_: Any) -> None:
-    global _scenario, _out, _shape_mode, _network_mode, _clock_mode
+    global _scenario, _out, _shape_mode, _network_mode, _clock_mode, _runner
+    _runner = environment.runner
     opts = environment.parsed_options
     _shape_mode = getattr(opts, "spacesim_shape", None) or _shape_mode
     _network_mode = getattr(opts, "spacesim_network", None) or _network_mode
@@ -866,6 +874,15 @@ def _init(environment: Environment, **_: Any) -> None:
             runner.send_message(MSG_SPACE, msg.data)  # to every worker
 
         runner.register_message(MSG_SPACE, relay)
+
+        def collect(environment: Environment, msg: Any, **_: Any) -> None:
+            if _out is None:
+                log.warning("records from %s dropped: the master has no --spacesim-out",
+                            msg.data.get("name"))  # fmt: skip
+                return
+            _save_part(str(msg.data["name"]), bytes(msg.data["parquet"]))
+
+        runner.register_message(MSG_RECORDS, collect)
     elif isinstance(runner, WorkerRunner):
 
         def learn(environment: Environment, msg: Any, **_: Any) -> None:
@@ -924,14 +941,33 @@ async def _close_all(objs: list[Any]) -> None:
 
 
 def _write_part() -> None:
+    """This process's records so far: to the master when a worker (it writes them to its
+    own ``--spacesim-out``, so workers on other machines need no shared disk), else here.
+    """
     st = state()
-    if _out is None or len(st.recorder) == st.written or not len(st.recorder):
+    if len(st.recorder) == st.written or not len(st.recorder):
         return
-    _out.mkdir(parents=True, exist_ok=True)
-    tmp = _out / f".part-{st.pid}.parquet.tmp"
-    st.recorder.to_frame().to_parquet(tmp, index=False)
-    tmp.replace(_out / f"part-{st.pid}.parquet")
+    runner = _runner
+    if isinstance(runner, WorkerRunner):
+        buf = io.BytesIO()
+        st.recorder.to_frame().to_parquet(buf, index=False)
+        runner.send_message(MSG_RECORDS, {"name": f"{_node}-{st.pid}", "parquet": buf.getvalue()})
+    elif _out is not None:
+        _save_part(f"{_node}-{st.pid}", st.recorder.to_frame())
+    else:
+        return
     st.written = len(st.recorder)
+
+
+def _save_part(name: str, frame: Any) -> None:
+    assert _out is not None
+    _out.mkdir(parents=True, exist_ok=True)
+    tmp = _out / f".part-{name}.parquet.tmp"
+    if isinstance(frame, bytes):
+        tmp.write_bytes(frame)
+    else:
+        frame.to_parquet(tmp, index=False)
+    tmp.replace(_out / f"part-{name}.parquet")
 
 
 @events.test_stop.add_listener
