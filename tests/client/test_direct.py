@@ -11,32 +11,13 @@ slow test, well past aioice's consent-freshness failure limit of 6 x 5 s).
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 
-from spacesim import rtc
 from spacesim.client.listener import ListenerStats
 from spacesim.client.session import AudioLink, RoomClient, connect_audio
 from spacesim.client.speaker import SpeakerTrack, load_clip
-from spacesim.server.app import ServerConfig, create_app
-
-for _name in ("aioice", "aiortc", "aiohttp.access"):
-    logging.getLogger(_name).setLevel(logging.WARNING)
-
-
-@pytest.fixture
-async def base(tmp_path: Path) -> AsyncIterator[str]:
-    rtc.use_host_addresses(["127.0.0.1"])
-    config = ServerConfig(db=tmp_path / "d.db", secret=b"direct-rx-secret-0123456789abcdef")
-    server = TestServer(create_app(config), host="127.0.0.1")
-    await server.start_server()
-    yield str(server.make_url("")).rstrip("/")
-    await server.close()
 
 
 def _ignore(slot: int, packet: bytes) -> None:

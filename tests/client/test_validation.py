@@ -10,36 +10,17 @@ matches the loss the relay actually inflicted within 1 percentage point.
 from __future__ import annotations
 
 import asyncio
-import logging
 import statistics
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 
-from spacesim import rtc
 from spacesim.client.listener import ListenerStats
 from spacesim.client.netem import Impairment
 from spacesim.client.session import AudioLink, ClientError, RoomClient, connect_audio
 from spacesim.client.speaker import SpeakerTrack, load_clip
-from spacesim.server.app import ServerConfig, create_app
-
-for _name in ("aioice", "aiortc", "aiohttp.access"):
-    logging.getLogger(_name).setLevel(logging.WARNING)
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-async def base(tmp_path: Path) -> AsyncIterator[str]:
-    rtc.use_host_addresses(["127.0.0.1"])
-    config = ServerConfig(db=tmp_path / "v.db", secret=b"validation-secret-0123456789abcd")
-    server = TestServer(create_app(config), host="127.0.0.1")
-    await server.start_server()
-    yield str(server.make_url("")).rstrip("/")
-    await server.close()
 
 
 async def test_injected_delay_and_loss_are_recovered(base: str) -> None:

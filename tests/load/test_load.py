@@ -180,8 +180,10 @@ def test_clients_reconnect_after_the_server_crashes(tiny: Path, tmp_path: Path) 
     assert {"host", "listener"} <= set(back["role"].astype(str))
     heard = rec[(rec["kind"] == "packets_received") & (rec["t"] > t_crash + 8)]
     assert heard["value"].sum() > 100  # audio flows again after the restart
-    # The publishers were down too, so the gap is silence, not loss: nothing was sent.
-    assert rec.loc[rec["kind"] == "packets_lost", "value"].sum() >= 0
+    # Once everyone is back, delivery is whole again (the outage itself was silence:
+    # the publishers were down too, so nothing was sent then).
+    lost = rec[(rec["kind"] == "packets_lost") & (rec["t"] > t_crash + 8)]
+    assert lost["value"].sum() < 0.02 * heard["value"].sum()
 
 
 def test_web_ui_shows_the_custom_metrics(tiny: Path, tmp_path: Path) -> None:
