@@ -102,7 +102,7 @@ async def _speaker_main(conn: Connection, base: str) -> None:
 
     rtc.use_host_addresses(["127.0.0.1"])
 
-    def ignore(slot: int, packet: bytes) -> None:
+    def ignore(slot: int, packet: bytes, arrival_ns: int) -> None:
         return None
 
     loop = asyncio.get_running_loop()
@@ -160,7 +160,9 @@ async def _worker_main(
             client = RoomClient(base, f"{kind}-{i}", http)
             if kind in ("lite", "probe"):
                 st = ListenerStats() if kind == "lite" else ProbeStats()
-                link = await connect_audio(client, space, st.on_rtp, slots=SLOTS)
+                link = await connect_audio(
+                    client, space, st.on_rtp, slots=SLOTS, read_every=st.read_every
+                )
                 stats.append(st)
                 pcs.append(link.pc)
             else:

@@ -29,10 +29,16 @@ What it provides:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import select
+import socket
 import struct
+import sys
 import time
+import weakref
+from asyncio.selector_events import _SelectorDatagramTransport  # type: ignore[attr-defined]
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 import aioice.ice
 import pylibsrtp
@@ -51,6 +57,7 @@ from aiortc.rtp import RtpPacket
 
 __all__ = [
     "DEFAULT_HOST_ADDRESSES",
+    "BatchReader",
     "DirectRtp",
     "OnPacket",
     "OnRtp",
@@ -95,6 +102,12 @@ _INTERNALS: tuple[tuple[object, str, str], ...] = (
     ),
     (pylibsrtp.Session, "unprotect", "pylibsrtp Session.unprotect"),
     (pylibsrtp, "Error", "pylibsrtp.Error"),
+    # BatchReader
+    (
+        asyncio.selector_events.BaseSelectorEventLoop,
+        "_remove_reader",
+        "asyncio/selector_events.py BaseSelectorEventLoop._remove_reader",
+    ),
 )
 # Instance attributes, found among the names their class's __init__ assigns
 # (name mangling happens at compile time, so co_names holds the mangled names).
@@ -139,6 +152,12 @@ _INSTANCE_ATTRS: tuple[tuple[type, str, str], ...] = (
     ),
     (RtpRouter, "ssrc_table", "aiortc/rtcdtlstransport.py RtpRouter.ssrc_table"),
     (aioice.ice.Connection, "_protocols", "aioice/ice.py Connection._protocols"),
+    # BatchReader (assigned in the base class's __init__)
+    (
+        asyncio.selector_events._SelectorTransport,  # type: ignore[attr-defined]
+        "_sock",
+        "asyncio/selector_events.py _SelectorTransport._sock",
+    ),
 )
 
 
@@ -227,16 +246,35 @@ def _no_decoder(receiver: RTCRtpReceiver, stop_rtcp: bool = False) -> None:
         _stop_decoder(receiver)
 
 
-OnRtp = Callable[[int, bytes], None]
-"""``on_rtp(slot, packet)``: one decrypted RTP packet (header and payload, as sent)
-received on listen slot ``slot`` (the index of its receiver). Called from the event
-loop's socket callback, so it must be quick and must not block."""
+OnRtp = Callable[[int, bytes, int], None]
+"""``on_rtp(slot, packet, arrival_ns)``: one decrypted RTP packet (header and payload, as
+sent) received on listen slot ``slot`` (the index of its receiver); ``arrival_ns`` is when
+the datagram reached the socket, on ``CLOCK_MONOTONIC`` (`time.monotonic_ns`). Called from
+the event loop (the socket's callback, or the batch reader's timer), so it must be quick
+and must not block."""
+
+# Linux: SO_TIMESTAMPNS (asm-generic/socket.h; x86, arm and riscv use 35) asks the kernel
+# to attach each datagram's receive time as a struct timespec on CLOCK_REALTIME
+# (SCM_TIMESTAMPNS == SO_TIMESTAMPNS; socket(7) "SO_TIMESTAMPNS"). CPython's socket
+# module does not export the name.
+SO_TIMESTAMPNS: int = getattr(socket, "SO_TIMESTAMPNS", 35)
+_TIMESPEC = struct.Struct("@qq")  # struct timespec on 64-bit Linux: tv_sec, tv_nsec
+_ANC_SIZE = socket.CMSG_SPACE(_TIMESPEC.size) if hasattr(socket, "CMSG_SPACE") else 0
+_RECV_SIZE = 65536  # asyncio reads datagrams of up to 256 KiB; an IPv4 UDP payload < 64 KiB
 
 
 class DirectRtp:
     """What :func:`receive_rtp_direct` installed, with its counters."""
 
-    __slots__ = ("_slot_of", "receivers", "rtp", "sender_reports", "srtp_errors", "unrouted")
+    __slots__ = (
+        "_slot_of",
+        "batched",
+        "receivers",
+        "rtp",
+        "sender_reports",
+        "srtp_errors",
+        "unrouted",
+    )
 
     def __init__(self, receivers: list[RTCRtpReceiver]) -> None:
         self.receivers = receivers
@@ -244,6 +282,7 @@ class DirectRtp:
         self.srtp_errors = 0  # failed authentication / replay (aiortc drops these too)
         self.unrouted = 0  # SSRC of none of the receivers (aiortc discards these too)
         self.sender_reports = 0  # RTCP SRs of those streams, not passed on (see below)
+        self.batched = 0  # sockets handed to the batch reader (see `receive_rtp_direct`)
         self._slot_of: dict[int, int] = {}
 
     def slot(self, dtls: RTCDtlsTransport, ssrc: int, by_type: bool = True) -> int:
@@ -266,8 +305,150 @@ class DirectRtp:
         return -1
 
 
-def receive_rtp_direct(receivers: list[RTCRtpReceiver], on_rtp: OnRtp) -> DirectRtp:
-    """Receive the RTP of ``receivers`` at the socket: ``on_rtp(slot, packet)`` per packet.
+Handle = Callable[[bytes, Any, int], bool]
+"""``handle(data, addr, arrival_ns)``: one datagram of a direct-receive socket; True when
+it was SRTP of the receivers (taken), False when it went to aioice's handler."""
+
+
+def _original_epoll() -> Callable[[], select.epoll] | None:
+    """``select.epoll``, also under gevent (whose ``patch_select`` removes it from
+    ``select``; gevent/monkey.py ``get_original`` returns the saved original). A
+    zero-timeout poll never blocks, so the original is safe inside a greenlet."""
+    if "gevent" in sys.modules:
+        from gevent import monkey
+
+        try:
+            return monkey.get_original("select", "epoll")  # type: ignore[no-any-return]
+        except AttributeError:
+            return None
+    return getattr(select, "epoll", None)
+
+
+class _Entry:
+    __slots__ = ("handle", "protocol", "sock", "transport")
+
+    def __init__(self, transport: Any, protocol: Any, handle: Handle) -> None:
+        self.transport = transport
+        self.protocol = protocol
+        self.sock: socket.socket = transport._sock
+        self.handle = handle
+
+
+class BatchReader:
+    """Reads many connections' UDP sockets every ``interval`` s, one per event loop.
+
+    asyncio costs a selector event, a ``Handle`` run and a ``recvfrom`` per datagram
+    (``_SelectorDatagramTransport._read_ready``, asyncio/selector_events.py). Here a
+    socket leaves the loop's selector (``loop.remove_reader``, public API; the transport
+    keeps sending as before) for an own ``epoll`` set, and a timer drains every ready
+    socket with ``recvmsg``: a handful of wake-ups per second instead of one per
+    datagram. The delay this adds does not bias what is measured: each datagram
+    carries the kernel's receive time (``SO_TIMESTAMPNS``), converted to
+    ``CLOCK_MONOTONIC`` with an offset read on every tick.
+    """
+
+    _by_loop: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, BatchReader]] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, interval: float, epoll: Callable[[], select.epoll]
+    ) -> None:
+        self.loop = loop
+        self.interval = interval
+        self.ticks = 0
+        self.datagrams = 0
+        self._ep = epoll()
+        self._entries: dict[int, _Entry] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop, interval: float) -> BatchReader | None:
+        """This loop's reader (None where there is no epoll or no SO_TIMESTAMPNS)."""
+        reader = cls._by_loop.get(loop)
+        if reader is None:
+            epoll = _original_epoll()
+            if epoll is None or not _ANC_SIZE or not sys.platform.startswith("linux"):
+                return None
+            reader = cls._by_loop[loop] = cls(loop, interval, epoll)
+        return reader
+
+    def adopt(self, transport: Any, protocol: Any, handle: Handle) -> bool:
+        """Read ``transport``'s socket here from now on; False when it cannot be."""
+        # asyncio/selector_events.py: _SelectorDatagramTransport keeps its socket in
+        # _sock and reads it in _read_ready, registered with loop._add_reader.
+        if not isinstance(transport, _SelectorDatagramTransport) or transport.is_closing():
+            return False
+        entry = _Entry(transport, protocol, handle)
+        fd = entry.sock.fileno()
+        entry.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        # The public remove_reader refuses a transport's fd (_ensure_fd_no_transport);
+        # BaseSelectorEventLoop._remove_reader is what the transport itself calls.
+        self.loop._remove_reader(fd)  # type: ignore[attr-defined]
+        try:
+            self._ep.register(fd, select.EPOLLIN)
+        except FileExistsError:  # a closed socket's number, reused before its cleanup
+            self._ep.modify(fd, select.EPOLLIN)
+        self._entries[fd] = entry
+        if self._timer is None:
+            self._timer = self.loop.call_later(self.interval, self._tick)
+        return True
+
+    def _forget(self, fd: int) -> None:
+        self._entries.pop(fd, None)
+        with contextlib.suppress(OSError):  # closed already: epoll dropped it (epoll(7))
+            self._ep.unregister(fd)
+
+    def _tick(self) -> None:
+        self._timer = self.loop.call_later(self.interval, self._tick)
+        self.ticks += 1
+        offset = time.monotonic_ns() - time.time_ns()
+        entries, poll, unpack = self._entries, self._ep.poll, _TIMESPEC.unpack
+        ready = poll(0)
+        rounds = 0
+        while ready:
+            for fd, _ in ready:
+                e = entries.get(fd)
+                if e is None:
+                    self._forget(fd)
+                    continue
+                try:
+                    data, anc, _flags, addr = e.sock.recvmsg(_RECV_SIZE, _ANC_SIZE)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError as exc:  # as _read_ready does (e.g. ICMP port unreachable)
+                    e.protocol.error_received(exc)
+                    continue
+                self.datagrams += 1
+                if anc:
+                    sec, nsec = unpack(anc[0][2])
+                    arrival = sec * 1_000_000_000 + nsec + offset
+                else:  # queued before the option was set
+                    arrival = time.monotonic_ns()
+                try:
+                    e.handle(data, addr, arrival)
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:  # one connection's bug must not stop the rest
+                    self.loop.call_exception_handler(
+                        {"message": "direct RTP receive failed", "exception": exc}
+                    )
+            rounds += 1
+            if rounds >= 64:  # bounded work per tick; what is left is read next tick
+                break
+            ready = poll(0)
+        if self.ticks % 128 == 0:
+            for fd in [fd for fd, e in entries.items() if e.transport.is_closing()]:
+                self._forget(fd)
+            if not entries and self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+
+def receive_rtp_direct(
+    receivers: list[RTCRtpReceiver], on_rtp: OnRtp, *, read_every: float | None = None
+) -> DirectRtp:
+    """Receive the RTP of ``receivers`` at the socket: ``on_rtp(slot, packet, arrival_ns)``.
 
     Call it after ``setRemoteDescription`` (the receivers then share their bundled
     DTLS transport) and before the connection is up. ICE and DTLS run through aiortc
@@ -296,6 +477,14 @@ def receive_rtp_direct(receivers: list[RTCRtpReceiver], on_rtp: OnRtp) -> Direct
     CPU as a third of the listener's packets. Reports with report blocks (about what
     this peer sends), BYE and feedback still reach aiortc.
 
+    With ``read_every`` (seconds), a socket whose first SRTP packet has arrived (so
+    the handshake is over) moves to this loop's :class:`BatchReader`, which reads it
+    on a timer with kernel receive times; ``on_rtp`` then runs up to ``read_every``
+    after the arrival it is told of. Use it where only arrival times matter (lite
+    listeners), not where the callback's own timing is measured (a probe's playout).
+    Without it, or where the batch reader is unavailable (no epoll, a TURN relay),
+    ``arrival_ns`` is read in the socket's callback.
+
     What aiortc no longer sees: the receivers' RTP. Their decoder threads are
     stopped (nothing would reach them), they send no RTCP receiver reports (aiortc
     sends an RR only for streams it has seen RTP from, so their RTCP tasks are
@@ -317,12 +506,17 @@ def receive_rtp_direct(receivers: list[RTCRtpReceiver], on_rtp: OnRtp) -> Direct
     ice: aioice.ice.Connection = dtls.transport._connection
     if not ice._protocols:
         raise ValueError("no ICE candidates gathered yet")
+    reader = None
+    if read_every is not None:
+        reader = BatchReader.of(asyncio.get_running_loop(), read_every)
+    monotonic_ns = time.monotonic_ns
+
     for protocol in ice._protocols:
         original = protocol.datagram_received
 
-        def datagram_received(
-            data: bytes, addr: tuple[Any, ...], original: Callable[..., None] = original
-        ) -> None:
+        def handle(
+            data: bytes, addr: Any, arrival_ns: int, original: Callable[..., None] = original
+        ) -> bool:
             if len(data) > 12 and 127 < data[0] < 192:
                 second = data[1]
                 if not 191 < second < 209:  # RTP, not RTCP
@@ -332,7 +526,7 @@ def receive_rtp_direct(receivers: list[RTCRtpReceiver], on_rtp: OnRtp) -> Direct
                             packet = srtp.unprotect(data)
                         except srtp_error:
                             direct.srtp_errors += 1
-                            return
+                            return True
                         direct.rtp += 1
                         ssrc = int.from_bytes(packet[8:12], "big")
                         slot = slot_of.get(ssrc, -1)
@@ -340,20 +534,48 @@ def receive_rtp_direct(receivers: list[RTCRtpReceiver], on_rtp: OnRtp) -> Direct
                             slot = direct.slot(dtls, ssrc)
                             if slot < 0:
                                 direct.unrouted += 1
-                                return
-                        on_rtp(slot, packet)
-                        return
+                                return True
+                        on_rtp(slot, packet, arrival_ns)
+                        return True
                 elif second == 200 and not data[0] & 0x1F:
                     # A sender report without report blocks: is it about a stream
                     # taken here? (SRTCP leaves the first 8 bytes clear, RFC 3711 3.4.)
                     ssrc = int.from_bytes(data[4:8], "big")
                     if ssrc in slot_of or direct.slot(dtls, ssrc, by_type=False) >= 0:
                         direct.sender_reports += 1
-                        return
+                        return False
             original(data, addr)
+            return False
+
+        def datagram_received(
+            data: bytes,
+            addr: tuple[Any, ...],
+            handle: Handle = handle,
+            protocol: Any = protocol,
+        ) -> None:
+            nonlocal reader
+            if handle(data, addr, monotonic_ns()) and reader is not None:
+                # Keys exist: hand the socket over (the transport is the protocol's,
+                # aioice/ice.py StunProtocol.connection_made; a TURN one is refused).
+                if reader.adopt(getattr(protocol, "transport", None), protocol, handle):
+                    direct.batched += 1
+                    protocol.datagram_received = _handle_only(handle)
+                else:
+                    reader = None
 
         protocol.datagram_received = datagram_received  # type: ignore[method-assign,assignment]
     return direct
+
+
+def _handle_only(handle: Handle) -> Callable[[bytes, Any], None]:
+    """A ``datagram_received`` for a socket the batch reader owns (still called if
+    anything else feeds the protocol)."""
+    monotonic_ns = time.monotonic_ns
+
+    def datagram_received(data: bytes, addr: Any) -> None:
+        handle(data, addr, monotonic_ns())
+
+    return datagram_received
 
 
 class _SilentTrack(MediaStreamTrack):

@@ -7,8 +7,10 @@ listener computes publisher -> listener latency directly (the records say
 ``clock="monotonic"``); loss is the gap between the sequence numbers a sender used and
 the ones that arrived; jitter is RFC 3550's interarrival estimate (section 6.4.1) in
 seconds. The aiortc jitter buffer is not involved: `spacesim.rtc.receive_rtp_direct`
-hands each packet over from the socket's callback as it arrives, and only its payload
-is looked at (`spacesim.client.rtp.payload`).
+hands each packet over with the time it reached the socket, and only its payload is
+looked at (`spacesim.client.rtp.payload`). Since only that time matters, a lite listener
+lets the batch reader read its socket every `ListenerStats.read_every` s (kernel receive
+times), which is most of what makes it cheap.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from spacesim.client.opus import read_mark_fields
 from spacesim.client.rtp import payload as rtp_payload
@@ -45,24 +48,38 @@ class SenderStats:
 
 @dataclass
 class ListenerStats:
-    """Per-sender receive statistics of one listener, fed by `on_rtp`."""
+    """Per-sender receive statistics of one listener, fed by `on_rtp`.
+
+    Times are on ``clock``: this process's monotonic clock, or the server's
+    (`spacesim.client.clock.ClockOffset`: monotonic + ``offset_ns``). Arrival times
+    come in on the monotonic clock, so ``offset_ns`` must be the one ``clock`` adds.
+    """
+
+    #: what `connect_audio`'s ``read_every`` should be for this kind of listener: it
+    #: only looks at arrival times, so its socket may be read on a timer
+    read_every: ClassVar[float | None] = 0.01
 
     clock: Callable[[], int] = time.monotonic_ns
+    offset_ns: int = 0
     senders: dict[int, SenderStats] = field(default_factory=dict)
     unmarked: int = 0
     first_audio_ns: int | None = None
 
-    def on_rtp(self, slot: int, packet: bytes) -> None:
-        """The `connect_audio` callback: one decrypted RTP packet, just arrived."""
-        payload = rtp_payload(packet)
+    def on_rtp(self, slot: int, packet: bytes, arrival_ns: int | None = None) -> None:
+        """The `connect_audio` callback: one decrypted RTP packet and its arrival time
+        (monotonic ns; None = now)."""
+        # A plain header (V=2, no padding, extension or CSRC) is the usual case.
+        payload = packet[12:] if packet and packet[0] == 0x80 else rtp_payload(packet)
         if payload is None:
             self.unmarked += 1
             return
-        self.on_payload(slot, payload)
+        self.on_payload(
+            slot, payload, self.clock() if arrival_ns is None else arrival_ns + self.offset_ns
+        )
 
-    def on_payload(self, slot: int, payload: bytes) -> None:
-        """One arriving RTP payload (an Opus packet) of listen slot ``slot``."""
-        now = self.clock()
+    def on_payload(self, slot: int, payload: bytes, now: int) -> None:
+        """One RTP payload (an Opus packet) of listen slot ``slot`` that arrived at
+        ``now`` (ns on ``clock``)."""
         mark = read_mark_fields(payload)
         if mark is None:
             self.unmarked += 1

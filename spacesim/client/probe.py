@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import av
 import numpy as np
@@ -102,6 +102,10 @@ class ProbeStats(ListenerStats):
     to the end of decoding: the sum of the two plus decoding).
     """
 
+    #: a probe times its own playout (decoding after the buffer releases a frame), so
+    #: its packets must be handled as they arrive, not on the batch reader's timer
+    read_every: ClassVar[float | None] = None
+
     silence_dbfs: float = DEFAULT_SILENCE_DBFS
     prefetch: int = 4
     slots: dict[int, SlotQuality] = field(default_factory=dict)
@@ -112,23 +116,24 @@ class ProbeStats(ListenerStats):
         self._min_ms = _threshold(self.silence_dbfs)
         self._buffers: dict[int, tuple[JitterBuffer, dict[int, int]]] = {}
 
-    def on_rtp(self, slot: int, packet: bytes) -> None:
+    def on_rtp(self, slot: int, packet: bytes, arrival_ns: int | None = None) -> None:
         """Arrival (latency, loss, jitter), then the jitter buffer; decode what it releases."""
         h = rtp_header(packet)
         payload = rtp_payload(packet)
         if h is None or payload is None:
             self.unmarked += 1
             return
-        ListenerStats.on_payload(self, slot, payload)
-        self.play(slot, h.sequence_number, h.timestamp, payload)
+        now = self.clock() if arrival_ns is None else arrival_ns + self.offset_ns
+        ListenerStats.on_payload(self, slot, payload, now)
+        self.play(slot, h.sequence_number, h.timestamp, payload, now)
 
-    def play(self, slot: int, seq: int, ts: int, payload: bytes) -> None:
-        """One packet into ``slot``'s jitter buffer; a released frame is decoded and timed."""
+    def play(self, slot: int, seq: int, ts: int, payload: bytes, now: int) -> None:
+        """One packet, arrived at ``now``, into ``slot``'s jitter buffer; a released frame
+        is decoded and timed."""
         entry = self._buffers.get(slot)
         if entry is None:
             entry = self._buffers[slot] = (JitterBuffer(capacity=16, prefetch=self.prefetch), {})
         jb, arrivals = entry
-        now = self.clock()
         arrivals[ts] = now
         _, frame = jb.add(_Buffered(seq, ts, payload, now))  # type: ignore[arg-type]
         if frame is None:

@@ -133,11 +133,15 @@ async def connect_audio(
     publish: MediaStreamTrack | None = None,
     slots: int = 3,
     impair: tuple[Impairment, Impairment] | None = None,
+    read_every: float | None = None,
 ) -> AudioLink:
-    """Join `space` with audio; `on_rtp(slot, packet)` gets every RTP packet, decrypted.
+    """Join `space` with audio; `on_rtp(slot, packet, arrival_ns)` gets every RTP packet,
+    decrypted, with the monotonic time it reached the socket.
 
-    `on_rtp` runs in the socket's callback on the event loop (no task per packet), with
-    the whole RTP packet as bytes; `spacesim.client.rtp` reads it.
+    `on_rtp` runs on the event loop (no task per packet), with the whole RTP packet as
+    bytes; `spacesim.client.rtp` reads it. By default it runs in the socket's callback;
+    with `read_every` (s), once audio flows, on `spacesim.rtc.BatchReader`'s timer
+    (kernel arrival times; see `spacesim.rtc.receive_rtp_direct`).
 
     `impair` = (client -> server, server -> client) puts a user-space relay between the
     client and the server's ICE candidates (the kernel here has no netem).
@@ -165,7 +169,9 @@ async def connect_audio(
     try:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
         if listen:
-            link.rx = rtc.receive_rtp_direct([t.receiver for t in listen], on_rtp)
+            link.rx = rtc.receive_rtp_direct(
+                [t.receiver for t in listen], on_rtp, read_every=read_every
+            )
     except BaseException:
         await link.close()
         raise

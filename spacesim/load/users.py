@@ -480,7 +480,7 @@ class _Room:
             st.recorder.add("participant_left", st.now(), self.space, user, role, st.now() - at)
 
 
-def _ignore(slot: int, packet: bytes) -> None:
+def _ignore(slot: int, packet: bytes, arrival_ns: int) -> None:
     return None
 
 
@@ -558,8 +558,10 @@ class _ListenerSession:
         self.user = user
         self.path = path
         probe = state().rng.random() < scenario().load.probe_fraction
-        clock = state().clock
-        self.stats: ListenerStats = ProbeStats(clock=clock) if probe else ListenerStats(clock=clock)
+        st = state()
+        kind = ProbeStats if probe else ListenerStats
+        offset = st.offset.offset_ns if st.offset is not None else 0
+        self.stats: ListenerStats = kind(clock=st.clock, offset_ns=offset)
         self.quality = (0, 0)  # a probe's (frames, audible) at the last window
         self.link: AudioLink | None = None
         self.client: RoomClient | None = None
@@ -572,7 +574,11 @@ class _ListenerSession:
     async def join(self) -> None:
         self.client = RoomClient(self.base, self.user, await state().session())
         self.link = await connect_audio(
-            self.client, self.space, self.stats.on_rtp, impair=self.path
+            self.client,
+            self.space,
+            self.stats.on_rtp,
+            impair=self.path,
+            read_every=self.stats.read_every,
         )
         await _connected(self.link, JOIN_TIMEOUT)
 

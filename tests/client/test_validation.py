@@ -36,7 +36,11 @@ async def test_injected_delay_and_loss_are_recovered(base: str) -> None:
                 ("impaired", impaired, (Impairment(), Impairment(delay, 0, loss, seed=11))),
             ):
                 link = await connect_audio(
-                    RoomClient(base, user, http), space, stats.on_rtp, impair=impair
+                    RoomClient(base, user, http),
+                    space,
+                    stats.on_rtp,
+                    impair=impair,
+                    read_every=stats.read_every,
                 )
                 links.append(link)
             track = SpeakerTrack(load_clip("welcome"), sender_id=1)
@@ -58,7 +62,7 @@ async def test_injected_delay_and_loss_are_recovered(base: str) -> None:
 
 
 async def _speaker(client: RoomClient, space: str, track: SpeakerTrack) -> AudioLink:
-    def ignore(slot: int, packet: bytes) -> None:
+    def ignore(slot: int, packet: bytes, arrival_ns: int) -> None:
         return None
 
     return await connect_audio(client, space, ignore, publish=track)
