@@ -54,6 +54,8 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcdtlstransport import RTCDtlsTransport, RtpRouter, State
 from aiortc.rtcicetransport import RTCIceTransport
 from aiortc.rtp import RtpPacket
+from pylibsrtp._binding import ffi as _ffi
+from pylibsrtp._binding import lib as _lib
 
 __all__ = [
     "DEFAULT_HOST_ADDRESSES",
@@ -102,6 +104,7 @@ _INTERNALS: tuple[tuple[object, str, str], ...] = (
     ),
     (pylibsrtp.Session, "unprotect", "pylibsrtp Session.unprotect"),
     (pylibsrtp, "Error", "pylibsrtp.Error"),
+    (_lib, "srtp_unprotect", "pylibsrtp._binding lib.srtp_unprotect"),
     # BatchReader
     (
         asyncio.selector_events.BaseSelectorEventLoop,
@@ -152,6 +155,7 @@ _INSTANCE_ATTRS: tuple[tuple[type, str, str], ...] = (
     ),
     (RtpRouter, "ssrc_table", "aiortc/rtcdtlstransport.py RtpRouter.ssrc_table"),
     (aioice.ice.Connection, "_protocols", "aioice/ice.py Connection._protocols"),
+    (pylibsrtp.Session, "_srtp", "pylibsrtp/__init__.py Session._srtp"),
     # BatchReader (assigned in the base class's __init__)
     (
         asyncio.selector_events._SelectorTransport,  # type: ignore[attr-defined]
@@ -309,6 +313,9 @@ Handle = Callable[[bytes, Any, int], bool]
 """``handle(data, addr, arrival_ns)``: one datagram of a direct-receive socket; True when
 it was SRTP of the receivers (taken), False when it went to aioice's handler."""
 
+Deliver = Callable[[bytes, int], None]
+"""``deliver(packet, arrival_ns)``: one unprotected RTP packet, routed to its slot."""
+
 
 def _original_epoll() -> Callable[[], select.epoll] | None:
     """``select.epoll``, also under gevent (whose ``patch_select`` removes it from
@@ -324,14 +331,24 @@ def _original_epoll() -> Callable[[], select.epoll] | None:
     return getattr(select, "epoll", None)
 
 
-class _Entry:
-    __slots__ = ("handle", "protocol", "sock", "transport")
+class _Socket:
+    """A direct-receive UDP socket as the batch reader reads it."""
 
-    def __init__(self, transport: Any, protocol: Any, handle: Handle) -> None:
+    __slots__ = ("deliver", "direct", "handle", "protocol", "sock", "srtp", "transport")
+
+    def __init__(
+        self, transport: Any, protocol: Any, direct: DirectRtp, srtp: Any, handle: Handle,
+        deliver: Deliver,
+    ) -> None:  # fmt: skip
         self.transport = transport
         self.protocol = protocol
         self.sock: socket.socket = transport._sock
+        self.direct = direct
+        # pylibsrtp/__init__.py Session._srtp: the srtp_t the Session's own unprotect
+        # passes to lib.srtp_unprotect (kept alive by the Session, which aiortc keeps)
+        self.srtp = srtp._srtp[0]
         self.handle = handle
+        self.deliver = deliver
 
 
 class BatchReader:
@@ -339,12 +356,15 @@ class BatchReader:
 
     asyncio costs a selector event, a ``Handle`` run and a ``recvfrom`` per datagram
     (``_SelectorDatagramTransport._read_ready``, asyncio/selector_events.py). Here a
-    socket leaves the loop's selector (``loop.remove_reader``, public API; the transport
-    keeps sending as before) for an own ``epoll`` set, and a timer drains every ready
-    socket with ``recvmsg``: a handful of wake-ups per second instead of one per
-    datagram. The delay this adds does not bias what is measured: each datagram
+    socket leaves the loop's selector (``loop._remove_reader``; the transport keeps
+    sending as before) for an own ``epoll`` set, and a timer drains every ready socket
+    with ``recvmsg_into`` into one buffer, where SRTP is unprotected in place by
+    libsrtp (``srtp_unprotect``, as pylibsrtp's ``Session.unprotect`` calls it, minus
+    its two copies and an allocation): a handful of wake-ups per second instead of one
+    per datagram. The delay this adds does not bias what is measured: each datagram
     carries the kernel's receive time (``SO_TIMESTAMPNS``), converted to
-    ``CLOCK_MONOTONIC`` with an offset read on every tick.
+    ``CLOCK_MONOTONIC`` with an offset read on every tick. Datagrams that are not SRTP
+    (STUN, DTLS, SRTCP) go to the connection's ``handle`` as bytes, as before.
     """
 
     _by_loop: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, BatchReader]] = (
@@ -359,8 +379,11 @@ class BatchReader:
         self.ticks = 0
         self.datagrams = 0
         self._ep = epoll()
-        self._entries: dict[int, _Entry] = {}
+        self._entries: dict[int, _Socket] = {}
         self._timer: asyncio.TimerHandle | None = None
+        self._cbuf = _ffi.new("char[]", _RECV_SIZE)  # unprotected in place: one at a time
+        self._view = memoryview(_ffi.buffer(self._cbuf))
+        self._len = _ffi.new("int *")
 
     @classmethod
     def of(cls, loop: asyncio.AbstractEventLoop, interval: float) -> BatchReader | None:
@@ -373,13 +396,20 @@ class BatchReader:
             reader = cls._by_loop[loop] = cls(loop, interval, epoll)
         return reader
 
-    def adopt(self, transport: Any, protocol: Any, handle: Handle) -> bool:
-        """Read ``transport``'s socket here from now on; False when it cannot be."""
+    def adopt(
+        self, transport: Any, protocol: Any, direct: DirectRtp, srtp: Any, handle: Handle,
+        deliver: Deliver,
+    ) -> bool:  # fmt: skip
+        """Read ``transport``'s socket here from now on; False when it cannot be.
+
+        ``srtp`` is the ``pylibsrtp.Session`` that unprotects its SRTP; ``deliver``
+        takes each unprotected packet, ``handle`` every other datagram.
+        """
         # asyncio/selector_events.py: _SelectorDatagramTransport keeps its socket in
         # _sock and reads it in _read_ready, registered with loop._add_reader.
         if not isinstance(transport, _SelectorDatagramTransport) or transport.is_closing():
             return False
-        entry = _Entry(transport, protocol, handle)
+        entry = _Socket(transport, protocol, direct, srtp, handle, deliver)
         fd = entry.sock.fileno()
         entry.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         # The public remove_reader refuses a transport's fd (_ensure_fd_no_transport);
@@ -404,6 +434,8 @@ class BatchReader:
         self.ticks += 1
         offset = time.monotonic_ns() - time.time_ns()
         entries, poll, unpack = self._entries, self._ep.poll, _TIMESPEC.unpack
+        cbuf, view, length, unprotect = self._cbuf, self._view, self._len, _lib.srtp_unprotect
+        buffers = [view]
         ready = poll(0)
         rounds = 0
         while ready:
@@ -413,7 +445,7 @@ class BatchReader:
                     self._forget(fd)
                     continue
                 try:
-                    data, anc, _flags, addr = e.sock.recvmsg(_RECV_SIZE, _ANC_SIZE)
+                    n, anc, _flags, addr = e.sock.recvmsg_into(buffers, _ANC_SIZE)
                 except (BlockingIOError, InterruptedError):
                     continue
                 except OSError as exc:  # as _read_ready does (e.g. ICMP port unreachable)
@@ -426,7 +458,15 @@ class BatchReader:
                 else:  # queued before the option was set
                     arrival = time.monotonic_ns()
                 try:
-                    e.handle(data, addr, arrival)
+                    # SRTP, not SRTCP: the same test as the callback path's `handle`
+                    if n > 12 and 127 < view[0] < 192 and not 191 < view[1] < 209:
+                        length[0] = n
+                        if unprotect(e.srtp, cbuf, length):
+                            e.direct.srtp_errors += 1
+                            continue
+                        e.deliver(view[: length[0]].tobytes(), arrival)
+                    else:
+                        e.handle(view[:n].tobytes(), addr, arrival)
                 except (SystemExit, KeyboardInterrupt):
                     raise
                 except BaseException as exc:  # one connection's bug must not stop the rest
@@ -511,6 +551,17 @@ def receive_rtp_direct(
         reader = BatchReader.of(asyncio.get_running_loop(), read_every)
     monotonic_ns = time.monotonic_ns
 
+    def deliver(packet: bytes, arrival_ns: int) -> None:
+        direct.rtp += 1
+        ssrc = int.from_bytes(packet[8:12], "big")
+        slot = slot_of.get(ssrc, -1)
+        if slot < 0:
+            slot = direct.slot(dtls, ssrc)
+            if slot < 0:
+                direct.unrouted += 1
+                return
+        on_rtp(slot, packet, arrival_ns)
+
     for protocol in ice._protocols:
         original = protocol.datagram_received
 
@@ -527,15 +578,7 @@ def receive_rtp_direct(
                         except srtp_error:
                             direct.srtp_errors += 1
                             return True
-                        direct.rtp += 1
-                        ssrc = int.from_bytes(packet[8:12], "big")
-                        slot = slot_of.get(ssrc, -1)
-                        if slot < 0:
-                            slot = direct.slot(dtls, ssrc)
-                            if slot < 0:
-                                direct.unrouted += 1
-                                return True
-                        on_rtp(slot, packet, arrival_ns)
+                        deliver(packet, arrival_ns)
                         return True
                 elif second == 200 and not data[0] & 0x1F:
                     # A sender report without report blocks: is it about a stream
@@ -557,7 +600,8 @@ def receive_rtp_direct(
             if handle(data, addr, monotonic_ns()) and reader is not None:
                 # Keys exist: hand the socket over (the transport is the protocol's,
                 # aioice/ice.py StunProtocol.connection_made; a TURN one is refused).
-                if reader.adopt(getattr(protocol, "transport", None), protocol, handle):
+                transport = getattr(protocol, "transport", None)
+                if reader.adopt(transport, protocol, direct, dtls._rx_srtp, handle, deliver):
                     direct.batched += 1
                     protocol.datagram_received = _handle_only(handle)
                 else:

@@ -26,7 +26,7 @@ from spacesim.client.rtp import payload as rtp_payload
 __all__ = ["ListenerStats", "SenderStats"]
 
 
-@dataclass
+@dataclass(slots=True)
 class SenderStats:
     """What one listener received from one sender."""
 
@@ -57,7 +57,7 @@ class ListenerStats:
 
     #: what `connect_audio`'s ``read_every`` should be for this kind of listener: it
     #: only looks at arrival times, so its socket may be read on a timer
-    read_every: ClassVar[float | None] = 0.01
+    read_every: ClassVar[float | None] = 0.02
 
     clock: Callable[[], int] = time.monotonic_ns
     offset_ns: int = 0
@@ -67,20 +67,13 @@ class ListenerStats:
 
     def on_rtp(self, slot: int, packet: bytes, arrival_ns: int | None = None) -> None:
         """The `connect_audio` callback: one decrypted RTP packet and its arrival time
-        (monotonic ns; None = now)."""
-        # A plain header (V=2, no padding, extension or CSRC) is the usual case.
-        payload = packet[12:] if packet and packet[0] == 0x80 else rtp_payload(packet)
-        if payload is None:
-            self.unmarked += 1
-            return
-        self.on_payload(
-            slot, payload, self.clock() if arrival_ns is None else arrival_ns + self.offset_ns
-        )
-
-    def on_payload(self, slot: int, payload: bytes, now: int) -> None:
-        """One RTP payload (an Opus packet) of listen slot ``slot`` that arrived at
-        ``now`` (ns on ``clock``)."""
-        mark = read_mark_fields(payload)
+        (monotonic ns; None = now). Runs for every packet: one function on purpose."""
+        now = self.clock() if arrival_ns is None else arrival_ns + self.offset_ns
+        if packet and packet[0] == 0x80:  # a plain header: no padding, extension or CSRC
+            mark = read_mark_fields(packet, 12)
+        else:
+            payload = rtp_payload(packet)
+            mark = None if payload is None else read_mark_fields(payload)
         if mark is None:
             self.unmarked += 1
             return

@@ -172,15 +172,17 @@ def read_mark(packet: bytes) -> Mark | None:
     return None if fields is None else Mark(*fields)
 
 
-def read_mark_fields(packet: bytes) -> tuple[int, int, int] | None:
+def read_mark_fields(packet: bytes, start: int = 0) -> tuple[int, int, int] | None:
     """:func:`read_mark` as a plain ``(sender_id, seq, t_ns)`` tuple, for per-packet use
-    (a frozen dataclass costs more to build than the rest of the check)."""
-    if len(packet) < 3 + MARK_SIZE or packet[0] & 3 != 3:
+    (a frozen dataclass costs more to build than the rest of the check). The Opus
+    packet starts at ``start`` (an RTP packet's payload, without copying it out)."""
+    end = len(packet)
+    if end - start < 3 + MARK_SIZE or packet[start] & 3 != 3:
         return None
-    count = packet[1]
-    if not count & 0x40 or not count & 0x3F or packet[2] != MARK_SIZE:
+    count = packet[start + 1]
+    if not count & 0x40 or not count & 0x3F or packet[start + 2] != MARK_SIZE:
         return None
-    magic, sender_id, seq, t_ns = _MARK.unpack_from(packet, len(packet) - MARK_SIZE)
+    magic, sender_id, seq, t_ns = _MARK.unpack_from(packet, end - MARK_SIZE)
     if magic != MAGIC:
         return None
     return sender_id, seq, t_ns

@@ -124,7 +124,7 @@ class ProbeStats(ListenerStats):
             self.unmarked += 1
             return
         now = self.clock() if arrival_ns is None else arrival_ns + self.offset_ns
-        ListenerStats.on_payload(self, slot, payload, now)
+        ListenerStats.on_rtp(self, slot, packet, now - self.offset_ns)
         self.play(slot, h.sequence_number, h.timestamp, payload, now)
 
     def play(self, slot: int, seq: int, ts: int, payload: bytes, now: int) -> None:
