@@ -520,8 +520,8 @@ def receive_rtp_direct(
     With ``read_every`` (seconds), a socket whose first SRTP packet has arrived (so
     the handshake is over) moves to this loop's :class:`BatchReader`, which reads it
     on a timer with kernel receive times; ``on_rtp`` then runs up to ``read_every``
-    after the arrival it is told of. Use it where only arrival times matter (lite
-    listeners), not where the callback's own timing is measured (a probe's playout).
+    after the arrival it is told of. Use it where the callback works from the arrival
+    times it is given (both listener kinds here), not where it reads the clock itself.
     Without it, or where the batch reader is unavailable (no epoll, a TURN relay),
     ``arrival_ns`` is read in the socket's callback.
 

@@ -8,8 +8,8 @@ listener computes publisher -> listener latency directly (the records say
 the ones that arrived; jitter is RFC 3550's interarrival estimate (section 6.4.1) in
 seconds. The aiortc jitter buffer is not involved: `spacesim.rtc.receive_rtp_direct`
 hands each packet over with the time it reached the socket, and only its payload is
-looked at (`spacesim.client.rtp.payload`). Since only that time matters, a lite listener
-lets the batch reader read its socket every `ListenerStats.read_every` s (kernel receive
+looked at (`spacesim.client.rtp.payload`). Since only that time matters, a listener lets
+the batch reader read its socket every `ListenerStats.read_every` s (kernel receive
 times), which is most of what makes it cheap.
 """
 
@@ -55,8 +55,8 @@ class ListenerStats:
     come in on the monotonic clock, so ``offset_ns`` must be the one ``clock`` adds.
     """
 
-    #: what `connect_audio`'s ``read_every`` should be for this kind of listener: it
-    #: only looks at arrival times, so its socket may be read on a timer
+    #: `connect_audio`'s ``read_every`` for listeners: they work from the arrival times
+    #: they are given (a probe's playout too), so their sockets may be read on a timer
     read_every: ClassVar[float | None] = 0.02
 
     clock: Callable[[], int] = time.monotonic_ns

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import av
 import numpy as np
@@ -102,10 +102,6 @@ class ProbeStats(ListenerStats):
     to the end of decoding: the sum of the two plus decoding).
     """
 
-    #: a probe times its own playout (decoding after the buffer releases a frame), so
-    #: its packets must be handled as they arrive, not on the batch reader's timer
-    read_every: ClassVar[float | None] = None
-
     silence_dbfs: float = DEFAULT_SILENCE_DBFS
     prefetch: int = 4
     slots: dict[int, SlotQuality] = field(default_factory=dict)
@@ -142,8 +138,12 @@ class ProbeStats(ListenerStats):
         if len(arrivals) > 64:  # frames the buffer skipped never come out: forget them
             for old in [t for t in arrivals if (t - frame.timestamp) & 0x80000000]:
                 del arrivals[old]
+        # aiortc's receiver hands a released frame to its decoder thread at once, so it
+        # is played when the packet that released it arrived, plus decoding: not when
+        # this process got round to it (the batch reader may call back 20 ms later)
+        started = self.clock()
         self.decode(slot, frame.data)
-        played = self.clock()
+        played = now + (self.clock() - started)
         mark = read_mark_fields(frame.data)
         if mark is not None:
             self.playout.append(((now - arrived) / 1e9, (played - mark[2]) / 1e9))
@@ -162,10 +162,15 @@ class ProbeStats(ListenerStats):
             q.decode_errors += 1
             return
         for frame in decoded:
-            pcm = frame.to_ndarray()
-            if pcm.dtype != np.int16:  # float formats: scale to the int16 range
-                pcm = pcm * 32768.0
-            x = pcm.astype(np.float64, copy=False).ravel()
+            if frame.format.name == "s16" and len(frame.planes) == 1:  # libopus's output
+                # (the plane may be padded beyond the samples: read only those)
+                n = frame.samples * len(frame.layout.channels)
+                x = np.frombuffer(frame.planes[0], np.int16, n).astype(np.float32)
+            else:
+                pcm = frame.to_ndarray()
+                if pcm.dtype != np.int16:  # float formats: scale to the int16 range
+                    pcm = pcm * 32768.0
+                x = pcm.astype(np.float32).ravel()
             q.frames += 1
             if x.size and float(np.dot(x, x)) / x.size > self._min_ms:
                 q.audible += 1
