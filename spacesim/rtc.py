@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import select
 import socket
 import struct
@@ -71,6 +72,8 @@ __all__ = [
     "tap_rtp",
     "use_host_addresses",
 ]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_HOST_ADDRESSES: tuple[str, ...] = ("127.0.0.1",)
 
@@ -334,7 +337,7 @@ def _original_epoll() -> Callable[[], select.epoll] | None:
 class _Socket:
     """A direct-receive UDP socket as the batch reader reads it."""
 
-    __slots__ = ("deliver", "direct", "handle", "protocol", "sock", "srtp", "transport")
+    __slots__ = ("deliver", "direct", "handle", "protocol", "session", "sock", "srtp", "transport")
 
     def __init__(
         self, transport: Any, protocol: Any, direct: DirectRtp, srtp: Any, handle: Handle,
@@ -345,7 +348,9 @@ class _Socket:
         self.sock: socket.socket = transport._sock
         self.direct = direct
         # pylibsrtp/__init__.py Session._srtp: the srtp_t the Session's own unprotect
-        # passes to lib.srtp_unprotect (kept alive by the Session, which aiortc keeps)
+        # passes to lib.srtp_unprotect. The Session frees it when collected (ffi.gc), so
+        # hold the Session as long as the pointer.
+        self.session = srtp
         self.srtp = srtp._srtp[0]
         self.handle = handle
         self.deliver = deliver
@@ -367,6 +372,8 @@ class BatchReader:
     (STUN, DTLS, SRTCP) go to the connection's ``handle`` as bytes, as before.
     """
 
+    # Readers by loop; a reader holds its loop only weakly (the loop's timer holds the
+    # reader), so a closed, dropped loop takes its reader and epoll fd with it.
     _by_loop: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, BatchReader]] = (
         weakref.WeakKeyDictionary()
     )
@@ -374,7 +381,7 @@ class BatchReader:
     def __init__(
         self, loop: asyncio.AbstractEventLoop, interval: float, epoll: Callable[[], select.epoll]
     ) -> None:
-        self.loop = loop
+        self._loop = weakref.ref(loop)
         self.interval = interval
         self.ticks = 0
         self.datagrams = 0
@@ -394,6 +401,7 @@ class BatchReader:
             if epoll is None or not _ANC_SIZE or not sys.platform.startswith("linux"):
                 return None
             reader = cls._by_loop[loop] = cls(loop, interval, epoll)
+            log.info("direct RTP: sockets read every %.0f ms, kernel arrival times", interval * 1e3)
         return reader
 
     def adopt(
@@ -409,19 +417,22 @@ class BatchReader:
         # _sock and reads it in _read_ready, registered with loop._add_reader.
         if not isinstance(transport, _SelectorDatagramTransport) or transport.is_closing():
             return False
+        loop = self._loop()
+        if loop is None:
+            return False
         entry = _Socket(transport, protocol, direct, srtp, handle, deliver)
         fd = entry.sock.fileno()
         entry.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         # The public remove_reader refuses a transport's fd (_ensure_fd_no_transport);
         # BaseSelectorEventLoop._remove_reader is what the transport itself calls.
-        self.loop._remove_reader(fd)  # type: ignore[attr-defined]
+        loop._remove_reader(fd)  # type: ignore[attr-defined]
         try:
             self._ep.register(fd, select.EPOLLIN)
         except FileExistsError:  # a closed socket's number, reused before its cleanup
             self._ep.modify(fd, select.EPOLLIN)
         self._entries[fd] = entry
         if self._timer is None:
-            self._timer = self.loop.call_later(self.interval, self._tick)
+            self._timer = loop.call_later(self.interval, self._tick)
         return True
 
     def _forget(self, fd: int) -> None:
@@ -430,7 +441,10 @@ class BatchReader:
             self._ep.unregister(fd)
 
     def _tick(self) -> None:
-        self._timer = self.loop.call_later(self.interval, self._tick)
+        loop = self._loop()
+        if loop is None:  # pragma: no cover - a dropped loop runs no timers
+            return
+        self._timer = loop.call_later(self.interval, self._tick)
         self.ticks += 1
         offset = time.monotonic_ns() - time.time_ns()
         entries, poll, unpack = self._entries, self._ep.poll, _TIMESPEC.unpack
@@ -470,7 +484,7 @@ class BatchReader:
                 except (SystemExit, KeyboardInterrupt):
                     raise
                 except BaseException as exc:  # one connection's bug must not stop the rest
-                    self.loop.call_exception_handler(
+                    loop.call_exception_handler(
                         {"message": "direct RTP receive failed", "exception": exc}
                     )
             rounds += 1
