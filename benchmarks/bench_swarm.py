@@ -9,9 +9,12 @@ What runs (all on 127.0.0.1, every process with a hard deadline):
   other, each holding N listeners of that kind:
 
   - ``lite``: `connect_audio` + `ListenerStats.on_rtp` (RTP taken at the socket by
-    `spacesim.rtc.receive_rtp_direct`: no aiortc receive path, no decoding);
-  - ``probe``: `connect_audio` + `ProbeStats.on_rtp` (the same path + a libopus
-    decode of every packet and its RMS);
+    `spacesim.rtc.receive_rtp_direct`, which once audio flows hands the socket to the
+    `spacesim.rtc.BatchReader`: every ``ListenerStats.read_every`` (20 ms) one epoll
+    poll, ``recvmsg_into`` with the kernel's receive time, SRTP unprotected in place;
+    no aiortc receive path, no decoding);
+  - ``probe``: `connect_audio` + `ProbeStats.on_rtp` (the same path + aiortc's jitter
+    buffer, a libopus decode of every released frame and its RMS);
   - ``default``: the baseline, a plain aiortc `RTCPeerConnection` with ``slots``
     recvonly transceivers joined with `RoomClient.join`, one task per track awaiting
     ``track.recv()`` (aiortc's receive path, jitter buffer and decoder thread run).
@@ -28,7 +31,7 @@ median over the rounds; the ratio to the default listener is taken per round (th
 kinds of one round ran back to back) and its median printed.
 listeners per core = 1e6 / (50 x us/packet): one speaker heard, 50 packets/s each.
 
-``--profile`` additionally runs cProfile over the lite worker's window and prints
+``--profile`` additionally runs cProfile over each listener worker's window and prints
 the top functions (profiling inflates the cost; the figures of that run are not
 representative).
 
@@ -207,6 +210,12 @@ async def _worker_main(
             pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(18)
             print(f"--- cProfile, {kind} worker window (tottime) ---", file=sys.stderr)
             print(out.getvalue(), file=sys.stderr)
+        # Leave properly (DTLS close_notify): otherwise the server keeps forwarding to
+        # this worker's dead listeners until their consent expires (~30 s), and the
+        # next worker is measured on a busier machine.
+        await asyncio.wait_for(
+            asyncio.gather(*(pc.close() for pc in pcs), return_exceptions=True), 15
+        )
 
     packets = p1 - p0
     result: dict[str, Any] = {
@@ -240,7 +249,7 @@ def _worker(conn: Connection, args: tuple[Any, ...], max_s: float) -> None:
         conn.send(asyncio.run(_worker_main(*args)))
     except Exception as exc:  # report, do not hang the parent
         conn.send({"error": f"{type(exc).__name__}: {exc}"})
-    os._exit(0)  # skip closing the connections one by one
+    os._exit(0)
 
 
 # ---------------------------------------------------------------------- main

@@ -337,7 +337,9 @@ def _original_epoll() -> Callable[[], select.epoll] | None:
 class _Socket:
     """A direct-receive UDP socket as the batch reader reads it."""
 
-    __slots__ = ("deliver", "direct", "handle", "protocol", "session", "sock", "srtp", "transport")
+    __slots__ = (
+        "deliver", "direct", "handle", "protocol", "recv", "session", "sock", "srtp", "transport",
+    )  # fmt: skip
 
     def __init__(
         self, transport: Any, protocol: Any, direct: DirectRtp, srtp: Any, handle: Handle,
@@ -346,6 +348,7 @@ class _Socket:
         self.transport = transport
         self.protocol = protocol
         self.sock: socket.socket = transport._sock
+        self.recv = self.sock.recvmsg_into
         self.direct = direct
         # pylibsrtp/__init__.py Session._srtp: the srtp_t the Session's own unprotect
         # passes to lib.srtp_unprotect. The Session frees it when collected (ffi.gc), so
@@ -451,7 +454,7 @@ class BatchReader:
         cbuf, view, length, unprotect = self._cbuf, self._view, self._len, _lib.srtp_unprotect
         buffers = [view]
         ready = poll(0)
-        rounds = 0
+        rounds = count = 0
         while ready:
             for fd, _ in ready:
                 e = entries.get(fd)
@@ -459,13 +462,13 @@ class BatchReader:
                     self._forget(fd)
                     continue
                 try:
-                    n, anc, _flags, addr = e.sock.recvmsg_into(buffers, _ANC_SIZE)
+                    n, anc, _flags, addr = e.recv(buffers, _ANC_SIZE)
                 except (BlockingIOError, InterruptedError):
                     continue
                 except OSError as exc:  # as _read_ready does (e.g. ICMP port unreachable)
                     e.protocol.error_received(exc)
                     continue
-                self.datagrams += 1
+                count += 1
                 if anc:
                     sec, nsec = unpack(anc[0][2])
                     arrival = sec * 1_000_000_000 + nsec + offset
@@ -491,6 +494,7 @@ class BatchReader:
             if rounds >= 64:  # bounded work per tick; what is left is read next tick
                 break
             ready = poll(0)
+        self.datagrams += count
         if self.ticks % 128 == 0:
             for fd in [fd for fd, e in entries.items() if e.transport.is_closing()]:
                 self._forget(fd)
