@@ -35,12 +35,16 @@ listeners per core = 1e6 / (50 x us/packet): one speaker heard, 50 packets/s eac
 the top functions (profiling inflates the cost; the figures of that run are not
 representative).
 
-Recorded 2026-11-25 (2 cores, load average 4-7 from other work, so read the ratios
-rather than the absolute figures), defaults, median of 3 rounds: lite 24.5 us/packet
-(816 per core, 11.4x cheaper than default), probe 69.4 us (288 per core, 3.8x),
-default 252 us (79 per core). The lite worker idles at ~240 us per listener-second
-(ICE consent, loop) with no audio. Before the socket-level path (aiortc receive path
-+ ``tap_rtp``), same machine and hour: lite 56 us, probe 116 us, default 225 us.
+Recorded 2026-12-06 (2 cores, quiet machine), defaults, median of 3 rounds: lite
+17.0-18.5 us/packet (1,081-1,174 per core, 21.5-23x cheaper than the default
+listener), probe 89-96 us (208-224 per core, 4.3x; 70 us when run alone), default
+390-440 us (46-51 per core). With ``--lite 400``: 15.3 us (1,307 per core), as the
+batch reader's fixed costs spread. Inside the lite worker (instrumented separately),
+per packet: epoll 0.8, ``recvmsg_into`` 3.0, SRTP 3.0, `ListenerStats` 4.0, STUN and
+RTCP 1.5, outside the reader 2 us. History of the lite figure: 56 us through aiortc's
+receive path with ``tap_rtp``; 24.5-29 us with the per-datagram socket callback
+(2026-11-25); 20 us once the reader batched reads; 17-18.5 us with SRTP unprotected in
+place.
 
 Run: ``OPENBLAS_NUM_THREADS=1 python benchmarks/bench_swarm.py [--lite 100]
 [--probe 40] [--default 10] [--runs 3] [--warmup 3] [--window 8] [--profile]``.
