@@ -389,6 +389,14 @@ class BatchReader:
         self.ticks = 0
         self.datagrams = 0
         self._ep = epoll()
+        # Linux switches receive timestamps on for the whole system when the first
+        # socket asks, through deferred work (net/core/dev.c net_enable_timestamp); a
+        # datagram that races it is stamped when it is read (net/socket.c
+        # __sock_recv_timestamp: "Race occurred between timestamp enabling and packet
+        # receiving"). A socket holding the option from now on has them on well before
+        # the first connection is handed over (connections are set up after this).
+        self._stamps_on = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._stamps_on.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self._entries: dict[int, _Socket] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._cbuf = _ffi.new("char[]", _RECV_SIZE)  # unprotected in place: one at a time

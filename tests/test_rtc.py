@@ -46,6 +46,7 @@ async def test_batch_reader_times_by_kernel_and_isolates_connections() -> None:
     loop = asyncio.get_running_loop()
     reader = rtc.BatchReader.of(loop, 0.02)
     assert reader is not None
+    await asyncio.sleep(0.05)  # the kernel turns timestamps on (see BatchReader.__init__)
     errors: list[dict[str, object]] = []
     loop.set_exception_handler(lambda _loop, context: errors.append(context))
     key = os.urandom(30)
