@@ -29,6 +29,7 @@ What it provides:
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
 import select
@@ -36,10 +37,9 @@ import socket
 import struct
 import sys
 import time
-import weakref
 from asyncio.selector_events import _SelectorDatagramTransport  # type: ignore[attr-defined]
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, ClassVar
+from typing import Any
 
 import aioice.ice
 import pylibsrtp
@@ -375,28 +375,14 @@ class BatchReader:
     (STUN, DTLS, SRTCP) go to the connection's ``handle`` as bytes, as before.
     """
 
-    # Readers by loop; a reader holds its loop only weakly (the loop's timer holds the
-    # reader), so a closed, dropped loop takes its reader and epoll fd with it.
-    _by_loop: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, BatchReader]] = (
-        weakref.WeakKeyDictionary()
-    )
-
     def __init__(
         self, loop: asyncio.AbstractEventLoop, interval: float, epoll: Callable[[], select.epoll]
     ) -> None:
-        self._loop = weakref.ref(loop)
+        self._loop = loop
         self.interval = interval
         self.ticks = 0
         self.datagrams = 0
         self._ep = epoll()
-        # Linux switches receive timestamps on for the whole system when the first
-        # socket asks, through deferred work (net/core/dev.c net_enable_timestamp); a
-        # datagram that races it is stamped when it is read (net/socket.c
-        # __sock_recv_timestamp: "Race occurred between timestamp enabling and packet
-        # receiving"). A socket holding the option from now on has them on well before
-        # the first connection is handed over (connections are set up after this).
-        self._stamps_on = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._stamps_on.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self._entries: dict[int, _Socket] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._cbuf = _ffi.new("char[]", _RECV_SIZE)  # unprotected in place: one at a time
@@ -405,13 +391,22 @@ class BatchReader:
 
     @classmethod
     def of(cls, loop: asyncio.AbstractEventLoop, interval: float) -> BatchReader | None:
-        """This loop's reader (None where there is no epoll or no SO_TIMESTAMPNS)."""
-        reader = cls._by_loop.get(loop)
+        """This loop's reader (None where there is no epoll or no SO_TIMESTAMPNS).
+
+        It lives on the loop (an attribute, so loop and reader are collected together)
+        while it has sockets, and closes itself a tick after its last one closed."""
+        reader: BatchReader | None = getattr(loop, _READER_ATTR, None)
         if reader is None:
             epoll = _original_epoll()
             if epoll is None or not _ANC_SIZE or not sys.platform.startswith("linux"):
                 return None
-            reader = cls._by_loop[loop] = cls(loop, interval, epoll)
+            _keep_timestamps_on()
+            reader = cls(loop, interval, epoll)
+            try:
+                setattr(loop, _READER_ATTR, reader)
+            except AttributeError:  # a loop without a __dict__ (not asyncio's own)
+                reader._ep.close()
+                return None
             log.info("direct RTP: sockets read every %.0f ms, kernel arrival times", interval * 1e3)
         return reader
 
@@ -426,35 +421,56 @@ class BatchReader:
         """
         # asyncio/selector_events.py: _SelectorDatagramTransport keeps its socket in
         # _sock and reads it in _read_ready, registered with loop._add_reader.
-        if not isinstance(transport, _SelectorDatagramTransport) or transport.is_closing():
-            return False
-        loop = self._loop()
-        if loop is None:
+        if (
+            self._ep.closed
+            or not isinstance(transport, _SelectorDatagramTransport)
+            or transport.is_closing()
+        ):
             return False
         entry = _Socket(transport, protocol, direct, srtp, handle, deliver)
         fd = entry.sock.fileno()
+        # asyncio's _SelectorTransport._call_connection_lost calls the protocol's
+        # connection_lost, then closes the socket: forget it while its fd is still ours.
+        lost = protocol.connection_lost
+
+        def connection_lost(exc: Exception | None) -> None:
+            self._forget(fd, entry)
+            lost(exc)
+
+        try:
+            protocol.connection_lost = connection_lost
+        except AttributeError:  # a protocol with __slots__: no per-instance override
+            return False
         entry.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         # The public remove_reader refuses a transport's fd (_ensure_fd_no_transport);
         # BaseSelectorEventLoop._remove_reader is what the transport itself calls.
-        loop._remove_reader(fd)  # type: ignore[attr-defined]
-        try:
-            self._ep.register(fd, select.EPOLLIN)
-        except FileExistsError:  # a closed socket's number, reused before its cleanup
-            self._ep.modify(fd, select.EPOLLIN)
+        self._loop._remove_reader(fd)  # type: ignore[attr-defined]
+        self._ep.register(fd, select.EPOLLIN)
         self._entries[fd] = entry
         if self._timer is None:
-            self._timer = loop.call_later(self.interval, self._tick)
+            self._timer = self._loop.call_later(self.interval, self._tick)
         return True
 
-    def _forget(self, fd: int) -> None:
-        self._entries.pop(fd, None)
-        with contextlib.suppress(OSError):  # closed already: epoll dropped it (epoll(7))
-            self._ep.unregister(fd)
+    def _forget(self, fd: int, entry: _Socket) -> None:
+        if self._entries.get(fd) is entry:
+            del self._entries[fd]
+            with contextlib.suppress(OSError, ValueError):  # epoll or socket closed already
+                self._ep.unregister(fd)
+
+    def _close(self) -> None:
+        """No sockets left: stop the timer, close the epoll set, leave the loop."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._ep.close()
+        if getattr(self._loop, _READER_ATTR, None) is self:
+            delattr(self._loop, _READER_ATTR)
 
     def _tick(self) -> None:
-        loop = self._loop()
-        if loop is None:  # pragma: no cover - a dropped loop runs no timers
+        if not self._entries:
+            self._close()
             return
+        loop = self._loop
         self._timer = loop.call_later(self.interval, self._tick)
         self.ticks += 1
         offset = time.monotonic_ns() - time.time_ns()
@@ -466,23 +482,22 @@ class BatchReader:
         while ready:
             for fd, _ in ready:
                 e = entries.get(fd)
-                if e is None:
-                    self._forget(fd)
+                if e is None:  # pragma: no cover - forgotten sockets leave the set
                     continue
                 try:
-                    n, anc, _flags, addr = e.recv(buffers, _ANC_SIZE)
-                except (BlockingIOError, InterruptedError):
-                    continue
-                except OSError as exc:  # as _read_ready does (e.g. ICMP port unreachable)
-                    e.protocol.error_received(exc)
-                    continue
-                count += 1
-                if anc:
-                    sec, nsec = unpack(anc[0][2])
-                    arrival = sec * 1_000_000_000 + nsec + offset
-                else:  # queued before the option was set
-                    arrival = time.monotonic_ns()
-                try:
+                    try:
+                        n, anc, _flags, addr = e.recv(buffers, _ANC_SIZE)
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    except OSError as exc:  # as _read_ready does (e.g. ICMP unreachable)
+                        e.protocol.error_received(exc)
+                        continue
+                    count += 1
+                    if anc and anc[0][1] == SO_TIMESTAMPNS:  # (level, type, timespec)
+                        sec, nsec = unpack(anc[0][2])
+                        arrival = sec * 1_000_000_000 + nsec + offset
+                    else:  # pragma: no cover - timestamps are on from adopt() onwards
+                        arrival = time.monotonic_ns()
                     # SRTP, not SRTCP: the same test as the callback path's `handle`
                     if n > 12 and 127 < view[0] < 192 and not 191 < view[1] < 209:
                         length[0] = n
@@ -492,9 +507,7 @@ class BatchReader:
                         e.deliver(view[: length[0]].tobytes(), arrival)
                     else:
                         e.handle(view[:n].tobytes(), addr, arrival)
-                except (SystemExit, KeyboardInterrupt):
-                    raise
-                except BaseException as exc:  # one connection's bug must not stop the rest
+                except Exception as exc:  # one connection's bug must not stop the rest
                     loop.call_exception_handler(
                         {"message": "direct RTP receive failed", "exception": exc}
                     )
@@ -503,12 +516,27 @@ class BatchReader:
                 break
             ready = poll(0)
         self.datagrams += count
-        if self.ticks % 128 == 0:
-            for fd in [fd for fd, e in entries.items() if e.transport.is_closing()]:
-                self._forget(fd)
-            if not entries and self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+
+
+_READER_ATTR = "_spacesim_batch_reader"
+_stamps_on: socket.socket | None = None
+
+
+def _keep_timestamps_on() -> None:
+    """Keep kernel receive timestamps switched on for as long as this process lives.
+
+    Linux switches them on for the whole system when the first socket asks, through
+    deferred work (net/core/dev.c net_enable_timestamp), and off when the last one
+    closes; a datagram that races the switch is stamped when it is read (net/socket.c
+    __sock_recv_timestamp: "Race occurred between timestamp enabling and packet
+    receiving"). One socket holding the option from the first reader on keeps them on
+    before any connection is handed over (connections are set up after this).
+    """
+    global _stamps_on
+    if _stamps_on is None:
+        _stamps_on = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        _stamps_on.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        atexit.register(_stamps_on.close)
 
 
 def receive_rtp_direct(
@@ -572,9 +600,10 @@ def receive_rtp_direct(
     ice: aioice.ice.Connection = dtls.transport._connection
     if not ice._protocols:
         raise ValueError("no ICE candidates gathered yet")
-    reader = None
-    if read_every is not None:
-        reader = BatchReader.of(asyncio.get_running_loop(), read_every)
+    loop = asyncio.get_running_loop()
+    # The reader is looked up again at handover: by then this loop's reader may have
+    # closed (it does a tick after its last socket goes) and a new one be needed.
+    batch = read_every is not None and BatchReader.of(loop, read_every) is not None
     monotonic_ns = time.monotonic_ns
 
     def deliver(packet: bytes, arrival_ns: int) -> None:
@@ -622,16 +651,20 @@ def receive_rtp_direct(
             handle: Handle = handle,
             protocol: Any = protocol,
         ) -> None:
-            nonlocal reader
-            if handle(data, addr, monotonic_ns()) and reader is not None:
+            nonlocal batch
+            if handle(data, addr, monotonic_ns()) and batch:
                 # Keys exist: hand the socket over (the transport is the protocol's,
                 # aioice/ice.py StunProtocol.connection_made; a TURN one is refused).
+                assert read_every is not None
+                reader = BatchReader.of(loop, read_every)
                 transport = getattr(protocol, "transport", None)
-                if reader.adopt(transport, protocol, direct, dtls._rx_srtp, handle, deliver):
+                if reader is not None and reader.adopt(
+                    transport, protocol, direct, dtls._rx_srtp, handle, deliver
+                ):
                     direct.batched += 1
                     protocol.datagram_received = _handle_only(handle)
                 else:
-                    reader = None
+                    batch = False
 
         protocol.datagram_received = datagram_received  # type: ignore[method-assign,assignment]
     return direct

@@ -39,6 +39,11 @@ def test_missing_internals_notices_a_removed_name(monkeypatch: pytest.MonkeyPatc
     assert rtc.missing_internals() == ["aiortc/rtcdtlstransport.py RTCDtlsTransport._send_rtp"]
 
 
+class _Protocol(asyncio.DatagramProtocol):
+    """A protocol with a __dict__, as aioice's StunProtocol has (the reader wraps its
+    connection_lost)."""
+
+
 async def test_batch_reader_times_by_kernel_and_isolates_connections() -> None:
     """Two sockets on one reader: RTP is unprotected and delivered with the time it
     reached the socket (not the later tick), a corrupted packet is counted, other
@@ -56,7 +61,7 @@ async def test_batch_reader_times_by_kernel_and_isolates_connections() -> None:
     directs, addrs, transports = [], [], []
     for i in range(2):
         transport, protocol = await loop.create_datagram_endpoint(
-            asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0)
+            _Protocol, local_addr=("127.0.0.1", 0)
         )
         rx = pylibsrtp.Session(
             pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND)
@@ -98,3 +103,9 @@ async def test_batch_reader_times_by_kernel_and_isolates_connections() -> None:
         for t in transports:
             t.close()
         loop.set_exception_handler(None)
+    # closed connections leave the reader at once; a tick later it closes and leaves
+    # the loop (nothing held for a loop that is gone)
+    await asyncio.sleep(0)
+    assert reader._entries == {}
+    await asyncio.sleep(0.1)
+    assert reader._ep.closed and getattr(loop, rtc._READER_ATTR, None) is None
