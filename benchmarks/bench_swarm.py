@@ -35,10 +35,11 @@ listeners per core = 1e6 / (50 x us/packet): one speaker heard, 50 packets/s eac
 the top functions (profiling inflates the cost; the figures of that run are not
 representative).
 
-Recorded 2026-12-06 (2 cores, quiet machine), defaults, median of 3 rounds: lite
-17.0-18.5 us/packet (1,081-1,174 per core, 21.5-23x cheaper than the default
-listener), probe 89-96 us (208-224 per core, 4.3x; 70 us when run alone), default
-390-440 us (46-51 per core). With ``--lite 400``: 15.3 us (1,307 per core), as the
+Recorded 2026-12-06 (2 cores, quiet machine), defaults, median of 3 rounds, four
+runs: lite 17.5-18.5 us/packet (1,081-1,140 per core, 21.5-24.3x cheaper than the
+default listener), probe 89-96 us (208-224 per core, 4.1-4.7x; 70 us when run alone),
+default 390-440 us (46-51 per core). Lite alone (``--probe 0 --default 0``): 17.0 us
+(1,174 per core); with ``--lite 400``: 15.3 us (1,307 per core), as the
 batch reader's fixed costs spread. Inside the lite worker (instrumented separately),
 per packet: epoll 0.8, ``recvmsg_into`` 3.0, SRTP 3.0, `ListenerStats` 4.0, STUN and
 RTCP 1.5, outside the reader 2 us. History of the lite figure: 56 us through aiortc's

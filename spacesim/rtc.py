@@ -314,7 +314,8 @@ class DirectRtp:
 
 Handle = Callable[[bytes, Any, int], bool]
 """``handle(data, addr, arrival_ns)``: one datagram of a direct-receive socket; True when
-it was SRTP of the receivers (taken), False when it went to aioice's handler."""
+it was SRTP (taken here, so the keys exist), False otherwise (passed to aioice's handler,
+or a sender report dropped unread)."""
 
 Deliver = Callable[[bytes, int], None]
 """``deliver(packet, arrival_ns)``: one unprotected RTP packet, routed to its slot."""
