@@ -23,7 +23,7 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import yaml
@@ -44,6 +44,7 @@ __all__ = [
     "Burst",
     "ConstantArrivals",
     "FlashCrowdArrivals",
+    "Moderation",
     "NetworkProfile",
     "Outcomes",
     "PiecewiseArrivals",
@@ -58,6 +59,7 @@ __all__ = [
     "Slo",
     "Speaking",
     "Step",
+    "TimelineEntry",
     "load_scenario",
     "parse_count",
     "parse_duration",
@@ -169,8 +171,37 @@ Count = Annotated[int, BeforeValidator(parse_count)]
 
 
 class _Model(BaseModel):
-    # Unknown keys are errors: a typo ('arivals') must not silently fall back to a default.
+    """Unknown keys are errors: a typo ('arivals') must not silently fall back to a default.
+
+    `engines` is the default engine declaration of the model's fields; a field overrides
+    it with ``json_schema_extra=engines(...)``.
+    """
+
     model_config = ConfigDict(extra="forbid", frozen=True)
+    engines: ClassVar[tuple[str, ...]] = ("sim", "load")
+
+
+# --------------------------------------------------------------------------- engines
+
+#: The engines that run a scenario. Every field says which of them honour it (its
+#: ``json_schema_extra["engines"]``, or `ENGINES` for fields that are whole sections);
+#: `spacesim scenario show` prints it and tests/test_parity.py traces both engines and
+#: fails when a declaration and the code disagree.
+ENGINE_NAMES = ("sim", "load")
+BOTH = ("sim", "load")
+SIM = ("sim",)
+LOAD = ("load",)
+
+
+def engines(*names: str, why: str = "") -> dict[str, Any]:
+    """`json_schema_extra` declaring the engines that honour a field (and, if only one, why)."""
+    bad = set(names) - set(ENGINE_NAMES)
+    if bad or not names:
+        raise ValueError(f"engines must be a non-empty subset of {ENGINE_NAMES}, got {names}")
+    out: dict[str, Any] = {"engines": list(names)}
+    if why:
+        out["engine_note"] = why
+    return out
 
 
 # --------------------------------------------------------------------------- rooms
@@ -188,7 +219,31 @@ class Rooms(_Model):
     host_follows: Fraction = Field(
         0.05, description="Share of listeners the host follows (matters for 'followed')."
     )
-    listener_cap: Count | None = Field(None, description="Listeners per room; null = unlimited.")
+    listener_cap: Count | None = Field(
+        None,
+        description="Listeners per room; null = unlimited. The server gets it when the space "
+        "is created and refuses the rest (room_full).",
+    )
+    starts_at: Duration | None = Field(
+        None,
+        description="The space is created scheduled and the host starts it this long after "
+        "the run starts; arrivals count from the start. null = live from the start.",
+    )
+    ends_at: Duration | None = Field(
+        None,
+        description="The host ends the space at this run time; everyone leaves. null = the "
+        "space lasts the run.",
+    )
+
+    @model_validator(mode="after")
+    def _lifecycle(self) -> Rooms:
+        if (
+            self.starts_at is not None
+            and self.ends_at is not None
+            and (self.ends_at <= self.starts_at)
+        ):
+            raise ValueError(f"rooms.ends_at: must be after rooms.starts_at ({self.starts_at:g} s)")
+        return self
 
 
 # --------------------------------------------------------------------------- arrivals
@@ -391,9 +446,68 @@ class Audience(_Model):
     report_rate: Rate = Field(parse_rate("0.05/h"), description="Reports filed per listener.")
     space_report_share: Fraction = Field(0.1, description="Share of reports about the space.")
     block_rate: Rate = Field(parse_rate("0.02/h"), description="Personal blocks per listener.")
+    events_share: Fraction = Field(
+        1.0,
+        description="Share of listeners subscribed to the space's event stream (reactions, "
+        "hands, stage changes); each delivery costs the server CPU.",
+    )
     moderators: Count = Field(2, ge=1)
     review_time: Duration = Field(120.0, gt=0, description="Mean (exponential) review time.")
     outcomes: Outcomes = Outcomes()
+
+
+class Moderation(_Model):
+    """What the host does to the room on its own initiative, as rates per room.
+
+    Each action picks its target uniformly among those it can apply to (a speaker to
+    mute or demote, a listener to invite, remove or block); an action with no possible
+    target is skipped. All default to 0 so older scenarios keep their meaning.
+    """
+
+    mute_rate: Rate = Field(0.0, description="Host mutes a random unmuted co-host or speaker.")
+    unmute_after: Duration | None = Field(
+        30.0,
+        description="Mean (exponential) time a muted speaker waits before unmuting themself; "
+        "null = stays muted.",
+    )
+    mute_all_rate: Rate = Field(0.0, description="Host mutes everyone on stage but themself.")
+    demote_rate: Rate = Field(0.0, description="Host moves a random speaker back to listening.")
+    invite_rate: Rate = Field(0.0, description="Host invites a random live listener to speak.")
+    invite_acceptance: Fraction = Field(0.5, description="Chance an invited listener accepts.")
+    remove_rate: Rate = Field(0.0, description="Host removes a random listener.")
+    block_rate: Rate = Field(0.0, description="Host blocks a random listener (space-wide).")
+    cohost_handover_rate: Rate = Field(
+        0.0,
+        description="Host hands a co-host seat to a random listener (the longest-serving "
+        "co-host steps down first when the seats are full).",
+    )
+
+
+TimelineAction = Literal[
+    "start",
+    "end",
+    "host_leave",
+    "mute",
+    "unmute",
+    "mute_all",
+    "demote",
+    "invite",
+    "remove",
+    "block",
+    "cohost_handover",
+]
+
+
+class TimelineEntry(_Model):
+    """One scripted action at a run time, run identically by both engines.
+
+    ``mute``, ``demote`` pick a random speaker; ``unmute`` has every muted speaker unmute;
+    ``invite``, ``remove``, ``block``, ``cohost_handover`` pick a random listener (the same
+    choice functions as the moderation rates, `spacesim.behaviour`).
+    """
+
+    at: Duration
+    action: TimelineAction
 
 
 class NetworkProfile(_Model):
@@ -413,7 +527,11 @@ class Server(_Model):
     per connection per second of wall time (RTCP, ICE consent, keep-alives).
     `spacesim calibrate` fits these costs (and `cpu_fixed`, `fanout_delay`,
     `forward_delay`) from load runs; `simulate --calibration FILE` applies them.
+
+    Simulator only: a load run measures a real server instead of modelling one.
     """
+
+    engines: ClassVar[tuple[str, ...]] = ("sim",)
 
     nodes: Count = Field(1, ge=1)
     cores: float = Field(1.0, gt=0, description="Cores per node available to forwarding.")
@@ -421,6 +539,11 @@ class Server(_Model):
     cpu_per_join: Duration = Field(6e-3, description="CPU per joining participant.")
     cpu_per_connection: Duration = Field(
         20e-6, description="CPU per open connection per second (RTCP, ICE consent)."
+    )
+    cpu_per_event: Duration = Field(
+        10e-6,
+        description="CPU per event delivered to one subscriber (serialise, queue, WebSocket "
+        "frame); benchmarks/bench_events.py measures it.",
     )
     cpu_fixed: float = Field(
         0.0,
@@ -480,6 +603,8 @@ class Slo(_Model):
 class SimSettings(_Model):
     """Simulator-only knobs (the load test ignores them)."""
 
+    engines: ClassVar[tuple[str, ...]] = ("sim",)
+
     tick: Duration = Field(1.0, gt=0, description="Step for aggregated behaviour and samples.")
     latency_sample: Count = Field(50, description="Listeners per room whose audio is sampled.")
     warmup: Duration = Field(0.0, description="Samples before this time are not recorded.")
@@ -487,6 +612,8 @@ class SimSettings(_Model):
 
 class LoadSettings(_Model):
     """Load-test-only knobs (the simulator ignores them)."""
+
+    engines: ClassVar[tuple[str, ...]] = ("load",)
 
     probe_fraction: Fraction = Field(
         0.05,
@@ -515,6 +642,11 @@ class Scenario(_Model):
     session: Session
     speaking: Speaking = Speaking()
     audience: Audience = Audience()
+    moderation: Moderation = Moderation()
+    timeline: list[TimelineEntry] = Field(
+        default_factory=list,
+        description="Scripted actions at run times (e.g. {at: 5m, action: mute_all}).",
+    )
     network: list[NetworkProfile] = Field(default_factory=lambda: [NetworkProfile()])
     server: Server = Server()
     slo: Slo = Slo()
@@ -535,6 +667,23 @@ class Scenario(_Model):
         if abs(total - 1.0) > 1e-6:
             raise ValueError(f"profile shares must sum to 100%, got {total:.2%}")
         return profiles
+
+    @model_validator(mode="after")
+    def _times(self) -> Scenario:
+        for i, entry in enumerate(self.timeline):
+            if entry.at > self.duration:
+                raise ValueError(
+                    f"timeline[{i}].at: {entry.at:g} s is after the scenario's duration "
+                    f"({self.duration:g} s)"
+                )
+        for name in ("starts_at", "ends_at"):
+            at = getattr(self.rooms, name)
+            if at is not None and at >= self.duration:
+                raise ValueError(
+                    f"rooms.{name}: {at:g} s is not before the scenario's duration "
+                    f"({self.duration:g} s)"
+                )
+        return self
 
     @model_validator(mode="after")
     def _stage(self) -> Scenario:
@@ -605,7 +754,7 @@ class Scenario(_Model):
 # --------------------------------------------------------------------------- loading
 
 
-_NAMED = re.compile(r"^([a-z_]+(?:\.[a-z_]+)+): (.*)$", re.S)
+_NAMED = re.compile(r"^([a-z_]+(?:\.[a-z_]+|\[\d+\])+): (.*)$", re.S)
 
 
 def _path_of(loc: Sequence[int | str]) -> str:
@@ -669,7 +818,8 @@ def parse_scenario(
         for err in exc.errors():
             msg = err["msg"].removeprefix("Value error, ")
             path = _path_of(err["loc"])
-            if not path and (m := _NAMED.match(msg)):  # a cross-field check names its field
+            m = _NAMED.match(msg)  # a cross-field check names its field
+            if m and (not path or m.group(1).startswith(path + ".")):
                 path, msg = m.group(1), m.group(2)
             problems.append((path, msg))
         raise ScenarioError(source, problems) from None

@@ -1,0 +1,234 @@
+"""What participants decide, as pure functions both engines call.
+
+The simulator (`spacesim.sim.processes`) and the swarm (`spacesim.load`) make every
+behavioural decision of a Space here, from the scenario's models and a random source
+the engine passes in, so a scenario field means the same thing in both (the parity the
+project promises; tests/test_parity.py holds the engines to it). Nothing here keeps
+state, reads a clock or does I/O; `Session.draw` was the first of these.
+
+The random source is anything with the four draws of `Rng`: the simulator passes its
+buffered numpy `Draws`, the swarm a `PyRng` over `random.Random`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator, Sequence
+from typing import Protocol, TypeVar
+
+from spacesim.protocol import REACTIONS
+from spacesim.scenario import (
+    Audience,
+    Moderation,
+    NetworkProfile,
+    Outcomes,
+    Scenario,
+    Session,
+    Speaking,
+    TimelineEntry,
+)
+
+__all__ = [
+    "EMOJIS",
+    "MODERATION_ACTIONS",
+    "PyRng",
+    "Rng",
+    "accepts_invite",
+    "approves",
+    "events_in",
+    "hand_response_delay",
+    "moderation_due",
+    "network_path",
+    "pick",
+    "reaction_emoji",
+    "report_outcome",
+    "report_targets_space",
+    "review_time",
+    "session_length",
+    "speaker_stint",
+    "subscribes_to_events",
+    "talk_phases",
+    "timeline_due",
+    "unmute_delay",
+]
+
+T = TypeVar("T")
+
+#: Reactions the audience sends, in a fixed order so a seed picks the same emoji in every
+#: process (`REACTIONS` is a set; "✋" is the raised hand, not a reaction people send).
+EMOJIS: tuple[str, ...] = tuple(sorted(REACTIONS - {"✋"}))
+
+#: Host actions drawn from `Moderation` rates, with the field that gives each rate.
+MODERATION_ACTIONS: tuple[tuple[str, str], ...] = (
+    ("mute", "mute_rate"),
+    ("mute_all", "mute_all_rate"),
+    ("demote", "demote_rate"),
+    ("invite", "invite_rate"),
+    ("remove", "remove_rate"),
+    ("block", "block_rate"),
+    ("cohost_handover", "cohost_handover_rate"),
+)
+
+
+class Rng(Protocol):
+    """The draws a decision needs; `spacesim.sim.draws.Draws` has them."""
+
+    def uniform(self) -> float: ...
+    def exp(self, mean: float) -> float: ...
+    def normal(self) -> float: ...
+    def poisson(self, lam: float) -> int: ...
+
+
+class PyRng:
+    """`Rng` over the standard library's generator, for the swarm (no numpy per draw)."""
+
+    def __init__(self, rng: random.Random | int | None = None) -> None:
+        self.rng = rng if isinstance(rng, random.Random) else random.Random(rng)
+
+    def uniform(self) -> float:
+        return self.rng.random()
+
+    def exp(self, mean: float) -> float:
+        return self.rng.expovariate(1.0) * mean if mean > 0 else 0.0
+
+    def normal(self) -> float:
+        return self.rng.gauss(0.0, 1.0)
+
+    def poisson(self, lam: float) -> int:
+        """Knuth's product of uniforms for small means, a normal approximation beyond 30."""
+        if lam <= 0:
+            return 0
+        if lam > 30:
+            return max(0, round(lam + math.sqrt(lam) * self.rng.gauss(0.0, 1.0)))
+        limit, k, p = math.exp(-lam), 0, self.rng.random()
+        while p > limit:
+            k += 1
+            p *= self.rng.random()
+        return k
+
+
+# --------------------------------------------------------------------------- listeners
+
+
+def session_length(session: Session, rng: Rng) -> float:
+    """How long a listener stays (the scenario's law, `Session.draw`)."""
+    return session.draw(lambda: rng.exp(1.0), rng.normal)
+
+
+def network_path(profiles: Sequence[NetworkProfile], rng: Rng) -> NetworkProfile:
+    """A participant's path, drawn by the profiles' shares."""
+    u, acc = rng.uniform(), 0.0
+    for p in profiles:
+        acc += p.share
+        if u < acc:
+            return p
+    return profiles[-1]
+
+
+def subscribes_to_events(audience: Audience, rng: Rng) -> bool:
+    """Whether a listener opens the event stream (`audience.events_share`)."""
+    return audience.events_share >= 1.0 or rng.uniform() < audience.events_share
+
+
+def events_in(rate: float, dt: float, rng: Rng, n: int = 1) -> int:
+    """How many events of `rate` per second (per member, `n` members) fall within `dt`.
+
+    The swarm asks per listener per tick (n = 1), the simulator per room per tick
+    (n = listeners): both are the same Poisson process while the count holds.
+    """
+    return rng.poisson(rate * dt * n) if rate > 0 and dt > 0 and n > 0 else 0
+
+
+def reaction_emoji(rng: Rng) -> str:
+    return EMOJIS[min(int(rng.uniform() * len(EMOJIS)), len(EMOJIS) - 1)]
+
+
+def report_targets_space(audience: Audience, rng: Rng) -> bool:
+    """A report is about the space itself (else about another participant)."""
+    return rng.uniform() < audience.space_report_share
+
+
+def pick(candidates: Sequence[T], rng: Rng) -> T | None:
+    """A uniform choice, or None when there is nobody to choose."""
+    if not candidates:
+        return None
+    return candidates[min(int(rng.uniform() * len(candidates)), len(candidates) - 1)]
+
+
+# --------------------------------------------------------------------------- stage
+
+
+def talk_phases(speaking: Speaking, rng: Rng) -> Iterator[tuple[bool, float]]:
+    """Brady's on/off model: (talking, seconds) phases forever, started in steady state.
+
+    Exponential talk spurts and pauses (`speaking.talk_spurt`, `speaking.pause`); the
+    first phase is a talk spurt with probability `Speaking.activity`. Memorylessness
+    makes the first phase's full draw the right residual length.
+    """
+    talking = rng.uniform() < speaking.activity
+    while True:
+        yield talking, rng.exp(speaking.talk_spurt if talking else speaking.pause)
+        talking = not talking
+
+
+def hand_response_delay(audience: Audience, rng: Rng) -> float:
+    """How long the host takes to answer a raised hand."""
+    return rng.exp(audience.host_response_time)
+
+
+def approves(audience: Audience, rng: Rng) -> bool:
+    """The host's decision on a raised hand."""
+    return rng.uniform() < audience.approval
+
+
+def speaker_stint(audience: Audience, rng: Rng) -> float:
+    """How long a granted speaker stays on stage before stepping down."""
+    return rng.exp(audience.speaker_stint)
+
+
+def accepts_invite(moderation: Moderation, rng: Rng) -> bool:
+    return rng.uniform() < moderation.invite_acceptance
+
+
+def unmute_delay(moderation: Moderation, rng: Rng) -> float | None:
+    """How long a muted speaker waits before unmuting themself (None: stays muted)."""
+    if moderation.unmute_after is None:
+        return None
+    return rng.exp(moderation.unmute_after)
+
+
+# --------------------------------------------------------------------------- moderation
+
+
+def review_time(audience: Audience, rng: Rng) -> float:
+    """A moderator's time on one report (the desk is an M/M/c queue)."""
+    return rng.exp(audience.review_time)
+
+
+def report_outcome(outcomes: Outcomes, about_user: bool, rng: Rng) -> str:
+    """``dismiss``, ``remove`` or ``block`` (`policy.ModerationAction` values).
+
+    A report about the space is dismissed: removing or blocking needs a user.
+    """
+    if not about_user:
+        return "dismiss"
+    u = rng.uniform()
+    if u < outcomes.remove:
+        return "remove"
+    if u < outcomes.remove + outcomes.block:
+        return "block"
+    return "dismiss"
+
+
+def moderation_due(moderation: Moderation, dt: float, rng: Rng) -> list[str]:
+    """The host's own actions within the next `dt` seconds, in `MODERATION_ACTIONS` order."""
+    out: list[str] = []
+    for action, field in MODERATION_ACTIONS:
+        out += [action] * events_in(getattr(moderation, field), dt, rng)
+    return out
+
+
+def timeline_due(sc: Scenario, t0: float, t1: float) -> list[TimelineEntry]:
+    """Scripted actions with ``t0 <= at < t1``, in time order (ties: as written)."""
+    return sorted((e for e in sc.timeline if t0 <= e.at < t1), key=lambda e: e.at)
