@@ -96,6 +96,12 @@ KINDS: Mapping[str, tuple[str, str]] = {
     "report_resolved": ("s", "a moderator resolved a report; value = time since filing"),
     "removed": ("", "a participant was removed from the space"),
     "blocked": ("", "a participant was blocked"),
+    # the event stream (reactions, hands, stage changes delivered to subscribers)
+    "event_latency": ("s", "an event's publication at the server -> its arrival at a listener"),
+    "events_received": ("count", "events a listener's stream delivered in a tick"),
+    "audience": ("count", "listeners in a space, as its coalesced count event reports"),
+    "timeline_action": ("", "a scripted timeline action ran; attrs.action, attrs.at"),
+    "moderation_action": ("", "the host's own moderation action (rate-driven); attrs.action"),
     # the swarm itself
     "loop_lag": ("s", "how late a load process's event loop ran a timer; worst in a tick"),
     # server nodes
