@@ -178,7 +178,9 @@ def judge(engine: str, seen: set[Read]) -> None:
     seen = seen | {(cls, "kind") for cls in used_classes if "kind" in cls.model_fields}
     want = declared(engine)
     unread = sorted(path for path, key in want.items() if key not in seen)
-    everything = {key: path for path, key in ((p, (v[0], v[1])) for p, v in field_engines().items())}
+    everything = {
+        key: path for path, key in ((p, (v[0], v[1])) for p, v in field_engines().items())
+    }
     extra = sorted(everything[k] for k in seen if k in everything and k not in want.values())
     problems = []
     if unread:
@@ -194,7 +196,7 @@ def judge(engine: str, seen: set[Read]) -> None:
 def test_every_field_declares_its_engines() -> None:
     rows = field_engines()
     assert len(rows) > 60
-    for path, (_, _, names, note) in rows.items():
+    for path, (_, _, names, _note) in rows.items():
         assert names, f"{path} declares no engine"
         assert set(names) <= set(ENGINE_NAMES), path
     one_engine = [p for p, v in rows.items() if len(set(v[2])) == 1]
@@ -239,6 +241,7 @@ def run_load(sc: Scenario) -> None:
     the gevent-free host and listener behaviours against an in-memory server."""
     pytest.importorskip("locust")
     from spacesim.load.dryrun import dry_run
+
     from spacesim.load.shape import scaled_users
     from tests.load.fakes import FakeServer
 
