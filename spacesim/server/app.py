@@ -39,6 +39,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CONFIG: web.AppKey[ServerConfig] = web.AppKey("config", object)  # type: ignore[arg-type]
 STATE: web.AppKey[ServerState] = web.AppKey("state", object)  # type: ignore[arg-type]
 
+#: The largest listener cap a space may be created with (null = no cap).
+MAX_LISTENER_CAP = 1_000_000_000
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -71,10 +74,21 @@ class ServerState:
         """Scheduled and live spaces come back after a crash; clients rejoin."""
         for row in self.store.spaces_to_recover():
             self.rooms[row.id] = self._room_for(
-                row.id, row.host, policy.SpaceStatus(row.status), row.who_may_speak
+                row.id,
+                row.host,
+                policy.SpaceStatus(row.status),
+                row.who_may_speak,
+                row.listener_cap,
             )
 
-    def _room_for(self, space_id: str, host: str, status: policy.SpaceStatus, who: str) -> Room:
+    def _room_for(
+        self,
+        space_id: str,
+        host: str,
+        status: policy.SpaceStatus,
+        who: str,
+        listener_cap: int | None = None,
+    ) -> Room:
         removed = set()
         for entry in self.store.audit_log(space=space_id):  # the audit log is the history
             how = entry.attrs.get("action") if entry.action == "moderate" else entry.action
@@ -84,6 +98,7 @@ class ServerState:
         space = policy.Space(
             space_id,
             host,
+            limits=policy.Limits(listener_cap=listener_cap),
             who_may_speak=policy.WhoMaySpeak(who),
             host_follows=self.store.follows_of(host),
             blocked=self.store.blocked_by(host),
@@ -96,7 +111,14 @@ class ServerState:
             room.sinks.append(self.recorder.sink)
         return room
 
-    def create(self, host: str, title: str, who: str, scheduled_for: float | None) -> Room:
+    def create(
+        self,
+        host: str,
+        title: str,
+        who: str,
+        scheduled_for: float | None,
+        listener_cap: int | None = None,
+    ) -> Room:
         space_id = "s-" + secrets.token_hex(6)
         status = policy.SpaceStatus.SCHEDULED if scheduled_for else policy.SpaceStatus.LIVE
         self.store.create_space(
@@ -107,9 +129,10 @@ class ServerState:
             who_may_speak=who,
             scheduled_for=scheduled_for,
             at=time.time(),
+            listener_cap=listener_cap,
         )
         self.store.record_join(space_id, host, "host", time.time())
-        room = self._room_for(space_id, host, status, who)
+        room = self._room_for(space_id, host, status, who, listener_cap)
         self.rooms[space_id] = room
         return room
 
@@ -278,7 +301,15 @@ async def create_space(request: web.Request) -> web.Response:
         or not 0 < when < 1e11  # finite, after 1970, before year 5138
     ):
         raise ProtocolError("bad_request", "'scheduled_for' must be unix seconds")
-    room = request.app[STATE].create(claims.sub, title, who, float(when) if when else None)
+    cap = body.get("listener_cap")
+    if cap is not None and (
+        not isinstance(cap, int) or isinstance(cap, bool) or not 0 <= cap <= MAX_LISTENER_CAP
+    ):
+        raise ProtocolError(
+            "bad_request",
+            f"'listener_cap' must be null or an integer from 0 to {MAX_LISTENER_CAP:,}",
+        )
+    room = request.app[STATE].create(claims.sub, title, who, float(when) if when else None, cap)
     return _json(room.snapshot(), 201)
 
 
