@@ -41,6 +41,9 @@ STATE: web.AppKey[ServerState] = web.AppKey("state", object)  # type: ignore[arg
 
 #: The largest listener cap a space may be created with (null = no cap).
 MAX_LISTENER_CAP = 1_000_000_000
+#: Participants per page of GET /v1/spaces/{id}/participants: default and maximum.
+PAGE_DEFAULT = 100
+PAGE_MAX = 500
 
 
 @dataclass(frozen=True)
@@ -319,6 +322,38 @@ async def get_space(request: web.Request) -> web.Response:
     return _json(request.app[STATE].room(request.match_info["space"]).snapshot())
 
 
+@routes.get("/v1/spaces/{space}/participants")
+async def list_participants(request: web.Request) -> web.Response:
+    """Who is present, in join order, a page at a time (the snapshot carries counts only)."""
+    _claims(request)
+    room = request.app[STATE].room(request.match_info["space"])
+    query = request.query
+    after_text = query.get("after", "")
+    if after_text and not (after_text.isdigit() and len(after_text) <= 18):
+        raise ProtocolError("bad_request", "'after' must be a cursor from a previous page")
+    limit_text = query.get("limit", str(PAGE_DEFAULT))
+    if not (limit_text.isdigit() and 1 <= int(limit_text) <= PAGE_MAX):
+        raise ProtocolError("bad_request", f"'limit' must be an integer from 1 to {PAGE_MAX}")
+    role_text = query.get("role")
+    role = None
+    if role_text is not None:
+        try:
+            role = policy.Role(role_text)
+        except ValueError:
+            roles = ", ".join(r.value for r in policy.Role)
+            raise ProtocolError("bad_request", f"'role' must be one of {roles}") from None
+    page, cursor = room.participants_page(
+        int(after_text) if after_text else None, int(limit_text), role
+    )
+    return _json(
+        {
+            "participants": [{"user": u, "role": r.value} for u, r in page],
+            "next": None if cursor is None else str(cursor),
+            "count": room.count(role),
+        }
+    )
+
+
 @routes.post("/v1/spaces/{space}/start")
 async def start_space(request: web.Request) -> web.Response:
     return await _lifecycle(request, "start")
@@ -492,16 +527,24 @@ async def moderate(request: web.Request) -> web.Response:
 async def events_ws(request: web.Request) -> web.StreamResponse:
     """The event stream; clients may also send actions as JSON messages on it."""
     claims, state, room = _in_space(request, "space:join")
-    queue = room.subscribe(claims.sub)  # before the upgrade: a refusal is still a 403
+    # before the upgrade: a refusal is still a 403
+    queue = room.subscribe(claims.sub, moderator=claims.has("moderate"))
     ws = web.WebSocketResponse(heartbeat=20, max_msg_size=64 * 1024)
     await ws.prepare(request)
-    await ws.send_json({"type": "hello", "protocol": PROTOCOL_VERSION, "space": room.snapshot()})
+    await ws.send_json(
+        {
+            "type": "hello",
+            "protocol": PROTOCOL_VERSION,
+            "space": room.snapshot(),
+            "clock_ns": time.monotonic_ns(),
+        }
+    )
 
     async def pump() -> None:
         while True:
-            msg = await queue.get()
-            await ws.send_json(msg)
-            if msg.get("type") == "error":
+            text = await queue.get()  # JSON text, serialised once for every subscriber
+            await ws.send_str(text)
+            if room.is_final(text):
                 await ws.close()
                 return
 
