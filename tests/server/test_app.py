@@ -402,9 +402,12 @@ async def test_metrics_and_openapi(api: Api) -> None:
         assert name in text
     status, doc = await api.call("GET", "/openapi.json")
     assert status == 200 and doc["openapi"].startswith("3.")
-    assert {"/v1/spaces", "/v1/spaces/{space}/actions", "/v1/spaces/{space}/events"} <= set(
-        doc["paths"]
-    )
+    assert {
+        "/v1/spaces",
+        "/v1/spaces/{space}/actions",
+        "/v1/spaces/{space}/events",
+        "/v1/spaces/{space}/participants",
+    } <= set(doc["paths"])
 
 
 # --------------------------------------------------------------------------- durability
