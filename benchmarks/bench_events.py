@@ -49,7 +49,6 @@ import re
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from array import array
 from multiprocessing.connection import Connection
@@ -59,10 +58,10 @@ from typing import Any
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bench_sfu  # noqa: E402  (benchmarks/ is not a package)
+import bench_sfu  # benchmarks/ is not a package: imported by path
 
 EVENTS_PER_S = 40.0  # reactions per second in a storm, at most ...
-DELIVERIES_PER_S = 20_000.0  # ... and at most this many deliveries per second
+DELIVERIES_PER_S = 10_000.0  # ... and at most this many deliveries per second (see main)
 IDLE_S = 2.0
 DRAIN_S = 5.0
 JOIN_BATCH = 50

@@ -13,7 +13,6 @@ import bisect
 import contextlib
 import itertools
 import json
-import math
 import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
@@ -143,7 +142,6 @@ class Room:
         # listeners whose leave everyone hears of (they raised a hand or were invited)
         self._noticed: set[str] = set()
         self._audience_interval = audience_interval
-        self._audience_last = -math.inf  # mono time of the last audience event
         self._audience_due = False  # one is scheduled
         self._audience_sent: tuple[int, int] | None = None
 
@@ -265,15 +263,15 @@ class Room:
     # ------------------------------------------------------------------ audience
 
     def _audience_changed(self) -> None:
-        """The audience changed: an audience event now, or once the interval is over."""
+        """The audience changed: an audience event one interval later, with the counts then.
+
+        Never at once: a burst of joins (a flash crowd, a batch) costs one O(subscribers)
+        fan-out per interval, whatever its size.
+        """
         if self._audience_due:
             return
-        wait = self._audience_last + self._audience_interval - self._mono()
-        if wait <= 0:
-            self._send_audience()
-            return
         self._audience_due = True
-        self._schedule(wait, self._send_audience)
+        self._schedule(self._audience_interval, self._send_audience)
 
     def _send_audience(self) -> None:
         self._audience_due = False
@@ -281,7 +279,6 @@ class Room:
         if counts == self._audience_sent:
             return  # e.g. one joined and one left within the interval
         self._audience_sent = counts
-        self._audience_last = self._mono()
         msg = event_message(
             AUDIENCE,
             self.id,
