@@ -61,7 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_sfu  # benchmarks/ is not a package: imported by path
 
 EVENTS_PER_S = 40.0  # reactions per second in a storm, at most ...
-DELIVERIES_PER_S = 10_000.0  # ... and at most this many deliveries per second (see main)
+DELIVERIES_PER_S = 10_000.0  # ... and at most this many deliveries per second
 IDLE_S = 2.0
 DRAIN_S = 5.0
 JOIN_BATCH = 50
