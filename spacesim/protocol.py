@@ -13,6 +13,7 @@ from typing import Any
 
 __all__ = [
     "ACTIONS",
+    "AUDIENCE",
     "ERROR_STATUS",
     "PROTOCOL_VERSION",
     "REACTIONS",
@@ -46,6 +47,11 @@ ACTIONS: Mapping[str, tuple[str, ...]] = {
     "react": ("emoji",),
     "set_who_may_speak": ("setting",),
 }
+
+#: The coalesced audience-count event (attrs ``participants``, ``listeners``): what
+#: subscribers off stage get instead of each listener's join and leave, at most once per
+#: second per space.
+AUDIENCE = "audience"
 
 REACTIONS = frozenset({"💯", "✋", "👍", "👏", "😂", "❤️", "🔥", "🙏", "😢", "🎉"})
 
@@ -110,8 +116,14 @@ def event_message(
     actor: str | None = None,
     role: str | None = None,
     attrs: Mapping[str, Any] | None = None,
+    clock_ns: int | None = None,
 ) -> dict[str, Any]:
-    """One event on the WebSocket stream: ``{"type": "event", "kind": ..., ...}``."""
+    """One event on the WebSocket stream: ``{"type": "event", "kind": ..., ...}``.
+
+    ``clock_ns`` is the server's ``time.monotonic_ns()`` when it published the event: a
+    client's arrival time minus it is the event's latency (same machine, or through
+    `spacesim.client.clock`'s offset to the server's clock).
+    """
     msg: dict[str, Any] = {
         "type": "event",
         "kind": kind,
@@ -119,6 +131,8 @@ def event_message(
         "participant": participant,
         "t": t,
     }
+    if clock_ns is not None:
+        msg["clock_ns"] = clock_ns
     if actor is not None:
         msg["actor"] = actor
     if role is not None:

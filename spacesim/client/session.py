@@ -69,11 +69,45 @@ class RoomClient:
             self._token = str(data["token"])
         return self._token
 
-    async def create_space(self, title: str = "", who_may_speak: str = "everyone") -> str:
-        data = await self._call(
-            "POST", "/v1/spaces", {"title": title, "who_may_speak": who_may_speak}
-        )
+    async def create_space(
+        self,
+        title: str = "",
+        who_may_speak: str = "everyone",
+        listener_cap: int | None = None,
+        scheduled_for: float | None = None,
+    ) -> str:
+        """Create a space hosted by this user; returns its id.
+
+        `listener_cap`: joins beyond this many listeners are refused (``room_full``);
+        `scheduled_for` (unix seconds): the space waits, scheduled, until the host starts it.
+        """
+        body: dict[str, Any] = {"title": title, "who_may_speak": who_may_speak}
+        if listener_cap is not None:
+            body["listener_cap"] = listener_cap
+        if scheduled_for is not None:
+            body["scheduled_for"] = scheduled_for
+        data = await self._call("POST", "/v1/spaces", body)
         return str(data["id"])
+
+    async def space(self, space: str) -> dict[str, Any]:
+        """The space's bounded snapshot (counts, stage, first hands; docs/protocol.md)."""
+        result: dict[str, Any] = await self._call("GET", f"/v1/spaces/{space}")
+        return result
+
+    async def participants(
+        self, space: str, role: str | None = None, page_size: int = 100
+    ) -> AsyncIterator[dict[str, str]]:
+        """Everyone present (``{"user", "role"}``), in join order, fetched page by page."""
+        after: str | None = None
+        while True:
+            query = f"limit={page_size}" + (f"&role={role}" if role else "")
+            query += f"&after={after}" if after else ""
+            page = await self._call("GET", f"/v1/spaces/{space}/participants?{query}")
+            for entry in page["participants"]:
+                yield entry
+            after = page.get("next")
+            if after is None:
+                return
 
     async def join(self, space: str, sdp: str | None = None) -> dict[str, Any]:
         body = {"sdp": sdp} if sdp is not None else {}
@@ -101,13 +135,22 @@ class RoomClient:
     async def leave(self, space: str) -> None:
         await self._call("POST", f"/v1/spaces/{space}/leave", {})
 
-    async def events(self, space: str) -> AsyncIterator[dict[str, Any]]:
-        """The space's event stream (after the hello message)."""
+    async def events(self, space: str, hello: bool = True) -> AsyncIterator[dict[str, Any]]:
+        """The space's event stream: every message the server sends on it.
+
+        The first is the ``hello`` (``{"type": "hello", "space": snapshot, "clock_ns"}``),
+        yielded as it always was; `hello=False` skips it. Events carry ``clock_ns``.
+        """
         url = f"{self.base}/v1/spaces/{space}/events?token={await self.token()}"
         async with self.http.ws_connect(url) as ws:
+            first = True
             async for msg in ws:
                 if msg.type == aiohttp.WSMsgType.TEXT:
-                    yield msg.json()
+                    data = msg.json()
+                    skip = first and not hello and data.get("type") == "hello"
+                    first = False
+                    if not skip:
+                        yield data
 
 
 @dataclass

@@ -39,6 +39,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CONFIG: web.AppKey[ServerConfig] = web.AppKey("config", object)  # type: ignore[arg-type]
 STATE: web.AppKey[ServerState] = web.AppKey("state", object)  # type: ignore[arg-type]
 
+#: The largest listener cap a space may be created with (null = no cap).
+MAX_LISTENER_CAP = 1_000_000_000
+#: Participants per page of GET /v1/spaces/{id}/participants: default and maximum.
+PAGE_DEFAULT = 100
+PAGE_MAX = 500
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -71,10 +77,21 @@ class ServerState:
         """Scheduled and live spaces come back after a crash; clients rejoin."""
         for row in self.store.spaces_to_recover():
             self.rooms[row.id] = self._room_for(
-                row.id, row.host, policy.SpaceStatus(row.status), row.who_may_speak
+                row.id,
+                row.host,
+                policy.SpaceStatus(row.status),
+                row.who_may_speak,
+                row.listener_cap,
             )
 
-    def _room_for(self, space_id: str, host: str, status: policy.SpaceStatus, who: str) -> Room:
+    def _room_for(
+        self,
+        space_id: str,
+        host: str,
+        status: policy.SpaceStatus,
+        who: str,
+        listener_cap: int | None = None,
+    ) -> Room:
         removed = set()
         for entry in self.store.audit_log(space=space_id):  # the audit log is the history
             how = entry.attrs.get("action") if entry.action == "moderate" else entry.action
@@ -84,6 +101,7 @@ class ServerState:
         space = policy.Space(
             space_id,
             host,
+            limits=policy.Limits(listener_cap=listener_cap),
             who_may_speak=policy.WhoMaySpeak(who),
             host_follows=self.store.follows_of(host),
             blocked=self.store.blocked_by(host),
@@ -96,7 +114,14 @@ class ServerState:
             room.sinks.append(self.recorder.sink)
         return room
 
-    def create(self, host: str, title: str, who: str, scheduled_for: float | None) -> Room:
+    def create(
+        self,
+        host: str,
+        title: str,
+        who: str,
+        scheduled_for: float | None,
+        listener_cap: int | None = None,
+    ) -> Room:
         space_id = "s-" + secrets.token_hex(6)
         status = policy.SpaceStatus.SCHEDULED if scheduled_for else policy.SpaceStatus.LIVE
         self.store.create_space(
@@ -107,9 +132,10 @@ class ServerState:
             who_may_speak=who,
             scheduled_for=scheduled_for,
             at=time.time(),
+            listener_cap=listener_cap,
         )
         self.store.record_join(space_id, host, "host", time.time())
-        room = self._room_for(space_id, host, status, who)
+        room = self._room_for(space_id, host, status, who, listener_cap)
         self.rooms[space_id] = room
         return room
 
@@ -278,7 +304,15 @@ async def create_space(request: web.Request) -> web.Response:
         or not 0 < when < 1e11  # finite, after 1970, before year 5138
     ):
         raise ProtocolError("bad_request", "'scheduled_for' must be unix seconds")
-    room = request.app[STATE].create(claims.sub, title, who, float(when) if when else None)
+    cap = body.get("listener_cap")
+    if cap is not None and (
+        not isinstance(cap, int) or isinstance(cap, bool) or not 0 <= cap <= MAX_LISTENER_CAP
+    ):
+        raise ProtocolError(
+            "bad_request",
+            f"'listener_cap' must be null or an integer from 0 to {MAX_LISTENER_CAP:,}",
+        )
+    room = request.app[STATE].create(claims.sub, title, who, float(when) if when else None, cap)
     return _json(room.snapshot(), 201)
 
 
@@ -286,6 +320,38 @@ async def create_space(request: web.Request) -> web.Response:
 async def get_space(request: web.Request) -> web.Response:
     _claims(request)
     return _json(request.app[STATE].room(request.match_info["space"]).snapshot())
+
+
+@routes.get("/v1/spaces/{space}/participants")
+async def list_participants(request: web.Request) -> web.Response:
+    """Who is present, in join order, a page at a time (the snapshot carries counts only)."""
+    _claims(request)
+    room = request.app[STATE].room(request.match_info["space"])
+    query = request.query
+    after_text = query.get("after", "")
+    if after_text and not (after_text.isdigit() and len(after_text) <= 18):
+        raise ProtocolError("bad_request", "'after' must be a cursor from a previous page")
+    limit_text = query.get("limit", str(PAGE_DEFAULT))
+    if not (limit_text.isdigit() and 1 <= int(limit_text) <= PAGE_MAX):
+        raise ProtocolError("bad_request", f"'limit' must be an integer from 1 to {PAGE_MAX}")
+    role_text = query.get("role")
+    role = None
+    if role_text is not None:
+        try:
+            role = policy.Role(role_text)
+        except ValueError:
+            roles = ", ".join(r.value for r in policy.Role)
+            raise ProtocolError("bad_request", f"'role' must be one of {roles}") from None
+    page, cursor = room.participants_page(
+        int(after_text) if after_text else None, int(limit_text), role
+    )
+    return _json(
+        {
+            "participants": [{"user": u, "role": r.value} for u, r in page],
+            "next": None if cursor is None else str(cursor),
+            "count": room.count(role),
+        }
+    )
 
 
 @routes.post("/v1/spaces/{space}/start")
@@ -461,16 +527,24 @@ async def moderate(request: web.Request) -> web.Response:
 async def events_ws(request: web.Request) -> web.StreamResponse:
     """The event stream; clients may also send actions as JSON messages on it."""
     claims, state, room = _in_space(request, "space:join")
-    queue = room.subscribe(claims.sub)  # before the upgrade: a refusal is still a 403
+    # before the upgrade: a refusal is still a 403
+    queue = room.subscribe(claims.sub, moderator=claims.has("moderate"))
     ws = web.WebSocketResponse(heartbeat=20, max_msg_size=64 * 1024)
     await ws.prepare(request)
-    await ws.send_json({"type": "hello", "protocol": PROTOCOL_VERSION, "space": room.snapshot()})
+    await ws.send_json(
+        {
+            "type": "hello",
+            "protocol": PROTOCOL_VERSION,
+            "space": room.snapshot(),
+            "clock_ns": time.monotonic_ns(),
+        }
+    )
 
     async def pump() -> None:
         while True:
-            msg = await queue.get()
-            await ws.send_json(msg)
-            if msg.get("type") == "error":
+            text = await queue.get()  # JSON text, serialised once for every subscriber
+            await ws.send_str(text)
+            if room.is_final(text):
                 await ws.close()
                 return
 

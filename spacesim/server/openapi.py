@@ -47,6 +47,8 @@ def document() -> dict[str, Any]:
     """Build the document; it is small enough to build on each request."""
     s = {"type": "string"}
     space_ref = {"$ref": "#/components/schemas/Space"}
+    member_ref = {"$ref": "#/components/schemas/Member"}
+    roles = ["host", "cohost", "speaker", "listener"]
     return {
         "openapi": "3.1.0",
         "info": {
@@ -73,6 +75,10 @@ def document() -> dict[str, Any]:
                         "actor": s,
                         "role": s,
                         "t": {"type": "number"},
+                        "clock_ns": {
+                            "type": "integer",
+                            "description": "server monotonic clock (ns) when published",
+                        },
                         "attrs": {"type": "object"},
                     },
                 },
@@ -93,11 +99,39 @@ def document() -> dict[str, Any]:
                         "host": s,
                         "status": {"enum": ["scheduled", "live", "ended"]},
                         "who_may_speak": {"enum": ["everyone", "followed", "invited"]},
-                        "participants": {"type": "object", "additionalProperties": s},
+                        "counts": {
+                            "type": "object",
+                            "properties": {
+                                k: {"type": "integer"}
+                                for k in ("participants", "listeners", "stage", "hands", "invites")
+                            },
+                        },
+                        "stage": {"type": "array", "items": member_ref},
                         "muted": {"type": "array", "items": s},
-                        "hands": {"type": "array", "items": s},
-                        "invites": {"type": "object"},
-                        "limits": {"type": "object"},
+                        "hands": {"type": "array", "items": s, "maxItems": 20},
+                        "invites": {"type": "object", "maxProperties": 20},
+                        "limits": {
+                            "type": "object",
+                            "properties": {
+                                "max_cohosts": {"type": "integer"},
+                                "max_speakers": {"type": "integer"},
+                                "listener_cap": {"type": ["integer", "null"]},
+                            },
+                        },
+                    },
+                },
+                "Member": {
+                    "type": "object",
+                    "required": ["user", "role"],
+                    "properties": {"user": s, "role": {"enum": roles}},
+                },
+                "Participants": {
+                    "type": "object",
+                    "required": ["participants", "next", "count"],
+                    "properties": {
+                        "participants": {"type": "array", "items": member_ref},
+                        "next": {"type": ["string", "null"]},
+                        "count": {"type": "integer"},
                     },
                 },
                 "Action": {
@@ -152,6 +186,11 @@ def document() -> dict[str, Any]:
                             "title": s,
                             "who_may_speak": {"enum": ["everyone", "followed", "invited"]},
                             "scheduled_for": {"type": "number"},
+                            "listener_cap": {
+                                "type": ["integer", "null"],
+                                "minimum": 0,
+                                "maximum": 1_000_000_000,
+                            },
                         }
                     ),
                     "responses": {
@@ -165,6 +204,27 @@ def document() -> dict[str, Any]:
                     "parameters": _space_path(),
                     "summary": "State",
                     "responses": _responses(space_ref, 404),
+                }
+            },
+            "/v1/spaces/{space}/participants": {
+                "get": {
+                    "parameters": [
+                        *_space_path(),
+                        {"name": "after", "in": "query", "schema": s},
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": 500,
+                                "default": 100,
+                            },
+                        },
+                        {"name": "role", "in": "query", "schema": {"enum": roles}},
+                    ],
+                    "summary": "Participants in join order, a page at a time (next = cursor)",
+                    "responses": _responses({"$ref": "#/components/schemas/Participants"}, 404),
                 }
             },
             "/v1/spaces/{space}/start": {

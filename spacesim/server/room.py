@@ -9,21 +9,31 @@ app wires it to both.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
+import itertools
+import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from spacesim import policy
-from spacesim.protocol import REACTIONS, ProtocolError, event_message
+from spacesim.protocol import AUDIENCE, REACTIONS, ProtocolError, event_message
 
-__all__ = ["EventSink", "RateLimiter", "Room"]
+__all__ = ["AUDIENCE_INTERVAL", "EventSink", "RateLimiter", "Room"]
 
 EventSink = Callable[[dict[str, Any]], None]
 
 # Subscribers that fall this far behind are cut off rather than slowing the room down.
 _QUEUE_LIMIT = 1000
+
+#: Seconds between two ``audience`` events of one space, at most one per interval.
+AUDIENCE_INTERVAL = 1.0
+#: Raised hands and pending invites listed in a snapshot (the oldest); counts say how many.
+SNAPSHOT_HANDS = 20
+SNAPSHOT_INVITES = 20
+_PRESENCE = frozenset({"participant_joined", "participant_left", "removed", "space_ended"})
 
 _BY_ACTOR = {"raise_hand", "lower_hand", "accept_invite", "decline_invite", "mute_all"}
 _ON_TARGET = {
@@ -63,8 +73,39 @@ class RateLimiter:
         return True
 
 
+class _Final(str):
+    """The last message a subscriber gets (an error); its pump closes the socket after it."""
+
+    __slots__ = ()
+
+
+#: Schedules a call after a delay (s); `loop.call_later` by default (see `Room`).
+Schedule = Callable[[float, Callable[[], None]], object]
+
+
+def _call_later(delay: float, fn: Callable[[], None]) -> None:
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # no loop (a synchronous caller): nothing to coalesce with
+        fn()
+        return
+    loop.call_later(delay, fn)
+
+
+def _seq_of(entry: tuple[int, str]) -> int:
+    return entry[0]
+
+
 class Room:
-    """One space on the server."""
+    """One space on the server.
+
+    Fan-out: each event is serialised to JSON once; subscriber queues carry that text.
+    A listener's join, and the leave of a listener the room did not otherwise notice
+    (no raised hand, no invite), go only to the streams of users on stage and of
+    platform moderators; every stream gets an ``audience`` count event instead, at most
+    once per `audience_interval` seconds. Every other event goes to every stream, and
+    every event (``audience`` too) to `sinks`.
+    """
 
     def __init__(
         self,
@@ -73,18 +114,36 @@ class Room:
         persist: Any,
         wall_clock: Callable[[], float] = time.time,
         mono_clock: Callable[[], float] = time.monotonic,
+        ns_clock: Callable[[], int] = time.monotonic_ns,
+        schedule: Schedule = _call_later,
         reactions_per_s: float = 2.0,
         hands_per_min: float = 6.0,
+        audience_interval: float = AUDIENCE_INTERVAL,
     ) -> None:
         self.space = space
         self.persist = persist  # the store facade: see spacesim.server.app.Persist
         self._wall = wall_clock
         self._t0 = mono_clock()
         self._mono = mono_clock
-        self._subscribers: dict[asyncio.Queue[dict[str, Any]], str] = {}  # queue -> user
+        self._ns = ns_clock
+        self._schedule = schedule
+        self._subscribers: dict[asyncio.Queue[str], str] = {}  # queue -> user
+        self._by_user: dict[str, set[asyncio.Queue[str]]] = {}
+        self._moderators: set[asyncio.Queue[str]] = set()  # platform moderators' streams
         self._reactions = RateLimiter(reactions_per_s, reactions_per_s * 5, mono_clock)
         self._hands = RateLimiter(hands_per_min / 60, 2, mono_clock)
         self.sinks: list[EventSink] = []  # e.g. the server's own record writer
+        # Participants in join order, for the paginated listing: (seq, user), appended at
+        # each join; an entry is live while `_seq[user]` is its seq and the user is
+        # present. Dead entries are skipped and compacted away once they outnumber the live.
+        self._next_seq = 1
+        self._seq: dict[str, int] = {space.host: 0}
+        self._order: list[tuple[int, str]] = [(0, space.host)]
+        # listeners whose leave everyone hears of (they raised a hand or were invited)
+        self._noticed: set[str] = set()
+        self._audience_interval = audience_interval
+        self._audience_due = False  # one is scheduled
+        self._audience_sent: tuple[int, int] | None = None
 
     @property
     def id(self) -> str:
@@ -92,40 +151,71 @@ class Room:
 
     # ------------------------------------------------------------------ events
 
-    def subscribe(self, user: str) -> asyncio.Queue[dict[str, Any]]:
-        """A queue of this room's events for `user`; refused to users barred from it."""
+    def subscribe(self, user: str, *, moderator: bool = False) -> asyncio.Queue[str]:
+        """A queue of this room's events (JSON text) for `user`; refused to barred users.
+
+        `moderator`: a platform moderator's stream, which gets every listener's join and
+        leave as users on stage do.
+        """
         if user in self.space.blocked or user in self.space.removed:
             raise ProtocolError("forbidden", f"{user} is barred from this space")
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=_QUEUE_LIMIT)
+        queue: asyncio.Queue[str] = asyncio.Queue(maxsize=_QUEUE_LIMIT)
         self._subscribers[queue] = user
+        self._by_user.setdefault(user, set()).add(queue)
+        if moderator:
+            self._moderators.add(queue)
         return queue
 
-    def unsubscribe(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
-        self._subscribers.pop(queue, None)
+    def unsubscribe(self, queue: asyncio.Queue[str]) -> None:
+        user = self._subscribers.pop(queue, None)
+        self._moderators.discard(queue)
+        if user is not None:
+            queues = self._by_user.get(user)
+            if queues is not None:
+                queues.discard(queue)
+                if not queues:
+                    del self._by_user[user]
+
+    @property
+    def n_subscribers(self) -> int:
+        return len(self._subscribers)
 
     def _cut_off(self, user: str, why: str) -> None:
         """A user barred from the space stops receiving its events at once."""
-        for queue, who in list(self._subscribers.items()):
-            if who == user:
-                self._subscribers.pop(queue, None)
-                self._say_error(queue, why, f"{user} was {why} from the space")
+        for queue in list(self._by_user.get(user, ())):
+            self.unsubscribe(queue)
+            self._say_error(queue, why, f"{user} was {why} from the space")
 
     @staticmethod
-    def _say_error(queue: asyncio.Queue[dict[str, Any]], code: str, reason: str) -> None:
+    def _say_error(queue: asyncio.Queue[str], code: str, reason: str) -> None:
         with contextlib.suppress(asyncio.QueueFull):
             if queue.full():
                 queue.get_nowait()
-            queue.put_nowait({"type": "error", "error": code, "reason": reason})
+            queue.put_nowait(_Final(json.dumps({"type": "error", "error": code, "reason": reason})))
+
+    @staticmethod
+    def is_final(text: str) -> bool:
+        """True for the last message a queue yields (the pump closes the stream after it)."""
+        return isinstance(text, _Final)
 
     def now(self) -> float:
         """Seconds since the room was created on this server (event ``t``)."""
         return self._mono() - self._t0
 
     def publish(
-        self, events: Iterable[policy.Event], extras: dict[int, dict[str, str]] | None = None
+        self,
+        events: Iterable[policy.Event],
+        extras: dict[int, dict[str, str]] | None = None,
+        *,
+        quiet_leaves: Collection[str] = (),
     ) -> list[dict[str, Any]]:
-        """Send events to every subscriber; `extras` adds attrs by event index (report ids)."""
+        """Send events to their subscribers; `extras` adds attrs by event index (report ids).
+
+        `quiet_leaves`: users whose ``participant_left`` goes to the stage only (listeners
+        nobody else noticed); every ``participant_joined`` does.
+        """
         out = []
+        changed = False
         for i, ev in enumerate(events):
             attrs = {**ev.attrs, **extras[i]} if extras and i in extras else ev.attrs
             msg = event_message(
@@ -136,22 +226,143 @@ class Room:
                 actor=ev.actor,
                 role=ev.role.value if ev.role is not None else None,
                 attrs=attrs,
+                clock_ns=self._ns(),
             )
             out.append(msg)
-            self._fan_out(msg)
+            self._index(ev)
+            quiet = ev.kind == "participant_joined" or (
+                ev.kind == "participant_left" and ev.participant in quiet_leaves
+            )
+            self._fan_out(msg, stage_only=quiet)
+            changed = changed or ev.kind in _PRESENCE
+        if changed:
+            self._audience_changed()
         return out
 
-    def _fan_out(self, msg: dict[str, Any]) -> None:
+    def _fan_out(self, msg: dict[str, Any], *, stage_only: bool = False) -> None:
         for sink in self.sinks:
             sink(msg)
-        for queue in list(self._subscribers):
+        text = json.dumps(msg)  # once, whatever the number of subscribers
+        targets: Iterable[asyncio.Queue[str]]
+        if stage_only:
+            chosen = set(self._moderators)
+            for user in self.space.stage():
+                chosen.update(self._by_user.get(user, ()))
+            targets = chosen
+        else:
+            targets = list(self._subscribers)
+        for queue in targets:
             try:
-                queue.put_nowait(msg)
+                queue.put_nowait(text)
             except asyncio.QueueFull:  # a stuck client: cut it off, tell it why
-                self._subscribers.pop(queue, None)
+                self.unsubscribe(queue)
                 self._say_error(queue, "too_slow", "dropped: 1,000 events behind")
         if msg.get("kind") == "removed":
             self._cut_off(str(msg.get("participant")), "removed")
+
+    # ------------------------------------------------------------------ audience
+
+    def _audience_changed(self) -> None:
+        """The audience changed: an audience event one interval later, with the counts then.
+
+        Never at once: a burst of joins (a flash crowd, a batch) costs one O(subscribers)
+        fan-out per interval, whatever its size.
+        """
+        if self._audience_due:
+            return
+        self._audience_due = True
+        self._schedule(self._audience_interval, self._send_audience)
+
+    def _send_audience(self) -> None:
+        self._audience_due = False
+        counts = (len(self.space.participants), self.space.n_listeners)
+        if counts == self._audience_sent:
+            return  # e.g. one joined and one left within the interval
+        self._audience_sent = counts
+        msg = event_message(
+            AUDIENCE,
+            self.id,
+            self.id,
+            t=self.now(),
+            attrs={"participants": counts[0], "listeners": counts[1]},
+            clock_ns=self._ns(),
+        )
+        self._fan_out(msg)
+
+    # ------------------------------------------------------------------ participants
+
+    def _index(self, ev: policy.Event) -> None:
+        """Keep the join-order index and the noticed listeners in step with the events."""
+        kind, user = ev.kind, ev.participant
+        if kind == "participant_joined":
+            self._seq[user] = self._next_seq
+            self._order.append((self._next_seq, user))
+            self._next_seq += 1
+        elif kind in ("hand_raised", "speaker_invited"):
+            self._noticed.add(user)
+        elif kind in ("participant_left", "removed"):
+            self._noticed.discard(user)
+            self._seq.pop(user, None)
+            if len(self._order) > 2 * len(self.space.participants) + 64:
+                self._order = [e for e in self._order if self._live(e)]
+        elif kind == "space_ended":
+            self._noticed.clear()
+            self._seq.clear()
+            self._order.clear()
+
+    def _live(self, entry: tuple[int, str]) -> bool:
+        seq, user = entry
+        return self._seq.get(user) == seq and self.space.role_of(user) is not None
+
+    def count(self, role: policy.Role | None = None) -> int:
+        """Participants present (with `role`, if given)."""
+        s = self.space
+        if role is None:
+            return len(s.participants)
+        if role is policy.Role.LISTENER:
+            return s.n_listeners
+        if role is policy.Role.SPEAKER:
+            return s.n_speakers
+        if role is policy.Role.COHOST:
+            return len(s.cohosts())
+        return 1 if s.role_of(s.host) is policy.Role.HOST else 0
+
+    def participants_page(
+        self, after: int | None = None, limit: int = 100, role: policy.Role | None = None
+    ) -> tuple[list[tuple[str, policy.Role]], int | None]:
+        """Up to `limit` participants in join order after cursor `after`, and the next cursor.
+
+        The cursor is a join sequence number: a walk page by page lists everyone present
+        throughout exactly once, in join order; later joiners come at the end, and those
+        who left before their page are not listed. O(limit) per page (plus dead entries
+        not yet compacted); a stage role reads the stage (at most 13 users).
+        """
+        s = self.space
+        start = -1 if after is None else after
+        page: list[tuple[int, str, policy.Role]] = []
+        if role is not None and role is not policy.Role.LISTENER:
+            members = (
+                (s.host,) if role is policy.Role.HOST
+                else s.cohosts() if role is policy.Role.COHOST
+                else s.speakers()
+            )  # fmt: skip
+            ranked = sorted((self._seq[u], u) for u in members if u in self._seq)
+            page = [(q, u, role) for q, u in ranked if q > start and s.role_of(u) is role]
+            page = page[: limit + 1]
+        else:
+            order = self._order
+            i = bisect.bisect_right(order, start, key=_seq_of)
+            while i < len(order) and len(page) <= limit:
+                seq, user = order[i]
+                i += 1
+                have = s.role_of(user)
+                if have is None or self._seq.get(user) != seq:
+                    continue
+                if role is None or have is role:
+                    page.append((seq, user, have))
+        more = len(page) > limit
+        page = page[:limit]
+        return [(u, r) for _, u, r in page], (page[-1][0] if more else None)
 
     # ------------------------------------------------------------------ actions
 
@@ -166,11 +377,12 @@ class Room:
         action: str,
         outcome: policy.Outcome,
         fields: dict[str, str] | None = None,
+        quiet_leaves: Collection[str] = (),
     ) -> list[dict[str, Any]]:
         """Persist an accepted outcome, then tell everyone: nothing is acknowledged unsaved."""
         fields = fields or {}
         extras = self._persist(actor, action, fields, outcome)
-        return self.publish(outcome.events, extras)
+        return self.publish(outcome.events, extras, quiet_leaves=quiet_leaves)
 
     def apply(self, actor: str, action: str, fields: dict[str, str]) -> list[dict[str, Any]]:
         """Apply a validated action (see `spacesim.protocol.parse_action`); returns events.
@@ -258,7 +470,9 @@ class Room:
             raise ProtocolError("bad_request", f"unknown reaction; use one of {sorted(REACTIONS)}")
         if not self._reactions.allow(actor):
             raise ProtocolError("rate_limited", "too many reactions; slow down")
-        msg = event_message("reaction", self.id, actor, t=self.now(), attrs={"emoji": emoji})
+        msg = event_message(
+            "reaction", self.id, actor, t=self.now(), attrs={"emoji": emoji}, clock_ns=self._ns()
+        )
         self._fan_out(msg)
         return [msg]
 
@@ -268,9 +482,11 @@ class Room:
         return self._commit(user, "join", self._check(self.space.join(user)))
 
     def leave(self, user: str) -> list[dict[str, Any]]:
-        if self.space.role_of(user) is None:
+        role = self.space.role_of(user)
+        if role is None:
             return []
-        return self._commit(user, "leave", self._check(self.space.leave(user)))
+        quiet = (user,) if role is policy.Role.LISTENER and user not in self._noticed else ()
+        return self._commit(user, "leave", self._check(self.space.leave(user)), quiet_leaves=quiet)
 
     def lifecycle(self, actor: str, action: str) -> list[dict[str, Any]]:
         """start / end, with the status persisted before the event goes out."""
@@ -285,17 +501,32 @@ class Room:
         return self._commit(moderator, "moderate", outcome, fields)
 
     def snapshot(self) -> dict[str, Any]:
-        """The room's state as clients see it on join and on GET."""
+        """The room's state as clients see it on join, on GET and in the hello: bounded.
+
+        Counts instead of the participant list (`participants_page` lists them), the stage
+        (at most 13), the oldest `SNAPSHOT_HANDS` raised hands and `SNAPSHOT_INVITES`
+        pending invites.
+        """
         s = self.space
+        stage = s.stage()
+        hands = s.hand_queue()
+        invites = s.pending_invites()
         return {
             "id": s.space_id,
             "host": s.host,
             "status": s.status.value,
             "who_may_speak": s.who_may_speak.value,
-            "participants": {u: r.value for u, r in s.participants.items()},
-            "muted": sorted(u for u in s.stage() if s.is_muted(u)),
-            "hands": list(s.hand_queue()),
-            "invites": dict(s.pending_invites()),
+            "counts": {
+                "participants": len(s.participants),
+                "listeners": s.n_listeners,
+                "stage": len(stage),
+                "hands": len(hands),
+                "invites": len(invites),
+            },
+            "stage": [{"user": u, "role": s.participants[u].value} for u in stage],
+            "muted": sorted(u for u in stage if s.is_muted(u)),
+            "hands": list(hands[:SNAPSHOT_HANDS]),
+            "invites": dict(itertools.islice(invites.items(), SNAPSHOT_INVITES)),
             "limits": {
                 "max_cohosts": s.limits.max_cohosts,
                 "max_speakers": s.limits.max_speakers,

@@ -58,7 +58,8 @@ __all__ = [
 ]
 
 #: Stored in ``PRAGMA user_version``; bump it with a migration when the schema changes.
-SCHEMA_VERSION = 1
+#: 2: ``spaces.listener_cap`` (a version-1 file gains the column, NULL = no cap).
+SCHEMA_VERSION = 2
 
 Clock = Callable[[], float]
 _E = TypeVar("_E", bound=StrEnum)
@@ -115,6 +116,7 @@ class SpaceRecord:
     created_at: float
     started_at: float | None
     ended_at: float | None
+    listener_cap: int | None = None  # None = no cap (policy.Limits.listener_cap)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +195,7 @@ class Store(Protocol):
         who_may_speak: WhoMaySpeak | str = WhoMaySpeak.EVERYONE,
         scheduled_for: float | None = None,
         at: float | None = None,
+        listener_cap: int | None = None,
     ) -> SpaceRecord: ...
     def get_space(self, space_id: str) -> SpaceRecord: ...
     def set_space_status(
@@ -343,6 +346,7 @@ def _new_space(
     who_may_speak: object,
     scheduled_for: object,
     now: float,
+    listener_cap: object = None,
 ) -> SpaceRecord:
     initial = _enum(SpaceStatus, status, "status")
     if initial is SpaceStatus.ENDED:
@@ -357,7 +361,17 @@ def _new_space(
         created_at=now,
         started_at=now if initial is SpaceStatus.LIVE else None,
         ended_at=None,
+        listener_cap=_cap(listener_cap),
     )
+
+
+def _cap(value: object) -> int | None:
+    """A listener cap: None (no cap) or an integer in 0..2**63-1 (SQLite's INTEGER)."""
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
+        raise InvalidArgument(f"listener_cap must be None or an integer >= 0, got {value!r}")
+    return value
 
 
 def _resolve(

@@ -158,9 +158,17 @@ class MemoryStore(_ClosesOnExit):
         who_may_speak: WhoMaySpeak | str = WhoMaySpeak.EVERYONE,
         scheduled_for: float | None = None,
         at: float | None = None,
+        listener_cap: int | None = None,
     ) -> SpaceRecord:
         record = _new_space(
-            space_id, host, title, status, who_may_speak, scheduled_for, _now(at, self._clock)
+            space_id,
+            host,
+            title,
+            status,
+            who_may_speak,
+            scheduled_for,
+            _now(at, self._clock),
+            listener_cap,
         )
         self._user(record.host)
         if record.id in self._spaces:

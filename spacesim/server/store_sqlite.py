@@ -74,7 +74,8 @@ _SCHEMA = (
         scheduled_for REAL,
         created_at    REAL NOT NULL,
         started_at    REAL,
-        ended_at      REAL
+        ended_at      REAL,
+        listener_cap  INTEGER CHECK (listener_cap IS NULL OR listener_cap >= 0)
     )""",
     "CREATE INDEX IF NOT EXISTS spaces_status ON spaces(status)",
     """CREATE TABLE IF NOT EXISTS participations (
@@ -127,7 +128,8 @@ _SCHEMA = (
 )
 
 _SPACE_COLS = (
-    "id, host, title, status, who_may_speak, scheduled_for, created_at, started_at, ended_at"
+    "id, host, title, status, who_may_speak, scheduled_for, created_at, started_at, ended_at, "
+    "listener_cap"
 )
 _PART_COLS = "id, space, user, role, joined_at, left_at"
 _REPORT_COLS = (
@@ -146,6 +148,7 @@ def _space_row(row: tuple[Any, ...]) -> SpaceRecord:
         created_at=row[6],
         started_at=row[7],
         ended_at=row[8],
+        listener_cap=row[9],
     )
 
 
@@ -231,8 +234,15 @@ class SqliteStore(_ClosesOnExit):
         if version == SCHEMA_VERSION:
             return
         with self._tx() as db:
-            for statement in _SCHEMA:
+            for statement in _SCHEMA:  # a new file gets every table; old tables stay
                 db.execute(statement)
+            # version 1 -> 2: spaces.listener_cap (existing spaces have no cap)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(spaces)")}
+            if "listener_cap" not in columns:
+                db.execute(
+                    "ALTER TABLE spaces ADD COLUMN listener_cap INTEGER "
+                    "CHECK (listener_cap IS NULL OR listener_cap >= 0)"
+                )
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _set_synchronous(self, durable: bool) -> None:
@@ -384,17 +394,25 @@ class SqliteStore(_ClosesOnExit):
         who_may_speak: WhoMaySpeak | str = WhoMaySpeak.EVERYONE,
         scheduled_for: float | None = None,
         at: float | None = None,
+        listener_cap: int | None = None,
     ) -> SpaceRecord:
         """Create a SCHEDULED or LIVE space (a LIVE one has ``started_at`` = ``at``)."""
         record = _new_space(
-            space_id, host, title, status, who_may_speak, scheduled_for, _now(at, self._clock)
+            space_id,
+            host,
+            title,
+            status,
+            who_may_speak,
+            scheduled_for,
+            _now(at, self._clock),
+            listener_cap,
         )
         with self._tx() as db:
             self._exists(db, "users", record.host, "user")
             if db.execute("SELECT 1 FROM spaces WHERE id = ?", (record.id,)).fetchone():
                 raise AlreadyExists(f"space {record.id!r} already exists")
             db.execute(
-                f"INSERT INTO spaces ({_SPACE_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO spaces ({_SPACE_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.id,
                     record.host,
@@ -405,6 +423,7 @@ class SqliteStore(_ClosesOnExit):
                     record.created_at,
                     record.started_at,
                     record.ended_at,
+                    record.listener_cap,
                 ),
             )
         return record

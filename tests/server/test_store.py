@@ -187,6 +187,18 @@ def test_create_space_errors(store: Any) -> None:
         store.get_space("x")
 
 
+def test_listener_cap_is_kept_with_the_space(store: Any) -> None:
+    assert store.get_space("sp").listener_cap is None
+    capped = store.create_space("capped", "host", "t", status="live", listener_cap=3)
+    assert capped.listener_cap == 3 and store.get_space("capped") == capped
+    zero = store.create_space("zero", "host", "t", listener_cap=0)
+    assert store.get_space("zero").listener_cap == 0 == zero.listener_cap
+    assert {s.id: s.listener_cap for s in store.spaces_to_recover()}["capped"] == 3
+    for bad in (-1, 1.5, True, "3", 2**63):
+        with pytest.raises(InvalidArgument, match="listener_cap"):
+            store.create_space("bad", "host", "t", listener_cap=bad)
+
+
 def test_space_lifecycle_moves_forward_only(store: Any) -> None:
     store.create_space("s2", "host", "t", at=1.0)
     live = store.set_space_status("s2", "live", 5.0)
@@ -470,6 +482,46 @@ def test_sqlite_data_survives_reopen_with_wal_and_schema_version(tmp_path: Path)
     try:
         assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        raw.close()
+
+
+def test_sqlite_opens_a_version_1_file_and_adds_the_listener_cap(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    raw = sqlite3.connect(path)
+    try:  # the version-1 spaces table, as PR #1 wrote it (no listener_cap column)
+        raw.executescript(
+            """
+            CREATE TABLE users (id TEXT PRIMARY KEY, display_name TEXT NOT NULL,
+                                created_at REAL NOT NULL);
+            CREATE TABLE spaces (
+                id TEXT PRIMARY KEY, host TEXT NOT NULL REFERENCES users(id),
+                title TEXT NOT NULL,
+                status TEXT NOT NULL CHECK (status IN ('scheduled', 'live', 'ended')),
+                who_may_speak TEXT NOT NULL
+                    CHECK (who_may_speak IN ('everyone', 'followed', 'invited')),
+                scheduled_for REAL, created_at REAL NOT NULL, started_at REAL, ended_at REAL);
+            INSERT INTO users VALUES ('h', 'H', 1.0);
+            INSERT INTO spaces VALUES ('old', 'h', 'Old', 'live', 'everyone', NULL, 2.0, 2.0, NULL);
+            PRAGMA user_version = 1;
+            """
+        )
+        raw.commit()
+    finally:
+        raw.close()
+    with SqliteStore(path) as s:
+        old = s.get_space("old")
+        assert old.title == "Old" and old.listener_cap is None
+        assert s.create_space("new", "h", "New", listener_cap=7).listener_cap == 7
+    with SqliteStore(path) as s:  # reopening at the current version changes nothing
+        assert [(r.id, r.listener_cap) for r in s.spaces_to_recover()] == [
+            ("old", None),
+            ("new", 7),
+        ]
+        assert s.get_space("new").listener_cap == 7
+    raw = sqlite3.connect(path)
+    try:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     finally:
         raw.close()
 
