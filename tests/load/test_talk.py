@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from spacesim.client import speaker
 from spacesim.client.opus import frames, read_mark
 from spacesim.client.speaker import SILENCE, SpeakerTrack, tone_packets
 
@@ -22,13 +21,13 @@ class FakeTime:
         return self.ns
 
     async def sleep(self, seconds: float) -> None:
-        self.ns += int(round(seconds * 1e9))
+        self.ns += round(seconds * 1e9)
 
 
 @pytest.fixture
 def fake_time(monkeypatch: pytest.MonkeyPatch) -> FakeTime:
     ft = FakeTime()
-    monkeypatch.setattr(speaker.asyncio, "sleep", ft.sleep)
+    monkeypatch.setattr("spacesim.client.speaker.asyncio.sleep", ft.sleep)
     return ft
 
 
