@@ -69,11 +69,28 @@ class RoomClient:
             self._token = str(data["token"])
         return self._token
 
-    async def create_space(self, title: str = "", who_may_speak: str = "everyone") -> str:
-        data = await self._call(
-            "POST", "/v1/spaces", {"title": title, "who_may_speak": who_may_speak}
-        )
+    async def create_space(
+        self,
+        title: str = "",
+        who_may_speak: str = "everyone",
+        listener_cap: int | None = None,
+        scheduled_for: float | None = None,
+    ) -> str:
+        body: dict[str, Any] = {"title": title, "who_may_speak": who_may_speak}
+        if listener_cap is not None:
+            body["listener_cap"] = listener_cap
+        if scheduled_for is not None:
+            body["scheduled_for"] = scheduled_for
+        data = await self._call("POST", "/v1/spaces", body)
         return str(data["id"])
+
+    async def lifecycle(self, space: str, action: str) -> None:
+        """The host starts (``start``) or ends (``end``) the space."""
+        await self._call("POST", f"/v1/spaces/{space}/{action}", {})
+
+    async def follow(self, user: str) -> None:
+        """Follow `user` (``POST /v1/follows``)."""
+        await self._call("POST", "/v1/follows", {"user": user})
 
     async def join(self, space: str, sdp: str | None = None) -> dict[str, Any]:
         body = {"sdp": sdp} if sdp is not None else {}
