@@ -128,6 +128,8 @@ class Context:
     spaces: list[str] = field(default_factory=list)
     ended: set[str] = field(default_factory=set)  # spaces known to have ended
     active: dict[str, str] = field(default_factory=dict)  # listener -> space (report targets)
+    joined: int = 0  # listener joins accepted
+    refused: int = 0  # listener joins refused
 
     def now(self) -> float:
         return time.time() - self.t0
