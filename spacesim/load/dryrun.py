@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from spacesim.behaviour import PyRng
-from spacesim.load.api import ClientFactory, Context
+from spacesim.load.api import ClientFactory, Context, Report
 from spacesim.load.host import Room
 from spacesim.load.listener import ListenerSession
 from spacesim.load.shape import listener_targets
@@ -41,12 +41,14 @@ async def dry_run(
     listeners: int = 3,
     *,
     network: bool = True,
+    report: Report | None = None,
 ) -> list[Row]:
     """Run hosts and up to `listeners` listeners for `seconds` of real time; the records.
 
     Records are `spacesim.results.Row` tuples (kind, t, room, participant, role, value,
     attrs); t counts from the call. Sessions still running at the end are closed (their
-    ``participant_left`` included).
+    ``participant_left`` included). `report` gets what Locust would get as request events;
+    ``network=False`` gives every client a direct path (no ``network`` draws).
     """
     sc = scenario
     rec = RowRecorder("dry-run", "load")
@@ -59,6 +61,8 @@ async def dry_run(
         tag="dry",
         network=network,
     )
+    if report is not None:
+        ctx.report = report
     rooms = [Room(ctx) for _ in range(sc.rooms.count)]
     for room in rooms:
         await room.start()

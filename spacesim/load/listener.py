@@ -43,7 +43,7 @@ import asyncio
 import logging
 import statistics
 import time
-from collections.abc import Awaitable
+from collections.abc import Coroutine
 from typing import Any, Literal
 
 from spacesim import behaviour
@@ -111,11 +111,8 @@ class ListenerSession:
 
     # ------------------------------------------------------------------ helpers
 
-    def _task(self, aw: Awaitable[Any]) -> None:
-        async def wrap() -> None:
-            await aw
-
-        t = asyncio.get_running_loop().create_task(wrap())
+    def _task(self, coro: Coroutine[Any, Any, Any]) -> None:
+        t = asyncio.get_running_loop().create_task(coro)
         self.tasks.add(t)
         t.add_done_callback(self.tasks.discard)
 
