@@ -231,3 +231,33 @@ async def test_an_approved_listener_speaks_and_is_heard() -> None:
     assert ids & heard  # a granted listener's packets reached other listeners
     assert any(r[0] == "talk_spurt" and r[3] in granted for r in rows)
     assert not reports.failures()
+
+
+def test_every_action_name_in_the_load_code_is_the_protocols() -> None:
+    """Literal action names the swarm posts (``.act(space, "x"``, the host's ``on("x"``)
+    are all in `protocol.ACTIONS`, and no module keeps its own emoji list."""
+    import ast
+    from pathlib import Path
+
+    import spacesim.load
+
+    names: set[str] = set()
+    for path in Path(spacesim.load.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            fname = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            args = node.args
+            if fname == "act" and len(args) >= 2:
+                lit = args[1] if not (isinstance(args[0], ast.Constant)) else args[0]
+            elif fname == "on" and args:
+                lit = args[0]
+            else:
+                continue
+            if isinstance(lit, ast.Constant) and isinstance(lit.value, str):
+                names.add(lit.value)
+        assert "EMOJIS = " not in path.read_text(encoding="utf-8"), path
+    assert {"raise_hand", "react", "invite", "add_cohost", "accept_invite"} <= names
+    assert names <= set(ACTIONS), names - set(ACTIONS)
