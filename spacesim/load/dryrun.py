@@ -43,7 +43,8 @@ async def dry_run(
     network: bool = True,
     report: Report | None = None,
 ) -> list[Row]:
-    """Run hosts and up to `listeners` listeners for `seconds` of real time; the records.
+    """Run hosts and up to `listeners` listeners for `seconds` of real time (at most the
+    scenario's ``duration``); the records.
 
     Records are `spacesim.results.Row` tuples (kind, t, room, participant, role, value,
     attrs); t counts from the call. Sessions still running at the end are closed (their
@@ -51,6 +52,7 @@ async def dry_run(
     ``network=False`` gives every client a direct path (no ``network`` draws).
     """
     sc = scenario
+    seconds = min(seconds, sc.duration)  # a run never outlasts its scenario
     rec = RowRecorder("dry-run", "load")
     ctx = Context(
         sc,

@@ -205,8 +205,11 @@ class ListenerSession:
         return "done"
 
     async def _refused(self, exc: BaseException, took: float) -> Outcome:
+        """A refused join: a failure, except ``room_full`` (``rooms.listener_cap`` at work,
+        which the run measures as ``join_refused`` records)."""
         ctx = self.ctx
-        ctx.report("join", took, exc)
+        full = isinstance(exc, ClientError) and exc.code == "room_full"
+        ctx.report("join", took, None if full else exc)
         if isinstance(exc, ClientError):
             attrs = {"reason": exc.code, "detail": exc.reason[:200]}
         else:
@@ -233,6 +236,8 @@ class ListenerSession:
                     ctx.report("first_audio", FIRST_AUDIO_TIMEOUT, TimeoutError("no audio heard"))
                     first_reported = True
             self._flush()
+            if self.space in ctx.ended:  # the host (in this process) ended it
+                self.over = True
             if self.over or loop.time() >= end:
                 break
             if self.gone() and not await self._reconnect():
