@@ -94,7 +94,8 @@ class ListenerSession:
         self.setting: str = sc.rooms.who_may_speak  # until the join answer says
         self.raised = False
         self.muted = False
-        self.speaking = False
+        self.speaking = False  # connected with a publish section
+        self.want_speak = False  # granted a seat: rejoin to publish at the next tick
         self.over = False  # removed, blocked, or the space ended
         self.others_muted: set[str] = set()
         self.quality = (0, 0)  # a probe's (frames, audible) at the last window
@@ -240,6 +241,8 @@ class ListenerSession:
                 self.over = True
             if self.over or loop.time() >= end:
                 break
+            if self.want_speak and not self.speaking and self.role != "listener":
+                await self._speak()
             if self.gone() and not await self._reconnect():
                 break  # removed, blocked or the space ended: the session is over
             await self._behave()
@@ -395,7 +398,7 @@ class ListenerSession:
             self.role = "speaker" if kind == "speaker_granted" else "cohost"
             self.raised = False
             self.temporary_stream = False  # on stage, it keeps the stream
-            self._task(self._speak())
+            self.want_speak = True  # the session's loop rejoins (one connection at a time)
         elif kind == "speaker_revoked" or (
             kind == "cohost_removed" and ev.get("role") == "listener"
         ):
