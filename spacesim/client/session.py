@@ -109,6 +109,14 @@ class RoomClient:
             if after is None:
                 return
 
+    async def lifecycle(self, space: str, action: str) -> None:
+        """The host starts (``start``) or ends (``end``) the space."""
+        await self._call("POST", f"/v1/spaces/{space}/{action}", {})
+
+    async def follow(self, user: str) -> None:
+        """Follow `user` (``POST /v1/follows``)."""
+        await self._call("POST", "/v1/follows", {"user": user})
+
     async def join(self, space: str, sdp: str | None = None) -> dict[str, Any]:
         body = {"sdp": sdp} if sdp is not None else {}
         result: dict[str, Any] = await self._call("POST", f"/v1/spaces/{space}/join", body)

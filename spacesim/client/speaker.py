@@ -19,7 +19,9 @@ Tones
 :class:`SpeakerTrack` yields a clip's packets as ``av.Packet`` s every 20 ms,
 looping, each one marked (:func:`spacesim.client.opus.mark`) with the sender id,
 a sequence number and ``time.monotonic_ns()`` at the moment it is handed to
-aiortc, so a listener can measure latency without decoding.
+aiortc, so a listener can measure latency without decoding. Given talk phases
+(`spacesim.behaviour.talk_phases`) it talks in spurts: during a pause it sends nothing
+with DTX (as Opus DTX does) and a marked Opus silence frame every 20 ms without.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import functools
 import json
 import struct
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from fractions import Fraction
 from importlib import resources
 from typing import Any
@@ -45,6 +47,7 @@ __all__ = [
     "FRAME_NS",
     "FRAME_SAMPLES",
     "SAMPLE_RATE",
+    "SILENCE",
     "SpeakerTrack",
     "clip_names",
     "encode_pcm",
@@ -60,6 +63,9 @@ FRAME_SAMPLES = 960  # 20 ms at 48 kHz: one Opus packet, one RTP timestamp step
 FRAME_NS = 20_000_000
 TIME_BASE = Fraction(1, SAMPLE_RATE)
 OPUSPK_MAGIC = b"OPK1"
+#: A 20 ms Opus silence frame (TOC 0xf8: CELT fullband 20 ms, one frame of 2 bytes); what
+#: a speaker without DTX sends between talk spurts (browsers send comfort frames too).
+SILENCE = b"\xf8\xff\xfe"
 _LEN = struct.Struct("!H")
 
 
@@ -192,8 +198,21 @@ class SpeakerTrack(MediaStreamTrack):
     the mark's ``seq`` stays contiguous (it numbers packets sent, so a listener's
     gaps in ``seq`` are network loss only).
 
+    Talk spurts: with ``phases`` (an iterator of ``(talking, seconds)``, e.g.
+    `spacesim.behaviour.talk_phases`, consumed on the track's clock from the first
+    ``recv()``) the clip advances only while talking; in a pause the track sends
+    nothing when ``dtx`` is true (the slots pass, so ``pts`` jumps as Opus DTX's RTP
+    timestamps do) and a marked `SILENCE` frame per slot when it is false, so the
+    server still forwards a packet stream. ``gate`` (called per slot) returning False
+    sends nothing at all: a muted microphone, or a stage member who does not talk.
+    ``on_phase(talking, seconds)`` is called as each phase begins. Every packet sent,
+    silence included, carries its mark; ``seq`` numbers packets sent, so a DTX gap is
+    not loss.
+
     Counters: ``sent`` (packets yielded), ``last_seq`` (seq of the last one, -1
-    before the first), ``skipped`` (20 ms slots skipped), ``start_ns``.
+    before the first), ``skipped`` (20 ms slots skipped), ``silent`` (silence frames
+    among those sent), ``quiet`` (slots with no packet: DTX pauses and a closed gate),
+    ``start_ns``; `talking` is the current phase.
     """
 
     kind = "audio"
@@ -206,6 +225,10 @@ class SpeakerTrack(MediaStreamTrack):
         loop: bool = True,
         max_lag: int = 5,
         clock: Callable[[], int] = time.monotonic_ns,
+        phases: Iterable[tuple[bool, float]] | None = None,
+        dtx: bool = False,
+        gate: Callable[[], bool] | None = None,
+        on_phase: Callable[[bool, float], None] | None = None,
     ) -> None:
         super().__init__()
         if not packets:
@@ -220,35 +243,72 @@ class SpeakerTrack(MediaStreamTrack):
         self.last_seq = -1
         self.skipped = 0
         self._slot = 0  # next 20 ms slot (pts / 960)
+        self._clip = 0  # next clip packet (advances only while talking)
+        self._phases: Iterator[tuple[bool, float]] | None = (
+            iter(phases) if phases is not None else None
+        )
+        self.dtx = dtx
+        self.gate = gate
+        self.on_phase = on_phase
+        self.talking = True
+        self._phase_end: int | None = None  # clock (ns) at which the current phase ends
+        self.silent = 0
+        self.quiet = 0
+
+    def _talking_at(self, t_ns: int) -> bool:
+        """The phase at `t_ns` (phases are laid end to end from the first slot)."""
+        if self._phases is None:
+            return True
+        if self._phase_end is None:
+            self._phase_end = t_ns
+        while t_ns >= self._phase_end:
+            self.talking, seconds = next(self._phases)
+            self._phase_end += max(int(seconds * 1e9), 1)
+            if self.on_phase is not None:
+                self.on_phase(self.talking, seconds)
+        return self.talking
 
     async def recv(self) -> av.Packet[Any]:
-        if self.readyState != "live":
-            raise MediaStreamError
-        slot = self._slot
-        if not self.loop and slot >= len(self.packets):
-            self.stop()
-            raise MediaStreamError
-        now = self._clock()
-        if self.start_ns is None:
-            self.start_ns = now
-        due = self.start_ns + slot * FRAME_NS
-        if due > now:
-            await asyncio.sleep((due - now) / 1e9)
+        while True:
             if self.readyState != "live":
                 raise MediaStreamError
-        elif now - due > self.max_lag * FRAME_NS:
-            behind = (now - due) // FRAME_NS
-            self.skipped += behind
-            slot += behind
-            if not self.loop and slot >= len(self.packets):
+            slot = self._slot
+            if not self.loop and self._clip >= len(self.packets):
                 self.stop()
                 raise MediaStreamError
-        seq = self.sent
-        payload = mark(self.packets[slot % len(self.packets)], self.sender_id, seq, self._clock())
-        packet = av.Packet(payload)
-        packet.pts = slot * FRAME_SAMPLES
-        packet.time_base = TIME_BASE
-        self._slot = slot + 1
-        self.sent = seq + 1
-        self.last_seq = seq
-        return packet
+            now = self._clock()
+            if self.start_ns is None:
+                self.start_ns = now
+            due = self.start_ns + slot * FRAME_NS
+            if due > now:
+                await asyncio.sleep((due - now) / 1e9)
+                if self.readyState != "live":
+                    raise MediaStreamError
+            elif now - due > self.max_lag * FRAME_NS:
+                behind = (now - due) // FRAME_NS
+                self.skipped += behind
+                slot += behind
+                due += behind * FRAME_NS
+                if self._phases is None:  # a microphone's position moves on with time
+                    self._clip += behind
+                if not self.loop and self._clip >= len(self.packets):
+                    self.stop()
+                    raise MediaStreamError
+            self._slot = slot + 1
+            talking = self._talking_at(due)
+            if (self.gate is not None and not self.gate()) or (not talking and self.dtx):
+                self.quiet += 1
+                continue  # this slot sends nothing
+            if talking:
+                frame = self.packets[self._clip % len(self.packets)]
+                self._clip += 1
+            else:
+                frame = SILENCE
+                self.silent += 1
+            seq = self.sent
+            packet = av.Packet(mark(frame, self.sender_id, seq, self._clock()))
+            packet.pts = slot * FRAME_SAMPLES
+            packet.time_base = TIME_BASE
+            self.sent = seq + 1
+            self.last_seq = seq
+            return packet

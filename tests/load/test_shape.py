@@ -77,3 +77,22 @@ def test_bad_horizon() -> None:
     sc = scenario({"kind": "poisson", "rate": "1/s"}, {"kind": "fixed", "mean": "1s"})
     with pytest.raises(ValueError, match="horizon"):
         sc.audience_curve(math.inf)
+
+
+def test_listener_targets_start_at_starts_at_and_stop_at_ends_at() -> None:
+    from spacesim.load.shape import listener_targets
+    from spacesim.scenario import parse_scenario
+
+    sc = parse_scenario(
+        {
+            "name": "life",
+            "duration": 20,
+            "rooms": {"starts_at": "5s", "ends_at": "15s"},
+            "arrivals": {"kind": "constant", "rate": "1/s"},
+            "session": {"kind": "fixed", "mean": "100s"},
+        }
+    )
+    users = listener_targets(sc, 20, 100)
+    assert users[:6].tolist() == [0, 0, 0, 0, 0, 0]
+    assert users[6:15].tolist() == list(range(1, 10))  # the curve, shifted by 5 s
+    assert (users[15:] == 0).all()

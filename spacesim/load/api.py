@@ -1,0 +1,146 @@
+"""The seam between the swarm's behaviour and a server: a client interface and a context.
+
+`spacesim.load.host.Room` and `spacesim.load.listener.ListenerSession` decide what a
+host and a listener do (through `spacesim.behaviour`) and talk to a server only through
+a `SpaceClient`. `spacesim.load.live.LiveClient` is the real one (HTTP, WebSocket,
+WebRTC); tests/load/fakes.py has an in-memory one over `spacesim.policy.Space`. Nothing
+here imports gevent or Locust: the behaviour runs on any asyncio loop, and Locust users
+(`spacesim.load.users`) are shells around it that turn `Context.report` calls into
+Locust request events.
+
+Refusals are `spacesim.client.session.ClientError` (HTTP status, protocol error code).
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from spacesim.behaviour import PyRng
+from spacesim.client.speaker import SpeakerTrack
+from spacesim.results import Recorder
+from spacesim.scenario import NetworkProfile, Scenario
+
+__all__ = ["ClientFactory", "Context", "Link", "OnRtp", "Report", "SpaceClient"]
+
+#: `connect_audio`'s receive callback: (slot, RTP packet, monotonic arrival ns or None).
+OnRtp = Callable[[int, bytes, "int | None"], None]
+#: A measured request, to Locust (or anything else): (name, seconds, exception or None).
+Report = Callable[[str, float, "BaseException | None"], None]
+
+
+class Link(Protocol):
+    """One participant's audio connection (connected when `connect_audio` returns)."""
+
+    @property
+    def join(self) -> dict[str, Any]:
+        """The join answer (``participant``, ``role``, ``space`` snapshot, ...)."""
+        ...
+
+    def alive(self) -> bool:
+        """False once the connection closed or failed (ICE/DTLS), whatever the audio."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class SpaceClient(Protocol):
+    """One user's requests to a server (docs/protocol.md)."""
+
+    @property
+    def user(self) -> str: ...
+
+    async def create_space(
+        self,
+        title: str,
+        who_may_speak: str,
+        listener_cap: int | None = None,
+        scheduled_for: float | None = None,
+    ) -> str: ...
+
+    async def start_space(self, space: str) -> None: ...
+
+    async def end_space(self, space: str) -> None: ...
+
+    async def connect_audio(
+        self,
+        space: str,
+        on_rtp: OnRtp,
+        *,
+        publish: SpeakerTrack | None = None,
+        path: NetworkProfile | None = None,
+        read_every: float | None = None,
+        seed: int = 0,
+    ) -> Link:
+        """Join `space` with audio and wait until connected; `path` is the network profile
+        the client's datagrams go through (None: direct), `seed` its random source."""
+        ...
+
+    async def act(self, space: str, action: str, **fields: str) -> dict[str, Any]: ...
+
+    async def moderate(
+        self, space: str, action: str, target: str | None = None, report: int | None = None
+    ) -> dict[str, Any]: ...
+
+    async def leave(self, space: str) -> None: ...
+
+    def events(self, space: str) -> AsyncIterator[dict[str, Any]]:
+        """The space's event stream, its ``hello`` message first."""
+        ...
+
+    async def follow(self, user: str) -> None: ...
+
+
+class ClientFactory(Protocol):
+    def __call__(self, user: str, *, moderator: bool = False) -> SpaceClient: ...
+
+
+def _no_report(name: str, seconds: float, exc: BaseException | None) -> None:
+    return None
+
+
+@dataclass
+class Context:
+    """What the behaviour classes share in one process: the scenario, a client factory,
+    where records go, the clocks and a few registries.
+
+    ``now()`` is run time (seconds since the run's t0, ``t0`` in unix seconds);
+    ``clock()`` the nanosecond clock latencies are read on (this machine's monotonic
+    clock, or the server's through an offset, ``offset_ns``). ``network`` False gives
+    every client a direct path whatever the scenario's ``network``.
+    """
+
+    sc: Scenario
+    clients: ClientFactory
+    recorder: Recorder
+    report: Report = _no_report
+    t0: float = field(default_factory=time.time)
+    clock: Callable[[], int] = time.monotonic_ns
+    offset_ns: int = 0
+    network: bool = True
+    tag: str = "0"  # makes user ids unique across processes
+    ids: Iterator[int] = field(default_factory=itertools.count)
+    rng: PyRng = field(default_factory=lambda: PyRng(random.Random()))
+    spaces: list[str] = field(default_factory=list)
+    ended: set[str] = field(default_factory=set)  # spaces known to have ended
+    active: dict[str, str] = field(default_factory=dict)  # listener -> space (report targets)
+    joined: int = 0  # listener joins accepted
+    refused: int = 0  # listener joins refused
+
+    def now(self) -> float:
+        return time.time() - self.t0
+
+    def add(
+        self,
+        kind: str,
+        room: str,
+        participant: str,
+        role: str,
+        value: float = float("nan"),
+        attrs: dict[str, Any] | None = None,
+    ) -> None:
+        self.recorder.add(kind, self.now(), room, participant, role, value, attrs)

@@ -1,0 +1,199 @@
+"""Locust's side of a process: command-line options, init / stop hooks, request events,
+the loop-lag watch and the clock. Imported by `spacesim.load.users` (after Locust)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from locust import events
+from locust.env import Environment
+from locust.runners import MasterRunner, WorkerRunner
+
+from spacesim.client.clock import ClockOffset, server_offset
+from spacesim.load import bridge
+from spacesim.load.api import Context
+from spacesim.load.host import ACTION_TIMEOUT, TICK
+from spacesim.load.parts import MSG_RECORDS, MSG_SPACE, save_part, write_part
+from spacesim.load.state import CLOCKS, NETWORKS, SHAPES, scenario, settings, state
+from spacesim.scenario import load_scenario
+
+__all__ = ["REQUEST_TYPE", "ensure", "fire"]
+
+log = logging.getLogger("spacesim.load")
+
+REQUEST_TYPE = "spacesim"
+LAG_PROBE = 0.05  # the loop-lag watch's timer (s)
+
+
+def fire(env: Environment, name: str, seconds: float, exc: BaseException | None = None) -> None:
+    """A Locust request event for something measured on the loop."""
+    env.events.request.fire(
+        request_type=REQUEST_TYPE,
+        name=name,
+        response_time=seconds * 1000.0,
+        response_length=0,
+        exception=exc,
+        context={},
+    )
+
+
+async def _watch_lag(env: Environment) -> None:
+    """Record how late this process's loop runs a short timer, worst per second.
+
+    A saturated swarm delays every packet it measures (FACTS.md: Locust's own CPU
+    warning stays silent when the whole machine is busy), so each run carries the
+    swarm's own lag next to the latencies it reports.
+    """
+    st = state()
+    loop = asyncio.get_running_loop()
+    worst, window_end = 0.0, loop.time() + TICK
+    while True:
+        t = loop.time()
+        await asyncio.sleep(LAG_PROBE)
+        now = loop.time()
+        worst = max(worst, now - t - LAG_PROBE)
+        if now >= window_end:
+            st.recorder.add("loop_lag", st.now(), "", f"swarm-{st.pid}", "swarm", worst)
+            fire(env, "loop_lag", worst)
+            worst, window_end = 0.0, now + TICK
+
+
+def ensure(env: Environment, base: str) -> Context:
+    """Everything a user needs once per process: the lag watch, the clock (with
+    ``--spacesim-clock server`` an offset estimated once), the HTTP session, the context."""
+    st = state()
+    if st.lag_watch is None:
+        st.lag_watch = bridge.spawn(_watch_lag(env))
+    if settings.clock == "server" and st.offset is None:
+
+        async def estimate() -> ClockOffset:
+            return await server_offset(await st.session(), base)
+
+        st.offset = bridge.run(estimate(), timeout=ACTION_TIMEOUT)
+        st.clock = st.offset.clock()
+        log.info("clock offset to %s: %+d ns (+-%d ns)", base, st.offset.offset_ns,
+                 st.offset.rtt_ns // 2)  # fmt: skip
+    bridge.run(st.session(), timeout=ACTION_TIMEOUT)
+    return st.context(base, lambda name, s, exc: fire(env, name, s, exc))
+
+
+def close(obj: Any) -> None:
+    """Close a room or session from the gevent side."""
+    state().closers.pop(id(obj), None)
+    try:
+        bridge.run(obj.close(), timeout=ACTION_TIMEOUT + 5)
+    except Exception as exc:
+        log.warning("close: %r", exc)
+
+
+@events.init_command_line_parser.add_listener
+def _args(parser: Any) -> None:
+    parser.add_argument(
+        "--scenario",
+        type=str,
+        env_var="SPACESIM_SCENARIO",
+        default="",
+        help="spacesim scenario YAML driving the users",
+    )
+    parser.add_argument(
+        "--spacesim-out",
+        type=str,
+        env_var="SPACESIM_LOAD_OUT",
+        default="",
+        help="directory for the records (part-<host>-<pid>.parquet; the master's in "
+        "distributed mode, where workers send theirs to it)",
+    )
+    parser.add_argument(
+        "--spacesim-shape",
+        choices=SHAPES,
+        env_var="SPACESIM_SHAPE",
+        default="arrivals",
+        help="arrivals: users follow the scenario's arrival profile (peak = -u); "
+        "steady: -u users from the start",
+    )
+    parser.add_argument(
+        "--spacesim-network",
+        choices=NETWORKS,
+        env_var="SPACESIM_NETWORK",
+        default="scenario",
+        help="scenario: each client's path gets the scenario's delay, jitter and loss "
+        "(a user-space relay); none: plain loopback",
+    )
+    parser.add_argument(
+        "--spacesim-clock",
+        choices=CLOCKS,
+        env_var="SPACESIM_CLOCK",
+        default="local",
+        help="local: latencies on this machine's monotonic clock (all processes on one "
+        "machine); server: each process reads the server's clock via an offset estimated "
+        "over HTTP (workers on several machines; error <= half the fastest round trip)",
+    )
+
+
+@events.init.add_listener
+def _init(environment: Environment, **_: Any) -> None:
+    from spacesim.load.users import Host
+
+    settings.runner = runner = environment.runner
+    opts = environment.parsed_options
+    settings.shape = getattr(opts, "spacesim_shape", None) or settings.shape
+    settings.network = getattr(opts, "spacesim_network", None) or settings.network
+    settings.clock = getattr(opts, "spacesim_clock", None) or settings.clock
+    path = getattr(opts, "scenario", "") if opts else ""
+    if path:
+        os.environ["SPACESIM_SCENARIO"] = path
+        settings.scenario = load_scenario(path)
+    out = getattr(opts, "spacesim_out", "") if opts else ""
+    settings.out = Path(out) if out else None
+    Host.fixed_count = scenario().rooms.count
+    if isinstance(runner, MasterRunner):
+
+        def relay(environment: Environment, msg: Any, **_: Any) -> None:
+            runner.send_message(MSG_SPACE, msg.data)  # to every worker
+
+        runner.register_message(MSG_SPACE, relay)
+
+        def collect(environment: Environment, msg: Any, **_: Any) -> None:
+            if settings.out is None:
+                log.warning("records from %s dropped: the master has no --spacesim-out",
+                            msg.data.get("name"))  # fmt: skip
+                return
+            save_part(str(msg.data["name"]), bytes(msg.data["parquet"]))
+
+        runner.register_message(MSG_RECORDS, collect)
+    elif isinstance(runner, WorkerRunner):
+
+        def learn(environment: Environment, msg: Any, **_: Any) -> None:
+            state().add_space(str(msg.data["space"]))
+
+        runner.register_message(MSG_SPACE, learn)
+
+
+async def _close_all(objs: list[Any]) -> None:
+    await asyncio.gather(*(o.close() for o in objs), return_exceptions=True)
+    st = state()
+    if st.http is not None:
+        await st.http.close()
+        st.http = None
+
+
+@events.test_stop.add_listener
+def _stop(environment: Environment, **_: Any) -> None:
+    st = state()
+    objs = list(st.closers.values())
+    st.closers.clear()
+    if bridge.started():
+        try:
+            bridge.run(_close_all(objs), timeout=ACTION_TIMEOUT + 5)
+        except Exception as exc:
+            log.warning("closing sessions: %r", exc)
+    write_part()
+
+
+@events.quitting.add_listener
+def _quitting(environment: Environment, **_: Any) -> None:
+    write_part()

@@ -1,0 +1,512 @@
+"""One listening session, gevent-free: join, listen, act, maybe speak, leave.
+
+`ListenerSession.run` is a whole session on an asyncio loop over a `SpaceClient`; every
+decision is `spacesim.behaviour`'s:
+
+* join with audio (a lite `ListenerStats`, or with ``load.probe_fraction`` a decoding
+  `ProbeStats`), through a ``network`` path; stay `behaviour.session_length`
+  (``session``); leave.
+* ``audience.events_share``: `behaviour.subscribes_to_events` decides whether the
+  session opens the space's event stream. A subscriber records ``events_received``
+  (events per 1 s window) and ``event_latency`` (arrival on `Context.clock` minus the
+  event's ``clock_ns``, the server's monotonic clock at publication; events without one
+  are counted only) and reports ``event_latency`` (p50 per window) as a request.
+* Per 1 s tick, `behaviour.events_in` at the ``audience`` rates: raise a hand, react
+  (`behaviour.reaction_emoji`), report (the space with ``space_report_share``, else
+  another listener of this process in the space), personally block another present
+  listener (``block_rate``). A hand is raised only when the join answer's (or a later
+  ``speak_setting_changed``) setting allows one to be asked for: never under
+  ``invited``; under ``followed`` the listener cannot know whether the host follows it,
+  so it asks and a ``speaking_restricted`` refusal is an expected outcome, not a failure.
+  A listener without the event stream opens it when it raises a hand (to see the
+  answer) and closes it again when the hand is declined or lowered.
+* Invitations (``speaker_invited`` for itself) reach only listeners with the stream
+  open, who accept with `behaviour.accepts_invite` (``moderation.invite_acceptance``);
+  an unsubscribed invitee never sees the invite, as a client without the stream would
+  not (with the default events_share of 100 % every listener sees it).
+* Granted a seat (``speaker_granted`` or ``cohost_added`` for itself), the listener
+  rejoins with a publish section (`spacesim.load.voice`) and talks in spurts until it
+  leaves the stage; demoted, it keeps that connection and sends nothing. Muted, it
+  unmutes itself after `behaviour.unmute_delay`.
+* A dropped connection is rejoined (``reconnected``): dropped = ICE/DTLS closed or
+  failed, or -- only without DTX, when stage members send every 20 ms even in pauses,
+  and while this listener knows of no muted stage member -- no audio for `STALL` s after
+  some was heard. With DTX, silence is normal, so only the connection state counts.
+* The space ending (``space_ended`` event, or a join refused ``space_ended``), or being
+  removed or blocked, ends the session quietly; so does a space not yet started
+  (``not_started``: the session returns ``"not_started"`` and its caller retries).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import statistics
+import time
+from collections.abc import Coroutine
+from typing import Any, Literal
+
+from spacesim import behaviour
+from spacesim.client.listener import ListenerStats
+from spacesim.client.probe import ProbeStats
+from spacesim.client.session import ClientError
+from spacesim.load.api import Context, Link, SpaceClient
+from spacesim.load.host import ACTION_TIMEOUT, path_attrs, quiet
+from spacesim.load.voice import new_track
+from spacesim.scenario import NetworkProfile
+
+__all__ = ["LATENCY_SAMPLES", "STALL", "ListenerSession", "Outcome"]
+
+log = logging.getLogger("spacesim.load")
+
+TICK = 1.0  # seconds between a listener's measurement windows and decisions
+FIRST_AUDIO_TIMEOUT = 10.0
+LATENCY_SAMPLES = 10  # latency records per listener per window
+STALL = 3.0  # seconds without audio after which a connection counts as dropped (no DTX)
+QUIET_END = frozenset({"space_ended", "not_started", "removed", "blocked"})
+
+#: How a session ended: it ran, the join was refused, or the space was not (or no
+#: longer) live.
+Outcome = Literal["done", "refused", "ended", "not_started"]
+
+
+class ListenerSession:
+    """One listening session (all of it runs on the context's asyncio loop)."""
+
+    def __init__(self, ctx: Context, space: str, n: int | None = None) -> None:
+        self.ctx = ctx
+        self.sc = sc = ctx.sc
+        self.space = space
+        self.n = next(ctx.ids) if n is None else n
+        self.user = f"l-{ctx.tag}-{self.n}"
+        self.rng = ctx.rng
+        probe = self.rng.uniform() < sc.load.probe_fraction
+        kind = ProbeStats if probe else ListenerStats
+        self.stats: ListenerStats = kind(clock=ctx.clock, offset_ns=ctx.offset_ns)
+        self.subscribes = behaviour.subscribes_to_events(sc.audience, self.rng)
+        self.path: NetworkProfile | None = (
+            behaviour.network_path(sc.network, self.rng) if ctx.network else None
+        )
+        self.client: SpaceClient = ctx.clients(self.user)
+        self.link: Link | None = None
+        self.joined_at: float | None = None
+        self.role = "listener"
+        self.setting: str = sc.rooms.who_may_speak  # until the join answer says
+        self.raised = False
+        self.muted = False
+        self.speaking = False  # connected with a publish section
+        self.want_speak = False  # granted a seat: rejoin to publish at the next tick
+        self.over = False  # removed, blocked, or the space ended
+        self.others_muted: set[str] = set()
+        self.quality = (0, 0)  # a probe's (frames, audible) at the last window
+        self.received = 0
+        self.lost = 0
+        self.last_audio: float | None = None  # monotonic time of the last window with audio
+        self.stream: asyncio.Task[None] | None = None
+        self.stream_ready = asyncio.Event()
+        self.temporary_stream = False
+        self.events = 0
+        self.event_lat: list[float] = []
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self._closing: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ helpers
+
+    def _task(self, coro: Coroutine[Any, Any, Any]) -> None:
+        t = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(t)
+        t.add_done_callback(self.tasks.discard)
+
+    def _seed(self) -> int:
+        return int(self.rng.uniform() * 2**32)
+
+    async def _connect(self) -> Link:
+        track = None
+        if self.speaking:
+            track = new_track(
+                self.ctx,
+                self.space,
+                self.user,
+                lambda: self.role,
+                talks=True,
+                rng=self.rng,
+                gate=lambda: self.role != "listener" and not self.muted,
+            )
+        return await self.client.connect_audio(
+            self.space,
+            self.stats.on_rtp,
+            publish=track,
+            path=self.path,
+            read_every=self.stats.read_every,
+            seed=self._seed(),
+        )
+
+    async def act(
+        self, action: str, expected: frozenset[str] = frozenset(), **fields: str | None
+    ) -> bool:
+        """Post an action, report it; False when refused (quietly if `expected`)."""
+        t = time.monotonic()
+        try:
+            given = {k: v for k, v in fields.items() if v is not None}
+            await asyncio.wait_for(self.client.act(self.space, action, **given), ACTION_TIMEOUT)
+        except ClientError as exc:
+            took = time.monotonic() - t
+            if exc.code in expected or exc.code in QUIET_END or exc.code == "not_present":
+                self.ctx.report(action, took, None)
+                if exc.code in QUIET_END or exc.code == "not_present":
+                    self.over = True
+                return False
+            self.ctx.report(action, took, exc)
+            return False
+        except Exception as exc:
+            self.ctx.report(action, time.monotonic() - t, exc)
+            return False
+        self.ctx.report(action, time.monotonic() - t, None)
+        return True
+
+    # ------------------------------------------------------------------ the session
+
+    async def run(self, length: float | None = None) -> Outcome:
+        """Join, stay `length` s (default: drawn from ``session``), leave."""
+        ctx = self.ctx
+        if length is None:
+            length = behaviour.session_length(self.sc.session, self.rng)
+        start_ns = ctx.clock()  # the clock first_audio_ns is read on
+        try:
+            self.link = await self._connect()
+        except ClientError as exc:
+            took = (ctx.clock() - start_ns) / 1e9
+            if exc.code in ("space_ended", "not_started"):
+                if exc.code == "space_ended":
+                    ctx.ended.add(self.space)
+                await self.close()
+                return "ended" if exc.code == "space_ended" else "not_started"
+            return await self._refused(exc, took)
+        except Exception as exc:
+            return await self._refused(exc, (ctx.clock() - start_ns) / 1e9)
+        join_s = (ctx.clock() - start_ns) / 1e9
+        self.joined_at = ctx.now()
+        ctx.joined += 1
+        ctx.report("join", join_s, None)
+        ctx.add("participant_joined", self.space, self.user, "listener", join_s,
+                path_attrs(self.path))  # fmt: skip
+        space = self.link.join.get("space") or {}
+        self.setting = str(space.get("who_may_speak") or self.setting)
+        ctx.active[self.user] = self.space
+        try:
+            if self.subscribes:
+                await self._open_stream()
+            await self._stay(start_ns, length)
+        finally:
+            ctx.active.pop(self.user, None)
+            self._flush()
+            await self.close()
+            ctx.add("participant_left", self.space, self.user, self.role,
+                    ctx.now() - self.joined_at)  # fmt: skip
+        return "done"
+
+    async def _refused(self, exc: BaseException, took: float) -> Outcome:
+        """A refused join: a failure, except ``room_full`` (``rooms.listener_cap`` at work,
+        which the run measures as ``join_refused`` records)."""
+        ctx = self.ctx
+        full = isinstance(exc, ClientError) and exc.code == "room_full"
+        ctx.report("join", took, None if full else exc)
+        if isinstance(exc, ClientError):
+            attrs = {"reason": exc.code, "detail": exc.reason[:200]}
+        else:
+            attrs = {"reason": type(exc).__name__, "detail": str(exc)[:200]}
+        ctx.add("join_refused", self.space, self.user, "listener", attrs=attrs)
+        ctx.refused += 1
+        await self.close()
+        return "refused"
+
+    async def _stay(self, start_ns: int, length: float) -> None:
+        ctx = self.ctx
+        loop = asyncio.get_running_loop()
+        end = loop.time() + length
+        first_reported = False
+        while not first_reported or loop.time() < end:
+            await asyncio.sleep(min(TICK, max(end - loop.time(), 0.05)))
+            if not first_reported:
+                if self.stats.first_audio_ns is not None:
+                    v = (self.stats.first_audio_ns - start_ns) / 1e9
+                    ctx.report("first_audio", v, None)
+                    ctx.add("first_audio", self.space, self.user, "listener", v)
+                    first_reported = True
+                elif ctx.clock() - start_ns > FIRST_AUDIO_TIMEOUT * 1e9:
+                    ctx.report("first_audio", FIRST_AUDIO_TIMEOUT, TimeoutError("no audio heard"))
+                    first_reported = True
+            self._flush()
+            if self.space in ctx.ended:  # the host (in this process) ended it
+                self.over = True
+            if self.over or loop.time() >= end:
+                break
+            if self.want_speak and not self.speaking and self.role != "listener":
+                await self._speak()
+            if self.gone() and not await self._reconnect():
+                break  # removed, blocked or the space ended: the session is over
+            await self._behave()
+
+    async def _behave(self) -> None:
+        ctx, aud, rng = self.ctx, self.sc.audience, self.rng
+        if (
+            behaviour.events_in(aud.hand_raise_rate, TICK, rng)
+            and not self.raised
+            and self.role == "listener"
+            and self.setting != "invited"
+        ):
+            if self.stream is None:
+                self.temporary_stream = True
+                await self._open_stream()
+            self.raised = True  # before the answer can arrive
+            if await self.act("raise_hand", frozenset({"speaking_restricted"})):
+                ctx.add("hand_raised", self.space, self.user, "listener")
+            else:
+                self.raised = False
+                self._close_temporary_stream()
+        for _ in range(behaviour.events_in(aud.reaction_rate, TICK, rng)):
+            emoji = behaviour.reaction_emoji(rng)
+            if await self.act("react", frozenset({"rate_limited"}), emoji=emoji):
+                ctx.add("reaction", self.space, self.user, "listener", 1.0)
+        for _ in range(behaviour.events_in(aud.report_rate, TICK, rng)):
+            await self._report()
+        for _ in range(behaviour.events_in(aud.block_rate, TICK, rng)):
+            target = behaviour.pick(self._others(), rng)
+            if target is not None and await self.act("block", target=target):
+                ctx.add("blocked", self.space, target, "listener", attrs={"scope": "personal"})
+
+    def _others(self) -> list[str]:
+        return [u for u, sp in self.ctx.active.items() if sp == self.space and u != self.user]
+
+    async def _report(self) -> None:
+        """Report the space, or another listener in it (as the simulator's audience does)."""
+        about_space = behaviour.report_targets_space(self.sc.audience, self.rng)
+        target = None if about_space else behaviour.pick(self._others(), self.rng)
+        if await self.act("report", reason="load test", target=target):
+            attrs = {"target_type": "user" if target else "space"}
+            self.ctx.add("report_filed", self.space, target or "", "listener", attrs=attrs)
+
+    # ------------------------------------------------------------------ connection
+
+    def gone(self) -> bool:
+        """The connection closed or failed, or (no DTX, nobody known muted) audio stopped."""
+        if self.link is None or not self.link.alive():
+            return True
+        sp = self.sc.speaking
+        if sp.dtx or sp.active_speakers == 0 or self.others_muted:
+            return False
+        return self.last_audio is not None and time.monotonic() - self.last_audio > STALL
+
+    async def _reconnect(self) -> bool:
+        """Rejoin after a dropped connection; False when the server will not have us back."""
+        ctx = self.ctx
+        t = time.monotonic()
+        if self.link is not None:
+            await quiet(self.link.close())
+        self.link = None
+        self.last_audio = None
+        try:
+            self.link = await self._connect()
+        except ClientError as exc:
+            if exc.code in QUIET_END:
+                ctx.report("reconnect", time.monotonic() - t, None)
+                self.over = True
+                return False
+            ctx.report("reconnect", time.monotonic() - t, exc)
+            return exc.status not in (403, 404, 409)
+        except Exception as exc:  # the server may still be coming back: retry next tick
+            ctx.report("reconnect", time.monotonic() - t, exc)
+            return True
+        took = time.monotonic() - t
+        ctx.report("reconnect", took, None)
+        ctx.add("reconnected", self.space, self.user, self.role, took)
+        return True
+
+    async def _speak(self) -> None:
+        """Granted a seat: rejoin with a publish section (the server keeps the role)."""
+        if self.speaking or self.over:
+            return
+        self.speaking = True
+        t = time.monotonic()
+        old, self.link = self.link, None
+        if old is not None:
+            await quiet(old.close())
+        try:
+            self.link = await self._connect()
+        except Exception as exc:
+            self.ctx.report("speak", time.monotonic() - t, exc)
+            self.speaking = False
+            return
+        self.ctx.report("speak", time.monotonic() - t, None)
+
+    # ------------------------------------------------------------------ events
+
+    async def _open_stream(self) -> None:
+        if self.stream is not None:
+            return
+        self.stream_ready.clear()
+        self.stream = asyncio.get_running_loop().create_task(self._read_stream())
+        try:
+            await asyncio.wait_for(self.stream_ready.wait(), ACTION_TIMEOUT)
+        except TimeoutError:
+            log.debug("%s: no hello on the event stream", self.user)
+
+    def _close_temporary_stream(self) -> None:
+        if self.temporary_stream and self.stream is not None and self.role == "listener":
+            self.stream.cancel()
+            self.stream = None
+            self.temporary_stream = False
+
+    async def _read_stream(self) -> None:
+        clock = self.ctx.clock
+        try:
+            async for msg in self.client.events(self.space):
+                if msg.get("type") != "event":
+                    snap = msg.get("space") or {}
+                    if isinstance(snap, dict) and snap.get("who_may_speak"):
+                        self.setting = str(snap["who_may_speak"])
+                    if isinstance(snap, dict):
+                        self.others_muted |= set(snap.get("muted") or ())
+                    self.stream_ready.set()
+                    continue
+                self.events += 1
+                sent = msg.get("clock_ns")
+                if isinstance(sent, int) and not isinstance(sent, bool):
+                    self.event_lat.append((clock() - sent) / 1e9)
+                self._on_event(msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the stream broke: the connection check handles the rest
+            log.debug("%s: event stream: %r", self.user, exc)
+        finally:
+            self.stream_ready.set()
+
+    def _on_event(self, ev: dict[str, Any]) -> None:
+        kind, who = ev.get("kind"), str(ev.get("participant") or "")
+        attrs = ev.get("attrs") or {}
+        if kind == "space_ended":
+            self.over = True
+            self.ctx.ended.add(self.space)
+        elif kind == "speak_setting_changed":
+            self.setting = str(attrs.get("setting") or self.setting)
+        elif who != self.user:
+            if kind == "muted":
+                self.others_muted.add(who)
+            elif kind in ("unmuted", "speaker_revoked", "participant_left", "removed"):
+                self.others_muted.discard(who)
+        elif kind in ("speaker_granted", "cohost_added"):
+            self.role = "speaker" if kind == "speaker_granted" else "cohost"
+            self.raised = False
+            self.temporary_stream = False  # on stage, it keeps the stream
+            self.want_speak = True  # the session's loop rejoins (one connection at a time)
+        elif kind == "speaker_revoked" or (
+            kind == "cohost_removed" and ev.get("role") == "listener"
+        ):
+            self.role = "listener"
+            self.muted = False
+        elif kind == "cohost_removed":
+            self.role = str(ev.get("role") or "speaker")
+        elif kind in ("hand_declined", "hand_lowered"):
+            self.raised = False
+            self._close_temporary_stream()
+        elif kind == "speaker_invited":
+            self._task(self._answer_invite())
+        elif kind == "muted":
+            self.muted = True
+            delay = behaviour.unmute_delay(self.sc.moderation, self.rng)
+            if delay is not None:
+                self._task(self._unmute(delay))
+        elif kind == "unmuted":
+            self.muted = False
+        elif kind == "removed" or (kind == "blocked" and attrs.get("scope") == "space"):
+            self.over = True
+
+    async def _answer_invite(self) -> None:
+        if behaviour.accepts_invite(self.sc.moderation, self.rng):
+            await self.act("accept_invite", frozenset({"stage_full", "no_invite"}))
+        else:
+            await self.act("decline_invite", frozenset({"no_invite"}))
+
+    async def _unmute(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if self.muted and not self.over:
+            await self.act("unmute", frozenset({"not_on_stage"}), target=self.user)
+
+    # ------------------------------------------------------------------ measurement
+
+    def window(self) -> tuple[list[float], int, int, list[int]]:
+        """Latencies of packets since the last call, received / lost in between, and the
+        senders heard in the window."""
+        lat: list[float] = []
+        heard: list[int] = []
+        for sid, s in self.stats.senders.items():
+            if s.latencies:
+                heard.append(sid)
+            lat += s.latencies
+            s.latencies = []
+        received, lost = self.stats.totals()
+        d_recv, d_lost = received - self.received, lost - self.lost
+        self.received, self.lost = received, lost
+        if d_recv:
+            self.last_audio = time.monotonic()
+        return lat, d_recv, d_lost, heard
+
+    def heard(self) -> tuple[list[tuple[float, float]], int, int]:
+        """A probe's (buffer hold, mouth-to-ear) per frame played since the last call,
+        and the frames decoded / audible in between (nothing for a lite listener)."""
+        if not isinstance(self.stats, ProbeStats):
+            return [], 0, 0
+        played, self.stats.playout = self.stats.playout, []
+        frames, audible, _ = self.stats.quality()
+        d_frames, d_audible = frames - self.quality[0], audible - self.quality[1]
+        self.quality = (frames, audible)
+        return played, d_frames, d_audible
+
+    def _flush(self) -> None:
+        """One measurement window: latencies, packets received / lost, events."""
+        ctx = self.ctx
+        add = ctx.add
+        space, user = self.space, self.user
+        lat, received, lost, senders = self.window()
+        if lat:
+            ctx.report("audio_latency", statistics.median(lat), None)
+            step = max(1, len(lat) // LATENCY_SAMPLES)
+            for v in lat[::step][:LATENCY_SAMPLES]:
+                add("audio_latency", space, user, "listener", v)
+        if received or lost:
+            add("packets_received", space, user, "listener", received, {"senders": senders})
+            add("packets_lost", space, user, "listener", lost)
+        played, frames, audible = self.heard()
+        if played:
+            ctx.report("mouth_to_ear", statistics.median(m for _, m in played), None)
+            step = max(1, len(played) // LATENCY_SAMPLES)
+            for hold, m2e in played[::step][:LATENCY_SAMPLES]:
+                add("client_buffer", space, user, "listener", hold)
+                add("mouth_to_ear", space, user, "listener", m2e)
+        if frames:
+            add("audible_fraction", space, user, "listener", audible / frames)
+        if self.stream is not None:
+            add("events_received", space, user, "listener", self.events)
+            if self.event_lat:
+                ctx.report("event_latency", statistics.median(self.event_lat), None)
+                step = max(1, len(self.event_lat) // LATENCY_SAMPLES)
+                for v in self.event_lat[::step][:LATENCY_SAMPLES]:
+                    add("event_latency", space, user, "listener", v)
+            self.events, self.event_lat = 0, []
+
+    # ------------------------------------------------------------------ close
+
+    async def close(self) -> None:
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
+        for t in list(self.tasks):
+            t.cancel()
+        if self.stream is not None:
+            self.stream.cancel()
+        if self.link is not None:
+            if not self.over:
+                await quiet(self.client.leave(self.space))
+            await quiet(self.link.close())

@@ -1,0 +1,137 @@
+"""`SpaceClient` over a real server: `RoomClient` (HTTP, WebSocket) and `connect_audio`.
+
+A client's network path is the scenario profile it was dealt: both directions get
+``rtt / 2`` plus Exp(``jitter``) and ``loss``, as in the simulator, through
+`spacesim.client.netem`'s user-space relays (this kernel has no netem).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+
+from spacesim.client.netem import Impairment
+from spacesim.client.session import AudioLink, RoomClient, connect_audio
+from spacesim.client.speaker import SpeakerTrack
+from spacesim.load.api import OnRtp
+from spacesim.scenario import NetworkProfile
+
+__all__ = ["CONNECT_TIMEOUT", "LiveClient", "LiveLink", "impairments"]
+
+CONNECT_TIMEOUT = 20.0
+
+
+def impairments(path: NetworkProfile | None, seed: int) -> tuple[Impairment, Impairment] | None:
+    """The relays' impairments for a profile (None: plain path, nothing to impair)."""
+    if path is None or (path.rtt <= 0 and path.jitter <= 0 and path.loss <= 0):
+        return None
+    rng = random.Random(seed)
+    up, down = (
+        Impairment(delay=path.rtt / 2, jitter=path.jitter, loss=path.loss,
+                   seed=rng.getrandbits(32))
+        for _ in range(2)
+    )  # fmt: skip
+    return up, down
+
+
+class LiveLink:
+    """A connected `AudioLink` as the behaviour sees it."""
+
+    def __init__(self, link: AudioLink) -> None:
+        self.link = link
+
+    @property
+    def join(self) -> dict[str, Any]:
+        return self.link.join
+
+    def alive(self) -> bool:
+        return self.link.pc.connectionState not in ("closed", "failed")
+
+    async def close(self) -> None:
+        await self.link.close()
+
+
+async def _connected(link: AudioLink, timeout: float) -> None:
+    """Wait until ICE + DTLS are up (``connect_audio`` returns after the answer)."""
+    deadline = time.monotonic() + timeout
+    while link.pc.connectionState != "connected":
+        if link.pc.connectionState in ("failed", "closed"):
+            raise ConnectionError(f"connection {link.pc.connectionState}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not connected after {timeout} s")
+        await asyncio.sleep(0.01)
+
+
+class LiveClient:
+    """One user's `RoomClient`; `http` is the process's shared session."""
+
+    def __init__(
+        self, base: str, user: str, http: aiohttp.ClientSession, *, moderator: bool = False
+    ) -> None:
+        self.rc = RoomClient(base, user, http, moderator=moderator)
+
+    @property
+    def user(self) -> str:
+        return self.rc.user
+
+    async def create_space(
+        self,
+        title: str,
+        who_may_speak: str,
+        listener_cap: int | None = None,
+        scheduled_for: float | None = None,
+    ) -> str:
+        return await self.rc.create_space(title, who_may_speak, listener_cap, scheduled_for)
+
+    async def start_space(self, space: str) -> None:
+        await self.rc.lifecycle(space, "start")
+
+    async def end_space(self, space: str) -> None:
+        await self.rc.lifecycle(space, "end")
+
+    async def connect_audio(
+        self,
+        space: str,
+        on_rtp: OnRtp,
+        *,
+        publish: SpeakerTrack | None = None,
+        path: NetworkProfile | None = None,
+        read_every: float | None = None,
+        seed: int = 0,
+    ) -> LiveLink:
+        link = await connect_audio(
+            self.rc,
+            space,
+            on_rtp,
+            publish=publish,
+            impair=impairments(path, seed),
+            read_every=read_every,
+        )
+        try:
+            await _connected(link, CONNECT_TIMEOUT)
+        except BaseException:
+            await link.close()
+            raise
+        return LiveLink(link)
+
+    async def act(self, space: str, action: str, **fields: str) -> dict[str, Any]:
+        return await self.rc.act(space, action, **fields)
+
+    async def moderate(
+        self, space: str, action: str, target: str | None = None, report: int | None = None
+    ) -> dict[str, Any]:
+        return await self.rc.moderate(space, action, target, report)
+
+    async def leave(self, space: str) -> None:
+        await self.rc.leave(space)
+
+    def events(self, space: str) -> AsyncIterator[dict[str, Any]]:
+        return self.rc.events(space)
+
+    async def follow(self, user: str) -> None:
+        await self.rc.follow(user)

@@ -1,0 +1,133 @@
+"""What one Locust process holds: its settings, records, clock and behaviour context.
+
+Rebuilt in a forked child (keyed by pid). No Locust or gevent import: the `threading`
+event below is gevent's once Locust has monkey-patched the process.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from spacesim.behaviour import PyRng
+from spacesim.client.clock import ClockOffset
+from spacesim.load.api import Context, Report, SpaceClient
+from spacesim.load.host import ACTION_TIMEOUT
+from spacesim.load.live import LiveClient
+from spacesim.results import Recorder, RunMeta
+from spacesim.scenario import Scenario, load_scenario
+
+__all__ = ["CLOCKS", "NETWORKS", "SHAPES", "Settings", "State", "scenario", "settings", "state"]
+
+CLOCKS = ("local", "server")
+SHAPES = ("arrivals", "steady")
+NETWORKS = ("scenario", "none")
+
+
+@dataclass
+class Settings:
+    """The run's options (command line or environment), the same in every process."""
+
+    shape: str = os.environ.get("SPACESIM_SHAPE", "arrivals")
+    network: str = os.environ.get("SPACESIM_NETWORK", "scenario")
+    clock: str = os.environ.get("SPACESIM_CLOCK", "local")
+    out: Path | None = None
+    runner: Any = None
+    node: str = socket.gethostname()
+    scenario: Scenario | None = None
+
+
+settings = Settings()
+
+
+def scenario() -> Scenario:
+    if settings.scenario is None:
+        path = os.environ.get("SPACESIM_SCENARIO")
+        if not path:
+            raise RuntimeError("no scenario: pass --scenario FILE or set SPACESIM_SCENARIO")
+        settings.scenario = load_scenario(path)
+    return settings.scenario
+
+
+class State:
+    """One Locust process: records, clock, HTTP session, the behaviour's `Context`."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.run_id = os.environ.get("SPACESIM_RUN_ID") or RunMeta.new_run_id()
+        self.t0 = float(os.environ.get("SPACESIM_T0") or time.time())
+        self.recorder = Recorder(self.run_id, "load")
+        self.lag_watch: Any = None
+        # What speakers' marks and listeners' arrivals are read on: this machine's
+        # monotonic clock, or with --spacesim-clock server the server's (an offset).
+        self.clock: Callable[[], int] = time.monotonic_ns
+        self.offset: ClockOffset | None = None
+        self.space_ready = threading.Event()
+        self.closers: dict[int, Any] = {}  # id -> object with async close()
+        self.http: aiohttp.ClientSession | None = None
+        self.base = ""
+        self.spaces: list[str] = []  # shared with the context (workers learn them early)
+        self.written = -1
+        self._ctx: Context | None = None
+
+    def now(self) -> float:
+        return time.time() - self.t0
+
+    def context(self, base: str, report: Report) -> Context:
+        """The behaviour's context (made once, after the clock is settled)."""
+        if self._ctx is None:
+            self.base = base
+            sc = scenario()
+            self._ctx = Context(
+                sc,
+                self._client,
+                self.recorder,
+                report,
+                t0=self.t0,
+                clock=self.clock,
+                offset_ns=self.offset.offset_ns if self.offset is not None else 0,
+                network=settings.network != "none",
+                tag=str(self.pid),
+                ids=itertools.count(),
+                rng=PyRng(random.Random()),
+                spaces=self.spaces,
+            )
+        return self._ctx
+
+    def _client(self, user: str, *, moderator: bool = False) -> SpaceClient:
+        assert self.http is not None, "call State.session() on the loop first"
+        return LiveClient(self.base, user, self.http, moderator=moderator)
+
+    def add_space(self, space: str) -> None:
+        if space not in self.spaces:
+            self.spaces.append(space)
+        self.space_ready.set()
+
+    async def session(self) -> aiohttp.ClientSession:
+        if self.http is None or self.http.closed:
+            self.http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0),
+                timeout=aiohttp.ClientTimeout(total=ACTION_TIMEOUT),
+            )
+        return self.http
+
+
+_state: State | None = None
+
+
+def state() -> State:
+    """This process's state (new after a fork)."""
+    global _state
+    if _state is None or _state.pid != os.getpid():
+        _state = State()
+    return _state

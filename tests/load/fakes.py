@@ -1,0 +1,355 @@
+"""An in-memory spacesim server for the swarm's behaviour classes (no sockets, no aiortc I/O).
+
+`FakeServer` keeps one `spacesim.policy.Space` per space -- the rulebook the real server
+applies -- and plays the protocol's parts the swarm uses: create / start / end, join with
+audio, actions (validated against `spacesim.protocol.ACTIONS`), platform moderation,
+leave, follows and the event stream (each event with ``clock_ns``, the "server's"
+``time.monotonic_ns()`` at publication; listeners' joins and leaves go only to stage
+members' streams, as on the real server). Refusals raise `ClientError` with the
+protocol's code and status.
+
+Media: a publishing connection's `SpeakerTrack` is pulled in real time (its own 20 ms
+pacing) and every packet it yields is handed, wrapped in a 12-byte RTP header, to every
+other connection's ``on_rtp`` while the policy says the publisher may be heard -- so talk
+phases, DTX, mutes and the stage gate packets as on a real server.
+
+Use ``server.client`` as a `spacesim.load.api.ClientFactory`::
+
+    server = FakeServer()
+    rows = await dry_run(scenario, server.client, seconds=3)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import struct
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from aiortc.mediastreams import MediaStreamError
+
+from spacesim import policy
+from spacesim.client.session import ClientError
+from spacesim.client.speaker import SpeakerTrack
+from spacesim.load.api import OnRtp
+from spacesim.protocol import ACTIONS, ERROR_STATUS, REACTIONS, event_message
+from spacesim.scenario import NetworkProfile
+
+__all__ = ["FakeClient", "FakeLink", "FakeServer", "FakeSpace"]
+
+_RTP = struct.Struct("!BBHII")
+_STAGE = ("host", "cohost", "speaker")
+
+
+def refuse(code: str, reason: str = "") -> ClientError:
+    return ClientError(ERROR_STATUS.get(code, 400), code, reason or code)
+
+
+def check(outcome: policy.Outcome) -> tuple[policy.Event, ...]:
+    if not outcome.ok:
+        raise refuse(outcome.code or "bad_request", outcome.reason or "")
+    return outcome.events
+
+
+class FakeLink:
+    """One connection: what it receives goes to `on_rtp`; a `publish` track is pumped."""
+
+    def __init__(self, space: FakeSpace, user: str, on_rtp: OnRtp, join: dict[str, Any]) -> None:
+        self.fs = space
+        self.user = user
+        self.on_rtp = on_rtp
+        self._join = join
+        self.closed = False
+        self.track: SpeakerTrack | None = None
+        self.pump: asyncio.Task[None] | None = None
+        self.sent = 0  # packets this connection's track yielded
+        self.forwarded = 0  # of those, packets the server forwarded
+        self.received: Counter[int] = Counter()  # ssrc -> packets received
+
+    @property
+    def join(self) -> dict[str, Any]:
+        return self._join
+
+    def alive(self) -> bool:
+        return not self.closed
+
+    def deliver(self, ssrc: int, packet: bytes) -> None:
+        if not self.closed:
+            self.received[ssrc] += 1
+            self.on_rtp(0, packet, time.monotonic_ns())
+
+    async def _pump(self, track: SpeakerTrack, ssrc: int) -> None:
+        seq = 0
+        try:
+            while not self.closed:
+                pkt = await track.recv()
+                self.sent += 1
+                if not self.fs.space.may_be_heard(self.user):
+                    continue
+                self.forwarded += 1
+                seq = (seq + 1) & 0xFFFF
+                ts = int(pkt.pts or 0) & 0xFFFFFFFF
+                data = _RTP.pack(0x80, 111, seq, ts, ssrc) + bytes(pkt)
+                for other in list(self.fs.links.values()):
+                    if other is not self:
+                        other.deliver(ssrc, data)
+        except MediaStreamError:
+            return
+
+    async def close(self) -> None:
+        self.closed = True
+        if self.track is not None:
+            self.track.stop()
+        if self.pump is not None:
+            self.pump.cancel()
+        if self.fs.links.get(self.user) is self:
+            del self.fs.links[self.user]
+
+
+class FakeSpace:
+    """One space: its rulebook, subscribers and connections."""
+
+    def __init__(self, server: FakeServer, space: policy.Space, **created: Any) -> None:
+        self.server = server
+        self.space = space
+        self.created = created  # what create_space was given
+        self.subscribers: dict[asyncio.Queue[dict[str, Any] | None], str] = {}
+        self.links: dict[str, FakeLink] = {}
+        self.reports = itertools.count(1)
+        self.published: list[dict[str, Any]] = []
+
+    def snapshot(self) -> dict[str, Any]:
+        s = self.space
+        return {
+            "id": s.space_id,
+            "host": s.host,
+            "status": s.status.value,
+            "who_may_speak": s.who_may_speak.value,
+            "muted": sorted(u for u in s.stage() if s.is_muted(u)),
+            "listeners": s.n_listeners,
+        }
+
+    def publish(self, events: Iterable[policy.Event], extra: dict[str, Any] | None = None) -> None:
+        s = self.space
+        for ev in events:
+            attrs = {**ev.attrs, **(extra or {})}
+            msg = event_message(
+                ev.kind,
+                s.space_id,
+                ev.participant,
+                t=time.monotonic() - self.server.t0,
+                actor=ev.actor,
+                role=ev.role.value if ev.role is not None else None,
+                attrs=attrs,
+            )
+            self.fan_out(msg, only_stage=_listener_membership(ev))
+
+    def fan_out(self, msg: dict[str, Any], only_stage: bool = False) -> None:
+        msg["clock_ns"] = time.monotonic_ns()
+        self.published.append(msg)
+        for q, user in list(self.subscribers.items()):
+            if only_stage:
+                role = self.space.role_of(user)
+                if role is None or role.value not in _STAGE:
+                    continue
+            q.put_nowait(dict(msg))
+
+    async def drop_gone(self) -> None:
+        for user, link in list(self.links.items()):
+            if self.space.role_of(user) is None:
+                await link.close()
+        for q, user in list(self.subscribers.items()):
+            if user in self.space.blocked or user in self.space.removed:
+                q.put_nowait(None)
+        if self.space.status is policy.SpaceStatus.ENDED:
+            for q in list(self.subscribers):
+                q.put_nowait(None)
+
+
+def _listener_membership(ev: policy.Event) -> bool:
+    return ev.kind in ("participant_joined", "participant_left") and (
+        ev.role is None or ev.role is policy.Role.LISTENER
+    )
+
+
+class FakeServer:
+    """Spaces by id, users' follows, and every action name clients sent."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+        self.spaces: dict[str, FakeSpace] = {}
+        self.follows: dict[str, set[str]] = {}
+        self.actions: Counter[str] = Counter()
+        self.ids = itertools.count(1)
+
+    def client(self, user: str, *, moderator: bool = False) -> FakeClient:
+        """The `ClientFactory`."""
+        return FakeClient(self, user, moderator)
+
+    def get(self, space: str) -> FakeSpace:
+        fs = self.spaces.get(space)
+        if fs is None:
+            raise refuse("not_found", f"no space {space}")
+        return fs
+
+    async def close(self) -> None:
+        for fs in self.spaces.values():
+            for link in list(fs.links.values()):
+                await link.close()
+
+
+class FakeClient:
+    """A `SpaceClient` on a `FakeServer`."""
+
+    def __init__(self, server: FakeServer, user: str, moderator: bool = False) -> None:
+        self.server = server
+        self._user = user
+        self.moderator = moderator
+
+    @property
+    def user(self) -> str:
+        return self._user
+
+    async def create_space(
+        self,
+        title: str,
+        who_may_speak: str,
+        listener_cap: int | None = None,
+        scheduled_for: float | None = None,
+    ) -> str:
+        sid = f"sp{next(self.server.ids)}"
+        space = policy.Space(
+            sid,
+            self.user,
+            limits=policy.Limits(listener_cap=listener_cap),
+            who_may_speak=policy.WhoMaySpeak(who_may_speak),
+            status=policy.SpaceStatus.SCHEDULED if scheduled_for else policy.SpaceStatus.LIVE,
+            host_follows=self.server.follows.get(self.user, ()),
+        )
+        self.server.spaces[sid] = FakeSpace(
+            self.server, space, title=title, who_may_speak=who_may_speak,
+            listener_cap=listener_cap, scheduled_for=scheduled_for,
+        )  # fmt: skip
+        return sid
+
+    async def start_space(self, space: str) -> None:
+        fs = self.server.get(space)
+        fs.publish(check(fs.space.start(self.user)))
+
+    async def end_space(self, space: str) -> None:
+        fs = self.server.get(space)
+        fs.publish(check(fs.space.end(self.user)))
+        await fs.drop_gone()
+
+    async def connect_audio(
+        self,
+        space: str,
+        on_rtp: OnRtp,
+        *,
+        publish: SpeakerTrack | None = None,
+        path: NetworkProfile | None = None,
+        read_every: float | None = None,
+        seed: int = 0,
+    ) -> FakeLink:
+        fs = self.server.get(space)
+        await asyncio.sleep(0)
+        events: tuple[policy.Event, ...] = ()
+        if fs.space.role_of(self.user) is None:
+            events = check(fs.space.join(self.user))
+        elif fs.space.status is policy.SpaceStatus.ENDED:
+            raise refuse("space_ended")
+        fs.publish(events)
+        old = fs.links.get(self.user)
+        if old is not None:
+            await old.close()
+        role = fs.space.role_of(self.user)
+        join = {
+            "participant": self.user,
+            "role": role.value if role is not None else None,
+            "sdp": None,
+            "space": fs.snapshot(),
+        }
+        link = fs.links[self.user] = FakeLink(fs, self.user, on_rtp, join)
+        if publish is not None:
+            link.track = publish
+            ssrc = hash(self.user) & 0xFFFFFFFF
+            link.pump = asyncio.get_running_loop().create_task(link._pump(publish, ssrc))
+        return link
+
+    async def act(self, space: str, action: str, **fields: str) -> dict[str, Any]:
+        self.server.actions[action] += 1
+        if action not in ACTIONS:
+            raise refuse("unknown_action", action)
+        for name in ACTIONS[action]:
+            if name not in fields:
+                raise refuse("missing_field", f"{action} needs {name}")
+        fs = self.server.get(space)
+        s, me, target = fs.space, self.user, fields.get("target")
+        extra: dict[str, Any] = {}
+        if action == "react":
+            if fields["emoji"] not in REACTIONS:
+                raise refuse("bad_request", "unknown emoji")
+            if s.role_of(me) is None:
+                raise refuse("not_present")
+            fs.fan_out(event_message("reaction", s.space_id, me, t=0.0,
+                                     attrs={"emoji": fields["emoji"]}))  # fmt: skip
+            return {"ok": True}
+        if action in ("raise_hand", "lower_hand", "accept_invite", "decline_invite"):
+            outcome = getattr(s, action)(me)
+        elif action == "mute_all":
+            outcome = s.mute_all(me)
+        elif action == "report":
+            outcome = s.report(me, target, fields.get("reason", ""))
+            extra = {"report_id": next(fs.reports)}
+        elif action == "set_who_may_speak":
+            outcome = s.set_who_may_speak(me, policy.WhoMaySpeak(fields["setting"]))
+        else:
+            assert target is not None
+            outcome = getattr(s, action)(me, target)
+        fs.publish(check(outcome), extra)
+        await fs.drop_gone()
+        return {"ok": True}
+
+    async def moderate(
+        self, space: str, action: str, target: str | None = None, report: int | None = None
+    ) -> dict[str, Any]:
+        if not self.moderator:
+            raise refuse("forbidden", "not a moderator")
+        fs = self.server.get(space)
+        fs.publish(check(fs.space.moderate(policy.ModerationAction(action), target)))
+        await fs.drop_gone()
+        return {"ok": True}
+
+    async def leave(self, space: str) -> None:
+        fs = self.server.get(space)
+        if fs.space.role_of(self.user) is not None:
+            fs.publish(check(fs.space.leave(self.user)))
+        link = fs.links.get(self.user)
+        if link is not None:
+            await link.close()
+        await fs.drop_gone()
+
+    async def events(self, space: str) -> AsyncIterator[dict[str, Any]]:
+        fs = self.server.get(space)
+        if self.user in fs.space.blocked or self.user in fs.space.removed:
+            raise refuse("forbidden")
+        q: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        fs.subscribers[q] = self.user
+        try:
+            yield {"type": "hello", "protocol": "1", "space": fs.snapshot()}
+            while True:
+                msg = await q.get()
+                if msg is None:
+                    return
+                yield msg
+        finally:
+            fs.subscribers.pop(q, None)
+
+    async def follow(self, user: str) -> None:
+        self.server.follows.setdefault(self.user, set()).add(user)
+        for fs in self.server.spaces.values():
+            if fs.space.host == self.user:
+                fs.space.follow(user)
