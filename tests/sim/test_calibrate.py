@@ -206,7 +206,13 @@ def test_cli_refuses_a_malformed_calibration(
 
 def test_simulate_with_calibration_uses_the_fitted_costs(tmp_path: Path) -> None:
     cal = tmp_path / "cal.yaml"
-    costs = {"cpu_fixed": 0.25, "cpu_per_packet": 0, "cpu_per_join": 0, "cpu_per_connection": 0}
+    costs = {
+        "cpu_fixed": 0.25,
+        "cpu_per_packet": 0,
+        "cpu_per_join": 0,
+        "cpu_per_connection": 0,
+        "cpu_per_event": 0,
+    }
     cal.write_text(yaml.safe_dump({"server": costs, "provenance": {"note": "test"}}))
     scenario = tmp_path / "sc.yaml"
     scenario.write_text(fixed_crowd(20, 30).to_yaml())
