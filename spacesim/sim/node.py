@@ -19,13 +19,12 @@ streams it forwards (`streams`) and from how many senders (`senders`), so:
   ``rho S / (2 (1 - rho))`` when D is large.
 * Joins add impulses of work (`add_work`) to a backlog served with the capacity the
   forwarding leaves spare; packets and joins wait behind it (one event loop), and while
-  that wait exceeds D arriving packets are lost. A stage change delivered to every
-  subscriber of the event stream is such an impulse too (its deliveries x
-  ``cpu_per_event``).
-* Events drawn per tick (reactions, coalesced audience counts, listeners' joins and
-  leaves shown to the stage) are a steady load over the tick (`event_rate`, cores),
-  part of ``r`` like forwarding; an event waits in the same queue as packets
-  (`event_wait`) but is never dropped (the stream is TCP).
+  that wait exceeds D arriving packets are lost.
+* The event stream's deliveries (reactions, policy events, coalesced audience counts,
+  listeners' joins and leaves shown to the stage), aggregated per tick by the world,
+  are a steady load over the tick (`event_rate`, cores), part of ``r`` like
+  forwarding; an event waits in the same queue as packets (`event_wait`) but is never
+  dropped (the stream is TCP).
 
 The same functions feed the node's per-tick records (packets forwarded and dropped,
 CPU) and the sampled listeners' latency and loss, so the two always agree.

@@ -4,13 +4,16 @@ Processes (`spacesim.sim.processes`) change the world only through these methods
 every membership or stage change passes through `spacesim.policy` (the same rulebook
 the server applies) and every node sees the load change at the moment it happens.
 
-The event stream (what the server sends its WebSocket subscribers) is charged here:
-a policy event that matters to everyone (`BROADCAST`) costs ``cpu_per_event`` per
-subscriber at once (an impulse of work on each node, in the packets' queue);
-listeners' joins and leaves go to the stage only; reactions and the coalesced
-``audience`` count (one a second while the count changes) are drawn per tick and
-charged as a steady load over the tick. Subscribers are the stage plus each listener
-who opened the stream (`behaviour.subscribes_to_events`, decided per listener at join).
+The event stream (what the server sends its WebSocket subscribers) is charged here,
+``cpu_per_event`` per event per subscriber: a policy event that matters to everyone
+(`BROADCAST`), a reaction and the coalesced ``audience`` count (one a second while the
+count changes) go to every subscriber; listeners' joins and leaves go to the stage
+only. Subscribers are the stage plus each listener who opened the stream
+(`behaviour.subscribes_to_events`, decided per listener at join). To keep a large run
+fast the work is aggregated per tick: each room's deliveries are drawn (reactions) or
+counted (policy events, joins, leaves) per tick and charged to each node as a steady
+load over the next tick (`Node.event_rate`), in the same queue as the packets; so
+policy events are charged up to a tick late and spread over it, not as a spike.
 """
 
 from __future__ import annotations
@@ -59,7 +62,6 @@ BROADCAST = frozenset(
 )
 #: Events only the stage (host, co-hosts, speakers) gets: listeners coming and going.
 STAGE_ONLY = frozenset({"participant_joined", "participant_left"})
-_ON_STAGE = frozenset({policy.Role.HOST, policy.Role.COHOST, policy.Role.SPEAKER})
 
 
 @dataclass(slots=True)
@@ -99,6 +101,7 @@ class Room:
     events_tick: int = 0  # events delivered to every subscriber since the last sample
     count_changes: int = 0  # joins and leaves since the last audience tick
     stage_deliveries: int = 0  # join/leave events delivered to the stage since then
+    broadcasts: int = 0  # policy events delivered to every subscriber since then
     started: simpy.Event | None = None  # triggers when the space goes live
 
     def add_id(self, pid: str) -> None:
@@ -195,22 +198,9 @@ class World:
             self._empty(room)
 
     def broadcast(self, room: Room, n: int = 1) -> None:
-        """`n` events to every subscriber now: the work queues on each node at once."""
+        """`n` events to every subscriber now (charged with the tick's, `event_tick`)."""
         room.events_tick += n
-        cost = n * self.cpu_per_event
-        if cost <= 0.0:
-            return
-        now = self.env.now
-        origin = room.origin
-        on_origin = len(room.stage_nets)
-        for node, subs in room.node_subs.items():
-            if node is origin:
-                subs += on_origin
-                on_origin = 0
-            if subs:
-                node.add_work(now, subs * cost)
-        if on_origin:
-            origin.add_work(now, on_origin * cost)
+        room.broadcasts += n
 
     def nudge(self, talker: simpy.Process) -> None:
         """Wake a talker so that it re-reads the policy (muted, off stage, ended)."""
@@ -238,7 +228,7 @@ class World:
             self.nudge(talker)
         room.hands.clear()
         room.waiting_audio.clear()
-        room.count_changes = room.stage_deliveries = 0
+        room.count_changes = room.stage_deliveries = room.broadcasts = 0
         now = self.env.now
         for node, load in room.event_load.items():
             node.set_event_rate(now, node.event_rate - load)
@@ -247,12 +237,13 @@ class World:
     # ------------------------------------------------------------------ events per tick
 
     def event_tick(self, room: Room, reactions: int, tick: float) -> None:
-        """Charge this tick's aggregated events as a steady load over the tick.
+        """Charge the room's event deliveries as a steady load over the coming tick.
 
-        `reactions` go to every subscriber; so does the coalesced ``audience`` count, one
-        a second while the count changes (at most one per whole second of the tick, and
-        no more than the joins and leaves there were); the listeners' joins and leaves
-        since the last tick go to the stage.
+        `reactions` (drawn for the coming tick) go to every subscriber, as do the policy
+        events of the last tick and the coalesced ``audience`` count, one a second while
+        the count changes (at most one per whole second of the tick, and no more than the
+        joins and leaves there were); the listeners' joins and leaves since the last tick
+        go to the stage.
         """
         now = self.env.now
         counts = 0
@@ -260,8 +251,9 @@ class World:
             counts = min(room.count_changes, max(1, int(tick)))
             self.add(("audience", now, room.name, "", "", float(len(room.present)), None))
         room.count_changes = 0
-        everyone = reactions + counts
-        room.events_tick += everyone
+        room.events_tick += reactions + counts
+        everyone = reactions + counts + room.broadcasts
+        room.broadcasts = 0
         stage = room.stage_deliveries
         room.stage_deliveries = 0
         per = self.cpu_per_event / tick
