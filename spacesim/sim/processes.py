@@ -301,11 +301,12 @@ def audience(env: simpy.Environment, world: World, room: Room, desk: simpy.Resou
 
 
 def _someone(world: World, room: Room, other_than: str | None = None) -> str | None:
+    """A random listener of the room (`behaviour.pick`), other than `other_than`."""
     ids = room.ids
     if not ids or (len(ids) == 1 and ids[0] == other_than):
         return None
     while True:
-        pid = ids[world.draws.index(len(ids))]
+        pid = behaviour.pick(ids, world.draws)
         if pid != other_than:
             return pid
 

@@ -302,14 +302,20 @@ class World:
         j = self.draws.exp(net.jitter) if net.jitter > 0 else 0.0
         return net.rtt / 2 + j
 
-    def audio_latency(self, room: Room, who: Listener) -> float | None:
+    def audio_latency(self, room: Room, who: Listener, *, delivered: bool = False) -> float | None:
         """Publisher -> listener delay of one packet, None if the server loses it.
 
         Network + server only: the receiver's jitter buffer and playout are not included.
         The publisher is one of the room's current senders, on their own network path.
+        With `delivered`, a packet that the node does not lose (drawn from the waits of
+        those, rather than by drawing packets until one gets through).
         """
         d = self.draws
-        server = who.node.packet_wait(d.uniform(), d.uniform(), d.uniform())
+        u_busy = d.uniform()
+        if delivered:
+            loss = who.node.loss_now()
+            u_busy = loss + u_busy * (1.0 - loss)
+        server = who.node.packet_wait(u_busy, d.uniform(), d.uniform())
         if server is None:
             return None
         senders = list(room.senders.values())
@@ -332,11 +338,15 @@ class World:
             wait += self.draws.uniform() * node.fanout_spread()
             uplink = self.one_way(self.sc.network[0])
             return (clear if first else 0.0) + uplink + wait + self.one_way(who.net)
-        for k in range(1000):
-            delay = self.audio_latency(room, who)
-            if delay is not None:
-                return delay + (k / self.pps if first else 0.0)
-        return 1000 / self.pps  # only near-total overload gets here
+        delay = self.audio_latency(room, who, delivered=True)
+        if delay is None:  # the queue is exactly full: only near-total overload gets here
+            return 1000 / self.pps
+        if first:  # a frame per packet lost before it: geometric in the node's loss
+            loss = node.loss_now()
+            if loss > 0.0:
+                lost = math.log1p(-self.draws.uniform()) / math.log(loss) if loss < 1.0 else 1e3
+                delay += min(math.floor(lost), 1000) / self.pps
+        return delay
 
     # ------------------------------------------------------------------ membership
 
