@@ -214,11 +214,9 @@ def report_outcome(outcomes: Outcomes, about_user: bool, rng: Rng) -> str:
     if not about_user:
         return "dismiss"
     u = rng.uniform()
-    if u < outcomes.remove:
-        return "remove"
-    if u < outcomes.remove + outcomes.block:
-        return "block"
-    return "dismiss"
+    if u < outcomes.dismiss:
+        return "dismiss"
+    return "remove" if u < outcomes.dismiss + outcomes.remove else "block"
 
 
 def moderation_due(moderation: Moderation, dt: float, rng: Rng) -> list[str]:

@@ -17,7 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from spacesim.results import SloVerdict, check_slos, format_value, summarise, write_run
-from spacesim.scenario import Scenario, ScenarioError, load_scenario
+from spacesim.scenario import Scenario, ScenarioError, engine_notes, load_scenario
 
 _REPO_SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
 
@@ -246,6 +246,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     sc = _load(args.file, args.set or ())
     sys.stdout.write(f"# {args.file} resolved: seconds, events per second, fractions\n")
     sys.stdout.write(sc.to_yaml())
+    sys.stdout.write(
+        "# Engines: every field is honoured by both the simulator (sim) and the swarm\n"
+        "# (load) except these:\n"
+    )
+    for line in engine_notes():
+        sys.stdout.write(f"#   {line}\n")
     return 0
 
 

@@ -351,6 +351,14 @@ def summarise(records: pd.DataFrame, duration: float | None = None) -> pd.DataFr
     total("blocked", float((~personal).sum()), "count")  # blocks that bar from the space
     total("personal_blocks", float(personal.sum()), "count")
 
+    events = kind("events_received")
+    if len(events) or "event_latency" in by_kind:
+        dist("event_latency", kind("event_latency"), "s")
+        total("events_received", float(events["value"].sum()), "count", len(events))
+    actions = [kind(k) for k in ("moderation_action", "timeline_action") if k in by_kind]
+    if actions:
+        total("host_actions", float(sum(len(a) for a in actions)), "count")
+
     lag = kind("loop_lag")
     if len(lag):
         dist("loop_lag", lag, "s")

@@ -401,7 +401,14 @@ class Speaking(_Model):
     )
     talk_spurt: Duration = Field(1.004, gt=0)
     pause: Duration = Field(1.587, gt=0)
-    packet_interval: Duration = Field(0.020, gt=0, description="Opus frame size (ptime).")
+    packet_interval: Duration = Field(
+        0.020,
+        gt=0,
+        description="Opus frame size (ptime).",
+        json_schema_extra=engines(
+            "sim", why="the swarm's speech clips are 20 ms Opus frames, as WebRTC sends"
+        ),
+    )
     dtx: bool = Field(
         False,
         description=(
@@ -601,7 +608,10 @@ class Slo(_Model):
 
 
 class SimSettings(_Model):
-    """Simulator-only knobs (the load test ignores them)."""
+    """Simulator-only knobs.
+
+    Simulator only: how the model samples and aggregates.
+    """
 
     engines: ClassVar[tuple[str, ...]] = ("sim",)
 
@@ -611,7 +621,10 @@ class SimSettings(_Model):
 
 
 class LoadSettings(_Model):
-    """Load-test-only knobs (the simulator ignores them)."""
+    """Load-test-only knobs.
+
+    Swarm only: how synthetic clients measure.
+    """
 
     engines: ClassVar[tuple[str, ...]] = ("load",)
 
@@ -749,6 +762,82 @@ class Scenario(_Model):
     def to_yaml(self) -> str:
         """The resolved model in base units (seconds, per second, fractions)."""
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# --------------------------------------------------------------------------- engines
+
+
+#: Fields that describe a scenario rather than drive it: no engine is expected to read them.
+DOCUMENTATION_FIELDS = frozenset({"description"})
+
+
+def _models_in(annotation: Any) -> list[type[_Model]]:
+    """The scenario models a field's annotation holds (through lists, unions, Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, _Model):
+        return [annotation]
+    out: list[type[_Model]] = []
+    for arg in getattr(annotation, "__args__", ()) or ():
+        out += _models_in(arg)
+    meta = getattr(annotation, "__metadata__", None)
+    if meta is not None and hasattr(annotation, "__origin__"):
+        out += _models_in(annotation.__origin__)
+    return out
+
+
+def field_engines(
+    model: type[_Model] | None = None, prefix: str = ""
+) -> dict[str, tuple[type[_Model], str, tuple[str, ...], str]]:
+    """Every leaf field of the scenario: path -> (model class, field, engines, note).
+
+    A field's engines are its ``json_schema_extra["engines"]`` or its model's `engines`.
+    List items appear as ``network[].rtt``; arrival kinds as ``arrivals<ramp>.over``.
+    """
+    model = model or Scenario
+    out: dict[str, tuple[type[_Model], str, tuple[str, ...], str]] = {}
+    for name, info in model.model_fields.items():
+        path = f"{prefix}{name}"
+        annotation = info.annotation
+        children = _models_in(annotation)
+        if children:
+            many = getattr(annotation, "__origin__", None) is list
+            for child in children:
+                if len(children) > 1:
+                    kind = child.model_fields["kind"].annotation.__args__[0]  # type: ignore[union-attr]
+                    sub = f"{path}<{kind}>."
+                else:
+                    sub = f"{path}[]." if many else f"{path}."
+                out.update(field_engines(child, sub))
+            continue
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        declared = extra.get("engines", model.engines)
+        names = tuple(str(n) for n in declared) if isinstance(declared, list | tuple) else ()
+        out[path] = (model, name, names, str(extra.get("engine_note", "")))
+    return out
+
+
+def engine_notes() -> list[str]:
+    """Lines for `spacesim scenario show`: the fields one engine honours, and why.
+
+    A model whose fields are all single-engine by its class default prints as ``server.*``
+    with the last line of its docstring as the reason.
+    """
+    rows = field_engines()
+    lines: list[str] = []
+    done: set[type[_Model]] = set()
+    for path, (model, _, names, note) in rows.items():
+        if set(names) == set(ENGINE_NAMES) or path in DOCUMENTATION_FIELDS:
+            continue
+        siblings = [v for v in rows.values() if v[0] is model]
+        if all(v[2] == names and not v[3] for v in siblings) and model.engines == names:
+            if model in done:
+                continue
+            done.add(model)
+            head = path.rsplit(".", 1)[0] + ".*"
+            why = (model.__doc__ or "").strip().splitlines()[-1].strip()
+        else:
+            head, why = path, note
+        lines.append(f"{head:<26} {'+'.join(names):<5} {why}".rstrip())
+    return lines
 
 
 # --------------------------------------------------------------------------- loading

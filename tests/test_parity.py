@@ -1,0 +1,257 @@
+"""Parity: each scenario field is honoured by exactly the engines that declare it.
+
+Every field declares its engines (`spacesim.scenario.field_engines`). Each engine is
+run here on a scenario that sets every field away from its default while the
+scenario models' attribute reads are recorded; a field declared for an engine that
+never reads it fails, and so does a field an engine reads without declaring it. So
+making an engine ignore a field (or quietly start depending on one) breaks this test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from spacesim import scenario as scen
+from spacesim.results import check_slos, summarise
+from spacesim.scenario import (
+    DOCUMENTATION_FIELDS,
+    ENGINE_NAMES,
+    Scenario,
+    field_engines,
+    parse_scenario,
+)
+
+Read = tuple[type, str]
+
+#: A scenario with every field away from its default (times short, rates high).
+FULL: dict[str, Any] = {
+    "name": "parity",
+    "description": "every field set",
+    "duration": "30s",
+    "seed": 7,
+    "rooms": {
+        "count": 2,
+        "cohosts": 1,
+        "speakers": 2,
+        "who_may_speak": "followed",
+        "host_follows": 0.5,
+        "listener_cap": 40,
+        "starts_at": "2s",
+        "ends_at": "26s",
+    },
+    "session": {"kind": "lognormal", "mean": "12s", "sigma": 0.8},
+    "speaking": {
+        "active_speakers": 3,
+        "talk_spurt": "1.5s",
+        "pause": "1s",
+        "packet_interval": "20ms",
+        "dtx": True,
+    },
+    "audience": {
+        "hand_raise_rate": "20/min",
+        "host_response_time": "1s",
+        "approval": 0.6,
+        "speaker_stint": "4s",
+        "reaction_rate": "30/min",
+        "report_rate": "6/min",
+        "space_report_share": 0.3,
+        "block_rate": "3/min",
+        "events_share": 0.8,
+        "moderators": 1,
+        "review_time": "1s",
+        "outcomes": {"dismiss": 0.4, "remove": 0.3, "block": 0.3},
+    },
+    "moderation": {
+        "mute_rate": "30/min",
+        "unmute_after": "2s",
+        "mute_all_rate": "6/min",
+        "demote_rate": "6/min",
+        "invite_rate": "12/min",
+        "invite_acceptance": 0.7,
+        "remove_rate": "6/min",
+        "block_rate": "6/min",
+        "cohost_handover_rate": "6/min",
+    },
+    "timeline": [
+        {"at": f"{3 + i}s", "action": a}
+        for i, a in enumerate(
+            [
+                "start",
+                "mute",
+                "unmute",
+                "mute_all",
+                "demote",
+                "invite",
+                "remove",
+                "block",
+                "cohost_handover",
+                "host_leave",
+                "end",
+            ]
+        )
+    ],
+    "network": [
+        {"share": 0.6, "rtt": "40ms", "jitter": "5ms", "loss": 0.01},
+        {"share": 0.4, "rtt": "120ms", "jitter": "20ms", "loss": 0.02},
+    ],
+    "server": {
+        "nodes": 2,
+        "cores": 1.5,
+        "cpu_per_packet": "25us",
+        "cpu_per_join": "4ms",
+        "cpu_per_connection": "15us",
+        "cpu_per_event": "8us",
+        "cpu_fixed": 0.01,
+        "fanout_delay": "20us",
+        "forward_delay": "1ms",
+        "max_streams": 5000,
+        "max_queue_delay": "150ms",
+        "edge_delay": "1ms",
+    },
+    "slo": {
+        "join_p95": "2s",
+        "first_audio_p95": "3s",
+        "audio_latency_p95": "300ms",
+        "delivery_ratio": 0.95,
+        "hand_wait_p95": "30s",
+    },
+    "sim": {"tick": "0.5s", "latency_sample": 10, "warmup": "1s"},
+    "load": {"probe_fraction": 0.2},
+}
+
+ARRIVALS: list[dict[str, Any]] = [
+    {"kind": "constant", "rate": "2/s"},
+    {"kind": "poisson", "rate": "2/s"},
+    {"kind": "ramp", "start": "1/s", "end": "3/s", "over": "10s"},
+    {"kind": "flash_crowd", "base": "0.5/s", "bursts": [{"at": "3s", "size": 20, "over": "4s"}]},
+    {"kind": "piecewise", "steps": [{"at": 0, "rate": "1/s"}, {"at": "8s", "rate": "3/s"}]},
+]
+
+
+def scenarios() -> list[Scenario]:
+    out = []
+    for arrivals in ARRIVALS:
+        data = copy.deepcopy(FULL)
+        data["arrivals"] = arrivals
+        out.append(parse_scenario(data, "parity"))
+    return out
+
+
+@contextlib.contextmanager
+def reads() -> Iterator[set[Read]]:
+    """Record every scenario-model field an engine reads while the block runs."""
+    seen: set[Read] = set()
+    model = scen._Model
+    plain = model.__getattribute__
+
+    def spy(self: Any, name: str) -> Any:
+        cls = type(self)
+        if name in cls.model_fields:
+            seen.add((cls, name))
+        return plain(self, name)
+
+    model.__getattribute__ = spy  # type: ignore[method-assign]
+    try:
+        yield seen
+    finally:
+        del model.__getattribute__
+
+
+def declared(engine: str) -> dict[str, Read]:
+    return {
+        path: (cls, name)
+        for path, (cls, name, names, _) in field_engines().items()
+        if engine in names and path not in DOCUMENTATION_FIELDS
+    }
+
+
+def judge(engine: str, seen: set[Read]) -> None:
+    """Declared-but-unread and read-but-undeclared fields, for one engine."""
+    # A tagged union's `kind` is read by the type it selects: count it with its class.
+    used_classes = {cls for cls, _ in seen}
+    seen = seen | {(cls, "kind") for cls in used_classes if "kind" in cls.model_fields}
+    want = declared(engine)
+    unread = sorted(path for path, key in want.items() if key not in seen)
+    everything = {
+        key: path for path, key in ((p, (v[0], v[1])) for p, v in field_engines().items())
+    }
+    extra = sorted(everything[k] for k in seen if k in everything and k not in want.values())
+    problems = []
+    if unread:
+        problems.append(f"declared for {engine} but never read by it: {unread}")
+    if extra:
+        problems.append(f"read by {engine} but not declared for it: {extra}")
+    assert not problems, "\n".join(problems)
+
+
+# --------------------------------------------------------------------------- declarations
+
+
+def test_every_field_declares_its_engines() -> None:
+    rows = field_engines()
+    assert len(rows) > 60
+    for path, (_, _, names, _note) in rows.items():
+        assert names, f"{path} declares no engine"
+        assert set(names) <= set(ENGINE_NAMES), path
+    one_engine = [p for p, v in rows.items() if len(set(v[2])) == 1]
+    # Load-only and sim-only fields are rare: the server model, sim knobs, load knobs.
+    assert all(p.split(".")[0] in {"server", "sim", "load", "speaking"} for p in one_engine)
+
+
+def test_show_lists_single_engine_fields() -> None:
+    lines = scen.engine_notes()
+    assert any(line.startswith("server.*") and "sim" in line for line in lines)
+    assert any(line.startswith("load.*") and "load" in line for line in lines)
+    assert any(line.startswith("speaking.packet_interval") for line in lines)
+
+
+def test_the_tracer_sees_reads() -> None:
+    sc = scenarios()[0]
+    with reads() as seen:
+        _ = sc.rooms.count
+    assert (scen.Rooms, "count") in seen and (Scenario, "rooms") in seen
+
+
+# --------------------------------------------------------------------------- engines
+
+
+def run_sim(sc: Scenario) -> None:
+    from spacesim.sim.engine import simulate
+
+    run = simulate(sc, seed=sc.seed)
+    check_slos(summarise(run.records, sc.duration), sc.slo.targets())
+
+
+def test_simulator_reads_exactly_its_fields() -> None:
+    runs = scenarios()  # validated outside the trace: validators are not engines
+    with reads() as seen:
+        for sc in runs:
+            run_sim(sc)
+    judge("sim", seen)
+
+
+def run_load(sc: Scenario) -> None:
+    """The swarm's scenario-reading code, without Locust or sockets: the load shape and
+    the gevent-free host and listener behaviours against an in-memory server."""
+    pytest.importorskip("locust")
+    from spacesim.load.dryrun import dry_run
+
+    from spacesim.load.shape import scaled_users
+    from tests.load.fakes import FakeServer
+
+    scaled_users(sc.audience_curve(sc.duration + 1.0), 20)
+    asyncio.run(dry_run(sc, FakeServer(), seconds=6.0, listeners=12))
+
+
+def test_swarm_reads_exactly_its_fields() -> None:
+    runs = scenarios()
+    with reads() as seen:
+        for sc in runs:
+            run_load(sc)
+    judge("load", seen)
