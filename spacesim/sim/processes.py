@@ -233,7 +233,7 @@ def talker(
     assert me is not None
     room.talkers[pid] = me
     sending = False
-    while env.now < until:
+    while env.now < until and room.talkers.get(pid) is me:  # a newer talker takes over
         if not space.may_be_heard(pid):
             if sending:
                 world.talk(room, pid, -1)
