@@ -289,3 +289,38 @@ def test_the_whole_space_is_deterministic_per_seed() -> None:
     pd.testing.assert_frame_equal(a, b)
     assert not a["value"].equals(c["value"])
     assert len(kind(a, "moderation_action")) > 10
+
+
+def test_every_decision_goes_through_behaviour(monkeypatch: pytest.MonkeyPatch) -> None:
+    from spacesim import behaviour
+
+    names = [
+        "session_length",
+        "network_path",
+        "subscribes_to_events",
+        "events_in",
+        "talk_phases",
+        "hand_response_delay",
+        "approves",
+        "speaker_stint",
+        "report_targets_space",
+        "review_time",
+        "report_outcome",
+        "moderation_due",
+        "pick",
+        "accepts_invite",
+        "unmute_delay",
+        "timeline_due",
+    ]
+    calls = dict.fromkeys(names, 0)
+    for name in names:
+        real = getattr(behaviour, name)
+
+        def counted(*args: Any, _real: Any = real, _name: str = name, **kw: Any) -> Any:
+            calls[_name] += 1
+            return _real(*args, **kw)
+
+        monkeypatch.setattr(behaviour, name, counted)
+    sc = scenario(duration=300, arrivals={"kind": "poisson", "rate": "2/s"}, **FULL)
+    simulate(sc, seed=4)
+    assert all(calls.values()), [n for n, c in calls.items() if not c]
