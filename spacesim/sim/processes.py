@@ -520,7 +520,7 @@ def timeline(env: simpy.Environment, world: World, room: Room) -> Proc:
 
 
 def monitor(env: simpy.Environment, world: World) -> Proc:
-    """Every tick: node CPU, concurrency and the sampled listeners' audio."""
+    """Every tick: node CPU, concurrency and the sampled listeners' audio and events."""
     sc = world.sc
     tick = sc.sim.tick
     while True:
