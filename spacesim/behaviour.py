@@ -209,11 +209,12 @@ def review_time(audience: Audience, rng: Rng) -> float:
 def report_outcome(outcomes: Outcomes, about_user: bool, rng: Rng) -> str:
     """``dismiss``, ``remove`` or ``block`` (`policy.ModerationAction` values).
 
-    A report about the space is dismissed: removing or blocking needs a user.
+    A report about the space is dismissed: removing or blocking needs a user. The
+    shares are taken over their total (1 within rounding), so each of them counts.
     """
     if not about_user:
         return "dismiss"
-    u = rng.uniform()
+    u = rng.uniform() * (outcomes.dismiss + outcomes.remove + outcomes.block)
     if u < outcomes.dismiss:
         return "dismiss"
     return "remove" if u < outcomes.dismiss + outcomes.remove else "block"

@@ -9,9 +9,15 @@ so their clocks line up. Two fits, both non-negative least squares:
 
       node_cpu = cpu_fixed + cpu_per_packet x packets_forwarded
                  + cpu_per_join x joins + cpu_per_connection x connections
+                 + cpu_per_event x events
 
   joins and connections come from the server's own ``participant_joined`` /
-  ``participant_left`` records. Seconds after the swarm stopped (its teardown storm)
+  ``participant_left`` records; events are the deliveries of the space's event stream
+  in that second, the sum of the load run's ``events_received`` records (one per
+  subscribed listener per tick) put on the server's clock. Runs where events dominate
+  (many subscribers, a high reaction rate) separate ``cpu_per_event``; when no run
+  delivered any event the term is left out of the fit and out of the file (the
+  scenario's value stands). Seconds after the swarm stopped (its teardown storm)
   are left out. With one speaker, packets per second are proportional to connections,
   so the packet and connection costs trade off; runs with a different number of
   speakers separate them (the standard errors show how well they were separated).
@@ -77,8 +83,8 @@ CPU_TERMS: tuple[tuple[str, str], ...] = (
     ("packets", "cpu_per_packet"),
     ("joins", "cpu_per_join"),
     ("connections", "cpu_per_connection"),
+    ("events", "cpu_per_event"),
 )
-_CPU_COLS = tuple(name for name, _ in CPU_TERMS[1:])  # sample columns after the constant
 MIN_PACE = 0.95  # below this share of packets taken in per window, the swarm fell behind
 BACKLOG_INTERVALS = 5.0  # loopback median latency above this many packet intervals: backlog
 # The fan-out law is fitted on the body of the distribution; the tail above it carries
@@ -191,10 +197,11 @@ def _end(pair: _Pair) -> float:
 
 
 def cpu_samples(directory: str | Path) -> pd.DataFrame:
-    """One row per server CPU sample: ``t, cpu, packets, joins, connections, run_id``.
+    """One row per server CPU sample: ``t, cpu, packets, joins, connections, events, run_id``.
 
     `joins` are the server's ``participant_joined`` records in the sample's second;
-    `connections` the participants connected, averaged over the second's two ends.
+    `connections` the participants connected, averaged over the second's two ends;
+    `events` the events the load run's listeners received in it (0 without a load run).
     """
     return _cpu_samples(_pair(directory))
 
@@ -220,11 +227,28 @@ def _cpu_samples(pair: _Pair) -> pd.DataFrame:
             "packets": fwd.reindex(t).fillna(0.0).to_numpy("float64"),
             "joins": np.searchsorted(joined, t, "right") - np.searchsorted(joined, start, "right"),
             "connections": (alive(start) + alive(t)) / 2.0,
+            "events": _events_between(pair, start, t),
             "run_id": pair.server.meta.run_id,
         }
     )
     frame["joins"] = frame["joins"].astype("float64")
     return frame[frame["t"] <= _end(pair)].reset_index(drop=True)
+
+
+def _events_between(pair: _Pair, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Events the load run's listeners received in each (start, end] of the server's clock."""
+    if pair.load is None:
+        return np.zeros(len(end))
+    rec = pair.load.records
+    got = rec[rec["kind"] == "events_received"].sort_values("t")
+    if got.empty:
+        return np.zeros(len(end))
+    t = got["t"].to_numpy("float64") + pair.offset
+    total = np.concatenate([[0.0], np.cumsum(got["value"].to_numpy("float64"))])
+    out: np.ndarray = (
+        total[np.searchsorted(t, end, "right")] - total[np.searchsorted(t, start, "right")]
+    )
+    return out
 
 
 def _listeners_in(records: pd.DataFrame, start: float, end: float) -> float:
@@ -345,14 +369,21 @@ def _per_run(frame: pd.DataFrame, resid: np.ndarray) -> dict[str, dict[str, floa
 
 
 def fit_cpu(samples: pd.DataFrame) -> Fit:
-    """Fit `CPU_TERMS` to per-second server CPU samples (see the module docstring)."""
-    if len(samples) < len(CPU_TERMS) + 2:
-        raise CalibrationError(f"{len(samples)} CPU samples: too few to fit {len(CPU_TERMS)}")
+    """Fit `CPU_TERMS` to per-second server CPU samples (see the module docstring).
+
+    Without any event delivered (no ``events`` column, or all zero) the event term is
+    left out: the samples say nothing about it.
+    """
+    terms = list(CPU_TERMS)
+    if "events" not in samples or not samples["events"].to_numpy("float64").any():
+        terms = [t for t in terms if t[0] != "events"]
+    if len(samples) < len(terms) + 2:
+        raise CalibrationError(f"{len(samples)} CPU samples: too few to fit {len(terms)}")
     a = np.column_stack(
-        [np.ones(len(samples))] + [samples[c].to_numpy("float64") for c in _CPU_COLS]
+        [np.ones(len(samples))] + [samples[c].to_numpy("float64") for c, _ in terms[1:]]
     )
     y = samples["cpu"].to_numpy("float64")
-    return _nnls_fit(a, y, [f for _, f in CPU_TERMS], samples)
+    return _nnls_fit(a, y, [f for _, f in terms], samples)
 
 
 def fit_latency(points: pd.DataFrame) -> Fit | None:

@@ -10,10 +10,18 @@ from datetime import UTC, datetime
 import numpy as np
 import simpy
 
+from spacesim.behaviour import MODERATION_ACTIONS
 from spacesim.results import Recorder, Run, RunMeta
 from spacesim.scenario import Scenario
 from spacesim.sim.draws import Draws
-from spacesim.sim.processes import arrivals, audience, monitor, stage
+from spacesim.sim.processes import (
+    arrivals,
+    audience,
+    host_moderation,
+    lifecycle,
+    monitor,
+    timeline,
+)
 from spacesim.sim.world import World
 
 __all__ = ["simulate"]
@@ -41,10 +49,15 @@ def simulate(
     recorder = Recorder(run_id, "sim")
     world = World(env, scenario, Draws(np.random.default_rng(seed)), recorder)
     desk = simpy.Resource(env, capacity=scenario.audience.moderators)
+    moderating = any(getattr(scenario.moderation, f) > 0 for _, f in MODERATION_ACTIONS)
     for room in world.rooms:
-        env.process(stage(env, world, room))
+        env.process(lifecycle(env, world, room))
         env.process(arrivals(env, world, room))
         env.process(audience(env, world, room, desk))
+        if moderating:
+            env.process(host_moderation(env, world, room))
+        if scenario.timeline:
+            env.process(timeline(env, world, room))
     env.process(monitor(env, world))
 
     duration = scenario.duration

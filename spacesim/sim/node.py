@@ -20,6 +20,11 @@ streams it forwards (`streams`) and from how many senders (`senders`), so:
 * Joins add impulses of work (`add_work`) to a backlog served with the capacity the
   forwarding leaves spare; packets and joins wait behind it (one event loop), and while
   that wait exceeds D arriving packets are lost.
+* The event stream's deliveries (reactions, policy events, coalesced audience counts,
+  listeners' joins and leaves shown to the stage), aggregated per tick by the world,
+  are a steady load over the tick (`event_rate`, cores), part of ``r`` like
+  forwarding; an event waits in the same queue as packets (`event_wait`) but is never
+  dropped (the stream is TCP).
 
 The same functions feed the node's per-tick records (packets forwarded and dropped,
 CPU) and the sampled listeners' latency and loss, so the two always agree.
@@ -66,6 +71,7 @@ class Node:
         "cpu_per_connection",
         "cpu_per_packet",
         "dropped_packets",
+        "event_rate",
         "fanout_delay",
         "forward_delay",
         "last",
@@ -103,13 +109,14 @@ class Node:
         self.senders = 0  # senders whose packets this node fans out now
         self.reserved_streams = 0  # streams admitted: what admission control counts
         self.backlog = 0.0  # core-seconds of join work waiting
+        self.event_rate = 0.0  # cores of event delivery drawn per tick (see World)
         self.last = 0.0
         # per-tick accumulators, reset by `take_tick`
         self.busy = 0.0
         self.offered = 0.0
         self.offered_packets = 0.0
         self.dropped_packets = 0.0
-        self._qs_key: tuple[int, int, int, float] | None = None
+        self._qs_key: tuple[int, int, int, float, float] | None = None
         self._qs_val = (0.0, math.inf, 0.0, self.max_queue_delay)
 
     # ------------------------------------------------------------------ load
@@ -119,8 +126,13 @@ class Node:
         return self.streams * self.pps * self.cpu_per_packet
 
     def rate(self) -> float:
-        """All steady work offered now (forwarding + connections + fixed), in cores."""
-        return self.forwarding_rate() + self.connections * self.cpu_per_connection + self.cpu_fixed
+        """All steady work offered now (forwarding + connections + events + fixed), in cores."""
+        return (
+            self.forwarding_rate()
+            + self.connections * self.cpu_per_connection
+            + self.event_rate
+            + self.cpu_fixed
+        )
 
     def fanout_service(self) -> float:
         """Time the node's cores take to fan one incoming packet out (S)."""
@@ -141,7 +153,7 @@ class Node:
 
     def queue_state(self) -> tuple[float, float, float, float]:
         """(rho, theta, loss, room) for a packet arriving now; room = buffer left."""
-        key = (self.streams, self.senders, self.connections, self.backlog)
+        key = (self.streams, self.senders, self.connections, self.backlog, self.event_rate)
         if key == self._qs_key:  # many calls between changes: the law is the same
             return self._qs_val
         rho = self.rate() / self.cores
@@ -159,7 +171,7 @@ class Node:
         self.last = now
         c = self.cores
         fwd = self.forwarding_rate()
-        r = fwd + self.connections * self.cpu_per_connection + self.cpu_fixed
+        r = fwd + self.connections * self.cpu_per_connection + self.event_rate + self.cpu_fixed
         _rho, _theta, loss, _room = self.queue_state()
         packets = self.streams * self.pps * dt
         self.offered += r * dt
@@ -181,6 +193,11 @@ class Node:
         self.streams += streams
         self.connections += connections
         self.senders += senders
+
+    def set_event_rate(self, now: float, rate: float) -> None:
+        """Event delivery work drawn for the coming tick, in cores, from `now` on."""
+        self.advance(now)
+        self.event_rate = max(rate, 0.0)
 
     def spare(self) -> float:
         """Cores left for join work once packets (those not lost) and connections are served."""
@@ -237,6 +254,24 @@ class Node:
             else:
                 wait += -math.log1p(-u_wait * (1.0 - math.exp(-x))) / theta
         return self.forward_delay + wait + u_position * self.fanout_spread()
+
+    def event_wait(self, u_busy: float, u_wait: float) -> float:
+        """Time an event arriving now waits before its fan-out starts.
+
+        The same queue as packets (behind join work, then the busy period's law), but
+        never dropped: an event stream is TCP, so it waits out even an overflowing queue.
+        """
+        rho, theta, _loss, room = self.queue_state()
+        wait = self.backlog / self.cores
+        if room > 0.0 and u_busy < min(rho, 1.0):
+            x = theta * room
+            if abs(x) < 1e-9:
+                wait += u_wait * room
+            elif x > 700.0:
+                wait += -math.log1p(-u_wait) / theta
+            else:
+                wait += -math.log1p(-u_wait * (1.0 - math.exp(-x))) / theta
+        return wait
 
     def loss_now(self) -> float:
         """Probability that a packet arriving now is lost for want of CPU or buffer."""

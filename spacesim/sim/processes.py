@@ -4,10 +4,17 @@ Nothing here schedules an event per packet. Per listener there is one session
 process; audience behaviour (reactions, hand raises, reports, blocks) is drawn per
 room per tick as Poisson counts over the room's current listeners, which is exactly a
 Poisson process while the count holds; audio is sampled for a few listeners a tick.
+
+Every behavioural decision (session length, network path, talk spurts, counts per
+tick, the host's answers, report outcomes, moderation actions and their targets) is a
+`spacesim.behaviour` function, the same the swarm calls; every change to a space goes
+through `spacesim.policy`. Per room: `lifecycle` (scheduled start, planned end),
+`arrivals`, `audience`, `host_moderation` (the `moderation` rates) and `timeline`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import json
 import math
@@ -15,7 +22,7 @@ from collections.abc import Generator, Iterator
 
 import simpy
 
-from spacesim import policy
+from spacesim import behaviour, policy
 from spacesim.scenario import (
     ConstantArrivals,
     FlashCrowdArrivals,
@@ -23,7 +30,6 @@ from spacesim.scenario import (
     PoissonArrivals,
     RampArrivals,
     Scenario,
-    Session,
 )
 from spacesim.sim.draws import Draws
 from spacesim.sim.world import Room, World
@@ -33,12 +39,16 @@ __all__ = [
     "arrivals",
     "audience",
     "hand_raise",
+    "host_action",
+    "host_moderation",
+    "lifecycle",
     "listener_session",
     "monitor",
+    "open_space",
     "report_review",
-    "session_length",
     "stage",
     "talker",
+    "timeline",
 ]
 
 Proc = Generator[simpy.Event, object, None]
@@ -87,41 +97,55 @@ def _poisson_times(
                 yield t
 
 
-def arrival_times(scenario: Scenario, draws: Draws) -> Iterator[float]:
-    """Arrival instants for one room, in order, within the scenario's duration."""
+def arrival_times(
+    scenario: Scenario, draws: Draws, start: float = 0.0, end: float | None = None
+) -> Iterator[float]:
+    """Arrival instants for one room, in order: the profile's clock starts at `start`
+    (when the space goes live) and arrivals stop at `end` (default: the run's end)."""
     profile = scenario.arrivals
-    horizon = scenario.duration
+    horizon = (scenario.duration if end is None else end) - start
+    if horizon <= 0:
+        return iter(())
     if isinstance(profile, ConstantArrivals):
         if profile.rate <= 0:
             return iter(())
         gap = 1.0 / profile.rate
-        return iter([k * gap for k in range(1, int(horizon / gap) + 1) if k * gap < horizon])
+        return iter(
+            [start + k * gap for k in range(1, int(horizon / gap) + 1) if k * gap < horizon]
+        )
     background = _poisson_times(_segments(profile), horizon, draws)
-    if not isinstance(profile, FlashCrowdArrivals):
-        return background
-    bursts: list[float] = []
-    for b in profile.bursts:
-        bursts.extend(b.at + draws.exp(b.over) for _ in range(b.size))
-    bursts = sorted(t for t in bursts if t < horizon)
-    return heapq.merge(background, bursts)
+    if isinstance(profile, FlashCrowdArrivals):
+        bursts: list[float] = []
+        for b in profile.bursts:
+            bursts.extend(b.at + draws.exp(b.over) for _ in range(b.size))
+        bursts = sorted(t for t in bursts if t < horizon)
+        times: Iterator[float] = heapq.merge(background, bursts)
+    else:
+        times = background
+    return (start + t for t in times) if start else times
 
 
-def session_length(session: Session, draws: Draws) -> float:
-    """The scenario's session law (`Session.draw`) fed from the run's buffered draws."""
-    return session.draw(draws.standard_exponential, draws.normal)
+_STAGE_ROLES = frozenset({policy.Role.HOST, policy.Role.COHOST, policy.Role.SPEAKER})
+_LIVE = policy.SpaceStatus.LIVE
+_ENDED = policy.SpaceStatus.ENDED
 
 
 def arrivals(env: simpy.Environment, world: World, room: Room) -> Proc:
-    """Listeners arrive per the scenario's profile; each gets a session process."""
+    """Listeners arrive per the scenario's profile, counted from the space's start, until
+    it ends; each gets a session process."""
     sc = world.sc
     draws = world.draws
+    assert room.started is not None
+    yield room.started
+    space = room.space
     prefix = f"{room.name}/L"
-    for n, t in enumerate(arrival_times(sc, draws)):
+    for n, t in enumerate(arrival_times(sc, draws, env.now, sc.rooms.ends_at)):
         if t > env.now:
             yield env.timeout(t - env.now)
-        env.process(
-            listener_session(env, world, room, f"{prefix}{n}", session_length(sc.session, draws))
-        )
+        if space.status is _ENDED:
+            return
+        length = behaviour.session_length(sc.session, draws)
+        env.process(listener_session(env, world, room, f"{prefix}{n}", length))
 
 
 def listener_session(
@@ -140,11 +164,37 @@ def listener_session(
     world.leave(room, pid)
 
 
-# --------------------------------------------------------------------------- stage
+# --------------------------------------------------------------------------- lifecycle
 
 
-def stage(env: simpy.Environment, world: World, room: Room) -> Proc:
-    """Seat the host, co-hosts and speakers through the policy, then start the talkers."""
+def lifecycle(env: simpy.Environment, world: World, room: Room) -> Proc:
+    """The space as written: live from the start, or scheduled and started by the host at
+    ``rooms.starts_at``; ended by the host at ``rooms.ends_at``."""
+    rooms = world.sc.rooms
+    if rooms.starts_at is None:
+        open_space(env, world, room)
+    else:
+        yield env.timeout(rooms.starts_at)
+        if room.space.status is policy.SpaceStatus.SCHEDULED:
+            world.emit(room, room.space.start(room.space.host))
+            open_space(env, world, room)
+    if rooms.ends_at is not None:
+        yield env.timeout(max(rooms.ends_at - env.now, 0.0))
+        world.emit(room, room.space.end(room.space.host))
+
+
+def open_space(env: simpy.Environment, world: World, room: Room) -> None:
+    """The space is live: seat the stage, start the talkers and the arrivals' clock."""
+    assert room.started is not None
+    if room.started.triggered or room.space.status is not _LIVE:
+        return
+    stage(env, world, room)
+    room.started.succeed()
+
+
+def stage(env: simpy.Environment, world: World, room: Room) -> None:
+    """Seat the host, ``rooms.cohosts`` co-hosts and ``rooms.speakers`` speakers through
+    the policy; the first ``speaking.active_speakers`` of them (host first) talk."""
     space = room.space
     host = space.host
     world.join_stage(room, host, "host")
@@ -152,81 +202,111 @@ def stage(env: simpy.Environment, world: World, room: Room) -> Proc:
     for i in range(world.sc.rooms.cohosts):
         pid = f"{room.name}/cohost{i}"
         space.join(pid)
-        world.emit(room, space.add_cohost(host, pid))
         world.join_stage(room, pid, "cohost")
+        world.emit(room, space.add_cohost(host, pid))
         members.append(pid)
     for i in range(world.sc.rooms.speakers):
         pid = f"{room.name}/speaker{i}"
         space.join(pid)
         space.invite(host, pid)
-        world.emit(room, space.accept_invite(pid))  # speaker_granted, without a hand's wait
         world.join_stage(room, pid, "speaker")
+        world.emit(room, space.accept_invite(pid))  # speaker_granted, without a hand's wait
         members.append(pid)
     for pid in members[: world.sc.speaking.active_speakers]:
         env.process(talker(env, world, room, pid))
-    yield env.timeout(0)
 
 
 def talker(
     env: simpy.Environment, world: World, room: Room, pid: str, until: float = math.inf
 ) -> Proc:
-    """Brady's on/off speaker: exponential talk spurts and pauses, started in steady state.
+    """Brady's on/off speaker (`behaviour.talk_phases`) while on stage, until `until`.
 
-    Without DTX the speaker sends packets for as long as they are on stage and
-    unmuted; with DTX only during talk spurts.
+    Without DTX the speaker sends packets whenever they may be heard (live, on stage,
+    unmuted); with DTX only during talk spurts. The world interrupts the process when
+    the speaker's state changes: muted, they send nothing and wait to be unmuted (or for
+    `until`); off stage or with the space ended, they stop.
     """
     sp = world.sc.speaking
-    draws = world.draws
     space = room.space
-    talking = draws.uniform() < sp.activity
-    if not sp.dtx:
-        world.talk(room, pid, +1)
-    while env.now < until and space.may_be_heard(pid):
-        if talking:
-            spurt = draws.exp(sp.talk_spurt)
-            if sp.dtx:
-                world.talk(room, pid, +1)
-            yield env.timeout(spurt)
-            if sp.dtx:
+    phases = behaviour.talk_phases(sp, world.draws)
+    me = env.active_process
+    assert me is not None
+    room.talkers[pid] = me
+    sending = False
+    while env.now < until and room.talkers.get(pid) is me:  # a newer talker takes over
+        if not space.may_be_heard(pid):
+            if sending:
                 world.talk(room, pid, -1)
-            world.add(("talk_spurt", env.now, room.name, pid, "speaker", spurt, None))
-        else:
-            yield env.timeout(draws.exp(sp.pause))
-        talking = not talking
-    if not sp.dtx:
+                sending = False
+            if space.status is not _LIVE or space.role_of(pid) not in _STAGE_ROLES:
+                break
+            with contextlib.suppress(simpy.Interrupt):  # muted: an unmute interrupts the wait
+                yield env.timeout(until - env.now) if until < math.inf else env.event()
+            continue
+        talking, length = next(phases)
+        if (talking or not sp.dtx) and not sending:
+            world.talk(room, pid, +1)
+            sending = True
+        elif not talking and sp.dtx and sending:
+            world.talk(room, pid, -1)
+            sending = False
+        began = env.now
+        with contextlib.suppress(simpy.Interrupt):
+            yield env.timeout(min(length, until - began))
+        if talking and env.now > began:
+            world.add(("talk_spurt", env.now, room.name, pid, "speaker", env.now - began, None))
+    if sending:
         world.talk(room, pid, -1)
+    if room.talkers.get(pid) is me:
+        del room.talkers[pid]
+
+
+def guest_speaker(env: simpy.Environment, world: World, room: Room, pid: str) -> Proc:
+    """A granted or invited listener talks for a stint, then steps down (if still on stage)."""
+    stint = behaviour.speaker_stint(world.sc.audience, world.draws)
+    yield env.process(talker(env, world, room, pid, until=env.now + stint))
+    if room.space.role_of(pid) is policy.Role.SPEAKER:
+        world.emit(room, room.space.demote(pid, pid))
 
 
 # --------------------------------------------------------------------------- audience
 
 
 def audience(env: simpy.Environment, world: World, room: Room, desk: simpy.Resource) -> Proc:
-    """Per tick, Poisson counts of reactions, hand raises, reports and blocks."""
+    """Per tick while the space is live, Poisson counts of reactions, hand raises,
+    reports and blocks over its listeners (`behaviour.events_in`), and the tick's
+    event-stream load."""
     sc = world.sc
     au = sc.audience
     tick = sc.sim.tick
     draws = world.draws
-    while True:
+    space = room.space
+    assert room.started is not None
+    yield room.started
+    while space.status is _LIVE:
         n = len(room.ids)
+        k = 0
         if n:
-            k = draws.poisson(n * au.reaction_rate * tick)
+            k = behaviour.events_in(au.reaction_rate, tick, draws, n)
             if k:
                 world.add(("reaction", env.now, room.name, "", "listener", float(k), None))
-            for _ in range(draws.poisson(n * au.hand_raise_rate * tick)):
+            for _ in range(behaviour.events_in(au.hand_raise_rate, tick, draws, n)):
                 env.process(hand_raise(env, world, room, draws.uniform() * tick))
-            for _ in range(draws.poisson(n * au.report_rate * tick)):
+            for _ in range(behaviour.events_in(au.report_rate, tick, draws, n)):
                 env.process(report_review(env, world, room, desk, draws.uniform() * tick))
-            for _ in range(draws.poisson(n * au.block_rate * tick)):
+            for _ in range(behaviour.events_in(au.block_rate, tick, draws, n)):
                 _personal_block(world, room)
+        world.event_tick(room, k, tick)
         yield env.timeout(tick)
 
 
 def _someone(world: World, room: Room, other_than: str | None = None) -> str | None:
+    """A random listener of the room (`behaviour.pick`), other than `other_than`."""
     ids = room.ids
     if not ids or (len(ids) == 1 and ids[0] == other_than):
         return None
     while True:
-        pid = ids[world.draws.index(len(ids))]
+        pid = behaviour.pick(ids, world.draws)
         if pid != other_than:
             return pid
 
@@ -252,24 +332,16 @@ def hand_raise(env: simpy.Environment, world: World, room: Room, delay: float) -
     raised = env.now
     au = world.sc.audience
     draws = world.draws
-    yield env.timeout(draws.exp(au.host_response_time))
+    yield env.timeout(behaviour.hand_response_delay(au, draws))
     if pid not in space.hand_queue():
         return  # they left or lowered it meanwhile
-    if draws.uniform() < au.approval:
+    if behaviour.approves(au, draws):
         granted = space.approve(space.host, pid)
         if granted.ok:
             world.emit(room, granted, env.now - raised)
             env.process(guest_speaker(env, world, room, pid))
             return
     world.emit(room, space.decline(space.host, pid), env.now - raised)
-
-
-def guest_speaker(env: simpy.Environment, world: World, room: Room, pid: str) -> Proc:
-    """A granted listener talks for a stint, then steps down (if still on stage)."""
-    stint = world.draws.exp(world.sc.audience.speaker_stint)
-    yield env.process(talker(env, world, room, pid, until=env.now + stint))
-    if room.space.role_of(pid) is policy.Role.SPEAKER:
-        world.emit(room, room.space.demote(pid, pid))
 
 
 def report_review(
@@ -282,7 +354,7 @@ def report_review(
     reporter = _someone(world, room)
     if reporter is None:
         return
-    about_space = draws.uniform() < au.space_report_share
+    about_space = behaviour.report_targets_space(au, draws)
     target = None if about_space else _someone(world, room, other_than=reporter)
     if target is None and not about_space:
         return
@@ -295,14 +367,10 @@ def report_review(
     with desk.request() as req:
         yield req
         queued = env.now - t_filed
-        yield env.timeout(draws.exp(au.review_time))
-    action = policy.ModerationAction.DISMISS
-    if target is not None:
-        u = draws.uniform()
-        if u < au.outcomes.remove:
-            action = policy.ModerationAction.REMOVE
-        elif u < au.outcomes.remove + au.outcomes.block:
-            action = policy.ModerationAction.BLOCK
+        yield env.timeout(behaviour.review_time(au, draws))
+    action = policy.ModerationAction(
+        behaviour.report_outcome(au.outcomes, target is not None, draws)
+    )
     role_before = space.role_of(target) if target is not None else None
     out = space.moderate(action, target)
     if not out.ok:
@@ -314,14 +382,145 @@ def report_review(
         role = ev.role or (role_before if ev.participant == target else None)
         role_text = role.value if role is not None else ""
         world.add((ev.kind, now, room.name, ev.participant, role_text, value, json.dumps(attrs)))
-    world.apply_removals(room, out)
+    world.settle(room, out)
+
+
+# --------------------------------------------------------------------------- the host
+
+
+def _unmuted_stage(space: policy.Space) -> list[str]:
+    return [p for p in space.cohosts() + space.speakers() if not space.is_muted(p)]
+
+
+def host_action(env: simpy.Environment, world: World, room: Room, action: str) -> bool:
+    """The host does `action` (a `behaviour.MODERATION_ACTIONS` or timeline action) now.
+
+    Targets are drawn with `behaviour.pick` over the policy's own lists; every change
+    goes through the policy and its events are recorded. Returns whether anything
+    changed (an action with no possible target, or refused, is skipped).
+    """
+    space = room.space
+    host = space.host
+    draws = world.draws
+    mod = world.sc.moderation
+    if action == "start":
+        out = space.start(host)
+        world.emit(room, out)
+        if out.ok:
+            open_space(env, world, room)
+        return out.ok
+    if action == "end":
+        out = space.end(host)
+    elif action == "host_leave":
+        out = space.leave(host)
+    elif action == "mute":
+        target = behaviour.pick(_unmuted_stage(space), draws)
+        if target is None:
+            return False
+        out = space.mute(host, target)
+    elif action == "mute_all":
+        out = space.mute_all(host)
+    elif action == "unmute":  # every muted speaker unmutes themself
+        done = False
+        for pid in space.cohosts() + space.speakers():
+            if space.is_muted(pid):
+                out = space.unmute(pid, pid)
+                world.emit(room, out)
+                done = done or bool(out.events)
+        return done
+    elif action == "demote":
+        target = behaviour.pick(space.speakers(), draws)
+        if target is None:
+            return False
+        out = space.demote(host, target)
+    elif action == "invite":
+        target = behaviour.pick(space.listeners(), draws)
+        if target is None:
+            return False
+        out = space.invite(host, target)
+        world.emit(room, out)
+        if not out.ok:
+            return False
+        if behaviour.accepts_invite(mod, draws):
+            accepted = space.accept_invite(target)
+            if accepted.ok:
+                world.emit(room, accepted)
+                env.process(guest_speaker(env, world, room, target))
+                return True
+        world.emit(room, space.decline_invite(target))
+        return True
+    elif action in ("remove", "block"):
+        target = behaviour.pick(space.listeners(), draws)
+        if target is None:
+            return False
+        out = space.remove(host, target) if action == "remove" else space.block(host, target)
+    elif action == "cohost_handover":
+        target = behaviour.pick(space.listeners(), draws)
+        if target is None:
+            return False
+        cohosts = space.cohosts()
+        if cohosts and len(cohosts) >= space.limits.max_cohosts:
+            world.emit(room, space.remove_cohost(host, cohosts[0]))  # longest-serving
+        out = space.add_cohost(host, target)
+    else:
+        raise ValueError(f"unknown host action {action!r}")
+    world.emit(room, out)
+    if out.ok and mod.unmute_after is not None:
+        for ev in out.events:
+            if ev.kind == "muted":
+                delay = behaviour.unmute_delay(mod, draws)
+                if delay is not None:
+                    env.process(_unmute_later(env, world, room, ev.participant, delay))
+    return out.ok
+
+
+def _unmute_later(env: simpy.Environment, world: World, room: Room, pid: str, delay: float) -> Proc:
+    """A speaker the host muted unmutes themself after a while (if still muted)."""
+    yield env.timeout(delay)
+    if room.space.is_muted(pid):
+        world.emit(room, room.space.unmute(pid, pid))
+
+
+def host_moderation(env: simpy.Environment, world: World, room: Room) -> Proc:
+    """The host's own actions at the `moderation` rates, per tick while the space is live
+    (`behaviour.moderation_due`), each at a uniform instant within the tick."""
+    sc = world.sc
+    tick = sc.sim.tick
+    draws = world.draws
+    space = room.space
+    assert room.started is not None
+    yield room.started
+    while space.status is _LIVE:
+        end = env.now + tick
+        due = behaviour.moderation_due(sc.moderation, tick, draws)
+        for at, action in sorted((env.now + draws.uniform() * tick, a) for a in due):
+            if at > env.now:
+                yield env.timeout(at - env.now)
+            if space.status is not _LIVE:
+                return
+            if host_action(env, world, room, action):
+                attrs = json.dumps({"action": action})
+                world.add(
+                    ("moderation_action", env.now, room.name, space.host, "host", math.nan, attrs)
+                )
+        yield env.timeout(end - env.now)
+
+
+def timeline(env: simpy.Environment, world: World, room: Room) -> Proc:
+    """The scenario's scripted actions, each at its run time (`behaviour.timeline_due`)."""
+    for entry in behaviour.timeline_due(world.sc, 0.0, math.inf):
+        if entry.at > env.now:
+            yield env.timeout(entry.at - env.now)
+        ok = host_action(env, world, room, entry.action)
+        attrs = json.dumps({"action": entry.action, "at": entry.at, "ok": ok})
+        world.add(("timeline_action", env.now, room.name, room.space.host, "host", math.nan, attrs))
 
 
 # --------------------------------------------------------------------------- monitor
 
 
 def monitor(env: simpy.Environment, world: World) -> Proc:
-    """Every tick: node CPU, concurrency and the sampled listeners' audio."""
+    """Every tick: node CPU, concurrency and the sampled listeners' audio and events."""
     sc = world.sc
     tick = sc.sim.tick
     while True:

@@ -3,11 +3,21 @@
 Processes (`spacesim.sim.processes`) change the world only through these methods, so
 every membership or stage change passes through `spacesim.policy` (the same rulebook
 the server applies) and every node sees the load change at the moment it happens.
+
+The event stream (what the server sends its WebSocket subscribers) is charged here,
+``cpu_per_event`` per event per subscriber: a policy event that matters to everyone
+(`BROADCAST`), a reaction and the coalesced ``audience`` count (one a second while the
+count changes) go to every subscriber; listeners' joins and leaves go to the stage
+only. Subscribers are the stage plus each listener who opened the stream
+(`behaviour.subscribes_to_events`, decided per listener at join). To keep a large run
+fast the work is aggregated per tick: each room's deliveries are drawn (reactions) or
+counted (policy events, joins, leaves) per tick and charged to each node as a steady
+load over the next tick (`Node.event_rate`), in the same queue as the packets; so
+policy events are charged up to a tick late and spread over it, not as a spike.
 """
 
 from __future__ import annotations
 
-import bisect
 import json
 import math
 from collections.abc import Iterable
@@ -15,18 +25,43 @@ from dataclasses import dataclass, field
 
 import simpy
 
-from spacesim import policy
+from spacesim import behaviour, policy
 from spacesim.results import Recorder
 from spacesim.scenario import NetworkProfile, Scenario
 from spacesim.sim.draws import Draws
 from spacesim.sim.node import Node
 
-__all__ = ["Listener", "Room", "World"]
+__all__ = ["BROADCAST", "STAGE_ONLY", "Listener", "Room", "World"]
 
 # Handshakes before media flows (signalling, ICE check, DTLS); each is one round trip
 # and, when its packet is lost, waits for a 1 s retransmission timer (RFC 6347 4.2.4.1).
 _JOIN_ROUND_TRIPS = 3
 _RETRANSMIT = 1.0
+
+#: Policy events every subscriber of a space's event stream gets (as the server sends
+#: them); a personal block goes to the blocker only, reports to the moderators only.
+BROADCAST = frozenset(
+    {
+        "hand_raised",
+        "hand_lowered",
+        "hand_declined",
+        "speaker_invited",
+        "invite_declined",
+        "speaker_granted",
+        "speaker_revoked",
+        "cohost_added",
+        "cohost_removed",
+        "muted",
+        "unmuted",
+        "removed",
+        "blocked",
+        "space_started",
+        "space_ended",
+        "speak_setting_changed",
+    }
+)
+#: Events only the stage (host, co-hosts, speakers) gets: listeners coming and going.
+STAGE_ONLY = frozenset({"participant_joined", "participant_left"})
 
 
 @dataclass(slots=True)
@@ -38,6 +73,7 @@ class Listener:
     requested_at: float  # when the listener asked to join
     joined_at: float  # when media could flow (the join completed)
     sampled: bool = False
+    subscribed: bool = True  # opened the space's event stream
 
 
 @dataclass
@@ -59,6 +95,14 @@ class Room:
     waiting_audio: list[str] = field(default_factory=list)  # joined, not yet heard audio
     sampled: dict[str, Listener] = field(default_factory=dict)  # whose audio is measured
     hands: dict[str, float] = field(default_factory=dict)  # listener -> time raised
+    talkers: dict[str, simpy.Process] = field(default_factory=dict)  # pid -> talker process
+    node_subs: dict[Node, int] = field(default_factory=dict)  # subscribed listeners per node
+    event_load: dict[Node, float] = field(default_factory=dict)  # this tick's event cores
+    events_tick: int = 0  # events delivered to every subscriber since the last sample
+    count_changes: int = 0  # joins and leaves since the last audience tick
+    stage_deliveries: int = 0  # join/leave events delivered to the stage since then
+    broadcasts: int = 0  # policy events delivered to every subscriber since then
+    started: simpy.Event | None = None  # triggers when the space goes live
 
     def add_id(self, pid: str) -> None:
         self.index[pid] = len(self.ids)
@@ -91,11 +135,9 @@ class World:
         ]
         # A listener reserves one stream per speaker that may talk at once.
         self.streams_per_listener = max(scenario.speaking.active_speakers, 1)
-        self._net_cum: list[float] = []
-        acc = 0.0
-        for p in scenario.network:
-            acc += p.share
-            self._net_cum.append(acc)
+        self.cpu_per_event = scenario.server.cpu_per_event
+        self.edge_delay = scenario.server.edge_delay
+        scheduled = scenario.rooms.starts_at is not None
         self.rooms: list[Room] = []
         for i in range(scenario.rooms.count):
             name = f"room-{i}"
@@ -104,13 +146,17 @@ class World:
                 f"{name}/host",
                 limits=policy.Limits(listener_cap=scenario.rooms.listener_cap),
                 who_may_speak=policy.WhoMaySpeak(scenario.rooms.who_may_speak),
+                status=policy.SpaceStatus.SCHEDULED if scheduled else policy.SpaceStatus.LIVE,
             )
-            self.rooms.append(Room(name, space, self.nodes[i % len(self.nodes)]))
+            room = Room(name, space, self.nodes[i % len(self.nodes)])
+            room.started = env.event()
+            self.rooms.append(room)
 
     # ------------------------------------------------------------------ records
 
     def emit(self, room: Room, outcome: policy.Outcome, value: float = math.nan) -> None:
-        """Record a policy outcome's events (the same names as the record vocabulary)."""
+        """Record a policy outcome's events (the same names as the record vocabulary),
+        then let the world follow them (`settle`)."""
         t = self.env.now
         for ev in outcome.events:
             attrs = dict(ev.attrs)
@@ -119,36 +165,164 @@ class World:
             role = ev.role.value if ev.role is not None else ""
             text = json.dumps(attrs, sort_keys=True) if attrs else None
             self.add((ev.kind, t, room.name, ev.participant, role, value, text))
+        self.settle(room, outcome)
+
+    def settle(self, room: Room, outcome: policy.Outcome) -> None:
+        """What a policy outcome's events do beyond the records.
+
+        Each event on the stream is delivered (and charged); the removed are
+        disconnected; a talker whose stage state changed re-reads it; an ended space
+        empties.
+        """
+        ended = False
+        for ev in outcome.events:
+            kind = ev.kind
+            if kind in BROADCAST and not (
+                kind == "blocked" and ev.attrs.get("scope") == "personal"
+            ):
+                self.broadcast(room)
+            elif kind in STAGE_ONLY:
+                room.stage_deliveries += len(room.stage_nets)
+            pid = ev.participant
+            if kind == "removed":
+                self.detach(room, pid, reason="removed")
+                self._disconnect_stage(room, pid, "removed")
+            elif kind == "participant_left":  # the host leaving (listeners leave via `leave`)
+                self._disconnect_stage(room, pid, None, record=False)
+            elif kind == "space_ended":
+                ended = True
+            talker = room.talkers.get(pid)
+            if talker is not None:
+                self.nudge(talker)
+        if ended:
+            self._empty(room)
+
+    def broadcast(self, room: Room, n: int = 1) -> None:
+        """`n` events to every subscriber now (charged with the tick's, `event_tick`)."""
+        room.events_tick += n
+        room.broadcasts += n
+
+    def nudge(self, talker: simpy.Process) -> None:
+        """Wake a talker so that it re-reads the policy (muted, off stage, ended)."""
+        if talker.is_alive and talker is not self.env.active_process:
+            talker.interrupt()
+
+    def _disconnect_stage(
+        self, room: Room, pid: str, reason: str | None, *, record: bool = True
+    ) -> None:
+        if room.stage_nets.pop(pid, None) is None:
+            return
+        now = self.env.now
+        room.origin.change(now, connections=-1)
+        if record:
+            attrs = json.dumps({"reason": reason}) if reason else None
+            self.add(("participant_left", now, room.name, pid, "", math.nan, attrs))
+
+    def _empty(self, room: Room) -> None:
+        """The space ended: everyone still connected leaves, talkers stop."""
+        for pid in list(room.present):
+            self.detach(room, pid, reason="space_ended")
+        for pid in list(room.stage_nets):
+            self._disconnect_stage(room, pid, "space_ended")
+        for talker in list(room.talkers.values()):
+            self.nudge(talker)
+        room.hands.clear()
+        room.waiting_audio.clear()
+        room.count_changes = room.stage_deliveries = room.broadcasts = 0
+        now = self.env.now
+        for node, load in room.event_load.items():
+            node.set_event_rate(now, node.event_rate - load)
+        room.event_load = {}
+
+    # ------------------------------------------------------------------ events per tick
+
+    def event_tick(self, room: Room, reactions: int, tick: float) -> None:
+        """Charge the room's event deliveries as a steady load over the coming tick.
+
+        `reactions` (drawn for the coming tick) go to every subscriber, as do the policy
+        events of the last tick and the coalesced ``audience`` count, one a second while
+        the count changes (at most one per whole second of the tick, and no more than the
+        joins and leaves there were); the listeners' joins and leaves since the last tick
+        go to the stage.
+        """
+        now = self.env.now
+        counts = 0
+        if room.count_changes:
+            counts = min(room.count_changes, max(1, int(tick)))
+            self.add(("audience", now, room.name, "", "", float(len(room.present)), None))
+        room.count_changes = 0
+        room.events_tick += reactions + counts
+        everyone = reactions + counts + room.broadcasts
+        room.broadcasts = 0
+        stage = room.stage_deliveries
+        room.stage_deliveries = 0
+        per = self.cpu_per_event / tick
+        load: dict[Node, float] = {}
+        if everyone:
+            for node, subs in room.node_subs.items():
+                if subs:
+                    load[node] = everyone * subs * per
+        on_origin = everyone * len(room.stage_nets) + stage
+        if on_origin:
+            load[room.origin] = load.get(room.origin, 0.0) + on_origin * per
+        if not load and not room.event_load:
+            return
+        for node in set(load) | set(room.event_load):
+            delta = load.get(node, 0.0) - room.event_load.get(node, 0.0)
+            if delta:
+                node.set_event_rate(now, node.event_rate + delta)
+        room.event_load = load
+
+    def event_latency(self, room: Room, who: Listener) -> float:
+        """Publication at the server -> arrival at a subscribed listener, for one event.
+
+        The node's queue (as a packet would wait), the listener's place in the event's
+        fan-out over that node's subscribers, then the listener's one-way path.
+        """
+        d = self.draws
+        node = who.node
+        subs = room.node_subs.get(node, 0)
+        if node is room.origin:
+            subs += len(room.stage_nets)
+        wait = node.event_wait(d.uniform(), d.uniform())
+        wait += d.uniform() * subs * self.cpu_per_event / node.cores
+        delay = wait + self.one_way(who.net)
+        if node is not room.origin:
+            delay += self.edge_delay
+        return delay
 
     # ------------------------------------------------------------------ network
 
     def pick_network(self) -> NetworkProfile:
-        profiles = self.sc.network
-        if len(profiles) == 1:
-            return profiles[0]
-        i = bisect.bisect_right(self._net_cum, self.draws.uniform())
-        return profiles[min(i, len(profiles) - 1)]
+        """A participant's path (`behaviour.network_path`)."""
+        return behaviour.network_path(self.sc.network, self.draws)
 
     def one_way(self, net: NetworkProfile) -> float:
         """One-way network delay: half the RTT plus an exponential jitter term."""
         j = self.draws.exp(net.jitter) if net.jitter > 0 else 0.0
         return net.rtt / 2 + j
 
-    def audio_latency(self, room: Room, who: Listener) -> float | None:
+    def audio_latency(self, room: Room, who: Listener, *, delivered: bool = False) -> float | None:
         """Publisher -> listener delay of one packet, None if the server loses it.
 
         Network + server only: the receiver's jitter buffer and playout are not included.
         The publisher is one of the room's current senders, on their own network path.
+        With `delivered`, a packet that the node does not lose (drawn from the waits of
+        those, rather than by drawing packets until one gets through).
         """
         d = self.draws
-        server = who.node.packet_wait(d.uniform(), d.uniform(), d.uniform())
+        u_busy = d.uniform()
+        if delivered:
+            loss = who.node.loss_now()
+            u_busy = loss + u_busy * (1.0 - loss)
+        server = who.node.packet_wait(u_busy, d.uniform(), d.uniform())
         if server is None:
             return None
         senders = list(room.senders.values())
         uplink = senders[d.index(len(senders))] if senders else self.sc.network[0]
         delay = self.one_way(uplink) + server + self.one_way(who.net)
         if who.node is not room.origin:
-            delay += self.sc.server.edge_delay
+            delay += self.edge_delay
         return delay
 
     def delivered_latency(self, room: Room, who: Listener, *, first: bool = False) -> float:
@@ -164,11 +338,15 @@ class World:
             wait += self.draws.uniform() * node.fanout_spread()
             uplink = self.one_way(self.sc.network[0])
             return (clear if first else 0.0) + uplink + wait + self.one_way(who.net)
-        for k in range(1000):
-            delay = self.audio_latency(room, who)
-            if delay is not None:
-                return delay + (k / self.pps if first else 0.0)
-        return 1000 / self.pps  # only near-total overload gets here
+        delay = self.audio_latency(room, who, delivered=True)
+        if delay is None:  # the queue is exactly full: only near-total overload gets here
+            return 1000 / self.pps
+        if first:  # a frame per packet lost before it: geometric in the node's loss
+            loss = node.loss_now()
+            if loss > 0.0:
+                lost = math.log1p(-self.draws.uniform()) / math.log(loss) if loss < 1.0 else 1e3
+                delay += min(math.floor(lost), 1000) / self.pps
+        return delay
 
     # ------------------------------------------------------------------ membership
 
@@ -191,6 +369,7 @@ class World:
         """Connect a stage member (host, co-host, speaker) to the room's origin node."""
         room.origin.change(self.env.now, connections=1)
         room.stage_nets[pid] = self.pick_network()
+        room.stage_deliveries += len(room.stage_nets) - 1
         self.add(("participant_joined", self.env.now, room.name, pid, role, math.nan, None))
 
     def _refuse_join(self, room: Room, pid: str, reason: str) -> None:
@@ -215,6 +394,8 @@ class World:
         # The node fans this room's senders out once it has a listener of the room.
         senders = 0 if here else room.talking
         join_time = node.connect(now, room.talking, senders, self.sc.server.cpu_per_join)
+        room.stage_deliveries += len(room.stage_nets)  # the stage sees who comes
+        room.count_changes += 1
         # Handshake round trips, each with a jitter term each way, and a retransmission
         # timer for each one whose packet is lost.
         join_time += _JOIN_ROUND_TRIPS * net.rtt
@@ -231,6 +412,10 @@ class World:
         if len(room.sampled) < self.sc.sim.latency_sample:
             who.sampled = True
             room.sampled[pid] = who
+        if behaviour.subscribes_to_events(self.sc.audience, d):
+            room.node_subs[node] = room.node_subs.get(node, 0) + 1
+        else:
+            who.subscribed = False
         room.present[pid] = who
         room.add_id(pid)
         if room.space.who_may_speak is policy.WhoMaySpeak.FOLLOWED and (
@@ -261,6 +446,10 @@ class World:
             del room.node_listeners[node]
         room.drop_id(pid)
         room.hands.pop(pid, None)
+        if who.subscribed:
+            room.node_subs[node] -= 1
+        room.stage_deliveries += len(room.stage_nets)
+        room.count_changes += 1
         if who.sampled:
             del room.sampled[pid]
         attrs = json.dumps({"reason": reason}) if reason else None
@@ -272,11 +461,6 @@ class World:
             role = room.space.role_of(pid)
             room.space.leave(pid)
             self.detach(room, pid, role=role.value if role else "listener")
-
-    def apply_removals(self, room: Room, outcome: policy.Outcome) -> None:
-        for ev in outcome.events:
-            if ev.kind == "removed" and ev.participant in room.present:
-                self.detach(room, ev.participant, reason="removed")
 
     # ------------------------------------------------------------------ talking
 
@@ -340,7 +524,8 @@ class World:
     # ------------------------------------------------------------------ sampling
 
     def sample_tick(self, tick: float, record: bool) -> None:
-        """Per-tick records: node CPU and packets, concurrency, the sampled listeners' audio.
+        """Per-tick records: node CPU and packets, concurrency, the sampled listeners' audio
+        and event stream (events received in the tick, one event's latency).
 
         A sampled listener's server-side loss in a tick is its node's dropped share over
         that tick, so listener and node records agree by construction.
@@ -363,9 +548,18 @@ class World:
             self._account_talk(room)
             talk = room.talk_seconds
             room.talk_seconds = 0.0
+            events = room.events_tick
+            room.events_tick = 0
             if not record:
                 continue
             add(("concurrency", now, room.name, "", "listener", float(len(room.present)), None))
+            for pid, who in room.sampled.items():
+                if who.joined_at > now or not who.subscribed:
+                    continue
+                add(("events_received", now, room.name, pid, "listener", float(events), None))
+                if events:
+                    latency = self.event_latency(room, who)
+                    add(("event_latency", now, room.name, pid, "listener", latency, None))
             expected = int(talk * self.pps + d.uniform())  # unbiased rounding
             if expected <= 0:
                 continue

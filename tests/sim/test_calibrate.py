@@ -110,6 +110,58 @@ def load_run_pair(
     return directory
 
 
+CPU_PER_EVENT = 12e-6
+
+
+def event_run(directory: Path, seconds: int, listeners: int, reactions: float, seed: int) -> Path:
+    """A load run whose listeners receive Poisson bursts of events, and its server run,
+    whose CPU follows `TRUE` plus `CPU_PER_EVENT` per delivery (plus a little noise)."""
+    rng = np.random.default_rng(seed)
+    srv = Recorder(f"server-ev-{seed}", "server")
+    load = Recorder(f"load-ev-{seed}", "load")
+    for i in range(listeners):
+        srv.add("participant_joined", 0.5, "r", f"l{i}", "listener")
+    for s in range(1, seconds + 1):
+        k = int(rng.poisson(reactions))  # events every subscriber gets in this second
+        for i in range(listeners):  # the load clock runs 0.5 s behind the server's
+            load.add("events_received", s - 0.7, "r", f"l{i}", "listener", float(k))
+        joins = listeners if s == 1 else 0
+        packets = PPS * listeners
+        cpu = (
+            TRUE["cpu_fixed"]
+            + TRUE["cpu_per_packet"] * packets
+            + TRUE["cpu_per_join"] * joins
+            + TRUE["cpu_per_connection"] * listeners
+            + CPU_PER_EVENT * k * listeners
+            + rng.normal(0.0, 0.002)
+        )
+        srv.add("node_cpu", float(s), "", "server", "node", cpu)
+        srv.add("packets_forwarded", float(s), "", "server", "node", packets)
+    write_run(directory / "server", srv.to_frame(), _meta(srv.run_id, "server", seconds, 1000.0))
+    meta = _meta(load.run_id, "load", seconds, 1000.5, server_run="server")
+    write_run(directory, load.to_frame(), meta)
+    return directory
+
+
+def test_cpu_fit_recovers_the_cost_of_an_event(tmp_path: Path) -> None:
+    runs = [
+        server_run(tmp_path / "a", 40, 3.0, 1, 1, 0.003),
+        server_run(tmp_path / "b", 40, 8.0, 2, 2, 0.003),
+        event_run(tmp_path / "e1", 40, 200, 5.0, 3),
+        event_run(tmp_path / "e2", 40, 500, 2.0, 4),
+    ]
+    cal = calibrate(runs)
+    assert cal.server["cpu_per_event"] == pytest.approx(CPU_PER_EVENT, rel=0.05)
+    for field in ("cpu_fixed", "cpu_per_packet", "cpu_per_connection"):
+        assert cal.server[field] == pytest.approx(TRUE[field], rel=0.15), field
+    samples = cpu_samples(runs[2])
+    assert samples["events"].sum() == pytest.approx(
+        samples["events"].sum() // 200 * 200  # whole bursts, each to all 200 listeners
+    )
+    # runs without events say nothing about them: the term stays out of the file
+    assert "cpu_per_event" not in calibrate(runs[:2]).server
+
+
 def test_nnls_matches_the_constrained_optimum() -> None:
     rng = np.random.default_rng(1)
     a = rng.random((50, 3))
@@ -137,7 +189,15 @@ def test_cpu_fit_recovers_known_costs(tmp_path: Path) -> None:
     assert all(abs(r["bias"]) < 0.002 for r in cal.cpu.per_run.values())
     assert cal.latency is None  # server runs alone say nothing about latency
     samples = cpu_samples(runs[0])
-    assert list(samples.columns) == ["t", "cpu", "packets", "joins", "connections", "run_id"]
+    assert list(samples.columns) == [
+        "t",
+        "cpu",
+        "packets",
+        "joins",
+        "connections",
+        "events",
+        "run_id",
+    ]
 
 
 def test_latency_fit_and_file_round_trip(tmp_path: Path) -> None:
@@ -206,7 +266,13 @@ def test_cli_refuses_a_malformed_calibration(
 
 def test_simulate_with_calibration_uses_the_fitted_costs(tmp_path: Path) -> None:
     cal = tmp_path / "cal.yaml"
-    costs = {"cpu_fixed": 0.25, "cpu_per_packet": 0, "cpu_per_join": 0, "cpu_per_connection": 0}
+    costs = {
+        "cpu_fixed": 0.25,
+        "cpu_per_packet": 0,
+        "cpu_per_join": 0,
+        "cpu_per_connection": 0,
+        "cpu_per_event": 0,
+    }
     cal.write_text(yaml.safe_dump({"server": costs, "provenance": {"note": "test"}}))
     scenario = tmp_path / "sc.yaml"
     scenario.write_text(fixed_crowd(20, 30).to_yaml())
