@@ -59,7 +59,7 @@ FULL: dict[str, Any] = {
         "approval": 0.6,
         "speaker_stint": "4s",
         "reaction_rate": "30/min",
-        "report_rate": "6/min",
+        "report_rate": "60/min",
         "space_report_share": 0.3,
         "block_rate": "3/min",
         "events_share": 0.8,
@@ -236,22 +236,36 @@ def test_simulator_reads_exactly_its_fields() -> None:
     judge("sim", seen)
 
 
-def run_load(sc: Scenario) -> None:
-    """The swarm's scenario-reading code, without Locust or sockets: the load shape and
-    the gevent-free host and listener behaviours against an in-memory server."""
+def run_load(sc: Scenario, behave: bool) -> None:
+    """The swarm's scenario-reading code, without Locust or sockets: the load shape and,
+    if `behave`, the gevent-free hosts and listeners against an in-memory server, then
+    the summary and SLO check `spacesim load` prints."""
     pytest.importorskip("locust")
     from spacesim.load.dryrun import dry_run
-
-    from spacesim.load.shape import scaled_users
+    from spacesim.load.shape import listener_targets
+    from spacesim.results import Recorder
     from tests.load.fakes import FakeServer
 
-    scaled_users(sc.audience_curve(sc.duration + 1.0), 20)
-    asyncio.run(dry_run(sc, FakeServer(), seconds=6.0, listeners=12))
+    listener_targets(sc, sc.duration, 20)
+    if not behave:
+        return
+
+    async def go() -> list[Any]:
+        server = FakeServer()
+        try:
+            return await dry_run(sc, server.client, seconds=8.0, listeners=16)
+        finally:
+            await server.close()
+
+    rec = Recorder("parity", "load")
+    for row in asyncio.run(go()):
+        rec.append(row)
+    check_slos(summarise(rec.to_frame(), sc.duration), sc.slo.targets())
 
 
 def test_swarm_reads_exactly_its_fields() -> None:
     runs = scenarios()
     with reads() as seen:
-        for sc in runs:
-            run_load(sc)
+        for i, sc in enumerate(runs):
+            run_load(sc, behave=i == 0)  # arrivals reach the swarm only through its shape
     judge("load", seen)
