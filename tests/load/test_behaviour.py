@@ -261,3 +261,38 @@ def test_every_action_name_in_the_load_code_is_the_protocols() -> None:
         assert "EMOJIS = " not in path.read_text(encoding="utf-8"), path
     assert {"raise_hand", "react", "invite", "add_cohost", "accept_invite"} <= names
     assert names <= set(ACTIONS), names - set(ACTIONS)
+
+
+def test_every_error_code_the_load_code_checks_is_the_protocols() -> None:
+    """Refusal codes the swarm compares ``.code`` with (directly or through a named set)
+    are all codes of `protocol.ERROR_STATUS`: a renamed code cannot silently stop matching."""
+    import ast
+    from pathlib import Path
+
+    import spacesim.load
+    from spacesim.protocol import ERROR_STATUS
+
+    codes: set[str] = set()
+    for path in Path(spacesim.load.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Compare) and any(
+                isinstance(side, ast.Attribute) and side.attr == "code"
+                for side in [node.left, *node.comparators]
+            ):
+                codes |= {
+                    c.value
+                    for side in node.comparators
+                    for c in ast.walk(side)
+                    if isinstance(c, ast.Constant) and isinstance(c.value, str)
+                }
+            if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id in {"QUIET_END", "EXPECTED"} for t in node.targets
+            ):
+                codes |= {
+                    c.value
+                    for c in ast.walk(node.value)
+                    if isinstance(c, ast.Constant) and isinstance(c.value, str)
+                }
+    assert {"stage_full", "room_full", "space_ended"} <= codes
+    assert codes <= set(ERROR_STATUS), codes - set(ERROR_STATUS)
