@@ -179,7 +179,11 @@ def test_clients_reconnect_after_the_server_crashes(tiny: Path, tmp_path: Path) 
     rec = load_run(out).records
     t_crash = crash - load_run(out).meta.extra["t0_unix"]
     back = rec[rec["kind"] == "reconnected"]
-    assert {"host", "listener"} <= set(back["role"].astype(str))
+    assert "host" in set(back["role"].astype(str))
+    # Listeners' sessions come back too, whatever their role now (tiny's hands are
+    # granted at once, so a listener may be on stage when the server dies).
+    joined = rec[(rec["kind"] == "participant_joined") & (rec["role"] == "listener")]
+    assert set(back["participant"].astype(str)) & set(joined["participant"].astype(str))
     heard = rec[(rec["kind"] == "packets_received") & (rec["t"] > t_crash + 8)]
     assert heard["value"].sum() > 100  # audio flows again after the restart
     # Once everyone is back, delivery is whole again (the outage itself was silence:
