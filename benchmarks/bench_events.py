@@ -7,8 +7,12 @@ What runs (all on 127.0.0.1, every process with a hard deadline):
   (nanoseconds on CPU, all threads), so nothing in it is added for the benchmark.
 * ``--clients`` client processes (default 2) hold the N listeners: each listener gets
   a dev token, joins (``POST /join`` without SDP: signalling only, no WebRTC) and
-  subscribes to ``GET /v1/spaces/{id}/events`` with an aiohttp WebSocket, one reader
-  task per socket that stamps ``time.monotonic_ns()`` as each message is read.
+  subscribes to ``GET /v1/spaces/{id}/events`` with a minimal WebSocket client on an
+  asyncio protocol (`_Listener`: no aiohttp reader, queue or task per socket; frames
+  are cut out of each read, ``time.monotonic_ns()`` is stamped once per read, and a
+  reaction's ``clock_ns`` is found by a byte search, not ``json.loads``), so that the
+  clients' own cost per message (a few µs) stays small beside the server's on a
+  2-core machine.
 
 Per N (default 100, 400 and 1,000): after all listeners are subscribed, the server's
 idle CPU rate is measured for ``IDLE_S`` s. Then ``--repeats`` reaction storms: for
@@ -19,8 +23,16 @@ never refuses one. A storm ends when every client has received every reaction (o
 after ``DRAIN_S`` s). Its cost per delivery is (server CPU over the storm - idle rate x
 its wall time) / deliveries, deliveries = reaction events received, counted at the
 clients (events x subscribers when none is lost); its latency is arrival time minus
-the event's ``clock_ns`` (one machine, one monotonic clock) over all deliveries. The
-figures are the medians over the repeats.
+the event's ``clock_ns`` (one machine, one monotonic clock) over all deliveries. It
+includes the subscriber's position in the server's fan-out (the server writes one
+frame to 1,000 sockets in turn, ~10 µs each, so the last gets it ~10 ms after the
+first), the loopback kernel path, and the client process's wake-up and read (two
+client processes take turns with the server on two cores). The figures are the
+medians over the repeats.
+
+``--pin`` puts every server thread on CPU 0 and the client processes on CPU 1. On a
+2-core machine that made the latency worse (p95 ~41 ms at N = 1,000 against ~26 ms
+unpinned): both client processes then share one core for 10,000 reads/s.
 
 Join cost at N = 100 and N = 1,000: a batch of ``JOIN_BATCH`` more listeners (tokens
 minted beforehand) join and subscribe, ten at a time; the server CPU from the first
