@@ -9,7 +9,6 @@ other spaces untouched. See docs/protocol.md for the contract.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import secrets
@@ -26,7 +25,7 @@ from spacesim.protocol import PROTOCOL_VERSION, ProtocolError, error_body, parse
 from spacesim.server import metrics
 from spacesim.server.auth import AuthError, Claims, DevIssuer, Forbidden, require, verify_token
 from spacesim.server.records import ServerRecorder
-from spacesim.server.room import Room
+from spacesim.server.room import Room, text_frame
 from spacesim.server.store import Conflict, NotFound, Store, StoreError
 from spacesim.server.store_sqlite import SqliteStore
 
@@ -523,46 +522,61 @@ async def moderate(request: web.Request) -> web.Response:
     return _json({"ok": True, "events": events})
 
 
+#: Seconds a cut-off stream (too slow, removed) has to take its last frames before its
+#: socket is aborted: a client that stopped reading would otherwise hold it forever.
+CLOSE_GRACE_S = 5.0
+
+
 @routes.get("/v1/spaces/{space}/events")
 async def events_ws(request: web.Request) -> web.StreamResponse:
-    """The event stream; clients may also send actions as JSON messages on it."""
+    """The event stream; clients may also send actions as JSON messages on it.
+
+    Events do not go through aiohttp's WebSocket writer: the room writes one pre-built,
+    uncompressed text frame to every subscriber's transport (`Room.attach`). That is
+    safe with aiohttp 3.14 because (aiohttp/_websocket/writer.py,
+    `WebSocketWriter.send_frame` / `_write_websocket_frame`) a frame that is not
+    compressed -- and control frames (ping, pong, close) always -- is written to the
+    same transport whole, by synchronous `transport.write` calls with no await in
+    between, and there is no other buffer in front of the transport; with
+    ``compress=False`` nothing negotiates permessage-deflate. Writes from the room are
+    synchronous too, so frames never interleave on the single-threaded loop. And
+    `WebSocketResponse.close` (web_ws.py) sets `closed` before it writes the close
+    frame, which the room checks, so no event follows a close frame.
+    """
     claims, state, room = _in_space(request, "space:join")
     # before the upgrade: a refusal is still a 403
-    queue = room.subscribe(claims.sub, moderator=claims.has("moderate"))
-    ws = web.WebSocketResponse(heartbeat=20, max_msg_size=64 * 1024)
-    await ws.prepare(request)
-    await ws.send_json(
-        {
+    sub = room.subscribe(claims.sub, moderator=claims.has("moderate"))
+    try:
+        ws = web.WebSocketResponse(heartbeat=20, max_msg_size=64 * 1024, compress=False)
+        await ws.prepare(request)
+        transport = request.transport  # the one aiohttp's own WebSocketWriter writes to
+        if transport is None:  # the client went away during the upgrade
+            return ws
+        hello = {
             "type": "hello",
             "protocol": PROTOCOL_VERSION,
             "space": room.snapshot(),
             "clock_ns": time.monotonic_ns(),
         }
-    )
+        closing: set[asyncio.Task[bool]] = set()
 
-    async def pump() -> None:
-        while True:
-            text = await queue.get()  # JSON text, serialised once for every subscriber
-            await ws.send_str(text)
-            if room.is_final(text):
-                await ws.close()
-                return
+        def end() -> None:  # the room cut this stream off and wrote why: close it
+            asyncio.get_running_loop().call_later(CLOSE_GRACE_S, transport.abort)
+            task = asyncio.ensure_future(ws.close(drain=False))
+            closing.add(task)
+            task.add_done_callback(closing.discard)
 
-    sender = asyncio.create_task(pump())
-    try:
+        room.attach(sub, transport, ws, text_frame(json.dumps(hello).encode()), end)
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
-                await ws.send_json(
-                    {"type": "error", "error": "bad_request", "reason": "send JSON text"}
-                )
-                continue
-            reply = await _ws_action(state, room, claims, msg.data)
+                reply = {"type": "error", "error": "bad_request", "reason": "send JSON text"}
+            else:
+                reply = await _ws_action(state, room, claims, msg.data)
+            if ws.closed:  # e.g. the action removed this user: the stream ended meanwhile
+                break
             await ws.send_json(reply)
     finally:
-        sender.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sender
-        room.unsubscribe(queue)
+        room.unsubscribe(sub)
     return ws
 
 

@@ -10,23 +10,27 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import itertools
 import json
+import struct
 import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from spacesim import policy
 from spacesim.protocol import AUDIENCE, REACTIONS, ProtocolError, event_message
 
-__all__ = ["AUDIENCE_INTERVAL", "EventSink", "RateLimiter", "Room"]
+__all__ = ["AUDIENCE_INTERVAL", "EventSink", "RateLimiter", "Room", "Subscriber", "text_frame"]
 
 EventSink = Callable[[dict[str, Any]], None]
 
-# Subscribers that fall this far behind are cut off rather than slowing the room down.
-_QUEUE_LIMIT = 1000
+#: A subscriber whose socket has more than this many bytes of events not yet taken by
+#: the operating system (beyond what its socket buffers hold) is cut off with ``too_slow``
+#: rather than slowing the room down or growing without bound: about 1,000 typical events.
+BUFFER_LIMIT = 256 * 1024
+#: Frames held for a stream not yet attached (between subscribe and hello) at most.
+PENDING_LIMIT = 1000
 
 #: Seconds between two ``audience`` events of one space, at most one per interval.
 AUDIENCE_INTERVAL = 1.0
@@ -73,11 +77,57 @@ class RateLimiter:
         return True
 
 
-class _Final(str):
-    """The last message a subscriber gets (an error); its pump closes the socket after it."""
+_LEN1 = struct.Struct("!BB").pack
+_LEN2 = struct.Struct("!BBH").pack
+_LEN3 = struct.Struct("!BBQ").pack
 
-    __slots__ = ()
 
+def text_frame(payload: bytes) -> bytes:
+    """One unfragmented, unmasked, uncompressed WebSocket text frame (RFC 6455 §5.2).
+
+    A server's frames are never masked (§5.1), so one frame's bytes can go to every
+    subscriber as they are.
+    """
+    n = len(payload)
+    if n < 126:
+        return _LEN1(0x81, n) + payload
+    if n < 65536:
+        return _LEN2(0x81, 126, n) + payload
+    return _LEN3(0x81, 127, n) + payload
+
+
+class Transport(Protocol):
+    """What the fan-out writes to: the subset of `asyncio.WriteTransport` it uses."""
+
+    def write(self, data: bytes, /) -> None: ...
+    def is_closing(self) -> bool: ...
+    def get_write_buffer_size(self) -> int: ...
+
+
+class Stream(Protocol):
+    """The WebSocket a subscriber reads (e.g. aiohttp's WebSocketResponse)."""
+
+    @property
+    def closed(self) -> bool: ...
+
+
+class Subscriber:
+    """One event stream. Until `Room.attach` its frames wait in `pending`; after, they are
+    written straight to its transport. `ended`: it was cut off (its last frame is an error)
+    and `on_end` closes it."""
+
+    __slots__ = ("ended", "on_end", "pending", "stream", "transport", "user")
+
+    def __init__(self, user: str) -> None:
+        self.user = user
+        self.transport: Transport | None = None
+        self.stream: Stream | None = None
+        self.pending: list[bytes] = []
+        self.ended = False
+        self.on_end: Callable[[], None] | None = None
+
+
+_TOO_SLOW = "dropped: more than 256 KiB of events unsent"
 
 #: Schedules a call after a delay (s); `loop.call_later` by default (see `Room`).
 Schedule = Callable[[float, Callable[[], None]], object]
@@ -99,7 +149,10 @@ def _seq_of(entry: tuple[int, str]) -> int:
 class Room:
     """One space on the server.
 
-    Fan-out: each event is serialised to JSON once; subscriber queues carry that text.
+    Fan-out: each event is serialised to JSON and framed as a WebSocket text frame once;
+    those bytes are written to each subscriber's transport in turn, in the order of
+    publication (no per-subscriber queue or task). A subscriber whose transport holds
+    more than `BUFFER_LIMIT` unsent bytes is cut off with a ``too_slow`` error.
     A listener's join, and the leave of a listener the room did not otherwise notice
     (no raised hand, no invite), go only to the streams of users on stage and of
     platform moderators; every stream gets an ``audience`` count event instead, at most
@@ -127,9 +180,9 @@ class Room:
         self._mono = mono_clock
         self._ns = ns_clock
         self._schedule = schedule
-        self._subscribers: dict[asyncio.Queue[str], str] = {}  # queue -> user
-        self._by_user: dict[str, set[asyncio.Queue[str]]] = {}
-        self._moderators: set[asyncio.Queue[str]] = set()  # platform moderators' streams
+        self._subscribers: dict[Subscriber, None] = {}  # in subscription order
+        self._by_user: dict[str, set[Subscriber]] = {}
+        self._moderators: set[Subscriber] = set()  # platform moderators' streams
         self._reactions = RateLimiter(reactions_per_s, reactions_per_s * 5, mono_clock)
         self._hands = RateLimiter(hands_per_min / 60, 2, mono_clock)
         self.sinks: list[EventSink] = []  # e.g. the server's own record writer
@@ -151,30 +204,62 @@ class Room:
 
     # ------------------------------------------------------------------ events
 
-    def subscribe(self, user: str, *, moderator: bool = False) -> asyncio.Queue[str]:
-        """A queue of this room's events (JSON text) for `user`; refused to barred users.
+    def subscribe(self, user: str, *, moderator: bool = False) -> Subscriber:
+        """A stream of this room's events for `user`; refused to barred users.
 
-        `moderator`: a platform moderator's stream, which gets every listener's join and
-        leave as users on stage do.
+        Its frames are held until `attach`. `moderator`: a platform moderator's stream,
+        which gets every listener's join and leave as users on stage do.
         """
         if user in self.space.blocked or user in self.space.removed:
             raise ProtocolError("forbidden", f"{user} is barred from this space")
-        queue: asyncio.Queue[str] = asyncio.Queue(maxsize=_QUEUE_LIMIT)
-        self._subscribers[queue] = user
-        self._by_user.setdefault(user, set()).add(queue)
+        sub = Subscriber(user)
+        self._subscribers[sub] = None
+        self._by_user.setdefault(user, set()).add(sub)
         if moderator:
-            self._moderators.add(queue)
-        return queue
+            self._moderators.add(sub)
+        return sub
 
-    def unsubscribe(self, queue: asyncio.Queue[str]) -> None:
-        user = self._subscribers.pop(queue, None)
-        self._moderators.discard(queue)
-        if user is not None:
-            queues = self._by_user.get(user)
-            if queues is not None:
-                queues.discard(queue)
-                if not queues:
-                    del self._by_user[user]
+    def attach(
+        self,
+        sub: Subscriber,
+        transport: Transport,
+        stream: Stream,
+        first: bytes,
+        on_end: Callable[[], None],
+    ) -> None:
+        """Start writing `sub`'s frames to `transport`: `first` (the hello frame), then the
+        frames held since `subscribe`, then each event as it is published.
+
+        The caller guarantees that nothing else writes a data frame to `transport` except
+        whole frames written synchronously, so frames never interleave. `on_end` is called
+        (synchronously) once the stream's last frame, an error, has been written: it must
+        close the socket. `stream.closed` stops the writes (no data after a close frame).
+        """
+        sub.on_end = on_end
+        held, sub.pending = sub.pending, []
+        if transport.is_closing() or stream.closed:
+            self.unsubscribe(sub)
+            return
+        transport.write(first)
+        for frame in held:
+            transport.write(frame)
+        if sub.ended:
+            on_end()
+            return
+        sub.transport, sub.stream = transport, stream
+        if transport.get_write_buffer_size() > BUFFER_LIMIT:
+            self._end(sub, "too_slow", _TOO_SLOW)
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        if sub not in self._subscribers:
+            return
+        del self._subscribers[sub]
+        self._moderators.discard(sub)
+        subs = self._by_user.get(sub.user)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._by_user[sub.user]
 
     @property
     def n_subscribers(self) -> int:
@@ -182,21 +267,24 @@ class Room:
 
     def _cut_off(self, user: str, why: str) -> None:
         """A user barred from the space stops receiving its events at once."""
-        for queue in list(self._by_user.get(user, ())):
-            self.unsubscribe(queue)
-            self._say_error(queue, why, f"{user} was {why} from the space")
+        for sub in list(self._by_user.get(user, ())):
+            self._end(sub, why, f"{user} was {why} from the space")
 
-    @staticmethod
-    def _say_error(queue: asyncio.Queue[str], code: str, reason: str) -> None:
-        with contextlib.suppress(asyncio.QueueFull):
-            if queue.full():
-                queue.get_nowait()
-            queue.put_nowait(_Final(json.dumps({"type": "error", "error": code, "reason": reason})))
-
-    @staticmethod
-    def is_final(text: str) -> bool:
-        """True for the last message a queue yields (the pump closes the stream after it)."""
-        return isinstance(text, _Final)
+    def _end(self, sub: Subscriber, code: str, reason: str) -> None:
+        """Unsubscribe `sub`; its last frame is an error saying why, then it is closed."""
+        self.unsubscribe(sub)
+        if sub.ended:
+            return
+        sub.ended = True
+        frame = text_frame(json.dumps({"type": "error", "error": code, "reason": reason}).encode())
+        transport, stream = sub.transport, sub.stream
+        if transport is None:  # not attached yet: `attach` writes it and closes
+            sub.pending.append(frame)
+            return
+        if not transport.is_closing() and not (stream is not None and stream.closed):
+            transport.write(frame)
+        if sub.on_end is not None:
+            sub.on_end()
 
     def now(self) -> float:
         """Seconds since the room was created on this server (event ``t``)."""
@@ -242,21 +330,39 @@ class Room:
     def _fan_out(self, msg: dict[str, Any], *, stage_only: bool = False) -> None:
         for sink in self.sinks:
             sink(msg)
-        text = json.dumps(msg)  # once, whatever the number of subscribers
-        targets: Iterable[asyncio.Queue[str]]
+        frame = text_frame(json.dumps(msg).encode())  # once, whatever the number of subscribers
+        targets: Iterable[Subscriber]
         if stage_only:
             chosen = set(self._moderators)
             for user in self.space.stage():
                 chosen.update(self._by_user.get(user, ()))
             targets = chosen
         else:
-            targets = list(self._subscribers)
-        for queue in targets:
-            try:
-                queue.put_nowait(text)
-            except asyncio.QueueFull:  # a stuck client: cut it off, tell it why
-                self.unsubscribe(queue)
-                self._say_error(queue, "too_slow", "dropped: 1,000 events behind")
+            targets = self._subscribers  # nothing below changes it while it is iterated
+        gone: list[Subscriber] | None = None
+        slow: list[Subscriber] | None = None
+        limit = BUFFER_LIMIT
+        for sub in targets:
+            transport = sub.transport
+            if transport is None:  # between subscribe and hello
+                sub.pending.append(frame)
+                if len(sub.pending) > PENDING_LIMIT:
+                    slow = slow or []
+                    slow.append(sub)
+            elif transport.is_closing() or sub.stream.closed:  # type: ignore[union-attr]
+                gone = gone or []
+                gone.append(sub)
+            else:
+                # A write either goes to the kernel at once or is buffered by the
+                # transport; it never waits and never calls back into the room.
+                transport.write(frame)
+                if transport.get_write_buffer_size() > limit:
+                    slow = slow or []
+                    slow.append(sub)
+        for sub in gone or ():
+            self.unsubscribe(sub)
+        for sub in slow or ():  # a stuck client: cut it off, tell it why
+            self._end(sub, "too_slow", _TOO_SLOW)
         if msg.get("kind") == "removed":
             self._cut_off(str(msg.get("participant")), "removed")
 

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
+import struct
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from spacesim import policy
-from spacesim.server.room import _QUEUE_LIMIT, SNAPSHOT_HANDS, Room
+from spacesim.server.room import BUFFER_LIMIT, SNAPSHOT_HANDS, Room, Subscriber, text_frame
 from spacesim.server.store_memory import MemoryStore
 
 
@@ -67,11 +67,75 @@ class World:
             self.room.join(user)
 
 
-def drain(queue: asyncio.Queue[str]) -> list[dict[str, Any]]:
+def parse_frames(data: bytes) -> list[bytes]:
+    """The payloads of whole unmasked text frames in `data` (asserting nothing else is)."""
     out = []
-    while not queue.empty():
-        out.append(json.loads(queue.get_nowait()))
+    i = 0
+    while i < len(data):
+        assert data[i] == 0x81 and not data[i + 1] & 0x80  # FIN + text, unmasked
+        n = data[i + 1]
+        i += 2
+        if n == 126:
+            (n,) = struct.unpack_from("!H", data, i)
+            i += 2
+        elif n == 127:
+            (n,) = struct.unpack_from("!Q", data, i)
+            i += 8
+        out.append(data[i : i + n])
+        i += n
+    assert i == len(data)
     return out
+
+
+class FakeTransport:
+    """Records what the room writes; `stuck` makes it report an ever-growing buffer."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.writes: list[bytes] = []
+        self.closing = False
+        self.stuck = False
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_write_buffer_size(self) -> int:
+        return len(self.data) if self.stuck else 0
+
+
+class Open:
+    """A stream that is open (the `Stream` protocol)."""
+
+    closed = False
+
+
+class Sock:
+    """One attached subscriber: its transport, its stream, and whether it was closed."""
+
+    def __init__(self, room: Room, user: str, *, moderator: bool = False) -> None:
+        self.transport = FakeTransport()
+        self.closed = False  # the `Stream` protocol
+        self.ended = 0
+        self.sub: Subscriber = room.subscribe(user, moderator=moderator)
+        self.read = 0
+        room.attach(self.sub, self.transport, self, text_frame(b'{"type": "hello"}'), self.end)
+        assert drain(self) == [{"type": "hello"}]
+
+    def end(self) -> None:
+        self.ended += 1
+
+    def frames(self) -> list[bytes]:
+        return parse_frames(bytes(self.transport.data))
+
+
+def drain(sock: Sock) -> list[dict[str, Any]]:
+    frames = sock.frames()
+    new, sock.read = frames[sock.read :], len(frames)
+    return [json.loads(f) for f in new]
 
 
 def kinds(msgs: list[dict[str, Any]]) -> list[str]:
@@ -166,10 +230,10 @@ def test_the_join_order_index_stays_proportional_to_who_is_present() -> None:
 def test_listener_joins_reach_the_stage_and_everyone_else_gets_a_coalesced_count() -> None:
     w = World()
     room = w.room
-    host_q = room.subscribe("host")
-    mod_q = room.subscribe("mod", moderator=True)
+    host_q = Sock(room, "host")
+    mod_q = Sock(room, "mod", moderator=True)
     w.join("fan")
-    fan_q = room.subscribe("fan")
+    fan_q = Sock(room, "fan")
     w.clock.t += 1.0
     w.later.run_due()
     drain(host_q), drain(mod_q), drain(fan_q)
@@ -204,7 +268,7 @@ def test_listener_joins_reach_the_stage_and_everyone_else_gets_a_coalesced_count
     room.apply("host", "approve", {"target": "u3"})
     assert kinds(drain(fan_q)) == ["reaction", "speaker_granted"]
     # on stage now: u3's own stream gets listener joins
-    u3_q = room.subscribe("u3")
+    u3_q = Sock(room, "u3")
     w.join("v")
     assert kinds(drain(u3_q)) == ["participant_joined"]
     assert kinds(drain(fan_q)) == []
@@ -212,7 +276,7 @@ def test_listener_joins_reach_the_stage_and_everyone_else_gets_a_coalesced_count
 
 def test_a_join_and_a_leave_within_one_interval_send_no_count() -> None:
     w = World()
-    fan_q = w.room.subscribe("someone")
+    fan_q = Sock(w.room, "someone")
     w.join("a")
     w.clock.t += 1
     w.later.run_due()
@@ -236,33 +300,83 @@ def test_sinks_get_every_event_even_those_the_audience_does_not() -> None:
     assert seen == ["participant_joined", "participant_left", "participant_joined", "audience"]
 
 
-def test_events_are_serialised_once_and_carry_the_server_clock() -> None:
+def test_events_are_framed_once_and_carry_the_server_clock() -> None:
     w = World()
-    queues = [w.room.subscribe(f"s{i}") for i in range(3)]
+    socks = [Sock(w.room, f"s{i}") for i in range(3)]
     out = w.room.apply("host", "react", {"emoji": "🔥"})
-    texts = [q.get_nowait() for q in queues]
-    assert all(t is texts[0] for t in texts)  # one string shared by every subscriber
-    msg = json.loads(texts[0])
+    frames = [s.transport.writes[-1] for s in socks]
+    assert all(f is frames[0] for f in frames)  # one frame shared by every subscriber
+    msg = json.loads(parse_frames(frames[0])[0])
     assert msg["kind"] == "reaction" and msg["clock_ns"] == w.ns == out[0]["clock_ns"]
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 65537, 200_000])
+def test_text_frames_encode_every_length(size: int) -> None:
+    payload = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    frame = text_frame(payload)
+    assert parse_frames(frame) == [payload]
+    assert len(frame) - size == (2 if size < 126 else 4 if size < 65536 else 10)
 
 
 def test_a_slow_subscriber_is_cut_off_and_the_others_keep_receiving() -> None:
     w = World()
-    slow = w.room.subscribe("slow")
-    fast = w.room.subscribe("fast")
-    users = [f"r{i}" for i in range(_QUEUE_LIMIT + 5)]
+    slow = Sock(w.room, "slow")
+    fast = Sock(w.room, "fast")
+    slow.transport.stuck = True  # its buffer only grows
+    users = [f"r{i}" for i in range(2000)]
     w.join(*users)
     w.clock.t += 10  # reactions: one per user, under the rate limit
-    for i, user in enumerate(users):
+    for user in users:
         w.room.apply(user, "react", {"emoji": "👏"})
-        if i % 100 == 0:
-            drain(fast)
-    assert w.room.n_subscribers == 1
-    texts = [slow.get_nowait() for _ in range(slow.qsize())]
-    assert Room.is_final(texts[-1]) and not any(Room.is_final(t) for t in texts[:-1])
-    assert json.loads(texts[-1])["error"] == "too_slow"
+        if slow.ended:
+            break
+    assert slow.ended == 1 and w.room.n_subscribers == 1
+    got = drain(slow)
+    assert got[-1]["error"] == "too_slow" and all(m["type"] == "event" for m in got[:-1])
+    assert len(slow.transport.data) - len(slow.transport.writes[-1]) > BUFFER_LIMIT
+    before = len(slow.transport.data)
     w.room.apply("host", "react", {"emoji": "🔥"})
-    assert drain(fast)[-1]["kind"] == "reaction" and slow.empty()
+    assert len(slow.transport.data) == before  # nothing after the error
+    fast_got = drain(fast)
+    assert [m["kind"] for m in fast_got] == ["reaction"] * (len(got))
+    assert fast.ended == 0
+
+
+def test_closed_streams_are_dropped_and_nothing_follows_a_close() -> None:
+    w = World()
+    a, b, c = Sock(w.room, "a"), Sock(w.room, "b"), Sock(w.room, "c")
+    a.transport.closing = True
+    b.closed = True  # e.g. aiohttp began its close handshake
+    w.room.apply("host", "react", {"emoji": "🔥"})
+    assert drain(a) == drain(b) == [] and len(drain(c)) == 1
+    assert w.room.n_subscribers == 1
+
+
+def test_events_before_the_hello_are_held_and_follow_it_in_order() -> None:
+    w = World()
+    w.join("a")
+    w.clock.t += 10
+    sub = w.room.subscribe("a")
+    for emoji in ("🔥", "👏", "💯"):
+        w.room.apply("a", "react", {"emoji": emoji})
+    t = FakeTransport()
+    w.room.attach(sub, t, Open(), text_frame(b'{"type": "hello"}'), lambda: None)
+    got = [json.loads(f) for f in parse_frames(bytes(t.data))]
+    assert got[0] == {"type": "hello"}
+    assert [m["attrs"]["emoji"] for m in got[1:]] == ["🔥", "👏", "💯"]
+
+
+def test_a_user_removed_before_the_hello_gets_the_hello_then_the_error_and_is_closed() -> None:
+    w = World()
+    w.join("eve")
+    sub = w.room.subscribe("eve")
+    w.room.apply("host", "remove", {"target": "eve"})
+    t = FakeTransport()
+    ended = []
+    w.room.attach(sub, t, Open(), text_frame(b'{"type": "hello"}'), lambda: ended.append(1))
+    got = [json.loads(f) for f in parse_frames(bytes(t.data))]
+    assert got[0] == {"type": "hello"} and got[-1]["error"] == "removed"
+    assert ended == [1] and w.room.n_subscribers == 0
 
 
 def test_a_listener_cap_refuses_with_room_full() -> None:
