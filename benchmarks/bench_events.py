@@ -78,7 +78,7 @@ IDLE_S = 2.0
 DRAIN_S = 5.0
 JOIN_BATCH = 50
 SETTLE_S = 1.2  # > the audience interval: the batch's last audience event is counted
-AUDIO_LISTENERS = 4
+AUDIO_LISTENERS = 100  # enough forwards per incoming packet to price one forward
 CONCURRENCY = 10
 EMOJI = ("🔥", "👏", "💯", "🎉", "❤️")
 
@@ -482,7 +482,12 @@ def main() -> None:
     audio = None
     if args.audio_windows:
         audio = bench_sfu._run_case(
-            "spacesim", AUDIO_LISTENERS, 1, 1, args.audio_windows, 1.0 if args.quick else 2.0
+            "spacesim",
+            20 if args.quick else AUDIO_LISTENERS,
+            1,
+            1,
+            args.audio_windows,
+            1.0 if args.quick else 2.0,
         )
         bench_sfu._report(audio)
     print(f"total {time.monotonic() - t0:.0f} s")
