@@ -54,10 +54,10 @@ FULL: dict[str, Any] = {
         "dtx": True,
     },
     "audience": {
-        "hand_raise_rate": "20/min",
-        "host_response_time": "1s",
+        "hand_raise_rate": "120/min",
+        "host_response_time": "300ms",
         "approval": 0.6,
-        "speaker_stint": "4s",
+        "speaker_stint": "1s",
         "reaction_rate": "30/min",
         "report_rate": "60/min",
         "space_report_share": 0.3,
