@@ -4,8 +4,10 @@ Each packet a `SpeakerTrack` sends carries a marker in its Opus padding (sender,
 contiguous sequence number, the send time on the monotonic clock; see
 `spacesim.client.opus`). On one machine that clock is shared by every process, so a
 listener computes publisher -> listener latency directly (the records say
-``clock="monotonic"``); loss is the gap between the sequence numbers a sender used and
-the ones that arrived; jitter is RFC 3550's interarrival estimate (section 6.4.1) in
+``clock="monotonic"``); loss is the gap in the RTP sequence numbers of each slot the
+server forwards on (it rewrites them contiguously per slot, so a speaker it chose not to
+forward -- no free slot, muted -- is not loss, while a packet lost on either leg is);
+jitter is RFC 3550's interarrival estimate (section 6.4.1) in
 seconds. The aiortc jitter buffer is not involved: `spacesim.rtc.receive_rtp_direct`
 hands each packet over with the time it reached the socket, and only its payload is
 looked at (`spacesim.client.rtp.payload`). Since only that time matters, a listener lets
@@ -64,11 +66,23 @@ class ListenerStats:
     senders: dict[int, SenderStats] = field(default_factory=dict)
     unmarked: int = 0
     first_audio_ns: int | None = None
+    #: slot -> [first extended RTP seq, last extended seq, packets received]
+    slot_seqs: dict[int, list[int]] = field(default_factory=dict)
 
     def on_rtp(self, slot: int, packet: bytes, arrival_ns: int | None = None) -> None:
         """The `connect_audio` callback: one decrypted RTP packet and its arrival time
         (monotonic ns; None = now). Runs for every packet: one function on purpose."""
         now = self.clock() if arrival_ns is None else arrival_ns + self.offset_ns
+        seq16 = (packet[2] << 8) | packet[3] if len(packet) >= 12 else -1
+        seen = self.slot_seqs.get(slot)
+        if seen is None:
+            if seq16 >= 0:
+                self.slot_seqs[slot] = [seq16, seq16, 1]
+        else:
+            ahead = (seq16 - seen[1]) & 0xFFFF  # extended seq: RFC 3550 A.1's wrap rule
+            if ahead < 0x8000:
+                seen[1] += ahead
+            seen[2] += 1
         if packet and packet[0] == 0x80:  # a plain header: no padding, extension or CSRC
             mark = read_mark_fields(packet, 12)
         else:
@@ -95,8 +109,7 @@ class ListenerStats:
         s._transit = transit
 
     def totals(self) -> tuple[int, int]:
-        """(received, lost) over all senders."""
-        return (
-            sum(s.received for s in self.senders.values()),
-            sum(s.lost for s in self.senders.values()),
-        )
+        """(received, lost) over the slots: every packet the server forwarded here counts."""
+        received = sum(v[2] for v in self.slot_seqs.values())
+        expected = sum(v[1] - v[0] + 1 for v in self.slot_seqs.values())
+        return received, max(expected - received, 0)
