@@ -4,15 +4,15 @@ Each packet a `SpeakerTrack` sends carries a marker in its Opus padding (sender,
 contiguous sequence number, the send time on the monotonic clock; see
 `spacesim.client.opus`). On one machine that clock is shared by every process, so a
 listener computes publisher -> listener latency directly (the records say
-``clock="monotonic"``); loss is the gap in the RTP sequence numbers of each slot the
-server forwards on (it rewrites them contiguously per slot, so a speaker it chose not to
-forward -- no free slot, muted -- is not loss, while a packet lost on either leg is);
-jitter is RFC 3550's interarrival estimate (section 6.4.1) in
-seconds. The aiortc jitter buffer is not involved: `spacesim.rtc.receive_rtp_direct`
-hands each packet over with the time it reached the socket, and only its payload is
-looked at (`spacesim.client.rtp.payload`). Since only that time matters, a listener lets
-the batch reader read its socket every `ListenerStats.read_every` s (kernel receive
-times), which is most of what makes it cheap.
+``clock="monotonic"``); loss is the gap in the RTP sequence numbers of each stream the
+server sends (one per listen slot and connection, told apart by SSRC; the server
+rewrites them contiguously, so a speaker it chose not to forward -- no free slot,
+muted -- is not loss, while a packet lost on either leg is); jitter is RFC 3550's
+interarrival estimate (section 6.4.1) in seconds. The aiortc jitter buffer is not
+involved: `spacesim.rtc.receive_rtp_direct` hands each packet over with the time it
+reached the socket, and only its payload is looked at (`spacesim.client.rtp.payload`).
+Since only that time matters, a listener lets the batch reader read its socket every
+`ListenerStats.read_every` s (kernel receive times), which is most of what makes it cheap.
 """
 
 from __future__ import annotations
@@ -66,18 +66,19 @@ class ListenerStats:
     senders: dict[int, SenderStats] = field(default_factory=dict)
     unmarked: int = 0
     first_audio_ns: int | None = None
-    #: slot -> [first extended RTP seq, last extended seq, packets received]
-    slot_seqs: dict[int, list[int]] = field(default_factory=dict)
+    #: SSRC of each stream the server sends -> [first extended RTP seq, last, received]
+    streams: dict[int, list[int]] = field(default_factory=dict)
 
     def on_rtp(self, slot: int, packet: bytes, arrival_ns: int | None = None) -> None:
         """The `connect_audio` callback: one decrypted RTP packet and its arrival time
         (monotonic ns; None = now). Runs for every packet: one function on purpose."""
         now = self.clock() if arrival_ns is None else arrival_ns + self.offset_ns
         seq16 = (packet[2] << 8) | packet[3] if len(packet) >= 12 else -1
-        seen = self.slot_seqs.get(slot)
+        ssrc = int.from_bytes(packet[8:12]) if seq16 >= 0 else -1
+        seen = self.streams.get(ssrc)
         if seen is None:
             if seq16 >= 0:
-                self.slot_seqs[slot] = [seq16, seq16, 1]
+                self.streams[ssrc] = [seq16, seq16, 1]
         else:
             ahead = (seq16 - seen[1]) & 0xFFFF  # extended seq: RFC 3550 A.1's wrap rule
             if ahead < 0x8000:
@@ -109,7 +110,7 @@ class ListenerStats:
         s._transit = transit
 
     def totals(self) -> tuple[int, int]:
-        """(received, lost) over the slots: every packet the server forwarded here counts."""
-        received = sum(v[2] for v in self.slot_seqs.values())
-        expected = sum(v[1] - v[0] + 1 for v in self.slot_seqs.values())
+        """(received, lost) over the streams: every packet the server forwarded here counts."""
+        received = sum(v[2] for v in self.streams.values())
+        expected = sum(v[1] - v[0] + 1 for v in self.streams.values())
         return received, max(expected - received, 0)
