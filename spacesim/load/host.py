@@ -99,6 +99,21 @@ class Member:
         return self.on_stage and not self.muted
 
 
+#: Policy events the host records from its stream (others are recorded where they start).
+_STAGE_RECORDS = frozenset(
+    {
+        "muted",
+        "unmuted",
+        "speaker_invited",
+        "invite_declined",
+        "speaker_revoked",
+        "cohost_removed",
+        "hand_lowered",
+        "speak_setting_changed",
+    }
+)
+
+
 class Room:
     """A host's space and everything the host does in it (runs on one asyncio loop)."""
 
@@ -298,6 +313,11 @@ class Room:
         t = float(ev.get("t", 0))
         attrs = ev.get("attrs") or {}
         m = self.members.get(who)
+        if kind in _STAGE_RECORDS or (kind in ("removed", "blocked") and ev.get("actor")):
+            # As the simulator records every policy event: what the host saw happen on
+            # stage (removals and blocks by a moderator desk are recorded by `_review`).
+            extra = {**attrs, "actor": ev["actor"]} if ev.get("actor") else dict(attrs)
+            ctx.add(str(kind), self.space, who, str(ev.get("role") or ""), attrs=extra or None)
         if kind == "participant_joined":
             if who not in self.members and ev.get("role", "listener") == "listener":
                 self.roles[who] = "listener"

@@ -172,6 +172,10 @@ async def test_moderation_rates_drive_the_hosts_actions() -> None:
     assert server.actions["unmute"] >= 1 and server.actions["accept_invite"] >= 3
     names = reports.names()
     assert names["mute"] == actions["mute"] and names["speak"] >= 1
+    # The policy events behind them are records, as in the simulator.
+    seen = kinds(rows)
+    assert seen["muted"] >= actions["mute"] and seen["unmuted"] >= 1
+    assert seen["speaker_invited"] >= actions["invite"] - 1
     assert not reports.failures(), reports.failures()
 
 
