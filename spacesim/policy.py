@@ -22,6 +22,7 @@ __all__ = [
     "MAX_COHOSTS",
     "MAX_SPEAKERS",
     "REFUSAL_CODES",
+    "Delivery",
     "Event",
     "Limits",
     "ModerationAction",
@@ -30,6 +31,7 @@ __all__ = [
     "Space",
     "SpaceStatus",
     "WhoMaySpeak",
+    "delivery",
 ]
 
 
@@ -193,6 +195,35 @@ def _refuse(code: str, reason: str) -> Outcome:
 
 def _ok(*events: Event) -> Outcome:
     return Outcome(ok=True, events=events)
+
+
+class Delivery(StrEnum):
+    """Who a space's event stream tells of an event."""
+
+    EVERYONE = "everyone"  # every subscriber
+    STAGE = "stage"  # host, co-hosts, speakers (and platform moderators)
+    ACTOR = "actor"  # only whoever acted
+
+
+def delivery(event: Event, noticed: bool = False) -> Delivery:
+    """The rule the server applies and the simulator prices, so both fan out alike.
+
+    A listener's coming and going matters to the people running the room, not to
+    thousands of other listeners (they get a periodic audience count instead: joins
+    would otherwise cost O(N) deliveries each, O(N^2) over a flash crowd); a leave the
+    audience had `noticed` (someone on stage, or who raised a hand or was invited) goes
+    to everyone. Reports are for the host, co-hosts and moderators, who act on them; a
+    personal block tells the blocker only. Everything else changes what everyone sees
+    or hears.
+    """
+    kind = event.kind
+    if kind == "participant_left" and noticed:
+        return Delivery.EVERYONE
+    if kind in ("participant_joined", "participant_left", "report_filed"):
+        return Delivery.STAGE
+    if kind == "blocked" and event.attrs.get("scope") == "personal":
+        return Delivery.ACTOR
+    return Delivery.EVERYONE
 
 
 _DEFAULT_LIMITS = Limits()

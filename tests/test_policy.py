@@ -1118,3 +1118,19 @@ def test_restored_removals_and_past_participants() -> None:
     assert not refused.ok and refused.code == "removed"
     assert space.join("fan").ok
     assert space.report("fan", "old").ok  # someone who was in the space before can be reported
+
+
+def test_delivery_rule_the_server_and_simulator_share() -> None:
+    from spacesim import policy
+
+    D = policy.Delivery
+    ev = policy.Event
+    assert policy.delivery(ev("participant_joined", "u")) is D.STAGE
+    assert policy.delivery(ev("participant_left", "u")) is D.STAGE
+    assert policy.delivery(ev("participant_left", "u"), noticed=True) is D.EVERYONE
+    assert policy.delivery(ev("report_filed", "u", actor="r")) is D.STAGE
+    personal = ev("blocked", "u", actor="a", attrs={"scope": "personal"})
+    assert policy.delivery(personal) is D.ACTOR
+    assert policy.delivery(ev("blocked", "u", actor="h", attrs={"scope": "space"})) is D.EVERYONE
+    for kind in ("reaction", "muted", "speaker_granted", "space_ended", "hand_raised"):
+        assert policy.delivery(ev(kind, "u")) is D.EVERYONE

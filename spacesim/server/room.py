@@ -299,8 +299,8 @@ class Room:
     ) -> list[dict[str, Any]]:
         """Send events to their subscribers; `extras` adds attrs by event index (report ids).
 
-        `quiet_leaves`: users whose ``participant_left`` goes to the stage only (listeners
-        nobody else noticed); every ``participant_joined`` does.
+        Who gets each event is `policy.delivery`'s rule; `quiet_leaves`: users whose
+        ``participant_left`` the audience had not noticed (it goes to the stage only).
         """
         out = []
         changed = False
@@ -318,21 +318,28 @@ class Room:
             )
             out.append(msg)
             self._index(ev)
-            quiet = ev.kind == "participant_joined" or (
-                ev.kind == "participant_left" and ev.participant in quiet_leaves
-            )
-            self._fan_out(msg, stage_only=quiet)
+            to = policy.delivery(ev, noticed=ev.participant not in quiet_leaves)
+            if to is policy.Delivery.ACTOR:
+                self._fan_out(msg, only=ev.actor or "")
+            else:
+                self._fan_out(msg, stage_only=to is policy.Delivery.STAGE)
             changed = changed or ev.kind in _PRESENCE
         if changed:
             self._audience_changed()
         return out
 
-    def _fan_out(self, msg: dict[str, Any], *, stage_only: bool = False) -> None:
+    def _fan_out(
+        self, msg: dict[str, Any], *, stage_only: bool = False, only: str | None = None
+    ) -> None:
+        """Write `msg` to every subscriber, the stage's (and moderators') or `only` one
+        user's (`policy.delivery` says which)."""
         for sink in self.sinks:
             sink(msg)
         frame = text_frame(json.dumps(msg).encode())  # once, whatever the number of subscribers
         targets: Iterable[Subscriber]
-        if stage_only:
+        if only is not None:
+            targets = set(self._by_user.get(only, ()))
+        elif stage_only:
             chosen = set(self._moderators)
             for user in self.space.stage():
                 chosen.update(self._by_user.get(user, ()))

@@ -5,11 +5,12 @@ every membership or stage change passes through `spacesim.policy` (the same rule
 the server applies) and every node sees the load change at the moment it happens.
 
 The event stream (what the server sends its WebSocket subscribers) is charged here,
-``cpu_per_event`` per event per subscriber: a policy event that matters to everyone
-(`BROADCAST`), a reaction and the coalesced ``audience`` count (one a second while the
-count changes) go to every subscriber; listeners' joins and leaves go to the stage
-only. Subscribers are the stage plus each listener who opened the stream
-(`behaviour.subscribes_to_events`, decided per listener at join). To keep a large run
+``cpu_per_event`` per event per subscriber, by the server's own rule
+(`policy.delivery`): most policy events, a reaction and the coalesced ``audience``
+count (one a second while the count changes) go to every subscriber; listeners' joins
+and leaves and reports go to the stage, a personal block to the blocker. Subscribers
+are the stage plus each listener who opened the stream (`behaviour.subscribes_to_events`,
+decided per listener at join). To keep a large run
 fast the work is aggregated per tick: each room's deliveries are drawn (reactions) or
 counted (policy events, joins, leaves) per tick and charged to each node as a steady
 load over the next tick (`Node.event_rate`), in the same queue as the packets; so
@@ -31,37 +32,12 @@ from spacesim.scenario import NetworkProfile, Scenario
 from spacesim.sim.draws import Draws
 from spacesim.sim.node import Node
 
-__all__ = ["BROADCAST", "STAGE_ONLY", "Listener", "Room", "World"]
+__all__ = ["Listener", "Room", "World"]
 
 # Handshakes before media flows (signalling, ICE check, DTLS); each is one round trip
 # and, when its packet is lost, waits for a 1 s retransmission timer (RFC 6347 4.2.4.1).
 _JOIN_ROUND_TRIPS = 3
 _RETRANSMIT = 1.0
-
-#: Policy events every subscriber of a space's event stream gets (as the server sends
-#: them); a personal block goes to the blocker only, reports to the moderators only.
-BROADCAST = frozenset(
-    {
-        "hand_raised",
-        "hand_lowered",
-        "hand_declined",
-        "speaker_invited",
-        "invite_declined",
-        "speaker_granted",
-        "speaker_revoked",
-        "cohost_added",
-        "cohost_removed",
-        "muted",
-        "unmuted",
-        "removed",
-        "blocked",
-        "space_started",
-        "space_ended",
-        "speak_setting_changed",
-    }
-)
-#: Events only the stage (host, co-hosts, speakers) gets: listeners coming and going.
-STAGE_ONLY = frozenset({"participant_joined", "participant_left"})
 
 
 @dataclass(slots=True)
@@ -177,12 +153,16 @@ class World:
         ended = False
         for ev in outcome.events:
             kind = ev.kind
-            if kind in BROADCAST and not (
-                kind == "blocked" and ev.attrs.get("scope") == "personal"
-            ):
+            # Who hears of it is the server's rule (policy.delivery); a leave is noticed
+            # when it is someone on stage's (the server also counts listeners who had
+            # raised a hand or been invited: rarer, priced as the stage's here).
+            to = policy.delivery(ev, noticed=ev.participant in room.stage_nets)
+            if to is policy.Delivery.EVERYONE:
                 self.broadcast(room)
-            elif kind in STAGE_ONLY:
+            elif to is policy.Delivery.STAGE:
                 room.stage_deliveries += len(room.stage_nets)
+            else:
+                room.stage_deliveries += 1  # the actor's own stream
             pid = ev.participant
             if kind == "removed":
                 self.detach(room, pid, reason="removed")

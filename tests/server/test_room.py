@@ -385,3 +385,21 @@ def test_a_listener_cap_refuses_with_room_full() -> None:
     with pytest.raises(Exception, match="listener cap") as info:
         w.join("b")
     assert getattr(info.value, "code", None) == "room_full"
+
+
+def test_reports_reach_the_stage_and_a_personal_block_only_the_blocker() -> None:
+    """`policy.delivery`: the audience never learns who reported or blocked whom."""
+    w = World()
+    room = w.room
+    host_q = Sock(room, "host")
+    w.join("a", "b", "c")
+    a_q, b_q, c_q = Sock(room, "a"), Sock(room, "b"), Sock(room, "c")
+    drain(host_q)
+    room.apply("a", "report", {"target": "b", "reason": "spam"})
+    assert kinds(drain(host_q)) == ["report_filed"]
+    assert kinds(drain(a_q)) == kinds(drain(b_q)) == kinds(drain(c_q)) == []
+    room.apply("a", "block", {"target": "b"})  # a listener's block is personal
+    assert kinds(drain(a_q)) == ["blocked"]
+    assert kinds(drain(b_q)) == kinds(drain(c_q)) == kinds(drain(host_q)) == []
+    room.apply("host", "block", {"target": "c"})  # the host's bars c from the space
+    assert "blocked" in kinds(drain(a_q)) and "blocked" in kinds(drain(b_q))
