@@ -67,23 +67,22 @@ class ListenerStats:
     unmarked: int = 0
     first_audio_ns: int | None = None
     #: SSRC of each stream the server sends -> [first extended RTP seq, last, received]
-    streams: dict[int, list[int]] = field(default_factory=dict)
+    streams: dict[bytes, list[int]] = field(default_factory=dict)
 
     def on_rtp(self, slot: int, packet: bytes, arrival_ns: int | None = None) -> None:
         """The `connect_audio` callback: one decrypted RTP packet and its arrival time
         (monotonic ns; None = now). Runs for every packet: one function on purpose."""
         now = self.clock() if arrival_ns is None else arrival_ns + self.offset_ns
-        seq16 = (packet[2] << 8) | packet[3] if len(packet) >= 12 else -1
-        ssrc = int.from_bytes(packet[8:12]) if seq16 >= 0 else -1
-        seen = self.streams.get(ssrc)
-        if seen is None:
-            if seq16 >= 0:
-                self.streams[ssrc] = [seq16, seq16, 1]
-        else:
-            ahead = (seq16 - seen[1]) & 0xFFFF  # extended seq: RFC 3550 A.1's wrap rule
-            if ahead < 0x8000:
-                seen[1] += ahead
-            seen[2] += 1
+        if len(packet) >= 12:  # the stream's RTP sequence: loss (see the module docstring)
+            seen = self.streams.get(packet[8:12])  # keyed by the SSRC's bytes
+            seq16 = (packet[2] << 8) | packet[3]
+            if seen is None:
+                self.streams[packet[8:12]] = [seq16, seq16, 1]
+            else:
+                ahead = (seq16 - seen[1]) & 0xFFFF  # extended seq: RFC 3550 A.1's wrap rule
+                if ahead < 0x8000:
+                    seen[1] += ahead
+                seen[2] += 1
         if packet and packet[0] == 0x80:  # a plain header: no padding, extension or CSRC
             mark = read_mark_fields(packet, 12)
         else:
