@@ -39,6 +39,17 @@ from spacesim.scenario import Server
 __all__ = ["Node", "wait_and_loss"]
 
 
+def _queued(theta: float, room: float, u: float) -> float:
+    """The wait with density proportional to exp(-theta w) on [0, room], drawn by inverse
+    transform from the uniform `u` (theta ~ 0: uniform; a large theta * room: exponential)."""
+    x = theta * room
+    if abs(x) < 1e-9:
+        return u * room
+    if x > 700.0:
+        return -math.log1p(-u) / theta
+    return -math.log1p(-u * (1.0 - math.exp(-x))) / theta
+
+
 def wait_and_loss(rho: float, service: float, buffer: float) -> tuple[float, float]:
     """(theta, loss) of the finite-buffer queue; see the module docstring."""
     if buffer <= 0.0:
@@ -246,13 +257,7 @@ class Node:
             return None
         wait = self.backlog / self.cores
         if (u_busy - loss) / (1.0 - loss) < min(rho, 1.0):
-            x = theta * room
-            if abs(x) < 1e-9:
-                wait += u_wait * room
-            elif x > 700.0:
-                wait += -math.log1p(-u_wait) / theta
-            else:
-                wait += -math.log1p(-u_wait * (1.0 - math.exp(-x))) / theta
+            wait += _queued(theta, room, u_wait)
         return self.forward_delay + wait + u_position * self.fanout_spread()
 
     def event_wait(self, u_busy: float, u_wait: float) -> float:
@@ -264,13 +269,7 @@ class Node:
         rho, theta, _loss, room = self.queue_state()
         wait = self.backlog / self.cores
         if room > 0.0 and u_busy < min(rho, 1.0):
-            x = theta * room
-            if abs(x) < 1e-9:
-                wait += u_wait * room
-            elif x > 700.0:
-                wait += -math.log1p(-u_wait) / theta
-            else:
-                wait += -math.log1p(-u_wait * (1.0 - math.exp(-x))) / theta
+            wait += _queued(theta, room, u_wait)
         return wait
 
     def loss_now(self) -> float:
