@@ -79,7 +79,15 @@ def document() -> dict[str, Any]:
                             "type": "integer",
                             "description": "server monotonic clock (ns) when published",
                         },
-                        "attrs": {"type": "object"},
+                        "attrs": {
+                            "type": "object",
+                            "properties": {
+                                "report_id": {
+                                    "type": "integer",
+                                    "description": "report_filed: the id moderation takes",
+                                }
+                            },
+                        },
                     },
                 },
                 "Result": {

@@ -293,7 +293,7 @@ class Room:
     def publish(
         self,
         events: Iterable[policy.Event],
-        extras: dict[int, dict[str, str]] | None = None,
+        extras: dict[int, dict[str, Any]] | None = None,
         *,
         quiet_leaves: Collection[str] = (),
     ) -> list[dict[str, Any]]:
@@ -533,7 +533,7 @@ class Room:
         action: str,
         fields: dict[str, str],
         outcome: policy.Outcome,
-    ) -> dict[int, dict[str, str]]:
+    ) -> dict[int, dict[str, Any]]:
         """Write what must survive a crash before anyone is told; returns event extras.
 
         A block with a space-wide effect (by the host, a co-host or platform moderation)
@@ -542,7 +542,7 @@ class Room:
         """
         store = self.persist
         at = self._wall()
-        extras: dict[int, dict[str, str]] = {}
+        extras: dict[int, dict[str, Any]] = {}
         audit_attrs: dict[str, str] = dict(fields)
         for i, ev in enumerate(outcome.events):
             kind = ev.kind
@@ -552,7 +552,7 @@ class Room:
                 report_id = store.file_report(
                     self.id, reporter, target, fields.get("reason", ""), at
                 )
-                extras[i] = {"report_id": str(report_id)}
+                extras[i] = {"report_id": report_id}  # an integer, as moderation takes it
             elif kind == "blocked":
                 audit_attrs["scope"] = ev.attrs.get("scope", "space")
                 personal = ev.attrs.get("scope") == "personal"
