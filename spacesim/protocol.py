@@ -71,6 +71,7 @@ ERROR_STATUS: Mapping[str, int] = {
     "removed": 403,
     "speaking_restricted": 403,
     "not_found": 404,
+    "method_not_allowed": 405,
     "conflict": 409,
     "not_present": 409,
     "already_present": 409,
@@ -85,7 +86,9 @@ ERROR_STATUS: Mapping[str, int] = {
     "not_a_listener": 409,
     "no_invite": 409,
     "room_full": 409,
+    "too_large": 413,
     "rate_limited": 429,
+    "internal": 500,
     "server_full": 503,
 }
 

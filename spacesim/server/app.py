@@ -200,6 +200,10 @@ def _in_space(request: web.Request, grant: str | None) -> tuple[Claims, ServerSt
     return claims, state, room
 
 
+#: aiohttp's own refusals (routing, body size) -> the protocol's error codes.
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+
+
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Map refusals to 4xx with a reason; contain anything unexpected to this request."""
@@ -220,7 +224,11 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error("bad_request", str(exc), 400)
     except web.HTTPException as exc:
         if exc.status >= 400 and exc.content_type != "application/json":
-            return _error("bad_request" if exc.status < 500 else "error", exc.reason, exc.status)
+            code = _HTTP_CODES.get(exc.status, "bad_request" if exc.status < 500 else "internal")
+            response = _error(code, exc.reason, exc.status)
+            if "Allow" in exc.headers:  # 405: which methods the resource takes
+                response.headers["Allow"] = exc.headers["Allow"]
+            return response
         raise
     except Exception:  # a bug: this request fails, the server and other spaces go on
         log.exception("unhandled error in %s %s", request.method, request.path)

@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestServer
 from aiortc import RTCSessionDescription
 
 from spacesim import rtc
+from spacesim.protocol import ERROR_STATUS
 from spacesim.results import KINDS
 from spacesim.server import launch
 from spacesim.server.app import ServerConfig, create_app
@@ -301,6 +302,31 @@ async def test_bad_requests_get_a_4xx_with_a_reason(
 ) -> None:
     got, data = await api.call(method, path, user, raw=raw)
     assert got == status and data["error"] == code and data["reason"], data
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code", "allow"),
+    [
+        ("GET", "/v1/nowhere", 404, "not_found", None),
+        ("POST", "/v1/spaces/s-x/unknown-verb", 404, "not_found", None),
+        ("DELETE", "/v1/spaces", 405, "method_not_allowed", "POST"),
+        ("PUT", "/healthz", 405, "method_not_allowed", "GET"),
+    ],
+)
+async def test_unknown_routes_and_methods_get_404_and_405(
+    api: Api, method: str, path: str, status: int, code: str, allow: str | None
+) -> None:
+    r = await api.http.request(method, f"{api.base}{path}")
+    data = await r.json()
+    assert (r.status, data["error"]) == (status, code) and data["reason"], data
+    assert ERROR_STATUS[code] == status
+    if allow is not None:
+        assert allow in r.headers["Allow"]
+
+
+async def test_a_too_large_body_is_413_too_large(api: Api) -> None:
+    status, data = await api.call("POST", "/v1/spaces", "u", raw=b" " * (300 * 1024))
+    assert (status, data["error"]) == (413, "too_large"), data
 
 
 async def test_forged_and_expired_tokens_are_refused(api: Api) -> None:
