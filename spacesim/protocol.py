@@ -94,20 +94,25 @@ ERROR_STATUS: Mapping[str, int] = {
 
 
 class ProtocolError(Exception):
-    """A request the server refuses; `code` maps to an HTTP status via `ERROR_STATUS`."""
+    """A request the server refuses; `code` maps to an HTTP status via `ERROR_STATUS`.
 
-    def __init__(self, code: str, reason: str) -> None:
+    `extra`: machine-readable fields the error body carries besides ``error`` and
+    ``reason`` (e.g. ``slots`` with ``bad_sdp``).
+    """
+
+    def __init__(self, code: str, reason: str, extra: Mapping[str, Any] | None = None) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        self.extra: dict[str, Any] = dict(extra or {})
 
     @property
     def status(self) -> int:
         return ERROR_STATUS.get(self.code, 400)
 
 
-def error_body(code: str, reason: str) -> dict[str, str]:
-    return {"error": code, "reason": reason}
+def error_body(code: str, reason: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    return {**(extra or {}), "error": code, "reason": reason}
 
 
 def event_message(

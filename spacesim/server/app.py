@@ -108,7 +108,7 @@ class ServerState:
             removed=removed - {host},
             past_participants={p.user for p in self.store.participations(space=space_id)},
         )
-        room = Room(space, persist=self.store)
+        room = Room(space, persist=self.store, slots=self.config.slots)
         if self.recorder is not None:
             room.sinks.append(self.recorder.sink)
         return room
@@ -152,8 +152,10 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.json_response(data, status=status)
 
 
-def _error(code: str, reason: str, status: int) -> web.Response:
-    return _json(error_body(code, reason), status)
+def _error(
+    code: str, reason: str, status: int, extra: dict[str, Any] | None = None
+) -> web.Response:
+    return _json(error_body(code, reason, extra), status)
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
@@ -211,7 +213,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except ProtocolError as exc:
         metrics.REFUSALS.labels(exc.code).inc()
-        return _error(exc.code, exc.reason, exc.status)
+        return _error(exc.code, exc.reason, exc.status, exc.extra)
     except Forbidden as exc:
         return _error("forbidden", str(exc), 403)
     except AuthError as exc:
@@ -386,7 +388,7 @@ async def join_space(request: web.Request) -> web.Response:
     body = await _body(request)
     offer = body.get("sdp")
     if offer is not None and (not isinstance(offer, str) or "v=0" not in offer):
-        raise ProtocolError("bad_sdp", "'sdp' must be an SDP offer")
+        raise ProtocolError("bad_sdp", "'sdp' must be an SDP offer", {"slots": state.config.slots})
     user = claims.sub
     present = room.space.role_of(user) is not None
     if not present:
@@ -447,7 +449,9 @@ async def _connect(state: ServerState, room: Room, user: str, offer: str) -> str
     try:
         answer: str = await media.connect(user, offer)
     except ValueError as exc:
-        raise ProtocolError("bad_sdp", f"cannot use this SDP offer: {exc}") from None
+        raise ProtocolError(
+            "bad_sdp", f"cannot use this SDP offer: {exc}", {"slots": state.config.slots}
+        ) from None
     return answer
 
 

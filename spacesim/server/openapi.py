@@ -62,7 +62,14 @@ def document() -> dict[str, Any]:
                 "Error": {
                     "type": "object",
                     "required": ["error", "reason"],
-                    "properties": {"error": {"enum": sorted(ERROR_STATUS)}, "reason": s},
+                    "properties": {
+                        "error": {"enum": sorted(ERROR_STATUS)},
+                        "reason": s,
+                        "slots": {
+                            "type": "integer",
+                            "description": "bad_sdp: the listen sections an offer must carry",
+                        },
+                    },
                 },
                 "Event": {
                     "type": "object",
@@ -125,6 +132,10 @@ def document() -> dict[str, Any]:
                                 "max_speakers": {"type": "integer"},
                                 "listener_cap": {"type": ["integer", "null"]},
                             },
+                        },
+                        "slots": {
+                            "type": "integer",
+                            "description": "recvonly listen sections a join offer must carry",
                         },
                     },
                 },
@@ -260,7 +271,10 @@ def document() -> dict[str, Any]:
                             "properties": {
                                 "participant": s,
                                 "role": s,
-                                "sdp": s,
+                                "sdp": {
+                                    "type": ["string", "null"],
+                                    "description": "the SDP answer; null when joined without one",
+                                },
                                 "slots": {"type": "integer"},
                                 "space": space_ref,
                             },

@@ -172,8 +172,10 @@ class Room:
         reactions_per_s: float = 2.0,
         hands_per_min: float = 6.0,
         audience_interval: float = AUDIENCE_INTERVAL,
+        slots: int = 3,
     ) -> None:
         self.space = space
+        self.slots = slots  # listen sections a join offer carries (the server's --slots)
         self.persist = persist  # the store facade: see spacesim.server.app.Persist
         self._wall = wall_clock
         self._t0 = mono_clock()
@@ -645,4 +647,5 @@ class Room:
                 "max_speakers": s.limits.max_speakers,
                 "listener_cap": s.limits.listener_cap,
             },
+            "slots": self.slots,
         }

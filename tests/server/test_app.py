@@ -366,7 +366,17 @@ async def test_bad_sdp_is_refused_and_the_join_undone(api: Api) -> None:
     for sdp in ("hello", "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n"):
         status, data = await api.call("POST", f"/v1/spaces/{space}/join", "al", {"sdp": sdp})
         assert status == 400 and data["error"] == "bad_sdp", data
+        assert data["slots"] == SLOTS  # machine-readable: how many listen sections to offer
     assert "al" not in await api.present(space, "al")
+
+
+async def test_the_space_publishes_how_many_listen_slots_an_offer_needs(api: Api) -> None:
+    status, created = await api.call("POST", "/v1/spaces", "host", {"title": "t"})
+    assert status == 201 and created["slots"] == SLOTS
+    status, got = await api.call("GET", f"/v1/spaces/{created['id']}", "host")
+    assert status == 200 and got["slots"] == SLOTS
+    status, joined = await api.join(created["id"], "al")
+    assert status == 200 and joined["space"]["slots"] == joined["slots"] == SLOTS
 
 
 async def test_reactions_and_hands_are_rate_limited(api: Api) -> None:
