@@ -26,7 +26,7 @@ from spacesim.server import metrics
 from spacesim.server.auth import AuthError, Claims, DevIssuer, Forbidden, require, verify_token
 from spacesim.server.records import ServerRecorder
 from spacesim.server.room import Room, text_frame
-from spacesim.server.store import Conflict, NotFound, Store, StoreError
+from spacesim.server.store import Conflict, NotFound, SpaceRecord, Store, StoreError
 from spacesim.server.store_sqlite import SqliteStore
 
 __all__ = ["ServerConfig", "create_app"]
@@ -141,8 +141,42 @@ class ServerState:
     def room(self, space_id: str) -> Room:
         room = self.rooms.get(space_id)
         if room is None:
+            if self.ended(space_id) is not None:
+                raise ProtocolError("space_ended", f"space {space_id!r} has ended")
             raise ProtocolError("not_found", f"no space {space_id!r} on this server")
         return room
+
+    def ended(self, space_id: str) -> SpaceRecord | None:
+        """An ended space that is not loaded (e.g. after a restart), read from the store."""
+        if space_id in self.rooms:
+            return None
+        try:
+            record = self.store.get_space(space_id)
+        except StoreError:  # unknown, or not even a valid id
+            return None
+        return record if record.status is policy.SpaceStatus.ENDED else None
+
+    def ended_snapshot(self, record: SpaceRecord) -> dict[str, Any]:
+        """What `Room.snapshot` says of an ended space: nobody present, its settings."""
+        limits = policy.Limits(listener_cap=record.listener_cap)
+        counts = ("participants", "listeners", "stage", "hands", "invites")
+        return {
+            "id": record.id,
+            "host": record.host,
+            "status": policy.SpaceStatus.ENDED.value,
+            "who_may_speak": policy.WhoMaySpeak(record.who_may_speak).value,
+            "counts": dict.fromkeys(counts, 0),
+            "stage": [],
+            "muted": [],
+            "hands": [],
+            "invites": {},
+            "limits": {
+                "max_cohosts": limits.max_cohosts,
+                "max_speakers": limits.max_speakers,
+                "listener_cap": limits.listener_cap,
+            },
+            "slots": self.config.slots,
+        }
 
 
 # --------------------------------------------------------------------------- helpers
@@ -328,14 +362,23 @@ async def create_space(request: web.Request) -> web.Response:
 @routes.get("/v1/spaces/{space}")
 async def get_space(request: web.Request) -> web.Response:
     _claims(request)
-    return _json(request.app[STATE].room(request.match_info["space"]).snapshot())
+    state = request.app[STATE]
+    ended = state.ended(request.match_info["space"])  # not loaded: read-only, from the store
+    if ended is not None:
+        return _json(state.ended_snapshot(ended))
+    return _json(state.room(request.match_info["space"]).snapshot())
 
 
 @routes.get("/v1/spaces/{space}/participants")
 async def list_participants(request: web.Request) -> web.Response:
     """Who is present, in join order, a page at a time (the snapshot carries counts only)."""
     _claims(request)
-    room = request.app[STATE].room(request.match_info["space"])
+    state = request.app[STATE]
+    room = (
+        None
+        if state.ended(request.match_info["space"])
+        else state.room(request.match_info["space"])
+    )
     query = request.query
     after_text = query.get("after", "")
     if after_text and not (after_text.isdigit() and len(after_text) <= 18):
@@ -351,6 +394,8 @@ async def list_participants(request: web.Request) -> web.Response:
         except ValueError:
             roles = ", ".join(r.value for r in policy.Role)
             raise ProtocolError("bad_request", f"'role' must be one of {roles}") from None
+    if room is None:  # an ended space not loaded: nobody is present
+        return _json({"participants": [], "next": None, "count": 0})
     page, cursor = room.participants_page(
         int(after_text) if after_text else None, int(limit_text), role
     )

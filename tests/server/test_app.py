@@ -495,6 +495,31 @@ async def test_kill_9_keeps_acknowledged_reports_and_blocks(tmp_path: Path) -> N
         assert store.is_blocked("host", "bad")
 
 
+async def test_an_ended_space_stays_readable_after_a_restart(tmp_path: Path) -> None:
+    config = ServerConfig(db=tmp_path / "ended.db", secret=SECRET, slots=SLOTS)
+    before: dict[str, Any] = {}
+    for run in ("before", "after"):
+        server = TestServer(create_app(config), host="127.0.0.1")
+        await server.start_server()
+        try:
+            async with aiohttp.ClientSession() as http:
+                api = Api(http, str(server.make_url("")).rstrip("/"))
+                if run == "before":
+                    space = await api.space("host", listener_cap=7, who_may_speak="invited")
+                    assert (await api.join(space, "al"))[0] == 200
+                    assert (await api.call("POST", f"/v1/spaces/{space}/end", "host"))[0] == 200
+                status, state = await api.call("GET", f"/v1/spaces/{space}", "al")
+                assert status == 200 and state["status"] == "ended", state
+                before.setdefault("space", state)
+                assert state == before["space"]  # the same resource, loaded or not
+                status, page = await api.call("GET", f"/v1/spaces/{space}/participants", "al")
+                assert status == 200 and page == {"participants": [], "next": None, "count": 0}
+                status, data = await api.join(space, "bo")
+                assert (status, data["error"]) == (409, "space_ended"), data
+        finally:
+            await server.close()
+
+
 async def test_server_writes_its_own_records(tmp_path: Path) -> None:
     from spacesim.results import load_run
 
