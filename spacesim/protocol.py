@@ -168,9 +168,9 @@ def parse_action(body: object) -> tuple[str, dict[str, str]]:
         raise ProtocolError("unknown_action", f"'action' must be one of: {known}")
     fields: dict[str, str] = {}
     for name in ("target", "reason", "emoji", "setting"):
-        value = body.get(name)
-        if value is None:
+        if name not in body:  # absent; null is not a string, so it is refused below
             continue
+        value = body[name]
         if not isinstance(value, str) or not value or len(value) > 500 or not _utf8(value):
             raise ProtocolError("bad_request", f"'{name}' must be a non-empty string (<= 500)")
         fields[name] = value

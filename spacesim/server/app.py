@@ -557,12 +557,12 @@ async def moderate(request: web.Request) -> web.Response:
             "bad_request", "'action' must be dismiss, remove, block or end"
         ) from None
     target = body.get("target")
-    if target is not None and not _user_id(target):
+    if "target" in body and not _user_id(target):  # null too: omit it instead
         raise ProtocolError("bad_request", "'target' must be a user id")
     if target is not None and target == room.space.host and action is policy.ModerationAction.BLOCK:
         action = policy.ModerationAction.END  # barring a host from their own space ends it
     report = body.get("report")
-    if report is not None:
+    if "report" in body:  # null too: omit it instead
         if not isinstance(report, int) or isinstance(report, bool) or not 0 < report < 2**63:
             raise ProtocolError("bad_request", "'report' must be a report id")
         filed = state.store.get_report(report)

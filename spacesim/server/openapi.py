@@ -12,13 +12,18 @@ _ERROR = {"$ref": "#/components/schemas/Error"}
 _OK = {"$ref": "#/components/schemas/Result"}
 
 
-def _responses(ok: dict[str, Any], *codes: int) -> dict[str, Any]:
-    out: dict[str, Any] = {"200": {"description": "OK", "content": _content(ok)}}
+def _responses(ok: dict[str, Any], *codes: int, success: str = "200") -> dict[str, Any]:
+    return {success: {"description": "OK", "content": _content(ok)}, **_errors(*codes)}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    """400 and 401 (every authenticated request) and `codes`, each with an Error body."""
+    out: dict[str, Any] = {}
     reasons = {
         400: "malformed request",
         401: "missing, forged or expired token",
         403: "not allowed (grant or rulebook)",
-        404: "unknown space",
+        404: "unknown space (or report)",
         409: "refused by the rulebook in this state",
         429: "rate limited",
         503: "server at capacity",
@@ -46,6 +51,8 @@ def _space_path() -> list[dict[str, Any]]:
 def document() -> dict[str, Any]:
     """Build the document; it is small enough to build on each request."""
     s = {"type": "string"}
+    user = {"type": "string", "minLength": 1, "maxLength": 64}
+    field = {"type": "string", "minLength": 1, "maxLength": 500}  # an action's text field
     space_ref = {"$ref": "#/components/schemas/Space"}
     member_ref = {"$ref": "#/components/schemas/Member"}
     roles = ["host", "cohost", "speaker", "listener"]
@@ -158,9 +165,9 @@ def document() -> dict[str, Any]:
                     "required": ["action"],
                     "properties": {
                         "action": {"enum": sorted(ACTIONS)},
-                        "target": s,
-                        "reason": s,
-                        "emoji": s,
+                        "target": field,
+                        "reason": field,
+                        "emoji": field,
                         "setting": {"enum": ["everyone", "followed", "invited"]},
                     },
                 },
@@ -186,14 +193,16 @@ def document() -> dict[str, Any]:
                 "post": {
                     "security": [],
                     "summary": "Mint a token (dev mode only)",
-                    "requestBody": _body({"user": s, "moderator": {"type": "boolean"}}, ["user"]),
+                    "requestBody": _body(
+                        {"user": user, "moderator": {"type": "boolean"}}, ["user"]
+                    ),
                     "responses": _responses({"type": "object", "properties": {"token": s}}, 403),
                 }
             },
             "/v1/follows": {
                 "post": {
                     "summary": "Follow a user (matters for who_may_speak=followed)",
-                    "requestBody": _body({"user": s}, ["user"]),
+                    "requestBody": _body({"user": user}, ["user"]),
                     "responses": _responses(_OK),
                 }
             },
@@ -202,9 +211,14 @@ def document() -> dict[str, Any]:
                     "summary": "Create a space; live now, or scheduled with scheduled_for",
                     "requestBody": _body(
                         {
-                            "title": s,
+                            "title": {"type": "string", "maxLength": 200},
                             "who_may_speak": {"enum": ["everyone", "followed", "invited"]},
-                            "scheduled_for": {"type": "number"},
+                            "scheduled_for": {
+                                "type": ["number", "null"],
+                                "exclusiveMinimum": 0,
+                                "exclusiveMaximum": 1e11,
+                                "description": "unix seconds; absent or null: live now",
+                            },
                             "listener_cap": {
                                 "type": ["integer", "null"],
                                 "minimum": 0,
@@ -212,10 +226,7 @@ def document() -> dict[str, Any]:
                             },
                         }
                     ),
-                    "responses": {
-                        **_responses(space_ref, 403),
-                        "201": {"description": "created", "content": _content(space_ref)},
-                    },
+                    "responses": _responses(space_ref, 403, success="201"),
                 }
             },
             "/v1/spaces/{space}": {
@@ -264,7 +275,14 @@ def document() -> dict[str, Any]:
                 "post": {
                     "parameters": _space_path(),
                     "summary": "Join as a listener; with an SDP offer, connect audio",
-                    "requestBody": _body({"sdp": s}),
+                    "requestBody": _body(
+                        {
+                            "sdp": {
+                                "type": ["string", "null"],
+                                "description": "an SDP offer; absent or null: join without audio",
+                            }
+                        }
+                    ),
                     "responses": _responses(
                         {
                             "type": "object",
@@ -290,7 +308,7 @@ def document() -> dict[str, Any]:
                 "post": {
                     "parameters": _space_path(),
                     "summary": "Leave",
-                    "responses": _responses(_OK, 404),
+                    "responses": _responses(_OK, 404, 409),
                 }
             },
             "/v1/spaces/{space}/actions": {
@@ -310,7 +328,7 @@ def document() -> dict[str, Any]:
                     "summary": "WebSocket: events out, actions in (token may be ?token=)",
                     "responses": {
                         "101": {"description": "switching to WebSocket"},
-                        "401": {"description": "bad token", "content": _content(_ERROR)},
+                        **_errors(403, 404, 409),
                     },
                 }
             },
@@ -321,8 +339,8 @@ def document() -> dict[str, Any]:
                     "requestBody": _body(
                         {
                             "action": {"enum": ["dismiss", "remove", "block", "end"]},
-                            "target": s,
-                            "report": {"type": "integer"},
+                            "target": user,
+                            "report": {"type": "integer", "minimum": 1},
                         },
                         ["action"],
                     ),

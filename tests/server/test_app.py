@@ -446,6 +446,70 @@ async def test_metrics_and_openapi(api: Api) -> None:
     } <= set(doc["paths"])
 
 
+def _nullable(schema: dict[str, Any]) -> bool:
+    kind = schema.get("type")
+    return isinstance(kind, list) and "null" in kind
+
+
+def _props(doc: dict[str, Any], path: str) -> dict[str, Any]:
+    body = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    if "$ref" in body:
+        body = doc["components"]["schemas"][body["$ref"].rsplit("/", 1)[1]]
+    props: dict[str, Any] = body["properties"]
+    return props
+
+
+async def test_null_is_accepted_exactly_where_the_schema_says_nullable(api: Api) -> None:
+    _, doc = await api.call("GET", "/openapi.json")
+    create = _props(doc, "/v1/spaces")
+    assert set(create) == {"title", "who_may_speak", "scheduled_for", "listener_cap"}
+    for name, schema in create.items():
+        status, data = await api.call("POST", "/v1/spaces", "host", {"title": "t", name: None})
+        assert (status == 201) == _nullable(schema), (name, status, data)
+        assert status in (201, 400), data
+    space = await api.space("host")
+    await api.join(space, "fan")
+    action = _props(doc, "/v1/spaces/{space}/actions")
+    for name in ("target", "reason", "emoji", "setting"):
+        status, data = await api.act(space, "fan", "report", **{name: None})
+        assert (status == 200) == _nullable(action[name]), (name, status, data)
+    await api.token("mod", moderator=True)
+    moderation = _props(doc, "/v1/moderation/spaces/{space}")
+    for name in ("target", "report"):
+        body = {"action": "dismiss", name: None}
+        status, data = await api.call("POST", f"/v1/moderation/spaces/{space}", "mod", body)
+        assert (status == 200) == _nullable(moderation[name]), (name, status, data)
+    status, data = await api.call("POST", f"/v1/spaces/{space}/join", "fan", {"sdp": None})
+    assert status == 200 and data["sdp"] is None
+    assert _nullable(_props(doc, "/v1/spaces/{space}/join")["sdp"])
+    answer = doc["paths"]["/v1/spaces/{space}/join"]["post"]["responses"]["200"]
+    assert _nullable(answer["content"]["application/json"]["schema"]["properties"]["sdp"])
+
+
+async def test_openapi_constraints_and_statuses_match_the_server(api: Api) -> None:
+    _, doc = await api.call("GET", "/openapi.json")
+    paths = doc["paths"]
+    for path in ("/v1/dev/token", "/v1/follows"):
+        assert _props(doc, path)["user"]["minLength"] == 1
+        status, data = await api.call("POST", path, "u", {"user": ""})
+        assert (status, data["error"]) == (400, "bad_request")
+    when = _props(doc, "/v1/spaces")["scheduled_for"]
+    assert when["exclusiveMinimum"] == 0
+    for bad in (0, -5, when["exclusiveMaximum"]):
+        status, data = await api.call("POST", "/v1/spaces", "u", {"scheduled_for": bad})
+        assert status == 400, (bad, data)
+    assert set(paths["/v1/spaces"]["post"]["responses"]) == {"201", "400", "401", "403"}
+    assert {"400", "401", "403", "404"} <= set(
+        paths["/v1/spaces/{space}/events"]["get"]["responses"]
+    )
+    assert "409" in paths["/v1/spaces/{space}/leave"]["post"]["responses"]
+    space = await api.space("host")
+    r = await api.http.get(f"{api.base}/v1/spaces/{space}/events?token={await api.token('u')}")
+    assert r.status == 400 and (await r.json())["error"] == "bad_request"  # not a WebSocket
+    r = await api.http.get(f"{api.base}/v1/spaces/s-nope/events?token={await api.token('u')}")
+    assert r.status == 404 and (await r.json())["error"] == "not_found"
+
+
 # --------------------------------------------------------------------------- durability
 
 
