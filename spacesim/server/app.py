@@ -639,7 +639,7 @@ async def events_ws(request: web.Request) -> web.StreamResponse:
         room.attach(sub, transport, ws, text_frame(json.dumps(hello).encode()), end)
         async for msg in ws:
             if time.time() >= claims.exp:  # the timer may not have fired yet
-                expire()
+                await ws.close(code=WS_TOKEN_EXPIRED, message=b"token expired")
                 break
             if msg.type != WSMsgType.TEXT:
                 reply = {"type": "error", "error": "bad_request", "reason": "send JSON text"}
