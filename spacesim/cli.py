@@ -119,13 +119,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from spacesim.server.app import ServerConfig, create_app
-    from spacesim.server.auth import load_or_create_secret
+    from spacesim.server.auth import is_loopback_host, load_or_create_secret
 
     handler = logging.StreamHandler()
     handler.setFormatter(JsonLogFormatter())
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     for noisy in ("aioice", "aiortc"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not args.no_dev and not is_loopback_host(args.host):
+        if not args.dev_on_public_bind:
+            err.print(
+                f"spacesim serve: refusing dev mode (anyone may mint tokens) on {args.host}; "
+                "bind 127.0.0.1, pass --no-dev, or force it with --dev-on-public-bind"
+            )
+            return 2
+        logging.getLogger("spacesim.server").warning(
+            "dev mode on a non-loopback bind (%s): /v1/dev/token still answers loopback "
+            "clients only, but this server is for tests, not for a network",
+            args.host,
+        )
     db = Path(args.db)
     db.parent.mkdir(parents=True, exist_ok=True)
     config = ServerConfig(
@@ -470,6 +482,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--slots", type=int, default=3, help="speakers each listener hears at once")
     serve.add_argument("--no-dev", action="store_true", help="disable /v1/dev/token")
+    serve.add_argument(
+        "--dev-on-public-bind",
+        action="store_true",
+        help="allow dev mode with a non-loopback --host (logs a warning)",
+    )
     serve.add_argument("--record", metavar="DIR", help="write the server's records here on exit")
     serve.set_defaults(func=cmd_serve)
 

@@ -713,6 +713,18 @@ class Space:
             events += self._evict(target, actor, "blocked")
         return _ok(*events)
 
+    def host_blocked(self, target: str) -> Outcome:
+        """The host's space-wide block of ``target`` made in another of the host's spaces
+        (or by platform moderation there): bar them here too, removing them if present."""
+        if target == self._host or target in self._blocked or self._status is SpaceStatus.ENDED:
+            return _ok()
+        self._blocked.add(target)
+        role = self._roles.get(target)
+        events = [Event("blocked", target, role=role, attrs={"scope": "space"})]
+        if role is not None:
+            events += self._evict(target, None, "blocked")
+        return _ok(*events)
+
     def report(self, actor: str, target: str | None, reason: str = "") -> Outcome:
         """A participant reports a user who is or was here, or (target None) the space."""
         if (refusal := self._gate(actor, _ANYONE)) is not None:

@@ -21,6 +21,10 @@ from spacesim.client.netem import Impairment, UdpRelay, blackhole_candidates, re
 __all__ = ["AudioLink", "ClientError", "RoomClient", "connect_audio"]
 
 
+#: The server's close code for an event stream whose token expired (docs/protocol.md).
+TOKEN_EXPIRED_CLOSE = 4401
+
+
 class ClientError(Exception):
     """The server refused a request: HTTP status, protocol error code and its reason."""
 
@@ -44,6 +48,15 @@ class RoomClient:
         self._token: str | None = None
 
     async def _call(self, method: str, path: str, body: Any = None, auth: bool = True) -> Any:
+        try:
+            return await self._call_once(method, path, body, auth)
+        except ClientError as exc:  # dev tokens are short-lived: mint a new one, once
+            if not (auth and exc.status == 401 and exc.reason.startswith("expired")):
+                raise
+            self._token = None
+            return await self._call_once(method, path, body, auth)
+
+    async def _call_once(self, method: str, path: str, body: Any, auth: bool) -> Any:
         headers = {"Authorization": f"Bearer {await self.token()}"} if auth else {}
         try:
             async with self.http.request(
@@ -62,7 +75,7 @@ class RoomClient:
             raise ClientError(0, "unreachable", f"{self.base}: {exc}") from None
 
     async def token(self) -> str:
-        """A dev-mode token for this user (minted once)."""
+        """A dev-mode token for this user (minted once, again when it expires)."""
         if self._token is None:
             body = {"user": self.user} | ({"moderator": True} if self.moderator else {})
             data = await self._call("POST", "/v1/dev/token", body, auth=False)
@@ -148,17 +161,26 @@ class RoomClient:
 
         The first is the ``hello`` (``{"type": "hello", "space": snapshot, "clock_ns"}``),
         yielded as it always was; `hello=False` skips it. Events carry ``clock_ns``.
+        When the server closes the stream because the token expired (close code 4401),
+        the client mints a new token and reconnects (without yielding that hello);
+        events in between are missed.
         """
-        url = f"{self.base}/v1/spaces/{space}/events?token={await self.token()}"
-        async with self.http.ws_connect(url) as ws:
-            first = True
-            async for msg in ws:
-                if msg.type == aiohttp.WSMsgType.TEXT:
-                    data = msg.json()
-                    skip = first and not hello and data.get("type") == "hello"
-                    first = False
-                    if not skip:
-                        yield data
+        url = f"{self.base}/v1/spaces/{space}/events"
+        while True:
+            headers = {"Authorization": f"Bearer {await self.token()}"}
+            async with self.http.ws_connect(url, headers=headers) as ws:
+                first = True
+                async for msg in ws:
+                    if msg.type == aiohttp.WSMsgType.TEXT:
+                        data = msg.json()
+                        skip = first and not hello and data.get("type") == "hello"
+                        first = False
+                        if not skip:
+                            yield data
+                if ws.close_code != TOKEN_EXPIRED_CLOSE:
+                    return
+            self._token = None
+            hello = False
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -23,7 +24,18 @@ from aiohttp import WSMsgType, web
 from spacesim import policy
 from spacesim.protocol import PROTOCOL_VERSION, ProtocolError, error_body, parse_action
 from spacesim.server import metrics
-from spacesim.server.auth import AuthError, Claims, DevIssuer, Forbidden, require, verify_token
+from spacesim.server.auth import (
+    MODERATE,
+    SPACE_CREATE,
+    SPACE_JOIN,
+    AuthError,
+    Claims,
+    DevIssuer,
+    Forbidden,
+    is_loopback_host,
+    require,
+    verify_token,
+)
 from spacesim.server.records import ServerRecorder
 from spacesim.server.room import Room, text_frame
 from spacesim.server.store import Conflict, NotFound, SpaceRecord, Store, StoreError
@@ -43,6 +55,10 @@ MAX_LISTENER_CAP = 1_000_000_000
 #: Participants per page of GET /v1/spaces/{id}/participants: default and maximum.
 PAGE_DEFAULT = 100
 PAGE_MAX = 500
+#: WebSocket close code when the stream's token expires (docs/protocol.md, Events).
+WS_TOKEN_EXPIRED = 4401
+#: The one route that takes ``?token=`` (browsers cannot set headers on a WebSocket).
+EVENTS_ROUTE = "/v1/spaces/{space}/events"
 
 
 @dataclass(frozen=True)
@@ -68,6 +84,7 @@ class ServerState:
         self.rooms: dict[str, Room] = {}
         self.media: dict[str, Any] = {}  # space id -> MediaRoom (created on first connect)
         self.closed_media: dict[str, int] = {}  # counters of media rooms already closed
+        self.touched: set[str] = set()  # other spaces a block just removed someone from
         self.recorder: ServerRecorder | None = (
             ServerRecorder(config.record_dir) if config.record_dir else None
         )
@@ -109,6 +126,7 @@ class ServerState:
             past_participants={p.user for p in self.store.participations(space=space_id)},
         )
         room = Room(space, persist=self.store, slots=self.config.slots)
+        room.on_host_block = self._host_blocked
         if self.recorder is not None:
             room.sinks.append(self.recorder.sink)
         return room
@@ -137,6 +155,13 @@ class ServerState:
         room = self._room_for(space_id, host, status, who, listener_cap)
         self.rooms[space_id] = room
         return room
+
+    def _host_blocked(self, source: Room, user: str) -> None:
+        """Memory agrees with the store at once: the host's other spaces bar `user` too."""
+        for room in list(self.rooms.values()):
+            same_host = room is not source and room.space.host == source.space.host
+            if same_host and room.host_blocked(user):
+                self.touched.add(room.id)  # _drop_gone closes the user's media there
 
     def room(self, space_id: str) -> Room:
         room = self.rooms.get(space_id)
@@ -201,13 +226,17 @@ async def _body(request: web.Request) -> dict[str, Any]:
         raise ProtocolError("bad_json", "the body is not valid JSON") from None
     if not isinstance(data, dict):
         raise ProtocolError("bad_request", "the body must be a JSON object")
+    if _bad_strings(data):
+        raise ProtocolError("bad_request", "strings must be valid Unicode (no lone surrogates)")
     return data
 
 
 def _claims(request: web.Request) -> Claims:
     header = request.headers.get("Authorization", "")
     token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-    token = token or request.query.get("token", "")
+    resource = request.match_info.route.resource
+    if not token and resource is not None and resource.canonical == EVENTS_ROUTE:
+        token = request.query.get("token", "")
     if not token:
         raise AuthError("missing", "send 'Authorization: Bearer <token>'")
     claims = verify_token(request.app[CONFIG].secret, token)
@@ -226,18 +255,43 @@ def _user_id(value: object) -> TypeGuard[str]:
     return True
 
 
-def _in_space(request: web.Request, grant: str | None) -> tuple[Claims, ServerState, Room]:
-    """The caller, the server and the space named in the path, with the grant checked."""
+def _allow(claims: Claims, grants: tuple[str, ...], space: str | None) -> None:
+    """Forbidden unless the token has one of `grants` and is not pinned to another space."""
+    have = [g for g in grants if claims.has(g)]
+    require(claims, have[0] if have else grants[0], space)
+
+
+def _in_space(
+    request: web.Request, grant: str | tuple[str, ...]
+) -> tuple[Claims, ServerState, Room]:
+    """The caller, the server and the space named in the path, with grant and pin checked."""
     claims = _claims(request)
     state = request.app[STATE]
     room = state.room(request.match_info["space"])
-    if grant is not None:
-        require(claims, grant, room.id)
+    _allow(claims, (grant,) if isinstance(grant, str) else grant, room.id)
     return claims, state, room
 
 
 #: aiohttp's own refusals (routing, body size) -> the protocol's error codes.
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+
+
+def _bad_strings(data: Any) -> bool:
+    """True if a JSON value holds a string that is not valid UTF-8 (a lone surrogate)."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 @web.middleware
@@ -304,6 +358,10 @@ async def dev_token(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
     if not config.dev:
         raise ProtocolError("forbidden", "dev tokens are disabled on this server")
+    if not is_loopback_host(request.remote or "") or not is_loopback_host(request.host):
+        raise ProtocolError(  # and a loopback Host header: no DNS rebinding from a web page
+            "forbidden", "dev tokens are only for loopback clients addressing localhost"
+        )
     body = await _body(request)
     user = body.get("user")
     if not _user_id(user):
@@ -316,6 +374,7 @@ async def dev_token(request: web.Request) -> web.Response:
 @routes.post("/v1/follows")
 async def follow(request: web.Request) -> web.Response:
     claims = _claims(request)
+    _allow(claims, (SPACE_CREATE, SPACE_JOIN), None)
     body = await _body(request)
     user = body.get("user")
     if not _user_id(user) or user == claims.sub:
@@ -361,24 +420,28 @@ async def create_space(request: web.Request) -> web.Response:
 
 @routes.get("/v1/spaces/{space}")
 async def get_space(request: web.Request) -> web.Response:
-    _claims(request)
+    claims = _claims(request)
     state = request.app[STATE]
-    ended = state.ended(request.match_info["space"])  # not loaded: read-only, from the store
+    space_id = request.match_info["space"]
+    ended = state.ended(space_id)  # not loaded: read-only, from the store
     if ended is not None:
+        _allow(claims, (SPACE_JOIN, MODERATE), space_id)
         return _json(state.ended_snapshot(ended))
-    return _json(state.room(request.match_info["space"]).snapshot())
+    _, _, room = _in_space(request, (SPACE_JOIN, MODERATE))
+    return _json(room.snapshot())
 
 
 @routes.get("/v1/spaces/{space}/participants")
 async def list_participants(request: web.Request) -> web.Response:
     """Who is present, in join order, a page at a time (the snapshot carries counts only)."""
-    _claims(request)
+    claims = _claims(request)
     state = request.app[STATE]
-    room = (
-        None
-        if state.ended(request.match_info["space"])
-        else state.room(request.match_info["space"])
-    )
+    space_id = request.match_info["space"]
+    room: Room | None = None
+    if state.ended(space_id) is not None:  # an ended space has nobody present
+        _allow(claims, (SPACE_JOIN, MODERATE), space_id)
+    else:
+        _, _, room = _in_space(request, (SPACE_JOIN, MODERATE))
     query = request.query
     after_text = query.get("after", "")
     if after_text and not (after_text.isdigit() and len(after_text) <= 18):
@@ -516,7 +579,7 @@ async def _close_media(state: ServerState, space_id: str, user: str | None = Non
 
 @routes.post("/v1/spaces/{space}/leave")
 async def leave_space(request: web.Request) -> web.Response:
-    claims, state, room = _in_space(request, None)
+    claims, state, room = _in_space(request, SPACE_JOIN)
     events = room.leave(claims.sub)
     await _close_media(state, room.id, claims.sub)
     if room.space.status is policy.SpaceStatus.ENDED:
@@ -534,15 +597,19 @@ async def act(request: web.Request) -> web.Response:
 
 
 async def _drop_gone(state: ServerState, room: Room) -> None:
-    """Close the media of anyone the last action removed (they stop hearing at once)."""
-    media = state.media.get(room.id)
-    if media is None:
-        return
-    for user in list(media.participants()):
-        if room.space.role_of(user) is None:
-            await media.close(user)
-    if room.space.status is policy.SpaceStatus.ENDED:  # e.g. moderation ended it
-        await _close_media(state, room.id)
+    """Close the media of anyone the last action removed (they stop hearing at once), in
+    this space and the host's others (a space-wide block reaches them all)."""
+    others = [state.rooms[i] for i in state.touched if i in state.rooms]
+    state.touched.clear()
+    for other in [room, *others]:
+        media = state.media.get(other.id)
+        if media is None:
+            continue
+        for user in list(media.participants()):
+            if other.space.role_of(user) is None:
+                await media.close(user)
+        if other.space.status is policy.SpaceStatus.ENDED:  # e.g. moderation ended it
+            await _close_media(state, other.id)
 
 
 @routes.post("/v1/moderation/spaces/{space}")
@@ -603,6 +670,7 @@ async def events_ws(request: web.Request) -> web.StreamResponse:
     claims, state, room = _in_space(request, "space:join")
     # before the upgrade: a refusal is still a 403
     sub = room.subscribe(claims.sub, moderator=claims.has("moderate"))
+    expiry: asyncio.TimerHandle | None = None
     try:
         ws = web.WebSocketResponse(heartbeat=20, max_msg_size=64 * 1024, compress=False)
         await ws.prepare(request)
@@ -623,8 +691,18 @@ async def events_ws(request: web.Request) -> web.StreamResponse:
             closing.add(task)
             task.add_done_callback(closing.discard)
 
+        def expire() -> None:  # the token ran out: no more events, no more actions
+            asyncio.get_running_loop().call_later(CLOSE_GRACE_S, transport.abort)
+            task = asyncio.ensure_future(ws.close(code=WS_TOKEN_EXPIRED, message=b"token expired"))
+            closing.add(task)
+            task.add_done_callback(closing.discard)
+
+        expiry = asyncio.get_running_loop().call_later(max(0.0, claims.exp - time.time()), expire)
         room.attach(sub, transport, ws, text_frame(json.dumps(hello).encode()), end)
         async for msg in ws:
+            if time.time() >= claims.exp:  # the timer may not have fired yet
+                await ws.close(code=WS_TOKEN_EXPIRED, message=b"token expired")
+                break
             if msg.type != WSMsgType.TEXT:
                 reply = {"type": "error", "error": "bad_request", "reason": "send JSON text"}
             else:
@@ -633,6 +711,8 @@ async def events_ws(request: web.Request) -> web.StreamResponse:
                 break
             await ws.send_json(reply)
     finally:
+        if expiry is not None:
+            expiry.cancel()
         room.unsubscribe(sub)
     return ws
 
@@ -643,6 +723,9 @@ async def _ws_action(state: ServerState, room: Room, claims: Claims, text: str) 
     except (ValueError, RecursionError):
         return {"type": "error", "error": "bad_json", "reason": "the message is not valid JSON"}
     request_id = body.get("id") if isinstance(body, dict) else None
+    if _bad_strings(body):
+        reason = "strings must be valid Unicode (no lone surrogates)"
+        return {"type": "error", "id": request_id, "error": "bad_request", "reason": reason}
     try:
         action, fields = parse_action(body)
         events = room.apply(claims.sub, action, fields)
@@ -675,12 +758,41 @@ def _check_fault_hook(config: ServerConfig) -> None:
     )
 
 
+_TOKEN_IN_URL = re.compile(r"((?:^|[?&;\s])token=)[^&;\s\"']*", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """`text` with every ``token=...`` query value replaced by ``[redacted]``."""
+    return _TOKEN_IN_URL.sub(r"\1[redacted]", text) if "token=" in text.lower() else text
+
+
+class RedactTokens(logging.Filter):
+    """Keep tokens out of the access log: ``?token=`` is redacted from every line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        for key, value in list(vars(record).items()):  # the access logger's `extra` fields
+            if key not in ("msg", "args") and isinstance(value, str):
+                setattr(record, key, redact(value))
+        return True
+
+
+def _redact_access_log() -> None:
+    access = logging.getLogger("aiohttp.access")
+    if not any(isinstance(f, RedactTokens) for f in access.filters):
+        access.addFilter(RedactTokens())
+
+
 def create_app(config: ServerConfig, store: Store | None = None) -> web.Application:
     """The aiohttp application; `spacesim serve` runs it, tests use it on 127.0.0.1."""
     from spacesim.rtc import use_host_addresses
 
     use_host_addresses(list(config.ice_hosts))
     _check_fault_hook(config)
+    _redact_access_log()
     app = web.Application(middlewares=[errors], client_max_size=config.max_body)
     state = ServerState(config, store or SqliteStore(config.db))
     state.recover()

@@ -28,6 +28,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import ipaddress
 import json
 import math
 import os
@@ -43,6 +44,7 @@ from typing import Any
 __all__ = [
     "ADMIN",
     "CLOCK_SKEW",
+    "DEV_TOKEN_TTL",
     "MODERATE",
     "ORDINARY_GRANTS",
     "SECRET_BYTES",
@@ -55,6 +57,7 @@ __all__ = [
     "Forbidden",
     "ForbiddenReason",
     "default_secret_path",
+    "is_loopback_host",
     "issue_token",
     "load_or_create_secret",
     "require",
@@ -71,6 +74,11 @@ ORDINARY_GRANTS: frozenset[str] = frozenset({SPACE_CREATE, SPACE_JOIN})
 
 #: Tolerated clock difference for ``iat`` in the future, in seconds. ``exp`` has no leeway.
 CLOCK_SKEW = 60.0
+
+#: Lifetime of dev-mode tokens (s). RoomClient mints a new one when a request is
+#: refused as ``expired`` and reopens an event stream closed for expiry, so load runs
+#: longer than this (up to a day) go on.
+DEV_TOKEN_TTL = 3600.0
 
 SECRET_BYTES = 32
 _MIN_SECRET_BYTES = 16
@@ -294,7 +302,7 @@ def require(claims: Claims, grant: str, space: str | None = None) -> None:
 class DevIssuer:
     """Mints tokens for local runs and tests: ordinary grants, plus moderate/admin on request."""
 
-    def __init__(self, secret: bytes, *, ttl: float = 24 * 3600.0) -> None:
+    def __init__(self, secret: bytes, *, ttl: float = DEV_TOKEN_TTL) -> None:
         self.secret = _check_secret(secret)
         self.ttl = ttl
 
@@ -317,6 +325,24 @@ class DevIssuer:
 
     def verify(self, token: str, now: float | None = None) -> Claims:
         return verify_token(self.secret, token, now=now)
+
+
+def is_loopback_host(name: str) -> bool:
+    """True for ``localhost``, 127.0.0.0/8 and ::1 (IPv4-mapped too), with or without a
+    port (``localhost:8080``, ``[::1]:8080``); the Host header or address of a request."""
+    text = name.strip().lower()
+    if text.startswith("["):
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]
+    if text in ("localhost", "localhost."):
+        return True
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))
 
 
 def default_secret_path(db_path: str | Path) -> Path:

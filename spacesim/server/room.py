@@ -188,6 +188,9 @@ class Room:
         self._reactions = RateLimiter(reactions_per_s, reactions_per_s * 5, mono_clock)
         self._hands = RateLimiter(hands_per_min / 60, 2, mono_clock)
         self.sinks: list[EventSink] = []  # e.g. the server's own record writer
+        # called with (this room, user) after a space-wide block here: the server bars
+        # the user from the host's other spaces at once (the store holds the host's block)
+        self.on_host_block: Callable[[Room, str], None] | None = None
         # Participants in join order, for the paginated listing: (seq, user), appended at
         # each join; an entry is live while `_seq[user]` is its seq and the user is
         # present. Dead entries are skipped and compacted away once they outnumber the live.
@@ -497,7 +500,16 @@ class Room:
         """Persist an accepted outcome, then tell everyone: nothing is acknowledged unsaved."""
         fields = fields or {}
         extras = self._persist(actor, action, fields, outcome)
-        return self.publish(outcome.events, extras, quiet_leaves=quiet_leaves)
+        events = self.publish(outcome.events, extras, quiet_leaves=quiet_leaves)
+        if self.on_host_block is not None and action != "host_block":
+            for ev in outcome.events:
+                if ev.kind == "blocked" and ev.attrs.get("scope") != "personal":
+                    self.on_host_block(self, ev.participant)
+        return events
+
+    def host_blocked(self, user: str) -> list[dict[str, Any]]:
+        """The host blocked `user` space-wide in another space: bar (and remove) here too."""
+        return self._commit(None, "host_block", self._check(self.space.host_blocked(user)))
 
     def apply(self, actor: str, action: str, fields: dict[str, str]) -> list[dict[str, Any]]:
         """Apply a validated action (see `spacesim.protocol.parse_action`); returns events.
