@@ -97,14 +97,26 @@ class ProtocolError(Exception):
     """A request the server refuses; `code` maps to an HTTP status via `ERROR_STATUS`.
 
     `extra`: machine-readable fields the error body carries besides ``error`` and
-    ``reason`` (e.g. ``slots`` with ``bad_sdp``).
+    ``reason`` (e.g. ``slots`` with ``bad_sdp``). `retry_after`: whole seconds until a
+    throttled action (``rate_limited``) may succeed; the body carries it as
+    ``retry_after`` and the server's HTTP answer as a ``Retry-After`` header.
     """
 
-    def __init__(self, code: str, reason: str, extra: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        code: str,
+        reason: str,
+        extra: Mapping[str, Any] | None = None,
+        *,
+        retry_after: int | None = None,
+    ) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
         self.extra: dict[str, Any] = dict(extra or {})
+        self.retry_after = retry_after
+        if retry_after is not None:
+            self.extra["retry_after"] = retry_after
 
     @property
     def status(self) -> int:

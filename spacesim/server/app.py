@@ -37,7 +37,7 @@ from spacesim.server.auth import (
     verify_token,
 )
 from spacesim.server.records import ServerRecorder
-from spacesim.server.room import Room, text_frame
+from spacesim.server.room import RateLimiter, Room, Throttles, text_frame
 from spacesim.server.store import Conflict, NotFound, SpaceRecord, Store, StoreError
 from spacesim.server.store_sqlite import SqliteStore
 
@@ -50,6 +50,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CONFIG: web.AppKey[ServerConfig] = web.AppKey("config", object)  # type: ignore[arg-type]
 STATE: web.AppKey[ServerState] = web.AppKey("state", object)  # type: ignore[arg-type]
 
+#: Spaces a host may create: (per second, burst) -- 10 a minute, 5 at once.
+SPACE_CREATES = (10 / 60, 5.0)
 #: The largest listener cap a space may be created with (null = no cap).
 MAX_LISTENER_CAP = 1_000_000_000
 #: Participants per page of GET /v1/spaces/{id}/participants: default and maximum.
@@ -85,6 +87,8 @@ class ServerState:
         self.media: dict[str, Any] = {}  # space id -> MediaRoom (created on first connect)
         self.closed_media: dict[str, int] = {}  # counters of media rooms already closed
         self.touched: set[str] = set()  # other spaces a block just removed someone from
+        self.throttles = Throttles()  # per-user limits, across all of this server's rooms
+        self.creations = RateLimiter(*SPACE_CREATES)  # spaces created, per host
         self.recorder: ServerRecorder | None = (
             ServerRecorder(config.record_dir) if config.record_dir else None
         )
@@ -127,6 +131,7 @@ class ServerState:
         )
         room = Room(space, persist=self.store, slots=self.config.slots)
         room.on_host_block = self._host_blocked
+        room.throttles = self.throttles
         if self.recorder is not None:
             room.sinks.append(self.recorder.sink)
         return room
@@ -162,6 +167,12 @@ class ServerState:
             same_host = room is not source and room.space.host == source.space.host
             if same_host and room.host_blocked(user):
                 self.touched.add(room.id)  # _drop_gone closes the user's media there
+
+    def forget(self, room: Room) -> None:
+        """An ended room leaves memory (its media closed first); the store still has it,
+        and `ended` answers for it from there."""
+        if self.rooms.get(room.id) is room:
+            del self.rooms[room.id]
 
     def room(self, space_id: str) -> Room:
         room = self.rooms.get(space_id)
@@ -301,7 +312,10 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except ProtocolError as exc:
         metrics.REFUSALS.labels(exc.code).inc()
-        return _error(exc.code, exc.reason, exc.status, exc.extra)
+        response = _error(exc.code, exc.reason, exc.status, exc.extra)
+        if exc.retry_after is not None:  # a throttle: when the next try may succeed
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
     except Forbidden as exc:
         return _error("forbidden", str(exc), 403)
     except AuthError as exc:
@@ -414,7 +428,9 @@ async def create_space(request: web.Request) -> web.Response:
             "bad_request",
             f"'listener_cap' must be null or an integer from 0 to {MAX_LISTENER_CAP:,}",
         )
-    room = request.app[STATE].create(claims.sub, title, who, float(when) if when else None, cap)
+    state = request.app[STATE]
+    state.creations.check(claims.sub, "spaces created")
+    room = state.create(claims.sub, title, who, float(when) if when else None, cap)
     return _json(room.snapshot(), 201)
 
 
@@ -485,7 +501,7 @@ async def _lifecycle(request: web.Request, action: str) -> web.Response:
     claims, state, room = _in_space(request, "space:create")
     events = room.lifecycle(claims.sub, action)
     if action == "end":
-        await _close_media(state, room.id)
+        await _retire(state, room)
     return _json({"ok": True, "events": events})
 
 
@@ -563,6 +579,12 @@ async def _connect(state: ServerState, room: Room, user: str, offer: str) -> str
     return answer
 
 
+async def _retire(state: ServerState, room: Room) -> None:
+    """An ended space: close its media (its counters kept), then free the room."""
+    await _close_media(state, room.id)
+    state.forget(room)
+
+
 async def _close_media(state: ServerState, space_id: str, user: str | None = None) -> None:
     media = state.media.get(space_id)
     if media is None:
@@ -579,11 +601,17 @@ async def _close_media(state: ServerState, space_id: str, user: str | None = Non
 
 @routes.post("/v1/spaces/{space}/leave")
 async def leave_space(request: web.Request) -> web.Response:
+    claims = _claims(request)
+    state = request.app[STATE]
+    space_id = request.match_info["space"]
+    if state.ended(space_id) is not None:  # freed from memory: nobody is there to leave
+        _allow(claims, (SPACE_JOIN,), space_id)
+        return _json({"ok": True, "events": []})
     claims, state, room = _in_space(request, SPACE_JOIN)
     events = room.leave(claims.sub)
     await _close_media(state, room.id, claims.sub)
     if room.space.status is policy.SpaceStatus.ENDED:
-        await _close_media(state, room.id)
+        await _retire(state, room)
     return _json({"ok": True, "events": events})
 
 
@@ -603,13 +631,12 @@ async def _drop_gone(state: ServerState, room: Room) -> None:
     state.touched.clear()
     for other in [room, *others]:
         media = state.media.get(other.id)
-        if media is None:
-            continue
-        for user in list(media.participants()):
-            if other.space.role_of(user) is None:
-                await media.close(user)
+        if media is not None:
+            for user in list(media.participants()):
+                if other.space.role_of(user) is None:
+                    await media.close(user)
         if other.space.status is policy.SpaceStatus.ENDED:  # e.g. moderation ended it
-            await _close_media(state, other.id)
+            await _retire(state, other)
 
 
 @routes.post("/v1/moderation/spaces/{space}")
@@ -732,7 +759,10 @@ async def _ws_action(state: ServerState, room: Room, claims: Claims, text: str) 
         await _drop_gone(state, room)
         return {"type": "result", "id": request_id, "ok": True, "events": len(events)}
     except ProtocolError as exc:
-        return {"type": "error", "id": request_id, "error": exc.code, "reason": exc.reason}
+        reply = {"type": "error", "id": request_id, "error": exc.code, "reason": exc.reason}
+        if exc.retry_after is not None:  # a throttle: when the next try may succeed
+            reply["retry_after"] = exc.retry_after
+        return reply
     except Exception:
         log.exception("unhandled error on the event stream of %s", room.id)
         return {"type": "error", "id": request_id, "error": "internal", "reason": "internal error"}

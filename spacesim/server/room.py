@@ -12,6 +12,7 @@ import asyncio
 import bisect
 import itertools
 import json
+import math
 import struct
 import time
 from collections.abc import Callable, Collection, Iterable
@@ -21,7 +22,15 @@ from typing import Any, Protocol
 from spacesim import policy
 from spacesim.protocol import AUDIENCE, REACTIONS, ProtocolError, event_message
 
-__all__ = ["AUDIENCE_INTERVAL", "EventSink", "RateLimiter", "Room", "Subscriber", "text_frame"]
+__all__ = [
+    "AUDIENCE_INTERVAL",
+    "EventSink",
+    "RateLimiter",
+    "Room",
+    "Subscriber",
+    "Throttles",
+    "text_frame",
+]
 
 EventSink = Callable[[dict[str, Any]], None]
 
@@ -67,14 +76,55 @@ class RateLimiter:
     _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def allow(self, key: str) -> bool:
+        return self.take(key) == 0.0
+
+    def take(self, key: str) -> float:
+        """Take a token for `key`: 0.0 if one was there, else seconds until the next one."""
         now = self.clock()
         tokens, last = self._buckets.get(key, (self.burst, now))
         tokens = min(self.burst, tokens + (now - last) * self.rate)
         if tokens < 1.0:
             self._buckets[key] = (tokens, now)
-            return False
+            return max((1.0 - tokens) / self.rate, 1e-9) if self.rate > 0 else math.inf
         self._buckets[key] = (tokens - 1.0, now)
-        return True
+        return 0.0
+
+    def check(self, key: str, what: str) -> None:
+        """Take a token for `key` or refuse with ``rate_limited`` and a whole-second wait."""
+        wait = self.take(key)
+        if wait > 0.0:
+            seconds = math.ceil(wait) if math.isfinite(wait) else 3600
+            raise ProtocolError(
+                "rate_limited",
+                f"too many {what}; retry in {seconds} s",
+                retry_after=max(1, seconds),
+            )
+
+
+#: Per-user throttles of actions that cost others work (docs/protocol.md, Rate limits):
+#: (tokens per second, burst). Generous: no legitimate client comes near them.
+REPORTS = (10 / 60, 5.0)  # reports filed
+BLOCKS = (10 / 60, 10.0)  # block actions (a personal block is anyone's to make)
+TOGGLES = (1.0, 10.0)  # muting or unmuting oneself
+
+
+class Throttles:
+    """Per-user limiters shared by every room of a server (a user's reports count across
+    spaces): see `REPORTS`, `BLOCKS`, `TOGGLES`."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.reports = RateLimiter(*REPORTS, clock)
+        self.blocks = RateLimiter(*BLOCKS, clock)
+        self.toggles = RateLimiter(*TOGGLES, clock)
+
+    def check(self, actor: str, action: str, target: str | None) -> None:
+        """Refuse with ``rate_limited`` (and a ``retry_after``) if `actor` is over a limit."""
+        if action == "report":
+            self.reports.check(actor, "reports")
+        elif action == "block":
+            self.blocks.check(actor, "blocks")
+        elif action == "unmute" or (action == "mute" and target == actor):
+            self.toggles.check(actor, "mute toggles")
 
 
 _LEN1 = struct.Struct("!BB").pack
@@ -187,6 +237,8 @@ class Room:
         self._moderators: set[Subscriber] = set()  # platform moderators' streams
         self._reactions = RateLimiter(reactions_per_s, reactions_per_s * 5, mono_clock)
         self._hands = RateLimiter(hands_per_min / 60, 2, mono_clock)
+        # per-user throttles; the server shares one across its rooms (ServerState)
+        self.throttles = Throttles(mono_clock)
         self.sinks: list[EventSink] = []  # e.g. the server's own record writer
         # called with (this room, user) after a space-wide block here: the server bars
         # the user from the host's other spaces at once (the store holds the host's block)
@@ -521,8 +573,9 @@ class Room:
         target = fields.get("target")
         if action == "react":
             return self._react(actor, fields["emoji"])
-        if action == "raise_hand" and not self._hands.allow(actor):
-            raise ProtocolError("rate_limited", "too many hand raises; wait a few seconds")
+        if action == "raise_hand":
+            self._hands.check(actor, "hand raises")
+        self.throttles.check(actor, action, target)
         if action in _BY_ACTOR:
             outcome = getattr(space, action)(actor)
         elif action in _ON_TARGET:
@@ -595,8 +648,7 @@ class Room:
             raise ProtocolError("not_present", f"{actor} is not in the space")
         if emoji not in REACTIONS:
             raise ProtocolError("bad_request", f"unknown reaction; use one of {sorted(REACTIONS)}")
-        if not self._reactions.allow(actor):
-            raise ProtocolError("rate_limited", "too many reactions; slow down")
+        self._reactions.check(actor, "reactions")
         msg = event_message(
             "reaction", self.id, actor, t=self.now(), attrs={"emoji": emoji}, clock_ns=self._ns()
         )
