@@ -20,6 +20,7 @@ __all__ = [
     "ProtocolError",
     "error_body",
     "event_message",
+    "is_utf8",
     "parse_action",
 ]
 
@@ -162,7 +163,8 @@ def event_message(
     return msg
 
 
-def _utf8(text: str) -> bool:
+def is_utf8(text: str) -> bool:
+    """False for text JSON escapes made unencodable (lone surrogates): refuse it, not 500."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:  # lone surrogates from JSON escapes
@@ -183,7 +185,7 @@ def parse_action(body: object) -> tuple[str, dict[str, str]]:
         if name not in body:  # absent; null is not a string, so it is refused below
             continue
         value = body[name]
-        if not isinstance(value, str) or not value or len(value) > 500 or not _utf8(value):
+        if not isinstance(value, str) or not value or len(value) > 500 or not is_utf8(value):
             raise ProtocolError("bad_request", f"'{name}' must be a non-empty string (<= 500)")
         fields[name] = value
     for name in ACTIONS[action]:

@@ -22,7 +22,13 @@ from typing import Any, TypeGuard
 from aiohttp import WSMsgType, web
 
 from spacesim import policy
-from spacesim.protocol import PROTOCOL_VERSION, ProtocolError, error_body, parse_action
+from spacesim.protocol import (
+    PROTOCOL_VERSION,
+    ProtocolError,
+    error_body,
+    is_utf8,
+    parse_action,
+)
 from spacesim.server import metrics
 from spacesim.server.auth import (
     MODERATE,
@@ -293,9 +299,7 @@ def _bad_strings(data: Any) -> bool:
     while stack:
         item = stack.pop()
         if isinstance(item, str):
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
+            if not is_utf8(item):
                 return True
         elif isinstance(item, dict):
             stack.extend(item.keys())
