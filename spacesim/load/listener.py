@@ -32,6 +32,8 @@ decision is `spacesim.behaviour`'s:
   failed, or -- only without DTX, when stage members send every 20 ms even in pauses,
   and while this listener knows of no muted stage member -- no audio for `STALL` s after
   some was heard. With DTX, silence is normal, so only the connection state counts.
+  An action refused ``not_present`` for the listener itself (the server restarted and
+  does not know it yet) also counts as dropped.
 * The space ending (``space_ended`` event, or a join refused ``space_ended``), or being
   removed or blocked, ends the session quietly; so does a space not yet started
   (``not_started``: the session returns ``"not_started"`` and its caller retries).
@@ -97,6 +99,7 @@ class ListenerSession:
         self.speaking = False  # connected with a publish section
         self.want_speak = False  # granted a seat: rejoin to publish at the next tick
         self.over = False  # removed, blocked, or the space ended
+        self.dropped = False  # an action was refused ``not_present`` for us
         self.others_muted: set[str] = set()
         self.quality = (0, 0)  # a probe's (frames, audible) at the last window
         self.received = 0
@@ -153,8 +156,12 @@ class ListenerSession:
             took = time.monotonic() - t
             if exc.code in expected or exc.code in QUIET_END or exc.code == "not_present":
                 self.ctx.report(action, took, None)
-                if exc.code in QUIET_END or exc.code == "not_present":
+                if exc.code in QUIET_END:
                     self.over = True
+                elif exc.code == "not_present" and fields.get("target") in (None, self.user):
+                    # The server does not know us (it restarted, or dropped our
+                    # connection before we noticed): rejoin rather than end the session.
+                    self.dropped = True
                 return False
             self.ctx.report(action, took, exc)
             return False
@@ -290,7 +297,7 @@ class ListenerSession:
 
     def gone(self) -> bool:
         """The connection closed or failed, or (no DTX, nobody known muted) audio stopped."""
-        if self.link is None or not self.link.alive():
+        if self.dropped or self.link is None or not self.link.alive():
             return True
         sp = self.sc.speaking
         if sp.dtx or sp.active_speakers == 0 or self.others_muted:
@@ -305,6 +312,7 @@ class ListenerSession:
             await quiet(self.link.close())
         self.link = None
         self.last_audio = None
+        self.dropped = False
         try:
             self.link = await self._connect()
         except ClientError as exc:

@@ -300,3 +300,29 @@ def test_every_error_code_the_load_code_checks_is_the_protocols() -> None:
                 }
     assert {"stage_full", "room_full", "space_ended"} <= codes
     assert codes <= set(ERROR_STATUS), codes - set(ERROR_STATUS)
+
+
+async def test_a_listener_the_server_forgot_rejoins_instead_of_leaving() -> None:
+    """A restarted server answers a listener's action ``not_present`` before the listener
+    has noticed its connection is gone: the listener rejoins (``reconnected``) and stays."""
+    import asyncio
+
+    sc = scenario(speaking={"dtx": True}, audience={"reaction_rate": "600/min"})
+    server, reports = FakeServer(), Reports()
+
+    async def forget() -> None:  # the in-memory presence is lost; connections look alive
+        await asyncio.sleep(1.5)
+        for fs in server.spaces.values():
+            for user in [u for u in fs.links if u.startswith("l-")]:
+                fs.space.leave(user)
+
+    task = asyncio.get_running_loop().create_task(forget())
+    try:
+        rows = await dry_run(sc, server.client, 4.0, 3, report=reports)
+    finally:
+        task.cancel()
+        await server.close()
+    back = {r[3] for r in rows if r[0] == "reconnected"}
+    left_early = {r[3] for r in rows if r[0] == "participant_left" and r[1] < 3.9}
+    assert back and not left_early
+    assert not reports.failures()
