@@ -257,7 +257,6 @@ def test_demo_scenario_is_the_town_hall_cut_to_the_swarm() -> None:
 @pytest.mark.timeout(300)
 def test_demo_runs_swarm_simulations_and_reports(tmp_path: Path) -> None:
     """The README's first command, cut short: server + swarm, two simulations, reports."""
-    pytest.importorskip("locust")
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "-t", "12s", "--listeners", "4"]) == 0
     assert load_run(out / "load").meta.source == "load"

@@ -15,8 +15,6 @@ import copy
 from collections.abc import Iterator
 from typing import Any, get_args
 
-import pytest
-
 from spacesim import scenario as scen
 from spacesim.results import check_slos, summarise
 from spacesim.scenario import (
@@ -228,7 +226,6 @@ def run_load(sc: Scenario, behave: bool) -> None:
     """The swarm's scenario-reading code, without Locust or sockets: the load shape and,
     if `behave`, the gevent-free hosts and listeners against an in-memory server, then
     the summary and SLO check `spacesim load` prints."""
-    pytest.importorskip("locust")
     from spacesim.load.dryrun import dry_run
     from spacesim.load.shape import listener_targets
     from spacesim.results import Recorder

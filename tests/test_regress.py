@@ -256,7 +256,6 @@ def test_against_a_git_revision_exports_its_tree(tmp_path: Path) -> None:
 def test_the_fault_hook_is_loud_and_refused_in_production(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    pytest.importorskip("aiortc")
     from spacesim.server import app, media
 
     monkeypatch.setenv(media.FAULT_ENV, "12.5")
@@ -275,7 +274,6 @@ def test_the_fault_hook_is_loud_and_refused_in_production(
 
 
 def test_burn_spends_thread_cpu_time() -> None:
-    pytest.importorskip("aiortc")
     from spacesim.server import media
 
     spent = []
@@ -310,7 +308,6 @@ def test_gate_end_to_end_with_a_gross_fault(
 ) -> None:
     """Plumbing on a tiny scenario: two real runs with 400 µs/packet of fault against a
     baseline of 100 µs/packet are a regression in CPU per packet, reported everywhere."""
-    pytest.importorskip("locust")
     from spacesim.scenario import load_scenario
 
     scenario = tmp_path / "tiny.yaml"
@@ -349,7 +346,6 @@ def test_gate_catches_30_percent_and_passes_0_percent(
 ) -> None:
     """The canonical scenario, A/B as in .ci/run (this checkout against itself):
     +0 % passes, then +30 % CPU per packet (calibrated on the clean runs) fails."""
-    pytest.importorskip("locust")
     monkeypatch.delenv("SPACESIM_TEST_FAULT_BUSY_US", raising=False)
     args = ["regress", "--against", str(ROOT), "--repeat", "3"]
     assert main([*args, "--out", str(tmp_path / "clean")]) == 0

@@ -164,7 +164,9 @@ def _run_locust(cmd: Sequence[str], env: dict[str, str], timeout: float) -> int:
     except BaseException:
         launch.stop(proc)
         raise
-    reader.join(5)
+    finally:
+        reader.join(5)
+        proc.stdout.close()
     return rc
 
 

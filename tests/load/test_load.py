@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("locust")  # the `load` extra
-
 from spacesim.load.run import main
 from spacesim.results import load_run, summarise
 from spacesim.server import launch

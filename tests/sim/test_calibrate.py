@@ -168,7 +168,8 @@ def test_nnls_matches_the_constrained_optimum() -> None:
     b = a @ np.array([2.0, -1.0, 0.5]) + rng.normal(0, 0.01, 50)
     x = nnls(a, b)
     assert x[1] == 0 and (x >= 0).all()
-    scipy = pytest.importorskip("scipy.optimize")
+    import scipy.optimize as scipy
+
     ref, _ = scipy.nnls(a, b)
     assert np.allclose(x, ref, atol=1e-8)
 
@@ -308,7 +309,6 @@ def test_fanout_and_forward_delay_shape_simulated_latency(tmp_path: Path) -> Non
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_calibrate_from_two_real_load_runs(tmp_path: Path) -> None:
-    pytest.importorskip("locust")
     from spacesim.load.run import main as load
 
     scenario = Path(__file__).resolve().parents[2] / "scenarios" / "fidelity.yaml"

@@ -244,7 +244,6 @@ GRID = ["listeners=50,100", "nodes=1,2"]
 
 
 def test_dask_local_cluster_gives_the_local_table(tmp_path: Path) -> None:
-    pytest.importorskip("distributed")
     local = sweep(admission(), GRID, tmp_path / "local", processes=1)
     proc = subprocess.run(
         [sys.executable, "-c", DASK_SWEEP, str(tmp_path / "dask")],
