@@ -351,3 +351,26 @@ async def test_a_late_packet_never_makes_the_next_speaker_reuse_a_sequence_numbe
     seqs = [(s - out[0][0]) & 0xFFFF for s, _, _ in out]
     assert seqs == [0, 2, 1, 3]  # b continues after the newest number sent, not the late one
     assert out[-1][2] == 1  # and its first packet carries the marker
+
+
+async def test_a_connect_superseded_by_a_newer_one_is_no_bad_offer() -> None:
+    """Two joins of one participant at once: the older connection is closed under its
+    setup, which is neither the client's offer's fault nor a server fault."""
+    from spacesim.server.media import Superseded
+
+    rtc.use_host_addresses(["127.0.0.1"])
+    offers = []
+    for _ in range(2):
+        pc = rtc.new_peer_connection()
+        for _ in range(SLOTS):
+            pc.addTransceiver("audio", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        offers.append(pc.localDescription.sdp)
+        await pc.close()
+    room = MediaRoom(lambda name: True, slots=SLOTS)
+    older, newer = await asyncio.gather(
+        *(room.connect("x", offer) for offer in offers), return_exceptions=True
+    )
+    assert isinstance(older, Superseded), older
+    assert isinstance(newer, str) and room.participants() == ["x"]
+    await room.close_all()
