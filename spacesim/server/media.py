@@ -448,9 +448,10 @@ class MediaRoom:
                 if not writer.send_now(out_seq, out_ts, marker, payload, ntp):
                     self.sent_async += 1  # not a plain UDP pair (e.g. TURN): the slow path
                     await writer.write(out_seq, out_ts, marker, payload)
-            except Exception:
+            except Exception as exc:
                 self.send_errors += 1
-                if sub.live:
+                if sub.live:  # once per connection: it leaves the fan-out at once
+                    log.warning("media: sending to %s failed (%r); dropped", sub.name, exc)
                     self._drop(sub)
                 continue
             self.forwarded += 1

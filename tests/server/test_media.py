@@ -374,3 +374,42 @@ async def test_a_connect_superseded_by_a_newer_one_is_no_bad_offer() -> None:
     assert isinstance(older, Superseded), older
     assert isinstance(newer, str) and room.participants() == ["x"]
     await room.close_all()
+
+
+async def test_a_failing_send_is_logged_once_and_drops_only_that_listener(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A send error on the fast path is counted, logged once for the connection (which
+    leaves the fan-out at once), and the other listeners go on."""
+    from spacesim.server.media import _Peer, _SlotStream
+
+    class Writer:
+        def __init__(self, fail: bool) -> None:
+            self.fail = fail
+            self.sent = 0
+
+        def send_now(self, seq: int, ts: int, marker: int, payload: bytes, ntp: int) -> bool:
+            if self.fail:
+                raise ConnectionError("transport closed")
+            self.sent += 1
+            return True
+
+    class Packet:
+        def __init__(self, seq: int, ts: int) -> None:
+            self.sequence_number, self.timestamp, self.marker, self.payload = seq, ts, 0, b"x"
+
+    room = MediaRoom(lambda name: True, slots=1)
+    speaker, bad, good = (_Peer(name, None) for name in ("speaker", "bad", "good"))  # type: ignore[arg-type]
+    for peer in (speaker, bad, good):
+        peer.writers, peer.streams, peer.live = [Writer(peer is bad)], [_SlotStream()], True  # type: ignore[list-item]
+        room._peers[peer.name] = peer
+    room._subs = (speaker, bad, good)
+    with caplog.at_level(logging.WARNING, logger="spacesim.server.media"):
+        for i in range(5):
+            await room._forward(speaker, Packet(100 + i, 960 * i), 20 * i)  # type: ignore[arg-type]
+        await room.close_all()
+    records = [r for r in caplog.records if r.name == "spacesim.server.media"]
+    assert len(records) == 1, [r.getMessage() for r in records]
+    assert "bad" in records[0].getMessage() and "transport closed" in records[0].getMessage()
+    assert room.stats()["send_errors"] == 1
+    assert good.writers[0].sent == 5  # type: ignore[attr-defined]
