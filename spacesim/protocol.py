@@ -90,6 +90,7 @@ ERROR_STATUS: Mapping[str, int] = {
     "too_large": 413,
     "rate_limited": 429,
     "internal": 500,
+    "media_setup_failed": 500,
     "server_full": 503,
 }
 

@@ -36,12 +36,12 @@ from typing import Any
 
 import av
 import numpy as np
-from aiortc.jitterbuffer import JitterBuffer
 
 from spacesim.client.listener import ListenerStats
 from spacesim.client.opus import read_mark_fields
 from spacesim.client.rtp import header as rtp_header
 from spacesim.client.rtp import payload as rtp_payload
+from spacesim.rtc import AudioJitterBuffer
 
 __all__ = ["ProbeStats", "SlotQuality", "new_decoder", "reference_audible_fraction"]
 
@@ -77,24 +77,13 @@ class SlotQuality:
         return self.audible / self.frames if self.frames else math.nan
 
 
-class _Buffered:
-    """What aiortc's `JitterBuffer` reads of a packet, plus when it arrived."""
-
-    __slots__ = ("_data", "arrival_ns", "sequence_number", "timestamp")
-
-    def __init__(self, seq: int, ts: int, data: bytes, arrival_ns: int) -> None:
-        self.sequence_number = seq
-        self.timestamp = ts
-        self._data = data
-        self.arrival_ns = arrival_ns
-
-
 @dataclass
 class ProbeStats(ListenerStats):
     """`ListenerStats` plus what a real client hears; use ``on_rtp`` with `connect_audio`.
 
     Each slot's packets go through aiortc's own audio jitter buffer (``JitterBuffer(
-    capacity=16, prefetch=4)``, as `aiortc.rtcrtpreceiver.RTCRtpReceiver` builds it),
+    capacity=16, prefetch=4)``, as `aiortc.rtcrtpreceiver.RTCRtpReceiver` builds it;
+    through `spacesim.rtc.AudioJitterBuffer`, which registers the internals it relies on),
     and each frame it releases is decoded, as an aiortc listener would. So a probe
     reports three delays: ``audio_latency`` at arrival (network + server, as lite
     listeners do), the time the buffer held the frame (`playout`'s first item: the
@@ -110,7 +99,7 @@ class ProbeStats(ListenerStats):
 
     def __post_init__(self) -> None:
         self._min_ms = _threshold(self.silence_dbfs)
-        self._buffers: dict[int, tuple[JitterBuffer, dict[int, int]]] = {}
+        self._buffers: dict[int, tuple[AudioJitterBuffer, dict[int, int]]] = {}
 
     def on_rtp(self, slot: int, packet: bytes, arrival_ns: int | None = None) -> None:
         """Arrival (latency, loss, jitter), then the jitter buffer; decode what it releases."""
@@ -128,23 +117,24 @@ class ProbeStats(ListenerStats):
         is decoded and timed."""
         entry = self._buffers.get(slot)
         if entry is None:
-            entry = self._buffers[slot] = (JitterBuffer(capacity=16, prefetch=self.prefetch), {})
+            entry = self._buffers[slot] = (AudioJitterBuffer(16, self.prefetch), {})
         jb, arrivals = entry
         arrivals[ts] = now
-        _, frame = jb.add(_Buffered(seq, ts, payload, now))  # type: ignore[arg-type]
+        frame = jb.add(seq, ts, payload)
         if frame is None:
             return
-        arrived = arrivals.pop(frame.timestamp, now)
+        frame_ts, data = frame
+        arrived = arrivals.pop(frame_ts, now)
         if len(arrivals) > 64:  # frames the buffer skipped never come out: forget them
-            for old in [t for t in arrivals if (t - frame.timestamp) & 0x80000000]:
+            for old in [t for t in arrivals if (t - frame_ts) & 0x80000000]:
                 del arrivals[old]
         # aiortc's receiver hands a released frame to its decoder thread at once, so it
         # is played when the packet that released it arrived, plus decoding: not when
         # this process got round to it (the batch reader may call back 20 ms later)
         started = self.clock()
-        self.decode(slot, frame.data)
+        self.decode(slot, data)
         played = now + (self.clock() - started)
-        mark = read_mark_fields(frame.data)
+        mark = read_mark_fields(data)
         if mark is not None:
             self.playout.append(((now - arrived) / 1e9, (played - mark[2]) / 1e9))
 

@@ -528,6 +528,10 @@ async def join_space(request: web.Request) -> web.Response:
     if offer is not None:
         try:
             answer = await _connect(state, room, user, offer)
+        except ProtocolError as exc:
+            if not present and exc.code != "conflict":  # conflict: a newer join goes on
+                room.leave(user)
+            raise
         except BaseException:
             if not present:
                 room.leave(user)
@@ -568,7 +572,10 @@ def _admit(state: ServerState, room: Room) -> None:
 
 
 async def _connect(state: ServerState, room: Room, user: str, offer: str) -> str:
-    from spacesim.server.media import MediaRoom
+    """The SDP answer; what went wrong, if anything, as the client's fault (bad_sdp),
+    a race (not_present, conflict) or the server's (media_setup_failed, logged by
+    `MediaRoom.connect` with its cause)."""
+    from spacesim.server.media import MediaRoom, MediaSetupError, Superseded
 
     media = state.media.get(room.id)
     if media is None:
@@ -579,6 +586,17 @@ async def _connect(state: ServerState, room: Room, user: str, offer: str) -> str
     except ValueError as exc:
         raise ProtocolError(
             "bad_sdp", f"cannot use this SDP offer: {exc}", {"slots": state.config.slots}
+        ) from None
+    except Superseded:
+        if room.space.role_of(user) is None:  # removed, blocked or ended while connecting
+            raise ProtocolError("not_present", f"{user} left the space while connecting") from None
+        raise ProtocolError(
+            "conflict", f"a newer join of {user} replaced this connection while it was set up"
+        ) from None
+    except MediaSetupError:
+        raise ProtocolError(
+            "media_setup_failed",
+            "the server could not set up the audio connection; see the server log",
         ) from None
     return answer
 

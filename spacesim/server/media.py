@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import random
 import time
@@ -64,7 +65,17 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from spacesim import rtc
 
-__all__ = ["FAULT_BUSY_US", "FAULT_ENV", "MediaRoom", "OfferShape", "parse_offer"]
+__all__ = [
+    "FAULT_BUSY_US",
+    "FAULT_ENV",
+    "MediaRoom",
+    "MediaSetupError",
+    "OfferShape",
+    "Superseded",
+    "parse_offer",
+]
+
+log = logging.getLogger("spacesim.server.media")
 
 _CLOCK_PER_MS = 48  # Opus RTP clock: 48 kHz
 _FRAME = 960  # one 20 ms Opus frame in RTP clock units
@@ -95,6 +106,16 @@ def _burn(ns: int) -> None:
     end = time.thread_time_ns() + ns
     while time.thread_time_ns() < end:
         pass
+
+
+class MediaSetupError(Exception):
+    """The server failed to set up a connection for an offer it accepted: a server fault,
+    not the client's (logged with its cause where it happened)."""
+
+
+class Superseded(Exception):
+    """The connection was closed while it was being set up: by a newer connect of the
+    same participant, or by their leaving (neither the client's offer nor a fault)."""
 
 
 class OfferShape:
@@ -222,8 +243,11 @@ class MediaRoom:
     async def connect(self, participant: str, offer_sdp: str) -> str:
         """Create the participant's server-side connection; return the SDP answer.
 
-        Replaces any earlier connection of the same participant. ValueError if the
-        offer does not have the expected shape (module docstring).
+        Replaces any earlier connection of the same participant. Raises ValueError if
+        the offer does not have the expected shape (module docstring) or aiortc
+        refuses it (the client's fault); `Superseded` if the connection was closed
+        while being set up; `MediaSetupError` if setting it up failed after the offer
+        was accepted (the server's fault; logged here with the cause).
         """
         shape = parse_offer(offer_sdp, self.slots)
         await self.close(participant)
@@ -231,10 +255,14 @@ class MediaRoom:
         peer = _Peer(participant, pc)
         self._peers[participant] = peer
         try:
-            try:
-                await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
-            except Exception as exc:
-                raise ValueError(str(exc) or type(exc).__name__) from None
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        except Exception as exc:
+            await self._setup_failed(peer)
+            raise ValueError(str(exc) or type(exc).__name__) from None
+        except BaseException:
+            await self._close_peer(peer)
+            raise
+        try:
             by_mid = {t.mid: t for t in pc.getTransceivers()}
             if shape.publish_mid is not None:
                 peer.publish_mid = shape.publish_mid
@@ -254,16 +282,22 @@ class MediaRoom:
 
             await pc.setLocalDescription(await pc.createAnswer())
             answer: str = pc.localDescription.sdp
-        except ValueError:
-            await self._close_peer(peer)
-            raise
-        except Exception as exc:  # e.g. closed meanwhile by a newer connect or a removal
-            await self._close_peer(peer)
-            raise ValueError(f"connection setup failed: {type(exc).__name__}: {exc}") from None
+        except Exception as exc:
+            await self._setup_failed(peer)
+            log.error("media setup failed for %s", participant, exc_info=True)
+            raise MediaSetupError(f"{type(exc).__name__}: {exc}") from exc
         except BaseException:
             await self._close_peer(peer)
             raise
         return answer
+
+    async def _setup_failed(self, peer: _Peer) -> None:
+        """Close a connection whose setup raised; `Superseded` if it was closed already
+        (aiortc then raises for the closed connection, whoever's fault the rest is)."""
+        closed = self._peers.get(peer.name) is not peer
+        await self._close_peer(peer)
+        if closed:
+            raise Superseded(f"{peer.name}'s connection was closed while being set up")
 
     def _on_state(self, peer: _Peer) -> None:
         state = peer.pc.connectionState
@@ -272,6 +306,7 @@ class MediaRoom:
                 for w in peer.writers:
                     w.bind()
             except Exception:
+                log.error("media: binding %s's writers failed; dropped", peer.name, exc_info=True)
                 self._drop(peer)
                 return
             peer.live = True
@@ -413,9 +448,10 @@ class MediaRoom:
                 if not writer.send_now(out_seq, out_ts, marker, payload, ntp):
                     self.sent_async += 1  # not a plain UDP pair (e.g. TURN): the slow path
                     await writer.write(out_seq, out_ts, marker, payload)
-            except Exception:
+            except Exception as exc:
                 self.send_errors += 1
-                if sub.live:
+                if sub.live:  # once per connection: it leaves the fan-out at once
+                    log.warning("media: sending to %s failed (%r); dropped", sub.name, exc)
                     self._drop(sub)
                 continue
             self.forwarded += 1

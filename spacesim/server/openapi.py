@@ -26,6 +26,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         404: "unknown space (or report)",
         409: "refused by the rulebook in this state",
         429: "rate limited",
+        500: "server fault (media_setup_failed: audio setup failed; the server log says why)",
         503: "server at capacity",
     }
     for code in (400, 401, *codes):
@@ -300,6 +301,7 @@ def document() -> dict[str, Any]:
                         403,
                         404,
                         409,
+                        500,
                         503,
                     ),
                 }

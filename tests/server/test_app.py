@@ -370,6 +370,66 @@ async def test_bad_sdp_is_refused_and_the_join_undone(api: Api) -> None:
     assert "al" not in await api.present(space, "al")
 
 
+async def _offer(slots: int = SLOTS) -> str:
+    """A well-formed offer from a real aiortc client (its connection closed again)."""
+    pc = rtc.new_peer_connection()
+    for _ in range(slots):
+        pc.addTransceiver("audio", direction="recvonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp: str = pc.localDescription.sdp
+    await pc.close()
+    return sdp
+
+
+async def test_an_offer_aiortc_refuses_is_still_the_clients_fault(api: Api) -> None:
+    """The right shape (parse_offer passes) but no ICE credentials: aiortc refuses it."""
+    space = await api.space("host")
+    sdp = "\r\n".join(line for line in (await _offer()).split("\r\n") if "ice-" not in line)
+    status, data = await api.call("POST", f"/v1/spaces/{space}/join", "al", {"sdp": sdp})
+    assert status == 400 and data["error"] == "bad_sdp", data
+    assert "ICE" in data["reason"]
+    assert "al" not in await api.present(space, "al")
+
+
+async def test_a_server_fault_in_media_setup_is_a_logged_500(
+    api: Api, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A usable offer, and our own setup code fails: 500 media_setup_failed (not 400
+    bad_sdp, which would blame the client), the cause in the log, the join undone."""
+    space = await api.space("host")
+    sdp = await _offer()
+
+    def broken_writer(transceiver: Any) -> Any:
+        raise RuntimeError("writer setup bug")
+
+    monkeypatch.setattr(rtc, "RtpWriter", broken_writer)
+    with caplog.at_level(logging.ERROR, logger="spacesim.server.media"):
+        status, data = await api.call("POST", f"/v1/spaces/{space}/join", "al", {"sdp": sdp})
+    assert status == 500 and data["error"] == "media_setup_failed", data
+    assert ERROR_STATUS["media_setup_failed"] == 500
+    [record] = [r for r in caplog.records if r.name == "spacesim.server.media"]
+    assert record.levelno == logging.ERROR and "al" in record.getMessage()
+    assert record.exc_info is not None and "writer setup bug" in str(record.exc_info[1])
+    assert "al" not in await api.present(space, "al")
+    monkeypatch.undo()  # the same offer shape works once the fault is gone
+    status, data = await api.call("POST", f"/v1/spaces/{space}/join", "al", {"sdp": sdp})
+    assert status == 200 and data["sdp"], data
+
+
+async def test_two_joins_at_once_the_newer_wins_and_the_older_is_a_conflict(api: Api) -> None:
+    """The older join's connection is closed under it by the newer one: 409 conflict
+    (not bad_sdp), and the participant stays (the newer join goes on)."""
+    space = await api.space("host")
+    offers = [await _offer(), await _offer()]
+    got = await asyncio.gather(
+        *(api.call("POST", f"/v1/spaces/{space}/join", "al", {"sdp": o}) for o in offers)
+    )
+    older, newer = sorted(got, key=lambda r: -r[0])  # whichever the server took first
+    assert (older[0], older[1]["error"]) == (409, "conflict"), got
+    assert newer[0] == 200 and newer[1]["sdp"], got
+    assert (await api.present(space, "al"))["al"] == "listener"
+
+
 async def test_the_space_publishes_how_many_listen_slots_an_offer_needs(api: Api) -> None:
     status, created = await api.call("POST", "/v1/spaces", "host", {"title": "t"})
     assert status == 201 and created["slots"] == SLOTS

@@ -351,3 +351,65 @@ async def test_a_late_packet_never_makes_the_next_speaker_reuse_a_sequence_numbe
     seqs = [(s - out[0][0]) & 0xFFFF for s, _, _ in out]
     assert seqs == [0, 2, 1, 3]  # b continues after the newest number sent, not the late one
     assert out[-1][2] == 1  # and its first packet carries the marker
+
+
+async def test_a_connect_superseded_by_a_newer_one_is_no_bad_offer() -> None:
+    """Two joins of one participant at once: the older connection is closed under its
+    setup, which is neither the client's offer's fault nor a server fault."""
+    from spacesim.server.media import Superseded
+
+    rtc.use_host_addresses(["127.0.0.1"])
+    offers = []
+    for _ in range(2):
+        pc = rtc.new_peer_connection()
+        for _ in range(SLOTS):
+            pc.addTransceiver("audio", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        offers.append(pc.localDescription.sdp)
+        await pc.close()
+    room = MediaRoom(lambda name: True, slots=SLOTS)
+    older, newer = await asyncio.gather(
+        *(room.connect("x", offer) for offer in offers), return_exceptions=True
+    )
+    assert isinstance(older, Superseded), older
+    assert isinstance(newer, str) and room.participants() == ["x"]
+    await room.close_all()
+
+
+async def test_a_failing_send_is_logged_once_and_drops_only_that_listener(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A send error on the fast path is counted, logged once for the connection (which
+    leaves the fan-out at once), and the other listeners go on."""
+    from spacesim.server.media import _Peer, _SlotStream
+
+    class Writer:
+        def __init__(self, fail: bool) -> None:
+            self.fail = fail
+            self.sent = 0
+
+        def send_now(self, seq: int, ts: int, marker: int, payload: bytes, ntp: int) -> bool:
+            if self.fail:
+                raise ConnectionError("transport closed")
+            self.sent += 1
+            return True
+
+    class Packet:
+        def __init__(self, seq: int, ts: int) -> None:
+            self.sequence_number, self.timestamp, self.marker, self.payload = seq, ts, 0, b"x"
+
+    room = MediaRoom(lambda name: True, slots=1)
+    speaker, bad, good = (_Peer(name, None) for name in ("speaker", "bad", "good"))  # type: ignore[arg-type]
+    for peer in (speaker, bad, good):
+        peer.writers, peer.streams, peer.live = [Writer(peer is bad)], [_SlotStream()], True  # type: ignore[list-item]
+        room._peers[peer.name] = peer
+    room._subs = (speaker, bad, good)
+    with caplog.at_level(logging.WARNING, logger="spacesim.server.media"):
+        for i in range(5):
+            await room._forward(speaker, Packet(100 + i, 960 * i), 20 * i)  # type: ignore[arg-type]
+        await room.close_all()
+    records = [r for r in caplog.records if r.name == "spacesim.server.media"]
+    assert len(records) == 1, [r.getMessage() for r in records]
+    assert "bad" in records[0].getMessage() and "transport closed" in records[0].getMessage()
+    assert room.stats()["send_errors"] == 1
+    assert good.writers[0].sent == 5  # type: ignore[attr-defined]
