@@ -378,3 +378,85 @@ async def test_a_host_block_reaches_the_hosts_other_live_spaces_at_once(srv: Ser
     status, data = await srv.call("POST", f"/v1/spaces/{second}/join", srv.token("u"), {})
     assert status == 403 and data["error"] == "blocked", data
     assert "u" in srv.state.store.blocked_by("h")
+
+
+# --------------------------------------------------------------------------- who may stream
+
+
+async def _frames_until_close(ws: aiohttp.ClientWebSocketResponse) -> list[dict[str, Any]]:
+    """Every text frame up to the close (5 s at most per frame)."""
+    frames = []
+    while True:
+        msg = await ws.receive(timeout=5)
+        if msg.type is not aiohttp.WSMsgType.TEXT:
+            return frames
+        frames.append(json.loads(msg.data))
+
+
+async def test_anyone_with_the_join_grant_may_follow_a_space_without_being_in_it(
+    srv: Server,
+) -> None:
+    space = await srv.space("h")
+    url = f"{srv.base}/v1/spaces/{space}/events"
+    for token in (srv.token("outsider", ["space:join"]), srv.token("m", ["space:join", "moderate"])):
+        async with srv.http.ws_connect(url, headers={"Authorization": f"Bearer {token}"}) as ws:
+            hello = await ws.receive_json(timeout=5)
+            assert hello["type"] == "hello" and hello["space"]["id"] == space
+    assert srv.state.rooms[space].space.role_of("outsider") is None  # following is not joining
+    for grants, status in ((["moderate"], 403), (["space:create"], 403)):
+        r = await srv.http.get(url, headers={"Authorization": f"Bearer {srv.token('x', grants)}"})
+        assert r.status == status and (await r.json())["error"] == "forbidden"
+
+
+async def test_barred_users_are_refused_the_stream_with_blocked_or_removed(srv: Server) -> None:
+    space = await srv.space("h")
+    for user in ("r", "b"):
+        status, data = await srv.call("POST", f"/v1/spaces/{space}/join", srv.token(user), {})
+        assert status == 200, data
+    for action, user in (("remove", "r"), ("block", "b")):
+        status, data = await srv.call(
+            "POST", f"/v1/spaces/{space}/actions", srv.token("h"), {"action": action, "target": user}
+        )
+        assert status == 200, data
+    url = f"{srv.base}/v1/spaces/{space}/events"
+    for user, code in (("r", "removed"), ("b", "blocked")):
+        r = await srv.http.get(url, headers={"Authorization": f"Bearer {srv.token(user)}"})
+        assert r.status == 403 and (await r.json())["error"] == code
+
+
+async def test_a_removed_users_stream_ends_with_an_error_frame_then_close_1000(srv: Server) -> None:
+    space = await srv.space("h")
+    status, _ = await srv.call("POST", f"/v1/spaces/{space}/join", srv.token("b"), {})
+    assert status == 200
+    headers = {"Authorization": f"Bearer {srv.token('b')}"}
+    async with srv.http.ws_connect(f"{srv.base}/v1/spaces/{space}/events", headers=headers) as ws:
+        assert (await ws.receive_json(timeout=5))["type"] == "hello"
+        status, _ = await srv.call(
+            "POST", f"/v1/spaces/{space}/actions", srv.token("h"), {"action": "block", "target": "b"}
+        )
+        assert status == 200
+        frames = await _frames_until_close(ws)
+        assert frames[-1]["type"] == "error" and frames[-1]["error"] == "removed", frames
+        assert ws.close_code == 1000
+
+
+async def test_every_stream_ends_when_the_space_ends(srv: Server) -> None:
+    space = await srv.space("h")
+    headers = [{"Authorization": f"Bearer {srv.token(u)}"} for u in ("h", "outsider")]
+    url = f"{srv.base}/v1/spaces/{space}/events"
+    async with (
+        srv.http.ws_connect(url, headers=headers[0]) as host_ws,
+        srv.http.ws_connect(url, headers=headers[1]) as other_ws,
+    ):
+        for ws in (host_ws, other_ws):
+            assert (await ws.receive_json(timeout=5))["type"] == "hello"
+        status, data = await srv.call("POST", f"/v1/spaces/{space}/end", srv.token("h"), {})
+        assert status == 200, data
+        for ws in (host_ws, other_ws):
+            frames = await _frames_until_close(ws)
+            kinds = [f.get("kind") or f.get("error") for f in frames]
+            assert kinds[-2:] == ["space_ended", "space_ended"], frames
+            assert frames[-1]["type"] == "error"
+            assert ws.close_code == 1000
+    r = await srv.http.get(url, headers=headers[1])
+    assert r.status == 409 and (await r.json())["error"] == "space_ended"
