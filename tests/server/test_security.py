@@ -398,7 +398,10 @@ async def test_anyone_with_the_join_grant_may_follow_a_space_without_being_in_it
 ) -> None:
     space = await srv.space("h")
     url = f"{srv.base}/v1/spaces/{space}/events"
-    for token in (srv.token("outsider", ["space:join"]), srv.token("m", ["space:join", "moderate"])):
+    for token in (
+        srv.token("outsider", ["space:join"]),
+        srv.token("m", ["space:join", "moderate"]),
+    ):
         async with srv.http.ws_connect(url, headers={"Authorization": f"Bearer {token}"}) as ws:
             hello = await ws.receive_json(timeout=5)
             assert hello["type"] == "hello" and hello["space"]["id"] == space
@@ -415,7 +418,10 @@ async def test_barred_users_are_refused_the_stream_with_blocked_or_removed(srv: 
         assert status == 200, data
     for action, user in (("remove", "r"), ("block", "b")):
         status, data = await srv.call(
-            "POST", f"/v1/spaces/{space}/actions", srv.token("h"), {"action": action, "target": user}
+            "POST",
+            f"/v1/spaces/{space}/actions",
+            srv.token("h"),
+            {"action": action, "target": user},
         )
         assert status == 200, data
     url = f"{srv.base}/v1/spaces/{space}/events"
@@ -432,7 +438,10 @@ async def test_a_removed_users_stream_ends_with_an_error_frame_then_close_1000(s
     async with srv.http.ws_connect(f"{srv.base}/v1/spaces/{space}/events", headers=headers) as ws:
         assert (await ws.receive_json(timeout=5))["type"] == "hello"
         status, _ = await srv.call(
-            "POST", f"/v1/spaces/{space}/actions", srv.token("h"), {"action": "block", "target": "b"}
+            "POST",
+            f"/v1/spaces/{space}/actions",
+            srv.token("h"),
+            {"action": "block", "target": "b"},
         )
         assert status == 200
         frames = await _frames_until_close(ws)
