@@ -235,3 +235,13 @@ def test_the_doc_lists_every_websocket_close_code() -> None:
     assert {1000, 4401, 1009} <= codes
     documented = {int(c) for c in re.findall(r"^\| (\d{4}) \|", _events_section(), re.MULTILINE)}
     assert codes <= documented, codes - documented
+
+
+def test_every_code_a_stream_ends_with_is_documented() -> None:
+    """The error frame before the server closes a stream (room.py `_end`, `_cut_off`)."""
+    source = (ROOT / "spacesim" / "server" / "room.py").read_text(encoding="utf-8")
+    codes = set(re.findall(r'_end\(\s*\w+,\s*"([a-z_]+)"', source))
+    codes |= set(re.findall(r'_cut_off\(.*, "([a-z_]+)"\)$', source, re.MULTILINE))
+    assert {"too_slow", "removed", "space_ended"} <= codes, codes
+    events = _events_section()
+    assert all(f"`error`: `{code}`" in events for code in codes), codes
