@@ -262,13 +262,18 @@ class Room:
     # ------------------------------------------------------------------ events
 
     def subscribe(self, user: str, *, moderator: bool = False) -> Subscriber:
-        """A stream of this room's events for `user`; refused to barred users.
+        """A stream of this room's events for `user`; refused (``blocked``, ``removed``) to
+        users barred from the space, and once it has ended (``space_ended``).
 
         Its frames are held until `attach`. `moderator`: a platform moderator's stream,
         which gets every listener's join and leave as users on stage do.
         """
-        if user in self.space.blocked or user in self.space.removed:
-            raise ProtocolError("forbidden", f"{user} is barred from this space")
+        if self.space.status is policy.SpaceStatus.ENDED:  # ended, not yet freed
+            raise ProtocolError("space_ended", "the space has ended")
+        if user in self.space.blocked:
+            raise ProtocolError("blocked", f"{user} is blocked from this space")
+        if user in self.space.removed:
+            raise ProtocolError("removed", f"{user} was removed from this space")
         sub = Subscriber(user)
         self._subscribers[sub] = None
         self._by_user.setdefault(user, set()).add(sub)
@@ -427,8 +432,12 @@ class Room:
             self.unsubscribe(sub)
         for sub in slow or ():  # a stuck client: cut it off, tell it why
             self._end(sub, "too_slow", _TOO_SLOW)
-        if msg.get("kind") == "removed":
+        kind = msg.get("kind")
+        if kind == "removed":
             self._cut_off(str(msg.get("participant")), "removed")
+        elif kind == "space_ended":  # nothing more will happen here: end every stream
+            for sub in list(self._subscribers):
+                self._end(sub, "space_ended", "the space has ended")
 
     # ------------------------------------------------------------------ audience
 

@@ -378,3 +378,366 @@ async def test_a_host_block_reaches_the_hosts_other_live_spaces_at_once(srv: Ser
     status, data = await srv.call("POST", f"/v1/spaces/{second}/join", srv.token("u"), {})
     assert status == 403 and data["error"] == "blocked", data
     assert "u" in srv.state.store.blocked_by("h")
+
+
+# --------------------------------------------------------------------------- who may stream
+
+
+async def _frames_until_close(ws: aiohttp.ClientWebSocketResponse) -> list[dict[str, Any]]:
+    """Every text frame up to the close (5 s at most per frame)."""
+    frames = []
+    while True:
+        msg = await ws.receive(timeout=5)
+        if msg.type is not aiohttp.WSMsgType.TEXT:
+            return frames
+        frames.append(json.loads(msg.data))
+
+
+async def test_anyone_with_the_join_grant_may_follow_a_space_without_being_in_it(
+    srv: Server,
+) -> None:
+    space = await srv.space("h")
+    url = f"{srv.base}/v1/spaces/{space}/events"
+    for token in (
+        srv.token("outsider", ["space:join"]),
+        srv.token("m", ["space:join", "moderate"]),
+    ):
+        async with srv.http.ws_connect(url, headers={"Authorization": f"Bearer {token}"}) as ws:
+            hello = await ws.receive_json(timeout=5)
+            assert hello["type"] == "hello" and hello["space"]["id"] == space
+    assert srv.state.rooms[space].space.role_of("outsider") is None  # following is not joining
+    for grants, status in ((["moderate"], 403), (["space:create"], 403)):
+        r = await srv.http.get(url, headers={"Authorization": f"Bearer {srv.token('x', grants)}"})
+        assert r.status == status and (await r.json())["error"] == "forbidden"
+
+
+async def test_barred_users_are_refused_the_stream_with_blocked_or_removed(srv: Server) -> None:
+    space = await srv.space("h")
+    for user in ("r", "b"):
+        status, data = await srv.call("POST", f"/v1/spaces/{space}/join", srv.token(user), {})
+        assert status == 200, data
+    for action, user in (("remove", "r"), ("block", "b")):
+        status, data = await srv.call(
+            "POST",
+            f"/v1/spaces/{space}/actions",
+            srv.token("h"),
+            {"action": action, "target": user},
+        )
+        assert status == 200, data
+    url = f"{srv.base}/v1/spaces/{space}/events"
+    for user, code in (("r", "removed"), ("b", "blocked")):
+        r = await srv.http.get(url, headers={"Authorization": f"Bearer {srv.token(user)}"})
+        assert r.status == 403 and (await r.json())["error"] == code
+
+
+async def test_a_removed_users_stream_ends_with_an_error_frame_then_close_1000(srv: Server) -> None:
+    space = await srv.space("h")
+    status, _ = await srv.call("POST", f"/v1/spaces/{space}/join", srv.token("b"), {})
+    assert status == 200
+    headers = {"Authorization": f"Bearer {srv.token('b')}"}
+    async with srv.http.ws_connect(f"{srv.base}/v1/spaces/{space}/events", headers=headers) as ws:
+        assert (await ws.receive_json(timeout=5))["type"] == "hello"
+        status, _ = await srv.call(
+            "POST",
+            f"/v1/spaces/{space}/actions",
+            srv.token("h"),
+            {"action": "block", "target": "b"},
+        )
+        assert status == 200
+        frames = await _frames_until_close(ws)
+        assert frames[-1]["type"] == "error" and frames[-1]["error"] == "removed", frames
+        assert ws.close_code == 1000
+
+
+async def test_every_stream_ends_when_the_space_ends(srv: Server) -> None:
+    space = await srv.space("h")
+    headers = [{"Authorization": f"Bearer {srv.token(u)}"} for u in ("h", "outsider")]
+    url = f"{srv.base}/v1/spaces/{space}/events"
+    async with (
+        srv.http.ws_connect(url, headers=headers[0]) as host_ws,
+        srv.http.ws_connect(url, headers=headers[1]) as other_ws,
+    ):
+        for ws in (host_ws, other_ws):
+            assert (await ws.receive_json(timeout=5))["type"] == "hello"
+        status, data = await srv.call("POST", f"/v1/spaces/{space}/end", srv.token("h"), {})
+        assert status == 200, data
+        for ws in (host_ws, other_ws):
+            frames = await _frames_until_close(ws)
+            kinds = [f.get("kind") or f.get("error") for f in frames]
+            assert kinds[-2:] == ["space_ended", "space_ended"], frames
+            assert frames[-1]["type"] == "error"
+            assert ws.close_code == 1000
+    r = await srv.http.get(url, headers=headers[1])
+    assert r.status == 409 and (await r.json())["error"] == "space_ended"
+
+
+# --------------------------------------------------------------------------- roles by actions
+
+#: The caller kinds of the role dimension. "unrelated" has the ordinary grants but is not
+#: in the space; "moderator" has `moderate` besides them and is not in it either.
+ROLES = ("host", "cohost", "speaker", "listener", "unrelated", "moderator")
+ORDINARY = ["space:create", "space:join"]
+OK = (200, None)
+NOT_PRESENT = (409, "not_present")
+NOT_ALLOWED = (403, "not_allowed")
+FORBIDDEN = (403, "forbidden")
+
+
+def _cells(ok: str, kind: str, **refused: tuple[int, str]) -> dict[str, tuple[int, str | None]]:
+    """Expected (status, code) per role: the roles in `ok` (space-separated) succeed;
+    `refused` names the others; the two callers not in the space get ``not_present``."""
+    table: dict[str, tuple[int, str | None]] = {"unrelated": NOT_PRESENT, "moderator": NOT_PRESENT}
+    table |= {role: OK for role in ok.split()}
+    table |= refused
+    assert set(table) == set(ROLES), (kind, set(ROLES) - set(table))
+    return table
+
+
+#: (request, preparation, expected per role, the event kind a success emits). A request
+#: is an action body (strings naming a role stand for that role's user) or a route.
+#: The preparation runs before the request; in the shared space all of them have run.
+RAISED = (("listener", {"action": "raise_hand"}),)
+INVITED = (("host", {"action": "invite", "target": "listener"}),)
+SELF_MUTED = (("speaker", {"action": "mute", "target": "speaker"}),)
+NOT_LISTENER = (409, "not_a_listener")
+MATRIX: list[tuple[Any, tuple[Any, ...], dict[str, tuple[int, str | None]], str]] = [
+    (
+        {"action": "raise_hand"},
+        (),
+        _cells(
+            "listener", "raise_hand", host=NOT_LISTENER, cohost=NOT_LISTENER, speaker=NOT_LISTENER
+        ),
+        "hand_raised",
+    ),
+    (
+        {"action": "lower_hand"},
+        RAISED,
+        _cells(
+            "listener",
+            "lower_hand",
+            **dict.fromkeys(("host", "cohost", "speaker"), (409, "no_raised_hand")),
+        ),
+        "hand_lowered",
+    ),
+    *(
+        (
+            {"action": action},
+            INVITED,
+            _cells(
+                "listener",
+                action,
+                **dict.fromkeys(("host", "cohost", "speaker"), (409, "no_invite")),
+            ),
+            kind,
+        )
+        for action, kind in (
+            ("accept_invite", "speaker_granted"),
+            ("decline_invite", "invite_declined"),
+        )
+    ),
+    *(
+        (
+            {"action": action, "target": "listener"},
+            prep,
+            _cells("host cohost", action, speaker=NOT_ALLOWED, listener=NOT_ALLOWED),
+            kind,
+        )
+        for action, prep, kind in (
+            ("invite", (), "speaker_invited"),
+            ("approve", RAISED, "speaker_granted"),
+            ("decline", RAISED, "hand_declined"),
+        )
+    ),
+    (
+        {"action": "demote", "target": "speaker"},
+        (),
+        _cells("host cohost speaker", "demote", listener=NOT_ALLOWED),
+        "speaker_revoked",
+    ),
+    (
+        {"action": "add_cohost", "target": "speaker"},
+        (),
+        _cells("host", "add_cohost", cohost=NOT_ALLOWED, speaker=NOT_ALLOWED, listener=NOT_ALLOWED),
+        "cohost_added",
+    ),
+    (
+        {"action": "remove_cohost", "target": "cohost"},
+        (),
+        _cells("host cohost", "remove_cohost", speaker=NOT_ALLOWED, listener=NOT_ALLOWED),
+        "cohost_removed",
+    ),
+    (
+        {"action": "mute", "target": "speaker"},
+        (),
+        _cells("host cohost speaker", "mute", listener=NOT_ALLOWED),
+        "muted",
+    ),
+    (
+        {"action": "unmute", "target": "speaker"},
+        SELF_MUTED,
+        _cells("speaker", "unmute", host=NOT_ALLOWED, cohost=NOT_ALLOWED, listener=NOT_ALLOWED),
+        "unmuted",
+    ),
+    (
+        {"action": "mute_all"},
+        (),
+        _cells("host cohost", "mute_all", speaker=NOT_ALLOWED, listener=NOT_ALLOWED),
+        "muted",
+    ),
+    (
+        {"action": "remove", "target": "target"},
+        (),
+        _cells("host cohost", "remove", speaker=NOT_ALLOWED, listener=NOT_ALLOWED),
+        "removed",
+    ),
+    (
+        {"action": "block", "target": "target"},
+        (),
+        _cells("host cohost speaker listener", "block"),
+        "blocked",
+    ),
+    (
+        {"action": "report", "target": "target", "reason": "spam"},
+        (),
+        _cells("host cohost speaker listener", "report"),
+        "report_filed",
+    ),
+    (
+        {"action": "react", "emoji": "👏"},
+        (),
+        _cells("host cohost speaker listener", "react"),
+        "reaction",
+    ),
+    (
+        {"action": "set_who_may_speak", "setting": "invited"},
+        (),
+        _cells(
+            "host",
+            "set_who_may_speak",
+            cohost=NOT_ALLOWED,
+            speaker=NOT_ALLOWED,
+            listener=NOT_ALLOWED,
+        ),
+        "speak_setting_changed",
+    ),
+    (
+        "end",
+        (),
+        _cells("host", "end", cohost=NOT_ALLOWED, speaker=NOT_ALLOWED, listener=NOT_ALLOWED),
+        "space_ended",
+    ),
+    (
+        "start",  # on a live space: nobody may
+        (),
+        _cells(
+            "",
+            "start",
+            host=(409, "already_live"),
+            cohost=NOT_ALLOWED,
+            speaker=NOT_ALLOWED,
+            listener=NOT_ALLOWED,
+        ),
+        "space_started",
+    ),
+    (
+        "moderate",
+        (),
+        {**dict.fromkeys(ROLES[:-1], FORBIDDEN), "moderator": OK},
+        "report_resolved",
+    ),
+]
+
+
+class Cast:
+    """A live space with a user in every role: host, a co-host, a speaker, a listener and a
+    second listener ("target", whom block, remove and report aim at), plus an unrelated
+    user and a platform moderator who are not in it. Names end in `n`, so each cast has
+    its own users (and their own per-user throttles)."""
+
+    def __init__(self, srv: Server, n: int) -> None:
+        self.srv = srv
+        self.users = {r: f"{r}{n}" for r in (*ROLES, "target")}
+        self.space = ""
+
+    def token(self, role: str) -> str:
+        grants = ALL if role == "moderator" else ORDINARY
+        return self.srv.token(self.users[role], grants)
+
+    async def request(self, role: str, request: Any) -> tuple[int, Any]:
+        if request == "moderate":
+            path, body = f"/v1/moderation/spaces/{self.space}", {"action": "dismiss"}
+        elif isinstance(request, str):
+            path, body = f"/v1/spaces/{self.space}/{request}", {}
+        else:
+            path = f"/v1/spaces/{self.space}/actions"
+            body = {k: self.users.get(v, v) if k == "target" else v for k, v in request.items()}
+        return await self.srv.call("POST", path, self.token(role), body)
+
+    async def setup(self, preps: Any = ()) -> None:
+        status, data = await self.srv.call("POST", "/v1/spaces", self.token("host"), {"title": "t"})
+        assert status == 201, data
+        self.space = data["id"]
+        steps: list[tuple[str, Any]] = [
+            *((r, "join") for r in ("cohost", "speaker", "listener", "target")),
+            ("host", {"action": "add_cohost", "target": "cohost"}),
+            ("speaker", {"action": "raise_hand"}),
+            ("host", {"action": "approve", "target": "speaker"}),
+            *preps,
+        ]
+        for role, request in steps:
+            status, data = await self.request(role, request)
+            assert status == 200, (role, request, data)
+        for role in ("unrelated", "moderator"):  # known to the store (a token's first use)
+            status, data = await self.srv.call("GET", f"/v1/spaces/{self.space}", self.token(role))
+            assert status == 200, data
+
+    def state(self) -> Any:
+        """Everything a refused request could have changed, in memory and in the store."""
+        srv, space = self.srv, self.space
+        store = srv.state.store
+        return (
+            srv.fingerprint(),
+            srv.state.rooms[space].snapshot(),
+            store.get_space(space),
+            store.participations(space=space),
+            store.audit_log(space=space),
+            store.reports(space=space),
+            {u: store.blocks(u) for u in self.users.values()},
+        )
+
+
+async def test_every_action_by_every_role_is_allowed_or_refused_as_the_rulebook_says(
+    srv: Server,
+) -> None:
+    """The refusals, all in one shared space (every preparation made): each is the
+    rulebook's code and changes nothing, in memory or in the store."""
+    shared = Cast(srv, 0)
+    preps: list[Any] = []
+    for _, steps, _, _ in MATRIX:
+        preps += [step for step in steps if step not in preps]
+    await shared.setup(preps)
+    for request, _, expected, _ in MATRIX:
+        for role, (status, code) in expected.items():
+            if status == 200:
+                continue
+            before = shared.state()
+            got, data = await shared.request(role, request)
+            assert (got, data.get("error")) == (status, code), (request, role, data)
+            assert data["reason"], data
+            assert shared.state() == before, (request, role)
+
+
+async def test_every_action_a_role_may_do_succeeds(srv: Server) -> None:
+    """The other cells: each on a fresh space with its own preparation."""
+    n = 0
+    for request, preps, expected, kind in MATRIX:
+        for role, (status, _) in expected.items():
+            if status != 200:
+                continue
+            n += 1
+            cast = Cast(srv, n)
+            await cast.setup(preps)
+            got, data = await cast.request(role, request)
+            assert got == 200, (request, role, data)
+            assert kind in [e["kind"] for e in data["events"]], (request, role, data)
+    assert n == 39
