@@ -8,6 +8,7 @@ names actions, events and error codes; the server and the clients both import it
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,9 +18,12 @@ __all__ = [
     "ERROR_STATUS",
     "PROTOCOL_VERSION",
     "REACTIONS",
+    "SPEAK_SETTINGS",
+    "USER_ID_PATTERN",
     "ProtocolError",
     "error_body",
     "event_message",
+    "is_user_id",
     "is_utf8",
     "parse_action",
 ]
@@ -173,6 +177,21 @@ def is_utf8(text: str) -> bool:
     return True
 
 
+#: A user id: 1-64 characters, none of them a control character (C0, DEL, C1) nor one
+#: that hides or reorders text (zero-width, line/paragraph separators, bidi controls, BOM).
+#: One regular expression so the server and the OpenAPI `pattern` agree exactly (the
+#: document says what the server takes, and schemathesis checks both directions).
+USER_ID_PATTERN = "^[^\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]{1,64}$"
+_USER_ID = re.compile(USER_ID_PATTERN.removesuffix("$"))
+#: The host's settings of who may raise a hand (`policy.WhoMaySpeak`'s values).
+SPEAK_SETTINGS = ("everyone", "followed", "invited")
+
+
+def is_user_id(value: object) -> bool:
+    """A user id the store can hold (`USER_ID_PATTERN`), valid UTF-8."""
+    return isinstance(value, str) and _USER_ID.fullmatch(value) is not None and is_utf8(value)
+
+
 def parse_action(body: object) -> tuple[str, dict[str, str]]:
     """Validate an action request; returns (action, fields) or raises ProtocolError."""
     if not isinstance(body, dict):
@@ -189,6 +208,11 @@ def parse_action(body: object) -> tuple[str, dict[str, str]]:
         if not isinstance(value, str) or not value or len(value) > 500 or not is_utf8(value):
             raise ProtocolError("bad_request", f"'{name}' must be a non-empty string (<= 500)")
         fields[name] = value
+    # checked whatever the action, so the OpenAPI's enums hold for every request
+    if "emoji" in fields and fields["emoji"] not in REACTIONS:
+        raise ProtocolError("bad_request", f"unknown reaction; use one of {sorted(REACTIONS)}")
+    if "setting" in fields and fields["setting"] not in SPEAK_SETTINGS:
+        raise ProtocolError("bad_request", f"'setting' must be one of {', '.join(SPEAK_SETTINGS)}")
     for name in ACTIONS[action]:
         if name not in fields:
             raise ProtocolError("missing_field", f"'{action}' needs '{name}'")

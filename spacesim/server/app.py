@@ -26,6 +26,7 @@ from spacesim.protocol import (
     PROTOCOL_VERSION,
     ProtocolError,
     error_body,
+    is_user_id,
     is_utf8,
     parse_action,
 )
@@ -44,7 +45,14 @@ from spacesim.server.auth import (
 )
 from spacesim.server.records import ServerRecorder
 from spacesim.server.room import RateLimiter, Room, Throttles, text_frame
-from spacesim.server.store import Conflict, NotFound, SpaceRecord, Store, StoreError
+from spacesim.server.store import (
+    Conflict,
+    InvalidArgument,
+    NotFound,
+    SpaceRecord,
+    Store,
+    StoreError,
+)
 from spacesim.server.store_sqlite import SqliteStore
 
 __all__ = ["ServerConfig", "create_app"]
@@ -63,6 +71,10 @@ MAX_LISTENER_CAP = 1_000_000_000
 #: Participants per page of GET /v1/spaces/{id}/participants: default and maximum.
 PAGE_DEFAULT = 100
 PAGE_MAX = 500
+#: GET /v1/spaces/{id}/participants: ``after`` (empty = from the start) and ``limit``, the
+#: same patterns as the OpenAPI's (`re` with fullmatch: ``$`` alone would take a final "\n").
+_CURSOR = re.compile(r"[0-9]{0,18}")
+_DIGITS = re.compile(r"[0-9]{1,18}")
 #: WebSocket close code when the stream's token expires (docs/protocol.md, Events).
 WS_TOKEN_EXPIRED = 4401
 #: The one route that takes ``?token=`` (browsers cannot set headers on a WebSocket).
@@ -262,14 +274,17 @@ def _claims(request: web.Request) -> Claims:
 
 
 def _user_id(value: object) -> TypeGuard[str]:
-    """A user id the store can hold: 1-64 printable characters, valid UTF-8."""
-    if not isinstance(value, str) or not 0 < len(value) <= 64 or not value.isprintable():
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:  # lone surrogates
-        return False
-    return True
+    """A user id the store can hold (`protocol.USER_ID_PATTERN`, the OpenAPI's pattern)."""
+    return is_user_id(value)
+
+
+def _whole(value: object) -> int | None:
+    """A JSON integer as JSON Schema counts them (``7`` and ``7.0`` alike), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value if isinstance(value, int) else None
 
 
 def _allow(claims: Claims, grants: tuple[str, ...], space: str | None) -> None:
@@ -328,8 +343,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error("not_found", str(exc), 404)
     except Conflict as exc:
         return _error("conflict", str(exc), 409)
-    except StoreError as exc:  # the store refused a value the API let through
+    except InvalidArgument as exc:  # the store refused a value the API let through
         return _error("bad_request", str(exc), 400)
+    # any other StoreError (the database failed) is a server fault: the 500 below, logged
     except web.HTTPException as exc:
         if exc.status >= 400 and exc.content_type != "application/json":
             code = _HTTP_CODES.get(exc.status, "bad_request" if exc.status < 500 else "internal")
@@ -383,8 +399,10 @@ async def dev_token(request: web.Request) -> web.Response:
     body = await _body(request)
     user = body.get("user")
     if not _user_id(user):
-        raise ProtocolError("bad_request", "'user' must be a printable string of 1-64 chars")
-    moderator = body.get("moderator", False) is True
+        raise ProtocolError("bad_request", "'user' must be a user id of 1-64 chars")
+    moderator = body.get("moderator", False)
+    if not isinstance(moderator, bool):  # not coerced: "false" or {} must not mean anything
+        raise ProtocolError("bad_request", "'moderator' must be true or false")
     token = DevIssuer(config.secret).token(user, moderator=moderator)
     return _json({"token": token, "user": user})
 
@@ -395,8 +413,10 @@ async def follow(request: web.Request) -> web.Response:
     _allow(claims, (SPACE_CREATE, SPACE_JOIN), None)
     body = await _body(request)
     user = body.get("user")
-    if not _user_id(user) or user == claims.sub:
-        raise ProtocolError("bad_request", "'user' must name another user (1-64 printable chars)")
+    if not _user_id(user):
+        raise ProtocolError("bad_request", "'user' must be a user id (1-64 chars)")
+    if user == claims.sub:  # well formed, but who asks decides: the rulebook's code
+        raise ProtocolError("self_target", "cannot follow yourself")
     state = request.app[STATE]
     state.store.add_user(user, user)
     state.store.follow(claims.sub, user)
@@ -425,9 +445,7 @@ async def create_space(request: web.Request) -> web.Response:
     ):
         raise ProtocolError("bad_request", "'scheduled_for' must be unix seconds")
     cap = body.get("listener_cap")
-    if cap is not None and (
-        not isinstance(cap, int) or isinstance(cap, bool) or not 0 <= cap <= MAX_LISTENER_CAP
-    ):
+    if cap is not None and ((cap := _whole(cap)) is None or not 0 <= cap <= MAX_LISTENER_CAP):
         raise ProtocolError(
             "bad_request",
             f"'listener_cap' must be null or an integer from 0 to {MAX_LISTENER_CAP:,}",
@@ -464,10 +482,10 @@ async def list_participants(request: web.Request) -> web.Response:
         _, _, room = _in_space(request, (SPACE_JOIN, MODERATE))
     query = request.query
     after_text = query.get("after", "")
-    if after_text and not (after_text.isdigit() and len(after_text) <= 18):
+    if not _CURSOR.fullmatch(after_text):  # ASCII digits: str.isdigit() takes "²" too
         raise ProtocolError("bad_request", "'after' must be a cursor from a previous page")
     limit_text = query.get("limit", str(PAGE_DEFAULT))
-    if not (limit_text.isdigit() and 1 <= int(limit_text) <= PAGE_MAX):
+    if not (_DIGITS.fullmatch(limit_text) and 1 <= int(limit_text) <= PAGE_MAX):
         raise ProtocolError("bad_request", f"'limit' must be an integer from 1 to {PAGE_MAX}")
     role_text = query.get("role")
     role = None
@@ -679,7 +697,7 @@ async def moderate(request: web.Request) -> web.Response:
         action = policy.ModerationAction.END  # barring a host from their own space ends it
     report = body.get("report")
     if "report" in body:  # null too: omit it instead
-        if not isinstance(report, int) or isinstance(report, bool) or not 0 < report < 2**63:
+        if (report := _whole(report)) is None or not 0 < report < 2**63:
             raise ProtocolError("bad_request", "'report' must be a report id")
         filed = state.store.get_report(report)
         if filed.space != room.id:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from spacesim.protocol import ACTIONS, ERROR_STATUS, PROTOCOL_VERSION
+from spacesim.protocol import (
+    ACTIONS,
+    ERROR_STATUS,
+    PROTOCOL_VERSION,
+    REACTIONS,
+    SPEAK_SETTINGS,
+    USER_ID_PATTERN,
+)
 
 __all__ = ["document"]
 
@@ -12,25 +19,40 @@ _ERROR = {"$ref": "#/components/schemas/Error"}
 _OK = {"$ref": "#/components/schemas/Result"}
 
 
-def _responses(ok: dict[str, Any], *codes: int, success: str = "200") -> dict[str, Any]:
-    return {success: {"description": "OK", "content": _content(ok)}, **_errors(*codes)}
+_REASONS = {
+    400: "malformed request",
+    401: "missing, forged or expired token",
+    403: "not allowed (grant, pin or rulebook)",
+    404: "unknown space (or report)",
+    405: "method not allowed on this path; Allow lists the ones it takes",
+    409: "refused by the rulebook in this state",
+    413: "body over the server's limit",
+    429: "rate limited; Retry-After says when to try again",
+    500: "server fault, logged (e.g. media_setup_failed); other requests and spaces go on",
+    503: "server at capacity",
+}
+_HEADERS = {
+    405: {"Allow": {"required": True, "schema": {"type": "string", "minLength": 1}}},
+    429: {"Retry-After": {"required": True, "schema": {"type": "integer", "minimum": 1}}},
+}
 
 
-def _errors(*codes: int) -> dict[str, Any]:
-    """400 and 401 (every authenticated request) and `codes`, each with an Error body."""
+def _responses(
+    ok: dict[str, Any], *codes: int, success: str = "200", body: bool = False
+) -> dict[str, Any]:
+    return {success: {"description": "OK", "content": _content(ok)}, **_errors(*codes, body=body)}
+
+
+def _errors(*codes: int, auth: bool = True, body: bool = False) -> dict[str, Any]:
+    """Every status a route may answer besides success, each with an Error body: 400, 401
+    (`auth`: the route takes a token), `codes`, 413 (`body`: the route reads one), and the
+    405 (another method on the path) and 500 (a contained fault) that any route may give."""
+    statuses = {400, 405, 500, *codes} | ({401} if auth else set()) | ({413} if body else set())
     out: dict[str, Any] = {}
-    reasons = {
-        400: "malformed request",
-        401: "missing, forged or expired token",
-        403: "not allowed (grant or rulebook)",
-        404: "unknown space (or report)",
-        409: "refused by the rulebook in this state",
-        429: "rate limited",
-        500: "server fault (media_setup_failed: audio setup failed; the server log says why)",
-        503: "server at capacity",
-    }
-    for code in (400, 401, *codes):
-        out[str(code)] = {"description": reasons[code], "content": _content(_ERROR)}
+    for code in sorted(statuses):
+        out[str(code)] = {"description": _REASONS[code], "content": _content(_ERROR)}
+        if code in _HEADERS:
+            out[str(code)]["headers"] = _HEADERS[code]
     return out
 
 
@@ -45,6 +67,16 @@ def _body(props: dict[str, Any], required: list[str] | None = None) -> dict[str,
     return {"required": bool(required), "content": _content(schema)}
 
 
+def _action_variants() -> list[dict[str, Any]]:
+    by_needs: dict[tuple[str, ...], list[str]] = {}
+    for name, needs in sorted(ACTIONS.items()):
+        by_needs.setdefault(needs, []).append(name)
+    return [
+        {"properties": {"action": {"enum": names}}, "required": ["action", *needs]}
+        for needs, names in by_needs.items()
+    ]
+
+
 def _space_path() -> list[dict[str, Any]]:
     return [{"name": "space", "in": "path", "required": True, "schema": {"type": "string"}}]
 
@@ -52,7 +84,7 @@ def _space_path() -> list[dict[str, Any]]:
 def document() -> dict[str, Any]:
     """Build the document; it is small enough to build on each request."""
     s = {"type": "string"}
-    user = {"type": "string", "minLength": 1, "maxLength": 64}
+    user = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": USER_ID_PATTERN}
     field = {"type": "string", "minLength": 1, "maxLength": 500}  # an action's text field
     space_ref = {"$ref": "#/components/schemas/Space"}
     member_ref = {"$ref": "#/components/schemas/Member"}
@@ -76,6 +108,10 @@ def document() -> dict[str, Any]:
                         "slots": {
                             "type": "integer",
                             "description": "bad_sdp: the listen sections an offer must carry",
+                        },
+                        "retry_after": {
+                            "type": "integer",
+                            "description": "rate_limited: seconds until a retry may succeed",
                         },
                     },
                 },
@@ -168,9 +204,11 @@ def document() -> dict[str, Any]:
                         "action": {"enum": sorted(ACTIONS)},
                         "target": field,
                         "reason": field,
-                        "emoji": field,
-                        "setting": {"enum": ["everyone", "followed", "invited"]},
+                        "emoji": {"enum": sorted(REACTIONS)},
+                        "setting": {"enum": list(SPEAK_SETTINGS)},
                     },
+                    # each action with the fields it needs (missing_field otherwise)
+                    "oneOf": _action_variants(),
                 },
             },
         },
@@ -180,14 +218,36 @@ def document() -> dict[str, Any]:
                 "get": {
                     "security": [],
                     "summary": "Liveness, the protocol version and the server's clock (clock_ns)",
-                    "responses": {"200": {"description": "OK"}},
+                    "responses": {
+                        "200": {
+                            "description": "OK",
+                            "content": _content(
+                                {
+                                    "type": "object",
+                                    "required": ["ok", "protocol", "clock_ns"],
+                                    "properties": {
+                                        "ok": {"type": "boolean"},
+                                        "protocol": s,
+                                        "clock_ns": {"type": "integer"},
+                                    },
+                                }
+                            ),
+                        },
+                        **_errors(auth=False),
+                    },
                 }
             },
             "/metrics": {
                 "get": {
                     "security": [],
                     "summary": "Prometheus metrics",
-                    "responses": {"200": {"description": "text exposition"}},
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text exposition",
+                            "content": {"text/plain": {"schema": s}},
+                        },
+                        **_errors(auth=False),
+                    },
                 }
             },
             "/v1/dev/token": {
@@ -197,14 +257,26 @@ def document() -> dict[str, Any]:
                     "requestBody": _body(
                         {"user": user, "moderator": {"type": "boolean"}}, ["user"]
                     ),
-                    "responses": _responses({"type": "object", "properties": {"token": s}}, 403),
+                    "responses": {
+                        "200": {
+                            "description": "OK",
+                            "content": _content(
+                                {
+                                    "type": "object",
+                                    "required": ["token", "user"],
+                                    "properties": {"token": s, "user": s},
+                                }
+                            ),
+                        },
+                        **_errors(403, auth=False, body=True),
+                    },
                 }
             },
             "/v1/follows": {
                 "post": {
                     "summary": "Follow a user (matters for who_may_speak=followed)",
                     "requestBody": _body({"user": user}, ["user"]),
-                    "responses": _responses(_OK),
+                    "responses": _responses(_OK, 403, body=True),
                 }
             },
             "/v1/spaces": {
@@ -227,21 +299,25 @@ def document() -> dict[str, Any]:
                             },
                         }
                     ),
-                    "responses": _responses(space_ref, 403, success="201"),
+                    "responses": _responses(space_ref, 403, 429, success="201", body=True),
                 }
             },
             "/v1/spaces/{space}": {
                 "get": {
                     "parameters": _space_path(),
                     "summary": "State",
-                    "responses": _responses(space_ref, 404),
+                    "responses": _responses(space_ref, 403, 404),
                 }
             },
             "/v1/spaces/{space}/participants": {
                 "get": {
                     "parameters": [
                         *_space_path(),
-                        {"name": "after", "in": "query", "schema": s},
+                        {
+                            "name": "after",
+                            "in": "query",
+                            "schema": {"type": "string", "pattern": "^[0-9]{0,18}$"},
+                        },
                         {
                             "name": "limit",
                             "in": "query",
@@ -255,7 +331,9 @@ def document() -> dict[str, Any]:
                         {"name": "role", "in": "query", "schema": {"enum": roles}},
                     ],
                     "summary": "Participants in join order, a page at a time (next = cursor)",
-                    "responses": _responses({"$ref": "#/components/schemas/Participants"}, 404),
+                    "responses": _responses(
+                        {"$ref": "#/components/schemas/Participants"}, 403, 404
+                    ),
                 }
             },
             "/v1/spaces/{space}/start": {
@@ -303,6 +381,7 @@ def document() -> dict[str, Any]:
                         409,
                         500,
                         503,
+                        body=True,
                     ),
                 }
             },
@@ -310,7 +389,7 @@ def document() -> dict[str, Any]:
                 "post": {
                     "parameters": _space_path(),
                     "summary": "Leave",
-                    "responses": _responses(_OK, 404, 409),
+                    "responses": _responses(_OK, 403, 404, 409),
                 }
             },
             "/v1/spaces/{space}/actions": {
@@ -321,7 +400,7 @@ def document() -> dict[str, Any]:
                         "required": True,
                         "content": _content({"$ref": "#/components/schemas/Action"}),
                     },
-                    "responses": _responses(_OK, 403, 404, 409, 429),
+                    "responses": _responses(_OK, 403, 404, 409, 429, body=True),
                 }
             },
             "/v1/spaces/{space}/events": {
@@ -346,7 +425,7 @@ def document() -> dict[str, Any]:
                         },
                         ["action"],
                     ),
-                    "responses": _responses(_OK, 403, 404, 409),
+                    "responses": _responses(_OK, 403, 404, 409, body=True),
                 }
             },
         },

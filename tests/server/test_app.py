@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import signal
 import subprocess
 import time
@@ -17,12 +18,14 @@ import pytest
 from aiohttp.test_utils import TestServer
 from aiortc import RTCSessionDescription
 
-from spacesim import rtc
-from spacesim.protocol import ERROR_STATUS
+from spacesim import policy, rtc
+from spacesim.protocol import ERROR_STATUS, SPEAK_SETTINGS
 from spacesim.results import KINDS
 from spacesim.server import launch
 from spacesim.server.app import ServerConfig, create_app
 from spacesim.server.auth import issue_token
+from spacesim.server.openapi import document
+from spacesim.server.store import StoreError
 from tests.server.test_media import Client, opus_tone
 
 for _name in ("aioice", "aiortc", "aiohttp.access"):
@@ -558,7 +561,9 @@ async def test_openapi_constraints_and_statuses_match_the_server(api: Api) -> No
     for bad in (0, -5, when["exclusiveMaximum"]):
         status, data = await api.call("POST", "/v1/spaces", "u", {"scheduled_for": bad})
         assert status == 400, (bad, data)
-    assert set(paths["/v1/spaces"]["post"]["responses"]) == {"201", "400", "401", "403"}
+    assert set(paths["/v1/spaces"]["post"]["responses"]) == {
+        *("201", "400", "401", "403", "405", "413", "429", "500")
+    }
     assert {"400", "401", "403", "404"} <= set(
         paths["/v1/spaces/{space}/events"]["get"]["responses"]
     )
@@ -568,6 +573,136 @@ async def test_openapi_constraints_and_statuses_match_the_server(api: Api) -> No
     assert r.status == 400 and (await r.json())["error"] == "bad_request"  # not a WebSocket
     r = await api.http.get(f"{api.base}/v1/spaces/s-nope/events?token={await api.token('u')}")
     assert r.status == 404 and (await r.json())["error"] == "not_found"
+
+
+# ------------------------------------------- the contract: what schemathesis found
+# (tests/server/test_schemathesis.py fuzzes the whole document; each server bug it found
+# has its own test here)
+
+
+def test_every_operation_documents_405_and_500_and_body_routes_413() -> None:
+    doc = document()
+    bodies = {"/v1/dev/token", "/v1/follows", "/v1/spaces", "/v1/moderation/spaces/{space}"}
+    bodies |= {f"/v1/spaces/{{space}}/{verb}" for verb in ("join", "actions")}
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            responses = op["responses"]
+            assert {"405", "500"} <= set(responses), (method, path)
+            assert "Allow" in responses["405"]["headers"]
+            assert ("413" in responses) == (path in bodies), (method, path)
+            if "{space}" in path:
+                assert {"403", "404"} <= set(responses), (method, path)
+    for path in ("/v1/spaces", "/v1/spaces/{space}/actions"):  # the throttled ones
+        assert "Retry-After" in doc["paths"][path]["post"]["responses"]["429"]["headers"]
+
+
+@pytest.mark.parametrize("value", [{}, "true", 1, 0, None, []])
+async def test_dev_token_refuses_a_moderator_flag_that_is_not_a_boolean(
+    api: Api, value: Any
+) -> None:
+    status, data = await api.call("POST", "/v1/dev/token", body={"user": "x", "moderator": value})
+    assert (status, data["error"]) == (400, "bad_request"), data
+
+
+@pytest.mark.parametrize(
+    "query", ["limit=\u00b2", "limit=" + "9" * 5000, "after=\u0663", "after=\u00b2", "limit=\u0663"]
+)
+async def test_participant_paging_takes_ascii_digits_only(api: Api, query: str) -> None:
+    space = await api.space("host")  # "²".isdigit() but int("²") raised: a 500
+    status, data = await api.call("GET", f"/v1/spaces/{space}/participants?{query}", "host")
+    assert (status, data["error"]) == (400, "bad_request"), data
+
+
+async def test_integers_with_a_zero_fraction_are_integers(api: Api) -> None:
+    """JSON Schema's `integer` takes 853.0; the server took only 853."""
+    status, data = await api.call("POST", "/v1/spaces", "host", {"listener_cap": 853.0})
+    assert status == 201 and data["limits"]["listener_cap"] == 853, data
+    space = data["id"]
+    for user in ("victim", "troll"):
+        await api.join(space, user)
+    _, data = await api.act(space, "victim", "report", target="troll")
+    report = data["events"][0]["attrs"]["report_id"]
+    await api.token("mod", moderator=True)
+    body = {"action": "dismiss", "report": float(report)}
+    status, data = await api.call("POST", f"/v1/moderation/spaces/{space}", "mod", body)
+    assert status == 200, data
+    status, data = await api.call("POST", "/v1/spaces", "host", {"listener_cap": 8.5})
+    assert status == 400, data
+
+
+async def test_a_database_fault_is_a_logged_500_not_a_400(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spacesim.server.store_sqlite import SqliteStore
+
+    def broken(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise StoreError("database error: disk I/O error")
+
+    monkeypatch.setattr(SqliteStore, "add_user", broken)
+    logging.getLogger("spacesim.server").disabled = True
+    try:
+        status, data = await api.call("GET", "/v1/spaces/s-x", "host")
+    finally:
+        logging.getLogger("spacesim.server").disabled = False
+    assert (status, data["error"]) == (500, "internal"), data
+    assert "disk" not in data["reason"]  # the fault is in the log, not told to the client
+
+
+@pytest.mark.parametrize(
+    ("fields", "ok"),
+    [
+        ({"action": "raise_hand", "emoji": "nope"}, False),  # an enum, whatever the action
+        ({"action": "raise_hand", "setting": "nobody"}, False),
+        ({"action": "raise_hand", "emoji": "\U0001f525", "setting": "invited"}, True),
+        ({"action": "react", "emoji": "nope"}, False),
+    ],
+)
+async def test_action_fields_hold_to_their_enums_whatever_the_action(
+    api: Api, fields: dict[str, str], ok: bool
+) -> None:
+    space = await api.space("host")
+    await api.join(space, "fan")
+    status, data = await api.call("POST", f"/v1/spaces/{space}/actions", "fan", fields)
+    assert (status == 200) == ok, data
+    if not ok:
+        assert (status, data["error"]) == (400, "bad_request"), data
+
+
+@pytest.mark.parametrize(
+    ("user", "ok"),
+    [
+        ("ana", True),
+        ("caf\u00e9 \u00e0 deux", True),
+        ("\u00a0nbsp", True),  # not str.isprintable(), yet nothing hides in it
+        ("\U000f0000x", True),  # private use: not isprintable(), still a character
+        ("tab\tbed", False),
+        ("del\x7f", False),
+        ("c1\x85", False),
+        ("zero\u200bwidth", False),
+        ("bidi\u202eflip", False),
+        ("bom\ufeff", False),
+        ("line\u2028sep", False),
+        ("x" * 64, True),
+        ("x" * 65, False),
+        ("", False),
+    ],
+)
+async def test_user_ids_match_the_documented_pattern(api: Api, user: str, ok: bool) -> None:
+    pattern = _props(document(), "/v1/dev/token")["user"]["pattern"]
+    assert (re.fullmatch(pattern.strip("^$"), user) is not None) == ok
+    status, data = await api.call("POST", "/v1/dev/token", body={"user": user})
+    assert (status == 200) == ok, data
+    status, data = await api.call("POST", "/v1/follows", "host", {"user": user})
+    assert (status == 200) == ok, data
+
+
+async def test_following_yourself_is_self_target(api: Api) -> None:
+    status, data = await api.call("POST", "/v1/follows", "host", {"user": "host"})
+    assert (status, data["error"]) == (400, "self_target"), data
+
+
+def test_speak_settings_are_the_rulebooks() -> None:
+    assert tuple(w.value for w in policy.WhoMaySpeak) == SPEAK_SETTINGS
 
 
 # --------------------------------------------------------------------------- durability
