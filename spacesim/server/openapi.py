@@ -276,7 +276,7 @@ def document() -> dict[str, Any]:
                 "post": {
                     "summary": "Follow a user (matters for who_may_speak=followed)",
                     "requestBody": _body({"user": user}, ["user"]),
-                    "responses": _responses(_OK, 403, body=True),
+                    "responses": _responses(_OK, 403, 409, body=True),
                 }
             },
             "/v1/spaces": {

@@ -1,10 +1,10 @@
 """Schemathesis hooks for test_schemathesis.py, loaded by its CLI (SCHEMATHESIS_HOOKS).
 
 Only one of schemathesis's checks is narrowed, `positive_data_acceptance`: it holds that a
-request the schema accepts is answered 2xx (or 401/403/404/409/429). A few refusals of
-well-formed requests are 400s in this protocol (docs/protocol.md's error table) because
-*who asks* or *what the room is* decides them, which no JSON Schema can say; those, and
-nothing else, pass here. Every other check runs as schemathesis ships it.
+request the schema accepts is answered 2xx (or 401/403/404/409/429). Two 400s of
+schema-valid requests pass here, and nothing else: an `sdp` string that is no usable SDP
+offer, and a plain GET (no WebSocket handshake) on the event stream -- neither is
+something a JSON Schema can express. Every other check runs as schemathesis ships it.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import Any
 import schemathesis
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-#: 400s for well-formed requests: targeting yourself (self_target), a target the room
-#: does not know or whose role forbids it (bad_target), an `sdp` string that is not an
-#: SDP offer aiortc can answer (bad_sdp: the schema says "a string").
-CONTEXT_REFUSALS = frozenset({"self_target", "bad_target", "bad_sdp"})
+#: The one 400 for a well-formed request: an `sdp` string that is not an SDP offer aiortc
+#: can answer (bad_sdp: the schema says "a string"; no JSON Schema can say more). Refusals
+#: that depend on who asks or on the room's state (self_target, bad_target) are 409s.
+CONTEXT_REFUSALS = frozenset({"bad_sdp"})
 EVENTS = "/v1/spaces/{space}/events"
 
 

@@ -698,7 +698,10 @@ async def test_user_ids_match_the_documented_pattern(api: Api, user: str, ok: bo
 
 async def test_following_yourself_is_self_target(api: Api) -> None:
     status, data = await api.call("POST", "/v1/follows", "host", {"user": "host"})
-    assert (status, data["error"]) == (400, "self_target"), data
+    assert (status, data["error"]) == (409, "self_target"), data
+    from spacesim.server.openapi import document
+
+    assert "409" in document()["paths"]["/v1/follows"]["post"]["responses"]
 
 
 def test_speak_settings_are_the_rulebooks() -> None:
