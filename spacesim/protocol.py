@@ -183,6 +183,9 @@ def is_utf8(text: str) -> bool:
 #: document says what the server takes, and schemathesis checks both directions).
 USER_ID_PATTERN = "^[^\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]{1,64}$"
 _USER_ID = re.compile(USER_ID_PATTERN.removesuffix("$"))
+#: A participants page cursor (``after``): empty or ASCII digits (``str.isdigit`` takes
+#: "²"); the server and the OpenAPI share it, as with `USER_ID_PATTERN`.
+CURSOR_PATTERN = "^[0-9]{0,18}$"
 #: The host's settings of who may raise a hand (`policy.WhoMaySpeak`'s values).
 SPEAK_SETTINGS = ("everyone", "followed", "invited")
 

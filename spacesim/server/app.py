@@ -23,6 +23,7 @@ from aiohttp import WSMsgType, web
 
 from spacesim import policy
 from spacesim.protocol import (
+    CURSOR_PATTERN,
     PROTOCOL_VERSION,
     ProtocolError,
     error_body,
@@ -73,7 +74,7 @@ PAGE_DEFAULT = 100
 PAGE_MAX = 500
 #: GET /v1/spaces/{id}/participants: ``after`` (empty = from the start) and ``limit``, the
 #: same patterns as the OpenAPI's (`re` with fullmatch: ``$`` alone would take a final "\n").
-_CURSOR = re.compile(r"[0-9]{0,18}")
+_CURSOR = re.compile(CURSOR_PATTERN.removesuffix("$"))
 _DIGITS = re.compile(r"[0-9]{1,18}")
 #: WebSocket close code when the stream's token expires (docs/protocol.md, Events).
 WS_TOKEN_EXPIRED = 4401

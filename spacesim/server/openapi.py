@@ -6,6 +6,7 @@ from typing import Any
 
 from spacesim.protocol import (
     ACTIONS,
+    CURSOR_PATTERN,
     ERROR_STATUS,
     PROTOCOL_VERSION,
     REACTIONS,
@@ -316,7 +317,7 @@ def document() -> dict[str, Any]:
                         {
                             "name": "after",
                             "in": "query",
-                            "schema": {"type": "string", "pattern": "^[0-9]{0,18}$"},
+                            "schema": {"type": "string", "pattern": CURSOR_PATTERN},
                         },
                         {
                             "name": "limit",
