@@ -150,7 +150,7 @@ async def churn(api: Api, space: str, users: list[str], probe: list[float]) -> N
     """Listeners join and leave over and over, some with their event stream open."""
     url = f"{api.base}/v1/spaces/{space}/events?token="
     async with probing(api.base, 1.0, probe):
-        for k in range(4):
+        for _ in range(4):
             await asyncio.gather(*(api.join(space, u) for u in users))
             streams = [await api.http.ws_connect(url + api.tokens[u]) for u in users[:5]]
             await asyncio.gather(*(api.call("POST", f"/v1/spaces/{space}/leave", u) for u in users))
