@@ -1,9 +1,11 @@
 """A bounded abuse run against a real `spacesim serve` process (issue 12): 500 WebSocket
 connections, a message flood, slow bodies, join/leave churn. `/healthz` (timed by a
-separate process, so this one's own load does not count) stays under 100 ms, and once the
-abusers are gone the server's RSS and open descriptors are back within 5 % of where a
-first, identical round left them (the first round fills the allocator's arenas, the
-second shows whether anything is kept)."""
+separate process, so this one's own load does not count) stays under 100 ms (the 95th
+percentile of each phase; on a quiet machine the slowest of all is ~30-70 ms; before the
+event stream yielded per message, ~0.7-2 s under the flood), and once the abusers are
+gone the server's RSS and open descriptors are back within 5 % of where a first,
+identical round left them (the first round fills the allocator's arenas, the second
+shows whether anything is kept)."""
 
 from __future__ import annotations
 
@@ -203,7 +205,9 @@ async def test_abuse_leaves_healthz_fast_and_no_residue(tmp_path: Path) -> None:
     for name, times in (first | {f"{k} (2nd)": v for k, v in second.items()}).items():
         print(f"healthz {name}: n={len(times)} max {max(times) * 1e3:.1f} ms")
         assert times, name
-        pass
+        ordered = sorted(times)  # a machine shared with other work has its hiccups:
+        assert ordered[int(0.95 * len(ordered))] < HEALTHZ_LIMIT_S, (name, ordered[-5:])
+        assert ordered[-1] < 5 * HEALTHZ_LIMIT_S, (name, ordered[-5:])  # no stall
     print(f"fds {fds0} -> {fds1}; RSS {rss0 / 2**20:.1f} -> {rss1 / 2**20:.1f} MB")
     assert fds1 <= fds0 * 1.05, (fds0, fds1)
     assert rss1 <= rss0 * 1.05, (rss0 / 2**20, rss1 / 2**20)
