@@ -91,11 +91,13 @@ ERROR_STATUS: Mapping[str, int] = {
     "not_a_listener": 409,
     "no_invite": 409,
     "room_full": 409,
+    "request_timeout": 408,
     "too_large": 413,
     "rate_limited": 429,
     "internal": 500,
     "media_setup_failed": 500,
     "server_full": 503,
+    "server_busy": 503,
 }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 import secrets
 import time
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeGuard
 
-from aiohttp import WSMsgType, web
+from aiohttp import WebSocketError, WSMsgType, web
 
 from spacesim import policy
 from spacesim.protocol import (
@@ -78,6 +79,9 @@ _CURSOR = re.compile(CURSOR_PATTERN.removesuffix("$"))
 _DIGITS = re.compile(r"[0-9]{1,18}")
 #: WebSocket close code when the stream's token expires (docs/protocol.md, Events).
 WS_TOKEN_EXPIRED = 4401
+#: WebSocket close code when a stream keeps sending after its messages are refused as
+#: too many (docs/protocol.md, Events).
+WS_FLOOD = 4429
 #: The one route that takes ``?token=`` (browsers cannot set headers on a WebSocket).
 EVENTS_ROUTE = "/v1/spaces/{space}/events"
 
@@ -94,6 +98,13 @@ class ServerConfig:
     slots: int = 3  # audio streams each client receives (speakers heard at once)
     max_body: int = 256 * 1024
     record_dir: Path | None = None  # write the server's own records (source=server) here
+    # Slow and vanished clients (docs/protocol.md, Errors and Presence):
+    header_timeout: float = 10.0  # s for a request's headers (and an idle keep-alive)
+    body_timeout: float = 10.0  # s for a request's body once its headers are in
+    max_body_reads: int = 100  # bodies still arriving at once; more -> 503 server_busy
+    presence_timeout: float = 30.0  # s without audio nor event stream -> left
+    ws_rate: float = 50.0  # messages a second one event stream may send (after a burst)
+    ws_burst: float = 100.0
 
 
 class ServerState:
@@ -108,6 +119,9 @@ class ServerState:
         self.touched: set[str] = set()  # other spaces a block just removed someone from
         self.throttles = Throttles()  # per-user limits, across all of this server's rooms
         self.creations = RateLimiter(*SPACE_CREATES)  # spaces created, per host
+        self.body_reads = 0  # request bodies being read (see `_body`)
+        self.presence: dict[tuple[str, str], asyncio.TimerHandle] = {}  # (space, user)
+        self.tasks: set[asyncio.Task[None]] = set()  # presence timeouts being applied
         self.recorder: ServerRecorder | None = (
             ServerRecorder(config.record_dir) if config.record_dir else None
         )
@@ -250,8 +264,27 @@ def _error(
 async def _body(request: web.Request) -> dict[str, Any]:
     if not request.can_read_body:
         return {}
+    config, state = request.app[CONFIG], request.app[STATE]
+    announced = request.content_length
+    if announced is not None and announced > config.max_body:  # refused before reading
+        raise web.HTTPRequestEntityTooLarge(max_size=config.max_body, actual_size=announced)
+    slow = not request.content.is_eof()  # not all here yet: a slow body holds a slot
+    if slow and state.body_reads >= config.max_body_reads:
+        raise ProtocolError(
+            "server_busy", "too many request bodies are arriving slowly", retry_after=1
+        )
+    state.body_reads += slow
+    try:  # aiohttp itself would wait for a body forever
+        async with asyncio.timeout(config.body_timeout):
+            await request.read()
+    except TimeoutError:
+        raise ProtocolError(
+            "request_timeout", f"the body did not arrive within {config.body_timeout:g} s"
+        ) from None
+    finally:
+        state.body_reads -= slow
     try:
-        data = await request.json()
+        data = await request.json()  # the body read above, decoded
     except (ValueError, RecursionError, LookupError):  # bad JSON, bad UTF-8, bad charset
         raise ProtocolError("bad_json", "the body is not valid JSON") from None
     if not isinstance(data, dict):
@@ -335,6 +368,8 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = _error(exc.code, exc.reason, exc.status, exc.extra)
         if exc.retry_after is not None:  # a throttle: when the next try may succeed
             response.headers["Retry-After"] = str(exc.retry_after)
+        if exc.code == "request_timeout":  # the rest of a slow body is not waited for
+            response.force_close()
         return response
     except Forbidden as exc:
         return _error("forbidden", str(exc), 403)
@@ -599,6 +634,7 @@ async def _connect(state: ServerState, room: Room, user: str, offer: str) -> str
     media = state.media.get(room.id)
     if media is None:
         media = MediaRoom(room.space.may_be_heard, slots=state.config.slots)
+        media.on_lost = lambda user: _watch_presence(state, room.id, user)
         state.media[room.id] = media
     try:
         answer: str = await media.connect(user, offer)
@@ -618,6 +654,40 @@ async def _connect(state: ServerState, room: Room, user: str, offer: str) -> str
             "the server could not set up the audio connection; see the server log",
         ) from None
     return answer
+
+
+def _watch_presence(state: ServerState, space_id: str, user: str) -> None:
+    """`user` lost a connection (audio or events): unless one is back within
+    ``presence_timeout`` seconds, they leave the space as if they had asked to."""
+    key = (space_id, user)
+    old = state.presence.pop(key, None)
+    if old is not None:
+        old.cancel()
+
+    def due() -> None:
+        state.presence.pop(key, None)
+        task = asyncio.ensure_future(_presence_due(state, space_id, user))
+        state.tasks.add(task)
+        task.add_done_callback(state.tasks.discard)
+
+    delay = state.config.presence_timeout
+    state.presence[key] = asyncio.get_running_loop().call_later(delay, due)
+
+
+async def _presence_due(state: ServerState, space_id: str, user: str) -> None:
+    room = state.rooms.get(space_id)
+    if room is None or room.space.role_of(user) is None or room.has_stream(user):
+        return
+    media = state.media.get(space_id)
+    if media is not None and user in media.participants():  # reconnected (or connecting)
+        return
+    log.info("presence timeout: %s left %s (no audio, no event stream)", user, space_id)
+    try:
+        room.leave(user)
+        if room.space.status is policy.SpaceStatus.ENDED:  # the host vanished
+            await _retire(state, room)
+    except Exception:  # a bug; nobody's request is waiting for this
+        log.exception("presence timeout of %s in %s failed", user, space_id)
 
 
 async def _retire(state: ServerState, room: Room) -> None:
@@ -739,8 +809,8 @@ async def events_ws(request: web.Request) -> web.StreamResponse:
     # before the upgrade: a refusal is still a 403
     sub = room.subscribe(claims.sub, moderator=claims.has("moderate"))
     expiry: asyncio.TimerHandle | None = None
+    ws = web.WebSocketResponse(heartbeat=20, max_msg_size=64 * 1024, compress=False)
     try:
-        ws = web.WebSocketResponse(heartbeat=20, max_msg_size=64 * 1024, compress=False)
         await ws.prepare(request)
         transport = request.transport  # the one aiohttp's own WebSocketWriter writes to
         if transport is None:  # the client went away during the upgrade
@@ -767,22 +837,60 @@ async def events_ws(request: web.Request) -> web.StreamResponse:
 
         expiry = asyncio.get_running_loop().call_later(max(0.0, claims.exp - time.time()), expire)
         room.attach(sub, transport, ws, text_frame(json.dumps(hello).encode()), end)
-        async for msg in ws:
-            if time.time() >= claims.exp:  # the timer may not have fired yet
-                await ws.close(code=WS_TOKEN_EXPIRED, message=b"token expired")
-                break
-            if msg.type != WSMsgType.TEXT:
-                reply = {"type": "error", "error": "bad_request", "reason": "send JSON text"}
-            else:
-                reply = await _ws_action(state, room, claims, msg.data)
-            if ws.closed:  # e.g. the action removed this user: the stream ended meanwhile
-                break
-            await ws.send_json(reply)
+        try:
+            await _ws_messages(state, room, claims, ws)
+        except ConnectionError as exc:  # the client went away mid-answer: its fault, not ours
+            log.info("event stream of %s in %s lost: %s", claims.sub, room.id, exc)
     finally:
         if expiry is not None:
             expiry.cancel()
         room.unsubscribe(sub)
+        _watch_presence(state, room.id, claims.sub)
+        if isinstance(ws.exception(), WebSocketError):  # aiohttp refused a frame, closed
+            log.info("event stream of %s in %s: bad frame: %s", claims.sub, room.id, ws.exception())
     return ws
+
+
+async def _ws_messages(
+    state: ServerState, room: Room, claims: Claims, ws: web.WebSocketResponse
+) -> None:
+    """Answer a stream's actions, one message at a time, fairly.
+
+    aiohttp hands over messages already received without suspending, so a flooding client
+    would hold the event loop; each message yields to it once, and a stream over
+    ``ws_rate`` gets ``rate_limited`` errors, then (if it keeps on) close code 4429.
+    """
+    config = state.config
+    messages = RateLimiter(config.ws_rate, config.ws_burst)
+    refusals = RateLimiter(config.ws_rate, config.ws_burst)  # refused, yet still sending
+    async for msg in ws:
+        await asyncio.sleep(0)  # the other connections' turn
+        if time.time() >= claims.exp:  # the timer may not have fired yet
+            await ws.close(code=WS_TOKEN_EXPIRED, message=b"token expired")
+            return
+        if msg.type == WSMsgType.ERROR:  # a bad frame: aiohttp closed the stream already
+            return
+        wait = messages.take("")
+        if wait > 0.0:
+            if not refusals.allow(""):
+                log.info("event stream of %s in %s closed: message flood", claims.sub, room.id)
+                await ws.close(code=WS_FLOOD, message=b"too many messages")
+                return
+            seconds = max(1, math.ceil(wait))
+            reason = f"more than {config.ws_rate:g} messages a second; retry in {seconds} s"
+            reply: dict[str, Any] = {
+                "type": "error",
+                "error": "rate_limited",
+                "reason": reason,
+                "retry_after": seconds,
+            }
+        elif msg.type != WSMsgType.TEXT:
+            reply = {"type": "error", "error": "bad_request", "reason": "send JSON text"}
+        else:
+            reply = await _ws_action(state, room, claims, msg.data)
+        if ws.closed:  # e.g. the action removed this user: the stream ended meanwhile
+            return
+        await ws.send_json(reply)
 
 
 async def _ws_action(state: ServerState, room: Room, claims: Claims, text: str) -> dict[str, Any]:
@@ -864,7 +972,20 @@ def create_app(config: ServerConfig, store: Store | None = None) -> web.Applicat
     use_host_addresses(list(config.ice_hosts))
     _check_fault_hook(config)
     _redact_access_log()
-    app = web.Application(middlewares=[errors], client_max_size=config.max_body)
+    # aiohttp has no header timeout of its own, but its keep-alive timer (armed when a
+    # connection opens and after each response, not pushed back by arriving bytes) closes
+    # a connection whose next request's headers are not complete when it fires
+    # (aiohttp/web_protocol.py, RequestHandler.connection_made / _process_keepalive).
+    app = web.Application(
+        middlewares=[errors],
+        client_max_size=config.max_body,
+        handler_args={
+            "keepalive_timeout": config.header_timeout,
+            # after a refusal aiohttp reads (and drops) the rest of the body for up to
+            # `lingering_time` (default 10 s) before it closes: no longer than a body may take
+            "lingering_time": min(10.0, config.body_timeout),
+        },
+    )
     state = ServerState(config, store or SqliteStore(config.db))
     state.recover()
     app[CONFIG] = config
@@ -876,6 +997,9 @@ def create_app(config: ServerConfig, store: Store | None = None) -> web.Applicat
             state.recorder.start_sampling(lambda: list(state.media.values()))
 
     async def shutdown(app: web.Application) -> None:
+        for timer in state.presence.values():
+            timer.cancel()
+        state.presence.clear()
         for space_id in list(state.media):
             await _close_media(state, space_id)
         if state.recorder is not None:

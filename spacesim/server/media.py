@@ -237,6 +237,9 @@ class MediaRoom:
         self.dropped_no_slot = 0
         self.send_errors = 0
         self.sent_async = 0
+        #: Called with a participant's name when their connection fails or is closed by
+        #: the other end (not when the server closes it): the app's presence timeout.
+        self.on_lost: Callable[[str], None] | None = None
 
     # ------------------------------------------------------------------ signalling
 
@@ -313,6 +316,8 @@ class MediaRoom:
             self._subs = (*self._subs, peer)
         elif state in ("failed", "closed") and self._peers.get(peer.name) is peer:
             self._drop(peer)
+            if self.on_lost is not None:
+                self.on_lost(peer.name)
 
     def _drop(self, peer: _Peer) -> None:
         """Stop sending to a peer at once and close it in the background."""

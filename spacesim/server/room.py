@@ -12,6 +12,7 @@ import asyncio
 import bisect
 import itertools
 import json
+import logging
 import math
 import struct
 import time
@@ -31,6 +32,8 @@ __all__ = [
     "Throttles",
     "text_frame",
 ]
+
+log = logging.getLogger("spacesim.server")
 
 EventSink = Callable[[dict[str, Any]], None]
 
@@ -327,6 +330,10 @@ class Room:
     def n_subscribers(self) -> int:
         return len(self._subscribers)
 
+    def has_stream(self, user: str) -> bool:
+        """Whether `user` has an event stream open (subscribed, attached or not)."""
+        return bool(self._by_user.get(user))
+
     def _cut_off(self, user: str, why: str) -> None:
         """A user barred from the space stops receiving its events at once."""
         for sub in list(self._by_user.get(user, ())):
@@ -431,6 +438,7 @@ class Room:
         for sub in gone or ():
             self.unsubscribe(sub)
         for sub in slow or ():  # a stuck client: cut it off, tell it why
+            log.info("event stream of %s in %s dropped: too slow", sub.user, self.id)
             self._end(sub, "too_slow", _TOO_SLOW)
         kind = msg.get("kind")
         if kind == "removed":
