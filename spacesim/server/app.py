@@ -99,7 +99,10 @@ class ServerConfig:
     max_body: int = 256 * 1024
     record_dir: Path | None = None  # write the server's own records (source=server) here
     # Slow and vanished clients (docs/protocol.md, Errors and Presence):
-    header_timeout: float = 10.0  # s for a request's headers (and an idle keep-alive)
+    # s for a request's headers, and an idle keep-alive: longer than aiohttp's client
+    # keeps an idle connection (15 s, aiohttp/connector.py BaseConnector), so a client
+    # never reuses a connection the server has just closed
+    header_timeout: float = 20.0
     body_timeout: float = 10.0  # s for a request's body once its headers are in
     max_body_reads: int = 100  # bodies still arriving at once; more -> 503 server_busy
     presence_timeout: float = 30.0  # s without audio nor event stream -> left

@@ -25,12 +25,13 @@ _REASONS = {
     401: "missing, forged or expired token",
     403: "not allowed (grant, pin or rulebook)",
     404: "unknown space (or report)",
+    408: "request_timeout: the body did not arrive in time",
     405: "method not allowed on this path; Allow lists the ones it takes",
     409: "refused by the rulebook in this state",
     413: "body over the server's limit",
     429: "rate limited; Retry-After says when to try again",
     500: "server fault, logged (e.g. media_setup_failed); other requests and spaces go on",
-    503: "server at capacity",
+    503: "server at capacity, or server_busy: too many bodies arriving slowly (Retry-After)",
 }
 _HEADERS = {
     405: {"Allow": {"required": True, "schema": {"type": "string", "minLength": 1}}},
@@ -46,9 +47,11 @@ def _responses(
 
 def _errors(*codes: int, auth: bool = True, body: bool = False) -> dict[str, Any]:
     """Every status a route may answer besides success, each with an Error body: 400, 401
-    (`auth`: the route takes a token), `codes`, 413 (`body`: the route reads one), and the
-    405 (another method on the path) and 500 (a contained fault) that any route may give."""
-    statuses = {400, 405, 500, *codes} | ({401} if auth else set()) | ({413} if body else set())
+    (`auth`: the route takes a token), `codes`, 408/413/503 (`body`: the route reads one,
+    which may be slow, too large, or one too many arriving slowly), and the 405 (another
+    method on the path) and 500 (a contained fault) that any route may give."""
+    reads = {408, 413, 503} if body else set()
+    statuses = {400, 405, 500, *codes} | ({401} if auth else set()) | reads
     out: dict[str, Any] = {}
     for code in sorted(statuses):
         out[str(code)] = {"description": _REASONS[code], "content": _content(_ERROR)}

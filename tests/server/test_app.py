@@ -562,7 +562,7 @@ async def test_openapi_constraints_and_statuses_match_the_server(api: Api) -> No
         status, data = await api.call("POST", "/v1/spaces", "u", {"scheduled_for": bad})
         assert status == 400, (bad, data)
     assert set(paths["/v1/spaces"]["post"]["responses"]) == {
-        *("201", "400", "401", "403", "405", "413", "429", "500")
+        *("201", "400", "401", "403", "405", "408", "413", "429", "500", "503")
     }
     assert {"400", "401", "403", "404"} <= set(
         paths["/v1/spaces/{space}/events"]["get"]["responses"]
@@ -964,3 +964,14 @@ async def test_a_removed_user_stops_receiving_events_and_cannot_resubscribe(api:
         assert kinds[-1] == "removed" and "removed" in kinds[:-1]
     r = await api.http.get(url)
     assert r.status == 403
+
+
+def test_every_route_that_reads_a_body_documents_its_slow_body_statuses() -> None:
+    """408 request_timeout, 413 too_large and 503 server_busy can answer any request with
+    a body (docs/protocol.md, Slow requests)."""
+    from spacesim.server.openapi import document
+
+    for path, item in document()["paths"].items():
+        for method, op in item.items():
+            if "requestBody" in op:
+                assert {"408", "413", "503"} <= set(op["responses"]), (method, path)
