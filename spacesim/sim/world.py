@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 
 import simpy
 
-from spacesim import behaviour, policy
+from spacesim import policy
 from spacesim.results import Recorder
 from spacesim.scenario import NetworkProfile, Scenario
+from spacesim.sim.decisions import Decisions
 from spacesim.sim.draws import Draws
 from spacesim.sim.node import Node
 
@@ -79,6 +80,7 @@ class Room:
     stage_deliveries: int = 0  # join/leave events delivered to the stage since then
     broadcasts: int = 0  # policy events delivered to every subscriber since then
     started: simpy.Event | None = None  # triggers when the space goes live
+    number: int = 0  # its place among the run's rooms (what `Decisions` are asked about)
 
     def add_id(self, pid: str) -> None:
         self.index[pid] = len(self.ids)
@@ -98,11 +100,17 @@ class World:
     """Shared state of one simulation run."""
 
     def __init__(
-        self, env: simpy.Environment, scenario: Scenario, draws: Draws, recorder: Recorder
+        self,
+        env: simpy.Environment,
+        scenario: Scenario,
+        draws: Draws,
+        recorder: Recorder,
+        decisions: Decisions | None = None,
     ) -> None:
         self.env = env
         self.sc = scenario
         self.draws = draws
+        self.decide = decisions or Decisions(scenario, draws)
         self.rec = recorder
         self.add = recorder.append
         self.pps = scenario.speaking.packets_per_second
@@ -124,7 +132,7 @@ class World:
                 who_may_speak=policy.WhoMaySpeak(scenario.rooms.who_may_speak),
                 status=policy.SpaceStatus.SCHEDULED if scheduled else policy.SpaceStatus.LIVE,
             )
-            room = Room(name, space, self.nodes[i % len(self.nodes)])
+            room = Room(name, space, self.nodes[i % len(self.nodes)], number=i)
             room.started = env.event()
             self.rooms.append(room)
 
@@ -273,9 +281,9 @@ class World:
 
     # ------------------------------------------------------------------ network
 
-    def pick_network(self) -> NetworkProfile:
-        """A participant's path (`behaviour.network_path`)."""
-        return behaviour.network_path(self.sc.network, self.draws)
+    def pick_network(self, room: Room, pid: str) -> NetworkProfile:
+        """A participant's path (`Decisions.network`)."""
+        return self.decide.network(room.number, pid)
 
     def one_way(self, net: NetworkProfile) -> float:
         """One-way network delay: half the RTT plus an exponential jitter term."""
@@ -348,7 +356,7 @@ class World:
     def join_stage(self, room: Room, pid: str, role: str) -> None:
         """Connect a stage member (host, co-host, speaker) to the room's origin node."""
         room.origin.change(self.env.now, connections=1)
-        room.stage_nets[pid] = self.pick_network()
+        room.stage_nets[pid] = self.pick_network(room, pid)
         room.stage_deliveries += len(room.stage_nets) - 1
         self.add(("participant_joined", self.env.now, room.name, pid, role, math.nan, None))
 
@@ -368,7 +376,7 @@ class World:
             room.space.leave(pid)
             self._refuse_join(room, pid, "server_full")
             return None
-        net = self.pick_network()
+        net = self.pick_network(room, pid)
         d = self.draws
         here = room.node_listeners.get(node, 0)
         # The node fans this room's senders out once it has a listener of the room.
@@ -392,7 +400,7 @@ class World:
         if len(room.sampled) < self.sc.sim.latency_sample:
             who.sampled = True
             room.sampled[pid] = who
-        if behaviour.subscribes_to_events(self.sc.audience, d):
+        if self.decide.subscribes(room.number, pid):
             room.node_subs[node] = room.node_subs.get(node, 0) + 1
         else:
             who.subscribed = False
