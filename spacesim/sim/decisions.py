@@ -37,6 +37,8 @@ ReportHint = tuple[bool, str | None] | None
 class Decisions:
     """Every decision drawn from the scenario's laws (`spacesim.behaviour`)."""
 
+    replayed = False  # answers from a measured run (the world then records paths)
+
     def __init__(self, scenario: Scenario, draws: Draws) -> None:
         self.sc = scenario
         self.draws = draws
@@ -175,6 +177,8 @@ class Replay(Decisions):
     (``room-i/host``, ``/cohost<k>``, ``/speaker<k>``) are the trace's by role and
     seating order, listeners keep their measured ids.
     """
+
+    replayed = True
 
     def __init__(
         self, scenario: Scenario, draws: Draws, trace: Trace, room_names: Sequence[str]

@@ -117,7 +117,8 @@ def replay(
     progress: Callable[[float, float], None] | None = None,
 ) -> Run:
     """Simulate a measured run like for like: its scenario (or `scenario`, e.g. with a
-    calibrated server) driven by what the run actually had (`trace.trace_of`).
+    calibrated server) driven by what the run actually had (`trace.trace_of`), over the
+    run's whole timeline (its duration, or its last record if later).
 
     Raises ValueError for a run without a stored scenario or with nobody in it.
     """
@@ -125,4 +126,9 @@ def replay(
         if not run.meta.scenario:
             raise ValueError(f"run {run.meta.run_id} stores no scenario to replay")
         scenario = Scenario.model_validate(run.meta.scenario)
-    return simulate(scenario, seed=seed, progress=progress, replay=trace_of(run))
+    trace = trace_of(run)
+    if scenario.duration != trace.duration:  # a load run's -t, and its users' last leaves
+        scenario = Scenario.model_validate(
+            {**scenario.model_dump(mode="json"), "duration": trace.duration}
+        )
+    return simulate(scenario, seed=seed, progress=progress, replay=trace)

@@ -135,7 +135,7 @@ def _num(x: object) -> float | None:
     return None if math.isnan(v) else v
 
 
-def _room(name: str, rec: pd.DataFrame, duration: float) -> RoomTrace:
+def _room(name: str, rec: pd.DataFrame) -> RoomTrace:
     kinds = rec["kind"].astype(str).to_numpy()
     rows = list(
         zip(
@@ -256,11 +256,13 @@ def trace_of(run: Run) -> Trace:
     first = (hosts if not hosts.empty else joined).groupby("room", observed=True)["t"].min()
     names = [str(r) for r in first.sort_values(kind="stable").index]
     names += sorted({str(r) for r in joined["room"]} - set(names))
-    duration = float(run.meta.duration or rec["t"].max())
+    # The swarm's clock starts before its users and its records run past the nominal
+    # duration (users leave after it): the replay covers all of them.
+    duration = max(float(run.meta.duration or 0.0), float(rec["t"].max()))
     by_room = {str(k): g for k, g in rec.groupby("room", observed=True)}
     return Trace(
         run.meta.run_id,
         duration,
-        tuple(_room(name, by_room[name], duration) for name in names),
+        tuple(_room(name, by_room[name]) for name in names),
         {"source": run.meta.source, "network": run.meta.extra.get("network")},
     )

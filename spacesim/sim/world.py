@@ -79,6 +79,7 @@ class Room:
     count_changes: int = 0  # joins and leaves since the last audience tick
     stage_deliveries: int = 0  # join/leave events delivered to the stage since then
     broadcasts: int = 0  # policy events delivered to every subscriber since then
+    stage_streams: int = 0  # senders' streams the origin forwards to the stage members
     started: simpy.Event | None = None  # triggers when the space goes live
     number: int = 0  # its place among the run's rooms (what `Decisions` are asked about)
 
@@ -202,6 +203,7 @@ class World:
             return
         now = self.env.now
         room.origin.change(now, connections=-1)
+        self._stage_hears(room)
         if record:
             attrs = json.dumps({"reason": reason}) if reason else None
             self.add(("participant_left", now, room.name, pid, "", math.nan, attrs))
@@ -285,6 +287,14 @@ class World:
         """A participant's path (`Decisions.network`)."""
         return self.decide.network(room.number, pid)
 
+    def _path_attrs(self, net: NetworkProfile) -> str | None:
+        """A replay records each participant's path as the swarm does (`load.host.path_attrs`),
+        so the two runs' records compare participant by participant; an independent draw
+        leaves it out (a million joins' JSON)."""
+        if not self.decide.replayed:
+            return None
+        return json.dumps({"jitter": net.jitter, "loss": net.loss, "rtt": net.rtt})
+
     def one_way(self, net: NetworkProfile) -> float:
         """One-way network delay: half the RTT plus an exponential jitter term."""
         j = self.draws.exp(net.jitter) if net.jitter > 0 else 0.0
@@ -356,9 +366,11 @@ class World:
     def join_stage(self, room: Room, pid: str, role: str) -> None:
         """Connect a stage member (host, co-host, speaker) to the room's origin node."""
         room.origin.change(self.env.now, connections=1)
-        room.stage_nets[pid] = self.pick_network(room, pid)
+        net = room.stage_nets[pid] = self.pick_network(room, pid)
+        self._stage_hears(room)
         room.stage_deliveries += len(room.stage_nets) - 1
-        self.add(("participant_joined", self.env.now, room.name, pid, role, math.nan, None))
+        attrs = self._path_attrs(net)
+        self.add(("participant_joined", self.env.now, room.name, pid, role, math.nan, attrs))
 
     def _refuse_join(self, room: Room, pid: str, reason: str) -> None:
         attrs = json.dumps({"reason": reason})
@@ -410,7 +422,8 @@ class World:
             d.uniform() < self.sc.rooms.host_follows
         ):
             room.space.follow(pid)
-        self.add(("participant_joined", now, room.name, pid, "listener", join_time, None))
+        attrs = self._path_attrs(net)
+        self.add(("participant_joined", now, room.name, pid, "listener", join_time, attrs))
         return who
 
     def detach(
@@ -469,8 +482,22 @@ class World:
         now = self.env.now
         for node, n in room.node_listeners.items():
             node.change(now, streams=delta * n, senders=delta)
+        self._stage_hears(room)
         if delta > 0 and room.waiting_audio:
             self._first_audio(room)
+
+    def _stage_hears(self, room: Room) -> None:
+        """The stage hears every sender but itself: the origin forwards those streams too.
+
+        The reference server sends each speaker's audio to every other connected member,
+        stage included (one swarm run: 7 on stage, 3 talking, a quarter of its packets).
+        Recounted on each change (a stage is a few members).
+        """
+        stage = room.stage_nets
+        n = len(stage) * len(room.senders) - sum(1 for p in room.senders if p in stage)
+        if n != room.stage_streams:
+            room.origin.change(self.env.now, streams=n - room.stage_streams)
+            room.stage_streams = n
 
     def heard_at_join(self, room: Room, who: Listener, pid: str) -> bool:
         """With continuous senders the first packet follows the join: record it now.
