@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from spacesim.results import SloVerdict, check_slos, format_value, summarise, write_run
+from spacesim.results import Run, SloVerdict, check_slos, format_value, summarise, write_run
 from spacesim.scenario import Scenario, ScenarioError, engine_notes, load_scenario
 
 _REPO_SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
@@ -65,10 +65,35 @@ def _load(path: str, overrides: Sequence[str] = ()) -> Scenario:
     return load_scenario(path, overrides)
 
 
-def cmd_simulate(args: argparse.Namespace) -> int:
-    from spacesim.sim import simulate
+def _replayed(path: str, overrides: Sequence[str]) -> tuple[Run, Scenario]:
+    """The measured run to replay and its stored scenario (with `--set` overrides)."""
+    from spacesim.analysis.runs import RunError, open_run
+    from spacesim.scenario import parse_scenario
 
-    scenario = _calibrated(_load(args.scenario, args.set or ()), getattr(args, "calibration", None))
+    try:
+        measured = open_run(path)
+    except RunError as exc:
+        raise FileNotFoundError(str(exc)) from None
+    if not measured.meta.scenario:
+        raise FileNotFoundError(f"{path}: the run stores no scenario to replay")
+    return measured, parse_scenario(measured.meta.scenario, f"{path}/meta.json", overrides)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from spacesim.sim import replay, simulate
+
+    measured: Run | None = None
+    if getattr(args, "replay", None):
+        if args.scenario:
+            err.print("spacesim simulate: give a scenario or --replay RUN, not both")
+            return 2
+        measured, scenario = _replayed(args.replay, args.set or ())
+    elif args.scenario:
+        scenario = _load(args.scenario, args.set or ())
+    else:
+        err.print("spacesim simulate: give a scenario file, or --replay RUN")
+        return 2
+    scenario = _calibrated(scenario, getattr(args, "calibration", None))
     seed = scenario.seed if args.seed is None else args.seed
     directory = Path(args.out) if args.out else None
     if directory is not None and (directory / "meta.json").exists():
@@ -81,17 +106,21 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         def progress(now: float, duration: float) -> None:
             bar.update(task, completed=now, sim=f"{now:,.0f} / {duration:,.0f} s simulated")
 
-        run = simulate(scenario, seed=seed, progress=progress)
+        if measured is not None:
+            run = replay(measured, scenario, seed=seed, progress=progress)
+        else:
+            run = simulate(scenario, seed=seed, progress=progress)
     directory = directory or Path("runs") / run.meta.run_id
     write_run(directory, run.records, run.meta)
     summary = summarise(run.records, scenario.duration)
     verdicts = check_slos(summary, scenario.slo.targets())
     wall = run.meta.wall_seconds or float("nan")
+    what = f"replay of {measured.meta.run_id}" if measured is not None else "independent draw"
     print_summary(
         summary,
         verdicts,
         f"{scenario.name}: {scenario.duration:,.0f} s simulated in {wall:.1f} s "
-        f"({scenario.duration / wall:,.0f}x real time), seed {run.meta.seed}",
+        f"({scenario.duration / wall:,.0f}x real time), {what}, seed {run.meta.seed}",
     )
     out.print(f"records: {len(run.records):,} -> {directory}")
     failed = [v.metric for v in verdicts if v.passed is False]
@@ -234,16 +263,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if rc != 0:
         err.print(f"spacesim demo: the swarm failed (exit {rc}); see above")
         return rc
-    out.rule("2/3 simulation of the same cut-down scenario, then of the full one")
-    for scenario, name in ((small_path, "sim"), (path, "sim-full")):
+    out.rule("2/3 the swarm replayed in the simulator, then the full-size scenario simulated")
+    # The replay has the swarm's own arrivals, paths and talk spurts: only the models
+    # differ. Independent draws (--independent N) add chance on top, shown as a spread.
+    sims: list[tuple[str | None, str | None, int | None, str]] = [
+        (None, str(root / "load"), None, "sim")
+    ]
+    sims += [
+        (str(small_path), None, s, f"sim-independent-s{s}") for s in range(1, args.independent + 1)
+    ]
+    sims.append((str(path), None, None, "sim-full"))
+    for scenario, replay, seed, name in sims:
         ns = argparse.Namespace(
-            scenario=str(scenario), seed=None, out=str(root / name), set=[], quiet=False,
-            check_slo=False,
+            scenario=scenario, replay=replay, seed=seed, out=str(root / name), set=[],
+            quiet=False, check_slo=False,
         )  # fmt: skip
         cmd_simulate(ns)
-    out.rule("3/3 reports: the swarm against its simulation, and the full-size town hall")
-    pair = [str(root / "load"), str(root / "sim")]
-    rc = cmd_report(argparse.Namespace(runs=pair, out=str(root / "report.html")))
+    out.rule("3/3 reports: the swarm against its replay, and the full-size town hall")
+    compared = [str(root / name) for _, _, _, name in sims[:-1]]
+    rc = cmd_report(
+        argparse.Namespace(runs=[str(root / "load"), *compared], out=str(root / "report.html"))
+    )
     return rc or cmd_report(
         argparse.Namespace(runs=[str(root / "sim-full")], out=str(root / "full-size.html"))
     )
@@ -465,7 +505,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sim = sub.add_parser("simulate", help="simulate a scenario and summarise it")
-    sim.add_argument("scenario", help="scenario YAML file")
+    sim.add_argument("scenario", nargs="?", help="scenario YAML file (not with --replay)")
+    sim.add_argument(
+        "--replay",
+        metavar="RUN_DIR",
+        help="simulate a measured load run like for like: its scenario, arrivals, session "
+        "lengths, network paths, talk spurts and actions (only the server and network "
+        "models differ)",
+    )
     sim.add_argument("--seed", type=_seed, help="random seed (default: the scenario's)")
     sim.add_argument("--out", help="run directory (default: runs/RUN_ID)")
     sim.add_argument(
@@ -540,6 +587,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "-t", "--duration", type=_duration, default=60.0, help="swarm run time (default 60s)"
+    )
+    demo.add_argument(
+        "--independent",
+        type=_count,
+        default=0,
+        metavar="SEEDS",
+        help="also simulate the scenario with independent draws over SEEDS seeds; the report "
+        "shows their spread next to the replay (default 0: the replay only)",
     )
     demo.set_defaults(func=cmd_demo)
 

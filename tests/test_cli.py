@@ -256,13 +256,24 @@ def test_demo_scenario_is_the_town_hall_cut_to_the_swarm() -> None:
 
 @pytest.mark.timeout(300)
 def test_demo_runs_swarm_simulations_and_reports(tmp_path: Path) -> None:
-    """The README's first command, cut short: server + swarm, two simulations, reports."""
+    """The README's first command, cut short: server + swarm, its replay and independent
+    draws, the full-size simulation, reports."""
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "-t", "12s", "--listeners", "4"]) == 0
-    assert load_run(out / "load").meta.source == "load"
-    assert load_run(out / "sim").meta.scenario_name == "town-hall-demo"
+    argv = ["demo", "--out", str(out), "-t", "12s", "--listeners", "4", "--independent", "2"]
+    assert main(argv) == 0
+    load = load_run(out / "load")
+    assert load.meta.source == "load"
+    replayed = load_run(out / "sim")  # the swarm's replay, by default
+    assert replayed.meta.scenario_name == "town-hall-demo"
+    assert replayed.meta.extra["replay_of"] == load.meta.run_id
+    for seed in (1, 2):
+        drawn = load_run(out / f"sim-independent-s{seed}").meta
+        assert drawn.seed == seed and drawn.extra["draws"] == "independent"
     assert load_run(out / "sim-full").meta.scenario_name == "town-hall"
     for page in ("report.html", "full-size.html"):
         html = (out / page).read_text()
         assert "data:image/png;base64," in html
+    html = (out / "report.html").read_text()
+    assert "Swarm against its simulation" in html and "replay gap" in html
+    assert "independent draws, min to max (2 seeds)" in html
     assert main(["demo", "--out", str(out)]) == 2  # not empty: refuses to mix runs

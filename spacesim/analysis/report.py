@@ -20,7 +20,7 @@ from string import Template
 import pandas as pd
 from matplotlib.figure import Figure
 
-from spacesim.analysis import plots, runs, views
+from spacesim.analysis import likeforlike, plots, runs, views
 from spacesim.results import Run, format_value
 from spacesim.scenario import Scenario
 
@@ -292,6 +292,50 @@ def _summary_section(items: Sequence[Run], names: Sequence[str]) -> str:
     )
 
 
+def _likeforlike_section(items: Sequence[Run], names: Sequence[str]) -> str:
+    """Each measured run against its replay and the independent draws of its scenario."""
+    found = likeforlike.groups(items)
+    if not found:
+        return ""
+    name = dict(zip((id(r) for r in items), names, strict=True))
+    parts = [
+        "<h2>Swarm against its simulation</h2>"
+        "<p>A <b>replay</b> (<code>spacesim simulate --replay</code>) drives the model with "
+        "what the measured run actually had: its arrivals, session lengths, each "
+        "participant's network path, the speakers' talk spurts and every action. Only "
+        "the server and network models differ, so its gap is the model's error on this "
+        "run. An <b>independent draw</b> simulates the same scenario with its own random "
+        "draws (who arrives when, who gets a slow path, who talks): the min to max over its "
+        "seeds shows how far chance alone moves each figure. Gaps are (simulated - "
+        "measured) / measured.</p>"
+    ]
+    for measured, replays, independent in found:
+        table = likeforlike.gap_table(measured, replays, independent)
+        head = ["metric", _e(name[id(measured)])]
+        if replays:
+            head += [_e(name[id(replays[0])]), "replay gap"]
+        if independent:
+            head += [f"independent draws, min to max ({len(independent)} seeds)", "their gaps"]
+        rows = []
+        for metric, row in table.iterrows():
+            unit = str(row["unit"])
+            cells = [f"<b>{_e(metric)}</b>", _fmt(row["measured"], unit) or _DASH]
+            if replays:
+                cells += [_fmt(row["replay"], unit) or _DASH, _pct(row["replay_gap"])]
+            if independent:
+                lo, hi = _fmt(row["independent_min"], unit), _fmt(row["independent_max"], unit)
+                cells.append(f"{lo} to {hi}" if lo else _DASH)
+                gaps = (row["independent_gap_min"], row["independent_gap_max"])
+                cells.append(f"{_pct(gaps[0])} to {_pct(gaps[1])}" if lo else _DASH)
+            rows.append(cells)
+        parts.append(_table(head, rows))
+    return "".join(parts)
+
+
+def _pct(x: object) -> str:
+    return _DASH if _isna(x) else f"{float(x):+.1%}"  # type: ignore[arg-type]
+
+
 def _slo_value(items: Sequence[Run]) -> float | None:
     for r in items:
         sc = runs.scenario_of(r)
@@ -370,6 +414,7 @@ def render(items: Sequence[Run], title: str | None = None) -> str:
         section(items, names)
         for section in (
             _slo_section,
+            _likeforlike_section,
             _summary_section,
             _figures_section,
             _runs_section,

@@ -120,11 +120,18 @@ def records(run: Run) -> pd.DataFrame:
 
 
 def labels(runs: Sequence[Run]) -> list[str]:
-    """Short unique names for runs: ``source: scenario (run id)``."""
+    """Short unique names for runs: ``source: scenario (run id)``; a simulation says
+    whether it replays a measured run or draws independently (``sim (replay): …``,
+    ``sim (independent draw): …``; runs from before replays existed say neither)."""
     out: list[str] = []
     for run in runs:
         m = run.meta
-        base = f"{m.source}: {m.scenario_name} ({m.run_id})"
+        source = m.source
+        if m.extra.get("replay_of"):
+            source = f"{source} (replay)"
+        elif m.extra.get("draws") == "independent":
+            source = f"{source} (independent draw)"
+        base = f"{source}: {m.scenario_name} ({m.run_id})"
         name, k = base, 2
         while name in out:
             name, k = f"{base} #{k}", k + 1

@@ -13,6 +13,7 @@ import simpy
 from spacesim.behaviour import MODERATION_ACTIONS
 from spacesim.results import Recorder, Run, RunMeta
 from spacesim.scenario import Scenario
+from spacesim.sim.decisions import Replay
 from spacesim.sim.draws import Draws
 from spacesim.sim.processes import (
     arrivals,
@@ -22,9 +23,10 @@ from spacesim.sim.processes import (
     monitor,
     timeline,
 )
+from spacesim.sim.trace import Trace, trace_of
 from spacesim.sim.world import World
 
-__all__ = ["simulate"]
+__all__ = ["replay", "simulate"]
 
 _PROGRESS_STEPS = 200
 
@@ -35,19 +37,28 @@ def simulate(
     seed: int | None = None,
     run_id: str | None = None,
     progress: Callable[[float, float], None] | None = None,
+    replay: Trace | None = None,
 ) -> Run:
     """Simulate `scenario`; the same scenario and seed give identical records.
 
+    With `replay`, the decisions come from a measured run's trace (`decisions.Replay`)
+    instead of independent draws, and the meta's ``extra["replay_of"]`` names that run.
     `progress(now, duration)` is called as simulated time advances.
     """
     seed = scenario.seed if seed is None else seed
-    run_id = run_id or f"sim-{scenario.name}-{scenario.content_hash()[:8]}-s{seed}"
+    if run_id is None:
+        run_id = f"sim-{scenario.name}-{scenario.content_hash()[:8]}-s{seed}"
+        if replay is not None:
+            run_id = f"replay-{replay.replay_of}-s{seed}"
     started = datetime.now(UTC).isoformat(timespec="seconds")
     wall0 = time.perf_counter()
 
     env = simpy.Environment()
     recorder = Recorder(run_id, "sim")
-    world = World(env, scenario, Draws(np.random.default_rng(seed)), recorder)
+    draws = Draws(np.random.default_rng(seed))
+    names = [f"room-{i}" for i in range(scenario.rooms.count)]
+    decisions = None if replay is None else Replay(scenario, draws, replay, names)
+    world = World(env, scenario, draws, recorder, decisions)
     desk = simpy.Resource(env, capacity=scenario.audience.moderators)
     moderating = any(getattr(scenario.moderation, f) > 0 for _, f in MODERATION_ACTIONS)
     for room in world.rooms:
@@ -90,4 +101,34 @@ def simulate(
         scenario=scenario.model_dump(mode="json"),
         extra={"simpy_events": next(env._eid)},  # events scheduled: the engine's work
     )
+    if replay is not None:
+        meta.extra["replay_of"] = replay.replay_of
+        meta.extra["draws"] = "replay"
+    else:
+        meta.extra["draws"] = "independent"
     return Run(recorder.to_frame(), meta)
+
+
+def replay(
+    run: Run,
+    scenario: Scenario | None = None,
+    *,
+    seed: int | None = None,
+    progress: Callable[[float, float], None] | None = None,
+) -> Run:
+    """Simulate a measured run like for like: its scenario (or `scenario`, e.g. with a
+    calibrated server) driven by what the run actually had (`trace.trace_of`), over the
+    run's whole timeline (its duration, or its last record if later).
+
+    Raises ValueError for a run without a stored scenario or with nobody in it.
+    """
+    if scenario is None:
+        if not run.meta.scenario:
+            raise ValueError(f"run {run.meta.run_id} stores no scenario to replay")
+        scenario = Scenario.model_validate(run.meta.scenario)
+    trace = trace_of(run)
+    if scenario.duration != trace.duration:  # a load run's -t, and its users' last leaves
+        scenario = Scenario.model_validate(
+            {**scenario.model_dump(mode="json"), "duration": trace.duration}
+        )
+    return simulate(scenario, seed=seed, progress=progress, replay=trace)

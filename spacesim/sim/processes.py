@@ -31,6 +31,7 @@ from spacesim.scenario import (
     RampArrivals,
     Scenario,
 )
+from spacesim.sim.decisions import ReportHint
 from spacesim.sim.draws import Draws
 from spacesim.sim.world import Room, World
 
@@ -139,13 +140,16 @@ def arrivals(env: simpy.Environment, world: World, room: Room) -> Proc:
     yield room.started
     space = room.space
     prefix = f"{room.name}/L"
-    for n, t in enumerate(arrival_times(sc, draws, env.now, sc.rooms.ends_at)):
+    decide = world.decide
+    times = arrival_times(sc, draws, env.now, sc.rooms.ends_at)
+    for n, (t, who) in enumerate(decide.arrivals(room.number, times)):
         if t > env.now:
             yield env.timeout(t - env.now)
         if space.status is _ENDED:
             return
-        length = behaviour.session_length(sc.session, draws)
-        env.process(listener_session(env, world, room, f"{prefix}{n}", length))
+        pid = who or f"{prefix}{n}"
+        length = decide.session_length(room.number, pid)
+        env.process(listener_session(env, world, room, pid, length))
 
 
 def listener_session(
@@ -228,7 +232,7 @@ def talker(
     """
     sp = world.sc.speaking
     space = room.space
-    phases = behaviour.talk_phases(sp, world.draws)
+    phases = world.decide.talk_phases(room.number, pid, lambda: env.now)
     me = env.active_process
     assert me is not None
     room.talkers[pid] = me
@@ -263,7 +267,7 @@ def talker(
 
 def guest_speaker(env: simpy.Environment, world: World, room: Room, pid: str) -> Proc:
     """A granted or invited listener talks for a stint, then steps down (if still on stage)."""
-    stint = behaviour.speaker_stint(world.sc.audience, world.draws)
+    stint = world.decide.speaker_stint(room.number, pid)
     yield env.process(talker(env, world, room, pid, until=env.now + stint))
     if room.space.role_of(pid) is policy.Role.SPEAKER:
         world.emit(room, room.space.demote(pid, pid))
@@ -276,10 +280,9 @@ def audience(env: simpy.Environment, world: World, room: Room, desk: simpy.Resou
     """Per tick while the space is live, Poisson counts of reactions, hand raises,
     reports and blocks over its listeners (`behaviour.events_in`), and the tick's
     event-stream load."""
-    sc = world.sc
-    au = sc.audience
-    tick = sc.sim.tick
-    draws = world.draws
+    tick = world.sc.sim.tick
+    decide = world.decide
+    i = room.number
     space = room.space
     assert room.started is not None
     yield room.started
@@ -287,21 +290,27 @@ def audience(env: simpy.Environment, world: World, room: Room, desk: simpy.Resou
         n = len(room.ids)
         k = 0
         if n:
-            k = behaviour.events_in(au.reaction_rate, tick, draws, n)
+            now = env.now
+            k = decide.reactions(i, now, tick, n)
             if k:
                 world.add(("reaction", env.now, room.name, "", "listener", float(k), None))
-            for _ in range(behaviour.events_in(au.hand_raise_rate, tick, draws, n)):
-                env.process(hand_raise(env, world, room, draws.uniform() * tick))
-            for _ in range(behaviour.events_in(au.report_rate, tick, draws, n)):
-                env.process(report_review(env, world, room, desk, draws.uniform() * tick))
-            for _ in range(behaviour.events_in(au.block_rate, tick, draws, n)):
-                _personal_block(world, room)
+            for delay, who in decide.hand_raises(i, now, tick, n):
+                env.process(hand_raise(env, world, room, delay, who))
+            for delay, hint in decide.reports(i, now, tick, n):
+                env.process(report_review(env, world, room, desk, delay, hint))
+            for target in decide.blocks(i, now, tick, n):
+                _personal_block(world, room, target)
         world.event_tick(room, k, tick)
         yield env.timeout(tick)
 
 
-def _someone(world: World, room: Room, other_than: str | None = None) -> str | None:
-    """A random listener of the room (`behaviour.pick`), other than `other_than`."""
+def _someone(
+    world: World, room: Room, other_than: str | None = None, hint: str | None = None
+) -> str | None:
+    """A random listener of the room (`behaviour.pick`), other than `other_than`; `hint`
+    (a replayed participant) when it is a listener here."""
+    if hint is not None and hint != other_than and hint in room.index:
+        return hint
     ids = room.ids
     if not ids or (len(ids) == 1 and ids[0] == other_than):
         return None
@@ -311,17 +320,25 @@ def _someone(world: World, room: Room, other_than: str | None = None) -> str | N
             return pid
 
 
-def _personal_block(world: World, room: Room) -> None:
-    actor = _someone(world, room)
-    target = _someone(world, room, other_than=actor) if actor else None
+def _personal_block(world: World, room: Room, hint: str | None = None) -> None:
+    """A listener blocks another (`hint`: who the replayed run's listener blocked)."""
+    if hint is not None and hint in room.index:
+        actor = _someone(world, room, other_than=hint)
+        target = hint if actor else None
+    else:
+        actor = _someone(world, room)
+        target = _someone(world, room, other_than=actor) if actor else None
     if actor and target:
         world.emit(room, room.space.block(actor, target))
 
 
-def hand_raise(env: simpy.Environment, world: World, room: Room, delay: float) -> Proc:
-    """A listener asks to speak; the host decides after its response time, via the policy."""
+def hand_raise(
+    env: simpy.Environment, world: World, room: Room, delay: float, who: str | None = None
+) -> Proc:
+    """A listener (`who`, if replayed and present) asks to speak; the host decides after
+    its response time, via the policy."""
     yield env.timeout(delay)
-    pid = _someone(world, room)
+    pid = _someone(world, room, hint=who)
     space = room.space
     if pid is None:
         return
@@ -330,12 +347,11 @@ def hand_raise(env: simpy.Environment, world: World, room: Room, delay: float) -
         return  # not a listener now, or the room's setting does not let them ask
     world.emit(room, out)
     raised = env.now
-    au = world.sc.audience
-    draws = world.draws
-    yield env.timeout(behaviour.hand_response_delay(au, draws))
+    decide = world.decide
+    yield env.timeout(decide.hand_response_delay(room.number, pid))
     if pid not in space.hand_queue():
         return  # they left or lowered it meanwhile
-    if behaviour.approves(au, draws):
+    if decide.approves(room.number, pid):
         granted = space.approve(space.host, pid)
         if granted.ok:
             world.emit(room, granted, env.now - raised)
@@ -345,17 +361,23 @@ def hand_raise(env: simpy.Environment, world: World, room: Room, delay: float) -
 
 
 def report_review(
-    env: simpy.Environment, world: World, room: Room, desk: simpy.Resource, delay: float
+    env: simpy.Environment,
+    world: World,
+    room: Room,
+    desk: simpy.Resource,
+    delay: float,
+    hint: ReportHint = None,
 ) -> Proc:
-    """A report waits for a moderator (an M/M/c queue) and is resolved through the policy."""
+    """A report waits for a moderator (an M/M/c queue) and is resolved through the policy;
+    `hint` is what a replayed run recorded of it (about the space, its target)."""
     yield env.timeout(delay)
-    au = world.sc.audience
-    draws = world.draws
-    reporter = _someone(world, room)
+    decide = world.decide
+    target_hint = hint[1] if hint is not None else None
+    reporter = _someone(world, room, other_than=target_hint)
     if reporter is None:
         return
-    about_space = behaviour.report_targets_space(au, draws)
-    target = None if about_space else _someone(world, room, other_than=reporter)
+    about_space = decide.report_targets_space(room.number, hint)
+    target = None if about_space else _someone(world, room, reporter, target_hint)
     if target is None and not about_space:
         return
     space = room.space
@@ -367,10 +389,8 @@ def report_review(
     with desk.request() as req:
         yield req
         queued = env.now - t_filed
-        yield env.timeout(behaviour.review_time(au, draws))
-    action = policy.ModerationAction(
-        behaviour.report_outcome(au.outcomes, target is not None, draws)
-    )
+        yield env.timeout(decide.review_time(room.number))
+    action = policy.ModerationAction(decide.report_outcome(room.number, target is not None))
     role_before = space.role_of(target) if target is not None else None
     out = space.moderate(action, target)
     if not out.ok:
@@ -392,16 +412,19 @@ def _unmuted_stage(space: policy.Space) -> list[str]:
     return [p for p in space.cohosts() + space.speakers() if not space.is_muted(p)]
 
 
-def host_action(env: simpy.Environment, world: World, room: Room, action: str) -> bool:
+def host_action(
+    env: simpy.Environment, world: World, room: Room, action: str, hint: str | None = None
+) -> bool:
     """The host does `action` (a `behaviour.MODERATION_ACTIONS` or timeline action) now.
 
-    Targets are drawn with `behaviour.pick` over the policy's own lists; every change
-    goes through the policy and its events are recorded. Returns whether anything
-    changed (an action with no possible target, or refused, is skipped).
+    Targets are drawn with `behaviour.pick` over the policy's own lists (`hint`, a
+    replayed run's target, when it is among them: `Decisions.pick`); every change goes
+    through the policy and its events are recorded. Returns whether anything changed
+    (an action with no possible target, or refused, is skipped).
     """
     space = room.space
     host = space.host
-    draws = world.draws
+    decide = world.decide
     mod = world.sc.moderation
     if action == "start":
         out = space.start(host)
@@ -414,7 +437,7 @@ def host_action(env: simpy.Environment, world: World, room: Room, action: str) -
     elif action == "host_leave":
         out = space.leave(host)
     elif action == "mute":
-        target = behaviour.pick(_unmuted_stage(space), draws)
+        target = decide.pick(_unmuted_stage(space), hint)
         if target is None:
             return False
         out = space.mute(host, target)
@@ -429,19 +452,19 @@ def host_action(env: simpy.Environment, world: World, room: Room, action: str) -
                 done = done or bool(out.events)
         return done
     elif action == "demote":
-        target = behaviour.pick(space.speakers(), draws)
+        target = decide.pick(space.speakers(), hint)
         if target is None:
             return False
         out = space.demote(host, target)
     elif action == "invite":
-        target = behaviour.pick(space.listeners(), draws)
+        target = decide.pick(space.listeners(), hint)
         if target is None:
             return False
         out = space.invite(host, target)
         world.emit(room, out)
         if not out.ok:
             return False
-        if behaviour.accepts_invite(mod, draws):
+        if decide.accepts_invite(room.number, target):
             accepted = space.accept_invite(target)
             if accepted.ok:
                 world.emit(room, accepted)
@@ -450,12 +473,12 @@ def host_action(env: simpy.Environment, world: World, room: Room, action: str) -
         world.emit(room, space.decline_invite(target))
         return True
     elif action in ("remove", "block"):
-        target = behaviour.pick(space.listeners(), draws)
+        target = decide.pick(space.listeners(), hint)
         if target is None:
             return False
         out = space.remove(host, target) if action == "remove" else space.block(host, target)
     elif action == "cohost_handover":
-        target = behaviour.pick(space.listeners(), draws)
+        target = decide.pick(space.listeners(), hint)
         if target is None:
             return False
         cohosts = space.cohosts()
@@ -468,7 +491,7 @@ def host_action(env: simpy.Environment, world: World, room: Room, action: str) -
     if out.ok and mod.unmute_after is not None:
         for ev in out.events:
             if ev.kind == "muted":
-                delay = behaviour.unmute_delay(mod, draws)
+                delay = decide.unmute_delay(room.number, ev.participant)
                 if delay is not None:
                     env.process(_unmute_later(env, world, room, ev.participant, delay))
     return out.ok
@@ -484,21 +507,18 @@ def _unmute_later(env: simpy.Environment, world: World, room: Room, pid: str, de
 def host_moderation(env: simpy.Environment, world: World, room: Room) -> Proc:
     """The host's own actions at the `moderation` rates, per tick while the space is live
     (`behaviour.moderation_due`), each at a uniform instant within the tick."""
-    sc = world.sc
-    tick = sc.sim.tick
-    draws = world.draws
+    tick = world.sc.sim.tick
     space = room.space
     assert room.started is not None
     yield room.started
     while space.status is _LIVE:
         end = env.now + tick
-        due = behaviour.moderation_due(sc.moderation, tick, draws)
-        for at, action in sorted((env.now + draws.uniform() * tick, a) for a in due):
+        for at, action, hint in world.decide.moderation_due(room.number, env.now, tick):
             if at > env.now:
                 yield env.timeout(at - env.now)
             if space.status is not _LIVE:
                 return
-            if host_action(env, world, room, action):
+            if host_action(env, world, room, action, hint):
                 attrs = json.dumps({"action": action})
                 world.add(
                     ("moderation_action", env.now, room.name, space.host, "host", math.nan, attrs)
@@ -507,12 +527,12 @@ def host_moderation(env: simpy.Environment, world: World, room: Room) -> Proc:
 
 
 def timeline(env: simpy.Environment, world: World, room: Room) -> Proc:
-    """The scenario's scripted actions, each at its run time (`behaviour.timeline_due`)."""
-    for entry in behaviour.timeline_due(world.sc, 0.0, math.inf):
-        if entry.at > env.now:
-            yield env.timeout(entry.at - env.now)
-        ok = host_action(env, world, room, entry.action)
-        attrs = json.dumps({"action": entry.action, "at": entry.at, "ok": ok})
+    """The scenario's scripted actions, each at its run time (`Decisions.timeline`)."""
+    for t, action, hint, at in world.decide.timeline(room.number):
+        if t > env.now:
+            yield env.timeout(t - env.now)
+        ok = host_action(env, world, room, action, hint)
+        attrs = json.dumps({"action": action, "at": at, "ok": ok})
         world.add(("timeline_action", env.now, room.name, room.space.host, "host", math.nan, attrs))
 
 

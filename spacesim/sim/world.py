@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 
 import simpy
 
-from spacesim import behaviour, policy
+from spacesim import policy
 from spacesim.results import Recorder
 from spacesim.scenario import NetworkProfile, Scenario
+from spacesim.sim.decisions import Decisions
 from spacesim.sim.draws import Draws
 from spacesim.sim.node import Node
 
@@ -78,7 +79,9 @@ class Room:
     count_changes: int = 0  # joins and leaves since the last audience tick
     stage_deliveries: int = 0  # join/leave events delivered to the stage since then
     broadcasts: int = 0  # policy events delivered to every subscriber since then
+    stage_streams: int = 0  # senders' streams the origin forwards to the stage members
     started: simpy.Event | None = None  # triggers when the space goes live
+    number: int = 0  # its place among the run's rooms (what `Decisions` are asked about)
 
     def add_id(self, pid: str) -> None:
         self.index[pid] = len(self.ids)
@@ -98,11 +101,17 @@ class World:
     """Shared state of one simulation run."""
 
     def __init__(
-        self, env: simpy.Environment, scenario: Scenario, draws: Draws, recorder: Recorder
+        self,
+        env: simpy.Environment,
+        scenario: Scenario,
+        draws: Draws,
+        recorder: Recorder,
+        decisions: Decisions | None = None,
     ) -> None:
         self.env = env
         self.sc = scenario
         self.draws = draws
+        self.decide = decisions or Decisions(scenario, draws)
         self.rec = recorder
         self.add = recorder.append
         self.pps = scenario.speaking.packets_per_second
@@ -124,7 +133,7 @@ class World:
                 who_may_speak=policy.WhoMaySpeak(scenario.rooms.who_may_speak),
                 status=policy.SpaceStatus.SCHEDULED if scheduled else policy.SpaceStatus.LIVE,
             )
-            room = Room(name, space, self.nodes[i % len(self.nodes)])
+            room = Room(name, space, self.nodes[i % len(self.nodes)], number=i)
             room.started = env.event()
             self.rooms.append(room)
 
@@ -194,6 +203,7 @@ class World:
             return
         now = self.env.now
         room.origin.change(now, connections=-1)
+        self._stage_hears(room)
         if record:
             attrs = json.dumps({"reason": reason}) if reason else None
             self.add(("participant_left", now, room.name, pid, "", math.nan, attrs))
@@ -273,9 +283,17 @@ class World:
 
     # ------------------------------------------------------------------ network
 
-    def pick_network(self) -> NetworkProfile:
-        """A participant's path (`behaviour.network_path`)."""
-        return behaviour.network_path(self.sc.network, self.draws)
+    def pick_network(self, room: Room, pid: str) -> NetworkProfile:
+        """A participant's path (`Decisions.network`)."""
+        return self.decide.network(room.number, pid)
+
+    def _path_attrs(self, net: NetworkProfile) -> str | None:
+        """A replay records each participant's path as the swarm does (`load.host.path_attrs`),
+        so the two runs' records compare participant by participant; an independent draw
+        leaves it out (a million joins' JSON)."""
+        if not self.decide.replayed:
+            return None
+        return json.dumps({"jitter": net.jitter, "loss": net.loss, "rtt": net.rtt})
 
     def one_way(self, net: NetworkProfile) -> float:
         """One-way network delay: half the RTT plus an exponential jitter term."""
@@ -348,9 +366,11 @@ class World:
     def join_stage(self, room: Room, pid: str, role: str) -> None:
         """Connect a stage member (host, co-host, speaker) to the room's origin node."""
         room.origin.change(self.env.now, connections=1)
-        room.stage_nets[pid] = self.pick_network()
+        net = room.stage_nets[pid] = self.pick_network(room, pid)
+        self._stage_hears(room)
         room.stage_deliveries += len(room.stage_nets) - 1
-        self.add(("participant_joined", self.env.now, room.name, pid, role, math.nan, None))
+        attrs = self._path_attrs(net)
+        self.add(("participant_joined", self.env.now, room.name, pid, role, math.nan, attrs))
 
     def _refuse_join(self, room: Room, pid: str, reason: str) -> None:
         attrs = json.dumps({"reason": reason})
@@ -368,7 +388,7 @@ class World:
             room.space.leave(pid)
             self._refuse_join(room, pid, "server_full")
             return None
-        net = self.pick_network()
+        net = self.pick_network(room, pid)
         d = self.draws
         here = room.node_listeners.get(node, 0)
         # The node fans this room's senders out once it has a listener of the room.
@@ -392,7 +412,7 @@ class World:
         if len(room.sampled) < self.sc.sim.latency_sample:
             who.sampled = True
             room.sampled[pid] = who
-        if behaviour.subscribes_to_events(self.sc.audience, d):
+        if self.decide.subscribes(room.number, pid):
             room.node_subs[node] = room.node_subs.get(node, 0) + 1
         else:
             who.subscribed = False
@@ -402,7 +422,8 @@ class World:
             d.uniform() < self.sc.rooms.host_follows
         ):
             room.space.follow(pid)
-        self.add(("participant_joined", now, room.name, pid, "listener", join_time, None))
+        attrs = self._path_attrs(net)
+        self.add(("participant_joined", now, room.name, pid, "listener", join_time, attrs))
         return who
 
     def detach(
@@ -461,8 +482,22 @@ class World:
         now = self.env.now
         for node, n in room.node_listeners.items():
             node.change(now, streams=delta * n, senders=delta)
+        self._stage_hears(room)
         if delta > 0 and room.waiting_audio:
             self._first_audio(room)
+
+    def _stage_hears(self, room: Room) -> None:
+        """The stage hears every sender but itself: the origin forwards those streams too.
+
+        The reference server sends each speaker's audio to every other connected member,
+        stage included (one swarm run: 7 on stage, 3 talking, a quarter of its packets).
+        Recounted on each change (a stage is a few members).
+        """
+        stage = room.stage_nets
+        n = len(stage) * len(room.senders) - sum(1 for p in room.senders if p in stage)
+        if n != room.stage_streams:
+            room.origin.change(self.env.now, streams=n - room.stage_streams)
+            room.stage_streams = n
 
     def heard_at_join(self, room: Room, who: Listener, pid: str) -> bool:
         """With continuous senders the first packet follows the join: record it now.

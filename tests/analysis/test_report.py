@@ -49,7 +49,7 @@ def test_report_compares_a_load_run_and_a_sim_run(sim_run: Path, tmp_path: Path)
     assert main(["report", str(sim_run), str(load), "-o", str(out)]) == 0
     page = out.read_text(encoding="utf-8")
     assert "2 runs compared side by side" in page
-    assert "sim: smoke (" in page and "load: unit (load-1)" in page
+    assert "sim (independent draw): smoke (" in page and "load: unit (load-1)" in page
     assert '<span class="fail">FAIL</span>' in page  # the synthetic run misses its latency SLO
     assert "different scenarios" in page
     assert "(server&#x27;s own)" not in page  # legends live in the images, not the HTML

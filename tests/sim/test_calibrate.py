@@ -294,6 +294,7 @@ def test_fanout_and_forward_delay_shape_simulated_latency(tmp_path: Path) -> Non
         n,
         20,
         network={"rtt": 0, "jitter": 0, "loss": 0},
+        rooms={"speakers": 0},  # the host alone on stage: a fan-out of exactly n
         speaking={"active_speakers": 1, "dtx": False},
         sim={"latency_sample": n},
     )
