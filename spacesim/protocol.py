@@ -51,6 +51,8 @@ ACTIONS: Mapping[str, tuple[str, ...]] = {
     "report": (),  # optional target (absent = the space itself) and reason
     "react": ("emoji",),
     "set_who_may_speak": ("setting",),
+    "start_recording": (),  # host only: the server records the space (docs/protocol.md)
+    "stop_recording": (),
 }
 
 #: The coalesced audience-count event (attrs ``participants``, ``listeners``): what
@@ -76,6 +78,7 @@ ERROR_STATUS: Mapping[str, int] = {
     "removed": 403,
     "speaking_restricted": 403,
     "not_found": 404,
+    "no_recording": 404,
     "method_not_allowed": 405,
     "conflict": 409,
     "not_present": 409,
@@ -91,6 +94,7 @@ ERROR_STATUS: Mapping[str, int] = {
     "not_a_listener": 409,
     "no_invite": 409,
     "room_full": 409,
+    "clip_out_of_range": 409,
     "too_large": 413,
     "rate_limited": 429,
     "internal": 500,

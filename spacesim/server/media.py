@@ -60,6 +60,7 @@ import os
 import random
 import time
 from collections.abc import Callable
+from typing import Any
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
@@ -237,6 +238,9 @@ class MediaRoom:
         self.dropped_no_slot = 0
         self.send_errors = 0
         self.sent_async = 0
+        # the space's recording (spacesim.server.recording.Track) while it records: each
+        # heard packet is appended to its buffer, nothing more on this path
+        self.recorder: Any = None
 
     # ------------------------------------------------------------------ signalling
 
@@ -427,6 +431,9 @@ class MediaRoom:
         seq = packet.sequence_number
         ts = packet.timestamp
         payload = packet.payload
+        rec = self.recorder
+        if rec is not None:
+            rec.buf.append((now_ms, name, payload))
         ntp = rtc.ntp_now()
         busy = _FAULT_BUSY_NS
         for sub in self._subs:
