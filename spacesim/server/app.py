@@ -725,7 +725,7 @@ async def moderate(request: web.Request) -> web.Response:
             raise ProtocolError("bad_request", "'report' must be a report id")
         filed = state.store.get_report(report)
         if filed.space != room.id:
-            raise ProtocolError("bad_request", f"report {report} is not about space {room.id}")
+            raise ProtocolError("not_found", f"no report {report} about space {room.id}")
         if filed.resolution is not None:
             raise ProtocolError("conflict", f"report {report} was already resolved")
     try:

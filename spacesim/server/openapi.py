@@ -181,6 +181,7 @@ def document() -> dict[str, Any]:
                             "type": "integer",
                             "description": "recvonly listen sections a join offer must carry",
                         },
+                        "recording": {"type": "boolean"},
                     },
                 },
                 "Member": {
@@ -195,6 +196,20 @@ def document() -> dict[str, Any]:
                         "participants": {"type": "array", "items": member_ref},
                         "next": {"type": ["string", "null"]},
                         "count": {"type": "integer"},
+                    },
+                },
+                "Clip": {
+                    "type": "object",
+                    "required": ["id", "space", "user", "start_s", "duration_s", "bytes"],
+                    "properties": {
+                        "id": s,
+                        "space": s,
+                        "user": s,
+                        "start_s": {"type": "number"},
+                        "duration_s": {"type": "number"},
+                        "bytes": {"type": "integer"},
+                        "created_at": {"type": "number"},
+                        "expires_at": {"type": "number"},
                     },
                 },
                 "Action": {
@@ -297,6 +312,7 @@ def document() -> dict[str, Any]:
                                 "minimum": 0,
                                 "maximum": 1_000_000_000,
                             },
+                            "recording": {"type": "boolean"},
                         }
                     ),
                     "responses": _responses(space_ref, 403, 429, success="201", body=True),
@@ -413,6 +429,7 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
+            **_recording_paths(),
             "/v1/moderation/spaces/{space}": {
                 "post": {
                     "parameters": _space_path(),
@@ -429,4 +446,103 @@ def document() -> dict[str, Any]:
                 }
             },
         },
+    }
+
+
+def _ogg(summary: str, *codes: int, params: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A GET answering an Ogg/Opus file, whole or (Range) in part."""
+    audio = {"audio/ogg": {"schema": {"type": "string", "format": "binary"}}}
+    return {
+        "get": {
+            "parameters": params or _space_path(),
+            "summary": summary,
+            "responses": {
+                "200": {"description": "the file", "content": audio},
+                "206": {"description": "the requested range (Range)", "content": audio},
+                "416": {"description": "the range is outside the file"},
+                **_errors(*codes),
+            },
+        }
+    }
+
+
+def _clip_created() -> dict[str, Any]:
+    """The cut's answer, linked to the clip's file (so fuzzers follow the new id)."""
+    out = _responses(
+        {"$ref": "#/components/schemas/Clip"}, 403, 404, 409, 429, success="201", body=True
+    )
+    out["201"]["links"] = {
+        "GetClip": {
+            "operationRef": "#/paths/~1v1~1spaces~1{space}~1clips~1{clip}/get",
+            "parameters": {"space": "$response.body#/space", "clip": "$response.body#/id"},
+        }
+    }
+    return out
+
+
+def _recording_paths() -> dict[str, Any]:
+    """Recording and clips (docs/protocol.md, Recording and clips)."""
+    s = {"type": "string"}
+    clip_ref = {"$ref": "#/components/schemas/Clip"}
+    clip_path = [
+        *_space_path(),
+        {"name": "clip", "in": "path", "required": True, "schema": s},
+    ]
+    return {
+        "/v1/spaces/{space}/recording": _ogg(
+            "The space's Ogg/Opus recording as written so far (Range requests)", 403, 404, 409
+        ),
+        "/v1/spaces/{space}/recording/info": {
+            "get": {
+                "parameters": _space_path(),
+                "summary": "The recording's status, duration and size",
+                "responses": _responses(
+                    {
+                        "type": "object",
+                        "required": ["space", "status", "duration_s", "bytes"],
+                        "properties": {
+                            "space": s,
+                            "status": {"enum": ["recording", "stopped"]},
+                            "started_at": {"type": "number"},
+                            "stopped_at": {"type": ["number", "null"]},
+                            "duration_s": {"type": "number"},
+                            "bytes": {"type": "integer"},
+                        },
+                    },
+                    403,
+                    404,
+                    409,
+                ),
+            }
+        },
+        "/v1/spaces/{space}/clips": {
+            "get": {
+                "parameters": _space_path(),
+                "summary": "The space's clips (not expired), oldest first",
+                "responses": _responses(
+                    {
+                        "type": "object",
+                        "required": ["clips"],
+                        "properties": {"clips": {"type": "array", "items": clip_ref}},
+                    },
+                    403,
+                    404,
+                ),
+            },
+            "post": {
+                "parameters": _space_path(),
+                "summary": "Cut a clip (at most 30 s; the last 30 s while recording)",
+                "requestBody": _body(
+                    {
+                        "duration": {"type": "number", "exclusiveMinimum": 0, "maximum": 30},
+                        "start": {"type": "number", "minimum": 0},
+                    },
+                    ["duration"],
+                ),
+                "responses": _clip_created(),
+            },
+        },
+        "/v1/spaces/{space}/clips/{clip}": _ogg(
+            "A clip's Ogg/Opus file", 403, 404, params=clip_path
+        ),
     }

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import secrets
 import struct
@@ -87,6 +88,8 @@ CLIP_MAX_S = 30.0
 CLIPS_PER_USER = (10 / 60, 5.0)
 #: How long a clip is kept (seconds); expired clips are deleted (files and rows).
 CLIP_RETENTION_S = 30 * 24 * 3600.0
+#: Seconds between two sweeps of expired clips (the first one at startup).
+EXPIRY_SWEEP_S = 3600.0
 
 # --------------------------------------------------------------------------- Ogg
 
@@ -478,12 +481,16 @@ class Recordings:
         self._io.shutdown(wait=True)
 
     async def _flush_loop(self) -> None:
+        swept = -math.inf
         while True:
             await asyncio.sleep(self.flush_s)
             try:
                 await self.flush()
+                if time.monotonic() - swept >= EXPIRY_SWEEP_S:  # at start, then hourly
+                    swept = time.monotonic()
+                    self.expire()
             except Exception:
-                log.exception("recording flush failed")
+                log.exception("recording flush (or clip expiry) failed")
 
     async def flush(self, space: str | None = None) -> None:
         """Write the buffered packets of one track (or all) in the writer thread."""

@@ -42,11 +42,16 @@ def _space(request: web.Request) -> tuple[str, ServerState, str]:
     return claims.sub, state, space_id
 
 
-def _recording(state: ServerState, space_id: str) -> Any:
+async def _recording(state: ServerState, space_id: str) -> Any:
+    """The space's recording row, its file written up to now; `no_recording` if none."""
+    await state.recordings.settle()  # a stop under way: its last pages
     rec = state.store.get_recording(space_id)  # type: ignore[attr-defined]
-    path = state.recordings.path(space_id)
-    if rec is None or not path.exists():
+    if rec is None:
         raise ProtocolError("no_recording", f"space {space_id!r} has not been recorded")
+    if space_id in state.recordings.tracks:  # being written: what is buffered, first
+        await state.recordings.flush(space_id)
+    if not state.recordings.path(space_id).exists():  # the files were removed by hand
+        raise ProtocolError("no_recording", f"space {space_id!r} has no recording file")
     return rec
 
 
@@ -54,17 +59,14 @@ def _recording(state: ServerState, space_id: str) -> Any:
 async def get_recording(request: web.Request) -> web.StreamResponse:
     """The space's Ogg/Opus file as written so far (Range requests served)."""
     _, state, space_id = _space(request)
-    await state.recordings.settle()
-    _recording(state, space_id)
-    if space_id in state.recordings.tracks:  # being written: what is buffered first
-        await state.recordings.flush(space_id)
+    await _recording(state, space_id)
     return web.FileResponse(state.recordings.path(space_id), headers=_OGG)
 
 
 @routes.get("/v1/spaces/{space}/recording/info")
 async def recording_info(request: web.Request) -> web.Response:
     _, state, space_id = _space(request)
-    rec = _recording(state, space_id)
+    rec = await _recording(state, space_id)
     writing = space_id in state.recordings.tracks
     duration = await state.recordings.duration(space_id)
     path = state.recordings.path(space_id)
@@ -117,13 +119,13 @@ async def cut_clip(request: web.Request) -> web.Response:
         raise ProtocolError("bad_request", f"'duration' must be seconds in (0, {CLIP_MAX_S:g}]")
     if start is not None and start < 0:
         raise ProtocolError("bad_request", "'start' must be seconds from the recording's start")
-    _recording(state, space_id)
+    await _recording(state, space_id)
     recs = state.recordings
     total = await recs.duration(space_id)
     live = space_id in recs.tracks
     if start is None:
         start = max(0.0, total - duration)
-    if start >= total:
+    if start > total:
         raise ProtocolError(
             "clip_out_of_range", f"the recording holds {total:.1f} s; 'start' is past its end"
         )

@@ -732,5 +732,5 @@ class Room:
                 "listener_cap": s.limits.listener_cap,
             },
             "slots": self.slots,
-            "recording": s.recording,
+            "recording": s.recording and s.status is not policy.SpaceStatus.ENDED,
         }

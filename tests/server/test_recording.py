@@ -233,9 +233,9 @@ async def test_a_space_not_recorded_has_no_recording(served: Any) -> None:
     api, _ = served
     space = await api.space("host")
     status, err = await api.call("GET", f"/v1/spaces/{space}/recording", "host")
-    assert (status, err["error"]) == (404, "no_recording")
+    assert (status, err["error"]) == (409, "no_recording")
     status, err = await api.call("POST", f"/v1/spaces/{space}/clips", "l", {"duration": 3})
-    assert (status, err["error"]) == (404, "no_recording")
+    assert (status, err["error"]) == (409, "no_recording")
     status, err = await api.act(space, "host", "start_recording")
     assert status == 200 and err["events"][0]["kind"] == "recording_started"
     status, err = await api.act(space, "other", "stop_recording")
