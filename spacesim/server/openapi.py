@@ -466,8 +466,16 @@ def _ogg(summary: str, *codes: int, params: list[dict[str, Any]] | None = None) 
     }
 
 
+#: From an answer naming a recorded space to its replay.
+_REPLAY_LINK = {
+    "operationRef": "#/paths/~1v1~1spaces~1{space}~1replay/post",
+    "parameters": {"space": "$response.body#/space"},
+}
+
+
 def _clip_created() -> dict[str, Any]:
-    """The cut's answer, linked to the clip's file (so fuzzers follow the new id)."""
+    """The cut's answer, linked to the clip's file and the recording's replay (so fuzzers
+    follow the new id to real resources)."""
     out = _responses(
         {"$ref": "#/components/schemas/Clip"}, 403, 404, 409, 429, success="201", body=True
     )
@@ -475,7 +483,8 @@ def _clip_created() -> dict[str, Any]:
         "GetClip": {
             "operationRef": "#/paths/~1v1~1spaces~1{space}~1clips~1{clip}/get",
             "parameters": {"space": "$response.body#/space", "clip": "$response.body#/id"},
-        }
+        },
+        "Replay": _REPLAY_LINK,  # a space with a clip has a recording: replay it
     }
     return out
 
@@ -488,6 +497,24 @@ def _recording_paths() -> dict[str, Any]:
         *_space_path(),
         {"name": "clip", "in": "path", "required": True, "schema": s},
     ]
+    info = _responses(
+        {
+            "type": "object",
+            "required": ["space", "status", "duration_s", "bytes"],
+            "properties": {
+                "space": s,
+                "status": {"enum": ["recording", "stopped"]},
+                "started_at": {"type": "number"},
+                "stopped_at": {"type": ["number", "null"]},
+                "duration_s": {"type": "number"},
+                "bytes": {"type": "integer"},
+            },
+        },
+        403,
+        404,
+        409,
+    )
+    info["200"]["links"] = {"Replay": _REPLAY_LINK}
     return {
         "/v1/spaces/{space}/recording": _ogg(
             "The space's Ogg/Opus recording as written so far (Range requests)", 403, 404, 409
@@ -496,23 +523,7 @@ def _recording_paths() -> dict[str, Any]:
             "get": {
                 "parameters": _space_path(),
                 "summary": "The recording's status, duration and size",
-                "responses": _responses(
-                    {
-                        "type": "object",
-                        "required": ["space", "status", "duration_s", "bytes"],
-                        "properties": {
-                            "space": s,
-                            "status": {"enum": ["recording", "stopped"]},
-                            "started_at": {"type": "number"},
-                            "stopped_at": {"type": ["number", "null"]},
-                            "duration_s": {"type": "number"},
-                            "bytes": {"type": "integer"},
-                        },
-                    },
-                    403,
-                    404,
-                    409,
-                ),
+                "responses": info,
             }
         },
         "/v1/spaces/{space}/clips": {
@@ -541,6 +552,38 @@ def _recording_paths() -> dict[str, Any]:
                 ),
                 "responses": _clip_created(),
             },
+        },
+        "/v1/spaces/{space}/replay": {
+            "post": {
+                "parameters": _space_path(),
+                "summary": "Hear the recording over WebRTC from an offset (an SDP offer as join's)",
+                "requestBody": _body(
+                    {
+                        "sdp": {
+                            "type": ["string", "null"],
+                            "description": "an SDP offer; absent or null: only the answer's "
+                            "offset and duration",
+                        },
+                        "offset": {"type": "number", "minimum": 0},
+                    }
+                ),
+                "responses": _responses(
+                    {
+                        "type": "object",
+                        "required": ["sdp", "offset", "duration_s"],
+                        "properties": {
+                            "sdp": {"type": ["string", "null"]},
+                            "offset": {"type": "number"},
+                            "duration_s": {"type": "number"},
+                        },
+                    },
+                    403,
+                    404,
+                    409,
+                    500,
+                    body=True,
+                ),
+            }
         },
         "/v1/spaces/{space}/clips/{clip}": _ogg(
             "A clip's Ogg/Opus file", 403, 404, params=clip_path

@@ -440,6 +440,7 @@ class Recordings:
         self._task: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Future[Any]] = set()
         self.cuts = RateLimiter(*CLIPS_PER_USER)  # clips cut, per user
+        self.replays: Any = None  # spacesim.server.replay.Replays, made on first use
 
     def path(self, space: str) -> Path:
         return self.root / f"{space}.opus"
@@ -476,6 +477,8 @@ class Recordings:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self.replays is not None:
+            await self.replays.close()
         for space in list(self.tracks):
             await self._stop(space)
         self._io.shutdown(wait=True)

@@ -168,3 +168,39 @@ async def get_clip(request: web.Request) -> web.StreamResponse:
     if clip is None or clip.space != space_id or not path.exists():
         raise ProtocolError("not_found", f"no clip {clip_id!r} in space {space_id!r}")
     return web.FileResponse(path, headers=_OGG)
+
+
+@routes.post("/v1/spaces/{space}/replay")
+async def replay(request: web.Request) -> web.Response:
+    """Hear the recording over WebRTC from ``offset`` seconds (docs/protocol.md)."""
+    from spacesim.server.media import MediaSetupError
+    from spacesim.server.replay import Replays
+
+    _, state, space_id = _space(request)
+    body = await _body(request)
+    offer = body.get("sdp")
+    slots = state.config.slots
+    if offer is not None and (not isinstance(offer, str) or "v=0" not in offer):
+        raise ProtocolError("bad_sdp", "'sdp' must be an SDP offer", {"slots": slots})
+    offset = _number(body, "offset") or 0.0
+    if offset < 0:
+        raise ProtocolError("bad_request", "'offset' must be seconds from the recording's start")
+    await _recording(state, space_id)
+    recs = state.recordings
+    duration = await recs.duration(space_id)
+    answer = None
+    if offer is not None:
+        if recs.replays is None:
+            recs.replays = Replays()
+        try:
+            answer = await recs.replays.start(recs.path(space_id), offset, offer, slots)
+        except ValueError as exc:
+            raise ProtocolError(
+                "bad_sdp", f"cannot use this SDP offer: {exc}", {"slots": slots}
+            ) from None
+        except MediaSetupError:
+            raise ProtocolError(
+                "media_setup_failed",
+                "the server could not set up the audio connection; see the server log",
+            ) from None
+    return _json({"sdp": answer, "offset": offset, "duration_s": round(duration, 3)})

@@ -274,3 +274,46 @@ async def test_kill_9_mid_recording_leaves_a_playable_file(tmp_path: Path) -> No
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+async def test_an_ended_recording_replays_over_webrtc_from_an_offset(served: Any) -> None:
+    api, app = served
+    space = await api.space("host", recording=True)
+    host = AudioClient("host", opus_tone(440.0, 100))  # 2 s
+    try:
+        await host.join_api(api, space)
+        await asyncio.sleep(2.5)
+    finally:
+        await host.close()
+    assert (await api.call("POST", f"/v1/spaces/{space}/end", "host"))[0] == 200
+    path = app[STATE].recordings.path(space)
+    expected = [p for _, p in read_packets(path, 48000)]  # from 1 s on
+    assert len(expected) > 30
+    listener = AudioClient("late")
+    try:
+        slots = [listener.pc.addTransceiver("audio", direction="recvonly") for _ in range(SLOTS)]
+        await listener.pc.setLocalDescription(await listener.pc.createOffer())
+        for i, t in enumerate(slots):
+            rtc.tap_rtp(t.receiver, listener._recorder(i))
+        body = {"sdp": listener.pc.localDescription.sdp, "offset": 1.0}
+        status, answer = await api.call("POST", f"/v1/spaces/{space}/replay", "late", body)
+        assert status == 200, answer
+        assert answer["offset"] == 1.0 and answer["duration_s"] > 1.5
+        from aiortc import RTCSessionDescription
+
+        await listener.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+        started = asyncio.get_running_loop().time()
+        for _ in range(100):
+            if len(listener.got[0]) >= len(expected):
+                break
+            await asyncio.sleep(0.05)
+        took = asyncio.get_running_loop().time() - started
+        assert listener.payloads(0) == expected  # the file's packets, as they are
+        assert took > 0.6 * len(expected) * 0.02  # paced in real time, not in one burst
+        assert listener.got[1] == [] and listener.got[2] == []
+    finally:
+        await listener.close()
+    status, probe = await api.call("POST", f"/v1/spaces/{space}/replay", "late", {})
+    assert status == 200 and probe["sdp"] is None
+    status, err = await api.call("POST", f"/v1/spaces/{space}/replay", "late", {"sdp": "v=0 x"})
+    assert (status, err["error"]) == (400, "bad_sdp")
