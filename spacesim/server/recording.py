@@ -110,11 +110,7 @@ def ogg_crc(data: bytes) -> int:
     return int(f"{reg:032b}"[::-1], 2)
 
 
-def opus_samples(packet: bytes) -> int:
-    """Samples (at 48 kHz) an Opus packet decodes to, from its TOC byte (RFC 6716 §3.1)."""
-    if not packet:
-        return 0
-    toc = packet[0]
+def _toc_samples(toc: int, count_byte: int) -> int:
     config = toc >> 3
     if config < 12:  # SILK: 10, 20, 40, 60 ms
         frame = (480, 960, 1920, 2880)[config & 3]
@@ -123,13 +119,23 @@ def opus_samples(packet: bytes) -> int:
     else:  # CELT: 2.5, 5, 10, 20 ms
         frame = (120, 240, 480, 960)[config & 3]
     code = toc & 3
-    if code == 0:
-        count = 1
-    elif code < 3:
-        count = 2
-    else:
-        count = packet[1] & 0x3F if len(packet) > 1 else 0
+    count = 1 if code == 0 else 2 if code < 3 else count_byte & 0x3F
     return frame * count
+
+
+#: Samples by TOC byte for one- and two-frame packets (codes 0-2); -1: code 3 (the
+#: frame count is in the second byte). A table: this runs for every recorded packet.
+_SAMPLES = tuple(-1 if toc & 3 == 3 else _toc_samples(toc, 0) for toc in range(256))
+
+
+def opus_samples(packet: bytes) -> int:
+    """Samples (at 48 kHz) an Opus packet decodes to, from its TOC byte (RFC 6716 §3.1)."""
+    if not packet:
+        return 0
+    n = _SAMPLES[packet[0]]
+    if n >= 0:
+        return n
+    return _toc_samples(packet[0], packet[1]) if len(packet) > 1 else 0
 
 
 _PAGE_HEAD = struct.Struct("<4sBBqIIIB")  # capture, version, flags, granule, serial, seq, crc, n
@@ -200,7 +206,10 @@ class OggOpusWriter:
         return w
 
     def write(self, packets: list[bytes], eos: bool = False) -> None:
-        """Pages for `packets` (granule: the samples they end at), written and flushed."""
+        """Pages for `packets` (granule: the samples they end at), written and flushed.
+
+        Whatever the batch, a page holds at most 255 lacing values and about 16 KiB.
+        """
         out: list[bytes] = []
         page: list[bytes] = []
         segs = 0
@@ -323,6 +332,7 @@ class Track:
         self.silence = 0
         self.overlap_dropped = 0
         self.late_dropped = 0
+        self.cpu_s = 0.0  # the writer thread's CPU time spent on this track
 
     @property
     def samples(self) -> int:
@@ -347,6 +357,13 @@ class Track:
 
     def write(self, batch: list[tuple[int, str, bytes]], new_segment: bool = False) -> None:
         """(writer thread) Lay a batch out on the timeline and write it as pages."""
+        began = time.thread_time()
+        try:
+            self._write(batch, new_segment)
+        finally:
+            self.cpu_s += time.thread_time() - began
+
+    def _write(self, batch: list[tuple[int, str, bytes]], new_segment: bool) -> None:
         self.open()
         w = self.writer
         assert w is not None
@@ -385,6 +402,15 @@ class Track:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+def _write_all(work: list[tuple[Track, list[tuple[int, str, bytes]], bool]]) -> None:
+    """(writer thread) Write each track's batch; one failing file does not stop the rest."""
+    for track, batch, new in work:
+        try:
+            track.write(batch, new)
+        except Exception:
+            log.exception("writing the recording of %s failed", track.space)
 
 
 @dataclass(frozen=True)
@@ -500,15 +526,13 @@ class Recordings:
         tracks = [self.tracks[space]] if space in self.tracks else []
         if space is None:
             tracks = list(self.tracks.values())
-        futures = [self._submit(t) for t in tracks if t.buf or t.space in self._fresh]
-        if futures:
-            await asyncio.gather(*futures)
-
-    def _submit(self, track: Track) -> asyncio.Future[Any]:
-        new = track.space in self._fresh
-        self._fresh.discard(track.space)
-        loop = asyncio.get_running_loop()
-        return loop.run_in_executor(self._io, track.write, track.take(), new)
+        work = []
+        for t in tracks:
+            if t.buf or t.space in self._fresh:
+                work.append((t, t.take(), t.space in self._fresh))
+                self._fresh.discard(t.space)
+        if work:  # one hand-over to the writer thread for all of them
+            await asyncio.get_running_loop().run_in_executor(self._io, _write_all, work)
 
     # ------------------------------------------------------------------ events
 

@@ -317,3 +317,22 @@ async def test_an_ended_recording_replays_over_webrtc_from_an_offset(served: Any
     assert status == 200 and probe["sdp"] is None
     status, err = await api.call("POST", f"/v1/spaces/{space}/replay", "late", {"sdp": "v=0 x"})
     assert (status, err["error"]) == (400, "bad_sdp")
+
+
+async def test_expired_clips_are_deleted_files_and_rows(tmp_path: Path) -> None:
+    from spacesim.server.recording import CLIP_RETENTION_S, Recordings
+    from spacesim.server.store_recording import ClipRecord
+
+    now = [1000.0]
+    store = MemoryStore(clock=lambda: now[0])
+    store.add_user("h", "h")
+    store.create_space("s-1", host="h", title="", status="live", who_may_speak="everyone")
+    recs = Recordings(tmp_path, store, {}, clock=lambda: now[0])
+    (tmp_path / "clips").mkdir()
+    for cid, at in (("c-old", 0.0), ("c-new", 900.0)):
+        recs.clip_path(cid).write_bytes(b"OggS")
+        store.add_clip(ClipRecord(cid, "s-1", "u", 0.0, 1.0, 4, at, at + CLIP_RETENTION_S))
+    now[0] = CLIP_RETENTION_S + 1.0  # c-old's time is up, c-new's not yet
+    assert recs.expire() == 1
+    assert not recs.clip_path("c-old").exists() and recs.clip_path("c-new").exists()
+    assert [c.id for c in store.clips("s-1")] == ["c-new"]
