@@ -505,8 +505,8 @@ class Recordings:
                 await self._task
         if self.replays is not None:
             await self.replays.close()
-        for space in list(self.tracks):
-            await self._stop(space)
+        for space in list(self.tracks):  # still recording: it goes on after the restart
+            await self._stop(space, keep_status=True)
         self._io.shutdown(wait=True)
 
     async def _flush_loop(self) -> None:
@@ -571,13 +571,14 @@ class Recordings:
         track = self.tracks.get(space)
         media.recorder = track if track is not None and track.active else None
 
-    async def _stop(self, space: str) -> None:
+    async def _stop(self, space: str, keep_status: bool = False) -> None:
         track = self.tracks.pop(space, None)
         if track is not None:
-            await self._finish(track)
+            await self._finish(track, keep_status)
 
-    async def _finish(self, track: Track) -> None:
-        """Write a stopped track's last packets, close its file, store its size."""
+    async def _finish(self, track: Track, keep_status: bool = False) -> None:
+        """Write a stopped track's last packets, close its file, store its size (and,
+        unless the server is only stopping, that the recording stopped)."""
         space = track.space
         track.active = False
         media = self.media.get(space)
@@ -592,7 +593,7 @@ class Recordings:
         dur = track.samples / RATE
         await loop.run_in_executor(self._io, track.close)
         rec = self.store.get_recording(space)
-        if rec is not None and rec.status == "recording":  # ended without a stop
+        if rec is not None and rec.status == "recording" and not keep_status:  # ended
             self.store.set_recording(space, False)
         self.store.set_recording_size(space, size, dur)
 

@@ -336,3 +336,23 @@ async def test_expired_clips_are_deleted_files_and_rows(tmp_path: Path) -> None:
     assert recs.expire() == 1
     assert not recs.clip_path("c-old").exists() and recs.clip_path("c-new").exists()
     assert [c.id for c in store.clips("s-1")] == ["c-new"]
+
+
+async def test_a_clean_restart_keeps_a_live_space_recording(tmp_path: Path) -> None:
+    rtc.use_host_addresses(["127.0.0.1"])
+    config = ServerConfig(db=tmp_path / "r.db", secret=SECRET, slots=SLOTS)
+    space = ""
+    for run in ("before", "after"):
+        server = TestServer(create_app(config), host="127.0.0.1")
+        await server.start_server()
+        try:
+            async with aiohttp.ClientSession() as http:
+                api = Api(http, str(server.make_url("")).rstrip("/"))
+                if run == "before":
+                    space = await api.space("host", recording=True)
+                status, snap = await api.call("GET", f"/v1/spaces/{space}", "host")
+                assert status == 200 and snap["recording"] is True, (run, snap)
+                status, info = await api.call("GET", f"/v1/spaces/{space}/recording/info", "h")
+                assert status == 200 and info["status"] == "recording", (run, info)
+        finally:
+            await server.close()
