@@ -35,11 +35,19 @@ def _space(request: web.Request) -> tuple[str, ServerState, str]:
     state = request.app[STATE]
     space_id = request.match_info["space"]
     try:
-        state.store.get_space(space_id)
+        record = state.store.get_space(space_id)
     except StoreError:
         raise ProtocolError("not_found", f"no space {space_id!r} on this server") from None
     _allow(claims, (SPACE_JOIN, MODERATE), space_id)
-    return claims.sub, state, space_id
+    # those barred from the space do not hear it afterwards either (moderators aside)
+    user = claims.sub
+    if not claims.has(MODERATE):
+        if state.store.is_blocked(record.host, user):
+            raise ProtocolError("blocked", f"{user} is blocked from this space")
+        room = state.rooms.get(space_id)
+        if room is not None and user in room.space.removed:
+            raise ProtocolError("removed", f"{user} was removed from this space")
+    return user, state, space_id
 
 
 async def _recording(state: ServerState, space_id: str) -> Any:

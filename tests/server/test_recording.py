@@ -356,3 +356,38 @@ async def test_a_clean_restart_keeps_a_live_space_recording(tmp_path: Path) -> N
                 assert status == 200 and info["status"] == "recording", (run, info)
         finally:
             await server.close()
+
+
+async def test_users_barred_from_the_space_cannot_read_its_recording(served: Any) -> None:
+    api, _ = served
+    space = await api.space("host", recording=True)
+    for user in ("troll", "gone", "fan"):
+        assert (await api.join(space, user))[0] == 200
+    assert (await api.act(space, "host", "block", target="troll"))[0] == 200
+    assert (await api.act(space, "host", "remove", target="gone"))[0] == 200
+    path = f"/v1/spaces/{space}/recording"
+    assert (await _get(api, path, "fan"))[0] == 200
+    status, err = await api.call("GET", path, "troll")
+    assert (status, err["error"]) == (403, "blocked")
+    status, err = await api.call("POST", f"/v1/spaces/{space}/clips", "gone", {"duration": 1})
+    assert (status, err["error"]) == (403, "removed")
+    assert (await api.call("POST", f"/v1/spaces/{space}/end", "host"))[0] == 200
+    status, err = await api.call("GET", f"/v1/spaces/{space}/clips", "troll")
+    assert (status, err["error"]) == (403, "blocked")  # after the end too
+
+
+async def test_only_heard_packets_are_recorded(tmp_path: Path) -> None:
+    from spacesim.server.media import MediaRoom, _Peer
+
+    heard = {"on": False}
+    room = MediaRoom(lambda _: heard["on"], slots=SLOTS)
+    track = Track("s-1", tmp_path / "r.opus")
+    room.recorder = track
+    peer = _Peer("spk", None)  # type: ignore[arg-type]
+    packet = rtc.RtpPacket(payload_type=111, sequence_number=1, timestamp=960)
+    packet.payload = opus_tone(440.0, 5)[0]
+    await room._forward(peer, packet, 1000)  # muted (gated off): not recorded
+    assert track.buf == []
+    heard["on"] = True
+    await room._forward(peer, packet, 1020)
+    assert track.buf == [(1020, "spk", packet.payload)]
