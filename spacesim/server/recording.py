@@ -46,6 +46,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from prometheus_client import Counter
+
+from spacesim.server.metrics import REGISTRY
 from spacesim.server.room import RateLimiter
 
 __all__ = [
@@ -90,6 +93,24 @@ CLIPS_PER_USER = (10 / 60, 5.0)
 CLIP_RETENTION_S = 30 * 24 * 3600.0
 #: Seconds between two sweeps of expired clips (the first one at startup).
 EXPIRY_SWEEP_S = 3600.0
+
+#: Prometheus counters of every recording of the server (thread-safe: the writer bumps them).
+RECORDED = Counter(
+    "spacesim_recording_packets", "Opus packets written to recordings", registry=REGISTRY
+)
+RECORDED_BYTES = Counter(
+    "spacesim_recording_bytes", "Bytes written to recording files", registry=REGISTRY
+)
+SILENCE_FRAMES = Counter(
+    "spacesim_recording_silence_frames", "Silence frames filling recording gaps", registry=REGISTRY
+)
+LEFT_OUT = Counter(
+    "spacesim_recording_left_out",
+    "Packets left out of a recording (another speaker held the floor, or too early)",
+    registry=REGISTRY,
+)
+CLIPS_CUT = Counter("spacesim_clips_cut", "Clips cut", registry=REGISTRY)
+REPLAYS = Counter("spacesim_replays", "WebRTC replays started", registry=REGISTRY)
 
 # --------------------------------------------------------------------------- Ogg
 
@@ -234,6 +255,7 @@ class OggOpusWriter:
             self.f.write(data)
             self.f.flush()  # to the kernel: a killed process loses nothing written
             self.bytes += len(data)
+            RECORDED_BYTES.inc(len(data))
 
     def close(self) -> None:
         self.f.close()
@@ -371,6 +393,7 @@ class Track:
             self.t0_ms = None
         pos = w.granule
         out: list[bytes] = []
+        before = (self.packets, self.silence, self.overlap_dropped + self.late_dropped)
         for ms, who, payload in batch:
             voiced = len(payload) > VOICED_BYTES
             if self.owner is None:
@@ -397,6 +420,9 @@ class Track:
             pos += opus_samples(payload)
             self.packets += 1
         w.write(out)
+        RECORDED.inc(self.packets - before[0])
+        SILENCE_FRAMES.inc(self.silence - before[1])
+        LEFT_OUT.inc(self.overlap_dropped + self.late_dropped - before[2])
 
     def close(self) -> None:
         if self.writer is not None:
@@ -626,9 +652,11 @@ class Recordings:
             await self.flush(space)
         clip_id = "c-" + secrets.token_hex(8)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
+        clip = await loop.run_in_executor(
             self._io, write_clip, src, self.clip_path(clip_id), start_s, duration_s
         )
+        CLIPS_CUT.inc()
+        return clip
 
     def expire(self) -> int:
         """Delete expired clips (rows and files); how many."""

@@ -21,7 +21,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from spacesim import rtc
 from spacesim.server.media import MediaSetupError, parse_offer
-from spacesim.server.recording import RATE, read_packets
+from spacesim.server.recording import RATE, REPLAYS, read_packets
 
 __all__ = ["Replays"]
 
@@ -67,6 +67,7 @@ class Replays:
             await self._close(pc)
             log.error("replay setup failed", exc_info=True)
             raise MediaSetupError(f"{type(exc).__name__}: {exc}") from exc
+        REPLAYS.inc()
         task = asyncio.ensure_future(self._play(pc, writers[0], packets))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

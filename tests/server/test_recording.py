@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import random
+import re
 import signal
 from pathlib import Path
 from typing import Any
@@ -227,6 +228,11 @@ async def test_a_recorded_space_replays_over_http_with_ranges_and_clips(served: 
     assert status == 200 and headers["Content-Type"] == "audio/ogg"
     assert decode(data)[1] == pytest.approx(1.5, abs=0.03)
     assert (await _get(api, f"{path}/c-0000000000000000", "lis"))[0] == 404
+    status, text = await api.call("GET", "/metrics")
+    found = dict(re.findall(r"^(spacesim_\w+_total) ([\d.e+]+)$", text, re.M))
+    assert float(found["spacesim_recording_packets_total"]) >= frames - 5
+    assert float(found["spacesim_recording_bytes_total"]) >= len(body)
+    assert float(found["spacesim_clips_cut_total"]) >= 2
 
 
 async def test_a_space_not_recorded_has_no_recording(served: Any) -> None:
