@@ -178,6 +178,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         capacity=args.capacity,
         slots=args.slots,
         record_dir=Path(args.record) if args.record else None,
+        recording_dir=Path(args.recording_dir) if args.recording_dir else None,
     )
     err.print(f"spacesim serve: http://{args.host}:{args.port}  db={db}  dev={config.dev}")
     app = create_app(config)
@@ -536,6 +537,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--capacity", type=int, help="forwarded streams before joins are refused with 503"
     )
     serve.add_argument("--slots", type=int, default=3, help="speakers each listener hears at once")
+    serve.add_argument(
+        "--recording-dir",
+        help="where recorded spaces and clips go (default: <db name>-recordings/ beside --db)",
+    )
     serve.add_argument("--no-dev", action="store_true", help="disable /v1/dev/token")
     serve.add_argument(
         "--dev-on-public-bind",

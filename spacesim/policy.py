@@ -95,6 +95,8 @@ EVENT_KINDS: frozenset[str] = frozenset(
         "report_filed",
         "report_resolved",
         "speak_setting_changed",
+        "recording_started",
+        "recording_stopped",
     }
 )
 
@@ -249,6 +251,7 @@ class Space:
         status: SpaceStatus = SpaceStatus.LIVE,
         removed: Iterable[str] = (),
         past_participants: Iterable[str] = (),
+        recording: bool = False,
     ) -> None:
         if not space_id or not host:
             raise ValueError("space_id and host must be non-empty")
@@ -275,6 +278,7 @@ class Space:
         self._hands: dict[str, None] = {}  # ordered set: FIFO raise order
         self._invites: dict[str, str] = {}  # invitee -> inviter
         self._muted: set[str] = set()
+        self._recording = bool(recording)  # the host records the space (server: Ogg/Opus)
         self._set_role(host, Role.HOST)
 
     # ------------------------------------------------------------------ read-only state
@@ -370,6 +374,11 @@ class Space:
     def is_muted(self, user: str) -> bool:
         """True if the user is on stage and muted."""
         return user in self._muted
+
+    @property
+    def recording(self) -> bool:
+        """Whether the host has the space recorded (set at creation or by an action)."""
+        return self._recording
 
     def may_be_heard(self, user: str) -> bool:
         """Whether the media plane may forward this user's audio: live, on stage, unmuted."""
@@ -814,3 +823,23 @@ class Space:
     def unfollow(self, user: str) -> None:
         """Record that the host no longer follows ``user``; raised hands are kept."""
         self._follows.discard(user)
+
+    # ------------------------------------------------------------------ recording
+
+    def start_recording(self, actor: str) -> Outcome:
+        """The host starts recording (also before the space starts); idempotent."""
+        if (refusal := self._gate(actor, _HOST_ONLY, scheduled_ok=True)) is not None:
+            return refusal
+        if self._recording:
+            return _ok()
+        self._recording = True
+        return _ok(Event("recording_started", self._space_id, actor=actor))
+
+    def stop_recording(self, actor: str) -> Outcome:
+        """The host stops recording; what was recorded is kept; idempotent."""
+        if (refusal := self._gate(actor, _HOST_ONLY, scheduled_ok=True)) is not None:
+            return refusal
+        if not self._recording:
+            return _ok()
+        self._recording = False
+        return _ok(Event("recording_stopped", self._space_id, actor=actor))

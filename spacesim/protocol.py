@@ -51,6 +51,8 @@ ACTIONS: Mapping[str, tuple[str, ...]] = {
     "report": (),  # optional target (absent = the space itself) and reason
     "react": ("emoji",),
     "set_who_may_speak": ("setting",),
+    "start_recording": (),  # host only: the server records the space (docs/protocol.md)
+    "stop_recording": (),
 }
 
 #: The coalesced audience-count event (attrs ``participants``, ``listeners``): what
@@ -92,6 +94,8 @@ ERROR_STATUS: Mapping[str, int] = {
     "no_invite": 409,
     "room_full": 409,
     "request_timeout": 408,
+    "clip_out_of_range": 409,
+    "no_recording": 409,
     "too_large": 413,
     "rate_limited": 429,
     "internal": 500,

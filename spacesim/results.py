@@ -90,6 +90,8 @@ KINDS: Mapping[str, tuple[str, str]] = {
     "muted": ("", "a speaker was muted"),
     "unmuted": ("", "a speaker unmuted"),
     "speak_setting_changed": ("", "who may speak changed; attrs.setting"),
+    "recording_started": ("", "the host started recording the space"),
+    "recording_stopped": ("", "the host stopped recording the space"),
     # audience and moderation
     "reaction": ("count", "emoji reactions in a tick (aggregated) or one reaction"),
     "report_filed": ("", "a report about a user or the space"),

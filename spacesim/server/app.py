@@ -45,6 +45,7 @@ from spacesim.server.auth import (
     require,
     verify_token,
 )
+from spacesim.server.recording import Recordings
 from spacesim.server.records import ServerRecorder
 from spacesim.server.room import RateLimiter, Room, Throttles, text_frame
 from spacesim.server.store import (
@@ -108,6 +109,12 @@ class ServerConfig:
     presence_timeout: float = 30.0  # s without audio nor event stream -> left
     ws_rate: float = 50.0  # messages a second one event stream may send (after a burst)
     ws_burst: float = 100.0
+    recording_dir: Path | None = None  # recordings and clips; None: next to the db file
+
+    @property
+    def recordings_path(self) -> Path:
+        """Where the Ogg/Opus recordings and clips go (`recording_dir` or beside `db`)."""
+        return self.recording_dir or self.db.parent / f"{self.db.stem}-recordings"
 
 
 class ServerState:
@@ -128,6 +135,7 @@ class ServerState:
         self.recorder: ServerRecorder | None = (
             ServerRecorder(config.record_dir) if config.record_dir else None
         )
+        self.recordings = Recordings(config.recordings_path, store, self.media)
 
     def recover(self) -> None:
         """Scheduled and live spaces come back after a crash; clients rejoin."""
@@ -139,6 +147,7 @@ class ServerState:
                 row.who_may_speak,
                 row.listener_cap,
             )
+        self.recordings.recover(set(self.rooms))
 
     def _room_for(
         self,
@@ -164,12 +173,14 @@ class ServerState:
             status=status,
             removed=removed - {host},
             past_participants={p.user for p in self.store.participations(space=space_id)},
+            recording=_recording_on(self.store, space_id),
         )
         room = Room(space, persist=self.store, slots=self.config.slots)
         room.on_host_block = self._host_blocked
         room.throttles = self.throttles
         if self.recorder is not None:
             room.sinks.append(self.recorder.sink)
+        room.sinks.append(self.recordings.on_event)
         return room
 
     def create(
@@ -248,7 +259,14 @@ class ServerState:
                 "listener_cap": limits.listener_cap,
             },
             "slots": self.config.slots,
+            "recording": False,
         }
+
+
+def _recording_on(store: Store, space_id: str) -> bool:
+    """Whether the space's recording was being written (it goes on after a restart)."""
+    rec = store.get_recording(space_id)  # type: ignore[attr-defined]  # store_recording
+    return rec is not None and rec.status == "recording"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -489,9 +507,14 @@ async def create_space(request: web.Request) -> web.Response:
             "bad_request",
             f"'listener_cap' must be null or an integer from 0 to {MAX_LISTENER_CAP:,}",
         )
+    recording = body.get("recording", False)
+    if not isinstance(recording, bool):
+        raise ProtocolError("bad_request", "'recording' must be true or false")
     state = request.app[STATE]
     state.creations.check(claims.sub, "spaces created")
     room = state.create(claims.sub, title, who, float(when) if when else None, cap)
+    if recording:  # the host's first action: persisted, audited, on the event stream
+        room.apply(claims.sub, "start_recording", {})
     return _json(room.snapshot(), 201)
 
 
@@ -639,6 +662,7 @@ async def _connect(state: ServerState, room: Room, user: str, offer: str) -> str
         media = MediaRoom(room.space.may_be_heard, slots=state.config.slots)
         media.on_lost = lambda user: _watch_presence(state, room.id, user)
         state.media[room.id] = media
+        state.recordings.attach(room.id, media)
     try:
         answer: str = await media.connect(user, offer)
     except ValueError as exc:
@@ -775,7 +799,7 @@ async def moderate(request: web.Request) -> web.Response:
             raise ProtocolError("bad_request", "'report' must be a report id")
         filed = state.store.get_report(report)
         if filed.space != room.id:
-            raise ProtocolError("bad_request", f"report {report} is not about space {room.id}")
+            raise ProtocolError("not_found", f"no report {report} about space {room.id}")
         if filed.resolution is not None:
             raise ProtocolError("conflict", f"report {report} was already resolved")
     try:
@@ -994,8 +1018,12 @@ def create_app(config: ServerConfig, store: Store | None = None) -> web.Applicat
     app[CONFIG] = config
     app[STATE] = state
     app.add_routes(routes)
+    from spacesim.server import recording_api
+
+    app.add_routes(recording_api.routes)
 
     async def startup(app: web.Application) -> None:
+        state.recordings.start()
         if state.recorder is not None:
             state.recorder.start_sampling(lambda: list(state.media.values()))
 
@@ -1008,6 +1036,7 @@ def create_app(config: ServerConfig, store: Store | None = None) -> web.Applicat
         if state.recorder is not None:
             path = await state.recorder.close()
             log.info("server records written to %s", path)
+        await state.recordings.close()
         state.store.close()
 
     app.on_startup.append(startup)

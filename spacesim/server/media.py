@@ -60,6 +60,7 @@ import os
 import random
 import time
 from collections.abc import Callable
+from typing import Any
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
@@ -240,6 +241,9 @@ class MediaRoom:
         #: Called with a participant's name when their connection fails or is closed by
         #: the other end (not when the server closes it): the app's presence timeout.
         self.on_lost: Callable[[str], None] | None = None
+        # the space's recording (spacesim.server.recording.Track) while it records: each
+        # heard packet is appended to its buffer, nothing more on this path
+        self.recorder: Any = None
 
     # ------------------------------------------------------------------ signalling
 
@@ -432,6 +436,9 @@ class MediaRoom:
         seq = packet.sequence_number
         ts = packet.timestamp
         payload = packet.payload
+        rec = self.recorder
+        if rec is not None:
+            rec.buf.append((now_ms, name, payload))
         ntp = rtc.ntp_now()
         busy = _FAULT_BUSY_NS
         for sub in self._subs:

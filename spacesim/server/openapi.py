@@ -185,6 +185,7 @@ def document() -> dict[str, Any]:
                             "type": "integer",
                             "description": "recvonly listen sections a join offer must carry",
                         },
+                        "recording": {"type": "boolean"},
                     },
                 },
                 "Member": {
@@ -199,6 +200,20 @@ def document() -> dict[str, Any]:
                         "participants": {"type": "array", "items": member_ref},
                         "next": {"type": ["string", "null"]},
                         "count": {"type": "integer"},
+                    },
+                },
+                "Clip": {
+                    "type": "object",
+                    "required": ["id", "space", "user", "start_s", "duration_s", "bytes"],
+                    "properties": {
+                        "id": s,
+                        "space": s,
+                        "user": s,
+                        "start_s": {"type": "number"},
+                        "duration_s": {"type": "number"},
+                        "bytes": {"type": "integer"},
+                        "created_at": {"type": "number"},
+                        "expires_at": {"type": "number"},
                     },
                 },
                 "Action": {
@@ -301,6 +316,7 @@ def document() -> dict[str, Any]:
                                 "minimum": 0,
                                 "maximum": 1_000_000_000,
                             },
+                            "recording": {"type": "boolean"},
                         }
                     ),
                     "responses": _responses(space_ref, 403, 429, success="201", body=True),
@@ -417,6 +433,7 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
+            **_recording_paths(),
             "/v1/moderation/spaces/{space}": {
                 "post": {
                     "parameters": _space_path(),
@@ -433,4 +450,146 @@ def document() -> dict[str, Any]:
                 }
             },
         },
+    }
+
+
+def _ogg(summary: str, *codes: int, params: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A GET answering an Ogg/Opus file, whole or (Range) in part."""
+    audio = {"audio/ogg": {"schema": {"type": "string", "format": "binary"}}}
+    return {
+        "get": {
+            "parameters": params or _space_path(),
+            "summary": summary,
+            "responses": {
+                "200": {"description": "the file", "content": audio},
+                "206": {"description": "the requested range (Range)", "content": audio},
+                "416": {"description": "the range is outside the file"},
+                **_errors(*codes),
+            },
+        }
+    }
+
+
+#: From an answer naming a recorded space to its replay.
+_REPLAY_LINK = {
+    "operationRef": "#/paths/~1v1~1spaces~1{space}~1replay/post",
+    "parameters": {"space": "$response.body#/space"},
+}
+
+
+def _clip_created() -> dict[str, Any]:
+    """The cut's answer, linked to the clip's file and the recording's replay (so fuzzers
+    follow the new id to real resources)."""
+    out = _responses(
+        {"$ref": "#/components/schemas/Clip"}, 403, 404, 409, 429, success="201", body=True
+    )
+    out["201"]["links"] = {
+        "GetClip": {
+            "operationRef": "#/paths/~1v1~1spaces~1{space}~1clips~1{clip}/get",
+            "parameters": {"space": "$response.body#/space", "clip": "$response.body#/id"},
+        },
+        "Replay": _REPLAY_LINK,  # a space with a clip has a recording: replay it
+    }
+    return out
+
+
+def _recording_paths() -> dict[str, Any]:
+    """Recording and clips (docs/protocol.md, Recording and clips)."""
+    s = {"type": "string"}
+    clip_ref = {"$ref": "#/components/schemas/Clip"}
+    clip_path = [
+        *_space_path(),
+        {"name": "clip", "in": "path", "required": True, "schema": s},
+    ]
+    info = _responses(
+        {
+            "type": "object",
+            "required": ["space", "status", "duration_s", "bytes"],
+            "properties": {
+                "space": s,
+                "status": {"enum": ["recording", "stopped"]},
+                "started_at": {"type": "number"},
+                "stopped_at": {"type": ["number", "null"]},
+                "duration_s": {"type": "number"},
+                "bytes": {"type": "integer"},
+            },
+        },
+        403,
+        404,
+        409,
+    )
+    info["200"]["links"] = {"Replay": _REPLAY_LINK}
+    return {
+        "/v1/spaces/{space}/recording": _ogg(
+            "The space's Ogg/Opus recording as written so far (Range requests)", 403, 404, 409
+        ),
+        "/v1/spaces/{space}/recording/info": {
+            "get": {
+                "parameters": _space_path(),
+                "summary": "The recording's status, duration and size",
+                "responses": info,
+            }
+        },
+        "/v1/spaces/{space}/clips": {
+            "get": {
+                "parameters": _space_path(),
+                "summary": "The space's clips (not expired), oldest first",
+                "responses": _responses(
+                    {
+                        "type": "object",
+                        "required": ["clips"],
+                        "properties": {"clips": {"type": "array", "items": clip_ref}},
+                    },
+                    403,
+                    404,
+                ),
+            },
+            "post": {
+                "parameters": _space_path(),
+                "summary": "Cut a clip (at most 30 s; the last 30 s while recording)",
+                "requestBody": _body(
+                    {
+                        "duration": {"type": "number", "exclusiveMinimum": 0, "maximum": 30},
+                        "start": {"type": "number", "minimum": 0},
+                    },
+                    ["duration"],
+                ),
+                "responses": _clip_created(),
+            },
+        },
+        "/v1/spaces/{space}/replay": {
+            "post": {
+                "parameters": _space_path(),
+                "summary": "Hear the recording over WebRTC from an offset (an SDP offer as join's)",
+                "requestBody": _body(
+                    {
+                        "sdp": {
+                            "type": ["string", "null"],
+                            "description": "an SDP offer; absent or null: only the answer's "
+                            "offset and duration",
+                        },
+                        "offset": {"type": "number", "minimum": 0},
+                    }
+                ),
+                "responses": _responses(
+                    {
+                        "type": "object",
+                        "required": ["sdp", "offset", "duration_s"],
+                        "properties": {
+                            "sdp": {"type": ["string", "null"]},
+                            "offset": {"type": "number"},
+                            "duration_s": {"type": "number"},
+                        },
+                    },
+                    403,
+                    404,
+                    409,
+                    500,
+                    body=True,
+                ),
+            }
+        },
+        "/v1/spaces/{space}/clips/{clip}": _ogg(
+            "A clip's Ogg/Opus file", 403, 404, params=clip_path
+        ),
     }

@@ -51,7 +51,15 @@ SNAPSHOT_HANDS = 20
 SNAPSHOT_INVITES = 20
 _PRESENCE = frozenset({"participant_joined", "participant_left", "removed", "space_ended"})
 
-_BY_ACTOR = {"raise_hand", "lower_hand", "accept_invite", "decline_invite", "mute_all"}
+_BY_ACTOR = {
+    "raise_hand",
+    "lower_hand",
+    "accept_invite",
+    "decline_invite",
+    "mute_all",
+    "start_recording",
+    "stop_recording",
+}
 _ON_TARGET = {
     "invite",
     "approve",
@@ -66,6 +74,7 @@ _ON_TARGET = {
 }
 #: Actions written to the audit log (moderation, not audience chatter).
 _AUDITED = _ON_TARGET | {"mute_all", "report", "set_who_may_speak", "start", "end", "moderate"}
+_AUDITED |= {"start_recording", "stop_recording"}
 _ROLE_CHANGES = {"speaker_granted", "speaker_revoked", "cohost_added", "cohost_removed"}
 
 
@@ -655,6 +664,8 @@ class Room:
                 store.set_space_status(self.id, "ended", at)
             elif kind == "speak_setting_changed":
                 store.set_who_may_speak(self.id, self.space.who_may_speak.value)
+            elif kind in ("recording_started", "recording_stopped"):
+                store.set_recording(self.id, kind == "recording_started", at)
         if action in _AUDITED:
             target = fields.get("target")
             store.audit(self.id, actor, action, target, audit_attrs, at)
@@ -729,4 +740,5 @@ class Room:
                 "listener_cap": s.limits.listener_cap,
             },
             "slots": self.slots,
+            "recording": s.recording and s.status is not policy.SpaceStatus.ENDED,
         }

@@ -45,13 +45,14 @@ from spacesim.server.store import (
     _text,
     _transition,
 )
+from spacesim.server.store_recording import MemoryRecordings
 
 __all__ = ["MemoryStore"]
 
 _V = TypeVar("_V")
 
 
-class MemoryStore(_ClosesOnExit):
+class MemoryStore(MemoryRecordings, _ClosesOnExit):
     """The in-memory fake: same behaviour as :class:`SqliteStore`, nothing on disk."""
 
     def __init__(self, *, clock: Clock = time.time) -> None:
@@ -65,6 +66,7 @@ class MemoryStore(_ClosesOnExit):
         self._audit: list[tuple[int, str, str | None, str, str | None, str, float]] = []
         self._reports: list[Report] = []  # index = id - 1
         self._blocks: dict[tuple[str, str], Block] = {}
+        self._recordings_init()
 
     # ------------------------------------------------------------------ plumbing
 
@@ -88,6 +90,9 @@ class MemoryStore(_ClosesOnExit):
         if found is None:
             raise NotFound(f"unknown space {space!r}")
         return found
+
+    def _check_space(self, space: str) -> None:
+        self._space(space)
 
     def _check_space_user(self, space: str, user: str) -> None:
         self._space(space)

@@ -48,6 +48,7 @@ from spacesim.server.store import (
     _text,
     _transition,
 )
+from spacesim.server.store_recording import SqliteRecordings
 
 __all__ = ["SqliteStore"]
 
@@ -179,7 +180,7 @@ _FOLLOWS: _Relation = ("follows", "follower", "followee", ())
 _BLOCKS: _Relation = ("blocks", "blocker", "blocked", ("at",))
 
 
-class SqliteStore(_ClosesOnExit):
+class SqliteStore(SqliteRecordings, _ClosesOnExit):
     """The embedded store: one SQLite file in WAL mode, one connection.
 
     ``path`` may be ``":memory:"`` (no WAL then; handy for quick experiments). The schema is
@@ -203,6 +204,8 @@ class SqliteStore(_ClosesOnExit):
             self.journal_mode: str = str(row[0]).lower()
             conn.execute("PRAGMA foreign_keys = ON")
             self._migrate()
+            with self._tx() as db:  # its own step, whatever the version: store_recording
+                self._migrate_recordings(db)
         except sqlite3.Error as exc:
             self.close()
             raise StoreError(f"cannot open database {self.path!r}: {exc}") from exc
