@@ -51,6 +51,8 @@ ACTIONS: Mapping[str, tuple[str, ...]] = {
     "report": (),  # optional target (absent = the space itself) and reason
     "react": ("emoji",),
     "set_who_may_speak": ("setting",),
+    "captions_on": (),
+    "captions_off": (),
 }
 
 #: The coalesced audience-count event (attrs ``participants``, ``listeners``): what

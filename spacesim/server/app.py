@@ -43,6 +43,7 @@ from spacesim.server.auth import (
     require,
     verify_token,
 )
+from spacesim.server.captions import Captioner, to_webvtt
 from spacesim.server.records import ServerRecorder
 from spacesim.server.room import RateLimiter, Room, Throttles, text_frame
 from spacesim.server.store import (
@@ -93,6 +94,7 @@ class ServerConfig:
     slots: int = 3  # audio streams each client receives (speakers heard at once)
     max_body: int = 256 * 1024
     record_dir: Path | None = None  # write the server's own records (source=server) here
+    caption_workers: int = 1  # speech recogniser processes (started at the first caption)
 
 
 class ServerState:
@@ -110,6 +112,7 @@ class ServerState:
         self.recorder: ServerRecorder | None = (
             ServerRecorder(config.record_dir) if config.record_dir else None
         )
+        self.captioner = Captioner(config.caption_workers)
 
     def recover(self) -> None:
         """Scheduled and live spaces come back after a crash; clients rejoin."""
@@ -120,6 +123,7 @@ class ServerState:
                 policy.SpaceStatus(row.status),
                 row.who_may_speak,
                 row.listener_cap,
+                self.store.captions_enabled(row.id),
             )
 
     def _room_for(
@@ -129,6 +133,7 @@ class ServerState:
         status: policy.SpaceStatus,
         who: str,
         listener_cap: int | None = None,
+        captions: bool = False,
     ) -> Room:
         removed = set()
         for entry in self.store.audit_log(space=space_id):  # the audit log is the history
@@ -146,6 +151,7 @@ class ServerState:
             status=status,
             removed=removed - {host},
             past_participants={p.user for p in self.store.participations(space=space_id)},
+            captions=captions,
         )
         room = Room(space, persist=self.store, slots=self.config.slots)
         room.on_host_block = self._host_blocked
@@ -161,6 +167,7 @@ class ServerState:
         who: str,
         scheduled_for: float | None,
         listener_cap: int | None = None,
+        captions: bool = False,
     ) -> Room:
         space_id = "s-" + secrets.token_hex(6)
         status = policy.SpaceStatus.SCHEDULED if scheduled_for else policy.SpaceStatus.LIVE
@@ -175,7 +182,10 @@ class ServerState:
             listener_cap=listener_cap,
         )
         self.store.record_join(space_id, host, "host", time.time())
-        room = self._room_for(space_id, host, status, who, listener_cap)
+        if captions:
+            self.store.set_captions(space_id, True)
+            self.captioner.warm()
+        room = self._room_for(space_id, host, status, who, listener_cap, captions)
         self.rooms[space_id] = room
         return room
 
@@ -230,6 +240,7 @@ class ServerState:
                 "listener_cap": limits.listener_cap,
             },
             "slots": self.config.slots,
+            "captions": self.store.captions_enabled(record.id),
         }
 
 
@@ -384,6 +395,7 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     body, content_type = metrics.render(
         state.rooms.values(), state.media.values(), state.closed_media
     )
+    body += state.captioner.exposition()
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
@@ -450,9 +462,12 @@ async def create_space(request: web.Request) -> web.Response:
             "bad_request",
             f"'listener_cap' must be null or an integer from 0 to {MAX_LISTENER_CAP:,}",
         )
+    captions = body.get("captions", False)
+    if not isinstance(captions, bool):
+        raise ProtocolError("bad_request", "'captions' must be true or false")
     state = request.app[STATE]
     state.creations.check(claims.sub, "spaces created")
-    room = state.create(claims.sub, title, who, float(when) if when else None, cap)
+    room = state.create(claims.sub, title, who, float(when) if when else None, cap, captions)
     return _json(room.snapshot(), 201)
 
 
@@ -507,6 +522,33 @@ async def list_participants(request: web.Request) -> web.Response:
             "count": room.count(role),
         }
     )
+
+
+@routes.get("/v1/spaces/{space}/captions")
+async def list_captions(request: web.Request) -> web.Response:
+    """The space's final captions, live or ended: JSON, or WebVTT (``?format=vtt`` or
+    ``Accept: text/vtt``)."""
+    claims = _claims(request)
+    state = request.app[STATE]
+    space_id = request.match_info["space"]
+    if state.ended(space_id) is not None:
+        _allow(claims, (SPACE_JOIN, MODERATE), space_id)
+    else:
+        _in_space(request, (SPACE_JOIN, MODERATE))
+    fmt = request.query.get("format")
+    if fmt is not None and fmt not in ("json", "vtt"):
+        raise ProtocolError("bad_request", "'format' must be json or vtt")
+    if fmt is None:
+        fmt = "vtt" if "text/vtt" in request.headers.get("Accept", "") else "json"
+    found = state.store.captions(space_id)
+    if fmt == "vtt":
+        return web.Response(text=to_webvtt(found), content_type="text/vtt", charset="utf-8")
+    items = [
+        {"id": c.id, "speaker": c.speaker, "start": c.start, "end": c.end, "text": c.text}
+        | ({"gap": True} if c.gap else {})
+        for c in found
+    ]
+    return _json({"space": space_id, "captions": items})
 
 
 @routes.post("/v1/spaces/{space}/start")
@@ -598,6 +640,7 @@ async def _connect(state: ServerState, room: Room, user: str, offer: str) -> str
     media = state.media.get(room.id)
     if media is None:
         media = MediaRoom(room.space.may_be_heard, slots=state.config.slots)
+        media.on_heard = state.captioner.space(room).tap
         state.media[room.id] = media
     try:
         answer: str = await media.connect(user, offer)
@@ -622,6 +665,7 @@ async def _connect(state: ServerState, room: Room, user: str, offer: str) -> str
 async def _retire(state: ServerState, room: Room) -> None:
     """An ended space: close its media (its counters kept), then free the room."""
     await _close_media(state, room.id)
+    state.captioner.retire(room.id)
     state.forget(room)
 
 
@@ -871,12 +915,14 @@ def create_app(config: ServerConfig, store: Store | None = None) -> web.Applicat
     app.add_routes(routes)
 
     async def startup(app: web.Application) -> None:
+        state.captioner.start()
         if state.recorder is not None:
             state.recorder.start_sampling(lambda: list(state.media.values()))
 
     async def shutdown(app: web.Application) -> None:
         for space_id in list(state.media):
             await _close_media(state, space_id)
+        await state.captioner.close()
         if state.recorder is not None:
             path = await state.recorder.close()
             log.info("server records written to %s", path)

@@ -48,7 +48,15 @@ SNAPSHOT_HANDS = 20
 SNAPSHOT_INVITES = 20
 _PRESENCE = frozenset({"participant_joined", "participant_left", "removed", "space_ended"})
 
-_BY_ACTOR = {"raise_hand", "lower_hand", "accept_invite", "decline_invite", "mute_all"}
+_BY_ACTOR = {
+    "raise_hand",
+    "lower_hand",
+    "accept_invite",
+    "decline_invite",
+    "mute_all",
+    "captions_on",
+    "captions_off",
+}
 _ON_TARGET = {
     "invite",
     "approve",
@@ -63,6 +71,7 @@ _ON_TARGET = {
 }
 #: Actions written to the audit log (moderation, not audience chatter).
 _AUDITED = _ON_TARGET | {"mute_all", "report", "set_who_may_speak", "start", "end", "moderate"}
+_AUDITED |= {"captions_on", "captions_off"}
 _ROLE_CHANGES = {"speaker_granted", "speaker_revoked", "cohost_added", "cohost_removed"}
 
 
@@ -647,6 +656,8 @@ class Room:
                 store.set_space_status(self.id, "ended", at)
             elif kind == "speak_setting_changed":
                 store.set_who_may_speak(self.id, self.space.who_may_speak.value)
+            elif kind == "captions_changed":
+                store.set_captions(self.id, self.space.captions)
         if action in _AUDITED:
             target = fields.get("target")
             store.audit(self.id, actor, action, target, audit_attrs, at)
@@ -721,4 +732,41 @@ class Room:
                 "listener_cap": s.limits.listener_cap,
             },
             "slots": self.slots,
+            "captions": s.captions,
         }
+
+    # ------------------------------------------------------------------ captions
+
+    def caption(
+        self,
+        speaker: str,
+        text: str,
+        *,
+        final: bool,
+        start: float,
+        end: float,
+        gap: bool = False,
+    ) -> dict[str, Any] | None:
+        """Publish a live caption to every stream (`spacesim.server.captions` makes them).
+
+        A final caption (or a gap: audio the recogniser had to skip) is stored before it
+        goes out, so ``GET /v1/spaces/{id}/captions`` has it after the end. Nothing once
+        the space has ended.
+        """
+        if self.space.status is policy.SpaceStatus.ENDED:
+            return None
+        if final:
+            self.persist.add_caption(self.id, speaker, start, end, text, gap=gap, at=self._wall())
+        attrs = {
+            "speaker": speaker,
+            "text": text,
+            "final": final,
+            "start": start,
+            "end": end,
+            "gap": gap,
+        }
+        msg = event_message(
+            "caption", self.id, speaker, t=self.now(), attrs=attrs, clock_ns=self._ns()
+        )
+        self._fan_out(msg)
+        return msg
