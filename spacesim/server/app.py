@@ -745,7 +745,8 @@ async def moderate(request: web.Request) -> web.Response:
             raise ProtocolError("bad_request", "'report' must be a report id")
         filed = state.store.get_report(report)
         if filed.space != room.id:
-            raise ProtocolError("bad_request", f"report {report} is not about space {room.id}")
+            # well formed, just not one of this space's reports: as unknown as 999 (404)
+            raise ProtocolError("not_found", f"space {room.id} has no report {report}")
         if filed.resolution is not None:
             raise ProtocolError("conflict", f"report {report} was already resolved")
     try:

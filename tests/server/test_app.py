@@ -964,3 +964,16 @@ async def test_a_removed_user_stops_receiving_events_and_cannot_resubscribe(api:
         assert kinds[-1] == "removed" and "removed" in kinds[:-1]
     r = await api.http.get(url)
     assert r.status == 403
+
+
+async def test_a_report_about_another_space_is_not_found_there(api: Api) -> None:
+    """Schema-valid (a report id) but not this space's: 404 as an unknown id, not 400."""
+    one, two = await api.space("host"), await api.space("host2")
+    await api.join(one, "victim")
+    await api.join(one, "bob")
+    _, data = await api.act(one, "victim", "report", target="bob")
+    report = data["events"][0]["attrs"]["report_id"]
+    await api.token("mod", moderator=True)
+    body = {"action": "dismiss", "report": report}
+    status, data = await api.call("POST", f"/v1/moderation/spaces/{two}", "mod", body)
+    assert status == 404 and data["error"] == "not_found", data
