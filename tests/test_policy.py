@@ -983,6 +983,7 @@ def test_full_tour_emits_exactly_the_vocabulary() -> None:
     do(s.remove(H, "c"))
     do(s.raise_hand("e"))
     do(s.set_who_may_speak(H, WhoMaySpeak.INVITED))
+    do(s.captions_on(H))
     do(s.leave("e"))
     do(s.end(H))
     assert {e.kind for e in seen} == EVENT_KINDS

@@ -181,8 +181,10 @@ def document() -> dict[str, Any]:
                             "type": "integer",
                             "description": "recvonly listen sections a join offer must carry",
                         },
+                        "captions": {"type": "boolean", "description": "live captions on"},
                     },
                 },
+                "Captions": _captions_schema(),
                 "Member": {
                     "type": "object",
                     "required": ["user", "role"],
@@ -297,6 +299,7 @@ def document() -> dict[str, Any]:
                                 "minimum": 0,
                                 "maximum": 1_000_000_000,
                             },
+                            "captions": {"type": "boolean", "description": "live captions on"},
                         }
                     ),
                     "responses": _responses(space_ref, 403, 429, success="201", body=True),
@@ -336,6 +339,7 @@ def document() -> dict[str, Any]:
                     ),
                 }
             },
+            "/v1/spaces/{space}/captions": _captions_path(),
             "/v1/spaces/{space}/start": {
                 "post": {
                     "parameters": _space_path(),
@@ -429,4 +433,46 @@ def document() -> dict[str, Any]:
                 }
             },
         },
+    }
+
+
+def _captions_schema() -> dict[str, Any]:
+    number = {"type": "number"}
+    return {
+        "type": "object",
+        "required": ["space", "captions"],
+        "properties": {
+            "space": {"type": "string"},
+            "captions": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["id", "speaker", "start", "end", "text"],
+                    "properties": {
+                        "id": {"type": "integer"},
+                        "speaker": {"type": "string"},
+                        "start": number,
+                        "end": number,
+                        "text": {"type": "string"},
+                        "gap": {"type": "boolean", "description": "speech skipped (overload)"},
+                    },
+                },
+            },
+        },
+    }
+
+
+def _captions_path() -> dict[str, Any]:
+    """GET /v1/spaces/{space}/captions: the stored finals, JSON or WebVTT."""
+    ok = _responses({"$ref": "#/components/schemas/Captions"}, 403, 404)
+    ok["200"]["content"]["text/vtt"] = {"schema": {"type": "string"}}
+    return {
+        "get": {
+            "parameters": [
+                *_space_path(),
+                {"name": "format", "in": "query", "schema": {"enum": ["json", "vtt"]}},
+            ],
+            "summary": "Final live captions, live or ended; ?format=vtt (or Accept) for WebVTT",
+            "responses": ok,
+        }
     }
