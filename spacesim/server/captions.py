@@ -231,12 +231,24 @@ def _single_process() -> Executor:
 
 
 class _Worker:
-    __slots__ = ("backlog", "executor", "streams")
+    __slots__ = ("_executor", "_make", "backlog", "streams")
 
-    def __init__(self, executor: Executor) -> None:
-        self.executor = executor
+    def __init__(self, make: Callable[[], Executor]) -> None:
+        self._make = make
+        # made at first use: a server that never captions holds no queues or pipes for it
+        self._executor: Executor | None = None
         self.backlog = 0.0  # seconds of audio sent and not yet recognised
         self.streams = 0
+
+    @property
+    def executor(self) -> Executor:
+        if self._executor is None:
+            self._executor = self._make()
+        return self._executor
+
+    def shutdown(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 class Captioner:
@@ -253,7 +265,7 @@ class Captioner:
     ) -> None:
         if workers < 1:
             raise ValueError("caption workers must be at least 1")
-        self.workers = [_Worker(executor()) for _ in range(workers)]
+        self.workers = [_Worker(executor) for _ in range(workers)]
         self.clock = clock
         self.spaces: dict[str, SpaceCaptions] = {}
         self._task: asyncio.Task[None] | None = None
@@ -332,7 +344,7 @@ class Captioner:
         for sid in list(self.spaces):
             self.retire(sid)
         for worker in self.workers:
-            worker.executor.shutdown(wait=False, cancel_futures=True)
+            worker.shutdown()
 
     def stats(self) -> dict[str, float]:
         out = dict(self.counts)

@@ -750,13 +750,13 @@ class Room:
         """Publish a live caption to every stream (`spacesim.server.captions` makes them).
 
         A final caption (or a gap: audio the recogniser had to skip) is stored before it
-        goes out, so ``GET /v1/spaces/{id}/captions`` has it after the end. Nothing once
-        the space has ended.
+        goes out, so ``GET /v1/spaces/{id}/captions`` has it after the end. Once the space
+        has ended (the recogniser finishing its last utterance) it is stored, not sent.
         """
-        if self.space.status is policy.SpaceStatus.ENDED:
-            return None
         if final:
             self.persist.add_caption(self.id, speaker, start, end, text, gap=gap, at=self._wall())
+        if self.space.status is policy.SpaceStatus.ENDED:
+            return None
         attrs = {
             "speaker": speaker,
             "text": text,

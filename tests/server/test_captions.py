@@ -320,3 +320,17 @@ async def test_captions_route_refusals_and_an_ended_space(api: Api) -> None:  # 
     assert status == 200 and data == "WEBVTT\n"
     _, data = await api.call("GET", f"/v1/spaces/{space}", "host")
     assert data["status"] == "ended" and data["captions"] is True
+
+
+def test_a_final_after_the_end_is_stored_not_sent() -> None:
+    """The recogniser finishes the last utterance after the host ended the space."""
+    store = MemoryStore()
+    store.add_user("h", "h")
+    store.create_space("s-1", host="h", title="", status="live", who_may_speak="everyone", at=1.0)
+    room = Room(policy.Space("s-1", "h", captions=True), persist=store)
+    room.lifecycle("h", "end")
+    seen: list[dict[str, Any]] = []
+    room.sinks.append(seen.append)
+    assert room.caption("h", "goodbye", final=True, start=1.0, end=1.5) is None
+    assert room.caption("h", "good", final=False, start=1.0, end=1.2) is None
+    assert seen == [] and [c.text for c in store.captions("s-1")] == ["goodbye"]
