@@ -9,10 +9,11 @@ What runs (all on 127.0.0.1, every step with a deadline), per run (``--runs``, m
   reported apart), so nothing is added to the server for the benchmark.
 * In this process: a host (signalling only), ``--listeners`` lite listeners (WebRTC,
   no decoding: `spacesim.client.session.connect_audio`, RTP read in batches), one event
-  reader on the WebSocket, and speakers: users invited on stage who publish a shipped
-  speech clip (`spacesim.client.speaker`, the clips and ``transcripts.json`` that ship
-  with the client), each a different clip in turn, in phases of one clip then
-  ``PAUSE_S`` of Opus silence frames (no DTX), so every phase is one known sentence.
+  reader on the WebSocket, and speakers: users invited on stage who publish the shipped
+  speech clips (`spacesim.client.speaker`, the clips and ``transcripts.json`` that ship
+  with the client), every clip in turn (each speaker from a different first one), each
+  followed by ``PAUSE_S`` of Opus silence frames (no DTX), so every talk phase is one
+  known sentence.
 
 1. *Forwarding cost* (``sfu_cost_with_captions``): with ``SFU_SPEAKERS`` speakers and
    the listeners connected, ``--windows`` pairs of windows of ``--window`` s alternate
@@ -146,28 +147,35 @@ async def scrape(http: aiohttp.ClientSession, base: str) -> dict[str, float]:
 
 
 class Speaker:
-    def __init__(self, user: str, clip: str, track: SpeakerTrack, link: AudioLink) -> None:
+    """A user on stage saying every shipped sentence in turn (from its own first one), a
+    pause after each, round and round."""
+
+    def __init__(self, i: int, user: str, client: RoomClient) -> None:
+        names = clip_names()
         self.user = user
-        self.clip = clip
-        self.track = track
-        self.link = link
-        self.talk_s = len(track.packets) * 0.02
-        self.client: RoomClient | None = None
+        self.client = client
+        self.clips = [names[(i + k) % len(names)] for k in range(len(names))]
+        clips = [load_clip(c) for c in self.clips]
+        self.talk = [len(c) * 0.02 for c in clips]
+        phases = itertools.cycle([p for t in self.talk for p in ((True, t), (False, PAUSE_S))])
+        # the clip advances only while talking: phase k plays exactly sentence k mod n
+        self.track = SpeakerTrack([p for c in clips for p in c], 1000 + i, phases=phases)
+        self.link: AudioLink | None = None
         self.muted = False
 
-    def phases_between(self, t0: float, t1: float) -> list[tuple[float, float]]:
-        """The sentences (monotonic start, end) this speaker spoke within [t0, t1]."""
+    def phases_between(self, t0: float, t1: float) -> list[tuple[str, float, float]]:
+        """The sentences (clip, monotonic start, end) this speaker said within [t0, t1]."""
         if self.track.start_ns is None:
             return []
-        start = self.track.start_ns / 1e9
-        period = self.talk_s + PAUSE_S
+        a = self.track.start_ns / 1e9
         out = []
-        for k in itertools.count(max(0, math.floor((t0 - start) / period))):
-            a = start + k * period
-            if a + self.talk_s > t1:
-                break
+        for k in itertools.count():
+            talk = self.talk[k % len(self.talk)]
+            if a + talk > t1:
+                return out
             if a >= t0:
-                out.append((a, a + self.talk_s))
+                out.append((self.clips[k % len(self.clips)], a, a + talk))
+            a += talk + PAUSE_S
         return out
 
 
@@ -203,7 +211,7 @@ class Run:
                 levels = await self._levels()
             finally:
                 events.cancel()
-                for link in self.listeners + [s.link for s in self.speakers]:
+                for link in self.listeners + [s.link for s in self.speakers if s.link]:
                     await link.close()
         return {"sfu_ratio": ratio, "sfu_on_us": on, "sfu_off_us": off, "levels": levels}
 
@@ -228,28 +236,24 @@ class Run:
                 )
 
     async def _add_speakers(self, n: int) -> None:
-        names = clip_names()
         while len(self.speakers) < n:
             i = len(self.speakers)
-            user, clip = f"sp{i}", names[i % len(names)]
+            user = f"sp{i}"
             c = RoomClient(self.base, user, http=self.http)
             await c.join(self.space)
             await self.host.act(self.space, "invite", target=user)
             await c.act(self.space, "accept_invite")
-            packets = load_clip(clip)
-            talk = len(packets) * 0.02
-            track = SpeakerTrack(
-                packets, 1000 + i, phases=itertools.cycle([(True, talk), (False, PAUSE_S)])
+            sp = Speaker(i, user, c)
+            sp.link = await connect_audio(
+                c, self.space, self._on_rtp, publish=sp.track, slots=SLOTS
             )
-            link = await connect_audio(c, self.space, self._on_rtp, publish=track, slots=SLOTS)
-            self.speakers.append(Speaker(user, clip, track, link))
-            self.speakers[-1].client = c
+            self.speakers.append(sp)
 
     async def _heard(self, n: int) -> None:
         """Only the first `n` speakers are heard (and captioned): the rest mute themselves."""
         for i, sp in enumerate(self.speakers):
             want = i >= n
-            if sp.muted != want and sp.client is not None:
+            if sp.muted != want:
                 await sp.client.act(self.space, "mute" if want else "unmute", target=sp.user)
                 sp.muted = want
 
@@ -302,13 +306,13 @@ class Run:
             err = ref = 0
             lat: list[float] = []
             for sp in self.speakers[:n]:
-                for a, b in sp.phases_between(t0, t1 - SCORE_MARGIN_S):
+                for clip, a, b in sp.phases_between(t0, t1 - SCORE_MARGIN_S):
                     got = [
                         f
                         for f in self.finals
                         if f[0] == sp.user and a - 0.5 <= (f[1] + f[2]) / 2 <= b + PAUSE_S
                     ]
-                    said = words(transcripts()[sp.clip])
+                    said = words(transcripts()[clip])
                     heard = [w for f in sorted(got, key=lambda f: f[1]) for w in words(f[4])]
                     err += edits(said, heard)
                     ref += len(said)

@@ -33,7 +33,7 @@ import logging
 import multiprocessing
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -249,6 +249,14 @@ class _Worker:
     def shutdown(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def replace(self, broken: Executor) -> None:
+        """`broken`'s process died (e.g. killed): the next job starts a new one. Its
+        streams' state is gone; their next jobs start fresh utterances."""
+        if self._executor is broken:
+            log.error("captions: a recogniser process died; starting another")
+            broken.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
 
 
 class Captioner:
@@ -490,21 +498,30 @@ class SpaceCaptions:
 
     def _submit(self, sp: _Speaker, seconds: float, fn: Callable[..., Any], *args: Any) -> None:
         worker = self.captioner.workers[sp.worker]
-        worker.backlog += seconds
+        executor = worker.executor
         try:
-            future: Future[list[Result]] = worker.executor.submit(fn, *args)
+            future: Future[list[Result]] = executor.submit(fn, *args)
+        except BrokenExecutor:  # its process died: a new one takes this job
+            worker.replace(executor)
+            executor = worker.executor
+            try:
+                future = executor.submit(fn, *args)
+            except RuntimeError:
+                return
         except RuntimeError:  # shut down (the server is stopping)
-            worker.backlog -= seconds
             return
+        worker.backlog += seconds
         loop = asyncio.get_running_loop()
 
         def done(f: Future[list[Result]]) -> None:  # on the worker's result thread
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(self._results, sp, seconds, f)
+                loop.call_soon_threadsafe(self._results, sp, seconds, f, executor)
 
         future.add_done_callback(done)
 
-    def _results(self, sp: _Speaker, seconds: float, future: Future[list[Result]]) -> None:
+    def _results(
+        self, sp: _Speaker, seconds: float, future: Future[list[Result]], executor: Executor
+    ) -> None:
         """A job's results, on the event loop: publish them (shedding stale partials)."""
         worker = self.captioner.workers[sp.worker]
         worker.backlog = max(0.0, worker.backlog - seconds)
@@ -513,6 +530,8 @@ class SpaceCaptions:
             return
         exc = future.exception()
         if exc is not None:
+            if isinstance(exc, BrokenExecutor):
+                worker.replace(executor)
             counts["errors"] += 1
             log.error("captions: recognition failed for %s: %r", sp.key, exc)
             return

@@ -334,3 +334,23 @@ def test_a_final_after_the_end_is_stored_not_sent() -> None:
     assert room.caption("h", "goodbye", final=True, start=1.0, end=1.5) is None
     assert room.caption("h", "good", final=False, start=1.0, end=1.2) is None
     assert seen == [] and [c.text for c in store.captions("s-1")] == ["goodbye"]
+
+
+async def test_a_dead_recogniser_process_is_replaced() -> None:
+    """A worker process killed (BrokenProcessPool): captions go on in a new one."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    w = World()
+    w.talk("alice", CHUNK_PACKETS)
+    w.executors[0].pending()[0].set_exception(BrokenProcessPool("killed"))
+    await settle()
+    w.talk("alice", CHUNK_PACKETS)
+    assert len(w.executors) == 2 and len(w.executors[1].feeds()) == 1
+
+    def broken(fn: Any, /, *args: Any) -> Future[Any]:
+        raise BrokenProcessPool("killed")
+
+    w.executors[1].submit = broken  # type: ignore[method-assign]
+    w.talk("alice", CHUNK_PACKETS)
+    assert len(w.executors) == 3 and len(w.executors[2].feeds()) == 1
+    assert w.captioner.stats()["errors"] == 1
