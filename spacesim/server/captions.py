@@ -87,6 +87,8 @@ class _Stream:
         import av
 
         self.codec: Any = av.CodecContext.create("libopus", "r")
+        # FFmpeg's libopus decoder gives 48 kHz here whatever sample_rate asks (PyAV 18,
+        # checked on the shipped clips), so resample to the model's 16 kHz
         self.resampler: Any = av.AudioResampler(format="s16", layout="mono", rate=_RATE)
         self.decoder: Any = _take_decoder()
         self.in_utt = False
@@ -224,7 +226,9 @@ class CaptionSink(Protocol):
 def _single_process() -> Executor:
     # spawn, not fork: the server has threads (aiortc, the executor's own), and a forked
     # child of a multi-threaded process may inherit a held lock (multiprocessing docs,
-    # "Contexts and start methods")
+    # "Contexts and start methods"). One process per executor: its jobs run one at a time
+    # in submission order (concurrent/futures/process.py: one FIFO call queue, read by
+    # the executor's only process), which a stream's decoder state needs.
     return ProcessPoolExecutor(
         max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker
     )
@@ -359,7 +363,7 @@ class Captioner:
         out["backlog_seconds"] = sum(w.backlog for w in self.workers)
         out["workers"] = len(self.workers)
         out["streams"] = sum(w.streams for w in self.workers)
-        out["final_latency_seconds_sum"] = self.latency_sum
+        out["final_latency_seconds"] = self.latency_sum
         return out
 
     def exposition(self) -> bytes:
@@ -375,7 +379,7 @@ class Captioner:
             ("gaps", "Gaps marked: speech dropped unrecognised (workers far behind)"),
             ("audio_seconds_shed", "Seconds of speech dropped unrecognised"),
             ("errors", "Recognition jobs that failed"),
-            ("final_latency_seconds_sum", "Sum of end of speech -> final caption, seconds"),
+            ("final_latency_seconds", "Sum of end of speech -> final caption, seconds"),
         ):
             c = CounterMetricFamily(f"spacesim_captions_{key}", help_text)
             c.add_metric([], stats[key])
@@ -501,7 +505,7 @@ class SpaceCaptions:
         executor = worker.executor
         try:
             future: Future[list[Result]] = executor.submit(fn, *args)
-        except BrokenExecutor:  # its process died: a new one takes this job
+        except BrokenExecutor:  # its process died (BrokenProcessPool; a RuntimeError, so first)
             worker.replace(executor)
             executor = worker.executor
             try:
