@@ -179,6 +179,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         slots=args.slots,
         record_dir=Path(args.record) if args.record else None,
         recording_dir=Path(args.recording_dir) if args.recording_dir else None,
+        caption_workers=args.caption_workers,
     )
     err.print(f"spacesim serve: http://{args.host}:{args.port}  db={db}  dev={config.dev}")
     app = create_app(config)
@@ -210,6 +211,16 @@ def cmd_load(args: argparse.Namespace) -> int:
             summary, check_slos(summary, sc.slo.targets()), title
         ),
     )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def _duration(text: str) -> float:
@@ -548,6 +559,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow dev mode with a non-loopback --host (logs a warning)",
     )
     serve.add_argument("--record", metavar="DIR", help="write the server's records here on exit")
+    serve.add_argument(
+        "--caption-workers",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="speech recogniser processes for live captions (default 1)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     load = sub.add_parser("load", help="run a scenario's Locust users against a server")

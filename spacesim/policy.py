@@ -97,6 +97,7 @@ EVENT_KINDS: frozenset[str] = frozenset(
         "speak_setting_changed",
         "recording_started",
         "recording_stopped",
+        "captions_changed",
     }
 )
 
@@ -252,6 +253,7 @@ class Space:
         removed: Iterable[str] = (),
         past_participants: Iterable[str] = (),
         recording: bool = False,
+        captions: bool = False,
     ) -> None:
         if not space_id or not host:
             raise ValueError("space_id and host must be non-empty")
@@ -279,6 +281,7 @@ class Space:
         self._invites: dict[str, str] = {}  # invitee -> inviter
         self._muted: set[str] = set()
         self._recording = bool(recording)  # the host records the space (server: Ogg/Opus)
+        self._captions = bool(captions)
         self._set_role(host, Role.HOST)
 
     # ------------------------------------------------------------------ read-only state
@@ -307,6 +310,11 @@ class Space:
     def who_may_speak(self) -> WhoMaySpeak:
         """Which listeners may raise a hand."""
         return self._who
+
+    @property
+    def captions(self) -> bool:
+        """Whether live captions are on (the server transcribes whoever may be heard)."""
+        return self._captions
 
     @property
     def host_follows(self) -> frozenset[str]:
@@ -815,6 +823,29 @@ class Space:
                     )
                 )
         return _ok(*events)
+
+    def captions_on(self, actor: str) -> Outcome:
+        """The host turns live captions on (allowed before the start; idempotent)."""
+        return self._set_captions(actor, True)
+
+    def captions_off(self, actor: str) -> Outcome:
+        """The host turns live captions off (allowed before the start; idempotent)."""
+        return self._set_captions(actor, False)
+
+    def _set_captions(self, actor: str, on: bool) -> Outcome:
+        if (refusal := self._gate(actor, _HOST_ONLY, scheduled_ok=True)) is not None:
+            return refusal
+        if on is self._captions:
+            return _ok()
+        self._captions = on
+        return _ok(
+            Event(
+                "captions_changed",
+                self._space_id,
+                actor=actor,
+                attrs={"captions": "on" if on else "off"},
+            )
+        )
 
     def follow(self, user: str) -> None:
         """Record that the host follows ``user`` (plain setter, no events)."""

@@ -53,6 +53,8 @@ ACTIONS: Mapping[str, tuple[str, ...]] = {
     "set_who_may_speak": ("setting",),
     "start_recording": (),  # host only: the server records the space (docs/protocol.md)
     "stop_recording": (),
+    "captions_on": (),
+    "captions_off": (),
 }
 
 #: The coalesced audience-count event (attrs ``participants``, ``listeners``): what

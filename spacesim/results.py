@@ -92,6 +92,8 @@ KINDS: Mapping[str, tuple[str, str]] = {
     "speak_setting_changed": ("", "who may speak changed; attrs.setting"),
     "recording_started": ("", "the host started recording the space"),
     "recording_stopped": ("", "the host stopped recording the space"),
+    "captions_changed": ("", "the host turned live captions on or off; attrs.captions"),
+    "caption": ("s", "a live caption (attrs.text, attrs.final); value = final-caption latency"),
     # audience and moderation
     "reaction": ("count", "emoji reactions in a tick (aggregated) or one reaction"),
     "report_filed": ("", "a report about a user or the space"),

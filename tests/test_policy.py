@@ -985,6 +985,7 @@ def test_full_tour_emits_exactly_the_vocabulary() -> None:
     do(s.set_who_may_speak(H, WhoMaySpeak.INVITED))
     do(s.start_recording(H))
     do(s.stop_recording(H))
+    do(s.captions_on(H))
     do(s.leave("e"))
     do(s.end(H))
     assert {e.kind for e in seen} == EVENT_KINDS

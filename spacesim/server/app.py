@@ -45,6 +45,7 @@ from spacesim.server.auth import (
     require,
     verify_token,
 )
+from spacesim.server.captions import Captioner, to_webvtt
 from spacesim.server.recording import Recordings
 from spacesim.server.records import ServerRecorder
 from spacesim.server.room import RateLimiter, Room, Throttles, text_frame
@@ -116,6 +117,8 @@ class ServerConfig:
         """Where the Ogg/Opus recordings and clips go (`recording_dir` or beside `db`)."""
         return self.recording_dir or self.db.parent / f"{self.db.stem}-recordings"
 
+    caption_workers: int = 1  # speech recogniser processes (started at the first caption)
+
 
 class ServerState:
     """Rooms in memory, the store on disk; rebuilt from the store after a restart."""
@@ -136,6 +139,7 @@ class ServerState:
             ServerRecorder(config.record_dir) if config.record_dir else None
         )
         self.recordings = Recordings(config.recordings_path, store, self.media)
+        self.captioner = Captioner(config.caption_workers)
 
     def recover(self) -> None:
         """Scheduled and live spaces come back after a crash; clients rejoin."""
@@ -146,6 +150,7 @@ class ServerState:
                 policy.SpaceStatus(row.status),
                 row.who_may_speak,
                 row.listener_cap,
+                self.store.captions_enabled(row.id),
             )
         self.recordings.recover(set(self.rooms))
 
@@ -156,6 +161,7 @@ class ServerState:
         status: policy.SpaceStatus,
         who: str,
         listener_cap: int | None = None,
+        captions: bool = False,
     ) -> Room:
         removed = set()
         for entry in self.store.audit_log(space=space_id):  # the audit log is the history
@@ -174,6 +180,7 @@ class ServerState:
             removed=removed - {host},
             past_participants={p.user for p in self.store.participations(space=space_id)},
             recording=_recording_on(self.store, space_id),
+            captions=captions,
         )
         room = Room(space, persist=self.store, slots=self.config.slots)
         room.on_host_block = self._host_blocked
@@ -190,6 +197,7 @@ class ServerState:
         who: str,
         scheduled_for: float | None,
         listener_cap: int | None = None,
+        captions: bool = False,
     ) -> Room:
         space_id = "s-" + secrets.token_hex(6)
         status = policy.SpaceStatus.SCHEDULED if scheduled_for else policy.SpaceStatus.LIVE
@@ -204,7 +212,10 @@ class ServerState:
             listener_cap=listener_cap,
         )
         self.store.record_join(space_id, host, "host", time.time())
-        room = self._room_for(space_id, host, status, who, listener_cap)
+        if captions:
+            self.store.set_captions(space_id, True)
+            self.captioner.warm()
+        room = self._room_for(space_id, host, status, who, listener_cap, captions)
         self.rooms[space_id] = room
         return room
 
@@ -260,6 +271,7 @@ class ServerState:
             },
             "slots": self.config.slots,
             "recording": False,
+            "captions": self.store.captions_enabled(record.id),
         }
 
 
@@ -441,6 +453,7 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     body, content_type = metrics.render(
         state.rooms.values(), state.media.values(), state.closed_media
     )
+    body += state.captioner.exposition()
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
@@ -510,9 +523,12 @@ async def create_space(request: web.Request) -> web.Response:
     recording = body.get("recording", False)
     if not isinstance(recording, bool):
         raise ProtocolError("bad_request", "'recording' must be true or false")
+    captions = body.get("captions", False)
+    if not isinstance(captions, bool):
+        raise ProtocolError("bad_request", "'captions' must be true or false")
     state = request.app[STATE]
     state.creations.check(claims.sub, "spaces created")
-    room = state.create(claims.sub, title, who, float(when) if when else None, cap)
+    room = state.create(claims.sub, title, who, float(when) if when else None, cap, captions)
     if recording:  # the host's first action: persisted, audited, on the event stream
         room.apply(claims.sub, "start_recording", {})
     return _json(room.snapshot(), 201)
@@ -569,6 +585,33 @@ async def list_participants(request: web.Request) -> web.Response:
             "count": room.count(role),
         }
     )
+
+
+@routes.get("/v1/spaces/{space}/captions")
+async def list_captions(request: web.Request) -> web.Response:
+    """The space's final captions, live or ended: JSON, or WebVTT (``?format=vtt`` or
+    ``Accept: text/vtt``)."""
+    claims = _claims(request)
+    state = request.app[STATE]
+    space_id = request.match_info["space"]
+    if state.ended(space_id) is not None:
+        _allow(claims, (SPACE_JOIN, MODERATE), space_id)
+    else:
+        _in_space(request, (SPACE_JOIN, MODERATE))
+    fmt = request.query.get("format")
+    if fmt is not None and fmt not in ("json", "vtt"):
+        raise ProtocolError("bad_request", "'format' must be json or vtt")
+    if fmt is None:
+        fmt = "vtt" if "text/vtt" in request.headers.get("Accept", "") else "json"
+    found = state.store.captions(space_id)
+    if fmt == "vtt":
+        return web.Response(text=to_webvtt(found), content_type="text/vtt", charset="utf-8")
+    items = [
+        {"id": c.id, "speaker": c.speaker, "start": c.start, "end": c.end, "text": c.text}
+        | ({"gap": True} if c.gap else {})
+        for c in found
+    ]
+    return _json({"space": space_id, "captions": items})
 
 
 @routes.post("/v1/spaces/{space}/start")
@@ -661,6 +704,7 @@ async def _connect(state: ServerState, room: Room, user: str, offer: str) -> str
     if media is None:
         media = MediaRoom(room.space.may_be_heard, slots=state.config.slots)
         media.on_lost = lambda user: _watch_presence(state, room.id, user)
+        media.on_heard = state.captioner.space(room).tap
         state.media[room.id] = media
         state.recordings.attach(room.id, media)
     try:
@@ -720,6 +764,7 @@ async def _presence_due(state: ServerState, space_id: str, user: str) -> None:
 async def _retire(state: ServerState, room: Room) -> None:
     """An ended space: close its media (its counters kept), then free the room."""
     await _close_media(state, room.id)
+    state.captioner.retire(room.id)
     state.forget(room)
 
 
@@ -799,7 +844,8 @@ async def moderate(request: web.Request) -> web.Response:
             raise ProtocolError("bad_request", "'report' must be a report id")
         filed = state.store.get_report(report)
         if filed.space != room.id:
-            raise ProtocolError("not_found", f"no report {report} about space {room.id}")
+            # well formed, just not one of this space's reports: as unknown as 999 (404)
+            raise ProtocolError("not_found", f"space {room.id} has no report {report}")
         if filed.resolution is not None:
             raise ProtocolError("conflict", f"report {report} was already resolved")
     try:
@@ -1024,6 +1070,7 @@ def create_app(config: ServerConfig, store: Store | None = None) -> web.Applicat
 
     async def startup(app: web.Application) -> None:
         state.recordings.start()
+        state.captioner.start()
         if state.recorder is not None:
             state.recorder.start_sampling(lambda: list(state.media.values()))
 
@@ -1033,6 +1080,7 @@ def create_app(config: ServerConfig, store: Store | None = None) -> web.Applicat
         state.presence.clear()
         for space_id in list(state.media):
             await _close_media(state, space_id)
+        await state.captioner.close()
         if state.recorder is not None:
             path = await state.recorder.close()
             log.info("server records written to %s", path)

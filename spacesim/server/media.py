@@ -232,6 +232,9 @@ class MediaRoom:
         self._slot_of: dict[str, int] = {}
         self._next_gen = 1
         self._tasks: set[asyncio.Task[None]] = set()
+        # called with (participant, Opus payload, arrival ms) for each packet the gate lets
+        # through, before the fan-out: live captions buffer it (it must return at once)
+        self.on_heard: Callable[[str, bytes, int], None] | None = None
         self.received = 0
         self.forwarded = 0
         self.dropped = 0
@@ -426,6 +429,12 @@ class MediaRoom:
             if k is not None:
                 self._release(k)
             return
+        tap = self.on_heard
+        if tap is not None:
+            try:
+                tap(name, packet.payload, now_ms)
+            except Exception:  # captions must never cost the audio
+                log.exception("media: the caption tap failed")
         if k is None:
             k = self._assign(name, now_ms)
             if k is None:

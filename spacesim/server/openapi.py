@@ -64,11 +64,18 @@ def _content(schema: dict[str, Any]) -> dict[str, Any]:
     return {"application/json": {"schema": schema}}
 
 
-def _body(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+def _body(
+    props: dict[str, Any],
+    required: list[str] | None = None,
+    example: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     schema: dict[str, Any] = {"type": "object", "properties": props}
     if required:
         schema["required"] = required
-    return {"required": bool(required), "content": _content(schema)}
+    content = _content(schema)
+    if example is not None:
+        content["application/json"]["example"] = example
+    return {"required": bool(required), "content": content}
 
 
 def _action_variants() -> list[dict[str, Any]]:
@@ -186,8 +193,10 @@ def document() -> dict[str, Any]:
                             "description": "recvonly listen sections a join offer must carry",
                         },
                         "recording": {"type": "boolean"},
+                        "captions": {"type": "boolean", "description": "live captions on"},
                     },
                 },
+                "Captions": _captions_schema(),
                 "Member": {
                     "type": "object",
                     "required": ["user", "role"],
@@ -317,7 +326,9 @@ def document() -> dict[str, Any]:
                                 "maximum": 1_000_000_000,
                             },
                             "recording": {"type": "boolean"},
-                        }
+                            "captions": {"type": "boolean", "description": "live captions on"},
+                        },
+                        example={"title": "Town hall", "recording": True, "captions": True},
                     ),
                     "responses": _responses(space_ref, 403, 429, success="201", body=True),
                 }
@@ -356,6 +367,7 @@ def document() -> dict[str, Any]:
                     ),
                 }
             },
+            "/v1/spaces/{space}/captions": _captions_path(),
             "/v1/spaces/{space}/start": {
                 "post": {
                     "parameters": _space_path(),
@@ -592,4 +604,46 @@ def _recording_paths() -> dict[str, Any]:
         "/v1/spaces/{space}/clips/{clip}": _ogg(
             "A clip's Ogg/Opus file", 403, 404, params=clip_path
         ),
+    }
+
+
+def _captions_schema() -> dict[str, Any]:
+    number = {"type": "number"}
+    return {
+        "type": "object",
+        "required": ["space", "captions"],
+        "properties": {
+            "space": {"type": "string"},
+            "captions": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["id", "speaker", "start", "end", "text"],
+                    "properties": {
+                        "id": {"type": "integer"},
+                        "speaker": {"type": "string"},
+                        "start": number,
+                        "end": number,
+                        "text": {"type": "string"},
+                        "gap": {"type": "boolean", "description": "speech skipped (overload)"},
+                    },
+                },
+            },
+        },
+    }
+
+
+def _captions_path() -> dict[str, Any]:
+    """GET /v1/spaces/{space}/captions: the stored finals, JSON or WebVTT."""
+    ok = _responses({"$ref": "#/components/schemas/Captions"}, 403, 404)
+    ok["200"]["content"]["text/vtt"] = {"schema": {"type": "string"}}
+    return {
+        "get": {
+            "parameters": [
+                *_space_path(),
+                {"name": "format", "in": "query", "schema": {"enum": ["json", "vtt"]}},
+            ],
+            "summary": "Final live captions, live or ended; ?format=vtt (or Accept) for WebVTT",
+            "responses": ok,
+        }
     }

@@ -59,6 +59,8 @@ _BY_ACTOR = {
     "mute_all",
     "start_recording",
     "stop_recording",
+    "captions_on",
+    "captions_off",
 }
 _ON_TARGET = {
     "invite",
@@ -75,6 +77,7 @@ _ON_TARGET = {
 #: Actions written to the audit log (moderation, not audience chatter).
 _AUDITED = _ON_TARGET | {"mute_all", "report", "set_who_may_speak", "start", "end", "moderate"}
 _AUDITED |= {"start_recording", "stop_recording"}
+_AUDITED |= {"captions_on", "captions_off"}
 _ROLE_CHANGES = {"speaker_granted", "speaker_revoked", "cohost_added", "cohost_removed"}
 
 
@@ -666,6 +669,8 @@ class Room:
                 store.set_who_may_speak(self.id, self.space.who_may_speak.value)
             elif kind in ("recording_started", "recording_stopped"):
                 store.set_recording(self.id, kind == "recording_started", at)
+            elif kind == "captions_changed":
+                store.set_captions(self.id, self.space.captions)
         if action in _AUDITED:
             target = fields.get("target")
             store.audit(self.id, actor, action, target, audit_attrs, at)
@@ -741,4 +746,41 @@ class Room:
             },
             "slots": self.slots,
             "recording": s.recording and s.status is not policy.SpaceStatus.ENDED,
+            "captions": s.captions,
         }
+
+    # ------------------------------------------------------------------ captions
+
+    def caption(
+        self,
+        speaker: str,
+        text: str,
+        *,
+        final: bool,
+        start: float,
+        end: float,
+        gap: bool = False,
+    ) -> dict[str, Any] | None:
+        """Publish a live caption to every stream (`spacesim.server.captions` makes them).
+
+        A final caption (or a gap: audio the recogniser had to skip) is stored before it
+        goes out, so ``GET /v1/spaces/{id}/captions`` has it after the end. Once the space
+        has ended (the recogniser finishing its last utterance) it is stored, not sent.
+        """
+        if final:
+            self.persist.add_caption(self.id, speaker, start, end, text, gap=gap, at=self._wall())
+        if self.space.status is policy.SpaceStatus.ENDED:
+            return None
+        attrs = {
+            "speaker": speaker,
+            "text": text,
+            "final": final,
+            "start": start,
+            "end": end,
+            "gap": gap,
+        }
+        msg = event_message(
+            "caption", self.id, speaker, t=self.now(), attrs=attrs, clock_ns=self._ns()
+        )
+        self._fan_out(msg)
+        return msg

@@ -45,6 +45,7 @@ __all__ = [
     "AlreadyExists",
     "AuditEntry",
     "Block",
+    "CaptionRecord",
     "Conflict",
     "InvalidArgument",
     "NotFound",
@@ -167,6 +168,21 @@ class Block:
     at: float
 
 
+@dataclass(frozen=True, slots=True)
+class CaptionRecord:
+    """One final live caption (or a ``gap``: speech the recogniser had to skip); ``start``
+    and ``end`` are audio times in seconds on the room's clock (the events' ``t``)."""
+
+    id: int
+    space: str
+    speaker: str
+    start: float
+    end: float
+    text: str
+    gap: bool
+    at: float
+
+
 # --------------------------------------------------------------------------- the seam
 
 
@@ -254,6 +270,22 @@ class Store(Protocol):
     def blocked_by(self, user: str) -> set[str]: ...
     def is_blocked(self, blocker: str, blocked: str) -> bool: ...
     def blocks(self, user: str) -> list[Block]: ...
+
+    # captions (spacesim.server.captions)
+    def set_captions(self, space_id: str, enabled: bool) -> None: ...
+    def captions_enabled(self, space_id: str) -> bool: ...
+    def add_caption(
+        self,
+        space_id: str,
+        speaker: str,
+        start: float,
+        end: float,
+        text: str,
+        *,
+        gap: bool = False,
+        at: float | None = None,
+    ) -> int: ...
+    def captions(self, space_id: str) -> list[CaptionRecord]: ...
 
 
 # --------------------------------------------------------------------------- validation
@@ -476,3 +508,15 @@ class _ClosesOnExit:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _caption_args(
+    space_id: object, speaker: object, start: object, end: object, text: object
+) -> tuple[str, str, float, float, str]:
+    space, who = _space_user(space_id, speaker)
+    t0, t1 = _time(start, "caption start"), _time(end, "caption end")
+    if t1 < t0:
+        raise InvalidArgument("a caption cannot end before it starts")
+    if not isinstance(text, str) or len(text) > 10_000:
+        raise InvalidArgument("caption text must be a string of at most 10,000 characters")
+    return space, who, t0, t1, text

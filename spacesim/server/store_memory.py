@@ -19,6 +19,7 @@ from spacesim.server.store import (
     AlreadyExists,
     AuditEntry,
     Block,
+    CaptionRecord,
     Clock,
     NotFound,
     Participation,
@@ -29,6 +30,7 @@ from spacesim.server.store import (
     User,
     _attrs_view,
     _audit_args,
+    _caption_args,
     _ClosesOnExit,
     _enum,
     _id,
@@ -67,6 +69,8 @@ class MemoryStore(MemoryRecordings, _ClosesOnExit):
         self._reports: list[Report] = []  # index = id - 1
         self._blocks: dict[tuple[str, str], Block] = {}
         self._recordings_init()
+        self._captions_on: set[str] = set()
+        self._captions: list[CaptionRecord] = []  # index = id - 1
 
     # ------------------------------------------------------------------ plumbing
 
@@ -399,3 +403,39 @@ class MemoryStore(MemoryRecordings, _ClosesOnExit):
         self._user(_id(user, "user id"))
         mine = [b for (a, _), b in self._blocks.items() if a == user]
         return sorted(mine, key=lambda b: (b.at, b.blocked))
+
+    # ------------------------------------------------------------------ captions
+
+    def set_captions(self, space_id: str, enabled: bool) -> None:
+        space_id = self._space(_id(space_id, "space id")).id
+        if enabled:
+            self._captions_on.add(space_id)
+        else:
+            self._captions_on.discard(space_id)
+
+    def captions_enabled(self, space_id: str) -> bool:
+        return self._space(_id(space_id, "space id")).id in self._captions_on
+
+    def add_caption(
+        self,
+        space_id: str,
+        speaker: str,
+        start: float,
+        end: float,
+        text: str,
+        *,
+        gap: bool = False,
+        at: float | None = None,
+    ) -> int:
+        space, who, t0, t1, text = _caption_args(space_id, speaker, start, end, text)
+        self._space(space)
+        record = CaptionRecord(
+            len(self._captions) + 1, space, who, t0, t1, text, bool(gap), _now(at, self._clock)
+        )
+        self._captions.append(record)
+        return record.id
+
+    def captions(self, space_id: str) -> list[CaptionRecord]:
+        space = self._space(_id(space_id, "space id")).id
+        found = [c for c in self._captions if c.space == space]
+        return sorted(found, key=lambda c: (c.start, c.id))

@@ -22,6 +22,7 @@ from spacesim.server.store import (
     AlreadyExists,
     AuditEntry,
     Block,
+    CaptionRecord,
     Clock,
     NotFound,
     Participation,
@@ -32,6 +33,7 @@ from spacesim.server.store import (
     User,
     _attrs_view,
     _audit_args,
+    _caption_args,
     _ClosesOnExit,
     _enum,
     _id,
@@ -206,6 +208,7 @@ class SqliteStore(SqliteRecordings, _ClosesOnExit):
             self._migrate()
             with self._tx() as db:  # its own step, whatever the version: store_recording
                 self._migrate_recordings(db)
+            self._ensure_captions()
         except sqlite3.Error as exc:
             self.close()
             raise StoreError(f"cannot open database {self.path!r}: {exc}") from exc
@@ -718,3 +721,84 @@ class SqliteStore(SqliteRecordings, _ClosesOnExit):
             (user,),
         )
         return [Block(*r) for r in rows]
+
+    # ------------------------------------------------------------------ captions
+
+    def _ensure_captions(self) -> None:
+        """The caption tables, created on every open (idempotent) rather than by a schema
+        version bump: they are new tables only, which older code reading the file ignores."""
+        with self._tx() as db:
+            for statement in _CAPTION_SCHEMA:
+                db.execute(statement)
+
+    def set_captions(self, space_id: str, enabled: bool) -> None:
+        space_id = _id(space_id, "space id")
+        with self._tx() as db:
+            self._exists(db, "spaces", space_id, "space")
+            db.execute(
+                "INSERT INTO space_captions(space, enabled) VALUES (?, ?) "
+                "ON CONFLICT(space) DO UPDATE SET enabled = excluded.enabled",
+                (space_id, int(bool(enabled))),
+            )
+
+    def captions_enabled(self, space_id: str) -> bool:
+        space_id = _id(space_id, "space id")
+        self._check("spaces", space_id, "space")
+        rows = self._read("SELECT enabled FROM space_captions WHERE space = ?", (space_id,))
+        return bool(rows and rows[0][0])
+
+    def add_caption(
+        self,
+        space_id: str,
+        speaker: str,
+        start: float,
+        end: float,
+        text: str,
+        *,
+        gap: bool = False,
+        at: float | None = None,
+    ) -> int:
+        space, who, t0, t1, text = _caption_args(space_id, speaker, start, end, text)
+        now = _now(at, self._clock)
+        # not durable (synchronous=NORMAL): a caption lost to a power cut is not worth an
+        # fsync per sentence; a process crash still keeps every committed one
+        with self._tx(durable=False) as db:
+            self._exists(db, "spaces", space, "space")
+            cur = db.execute(
+                "INSERT INTO captions(space, speaker, start, end_, text, gap, at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (space, who, t0, t1, text, int(bool(gap)), now),
+            )
+            return int(cur.lastrowid or 0)
+
+    def captions(self, space_id: str) -> list[CaptionRecord]:
+        space_id = _id(space_id, "space id")
+        self._check("spaces", space_id, "space")
+        rows = self._read(
+            "SELECT id, space, speaker, start, end_, text, gap, at FROM captions "
+            "WHERE space = ? ORDER BY start, id",
+            (space_id,),
+        )
+        return [
+            CaptionRecord(int(i), s, who, float(t0), float(t1), text, bool(g), float(a))
+            for i, s, who, t0, t1, text, g, a in rows
+        ]
+
+
+_CAPTION_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS space_captions (
+        space TEXT PRIMARY KEY REFERENCES spaces(id),
+        enabled INTEGER NOT NULL CHECK (enabled IN (0, 1))
+    )""",
+    """CREATE TABLE IF NOT EXISTS captions (
+        id INTEGER PRIMARY KEY,
+        space TEXT NOT NULL REFERENCES spaces(id),
+        speaker TEXT NOT NULL,
+        start REAL NOT NULL,
+        end_ REAL NOT NULL,
+        text TEXT NOT NULL,
+        gap INTEGER NOT NULL CHECK (gap IN (0, 1)),
+        at REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS captions_space ON captions(space, start)",
+)

@@ -525,7 +525,9 @@ def _props(doc: dict[str, Any], path: str) -> dict[str, Any]:
 async def test_null_is_accepted_exactly_where_the_schema_says_nullable(api: Api) -> None:
     _, doc = await api.call("GET", "/openapi.json")
     create = _props(doc, "/v1/spaces")
-    assert set(create) == {"title", "who_may_speak", "scheduled_for", "listener_cap", "recording"}
+    assert set(create) == {
+        "title", "who_may_speak", "scheduled_for", "listener_cap", "recording", "captions"
+    }  # fmt: skip
     for name, schema in create.items():
         status, data = await api.call("POST", "/v1/spaces", "host", {"title": "t", name: None})
         assert (status == 201) == _nullable(schema), (name, status, data)
@@ -983,3 +985,16 @@ def test_every_route_that_reads_a_body_documents_its_slow_body_statuses() -> Non
         for method, op in item.items():
             if "requestBody" in op:
                 assert {"408", "413", "503"} <= set(op["responses"]), (method, path)
+
+
+async def test_a_report_about_another_space_is_not_found_there(api: Api) -> None:
+    """Schema-valid (a report id) but not this space's: 404 as an unknown id, not 400."""
+    one, two = await api.space("host"), await api.space("host2")
+    await api.join(one, "victim")
+    await api.join(one, "bob")
+    _, data = await api.act(one, "victim", "report", target="bob")
+    report = data["events"][0]["attrs"]["report_id"]
+    await api.token("mod", moderator=True)
+    body = {"action": "dismiss", "report": report}
+    status, data = await api.call("POST", f"/v1/moderation/spaces/{two}", "mod", body)
+    assert status == 404 and data["error"] == "not_found", data

@@ -173,7 +173,9 @@ def test_the_source_scan_sees_every_event_kind() -> None:
     """The scan below is only as good as what it finds: every kind of the rulebook, and
     the attrs we know of."""
     emitted = _emitted_events()
-    assert set(policy.EVENT_KINDS) | {"reaction", AUDIENCE} == set(emitted)
+    assert set(policy.EVENT_KINDS) | {"reaction", AUDIENCE, "caption"} == set(emitted)
+    assert set(emitted["caption"]) == {"speaker", "text", "final", "start", "end", "gap"}
+    assert emitted["captions_changed"]["captions"] == {"on", "off"}
     assert set(emitted["report_filed"]) == {"reason", "target_type", "report_id"}
     assert emitted["blocked"]["scope"] == {"personal", "space"}
     assert set(emitted[AUDIENCE]) == {"participants", "listeners"}

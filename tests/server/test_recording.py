@@ -292,6 +292,7 @@ async def test_an_ended_recording_replays_over_webrtc_from_an_offset(served: Any
     finally:
         await host.close()
     assert (await api.call("POST", f"/v1/spaces/{space}/end", "host"))[0] == 200
+    await app[STATE].recordings.settle()  # the end's last page is written
     path = app[STATE].recordings.path(space)
     expected = [p for _, p in read_packets(path, 48000)]  # from 1 s on
     assert len(expected) > 30

@@ -621,6 +621,14 @@ MATRIX: list[tuple[Any, tuple[Any, ...], dict[str, tuple[int, str | None]], str]
         "speak_setting_changed",
     ),
     (
+        {"action": "captions_on"},
+        (),
+        _cells(
+            "host", "captions_on", cohost=NOT_ALLOWED, speaker=NOT_ALLOWED, listener=NOT_ALLOWED
+        ),
+        "captions_changed",
+    ),
+    (
         "end",
         (),
         _cells("host", "end", cohost=NOT_ALLOWED, speaker=NOT_ALLOWED, listener=NOT_ALLOWED),
@@ -740,4 +748,4 @@ async def test_every_action_a_role_may_do_succeeds(srv: Server) -> None:
             got, data = await cast.request(role, request)
             assert got == 200, (request, role, data)
             assert kind in [e["kind"] for e in data["events"]], (request, role, data)
-    assert n == 39
+    assert n == 40
