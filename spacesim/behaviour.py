@@ -20,6 +20,7 @@ from typing import Protocol, TypeVar
 from spacesim.protocol import REACTIONS
 from spacesim.scenario import (
     Audience,
+    Features,
     Moderation,
     NetworkProfile,
     Outcomes,
@@ -45,6 +46,7 @@ __all__ = [
     "report_outcome",
     "report_targets_space",
     "review_time",
+    "room_features",
     "session_length",
     "speaker_stint",
     "subscribes_to_events",
@@ -154,6 +156,20 @@ def pick(candidates: Sequence[T], rng: Rng) -> T | None:
     if not candidates:
         return None
     return candidates[min(int(rng.uniform() * len(candidates)), len(candidates) - 1)]
+
+
+# --------------------------------------------------------------------------- features
+
+
+def room_features(features: Features, rng: Rng) -> tuple[bool, bool]:
+    """Whether a new space has (captions, recording) on (`features` shares).
+
+    Both are drawn, in that order, whatever the shares, so turning one feature on does
+    not change which spaces get the other. A share of 1 (or 0) is every (no) space.
+    """
+    captions = rng.uniform() < features.captions
+    recording = rng.uniform() < features.recording
+    return captions, recording
 
 
 # --------------------------------------------------------------------------- stage

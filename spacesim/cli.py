@@ -207,6 +207,7 @@ def cmd_load(args: argparse.Namespace) -> int:
         shape=args.shape,
         network=args.network,
         clock=args.clock,
+        overrides=args.set or (),
         show=lambda summary, sc, title: print_summary(
             summary, check_slos(summary, sc.slo.targets()), title
         ),
@@ -578,6 +579,12 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("-t", "--duration", type=_duration, help="run time, e.g. 30s, 2m")
     load.add_argument("--workers", type=int, default=0, help="locust --processes N")
     load.add_argument("--out", help="run directory (default: runs/RUN_ID)")
+    load.add_argument(
+        "--set",
+        action="append",
+        metavar="PATH=VALUE",
+        help="override a field, e.g. features.captions=1 (as spacesim simulate's --set)",
+    )
     load.add_argument(
         "--shape",
         choices=("arrivals", "steady"),

@@ -94,6 +94,16 @@ KINDS: Mapping[str, tuple[str, str]] = {
     "recording_stopped": ("", "the host stopped recording the space"),
     "captions_changed": ("", "the host turned live captions on or off; attrs.captions"),
     "caption": ("s", "a live caption (attrs.text, attrs.final); value = final-caption latency"),
+    "caption_latency": (
+        "s",
+        "a final caption at a listener: its speech's end reaching the server -> received",
+    ),
+    "caption_wer": (
+        "ratio",
+        "word error rate of one final caption against the stretch of its speaker's clip "
+        "transcript it matches best; attrs.errors, attrs.words",
+    ),
+    "recording_bytes": ("bytes", "bytes a space's recording wrote in a tick"),
     # audience and moderation
     "reaction": ("count", "emoji reactions in a tick (aggregated) or one reaction"),
     "report_filed": ("", "a report about a user or the space"),
@@ -113,6 +123,7 @@ KINDS: Mapping[str, tuple[str, str]] = {
     "node_utilisation": ("ratio", "node_cpu / cores available"),
     "packets_forwarded": ("count", "packets a node forwarded in a tick"),
     "packets_dropped": ("count", "packets a node dropped in a tick (overload)"),
+    "asr_cores": ("cores", "speech recognition a node's captioned spaces need in a tick"),
 }
 
 COLUMNS: tuple[str, ...] = (
@@ -362,6 +373,25 @@ def summarise(records: pd.DataFrame, duration: float | None = None) -> pd.DataFr
     actions = [kind(k) for k in ("moderation_action", "timeline_action") if k in by_kind]
     if actions:
         total("host_actions", float(sum(len(a) for a in actions)), "count")
+
+    if "caption_latency" in by_kind:
+        dist("caption_latency", kind("caption_latency"), "s")
+    wer = kind("caption_wer")
+    if len(wer):
+        counts = [json.loads(a) for a in wer["attrs"].dropna()]
+        words = sum(int(c.get("words", 0)) for c in counts)
+        errors = sum(int(c.get("errors", 0)) for c in counts)
+        total("caption_wer", errors / words if words else math.nan, "ratio", len(wer))
+    asr = kind("asr_cores")
+    if len(asr):
+        per_t = asr.groupby("t")["value"].sum()
+        rows["asr_cores"] = {**_dist(per_t), "value": float(per_t.max()), "unit": "cores"}
+    rec = kind("recording_bytes")
+    if len(rec):
+        written = float(rec["value"].sum())
+        total("recording_bytes", written, "bytes", len(rec))
+        if duration:
+            total("recording_write_rate", written / duration, "bytes/s")
 
     lag = kind("loop_lag")
     if len(lag):

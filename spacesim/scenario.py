@@ -43,6 +43,7 @@ __all__ = [
     "Audience",
     "Burst",
     "ConstantArrivals",
+    "Features",
     "FlashCrowdArrivals",
     "Moderation",
     "NetworkProfile",
@@ -490,6 +491,20 @@ class Moderation(_Model):
     )
 
 
+class Features(_Model):
+    """The server features hosts turn on, as shares of the spaces (0 = none, 1 = every one).
+
+    Which spaces is `spacesim.behaviour.room_features`' decision, the same law in both
+    engines: the swarm creates those spaces with ``captions`` / ``recording`` on, the
+    simulator prices their speech recognition and recordings (``server.asr_cost``,
+    ``server.recorded_packet_bytes``). ``--set features.captions=1`` turns captions on
+    in every space.
+    """
+
+    captions: Fraction = Field(0.0, description="Share of spaces with live captions on.")
+    recording: Fraction = Field(0.0, description="Share of spaces the host records.")
+
+
 TimelineAction = Literal[
     "start",
     "end",
@@ -584,6 +599,19 @@ class Server(_Model):
         0.2, gt=0, description="Work queued longer than this is dropped (packets lost)."
     )
     edge_delay: Duration = Field(0.0005, description="Added per hop between nodes (cascade).")
+    asr_cost: float = Field(
+        0.23,
+        ge=0,
+        description="Speech recognition, in core-seconds per second of audio of one stream "
+        "a captioned space forwards (benchmarks/bench_captions.py: about 4.3 streams per "
+        "core, so 0.23). It runs in the caption workers, not on the forwarding cores.",
+    )
+    recorded_packet_bytes: float = Field(
+        57.0,
+        ge=0,
+        description="Bytes a recording writes per packet it stores (Opus stream copy: the "
+        "packet plus Ogg page overhead; the shipped ~24 kbit/s clips average 55 B a packet).",
+    )
 
 
 class Slo(_Model):
@@ -656,6 +684,7 @@ class Scenario(_Model):
     speaking: Speaking = Speaking()
     audience: Audience = Audience()
     moderation: Moderation = Moderation()
+    features: Features = Features()
     timeline: list[TimelineEntry] = Field(
         default_factory=list,
         description="Scripted actions at run times (e.g. {at: 5m, action: mute_all}).",

@@ -15,6 +15,7 @@ from spacesim import behaviour as b
 from spacesim.protocol import REACTIONS
 from spacesim.scenario import (
     Audience,
+    Features,
     Moderation,
     NetworkProfile,
     Outcomes,
@@ -89,6 +90,15 @@ def test_moderation_actions_at_their_rates(rng: b.Rng) -> None:
     assert set(counts) == {"mute", "invite"}
     assert b.unmute_delay(mod, rng) is None
     assert b.unmute_delay(Moderation(unmute_after=5.0), rng) is not None
+
+
+def test_room_features_follow_their_shares(rng: b.Rng) -> None:
+    draws = [b.room_features(Features(captions=0.3, recording=0.6), rng) for _ in range(N)]
+    assert statistics.fmean(c for c, _ in draws) == pytest.approx(0.3, abs=0.015)
+    assert statistics.fmean(r for _, r in draws) == pytest.approx(0.6, abs=0.015)
+    assert {b.room_features(Features(captions=1, recording=0), rng) for _ in range(200)} == {
+        (True, False)
+    }
 
 
 def test_timeline_due_in_order() -> None:

@@ -277,3 +277,27 @@ def test_demo_runs_swarm_simulations_and_reports(tmp_path: Path) -> None:
     assert "Swarm against its simulation" in html and "replay gap" in html
     assert "independent draws, min to max (2 seeds)" in html
     assert main(["demo", "--out", str(out)]) == 2  # not empty: refuses to mix runs
+
+
+def test_simulate_with_captions_and_recording_prices_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The issue's switches: caption cores and recording bytes in the summary."""
+    out = tmp_path / "run"
+    on = ["--set", "features.captions=1", "--set", "features.recording=1"]
+    assert simulate(out, *on) == 0
+    stdout = capsys.readouterr().out
+    for metric in ("asr_cores", "recording_bytes", "recording_write_rate"):
+        assert metric in stdout
+    assert simulate(tmp_path / "off") == 0
+    assert "asr_cores" not in capsys.readouterr().out
+
+
+def test_load_takes_set_and_names_a_bad_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    args = ["load", str(SMOKE), "--out", str(out), "--target", "http://127.0.0.1:9"]
+    assert main([*args, "--set", "features.captions=2"]) == 2  # refused before any request
+    assert mentions(capsys.readouterr().err, "features.captions")
+    assert not out.exists()

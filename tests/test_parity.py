@@ -76,6 +76,7 @@ FULL: dict[str, Any] = {
         "block_rate": "6/min",
         "cohost_handover_rate": "6/min",
     },
+    "features": {"captions": 1.0, "recording": 0.5},
     "timeline": [  # every action once, a second apart from 3 s; the space ends last
         {"at": f"{3 + i}s", "action": a}
         for i, a in enumerate(
@@ -99,6 +100,8 @@ FULL: dict[str, Any] = {
         "max_streams": 5000,
         "max_queue_delay": "150ms",
         "edge_delay": "1ms",
+        "asr_cost": 0.3,
+        "recorded_packet_bytes": 50,
     },
     "slo": {
         "join_p95": "2s",

@@ -88,13 +88,21 @@ class RoomClient:
         who_may_speak: str = "everyone",
         listener_cap: int | None = None,
         scheduled_for: float | None = None,
+        *,
+        captions: bool = False,
+        recording: bool = False,
     ) -> str:
         """Create a space hosted by this user; returns its id.
 
         `listener_cap`: joins beyond this many listeners are refused (``room_full``);
-        `scheduled_for` (unix seconds): the space waits, scheduled, until the host starts it.
+        `scheduled_for` (unix seconds): the space waits, scheduled, until the host starts it;
+        `captions`, `recording`: live captions on, the host records (docs/protocol.md).
         """
         body: dict[str, Any] = {"title": title, "who_may_speak": who_may_speak}
+        if captions:
+            body["captions"] = True
+        if recording:
+            body["recording"] = True
         if listener_cap is not None:
             body["listener_cap"] = listener_cap
         if scheduled_for is not None:

@@ -60,7 +60,12 @@ class SpaceClient(Protocol):
         who_may_speak: str,
         listener_cap: int | None = None,
         scheduled_for: float | None = None,
-    ) -> str: ...
+        *,
+        captions: bool = False,
+        recording: bool = False,
+    ) -> str:
+        """`captions` and `recording` on at creation (docs/protocol.md)."""
+        ...
 
     async def start_space(self, space: str) -> None: ...
 

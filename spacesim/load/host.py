@@ -3,7 +3,9 @@
 `Room` is gevent-free asyncio over a `SpaceClient` (`spacesim.load.api`); every decision
 is `spacesim.behaviour`'s. What it does, by scenario field:
 
-* ``rooms.who_may_speak``, ``rooms.listener_cap``: passed when the space is created.
+* ``rooms.who_may_speak``, ``rooms.listener_cap``: passed when the space is created;
+  so are ``captions`` and ``recording``, on for the ``features`` shares of the spaces
+  (`behaviour.room_features`).
   ``rooms.starts_at``: the space is created scheduled (``scheduled_for`` = the run's t0
   + starts_at, unix seconds), the host connects, and at starts_at starts it and seats
   the stage. ``rooms.ends_at``: the host ends the space then (listeners' joins are then
@@ -138,6 +140,9 @@ class Room:
         self.closed = False
         self._closing: asyncio.Task[None] | None = None
         self.desk = asyncio.Semaphore(sc.audience.moderators)
+        # Its own stream, so the room's other draws do not depend on the features.
+        features = behaviour.PyRng(random.Random(f"{sc.seed}/{ctx.tag}/{self.n}/features"))
+        self.captions, self.recording = behaviour.room_features(sc.features, features)
 
     # ------------------------------------------------------------------ helpers
 
@@ -180,7 +185,12 @@ class Room:
         self.moderator = ctx.clients(f"mod-{ctx.tag}-{self.n}", moderator=True)
         scheduled = ctx.t0 + rooms.starts_at if rooms.starts_at is not None else None
         self.space = await host.create_space(
-            f"load {self.sc.name}", rooms.who_may_speak, rooms.listener_cap, scheduled
+            f"load {self.sc.name}",
+            rooms.who_may_speak,
+            rooms.listener_cap,
+            scheduled,
+            captions=self.captions,
+            recording=self.recording,
         )
         self.live = scheduled is None
         self.roles[self.user] = "host"

@@ -10,7 +10,11 @@ decision is `spacesim.behaviour`'s:
   session opens the space's event stream. A subscriber records ``events_received``
   (events per 1 s window) and ``event_latency`` (arrival on `Context.clock` minus the
   event's ``clock_ns``, the server's monotonic clock at publication; events without one
-  are counted only) and reports ``event_latency`` (p50 per window) as a request.
+  are counted only) and reports ``event_latency`` (p50 per window) as a request. In
+  a captioned space (``features.captions``) each final ``caption`` gives
+  ``caption_latency`` (its speech's end reaching the server -> received here) and
+  ``caption_wer`` (its words against the speaker's clip transcript), at most
+  `LATENCY_SAMPLES` of each per window.
 * Per 1 s tick, `behaviour.events_in` at the ``audience`` rates: raise a hand, react
   (`behaviour.reaction_emoji`), report (the space with ``space_report_share``, else
   another listener of this process in the space), personally block another present
@@ -52,9 +56,11 @@ from spacesim import behaviour
 from spacesim.client.listener import ListenerStats
 from spacesim.client.probe import ProbeStats
 from spacesim.client.session import ClientError
+from spacesim.client.speaker import transcripts
 from spacesim.load.api import Context, Link, SpaceClient
+from spacesim.load.captions import fragment_errors
 from spacesim.load.host import ACTION_TIMEOUT, path_attrs, quiet
-from spacesim.load.voice import new_track
+from spacesim.load.voice import clip_of, new_track
 from spacesim.scenario import NetworkProfile
 
 __all__ = ["LATENCY_SAMPLES", "STALL", "ListenerSession", "Outcome"]
@@ -110,6 +116,8 @@ class ListenerSession:
         self.temporary_stream = False
         self.events = 0
         self.event_lat: list[float] = []
+        self.caption_lat: list[float] = []  # final captions' latencies in this window
+        self.caption_errs: list[tuple[str, int, int]] = []  # (speaker, errors, words)
         self.tasks: set[asyncio.Task[Any]] = set()
         self._closing: asyncio.Task[None] | None = None
 
@@ -381,6 +389,8 @@ class ListenerSession:
                 sent = msg.get("clock_ns")
                 if isinstance(sent, int) and not isinstance(sent, bool):
                     self.event_lat.append((clock() - sent) / 1e9)
+                    if msg.get("kind") == "caption":
+                        self._caption(msg, (clock() - sent) / 1e9)
                 self._on_event(msg)
         except asyncio.CancelledError:
             raise
@@ -388,6 +398,24 @@ class ListenerSession:
             log.debug("%s: event stream: %r", self.user, exc)
         finally:
             self.stream_ready.set()
+
+    def _caption(self, msg: dict[str, Any], delivery: float) -> None:
+        """A final caption: its latency (the speech's end reaching the server, to here:
+        the event's ``t`` minus its ``end``, both on the server's event clock, plus the
+        delivery measured like ``event_latency``) and its words against the transcript
+        of the clip its speaker plays (`spacesim.load.captions.fragment_errors`)."""
+        attrs = msg.get("attrs") or {}
+        text, end, t = attrs.get("text"), attrs.get("end"), msg.get("t")
+        if not attrs.get("final") or attrs.get("gap") or not isinstance(text, str):
+            return
+        speaker = str(attrs.get("speaker") or msg.get("participant") or "")
+        if isinstance(end, int | float) and isinstance(t, int | float):
+            self.caption_lat.append(max(float(t) - float(end), 0.0) + delivery)
+        reference = transcripts().get(clip_of(speaker))
+        if reference is not None and len(self.caption_errs) < LATENCY_SAMPLES:
+            errors, n = fragment_errors(reference, text)
+            if n:
+                self.caption_errs.append((speaker, errors, n))
 
     def _on_event(self, ev: dict[str, Any]) -> None:
         kind, who = ev.get("kind"), str(ev.get("participant") or "")
@@ -501,6 +529,15 @@ class ListenerSession:
                 for v in self.event_lat[::step][:LATENCY_SAMPLES]:
                     add("event_latency", space, user, "listener", v)
             self.events, self.event_lat = 0, []
+            if self.caption_lat:
+                ctx.report("caption_latency", statistics.median(self.caption_lat), None)
+                step = max(1, len(self.caption_lat) // LATENCY_SAMPLES)
+                for v in self.caption_lat[::step][:LATENCY_SAMPLES]:
+                    add("caption_latency", space, user, "listener", v)
+            for speaker, errors, n in self.caption_errs:
+                attrs = {"speaker": speaker, "errors": errors, "words": n}
+                add("caption_wer", space, user, "listener", errors / n, attrs)
+            self.caption_lat, self.caption_errs = [], []
 
     # ------------------------------------------------------------------ close
 

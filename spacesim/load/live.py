@@ -85,8 +85,14 @@ class LiveClient:
         who_may_speak: str,
         listener_cap: int | None = None,
         scheduled_for: float | None = None,
+        *,
+        captions: bool = False,
+        recording: bool = False,
     ) -> str:
-        return await self.rc.create_space(title, who_may_speak, listener_cap, scheduled_for)
+        return await self.rc.create_space(
+            title, who_may_speak, listener_cap, scheduled_for, captions=captions,
+            recording=recording,
+        )  # fmt: skip
 
     async def start_space(self, space: str) -> None:
         await self.rc.lifecycle(space, "start")

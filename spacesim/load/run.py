@@ -194,6 +194,7 @@ def main(
     shape: str = "arrivals",
     network: str = "scenario",
     clock: str = "local",
+    overrides: Sequence[str] = (),
 ) -> int:
     """Run a load test; 0 on success, 2 for a refused run, 1 when nothing was measured.
 
@@ -203,7 +204,8 @@ def main(
     `users`) or ``steady``; `network` is ``scenario`` (each client's path gets the
     scenario's delay, jitter and loss) or ``none``; `clock` is ``local`` (latencies on
     this machine's monotonic clock) or ``server`` (each Locust process reads the
-    server's clock through an offset: `spacesim.client.clock`).
+    server's clock through an offset: `spacesim.client.clock`). `overrides` are
+    ``PATH=VALUE`` edits of the scenario, as `spacesim simulate --set` takes them.
     """
     try:
         if shape not in ("arrivals", "steady"):
@@ -214,7 +216,7 @@ def main(
             raise LoadError(f"clock must be local or server, got {clock!r}")
         return _main(
             scenario_path, target, users, duration, workers, out, spawn_rate, show, shape,
-            network, clock,
+            network, clock, overrides,
         )  # fmt: skip
     except (LoadError, ScenarioError, FileExistsError) as exc:
         _say(str(exc))
@@ -233,8 +235,9 @@ def _main(
     shape: str,
     network: str,
     clock: str,
+    overrides: Sequence[str],
 ) -> int:
-    sc = load_scenario(scenario_path)
+    sc = load_scenario(scenario_path, overrides)
     run_time = min(sc.duration, MAX_DEFAULT_DURATION) if duration is None else duration
     if not (0 < run_time <= 24 * 3600):
         raise LoadError(f"duration must be in (0, 86400] s, got {run_time}")
@@ -274,8 +277,11 @@ def _main(
                 shutil.rmtree(parts)
             locust_dir.mkdir(parents=True, exist_ok=True)
             t0 = time.time()
+            # The Locust processes read the scenario as resolved here (overrides applied).
+            resolved = workdir / "scenario.yaml"
+            resolved.write_text(sc.to_yaml(), encoding="utf-8")
             env = _child_env(
-                SPACESIM_SCENARIO=str(Path(scenario_path).resolve()),
+                SPACESIM_SCENARIO=str(resolved),
                 SPACESIM_LOAD_OUT=str(parts.resolve()),
                 SPACESIM_RUN_ID=run_id,
                 SPACESIM_T0=repr(t0),

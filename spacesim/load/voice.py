@@ -16,12 +16,18 @@ from spacesim import behaviour
 from spacesim.client.speaker import SpeakerTrack, clip_names, load_clip
 from spacesim.load.api import Context
 
-__all__ = ["new_track", "sender_id"]
+__all__ = ["clip_of", "new_track", "sender_id"]
 
 
 def sender_id(user: str) -> int:
     """The id a user's packets are marked with (listeners see it per sender)."""
     return zlib.crc32(user.encode())
+
+
+def clip_of(user: str) -> str:
+    """The name of the speech clip `user` plays (``clips/transcripts.json`` has its words)."""
+    names = clip_names()
+    return names[sender_id(user) % len(names)]
 
 
 def new_track(
@@ -37,14 +43,13 @@ def new_track(
     """A speech clip (one per user) played in talk spurts while `gate()` holds."""
     sp = ctx.sc.speaking
     sid = sender_id(user)
-    names = clip_names()
 
     def on_phase(talking: bool, seconds: float) -> None:
         if talking:
             ctx.add("talk_spurt", room, user, role(), seconds)
 
     return SpeakerTrack(
-        load_clip(names[sid % len(names)]),
+        load_clip(clip_of(user)),
         sid,
         clock=ctx.clock,
         phases=behaviour.talk_phases(sp, rng) if talks else None,

@@ -42,6 +42,13 @@ class Decisions:
     def __init__(self, scenario: Scenario, draws: Draws) -> None:
         self.sc = scenario
         self.draws = draws
+        # Which spaces have captions or recording come from their own stream (spawned,
+        # so the run's other draws are what they were before features existed).
+        self.feature_draws = Draws(draws.rng.spawn(1)[0])
+
+    def features(self, room: int) -> tuple[bool, bool]:
+        """(captions, recording) of a space (`behaviour.room_features`)."""
+        return behaviour.room_features(self.sc.features, self.feature_draws)
 
     # ------------------------------------------------------------------ who comes
 

@@ -82,6 +82,8 @@ class Room:
     stage_streams: int = 0  # senders' streams the origin forwards to the stage members
     started: simpy.Event | None = None  # triggers when the space goes live
     number: int = 0  # its place among the run's rooms (what `Decisions` are asked about)
+    captions: bool = False  # live captions on (`features.captions`)
+    recording: bool = False  # the host records it (`features.recording`)
 
     def add_id(self, pid: str) -> None:
         self.index[pid] = len(self.ids)
@@ -122,6 +124,8 @@ class World:
         self.streams_per_listener = max(scenario.speaking.active_speakers, 1)
         self.cpu_per_event = scenario.server.cpu_per_event
         self.edge_delay = scenario.server.edge_delay
+        self.asr_cost = scenario.server.asr_cost
+        self.recorded_packet_bytes = scenario.server.recorded_packet_bytes
         scheduled = scenario.rooms.starts_at is not None
         self.rooms: list[Room] = []
         for i in range(scenario.rooms.count):
@@ -134,8 +138,10 @@ class World:
                 status=policy.SpaceStatus.SCHEDULED if scheduled else policy.SpaceStatus.LIVE,
             )
             room = Room(name, space, self.nodes[i % len(self.nodes)], number=i)
+            room.captions, room.recording = self.decide.features(i)
             room.started = env.event()
             self.rooms.append(room)
+        self.captioned = any(r.captions for r in self.rooms)
 
     # ------------------------------------------------------------------ records
 
@@ -559,6 +565,7 @@ class World:
                 add(("node_utilisation", now, "", node.name, "node", util, None))
                 add(("packets_forwarded", now, "", node.name, "node", fwd, None))
                 add(("packets_dropped", now, "", node.name, "node", dropped, None))
+        asr: dict[Node, float] = {}
         for room in self.rooms:
             self._account_talk(room)
             talk = room.talk_seconds
@@ -567,6 +574,7 @@ class World:
             room.events_tick = 0
             if not record:
                 continue
+            self._feature_costs(room, talk, tick, asr)
             add(("concurrency", now, room.name, "", "listener", float(len(room.present)), None))
             for pid, who in room.sampled.items():
                 if who.joined_at > now or not who.subscribed:
@@ -588,6 +596,26 @@ class World:
                 if got:
                     latency = self.delivered_latency(room, who)
                     add(("audio_latency", now, room.name, pid, "listener", latency, None))
+        if record and self.captioned:
+            for node in self.nodes:
+                add(("asr_cores", now, "", node.name, "node", asr.get(node, 0.0), None))
+
+    def _feature_costs(self, room: Room, talk: float, tick: float, asr: dict[Node, float]) -> None:
+        """Captions and recording of one room over a tick, from its stream-seconds sent.
+
+        The server transcribes and records every stream it forwards (on stage, unmuted,
+        live; docs/protocol.md), so both follow `talk`, the room's sending
+        stream-seconds: speech recognition at ``server.asr_cost`` core-seconds per
+        audio second in the caption workers of the room's origin node (a ``asr_cores``
+        record per node and tick, beside ``node_cpu``: the workers are other cores),
+        the recording ``server.recorded_packet_bytes`` per packet (``recording_bytes``).
+        """
+        now = self.env.now
+        if room.captions:
+            asr[room.origin] = asr.get(room.origin, 0.0) + self.asr_cost * talk / tick
+        if room.recording:
+            written = talk * self.pps * self.recorded_packet_bytes
+            self.add(("recording_bytes", now, room.name, "", "room", written, None))
 
     def close(self, rooms: Iterable[Room] | None = None) -> None:
         for node in self.nodes:

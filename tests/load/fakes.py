@@ -3,7 +3,8 @@
 `FakeServer` keeps one `spacesim.policy.Space` per space -- the rulebook the real server
 applies -- and plays the protocol's parts the swarm uses: create / start / end, join with
 audio, actions (validated against `spacesim.protocol.ACTIONS`), platform moderation,
-leave, follows and the event stream (each event with ``clock_ns``, the "server's"
+leave, follows, captions (a perfect recogniser: `FakeSpace.hear`) and the event
+stream (each event with ``clock_ns``, the "server's"
 ``time.monotonic_ns()`` at publication; listeners' joins and leaves go only to stage
 members' streams, as on the real server). Refusals raise `ClientError` with the
 protocol's code and status.
@@ -33,8 +34,9 @@ from aiortc.mediastreams import MediaStreamError
 
 from spacesim import policy
 from spacesim.client.session import ClientError
-from spacesim.client.speaker import SpeakerTrack
+from spacesim.client.speaker import SpeakerTrack, transcripts
 from spacesim.load.api import OnRtp
+from spacesim.load.voice import clip_of
 from spacesim.protocol import ACTIONS, ERROR_STATUS, REACTIONS, event_message
 from spacesim.scenario import NetworkProfile
 
@@ -42,6 +44,7 @@ __all__ = ["FakeClient", "FakeLink", "FakeServer", "FakeSpace"]
 
 _RTP = struct.Struct("!BBHII")
 _STAGE = ("host", "cohost", "speaker")
+CAPTION_PACKETS = 25  # packets of speech (0.5 s) per final caption
 
 
 def refuse(code: str, reason: str = "") -> ClientError:
@@ -90,6 +93,8 @@ class FakeLink:
                 if not self.fs.space.may_be_heard(self.user):
                     continue
                 self.forwarded += 1
+                if self.fs.created.get("captions"):
+                    self.fs.hear(self.user, track.talking)
                 seq = (seq + 1) & 0xFFFF
                 ts = int(pkt.pts or 0) & 0xFFFFFFFF
                 data = _RTP.pack(0x80, 111, seq, ts, ssrc) + bytes(pkt)
@@ -120,6 +125,25 @@ class FakeSpace:
         self.links: dict[str, FakeLink] = {}
         self.reports = itertools.count(1)
         self.published: list[dict[str, Any]] = []
+        self.speech: dict[str, tuple[float, int]] = {}  # speaker -> (start, packets)
+        self.captions: list[dict[str, Any]] = []  # the final captions sent
+
+    def hear(self, speaker: str, talking: bool) -> None:
+        """A perfect recogniser: each `CAPTION_PACKETS` of speech, a final caption of the
+        speaker's whole clip transcript (start and end on the events' clock)."""
+        now = time.monotonic() - self.server.t0
+        if not talking:
+            return
+        start, n = self.speech.get(speaker, (now, 0))
+        n += 1
+        if n < CAPTION_PACKETS:
+            self.speech[speaker] = (start, n)
+            return
+        self.speech.pop(speaker, None)
+        attrs = {"speaker": speaker, "text": transcripts()[clip_of(speaker)], "final": True,
+                 "start": start, "end": now, "gap": False}  # fmt: skip
+        self.captions.append(attrs)
+        self.fan_out(event_message("caption", self.space.space_id, speaker, t=now, attrs=attrs))
 
     def snapshot(self) -> dict[str, Any]:
         s = self.space
@@ -219,6 +243,9 @@ class FakeClient:
         who_may_speak: str,
         listener_cap: int | None = None,
         scheduled_for: float | None = None,
+        *,
+        captions: bool = False,
+        recording: bool = False,
     ) -> str:
         sid = f"sp{next(self.server.ids)}"
         space = policy.Space(
@@ -231,7 +258,8 @@ class FakeClient:
         )
         self.server.spaces[sid] = FakeSpace(
             self.server, space, title=title, who_may_speak=who_may_speak,
-            listener_cap=listener_cap, scheduled_for=scheduled_for,
+            listener_cap=listener_cap, scheduled_for=scheduled_for, captions=captions,
+            recording=recording,
         )  # fmt: skip
         return sid
 

@@ -1,0 +1,62 @@
+"""Captions and recording in the model: the spaces the shares pick, priced per stream."""
+
+from __future__ import annotations
+
+import pytest
+
+from spacesim.results import summarise
+from spacesim.sim.engine import simulate
+
+from .builders import scenario
+
+#: Two talkers, no DTX: both send every 20 ms from the start (the host's stage is live).
+STEADY = {
+    "duration": "60s",
+    "rooms": {"count": 3, "speakers": 1},
+    "speaking": {"active_speakers": 2, "dtx": False},
+    "arrivals": {"kind": "constant", "rate": "1/s"},
+    "sim": {"tick": "1s"},
+}
+
+
+def test_captions_and_recording_are_priced_per_sending_stream() -> None:
+    sc = scenario(
+        **STEADY,
+        features={"captions": 1, "recording": 1},
+        server={"nodes": 2, "asr_cost": 0.25, "recorded_packet_bytes": 50},
+    )
+    run = simulate(sc)
+    rec = run.records
+    asr = rec[rec["kind"] == "asr_cores"]
+    per_t = asr.groupby("t")["value"].sum()
+    # 3 rooms x 2 streams x 0.25 core-s per audio-s, every tick
+    assert per_t.to_numpy() == pytest.approx(1.5)
+    by_node = asr.groupby("participant", observed=True)["value"].mean()
+    assert by_node.to_dict() == pytest.approx({"node-0": 1.0, "node-1": 0.5})  # rooms 0, 2 | 1
+    written = rec[rec["kind"] == "recording_bytes"]
+    assert set(written["room"].astype(str)) == {"room-0", "room-1", "room-2"}
+    # 2 streams x 50 packets/s x 50 B per room and second
+    assert written["value"].to_numpy() == pytest.approx(5000.0)
+    summary = summarise(rec, sc.duration)
+    assert summary.loc["asr_cores", "value"] == pytest.approx(1.5)
+    ticks = written["t"].nunique()  # the tick ending at the run's end is not sampled
+    assert ticks >= 59
+    assert summary.loc["recording_bytes", "value"] == pytest.approx(3 * 5000.0 * ticks)
+    assert summary.loc["recording_write_rate", "value"] == pytest.approx(15000.0 * ticks / 60)
+
+
+def test_shares_pick_spaces_and_leave_the_rest_of_the_run_alone() -> None:
+    plain = simulate(scenario(**STEADY)).records
+    some = simulate(scenario(**STEADY, features={"captions": 0.5, "recording": 0.5})).records
+    assert not {"asr_cores", "recording_bytes"} & set(plain["kind"].astype(str))
+    # The features' draws are their own stream: every other record is as before.
+    rest = some[~some["kind"].isin(["asr_cores", "recording_bytes"])].reset_index(drop=True)
+    cols = ["kind", "t", "room", "participant", "role", "value", "attrs"]
+    assert rest[cols].astype(str).equals(plain[cols].astype(str))
+    many = scenario(**{**STEADY, "rooms": {"count": 400, "speakers": 1}, "duration": "2s"},
+                    features={"captions": 0.25, "recording": 0.5})  # fmt: skip
+    rec = simulate(many).records
+    recorded = rec.loc[rec["kind"] == "recording_bytes", "room"].astype(str).nunique()
+    assert recorded == pytest.approx(200, abs=40)
+    captioned = rec.loc[rec["kind"] == "asr_cores", "value"].groupby(rec["t"]).sum().max()
+    assert captioned / (2 * 0.23) == pytest.approx(100, abs=30)  # rooms x streams x cost
