@@ -103,7 +103,8 @@ KINDS: Mapping[str, tuple[str, str]] = {
         "word error rate of one final caption against the stretch of its speaker's clip "
         "transcript it matches best; attrs.errors, attrs.words",
     ),
-    "recording_bytes": ("bytes", "bytes a space's recording wrote in a tick"),
+    "recording_bytes": ("bytes", "bytes a space's recording (and its clips) wrote in a tick"),
+    "clip_cut": ("count", "clips listeners cut of a recording in a tick (aggregated) or one"),
     # audience and moderation
     "reaction": ("count", "emoji reactions in a tick (aggregated) or one reaction"),
     "report_filed": ("", "a report about a user or the space"),
@@ -386,6 +387,9 @@ def summarise(records: pd.DataFrame, duration: float | None = None) -> pd.DataFr
     if len(asr):
         per_t = asr.groupby("t")["value"].sum()
         rows["asr_cores"] = {**_dist(per_t), "value": float(per_t.max()), "unit": "cores"}
+    clips = kind("clip_cut")
+    if len(clips):
+        total("clips_cut", float(clips["value"].sum()), "count")
     rec = kind("recording_bytes")
     if len(rec):
         written = float(rec["value"].sum())

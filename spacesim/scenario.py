@@ -503,6 +503,11 @@ class Features(_Model):
 
     captions: Fraction = Field(0.0, description="Share of spaces with live captions on.")
     recording: Fraction = Field(0.0, description="Share of spaces the host records.")
+    clip_rate: Rate = Field(
+        0.0,
+        description="Clips a listener of a recorded space cuts (the last 30 s, "
+        "POST /v1/spaces/{id}/clips), per listener.",
+    )
 
 
 TimelineAction = Literal[
@@ -610,7 +615,9 @@ class Server(_Model):
         57.0,
         ge=0,
         description="Bytes a recording writes per packet it stores (Opus stream copy: the "
-        "packet plus Ogg page overhead; the shipped ~24 kbit/s clips average 55 B a packet).",
+        "packet plus Ogg page overhead; the shipped ~24 kbit/s clips average 55 B a packet). "
+        "A recording is one stream, the speaker holding its floor (docs/protocol.md), so it "
+        "grows by this times packets per second while anyone sends.",
     )
 
 

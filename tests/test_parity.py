@@ -76,7 +76,7 @@ FULL: dict[str, Any] = {
         "block_rate": "6/min",
         "cohost_handover_rate": "6/min",
     },
-    "features": {"captions": 1.0, "recording": 0.5},
+    "features": {"captions": 1.0, "recording": 1.0, "clip_rate": "30/min"},
     "timeline": [  # every action once, a second apart from 3 s; the space ends last
         {"at": f"{3 + i}s", "action": a}
         for i, a in enumerate(

@@ -110,6 +110,13 @@ class RoomClient:
         data = await self._call("POST", "/v1/spaces", body)
         return str(data["id"])
 
+    async def cut_clip(self, space: str, duration: float = 30.0) -> dict[str, Any]:
+        """Cut the last `duration` seconds (<= 30) of the space's recording into a clip."""
+        result: dict[str, Any] = await self._call(
+            "POST", f"/v1/spaces/{space}/clips", {"duration": duration}
+        )
+        return result
+
     async def space(self, space: str) -> dict[str, Any]:
         """The space's bounded snapshot (counts, stage, first hands; docs/protocol.md)."""
         result: dict[str, Any] = await self._call("GET", f"/v1/spaces/{space}")

@@ -99,6 +99,10 @@ class SpaceClient(Protocol):
 
     async def follow(self, user: str) -> None: ...
 
+    async def cut_clip(self, space: str, duration: float = 30.0) -> dict[str, Any]:
+        """A clip of the recording's last `duration` s (``no_recording`` if none)."""
+        ...
+
 
 class ClientFactory(Protocol):
     def __call__(self, user: str, *, moderator: bool = False) -> SpaceClient: ...

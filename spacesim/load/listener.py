@@ -14,7 +14,9 @@ decision is `spacesim.behaviour`'s:
   a captioned space (``features.captions``) each final ``caption`` gives
   ``caption_latency`` (its speech's end reaching the server -> received here) and
   ``caption_wer`` (its words against the speaker's clip transcript), at most
-  `LATENCY_SAMPLES` of each per window.
+  `LATENCY_SAMPLES` of each per window. In a recorded space (the join answer's
+  ``recording``) a listener cuts clips of the last 30 s at ``features.clip_rate``
+  (``clip_cut`` records; ``rate_limited`` is an expected refusal).
 * Per 1 s tick, `behaviour.events_in` at the ``audience`` rates: raise a hand, react
   (`behaviour.reaction_emoji`), report (the space with ``space_report_share``, else
   another listener of this process in the space), personally block another present
@@ -70,6 +72,7 @@ log = logging.getLogger("spacesim.load")
 TICK = 1.0  # seconds between a listener's measurement windows and decisions
 FIRST_AUDIO_TIMEOUT = 10.0
 LATENCY_SAMPLES = 10  # latency records per listener per window
+CLIP = 30.0  # seconds a listener's clip holds (the protocol's longest)
 STALL = 3.0  # seconds without audio after which a connection counts as dropped (no DTX)
 QUIET_END = frozenset({"space_ended", "not_started", "removed", "blocked"})
 
@@ -101,6 +104,7 @@ class ListenerSession:
         self.role = "listener"
         self.setting: str = sc.rooms.who_may_speak  # until the join answer says
         self.raised = False
+        self.recorded = False  # the space is being recorded (the join answer says)
         self.muted = False
         self.speaking = False  # connected with a publish section
         self.want_speak = False  # granted a seat: rejoin to publish at the next tick
@@ -207,6 +211,7 @@ class ListenerSession:
                 path_attrs(self.path))  # fmt: skip
         space = self.link.join.get("space") or {}
         self.setting = str(space.get("who_may_speak") or self.setting)
+        self.recorded = bool(space.get("recording"))
         ctx.active[self.user] = self.space
         try:
             if self.subscribes:
@@ -285,10 +290,31 @@ class ListenerSession:
                 ctx.add("reaction", self.space, self.user, "listener", 1.0)
         for _ in range(behaviour.events_in(aud.report_rate, TICK, rng)):
             await self._report()
+        for _ in range(behaviour.events_in(self.sc.features.clip_rate, TICK, rng)):
+            if self.recorded:
+                await self._clip()
         for _ in range(behaviour.events_in(aud.block_rate, TICK, rng)):
             target = behaviour.pick(self._others(), rng)
             if target is not None and await self.act("block", target=target):
                 ctx.add("blocked", self.space, target, "listener", attrs={"scope": "personal"})
+
+    async def _clip(self) -> None:
+        """Cut the last 30 s into a clip (``clip_cut``; a rate refusal is expected)."""
+        ctx = self.ctx
+        t = time.monotonic()
+        try:
+            clip = await asyncio.wait_for(self.client.cut_clip(self.space, CLIP), ACTION_TIMEOUT)
+        except ClientError as exc:
+            expected = exc.code in ("rate_limited", "no_recording", "clip_out_of_range")
+            ctx.report("clip", time.monotonic() - t, None if expected else exc)
+            return
+        except Exception as exc:
+            ctx.report("clip", time.monotonic() - t, exc)
+            return
+        took = time.monotonic() - t
+        ctx.report("clip", took, None)
+        attrs = {"clip": clip.get("id"), "bytes": clip.get("bytes")}
+        ctx.add("clip_cut", self.space, self.user, "listener", 1.0, attrs)
 
     def _others(self) -> list[str]:
         return [u for u, sp in self.ctx.active.items() if sp == self.space and u != self.user]

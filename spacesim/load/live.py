@@ -141,3 +141,6 @@ class LiveClient:
 
     async def follow(self, user: str) -> None:
         await self.rc.follow(user)
+
+    async def cut_clip(self, space: str, duration: float = 30.0) -> dict[str, Any]:
+        return await self.rc.cut_clip(space, duration)

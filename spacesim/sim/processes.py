@@ -300,6 +300,7 @@ def audience(env: simpy.Environment, world: World, room: Room, desk: simpy.Resou
                 env.process(report_review(env, world, room, desk, delay, hint))
             for target in decide.blocks(i, now, tick, n):
                 _personal_block(world, room, target)
+            world.cut_clips(room, tick, n)
         world.event_tick(room, k, tick)
         yield env.timeout(tick)
 

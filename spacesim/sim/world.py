@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import simpy
 
-from spacesim import policy
+from spacesim import behaviour, policy
 from spacesim.results import Recorder
 from spacesim.scenario import NetworkProfile, Scenario
 from spacesim.sim.decisions import Decisions
@@ -39,6 +39,7 @@ __all__ = ["Listener", "Room", "World"]
 # and, when its packet is lost, waits for a 1 s retransmission timer (RFC 6347 4.2.4.1).
 _JOIN_ROUND_TRIPS = 3
 _RETRANSMIT = 1.0
+CLIP_SECONDS = 30.0  # a listener's clip: the protocol's longest, as the swarm cuts them
 
 
 @dataclass(slots=True)
@@ -69,6 +70,7 @@ class Room:
     stage_nets: dict[str, NetworkProfile] = field(default_factory=dict)
     talk_seconds: float = 0.0  # speaker-seconds of talk in the current tick
     talk_changed: float = 0.0
+    floor_seconds: float = 0.0  # seconds of the current tick with anyone sending
     waiting_audio: list[str] = field(default_factory=list)  # joined, not yet heard audio
     sampled: dict[str, Listener] = field(default_factory=dict)  # whose audio is measured
     hands: dict[str, float] = field(default_factory=dict)  # listener -> time raised
@@ -126,6 +128,8 @@ class World:
         self.edge_delay = scenario.server.edge_delay
         self.asr_cost = scenario.server.asr_cost
         self.recorded_packet_bytes = scenario.server.recorded_packet_bytes
+        self.clip_rate = scenario.features.clip_rate
+        self.clip_bytes = CLIP_SECONDS * self.pps * self.recorded_packet_bytes
         scheduled = scenario.rooms.starts_at is not None
         self.rooms: list[Room] = []
         for i in range(scenario.rooms.count):
@@ -474,6 +478,8 @@ class World:
     def _account_talk(self, room: Room) -> None:
         now = self.env.now
         room.talk_seconds += room.talking * (now - room.talk_changed)
+        if room.talking > 0:
+            room.floor_seconds += now - room.talk_changed
         room.talk_changed = now
 
     def talk(self, room: Room, pid: str, delta: int) -> None:
@@ -568,13 +574,13 @@ class World:
         asr: dict[Node, float] = {}
         for room in self.rooms:
             self._account_talk(room)
-            talk = room.talk_seconds
-            room.talk_seconds = 0.0
+            talk, floor = room.talk_seconds, room.floor_seconds
+            room.talk_seconds = room.floor_seconds = 0.0
             events = room.events_tick
             room.events_tick = 0
             if not record:
                 continue
-            self._feature_costs(room, talk, tick, asr)
+            self._feature_costs(room, talk, floor, tick, asr)
             add(("concurrency", now, room.name, "", "listener", float(len(room.present)), None))
             for pid, who in room.sampled.items():
                 if who.joined_at > now or not who.subscribed:
@@ -600,21 +606,37 @@ class World:
             for node in self.nodes:
                 add(("asr_cores", now, "", node.name, "node", asr.get(node, 0.0), None))
 
-    def _feature_costs(self, room: Room, talk: float, tick: float, asr: dict[Node, float]) -> None:
-        """Captions and recording of one room over a tick, from its stream-seconds sent.
+    def cut_clips(self, room: Room, tick: float, n: int) -> None:
+        """Listeners of a recorded room cut clips (``features.clip_rate`` each, the
+        last `CLIP_SECONDS` of its recording: one stream's bytes, written to disk as a
+        ``recording_bytes`` record of role ``clip``)."""
+        if not room.recording:
+            return
+        k = behaviour.events_in(self.clip_rate, tick, self.draws, n)
+        if k:
+            self.add(("clip_cut", self.env.now, room.name, "", "listener", float(k), None))
+            written = k * self.clip_bytes
+            self.add(("recording_bytes", self.env.now, room.name, "", "clip", written, None))
 
-        The server transcribes and records every stream it forwards (on stage, unmuted,
-        live; docs/protocol.md), so both follow `talk`, the room's sending
-        stream-seconds: speech recognition at ``server.asr_cost`` core-seconds per
-        audio second in the caption workers of the room's origin node (a ``asr_cores``
-        record per node and tick, beside ``node_cpu``: the workers are other cores),
-        the recording ``server.recorded_packet_bytes`` per packet (``recording_bytes``).
+    def _feature_costs(
+        self, room: Room, talk: float, floor: float, tick: float, asr: dict[Node, float]
+    ) -> None:
+        """Captions and recording of one room over a tick.
+
+        The server transcribes every stream it forwards (on stage, unmuted, live;
+        docs/protocol.md), so speech recognition follows `talk`, the room's sending
+        stream-seconds, at ``server.asr_cost`` core-seconds per audio second, in the
+        caption workers of the room's origin node (an ``asr_cores`` record per node and
+        tick, beside ``node_cpu``: the workers are other cores). A recording is one
+        stream, whoever holds its floor, so it follows `floor`, the seconds anyone was
+        sending: ``server.recorded_packet_bytes`` a packet (``recording_bytes``); the
+        silence frames that fill a recording's gaps are left out (3 bytes each).
         """
         now = self.env.now
         if room.captions:
             asr[room.origin] = asr.get(room.origin, 0.0) + self.asr_cost * talk / tick
         if room.recording:
-            written = talk * self.pps * self.recorded_packet_bytes
+            written = floor * self.pps * self.recorded_packet_bytes
             self.add(("recording_bytes", now, room.name, "", "room", written, None))
 
     def close(self, rooms: Iterable[Room] | None = None) -> None:

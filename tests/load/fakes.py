@@ -127,6 +127,7 @@ class FakeSpace:
         self.published: list[dict[str, Any]] = []
         self.speech: dict[str, tuple[float, int]] = {}  # speaker -> (start, packets)
         self.captions: list[dict[str, Any]] = []  # the final captions sent
+        self.clips: list[dict[str, Any]] = []  # clips cut
 
     def hear(self, speaker: str, talking: bool) -> None:
         """A perfect recogniser: each `CAPTION_PACKETS` of speech, a final caption of the
@@ -154,6 +155,7 @@ class FakeSpace:
             "who_may_speak": s.who_may_speak.value,
             "muted": sorted(u for u in s.stage() if s.is_muted(u)),
             "listeners": s.n_listeners,
+            "recording": bool(self.created.get("recording")),
         }
 
     def publish(self, events: Iterable[policy.Event], extra: dict[str, Any] | None = None) -> None:
@@ -375,6 +377,17 @@ class FakeClient:
                 yield msg
         finally:
             fs.subscribers.pop(q, None)
+
+    async def cut_clip(self, space: str, duration: float = 30.0) -> dict[str, Any]:
+        fs = self.server.get(space)
+        if fs.space.role_of(self.user) is None:
+            raise refuse("not_present")
+        if not fs.created.get("recording"):
+            raise refuse("no_recording")
+        clip = {"id": f"c-{len(fs.clips)}", "space": space, "user": self.user,
+                "duration_s": duration}  # fmt: skip
+        fs.clips.append(clip)
+        return clip
 
     async def follow(self, user: str) -> None:
         self.server.follows.setdefault(self.user, set()).add(user)

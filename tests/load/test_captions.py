@@ -77,3 +77,23 @@ async def test_spaces_without_features_get_no_captions() -> None:
     fs = next(iter(server.spaces.values()))
     assert fs.created["captions"] is False and fs.created["recording"] is False
     assert not fs.captions and not kinds(rows)["caption_latency"]
+
+
+async def test_listeners_of_recorded_spaces_cut_clips() -> None:
+    sc = scenario(
+        rooms={"count": 2},
+        features={"recording": 1, "clip_rate": "120/min"},
+        speaking={"active_speakers": 1, "talk_spurt": "10s", "pause": "10ms"},
+    )
+    rows, server, reports = await run(sc, 3.0, listeners=4)
+    assert not reports.failures()
+    cut = [r for r in rows if r[0] == "clip_cut"]
+    assert len(cut) == sum(len(fs.clips) for fs in server.spaces.values()) > 0
+    assert reports.names()["clip"] == len(cut)
+
+
+async def test_no_clips_where_nothing_is_recorded() -> None:
+    sc = scenario(features={"clip_rate": "120/min"})
+    rows, server, reports = await run(sc, 2.5, listeners=3)
+    assert not kinds(rows)["clip_cut"] and not reports.names()["clip"]
+    assert not next(iter(server.spaces.values())).clips

@@ -124,18 +124,20 @@ def test_set_turns_on_captions_and_recording(tiny: Path, tmp_path: Path) -> None
     """`--set features.*=1` reaches the Locust processes: the real server captions and
     records the space, and listeners measure the captions (the swarm's own words)."""
     out = tmp_path / "run"
-    on = ["features.captions=1", "features.recording=1", "audience.hand_raise_rate=0"]
+    on = ["features.captions=1", "features.recording=1", "features.clip_rate=30/min",
+          "audience.hand_raise_rate=0"]  # fmt: skip
     assert main(tiny, users=4, duration=10, out=out, shape="steady", network="none",
                 overrides=on) == 0  # fmt: skip
     run = load_run(out)
     assert run.meta.scenario is not None
-    assert run.meta.scenario["features"] == {"captions": 1.0, "recording": 1.0}
+    assert run.meta.scenario["features"] == {"captions": 1.0, "recording": 1.0, "clip_rate": 0.5}
     server = load_run(out / run.meta.extra["server_run"]).records
     assert {"recording_started", "caption"} <= set(server["kind"].astype(str))
     summary = summarise(run.records).loc
     assert summary["caption_latency", "count"] > 0
     assert 0 < summary["caption_latency", "p50"] < 3.0
     assert summary["caption_wer", "value"] <= 0.5  # pocketsphinx on spurts of speech
+    assert summary["clips_cut", "value"] > 0  # listeners cut clips of the recording
 
 
 def test_unreachable_target_fails_fast(

@@ -35,14 +35,14 @@ def test_captions_and_recording_are_priced_per_sending_stream() -> None:
     assert by_node.to_dict() == pytest.approx({"node-0": 1.0, "node-1": 0.5})  # rooms 0, 2 | 1
     written = rec[rec["kind"] == "recording_bytes"]
     assert set(written["room"].astype(str)) == {"room-0", "room-1", "room-2"}
-    # 2 streams x 50 packets/s x 50 B per room and second
-    assert written["value"].to_numpy() == pytest.approx(5000.0)
+    # one stream (the floor's speaker) x 50 packets/s x 50 B per room and second
+    assert written["value"].to_numpy() == pytest.approx(2500.0)
     summary = summarise(rec, sc.duration)
     assert summary.loc["asr_cores", "value"] == pytest.approx(1.5)
     ticks = written["t"].nunique()  # the tick ending at the run's end is not sampled
     assert ticks >= 59
-    assert summary.loc["recording_bytes", "value"] == pytest.approx(3 * 5000.0 * ticks)
-    assert summary.loc["recording_write_rate", "value"] == pytest.approx(15000.0 * ticks / 60)
+    assert summary.loc["recording_bytes", "value"] == pytest.approx(3 * 2500.0 * ticks)
+    assert summary.loc["recording_write_rate", "value"] == pytest.approx(7500.0 * ticks / 60)
 
 
 def test_shares_pick_spaces_and_leave_the_rest_of_the_run_alone() -> None:
@@ -60,3 +60,23 @@ def test_shares_pick_spaces_and_leave_the_rest_of_the_run_alone() -> None:
     assert recorded == pytest.approx(200, abs=40)
     captioned = rec.loc[rec["kind"] == "asr_cores", "value"].groupby(rec["t"]).sum().max()
     assert captioned / (2 * 0.23) == pytest.approx(100, abs=30)  # rooms x streams x cost
+
+
+def test_clips_are_cut_in_recorded_spaces_and_written_to_disk() -> None:
+    sc = scenario(
+        **STEADY,
+        features={"recording": 1, "clip_rate": "6/min"},
+        server={"recorded_packet_bytes": 50},
+    )
+    rec = simulate(sc).records
+    clips = rec[rec["kind"] == "clip_cut"]
+    assert len(clips) > 0
+    written = rec.loc[rec["kind"] == "recording_bytes", "value"].sum()
+    recordings = rec[(rec["kind"] == "recording_bytes") & (rec["role"] == "room")]
+    stream = 3 * 2500.0 * recordings["t"].nunique()
+    # each clip: 30 s x 50 packets/s x 50 B
+    assert written == pytest.approx(stream + clips["value"].sum() * 75_000.0)
+    summary = summarise(rec, sc.duration)
+    assert summary.loc["clips_cut", "value"] == clips["value"].sum()
+    unrecorded = simulate(scenario(**STEADY, features={"clip_rate": "6/min"})).records
+    assert not (unrecorded["kind"] == "clip_cut").any()
