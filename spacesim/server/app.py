@@ -188,7 +188,17 @@ class ServerState:
         if self.recorder is not None:
             room.sinks.append(self.recorder.sink)
         room.sinks.append(self.recordings.on_event)
+        room.sinks.append(
+            lambda msg: self.tap_captions(room) if msg.get("kind") == "captions_changed" else None
+        )
         return room
+
+    def tap_captions(self, room: Room) -> None:
+        """The media plane calls the caption tap only while captions are on: with them
+        off, forwarding a packet makes no call for captions at all."""
+        media = self.media.get(room.id)
+        if media is not None:
+            media.on_heard = self.captioner.space(room).tap if room.space.captions else None
 
     def create(
         self,
@@ -704,8 +714,8 @@ async def _connect(state: ServerState, room: Room, user: str, offer: str) -> str
     if media is None:
         media = MediaRoom(room.space.may_be_heard, slots=state.config.slots)
         media.on_lost = lambda user: _watch_presence(state, room.id, user)
-        media.on_heard = state.captioner.space(room).tap
         state.media[room.id] = media
+        state.tap_captions(room)
         state.recordings.attach(room.id, media)
     try:
         answer: str = await media.connect(user, offer)

@@ -354,3 +354,30 @@ async def test_a_dead_recogniser_process_is_replaced() -> None:
     w.talk("alice", CHUNK_PACKETS)
     assert len(w.executors) == 3 and len(w.executors[2].feeds()) == 1
     assert w.captioner.stats()["errors"] == 1
+
+
+async def test_the_media_plane_calls_the_tap_only_while_captions_are_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With captions off, forwarding a packet makes no call for captions at all."""
+    from spacesim.server.app import ServerConfig, ServerState
+
+    state = ServerState(ServerConfig(db=tmp_path / "s.db", secret=b"0" * 32), MemoryStore())
+    monkeypatch.setattr(state.captioner, "warm", lambda: None)  # no recogniser processes
+
+    class Media:
+        on_heard: Any = None
+
+    try:
+        state.store.add_user("host", "host")
+        room = state.create("host", "t", "everyone", None, None)
+        media = state.media[room.id] = Media()  # type: ignore[assignment]
+        state.tap_captions(room)
+        assert media.on_heard is None
+        room.apply("host", "captions_on", {})
+        assert media.on_heard is not None
+        room.apply("host", "captions_off", {})
+        assert media.on_heard is None
+    finally:
+        await state.recordings.close()
+        await state.captioner.close()
