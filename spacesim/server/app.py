@@ -9,13 +9,14 @@ other spaces untouched. See docs/protocol.md for the contract.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeGuard
@@ -708,7 +709,7 @@ async def _connect(state: ServerState, room: Room, user: str, offer: str) -> str
     """The SDP answer; what went wrong, if anything, as the client's fault (bad_sdp),
     a race (not_present, conflict) or the server's (media_setup_failed, logged by
     `MediaRoom.connect` with its cause)."""
-    from spacesim.server.media import MediaRoom, MediaSetupError, Superseded
+    from spacesim.server.media import MediaRoom, Superseded
 
     media = state.media.get(room.id)
     if media is None:
@@ -718,23 +719,35 @@ async def _connect(state: ServerState, room: Room, user: str, offer: str) -> str
         state.tap_captions(room)
         state.recordings.attach(room.id, media)
     try:
-        answer: str = await media.connect(user, offer)
-    except ValueError as exc:
-        raise ProtocolError(
-            "bad_sdp", f"cannot use this SDP offer: {exc}", {"slots": state.config.slots}
-        ) from None
+        with media_setup_errors(state.config.slots):
+            answer: str = await media.connect(user, offer)
     except Superseded:
         if room.space.role_of(user) is None:  # removed, blocked or ended while connecting
             raise ProtocolError("not_present", f"{user} left the space while connecting") from None
         raise ProtocolError(
             "conflict", f"a newer join of {user} replaced this connection while it was set up"
         ) from None
+    return answer
+
+
+@contextlib.contextmanager
+def media_setup_errors(slots: int) -> Iterator[None]:
+    """Audio setup failures as the protocol names them, for joins and replays alike: the
+    client's offer (400 ``bad_sdp``, with the ``slots`` it must carry) or the server's own
+    fault (500 ``media_setup_failed``; `spacesim.server.media` logged the cause)."""
+    from spacesim.server.media import MediaSetupError
+
+    try:
+        yield
+    except ValueError as exc:
+        raise ProtocolError(
+            "bad_sdp", f"cannot use this SDP offer: {exc}", {"slots": slots}
+        ) from None
     except MediaSetupError:
         raise ProtocolError(
             "media_setup_failed",
             "the server could not set up the audio connection; see the server log",
         ) from None
-    return answer
 
 
 def _watch_presence(state: ServerState, space_id: str, user: str) -> None:

@@ -15,7 +15,15 @@ from typing import Any
 from aiohttp import web
 
 from spacesim.protocol import ProtocolError
-from spacesim.server.app import STATE, ServerState, _allow, _body, _claims, _json
+from spacesim.server.app import (
+    STATE,
+    ServerState,
+    _allow,
+    _body,
+    _claims,
+    _json,
+    media_setup_errors,
+)
 from spacesim.server.auth import MODERATE, SPACE_JOIN
 from spacesim.server.recording import CLIP_MAX_S, CLIP_RETENTION_S
 from spacesim.server.store import StoreError
@@ -181,7 +189,6 @@ async def get_clip(request: web.Request) -> web.StreamResponse:
 @routes.post("/v1/spaces/{space}/replay")
 async def replay(request: web.Request) -> web.Response:
     """Hear the recording over WebRTC from ``offset`` seconds (docs/protocol.md)."""
-    from spacesim.server.media import MediaSetupError
     from spacesim.server.replay import Replays
 
     _, state, space_id = _space(request)
@@ -200,15 +207,6 @@ async def replay(request: web.Request) -> web.Response:
     if offer is not None:
         if recs.replays is None:
             recs.replays = Replays()
-        try:
+        with media_setup_errors(slots):
             answer = await recs.replays.start(recs.path(space_id), offset, offer, slots)
-        except ValueError as exc:
-            raise ProtocolError(
-                "bad_sdp", f"cannot use this SDP offer: {exc}", {"slots": slots}
-            ) from None
-        except MediaSetupError:
-            raise ProtocolError(
-                "media_setup_failed",
-                "the server could not set up the audio connection; see the server log",
-            ) from None
     return _json({"sdp": answer, "offset": offset, "duration_s": round(duration, 3)})
