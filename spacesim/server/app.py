@@ -462,9 +462,8 @@ async def openapi(request: web.Request) -> web.Response:
 async def metrics_endpoint(request: web.Request) -> web.Response:
     state = request.app[STATE]
     body, content_type = metrics.render(
-        state.rooms.values(), state.media.values(), state.closed_media
+        state.rooms.values(), state.media.values(), state.closed_media, state.captioner.families()
     )
-    body += state.captioner.exposition()
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 

@@ -22,7 +22,7 @@ audio sent to it and not yet recognised): above `PARTIALS_SHED_S` jobs ask for n
 partial hypothesis and late partials are dropped; above `GAP_SHED_S` audio is dropped
 altogether: the worker finalises what it had, and once the backlog drains a final
 caption with ``gap: true`` marks the skipped span. Audio forwarding never waits for any
-of it. `/metrics` reports all of it (`Captioner.exposition`).
+of it. `/metrics` reports all of it (`Captioner.families`).
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 __all__ = [
@@ -366,8 +365,9 @@ class Captioner:
         out["final_latency_seconds"] = self.latency_sum
         return out
 
-    def exposition(self) -> bytes:
-        """Prometheus text for /metrics: what the recognisers did and what they shed."""
+    def families(self) -> list[Any]:
+        """Metric families for /metrics (`metrics.render`): what the recognisers did and
+        what they shed."""
         stats = self.stats()
         families: list[Any] = []
         for key, help_text in (
@@ -393,13 +393,7 @@ class Captioner:
             g.add_metric([], stats[key])
             families.append(g)
 
-        class Snapshot:
-            def collect(self) -> Iterable[Any]:
-                return families
-
-        registry = CollectorRegistry()
-        registry.register(Snapshot())
-        return generate_latest(registry)
+        return families
 
 
 class _Speaker:

@@ -22,9 +22,13 @@ REFUSALS = Counter("spacesim_refusals", "Requests refused, by code", ["code"], r
 
 
 def render(
-    rooms: Iterable[Any], media: Iterable[Any], closed: Mapping[str, int] | None = None
+    rooms: Iterable[Any],
+    media: Iterable[Any],
+    closed: Mapping[str, int] | None = None,
+    extra: Iterable[Any] = (),
 ) -> tuple[bytes, str]:
-    """The exposition text: fixed counters plus gauges of the rooms' current state."""
+    """The exposition text: fixed counters plus gauges of the rooms' current state, and
+    `extra` metric families read at this scrape (e.g. `Captioner.families`)."""
     spaces = Tally[str]()
     roles = Tally[str]()
     for room in rooms:
@@ -57,7 +61,7 @@ def render(
 
     class Snapshot:
         def collect(self) -> Iterable[Any]:
-            return [g_spaces, g_roles, c_fwd, c_drop, c_cpu]
+            return [g_spaces, g_roles, c_fwd, c_drop, c_cpu, *extra]
 
     registry = CollectorRegistry()
     registry.register(Snapshot())

@@ -201,7 +201,10 @@ async def test_a_failed_job_is_counted_and_the_rest_goes_on() -> None:
     ex.pending()[1].set_result([("fine", True, 100.0, 100.2)])
     await settle()
     assert w.captioner.stats()["errors"] == 1 and [c["text"] for c in w.room.out] == ["fine"]
-    assert b"spacesim_captions_errors_total 1.0" in w.captioner.exposition()
+    from spacesim.server import metrics
+
+    body, _ = metrics.render([], [], extra=w.captioner.families())
+    assert b"spacesim_captions_errors_total 1.0" in body
 
 
 # --------------------------------------------------------------------------- the recogniser
