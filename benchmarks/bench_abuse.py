@@ -39,6 +39,7 @@ from typing import Any
 
 import aiohttp
 
+from spacesim.results import nearest_rank
 from spacesim.server import launch
 
 GAP_S = 0.01  # between two /healthz probes
@@ -52,11 +53,6 @@ def _rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmRSS")
-
-
-def _p99(times: list[float]) -> float:
-    ordered = sorted(times)
-    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
 
 
 def _probe(base: str, seconds: float) -> list[float]:
@@ -133,8 +129,8 @@ def healthz_run(base: str, seconds: float) -> dict[str, float]:
         if flooder.is_alive():
             flooder.kill()
     return {
-        "baseline_p99": _p99(baseline),
-        "flood_p99": _p99(flooded),
+        "baseline_p99": nearest_rank(baseline, 0.99),
+        "flood_p99": nearest_rank(flooded, 0.99),
         "flood_max": max(flooded),
         "probes": len(flooded),
         "sent_per_s": sent / (seconds + 1.0),

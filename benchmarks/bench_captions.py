@@ -76,6 +76,8 @@ import psutil
 from spacesim import rtc
 from spacesim.client.session import AudioLink, RoomClient, connect_audio
 from spacesim.client.speaker import SpeakerTrack, clip_names, load_clip, transcripts
+from spacesim.load.captions import edits, words
+from spacesim.results import nearest_rank
 from spacesim.server import launch
 from spacesim.server.captions import HANGOVER_S
 
@@ -111,26 +113,6 @@ def _worker_cpu_ns(pid: int) -> int:
             if "spawn_main" in " ".join(child.cmdline()):
                 total += _cpu_ns(child.pid)
     return total
-
-
-def words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9']+", text.lower())
-
-
-def edits(ref: list[str], hyp: list[str]) -> int:
-    """Word-level Levenshtein distance (substitutions, insertions, deletions)."""
-    prev = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        cur = [i] + [0] * len(hyp)
-        for j, h in enumerate(hyp, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
-        prev = cur
-    return prev[-1]
-
-
-def pct(xs: list[float], q: float) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, int(q * len(s)))] if s else math.nan
 
 
 async def scrape(http: aiohttp.ClientSession, base: str) -> dict[str, float]:
@@ -334,7 +316,8 @@ class Run:
             out.append(level)
             print(
                 f"  {n} streams: WER {level['wer']:.1f} % ({ref} words), latency p95 "
-                f"{pct(lat, 0.95):.0f} ms, {audio:.0f} audio s on {worker_s:.1f} worker CPU s "
+                f"{nearest_rank(lat, 0.95):.0f} ms, {audio:.0f} audio s on "
+                f"{worker_s:.1f} worker CPU s "
                 f"({level['streams_per_core']:.1f} streams/core), shed {shed:.0f}, backlog "
                 f"{backlog:.1f} s{' SATURATED' if saturated else ''}"
             )
@@ -396,7 +379,7 @@ def main() -> int:
         for r in runs
     )
     lat = statistics.median(
-        pct([x for lv in unsaturated(r) for x in lv["lat"]], 0.95) for r in runs
+        nearest_rank([x for lv in unsaturated(r) for x in lv["lat"]], 0.95) for r in runs
     )
     per_core = statistics.median(best(r)["streams_per_core"] for r in runs)
     kept = statistics.median(best(r)["streams"] for r in runs)

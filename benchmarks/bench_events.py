@@ -55,7 +55,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import math
 import multiprocessing as mp
 import os
 import statistics
@@ -93,11 +92,6 @@ def _server_cpu_ns(pid: int) -> int:
         except (FileNotFoundError, ProcessLookupError):  # a thread that just ended
             continue
     return total
-
-
-def _pct(xs: list[int] | array[int], q: float) -> float:
-    s = sorted(xs)
-    return float(s[min(len(s) - 1, int(q * len(s)))]) if s else math.nan
 
 
 # ---------------------------------------------------------------------- clients
@@ -338,6 +332,7 @@ class Clients:
 def _run_size(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     import urllib.request
 
+    from spacesim.results import nearest_rank
     from spacesim.server import launch
 
     bench_sfu._raise_fd_limit()  # the server inherits it: one socket per subscriber
@@ -405,8 +400,8 @@ def _run_size(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]
                     "delivery": delivered / max(1, sent * n),
                     "us_per_delivery": used / max(1, delivered) / 1e3,
                     "server_cpu": (c1 - c0) / (w1 - w0),
-                    "p50_ms": _pct(lat, 0.50) / 1e6,
-                    "p95_ms": _pct(lat, 0.95) / 1e6,
+                    "p50_ms": nearest_rank(lat, 0.50) / 1e6,
+                    "p95_ms": nearest_rank(lat, 0.95) / 1e6,
                     "max_ms": max(lat, default=0) / 1e6,
                 }
             )

@@ -106,12 +106,6 @@ def _watchdog(seconds: float) -> None:
     t.start()
 
 
-def _pct(sorted_xs: list[float] | array[float], q: float) -> float:
-    if not sorted_xs:
-        return math.nan
-    return float(sorted_xs[min(len(sorted_xs) - 1, int(q * len(sorted_xs)))])
-
-
 def _cpu_busy() -> tuple[int, int]:
     """(busy, total) jiffies of the whole machine from /proc/stat."""
     with open("/proc/stat") as f:
@@ -471,6 +465,8 @@ async def _server_main(
 def _summarise(
     mode: str, listeners: int, rows: list[dict[str, Any]], results: list[dict[str, Any]]
 ) -> dict[str, Any]:
+    from spacesim.results import nearest_rank  # pandas: not in the client processes
+
     T0, T1 = rows[0]["t0"], rows[-1]["t1"]
     span = (T1 - T0) / 1e9
     per_pkt = [r["cpu"] / max(1, r["fwd"]) * 1e6 for r in rows]
@@ -519,7 +515,7 @@ def _summarise(
     out["worker_cpu_max"] = max(worker_cpu, default=math.nan)
     out["worker_cpu_sum"] = sum(worker_cpu)
     lags.sort()
-    out["lag_p99"] = _pct(lags, 0.99)
+    out["lag_p99"] = nearest_rank(lags, 0.99)
     out["lag_max"] = lags[-1] if lags else math.nan
     if mode == "relay":
         out["delivery"] = seq_got / max(1, seq_expected)
@@ -536,9 +532,13 @@ def _summarise(
     out["series"] = sorted(((st - T0) / 1e6, w) for st, w in worst.items())
     out["windows_ms"] = [((w["t0"] - T0) / 1e6, (w["t1"] - T0) / 1e6) for w in rows]
     every = sorted(lat["bulk"] + lat["probe"])
-    out["p50"], out["p99"], out["max"] = _pct(every, 0.5), _pct(every, 0.99), every[-1]
+    out["p50"], out["p99"], out["max"] = (
+        nearest_rank(every, 0.5),
+        nearest_rank(every, 0.99),
+        every[-1],
+    )
     probe = sorted(lat["probe"])
-    out["probe_p50"], out["probe_p99"] = _pct(probe, 0.5), _pct(probe, 0.99)
+    out["probe_p50"], out["probe_p99"] = nearest_rank(probe, 0.5), nearest_rank(probe, 0.99)
     return out
 
 

@@ -42,6 +42,7 @@ __all__ = [
     "format_value",
     "load_run",
     "metric_table",
+    "nearest_rank",
     "packets_per_window",
     "steady_window",
     "summarise",
@@ -530,3 +531,10 @@ def packets_per_window(records: pd.DataFrame) -> float:
     got = records.loc[records["kind"] == "packets_received", "value"].to_numpy("float64")
     lost = records.loc[records["kind"] == "packets_lost", "value"].to_numpy("float64")
     return float((got.sum() + lost.sum()) / got.size) if got.size else math.nan
+
+
+def nearest_rank(xs: Iterable[float], q: float) -> float:
+    """The `q` quantile of a sample by nearest rank (a value the sample holds, no
+    interpolation): what the benchmarks quote as p50/p95/p99. NaN for no sample."""
+    s = sorted(xs)
+    return float(s[min(len(s) - 1, int(q * len(s)))]) if s else math.nan

@@ -383,3 +383,15 @@ def test_summarise_run_takes_the_servers_figures_from_its_nested_run(tmp_path: P
     assert summary.loc["joins", "value"] == summarise(df).loc["joins", "value"]
     alone = summarise_run(load_run(tmp_path / "server"))  # a run without a nested one
     assert alone.loc["cpu_per_packet", "value"] == pytest.approx(1e-4)
+
+
+def test_nearest_rank_is_a_value_of_the_sample() -> None:
+    import math
+
+    from spacesim.results import nearest_rank
+
+    xs = [5.0, 1.0, 4.0, 2.0, 3.0]
+    assert nearest_rank(xs, 0.5) == 3.0
+    assert nearest_rank(xs, 0.99) == 5.0 and nearest_rank(xs, 0.0) == 1.0
+    assert nearest_rank(range(100), 0.95) == 95
+    assert math.isnan(nearest_rank([], 0.5))

@@ -15,12 +15,24 @@ from __future__ import annotations
 import math
 import re
 
-__all__ = ["fragment_errors", "words"]
+__all__ = ["edits", "fragment_errors", "words"]
 
 
 def words(text: str) -> list[str]:
-    """Lower-case words, punctuation dropped (as `benchmarks/bench_captions.py` counts)."""
+    """Lower-case words, punctuation dropped (both word-error measures count these)."""
     return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def edits(ref: list[str], hyp: list[str]) -> int:
+    """Word-level Levenshtein distance (substitutions, insertions, deletions): the word
+    errors of a whole transcript, as `benchmarks/bench_captions.py` scores it."""
+    prev = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        cur = [i] + [0] * len(hyp)
+        for j, h in enumerate(hyp, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
+        prev = cur
+    return prev[-1]
 
 
 def fragment_errors(reference: str, hypothesis: str) -> tuple[int, int]:

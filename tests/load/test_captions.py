@@ -97,3 +97,14 @@ async def test_no_clips_where_nothing_is_recorded() -> None:
     rows, server, reports = await run(sc, 2.5, listeners=3)
     assert not kinds(rows)["clip_cut"] and not reports.names()["clip"]
     assert not next(iter(server.spaces.values())).clips
+
+
+def test_edits_counts_substitutions_insertions_and_deletions() -> None:
+    from spacesim.load.captions import edits, words
+
+    ref = words("the cat sat on the mat")
+    assert edits(ref, ref) == 0
+    assert edits(ref, words("the cat sat on a mat")) == 1  # a substitution
+    assert edits(ref, words("the cat sat on the mat now")) == 1  # an insertion
+    assert edits(ref, words("cat sat on the mat")) == 1  # a deletion
+    assert edits(ref, []) == len(ref) and edits([], ref) == len(ref)
