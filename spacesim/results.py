@@ -97,7 +97,8 @@ KINDS: Mapping[str, tuple[str, str]] = {
     "caption": ("s", "a live caption (attrs.text, attrs.final); value = final-caption latency"),
     "caption_latency": (
         "s",
-        "a final caption at a listener: its speech's end reaching the server -> received",
+        "a final caption at a listener: its speech's start reaching the server -> received "
+        "(includes the utterance, attrs.speech s)",
     ),
     "caption_wer": (
         "ratio",

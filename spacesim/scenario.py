@@ -151,6 +151,19 @@ def parse_fraction(value: object) -> float:
     return x
 
 
+def parse_share(value: object) -> float:
+    """A share of spaces: a fraction, or a switch (``on``/``true`` = every space, ``off``/
+    ``false`` = none), so ``--set captions=on`` reads as a host turning captions on."""
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
+    if isinstance(value, str) and value.strip().lower() in ("on", "off"):
+        return 1.0 if value.strip().lower() == "on" else 0.0
+    try:
+        return parse_fraction(value)
+    except ValueError as exc:
+        raise ValueError(f"{exc}; or on / off") from None
+
+
 def parse_count(value: object) -> int:
     """A whole count from ``100000``, ``1e5``, ``100k`` or ``1M``."""
     if isinstance(value, str):
@@ -168,6 +181,7 @@ def parse_count(value: object) -> int:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Rate = Annotated[float, BeforeValidator(parse_rate)]
 Fraction = Annotated[float, BeforeValidator(parse_fraction)]
+Share = Annotated[float, BeforeValidator(parse_share)]
 Count = Annotated[int, BeforeValidator(parse_count)]
 
 
@@ -497,12 +511,14 @@ class Features(_Model):
     Which spaces is `spacesim.behaviour.room_features`' decision, the same law in both
     engines: the swarm creates those spaces with ``captions`` / ``recording`` on, the
     simulator prices their speech recognition and recordings (``server.asr_cost``,
-    ``server.recorded_packet_bytes``). ``--set features.captions=1`` turns captions on
-    in every space.
+    ``server.recorded_packet_bytes``). The shares also take ``on`` / ``off`` (every space
+    / none): ``--set captions=on`` turns captions on in every space.
     """
 
-    captions: Fraction = Field(0.0, description="Share of spaces with live captions on.")
-    recording: Fraction = Field(0.0, description="Share of spaces the host records.")
+    captions: Share = Field(
+        0.0, description="Share of spaces with live captions on (on = 1, off = 0)."
+    )
+    recording: Share = Field(0.0, description="Share of spaces the host records (on = 1).")
     clip_rate: Rate = Field(
         0.0,
         description="Clips a listener of a recorded space cuts (the last 30 s, "
@@ -896,13 +912,34 @@ def _path_of(loc: Sequence[int | str]) -> str:
     return "".join(parts)
 
 
+def _section_of(name: str) -> list[str]:
+    """The sections (top-level fields holding a model) that have a field `name`."""
+    found = []
+    for section, info in Scenario.model_fields.items():
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel) and name in ann.model_fields:
+            found.append(section)
+    return found
+
+
 def _apply_overrides(data: dict[str, Any], overrides: Sequence[str], source: str) -> None:
-    """Apply ``PATH=VALUE`` edits; list items are addressed by index (``network.1.loss``)."""
+    """Apply ``PATH=VALUE`` edits; list items are addressed by index (``network.1.loss``).
+
+    A bare name that is not a top-level field stands for the one section's field of that
+    name (``captions=on`` is ``features.captions=on``); a name several sections have must
+    be written with its section.
+    """
     for item in overrides:
         path, sep, text = item.partition("=")
         keys = path.strip().split(".")
         if not sep or not all(keys):
             raise ScenarioError(source, [(f"--set {item}", "expected PATH=VALUE")])
+        if len(keys) == 1 and keys[0] not in Scenario.model_fields:
+            sections = _section_of(keys[0])
+            if len(sections) > 1:
+                reason = f"{keys[0]} is a field of {', '.join(sections)}: write SECTION.{keys[0]}"
+                raise ScenarioError(source, [(f"--set {item}", reason)])
+            keys = [*sections, keys[0]]
         node: Any = data
         for depth, key in enumerate(keys):
             last = depth == len(keys) - 1

@@ -408,6 +408,25 @@ def test_malformed_override(tmp_path: Path, override: str) -> None:
     assert err.problems == [(f"--set {override}", "expected PATH=VALUE")]
 
 
+def test_bare_override_names_its_one_section_and_switches_read_on_off(tmp_path: Path) -> None:
+    """`--set captions=on` (the issue's words) is `features.captions=1`."""
+    path = write(tmp_path, base())
+    sc = load_scenario(path, ["captions=on", "recording=on", "clip_rate=2/min", "nodes=3"])
+    assert (sc.features.captions, sc.features.recording) == (1.0, 1.0)
+    assert sc.features.clip_rate == pytest.approx(2 / 60)
+    assert sc.server.nodes == 3
+    off = load_scenario(path, ["features.captions=off", "recording=25%"])
+    assert (off.features.captions, off.features.recording) == (0.0, 0.25)
+    err = load_error(path, ("captions=maybe",))
+    assert "features.captions" in paths(err) and "on / off" in str(err)
+
+
+def test_bare_override_of_a_name_several_sections_have_is_refused(tmp_path: Path) -> None:
+    err = load_error(write(tmp_path, base()), ("block_rate=1/h",))
+    assert paths(err) == ["--set block_rate=1/h"]
+    assert "write SECTION.block_rate" in str(err)
+
+
 def test_parse_scenario_overrides_do_not_mutate_input() -> None:
     data = base()
     before = copy.deepcopy(data)

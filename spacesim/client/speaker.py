@@ -50,6 +50,7 @@ __all__ = [
     "SILENCE",
     "SpeakerTrack",
     "clip_names",
+    "clip_pauses",
     "encode_pcm",
     "load_clip",
     "read_opuspk",
@@ -67,6 +68,8 @@ OPUSPK_MAGIC = b"OPK1"
 #: a speaker without DTX sends between talk spurts (browsers send comfort frames too).
 SILENCE = b"\xf8\xff\xfe"
 _LEN = struct.Struct("!H")
+#: A decoded 20 ms frame quieter than this (RMS, int16 units) is a gap between words.
+PAUSE_RMS = 300.0
 
 
 # --------------------------------------------------------------------------- clip files
@@ -123,6 +126,27 @@ def load_clip(name: str) -> tuple[bytes, ...]:
     if name not in clip_names():
         raise KeyError(f"no clip {name!r}; have {', '.join(clip_names())}")
     return read_opuspk(_clips_dir().joinpath(f"{name}.opuspk").read_bytes())
+
+
+@functools.cache
+def clip_pauses(name: str) -> tuple[bool, ...]:
+    """Per packet of clip `name`: is it a gap between words (a place a talk spurt may end)?
+
+    Brady's talk spurts are speech between pauses, so a person's spurt ends between
+    words, not inside one; a synthetic speaker that cut its clip anywhere would make
+    recognisers hear half-words that no listener of a real Space hears. A packet is a
+    gap when its decoded level is below `PAUSE_RMS` (the clips' words peak at
+    3,000-14,000, the dips between them fall under 300).
+    """
+    codec: Any = av.CodecContext.create("libopus", "r")
+    out: list[bool] = []
+    for payload in load_clip(name):
+        level = 0.0
+        for frame in codec.decode(av.Packet(payload)):
+            a = frame.to_ndarray().astype(np.float64)
+            level = max(level, float(np.sqrt((a * a).mean()))) if a.size else level
+        out.append(level < PAUSE_RMS)
+    return tuple(out)
 
 
 @functools.cache
@@ -205,7 +229,9 @@ class SpeakerTrack(MediaStreamTrack):
     timestamps do) and a marked `SILENCE` frame per slot when it is false, so the
     server still forwards a packet stream. ``gate`` (called per slot) returning False
     sends nothing at all: a muted microphone, or a stage member who does not talk.
-    ``on_phase(talking, seconds)`` is called as each phase begins. Every packet sent,
+    ``on_phase(talking, seconds)`` is called as each phase begins. With ``pauses`` (one
+    flag per packet, e.g. :func:`clip_pauses`) a talk spurt ends at the gap between
+    words nearest to its drawn end, as a person's does. Every packet sent,
     silence included, carries its mark; ``seq`` numbers packets sent, so a DTX gap is
     not loss.
 
@@ -229,6 +255,7 @@ class SpeakerTrack(MediaStreamTrack):
         dtx: bool = False,
         gate: Callable[[], bool] | None = None,
         on_phase: Callable[[bool, float], None] | None = None,
+        pauses: Sequence[bool] | None = None,
     ) -> None:
         super().__init__()
         if not packets:
@@ -250,6 +277,9 @@ class SpeakerTrack(MediaStreamTrack):
         self.dtx = dtx
         self.gate = gate
         self.on_phase = on_phase
+        if pauses is not None and (len(pauses) != len(self.packets) or not any(pauses)):
+            raise ValueError("pauses needs one flag per packet, some of them True")
+        self.pauses = tuple(pauses) if pauses is not None else None
         self.talking = True
         self._phase_end: int | None = None  # clock (ns) at which the current phase ends
         self.silent = 0
@@ -263,10 +293,24 @@ class SpeakerTrack(MediaStreamTrack):
             self._phase_end = t_ns
         while t_ns >= self._phase_end:
             self.talking, seconds = next(self._phases)
+            if self.talking and self.pauses is not None:
+                seconds = self._to_gap(seconds)
             self._phase_end += max(int(seconds * 1e9), 1)
             if self.on_phase is not None:
                 self.on_phase(self.talking, seconds)
         return self.talking
+
+    def _to_gap(self, seconds: float) -> float:
+        """A talk spurt of about `seconds` that ends at the gap between words nearest to
+        its drawn end (ties go to the shorter one), so spurts keep their mean length."""
+        pauses, n = self.pauses, len(self.packets)
+        assert pauses is not None
+        want = max(round(seconds * 1e9 / FRAME_NS), 1)
+        for step in range(n):
+            for k in (want - step, want + step):
+                if k >= 1 and pauses[(self._clip + k) % n]:
+                    return k * FRAME_NS / 1e9
+        return seconds  # unreachable: __init__ checked there is a gap
 
     async def recv(self) -> av.Packet[Any]:
         while True:

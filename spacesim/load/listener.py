@@ -12,7 +12,8 @@ decision is `spacesim.behaviour`'s:
   event's ``clock_ns``, the server's monotonic clock at publication; events without one
   are counted only) and reports ``event_latency`` (p50 per window) as a request. In
   a captioned space (``features.captions``) each final ``caption`` gives
-  ``caption_latency`` (its speech's end reaching the server -> received here) and
+  ``caption_latency`` (its speech's start reaching the server -> received here;
+  ``attrs.speech``: the utterance's length) and
   ``caption_wer`` (its words against the speaker's clip transcript), at most
   `LATENCY_SAMPLES` of each per window. In a recorded space (the join answer's
   ``recording``) a listener cuts clips of the last 30 s at ``features.clip_rate``
@@ -120,7 +121,7 @@ class ListenerSession:
         self.temporary_stream = False
         self.events = 0
         self.event_lat: list[float] = []
-        self.caption_lat: list[float] = []  # final captions' latencies in this window
+        self.caption_lat: list[tuple[float, float]] = []  # (latency, speech s) per final caption
         self.caption_errs: list[tuple[str, int, int]] = []  # (speaker, errors, words)
         self.tasks: set[asyncio.Task[Any]] = set()
         self._closing: asyncio.Task[None] | None = None
@@ -426,17 +427,20 @@ class ListenerSession:
             self.stream_ready.set()
 
     def _caption(self, msg: dict[str, Any], delivery: float) -> None:
-        """A final caption: its latency (the speech's end reaching the server, to here:
-        the event's ``t`` minus its ``end``, both on the server's event clock, plus the
-        delivery measured like ``event_latency``) and its words against the transcript
-        of the clip its speaker plays (`spacesim.load.captions.fragment_errors`)."""
+        """A final caption: its latency (the speech's start reaching the server, to here:
+        the event's ``t`` minus its ``start``, both on the server's event clock, plus the
+        delivery measured like ``event_latency``; so it includes the utterance's length,
+        the wait a reader of final captions has) and its words against the transcript of
+        the clip its speaker plays (`spacesim.load.captions.fragment_errors`)."""
         attrs = msg.get("attrs") or {}
-        text, end, t = attrs.get("text"), attrs.get("end"), msg.get("t")
+        text, start, end, t = attrs.get("text"), attrs.get("start"), attrs.get("end"), msg.get("t")
         if not attrs.get("final") or attrs.get("gap") or not isinstance(text, str):
             return
         speaker = str(attrs.get("speaker") or msg.get("participant") or "")
-        if isinstance(end, int | float) and isinstance(t, int | float):
-            self.caption_lat.append(max(float(t) - float(end), 0.0) + delivery)
+        times = (start, end, t)
+        if all(isinstance(x, int | float) for x in times):
+            t0, t1, at = (float(x) for x in times)  # type: ignore[arg-type]
+            self.caption_lat.append((max(at - t0, 0.0) + delivery, max(t1 - t0, 0.0)))
         reference = transcripts().get(clip_of(speaker))
         if reference is not None and len(self.caption_errs) < LATENCY_SAMPLES:
             errors, n = fragment_errors(reference, text)
@@ -556,10 +560,12 @@ class ListenerSession:
                     add("event_latency", space, user, "listener", v)
             self.events, self.event_lat = 0, []
             if self.caption_lat:
-                ctx.report("caption_latency", statistics.median(self.caption_lat), None)
+                ctx.report(
+                    "caption_latency", statistics.median(v for v, _ in self.caption_lat), None
+                )
                 step = max(1, len(self.caption_lat) // LATENCY_SAMPLES)
-                for v in self.caption_lat[::step][:LATENCY_SAMPLES]:
-                    add("caption_latency", space, user, "listener", v)
+                for v, speech in self.caption_lat[::step][:LATENCY_SAMPLES]:
+                    add("caption_latency", space, user, "listener", v, {"speech": round(speech, 3)})
             for speaker, errors, n in self.caption_errs:
                 attrs = {"speaker": speaker, "errors": errors, "words": n}
                 add("caption_wer", space, user, "listener", errors / n, attrs)

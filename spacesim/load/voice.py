@@ -4,7 +4,11 @@ Talkers (the first ``speaking.active_speakers`` of the stage, and listeners who 
 seat) talk in `spacesim.behaviour.talk_phases`; pauses follow ``speaking.dtx`` (no
 packets, or Opus silence frames every 20 ms). A stage member who does not talk, or is
 muted, or left the stage, sends nothing (``gate``), as in the simulator, where only
-talkers send. Each talk spurt is a ``talk_spurt`` record (value: its length).
+talkers send. A spurt ends at the gap between words of the clip nearest to its drawn
+end (`spacesim.client.speaker.clip_pauses`), as a person stops between words: the
+simulator's spurts are the drawn lengths, the swarm's within a word of them (a
+realisation detail of the swarm that keeps their mean; recognisers then hear whole
+words). Each talk spurt is a ``talk_spurt`` record (value: its realised length).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import zlib
 from collections.abc import Callable
 
 from spacesim import behaviour
-from spacesim.client.speaker import SpeakerTrack, clip_names, load_clip
+from spacesim.client.speaker import SpeakerTrack, clip_names, clip_pauses, load_clip
 from spacesim.load.api import Context
 
 __all__ = ["clip_of", "new_track", "sender_id"]
@@ -48,12 +52,14 @@ def new_track(
         if talking:
             ctx.add("talk_spurt", room, user, role(), seconds)
 
+    clip = clip_of(user)
     return SpeakerTrack(
-        load_clip(clip_of(user)),
+        load_clip(clip),
         sid,
         clock=ctx.clock,
         phases=behaviour.talk_phases(sp, rng) if talks else None,
         dtx=sp.dtx,
         gate=gate if talks else (lambda: False),
         on_phase=on_phase,
+        pauses=clip_pauses(clip),
     )

@@ -6,7 +6,9 @@ packet costs, so it must never run on the event loop that forwards audio.
 
 * The media plane hands each packet it lets through (``MediaRoom.on_heard``: on stage,
   unmuted, space live) to `SpaceCaptions.tap`, which only appends the Opus payload to
-  that speaker's buffer -- no decoding, no I/O -- when the space has captions on.
+  that speaker's buffer -- no decoding, no I/O -- when the space has captions on. After
+  a DTX pause (no packets for `DTX_GAP_S`) it first appends Opus silence frames for the
+  pause, so utterances split where the speaker paused.
 * Every `CHUNK_PACKETS` packets (200 ms of audio), or when a speaker pauses, the buffer
   goes as one job to a recogniser process (`Captioner`: ``--caption-workers`` processes,
   each a single-process executor, so a stream's jobs run in order on the process that
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import multiprocessing
 import time
@@ -37,6 +40,8 @@ from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExec
 from typing import Any, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from spacesim.server.recording import SILENCE
 
 __all__ = [
     "CHUNK_PACKETS",
@@ -61,6 +66,11 @@ END_AFTER_S = 0.8
 PARTIALS_SHED_S = 1.0
 #: ... and above which audio itself is dropped (a gap in the captions).
 GAP_SHED_S = 3.0
+#: A speaker silent this long was in a DTX pause (Opus sends nothing, RFC 7587 §3.1.3);
+#: up to `DTX_FILL_MAX` silence frames stand in for it, so that the recogniser's
+#: utterance detector hears the pause instead of words spliced together.
+DTX_GAP_S = 0.1
+DTX_FILL_MAX = 40
 #: How often idle buffers are flushed and finished streams ended.
 TICK_S = 0.1
 
@@ -428,16 +438,22 @@ class SpaceCaptions:
         if not self.room.space.captions:
             return
         sp = self.speakers.get(speaker)
+        now = self.captioner.clock()
+        quiet = 0
         if sp is None:
             self.captioner.warm()
             self._serial += 1
             key = f"{self.room.space.space_id}/{speaker}/{self._serial}"
             sp = self.speakers[speaker] = _Speaker(speaker, key, self.captioner.assign())
+        elif now - sp.last >= DTX_GAP_S:  # a DTX pause: the recogniser hears it as quiet
+            quiet = min(round((now - sp.last) / PACKET_S) - 1, DTX_FILL_MAX)
         buf = sp.buf
         if not buf:
-            sp.t0 = self.room.now()
+            sp.t0 = self.room.now() - quiet * PACKET_S
+        if quiet:
+            buf.extend(itertools.repeat(SILENCE, quiet))
         buf.append(payload)
-        sp.last = self.captioner.clock()
+        sp.last = now
         if len(buf) >= CHUNK_PACKETS:
             self._send(speaker, sp)
 

@@ -193,6 +193,41 @@ async def test_a_pause_flushes_and_silence_finishes_the_stream() -> None:
     assert w.space.speakers == {} and w.captioner.stats()["streams"] == 0
 
 
+async def test_a_dtx_pause_reaches_the_recogniser_as_quiet_frames() -> None:
+    """Opus DTX sends nothing in a pause: the recogniser must hear the pause (so the
+    utterance detector can end an utterance there), not words spliced together."""
+    w = World()
+    ex = w.executors[0]
+    word = b"\xfc\x01\x02"
+    for _ in range(4):
+        w.space.tap("alice", word)
+        w.now += 0.02
+        w.room.t += 0.02
+    w.now += 0.3  # 0.32 s since the last packet: 15 slots of DTX
+    w.room.t += 0.3
+    w.space.tap("alice", word)
+    (_, t0, payloads, _), *_ = ex.feeds()
+    assert payloads == [word] * 4 + [cap.SILENCE] * 15 + [word]
+    assert t0 == pytest.approx(100.0)
+    # after a flush the buffer is empty: the quiet frames start it, and its time with them
+    w.now += cap.FLUSH_AFTER_S
+    w.space.tick()
+    w.now += 0.25
+    w.room.t += 0.5
+    w.space.tap("alice", word)
+    w.now += cap.FLUSH_AFTER_S
+    w.space.tick()
+    _, t0, payloads, _ = ex.feeds()[-1]
+    assert payloads == [cap.SILENCE] * 24 + [word]
+    assert t0 == pytest.approx(w.room.t - 24 * 0.02)
+    # a long silence (no tick came to end the utterance) is filled only up to the cap
+    w.now += 3.0
+    w.space.tap("alice", word)
+    w.now += cap.FLUSH_AFTER_S
+    w.space.tick()
+    assert ex.feeds()[-1][2] == [cap.SILENCE] * cap.DTX_FILL_MAX + [word]
+
+
 async def test_a_failed_job_is_counted_and_the_rest_goes_on() -> None:
     w = World()
     ex = w.executors[0]
