@@ -627,6 +627,14 @@ class Server(_Model):
         "a captioned space forwards (benchmarks/bench_captions.py: about 4.3 streams per "
         "core, so 0.23). It runs in the caption workers, not on the forwarding cores.",
     )
+    caption_events: float = Field(
+        4.0,
+        ge=0,
+        description="Caption events (partials and finals) the server sends every subscriber "
+        "per second of captioned speech: a partial per 200 ms recognition job whose "
+        "hypothesis changed, a final per utterance (measured 4.5 with two talkers on "
+        "tests/load's tiny scenario, 2026-12-07). Charged like any event (cpu_per_event).",
+    )
     recorded_packet_bytes: float = Field(
         57.0,
         ge=0,

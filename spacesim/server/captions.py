@@ -21,9 +21,10 @@ packet costs, so it must never run on the event loop that forwards audio.
 
 Shedding, when the recognisers cannot keep up (a worker's backlog is the seconds of
 audio sent to it and not yet recognised): above `PARTIALS_SHED_S` jobs ask for no
-partial hypothesis and late partials are dropped; above `GAP_SHED_S` audio is dropped
-altogether: the worker finalises what it had, and once the backlog drains a final
-caption with ``gap: true`` marks the skipped span. Audio forwarding never waits for any
+partial hypothesis and late partials are dropped; above `GAP_SHED_S` (a starting
+worker: `STARTING_SHED_S`) audio is dropped altogether: the worker finalises what it
+had, and once the backlog drains a final caption with ``gap: true`` marks the skipped
+span. Audio forwarding never waits for any
 of it. `/metrics` reports all of it (`Captioner.families`).
 """
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import multiprocessing
@@ -64,12 +66,15 @@ FLUSH_AFTER_S = 0.25
 END_AFTER_S = 0.8
 #: A worker's backlog (seconds of audio queued) above which partial captions are shed...
 PARTIALS_SHED_S = 1.0
-#: ... and above which audio itself is dropped (a gap in the captions).
+#: ... and above which audio itself is dropped (a gap in the captions); while a worker
+#: process is still starting (spawning, loading its model: 1-5 s on a busy machine) the
+#: audio waits for it up to `STARTING_SHED_S` instead.
 GAP_SHED_S = 3.0
+STARTING_SHED_S = 10.0
 #: A speaker silent this long was in a DTX pause (Opus sends nothing, RFC 7587 §3.1.3);
 #: up to `DTX_FILL_MAX` silence frames stand in for it, so that the recogniser's
 #: utterance detector hears the pause instead of words spliced together.
-DTX_GAP_S = 0.1
+DTX_GAP_S = 0.2
 DTX_FILL_MAX = 40
 #: How often idle buffers are flushed and finished streams ended.
 TICK_S = 0.1
@@ -244,7 +249,7 @@ def _single_process() -> Executor:
 
 
 class _Worker:
-    __slots__ = ("_executor", "_make", "backlog", "streams")
+    __slots__ = ("_executor", "_make", "backlog", "ready", "streams")
 
     def __init__(self, make: Callable[[], Executor]) -> None:
         self._make = make
@@ -252,6 +257,12 @@ class _Worker:
         self._executor: Executor | None = None
         self.backlog = 0.0  # seconds of audio sent and not yet recognised
         self.streams = 0
+        self.ready = False  # its process answered a job (it spawned and loaded its model)
+
+    @property
+    def gap_limit(self) -> float:
+        """The backlog above which audio is dropped: a starting process is not behind."""
+        return GAP_SHED_S if self.ready else STARTING_SHED_S
 
     @property
     def executor(self) -> Executor:
@@ -270,6 +281,13 @@ class _Worker:
             log.error("captions: a recogniser process died; starting another")
             broken.shutdown(wait=False, cancel_futures=True)
             self._executor = None
+            self.ready = False
+
+
+def _now_ready(worker: _Worker, future: Future[Any]) -> None:
+    """(On the executor's result thread: a bool store is atomic.)"""
+    if not future.cancelled() and future.exception() is None:
+        worker.ready = True
 
 
 class Captioner:
@@ -314,7 +332,8 @@ class Captioner:
         self._warm = True
         for worker in self.workers:
             with contextlib.suppress(RuntimeError):  # shut down
-                worker.executor.submit(work_ready)
+                future = worker.executor.submit(work_ready)
+                future.add_done_callback(functools.partial(_now_ready, worker))
 
     def space(self, room: CaptionSink) -> SpaceCaptions:
         """The taps of one space (made on first use)."""
@@ -493,7 +512,7 @@ class SpaceCaptions:
         seconds = len(payloads) * PACKET_S
         worker = self.captioner.workers[sp.worker]
         counts = self.captioner.counts
-        if worker.backlog > GAP_SHED_S:  # far behind: drop this audio, mark the gap
+        if worker.backlog > worker.gap_limit:  # far behind: drop this audio, mark the gap
             counts["audio_seconds_shed"] += seconds
             start = sp.gap[0] if sp.gap is not None else sp.t0
             sp.gap = (start, sp.t0 + seconds)
@@ -542,6 +561,7 @@ class SpaceCaptions:
         counts = self.captioner.counts
         if future.cancelled():
             return
+        worker.ready = worker.ready or future.exception() is None
         exc = future.exception()
         if exc is not None:
             if isinstance(exc, BrokenExecutor):

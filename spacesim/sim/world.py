@@ -81,6 +81,7 @@ class Room:
     count_changes: int = 0  # joins and leaves since the last audience tick
     stage_deliveries: int = 0  # join/leave events delivered to the stage since then
     broadcasts: int = 0  # policy events delivered to every subscriber since then
+    caption_carry: float = 0.0  # caption events not yet whole (captions.py: per speech s)
     stage_streams: int = 0  # senders' streams the origin forwards to the stage members
     started: simpy.Event | None = None  # triggers when the space goes live
     number: int = 0  # its place among the run's rooms (what `Decisions` are asked about)
@@ -127,6 +128,7 @@ class World:
         self.cpu_per_event = scenario.server.cpu_per_event
         self.edge_delay = scenario.server.edge_delay
         self.asr_cost = scenario.server.asr_cost
+        self.caption_events = scenario.server.caption_events
         self.recorded_packet_bytes = scenario.server.recorded_packet_bytes
         self.clip_rate = scenario.features.clip_rate
         self.clip_bytes = CLIP_SECONDS * self.pps * self.recorded_packet_bytes
@@ -627,7 +629,9 @@ class World:
         docs/protocol.md), so speech recognition follows `talk`, the room's sending
         stream-seconds, at ``server.asr_cost`` core-seconds per audio second, in the
         caption workers of the room's origin node (an ``asr_cores`` record per node and
-        tick, beside ``node_cpu``: the workers are other cores). A recording is one
+        tick, beside ``node_cpu``: the workers are other cores), and its captions go to
+        every subscriber as events (``server.caption_events`` per second of speech,
+        charged with the next tick's events). A recording is one
         stream, whoever holds its floor, so it follows `floor`, the seconds anyone was
         sending: ``server.recorded_packet_bytes`` a packet (``recording_bytes``); the
         silence frames that fill a recording's gaps are left out (3 bytes each).
@@ -635,6 +639,11 @@ class World:
         now = self.env.now
         if room.captions:
             asr[room.origin] = asr.get(room.origin, 0.0) + self.asr_cost * talk / tick
+            # whole events, the fraction carried over (no draw: the run's other draws stay put)
+            room.caption_carry += self.caption_events * talk
+            whole = int(room.caption_carry)
+            room.caption_carry -= whole
+            self.broadcast(room, whole)
         if room.recording:
             written = floor * self.pps * self.recorded_packet_bytes
             self.add(("recording_bytes", now, room.name, "", "room", written, None))

@@ -89,6 +89,13 @@ class World:
         self.room = FakeRoom()
         self.space = self.captioner.space(self.room)
 
+    def ready(self) -> None:
+        """The worker processes have started (their warm-up jobs answer)."""
+        for ex in self.executors:
+            for fn, _, f in ex.jobs:
+                if fn is cap.work_ready and not f.done():
+                    f.set_result(None)
+
     def backlog_over(self, limit: float, speaker: str = "alice") -> None:
         """Talk (nothing answered) until worker 0's backlog exceeds `limit` seconds."""
         while self.captioner.workers[0].backlog <= limit:
@@ -154,9 +161,27 @@ async def test_a_backlog_sheds_partials_first() -> None:
     assert all(not c["gap"] for c in w.room.out)
 
 
+async def test_a_starting_worker_is_waited_for_not_shed() -> None:
+    """A worker process spawning and loading its model is not behind: the first speech
+    waits for it (up to STARTING_SHED_S) instead of becoming a gap."""
+    w = World()
+    ex = w.executors[0]
+    w.backlog_over(cap.GAP_SHED_S + 1.0)
+    assert ex.ends() == [] and w.captioner.stats()["audio_seconds_shed"] == 0
+    w.backlog_over(cap.STARTING_SHED_S)
+    w.talk("alice", CHUNK_PACKETS)
+    assert w.captioner.stats()["audio_seconds_shed"] > 0  # but not without bound
+    w2 = World()
+    w2.ready()
+    w2.backlog_over(cap.GAP_SHED_S)
+    w2.talk("alice", CHUNK_PACKETS)
+    assert w2.captioner.stats()["audio_seconds_shed"] > 0  # a started one that is behind
+
+
 async def test_far_behind_audio_is_dropped_and_the_gap_marked_once_caught_up() -> None:
     w = World()
     ex = w.executors[0]
+    w.ready()
     w.backlog_over(cap.GAP_SHED_S)
     sent = len(ex.feeds())
     gap_from = w.room.t

@@ -45,9 +45,32 @@ def test_captions_and_recording_are_priced_per_sending_stream() -> None:
     assert summary.loc["recording_write_rate", "value"] == pytest.approx(7500.0 * ticks / 60)
 
 
+def test_caption_events_go_to_every_subscriber_and_cost_the_server() -> None:
+    """Captions are events too (partials and finals, server.caption_events per second of
+    speech): subscribers receive them and the node pays cpu_per_event for each."""
+    base = {**STEADY, "audience": {"reaction_rate": 0}}
+    quiet = {"server": {"cpu_per_event": "50us", "caption_events": 0}}
+    off = simulate(scenario(**base, features={"captions": 1}, **quiet)).records
+    on = simulate(
+        scenario(**base, features={"captions": 1}, server={"cpu_per_event": "50us"})
+    ).records
+
+    def total(rec: object, kind: str) -> float:
+        return float(rec.loc[rec["kind"] == kind, "value"].sum())  # type: ignore[attr-defined]
+
+    # 2 talkers x 4 events per speech second, to each subscriber sampled
+    extra = total(on, "events_received") - total(off, "events_received")
+    sampled = on.loc[on["kind"] == "events_received", "participant"].nunique()
+    assert extra > 0.5 * 8 * 55 * sampled / 3  # rooms' listeners, most of the 60 s
+    assert total(on, "node_cpu") > total(off, "node_cpu")
+
+
 def test_shares_pick_spaces_and_leave_the_rest_of_the_run_alone() -> None:
     plain = simulate(scenario(**STEADY)).records
-    some = simulate(scenario(**STEADY, features={"captions": 0.5, "recording": 0.5})).records
+    # (caption events load the server like any event: a test above; here none, to show
+    # the features' own draws leave every other record as it was)
+    some = simulate(scenario(**STEADY, features={"captions": 0.5, "recording": 0.5},
+                             server={"caption_events": 0})).records  # fmt: skip
     assert not {"asr_cores", "recording_bytes"} & set(plain["kind"].astype(str))
     # The features' draws are their own stream: every other record is as before.
     rest = some[~some["kind"].isin(["asr_cores", "recording_bytes"])].reset_index(drop=True)
