@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor
@@ -184,9 +185,31 @@ def _init_worker() -> None:
     _free.append(_take_decoder())
 
 
-def work_ready() -> bool:
-    """A no-op job: submitting it starts the process (and loads the model) ahead of need."""
-    return True
+def work_ready() -> int:
+    """The first job of every worker process: submitting it starts the process (and loads
+    the model) ahead of need; its answer, the process id, lets the server read the
+    process's CPU time (`process_cpu`)."""
+    return os.getpid()
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) process `pid` has used so far; None if unreadable.
+
+    From ``/proc/PID/stat`` (Linux; proc(5)): fields 14 and 15 are utime and stime in
+    clock ticks (``sysconf(_SC_CLK_TCK)``). Field 2, the command name in parentheses,
+    may hold spaces, so fields are counted after its closing parenthesis (field 3 first).
+    Read from the server: ``time.process_time`` counts only the calling process.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
 def work_feed(key: str, t0: float, payloads: list[bytes], partials: bool) -> list[Result]:
@@ -234,7 +257,7 @@ def _single_process() -> Executor:
 
 
 class _Worker:
-    __slots__ = ("_executor", "_make", "backlog", "streams")
+    __slots__ = ("_cpu_done", "_cpu_now", "_executor", "_make", "backlog", "pid", "streams")
 
     def __init__(self, make: Callable[[], Executor]) -> None:
         self._make = make
@@ -242,12 +265,30 @@ class _Worker:
         self._executor: Executor | None = None
         self.backlog = 0.0  # seconds of audio sent and not yet recognised
         self.streams = 0
+        self.pid: int | None = None  # the process's id, once its first job answered
+        self._cpu_now = 0.0  # CPU seconds of the current process, when last read
+        self._cpu_done = 0.0  # CPU seconds of the processes this worker replaced
 
     @property
     def executor(self) -> Executor:
         if self._executor is None:
-            self._executor = self._make()
+            executor = self._executor = self._make()
+            first = executor.submit(work_ready)  # starts the process; answers its pid
+
+            def learn(f: Future[int]) -> None:  # on the executor's thread: one store
+                if self._executor is executor and not f.cancelled() and f.exception() is None:
+                    self.pid = f.result()
+
+            first.add_done_callback(learn)
         return self._executor
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds this worker's processes have used (0 until the first has answered)."""
+        if self.pid is not None:
+            now = process_cpu(self.pid)
+            if now is not None:
+                self._cpu_now = now
+        return self._cpu_done + self._cpu_now
 
     def shutdown(self) -> None:
         if self._executor is not None:
@@ -260,6 +301,9 @@ class _Worker:
             log.error("captions: a recogniser process died; starting another")
             broken.shutdown(wait=False, cancel_futures=True)
             self._executor = None
+            self._cpu_done += self._cpu_now  # what the dead process used still counts
+            self._cpu_now = 0.0
+            self.pid = None
 
 
 class Captioner:
@@ -304,7 +348,7 @@ class Captioner:
         self._warm = True
         for worker in self.workers:
             with contextlib.suppress(RuntimeError):  # shut down
-                worker.executor.submit(work_ready)
+                worker.executor  # noqa: B018  # made now: its first job starts the process
 
     def space(self, room: CaptionSink) -> SpaceCaptions:
         """The taps of one space (made on first use)."""
@@ -363,6 +407,7 @@ class Captioner:
         out["workers"] = len(self.workers)
         out["streams"] = sum(w.streams for w in self.workers)
         out["final_latency_seconds"] = self.latency_sum
+        out["cpu_seconds"] = sum(w.cpu_seconds() for w in self.workers)
         return out
 
     def families(self) -> list[Any]:
@@ -380,6 +425,7 @@ class Captioner:
             ("audio_seconds_shed", "Seconds of speech dropped unrecognised"),
             ("errors", "Recognition jobs that failed"),
             ("final_latency_seconds", "Sum of end of speech -> final caption, seconds"),
+            ("cpu_seconds", "CPU seconds the caption worker processes used"),
         ):
             c = CounterMetricFamily(f"spacesim_captions_{key}", help_text)
             c.add_metric([], stats[key])
