@@ -717,15 +717,31 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     table = Table(title=f"calibration from {len(args.runs)} run(s)", title_justify="left")
     for col in ("server field", "value", "std error"):
         table.add_column(col, justify="right" if col != "server field" else "left")
-    stderr = cal.cpu.stderr | (cal.latency.stderr if cal.latency else {})
+    fits = [
+        (what, fit, unit)
+        for what, fit, unit in (
+            ("cpu", cal.cpu, "cores"),
+            ("latency", cal.latency, "s"),
+            ("asr", cal.asr, "cores"),
+            ("recording", cal.recording, "bytes"),
+        )
+        if fit is not None
+    ]
+    stderr: dict[str, float] = {}
+    for _what, fit, _unit in fits:
+        stderr |= fit.stderr
     for name, value in cal.server.items():
         table.add_row(name, f"{value:.4g}", f"{stderr.get(name, math.nan):.2g}")
     out.print(table)
-    fits = [("cpu", cal.cpu, "cores")] + ([("latency", cal.latency, "s")] if cal.latency else [])
     for what, fit, unit in fits:
         out.print(f"{what} fit: rms {fit.rms:.3g} {unit}, R² {fit.r2:.3f}, {fit.samples} points")
         for run, r in fit.per_run.items():
             out.print(f"  {run}: rms {r['rms']:.3g} {unit}, bias {r['bias']:+.3g} {unit}")
+    if cal.recording is not None:
+        silence = cal.recording.coef["silence_frame_bytes"]
+        out.print(f"  (silence fill: {silence:.3g} bytes a frame; not in the model)")
+    for note in cal.notes:
+        out.print(f"note: {note}", highlight=False)
     for entry in cal.runs:
         if entry.get("swarm_behind"):
             out.print(f"  {entry['dir']}: not in the latency fit: {entry['swarm_behind']}")
