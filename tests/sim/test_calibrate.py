@@ -17,6 +17,7 @@ from spacesim.scenario import ScenarioError
 from spacesim.sim import simulate
 from spacesim.sim.calibrate import (
     ASR_WINDOW,
+    SWARM_MARK_BYTES,
     apply_calibration,
     asr_samples,
     calibrate,
@@ -427,3 +428,11 @@ def test_simulate_prices_captions_with_the_calibrated_asr_cost(tmp_path: Path) -
     assert ratio == pytest.approx(0.5 / sc.server.asr_cost)
     written = calibrated.loc["recording_bytes", "value"] / base.loc["recording_bytes", "value"]
     assert written == pytest.approx(100 / sc.server.recorded_packet_bytes)
+
+
+def test_the_swarm_mark_size_the_note_names_is_the_client_s() -> None:
+    from spacesim.client.opus import mark
+    from spacesim.client.speaker import load_clip
+
+    sizes = {len(mark(p, 1, 2, 3)) - len(p) for p in load_clip("welcome") if len(p) > 12}
+    assert sizes == {SWARM_MARK_BYTES}
