@@ -48,6 +48,7 @@ from typing import Any, BinaryIO
 
 from prometheus_client import Counter
 
+from spacesim.protocol import CLIP_RETENTION_S  # expired clips are deleted (files, rows)
 from spacesim.server.metrics import REGISTRY
 from spacesim.server.room import RateLimiter
 
@@ -90,8 +91,6 @@ AHEAD_MS = 1000
 CLIP_MAX_S = 30.0
 #: Clips a user may cut: (per second, burst) -- 10 a minute, 5 at once.
 CLIPS_PER_USER = (10 / 60, 5.0)
-#: How long a clip is kept (seconds); expired clips are deleted (files and rows).
-CLIP_RETENTION_S = 30 * 24 * 3600.0
 #: Seconds between two sweeps of expired clips (the first one at startup).
 EXPIRY_SWEEP_S = 3600.0
 
