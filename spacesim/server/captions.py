@@ -257,7 +257,16 @@ def _single_process() -> Executor:
 
 
 class _Worker:
-    __slots__ = ("_cpu_done", "_cpu_now", "_executor", "_make", "backlog", "pid", "streams")
+    __slots__ = (
+        "_cpu_base",
+        "_cpu_done",
+        "_cpu_now",
+        "_executor",
+        "_make",
+        "backlog",
+        "pid",
+        "streams",
+    )
 
     def __init__(self, make: Callable[[], Executor]) -> None:
         self._make = make
@@ -266,7 +275,8 @@ class _Worker:
         self.backlog = 0.0  # seconds of audio sent and not yet recognised
         self.streams = 0
         self.pid: int | None = None  # the process's id, once its first job answered
-        self._cpu_now = 0.0  # CPU seconds of the current process, when last read
+        self._cpu_base = 0.0  # CPU seconds of the current process when it was ready
+        self._cpu_now = 0.0  # ... and when last read
         self._cpu_done = 0.0  # CPU seconds of the processes this worker replaced
 
     @property
@@ -275,20 +285,25 @@ class _Worker:
             executor = self._executor = self._make()
             first = executor.submit(work_ready)  # starts the process; answers its pid
 
-            def learn(f: Future[int]) -> None:  # on the executor's thread: one store
+            def learn(f: Future[int]) -> None:  # on the executor's thread
                 if self._executor is executor and not f.cancelled() and f.exception() is None:
-                    self.pid = f.result()
+                    pid = f.result()
+                    # CPU counts from here: loading the model (~1 core-second) is a
+                    # process's start-up, not recognition (`spacesim calibrate`)
+                    self._cpu_base = self._cpu_now = process_cpu(pid) or 0.0
+                    self.pid = pid
 
             first.add_done_callback(learn)
         return self._executor
 
     def cpu_seconds(self) -> float:
-        """CPU seconds this worker's processes have used (0 until the first has answered)."""
+        """CPU seconds this worker's processes have used since each was ready (its model
+        loaded and its first job answered)."""
         if self.pid is not None:
             now = process_cpu(self.pid)
             if now is not None:
                 self._cpu_now = now
-        return self._cpu_done + self._cpu_now
+        return self._cpu_done + self._cpu_now - self._cpu_base
 
     def shutdown(self) -> None:
         if self._executor is not None:
@@ -301,8 +316,8 @@ class _Worker:
             log.error("captions: a recogniser process died; starting another")
             broken.shutdown(wait=False, cancel_futures=True)
             self._executor = None
-            self._cpu_done += self._cpu_now  # what the dead process used still counts
-            self._cpu_now = 0.0
+            self._cpu_done += self._cpu_now - self._cpu_base  # the dead process's still counts
+            self._cpu_base = self._cpu_now = 0.0
             self.pid = None
 
 
@@ -425,7 +440,7 @@ class Captioner:
             ("audio_seconds_shed", "Seconds of speech dropped unrecognised"),
             ("errors", "Recognition jobs that failed"),
             ("final_latency_seconds", "Sum of end of speech -> final caption, seconds"),
-            ("cpu_seconds", "CPU seconds the caption worker processes used"),
+            ("cpu_seconds", "CPU seconds the caption worker processes used, once ready"),
         ):
             c = CounterMetricFamily(f"spacesim_captions_{key}", help_text)
             c.add_metric([], stats[key])
