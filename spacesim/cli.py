@@ -485,7 +485,7 @@ def cmd_capacity(args: argparse.Namespace) -> int:
             "--speakers K (caption workers and disk)"
         )
         return 2
-    scenario = _load(args.scenario, args.set or ())
+    scenario = _calibrated(_load(args.scenario, args.set or ()), args.calibration)
     out_dir = Path(args.out) if args.out else Path("runs") / f"capacity-{scenario.name}"
     if args.spaces is not None or args.speakers is not None:
         _caption_and_disk(args, scenario, out_dir)
@@ -526,7 +526,8 @@ def _caption_and_disk(args: argparse.Namespace, scenario: Scenario, out_dir: Pat
     from spacesim.sim.capacity import caption_and_disk, feature_overrides, format_bytes
 
     extra = feature_overrides(scenario, args.spaces, args.speakers)
-    scenario = _load(args.scenario, [*extra, *(args.set or ())])  # --set has the last word
+    sets = [*extra, *(args.set or ())]  # --set has the last word
+    scenario = _calibrated(_load(args.scenario, sets), args.calibration)
     name = f"spaces={scenario.rooms.count},speakers={scenario.speaking.active_speakers}"
     directory = out_dir / name
     if (directory / "meta.json").exists():
@@ -754,6 +755,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="speakers talking in each space (speaking.active_speakers; the stage grows "
         "to seat them)",
     )
+    cap.add_argument("--calibration", metavar="FILE", help="server costs from spacesim calibrate")
     cap.add_argument(
         "--clip-retention",
         type=_duration,

@@ -134,8 +134,11 @@ def test_capacity_cli_answers_caption_workers_and_disk(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "sc.yaml"
-    path.write_text(scenario(**STEADY, server={"nodes": 1, "asr_cost": 0.4}).to_yaml())
+    path.write_text(scenario(**STEADY, server={"nodes": 1}).to_yaml())
+    cal = tmp_path / "cal.yaml"
+    cal.write_text("server:\n  asr_cost: 0.4\n")  # as `spacesim calibrate` writes it
     args = ["capacity", str(path), "--out", str(tmp_path / "cap"), "--quiet"]
+    args += ["--calibration", str(cal)]
     assert cli([*args, "--spaces", "1", "--speakers", "5"]) == 0
     printed = capsys.readouterr().out
     assert "--caption-workers 3 on each of 1 node(s)" in printed
