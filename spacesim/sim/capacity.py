@@ -347,7 +347,7 @@ def caption_and_disk(
     its caption cores at the busiest tick and for its streams then, at most
     ``floor(1 / asr_cost)`` a worker. Streams are the busiest tick's cores over
     ``asr_cost`` (the simulator prices captions at ``asr_cost`` per talking stream).
-    `clip_retention` is the server's (`spacesim.server.recording.CLIP_RETENTION_S`).
+    `clip_retention` is the server's (`spacesim.protocol.CLIP_RETENTION_S`).
     """
     run = simulate(scenario, seed=seed, progress=progress)
     run_dir = None
@@ -368,8 +368,8 @@ def caption_and_disk(
     elif not len(asr) or peak <= 0:
         workers = 0
     else:
-        per_worker = math.floor(1 / cost) if cost > 0 else streams
-        workers = max(math.ceil(peak - 1e-9), math.ceil(streams / max(per_worker, 1)), 1)
+        per_worker = math.floor(1 / cost)  # streams one worker keeps up with (cost <= 1)
+        workers = max(math.ceil(peak - 1e-9), math.ceil(streams / per_worker), 1)
     written = rec[rec["kind"] == "recording_bytes"]
     rooms = written[written["role"] == "room"]
     clips = written[written["role"] == "clip"]
