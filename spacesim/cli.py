@@ -479,10 +479,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_capacity(args: argparse.Namespace) -> int:
     from spacesim.sim.capacity import capacity, meets
 
-    scenario = _load(args.scenario, args.set or ())
+    if not args.listeners and args.spaces is None and args.speakers is None:
+        err.print(
+            "spacesim capacity: give --listeners N (server nodes) or --spaces N / "
+            "--speakers K (caption workers and disk)"
+        )
+        return 2
+    scenario = _calibrated(_load(args.scenario, args.set or ()), args.calibration)
     out_dir = Path(args.out) if args.out else Path("runs") / f"capacity-{scenario.name}"
+    if args.spaces is not None or args.speakers is not None:
+        _caption_and_disk(args, scenario, out_dir)
     missing = 0
-    for listeners in args.listeners:
+    for listeners in args.listeners or ():
         with progress_bar(
             f"sizing [bold]{scenario.name}[/] for {listeners:,} listeners",
             "{task.fields[last]}",
@@ -509,6 +517,64 @@ def cmd_capacity(args: argparse.Namespace) -> int:
         out.print(str(answer), highlight=False)
         missing += answer.nodes is None
     return 1 if missing else 0
+
+
+def _caption_and_disk(args: argparse.Namespace, scenario: Scenario, out_dir: Path) -> None:
+    """`spacesim capacity --spaces N --speakers K`: caption workers and disk, from one
+    simulation of the scenario with N spaces, K talking in each, captioned and recorded."""
+    from spacesim.protocol import CLIP_RETENTION_S
+    from spacesim.sim.capacity import caption_and_disk, feature_overrides, format_bytes
+
+    extra = feature_overrides(scenario, args.spaces, args.speakers)
+    sets = [*extra, *(args.set or ())]  # --set has the last word
+    scenario = _calibrated(_load(args.scenario, sets), args.calibration)
+    name = f"spaces={scenario.rooms.count},speakers={scenario.speaking.active_speakers}"
+    directory = out_dir / name
+    if (directory / "meta.json").exists():
+        raise FileExistsError(f"{directory} already holds a run; pick another --out")
+    with progress_bar(
+        f"simulating [bold]{scenario.name}[/] ({name})", "{task.fields[sim]}", args.quiet
+    ) as bar:
+        task = bar.add_task("sim", total=scenario.duration, sim="")
+
+        def progress(now: float, duration: float) -> None:
+            bar.update(task, completed=now, sim=f"{now:,.0f} / {duration:,.0f} s simulated")
+
+        answer = caption_and_disk(
+            scenario,
+            clip_retention=args.clip_retention or CLIP_RETENTION_S,
+            seed=args.seed,
+            out_dir=directory,
+            progress=progress,
+        )
+    table = Table(title=f"{scenario.name}: caption workers and disk ({name})")
+    for col in ("figure", "value"):
+        table.add_column(col, justify="left" if col == "figure" else "right")
+    nodes = f"{answer.nodes} node(s)"
+    rows = [
+        ("caption cores, busiest node, peak", f"{answer.asr_peak:.2f} cores"),
+        ("caption cores, busiest node, p95", f"{answer.asr_p95:.2f} cores"),
+        (f"caption cores, all {nodes}, peak", f"{answer.asr_total_peak:.2f} cores"),
+        ("speaking streams, busiest node, peak", f"{answer.streams_peak}"),
+        (
+            "--caption-workers per node",
+            "-" if answer.workers is None else f"{answer.workers}",
+        ),
+        ("recording bytes over the run", format_bytes(answer.recording_bytes)),
+        ("recording bytes per recorded space-hour", format_bytes(answer.bytes_per_space_hour)),
+        ("bytes written per hour (recordings + clips)", format_bytes(answer.write_rate * 3600)),
+        ("clip bytes over the run", format_bytes(answer.clip_bytes)),
+        (
+            f"clip bytes held ({answer.clip_retention / 86_400:.0f}-day retention, "
+            "around the clock)",
+            format_bytes(answer.clips_retained),
+        ),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+    out.print(str(answer), highlight=False)
+    out.print(f"run: {directory}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -665,10 +731,35 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
     sweep.set_defaults(func=cmd_sweep)
 
-    cap = sub.add_parser("capacity", help="fewest nodes meeting a scenario's SLOs")
+    cap = sub.add_parser(
+        "capacity",
+        help="fewest nodes meeting a scenario's SLOs (--listeners); caption workers and "
+        "disk (--spaces, --speakers)",
+    )
     cap.add_argument("scenario", help="scenario YAML file")
     cap.add_argument(
-        "--listeners", type=_count, action="append", required=True, help="audience, e.g. 100k"
+        "--listeners",
+        type=_count,
+        action="append",
+        help="audience, e.g. 100k: the fewest server nodes meeting the SLOs",
+    )
+    cap.add_argument(
+        "--spaces",
+        type=_count,
+        help="spaces at once (rooms.count): caption workers and disk for them, each "
+        "captioned and recorded unless the scenario's features say otherwise",
+    )
+    cap.add_argument(
+        "--speakers",
+        type=_count,
+        help="speakers talking in each space (speaking.active_speakers; the stage grows "
+        "to seat them)",
+    )
+    cap.add_argument("--calibration", metavar="FILE", help="server costs from spacesim calibrate")
+    cap.add_argument(
+        "--clip-retention",
+        type=_duration,
+        help="how long clips are kept (default: the server's, 30 days)",
     )
     cap.add_argument("--max-nodes", type=_count, default=10_000, help="search 1..M nodes")
     cap.add_argument("--max-refused", type=float, default=0.0, help="share of joins refused")
@@ -717,15 +808,31 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     table = Table(title=f"calibration from {len(args.runs)} run(s)", title_justify="left")
     for col in ("server field", "value", "std error"):
         table.add_column(col, justify="right" if col != "server field" else "left")
-    stderr = cal.cpu.stderr | (cal.latency.stderr if cal.latency else {})
+    fits = [
+        (what, fit, unit)
+        for what, fit, unit in (
+            ("cpu", cal.cpu, "cores"),
+            ("latency", cal.latency, "s"),
+            ("asr", cal.asr, "cores"),
+            ("recording", cal.recording, "bytes"),
+        )
+        if fit is not None
+    ]
+    stderr: dict[str, float] = {}
+    for _what, fit, _unit in fits:
+        stderr |= fit.stderr
     for name, value in cal.server.items():
         table.add_row(name, f"{value:.4g}", f"{stderr.get(name, math.nan):.2g}")
     out.print(table)
-    fits = [("cpu", cal.cpu, "cores")] + ([("latency", cal.latency, "s")] if cal.latency else [])
     for what, fit, unit in fits:
         out.print(f"{what} fit: rms {fit.rms:.3g} {unit}, R² {fit.r2:.3f}, {fit.samples} points")
         for run, r in fit.per_run.items():
             out.print(f"  {run}: rms {r['rms']:.3g} {unit}, bias {r['bias']:+.3g} {unit}")
+    if cal.recording is not None:
+        silence = cal.recording.coef["silence_frame_bytes"]
+        out.print(f"  (silence fill: {silence:.3g} bytes a frame; not in the model)")
+    for note in cal.notes:
+        out.print(f"note: {note}", highlight=False)
     for entry in cal.runs:
         if entry.get("swarm_behind"):
             out.print(f"  {entry['dir']}: not in the latency fit: {entry['swarm_behind']}")

@@ -15,6 +15,7 @@ from typing import Any
 __all__ = [
     "ACTIONS",
     "AUDIENCE",
+    "CLIP_RETENTION_S",
     "ERROR_STATUS",
     "PROTOCOL_VERSION",
     "REACTIONS",
@@ -29,6 +30,10 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = "1"
+
+#: How long the server keeps a clip (seconds; docs/protocol.md, "Retention"), then
+#: deletes its file and listing. `spacesim capacity --spaces` sizes clip storage by it.
+CLIP_RETENTION_S = 30 * 24 * 3600.0
 
 #: Actions a participant posts to ``POST /v1/spaces/{id}/actions`` (or sends on the
 #: WebSocket): name -> the fields it needs besides ``action``.

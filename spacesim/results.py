@@ -105,7 +105,11 @@ KINDS: Mapping[str, tuple[str, str]] = {
         "word error rate of one final caption against the stretch of its speaker's clip "
         "transcript it matches best; attrs.errors, attrs.words",
     ),
-    "recording_bytes": ("bytes", "bytes a space's recording (and its clips) wrote in a tick"),
+    "recording_bytes": (
+        "bytes",
+        "bytes a space's recording (role room) or its clips (role clip) wrote in a tick; the "
+        "server's are per node (room empty)",
+    ),
     "clip_cut": ("count", "clips listeners cut of a recording in a tick (aggregated) or one"),
     # audience and moderation
     "reaction": ("count", "emoji reactions in a tick (aggregated) or one reaction"),
@@ -126,7 +130,17 @@ KINDS: Mapping[str, tuple[str, str]] = {
     "node_utilisation": ("ratio", "node_cpu / cores available"),
     "packets_forwarded": ("count", "packets a node forwarded in a tick"),
     "packets_dropped": ("count", "packets a node dropped in a tick (overload)"),
-    "asr_cores": ("cores", "speech recognition a node's captioned spaces need in a tick"),
+    "asr_cores": (
+        "cores",
+        "speech recognition a node's captioned spaces need in a tick (the server's: its "
+        "caption worker processes' CPU)",
+    ),
+    "asr_audio_seconds": ("s", "seconds of speech a node sent to its caption workers in a tick"),
+    "packets_recorded": (
+        "count",
+        "speakers' Opus packets a node's recordings wrote in a tick (silence fill not counted)",
+    ),
+    "silence_recorded": ("count", "silence frames a node's recordings wrote into gaps in a tick"),
 }
 
 COLUMNS: tuple[str, ...] = (
@@ -425,8 +439,17 @@ def summarise(records: pd.DataFrame, duration: float | None = None) -> pd.DataFr
     return table[["count", "mean", "p50", "p95", "p99", "value", "unit"]]
 
 
-#: Metrics a load run takes from the server's own run (its CPU and forwarding).
-SERVER_METRICS = ("node_cpu", "packets_forwarded", "packets_dropped", "cpu_per_packet")
+#: Metrics a load run takes from the server's own run (its CPU and forwarding, its
+#: caption workers' CPU, what its recordings wrote).
+SERVER_METRICS = (
+    "node_cpu",
+    "packets_forwarded",
+    "packets_dropped",
+    "cpu_per_packet",
+    "asr_cores",
+    "recording_bytes",
+    "recording_write_rate",
+)
 
 
 def summarise_run(run: Run) -> pd.DataFrame:
@@ -439,7 +462,8 @@ def summarise_run(run: Run) -> pd.DataFrame:
     summary = summarise(run.records, run.meta.duration)
     nested = run.meta.extra.get("server_run")
     if nested and run.path is not None and (run.path / nested / "meta.json").is_file():
-        server = summarise(load_run(run.path / nested).records)
+        inner = load_run(run.path / nested)
+        server = summarise(inner.records, inner.meta.duration)
         for metric in SERVER_METRICS:
             if metric in server.index:
                 summary.loc[metric] = server.loc[metric]

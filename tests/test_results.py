@@ -385,6 +385,23 @@ def test_summarise_run_takes_the_servers_figures_from_its_nested_run(tmp_path: P
     assert alone.loc["cpu_per_packet", "value"] == pytest.approx(1e-4)
 
 
+def test_summarise_run_takes_the_servers_caption_cores_and_recording_bytes(
+    tmp_path: Path,
+) -> None:
+    from spacesim.results import summarise_run
+
+    server = Recorder("srv", "server")
+    for i in range(4):
+        server.add("asr_cores", float(i), participant="server", role="node", value=0.25 * i)
+        server.add("recording_bytes", float(i), participant="server", role="room", value=3e3)
+    write_run(tmp_path / "server", server.to_frame(), meta("srv", duration=4.0))
+    write_run(tmp_path, sample_recorder().to_frame(), meta(extra={"server_run": "server"}))
+    summary = summarise_run(load_run(tmp_path))
+    assert summary.loc["asr_cores", "value"] == pytest.approx(0.75)  # the peak
+    assert summary.loc["recording_bytes", "value"] == 12e3
+    assert summary.loc["recording_write_rate", "value"] == pytest.approx(3e3)  # server's 4 s
+
+
 def test_nearest_rank_is_a_value_of_the_sample() -> None:
     import math
 

@@ -1094,7 +1094,11 @@ def create_app(config: ServerConfig, store: Store | None = None) -> web.Applicat
         state.recordings.start()
         state.captioner.start()
         if state.recorder is not None:
-            state.recorder.start_sampling(lambda: list(state.media.values()))
+            state.recorder.start_sampling(
+                lambda: list(state.media.values()),
+                captions=state.captioner.stats,
+                recordings=state.recordings.stats,
+            )
 
     async def shutdown(app: web.Application) -> None:
         for timer in state.presence.values():

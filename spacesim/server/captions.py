@@ -32,10 +32,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import itertools
 import logging
 import multiprocessing
+import os
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor
@@ -199,9 +199,31 @@ def _init_worker() -> None:
     _free.append(_take_decoder())
 
 
-def work_ready() -> bool:
-    """A no-op job: submitting it starts the process (and loads the model) ahead of need."""
-    return True
+def work_ready() -> int:
+    """The first job of every worker process: submitting it starts the process (and loads
+    the model) ahead of need; its answer, the process id, lets the server read the
+    process's CPU time (`process_cpu`)."""
+    return os.getpid()
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) process `pid` has used so far; None if unreadable.
+
+    From ``/proc/PID/stat`` (Linux; proc(5)): fields 14 and 15 are utime and stime in
+    clock ticks (``sysconf(_SC_CLK_TCK)``). Field 2, the command name in parentheses,
+    may hold spaces, so fields are counted after its closing parenthesis (field 3 first).
+    Read from the server: ``time.process_time`` counts only the calling process.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
 def work_feed(key: str, t0: float, payloads: list[bytes], partials: bool) -> list[Result]:
@@ -249,7 +271,17 @@ def _single_process() -> Executor:
 
 
 class _Worker:
-    __slots__ = ("_executor", "_make", "backlog", "ready", "streams")
+    __slots__ = (
+        "_cpu_base",
+        "_cpu_done",
+        "_cpu_now",
+        "_executor",
+        "_make",
+        "backlog",
+        "pid",
+        "ready",
+        "streams",
+    )
 
     def __init__(self, make: Callable[[], Executor]) -> None:
         self._make = make
@@ -258,6 +290,10 @@ class _Worker:
         self.backlog = 0.0  # seconds of audio sent and not yet recognised
         self.streams = 0
         self.ready = False  # its process answered a job (it spawned and loaded its model)
+        self.pid: int | None = None  # the process's id, once its first job answered
+        self._cpu_base = 0.0  # CPU seconds of the current process when it was ready
+        self._cpu_now = 0.0  # ... and when last read
+        self._cpu_done = 0.0  # CPU seconds of the processes this worker replaced
 
     @property
     def gap_limit(self) -> float:
@@ -267,8 +303,29 @@ class _Worker:
     @property
     def executor(self) -> Executor:
         if self._executor is None:
-            self._executor = self._make()
+            executor = self._executor = self._make()
+            first = executor.submit(work_ready)  # starts the process; answers its pid
+
+            def learn(f: Future[int]) -> None:  # on the executor's thread
+                if self._executor is executor and not f.cancelled() and f.exception() is None:
+                    self.ready = True  # a bool store: atomic, whatever the thread
+                    pid = f.result()
+                    # CPU counts from here: loading the model (~1 core-second) is a
+                    # process's start-up, not recognition (`spacesim calibrate`)
+                    self._cpu_base = self._cpu_now = process_cpu(pid) or 0.0
+                    self.pid = pid
+
+            first.add_done_callback(learn)
         return self._executor
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds this worker's processes have used since each was ready (its model
+        loaded and its first job answered)."""
+        if self.pid is not None:
+            now = process_cpu(self.pid)
+            if now is not None:
+                self._cpu_now = now
+        return self._cpu_done + self._cpu_now - self._cpu_base
 
     def shutdown(self) -> None:
         if self._executor is not None:
@@ -282,12 +339,9 @@ class _Worker:
             broken.shutdown(wait=False, cancel_futures=True)
             self._executor = None
             self.ready = False
-
-
-def _now_ready(worker: _Worker, future: Future[Any]) -> None:
-    """(On the executor's result thread: a bool store is atomic.)"""
-    if not future.cancelled() and future.exception() is None:
-        worker.ready = True
+            self._cpu_done += self._cpu_now - self._cpu_base  # the dead process's still counts
+            self._cpu_base = self._cpu_now = 0.0
+            self.pid = None
 
 
 class Captioner:
@@ -332,8 +386,7 @@ class Captioner:
         self._warm = True
         for worker in self.workers:
             with contextlib.suppress(RuntimeError):  # shut down
-                future = worker.executor.submit(work_ready)
-                future.add_done_callback(functools.partial(_now_ready, worker))
+                worker.executor  # noqa: B018  # made now: its first job starts the process
 
     def space(self, room: CaptionSink) -> SpaceCaptions:
         """The taps of one space (made on first use)."""
@@ -392,6 +445,7 @@ class Captioner:
         out["workers"] = len(self.workers)
         out["streams"] = sum(w.streams for w in self.workers)
         out["final_latency_seconds"] = self.latency_sum
+        out["cpu_seconds"] = sum(w.cpu_seconds() for w in self.workers)
         return out
 
     def families(self) -> list[Any]:
@@ -409,6 +463,7 @@ class Captioner:
             ("audio_seconds_shed", "Seconds of speech dropped unrecognised"),
             ("errors", "Recognition jobs that failed"),
             ("final_latency_seconds", "Sum of end of speech -> final caption, seconds"),
+            ("cpu_seconds", "CPU seconds the caption worker processes used, once ready"),
         ):
             c = CounterMetricFamily(f"spacesim_captions_{key}", help_text)
             c.add_metric([], stats[key])

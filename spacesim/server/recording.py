@@ -48,6 +48,7 @@ from typing import Any, BinaryIO
 
 from prometheus_client import Counter
 
+from spacesim.protocol import CLIP_RETENTION_S  # expired clips are deleted (files, rows)
 from spacesim.server.metrics import REGISTRY
 from spacesim.server.room import RateLimiter
 
@@ -61,6 +62,7 @@ __all__ = [
     "OggOpusWriter",
     "Recordings",
     "Track",
+    "Written",
     "ogg_crc",
     "opus_samples",
     "read_packets",
@@ -89,8 +91,6 @@ AHEAD_MS = 1000
 CLIP_MAX_S = 30.0
 #: Clips a user may cut: (per second, burst) -- 10 a minute, 5 at once.
 CLIPS_PER_USER = (10 / 60, 5.0)
-#: How long a clip is kept (seconds); expired clips are deleted (files and rows).
-CLIP_RETENTION_S = 30 * 24 * 3600.0
 #: Seconds between two sweeps of expired clips (the first one at startup).
 EXPIRY_SWEEP_S = 3600.0
 
@@ -336,13 +336,42 @@ def read_packets(path: Path, start: int = 0, end: int | None = None) -> list[tup
 # --------------------------------------------------------------------------- tracks
 
 
+class Written:
+    """What a server's recordings wrote: counters the writer thread adds to (its only
+    writer) and the server's records read once a second (``spacesim serve --record``:
+    ``recording_bytes``, ``packets_recorded``), so that `spacesim calibrate` can fit
+    ``server.recorded_packet_bytes``. Page bytes count from after the Opus header pages."""
+
+    __slots__ = ("bytes", "clip_bytes", "packets", "silence")
+
+    def __init__(self) -> None:
+        self.packets = 0  # speakers' packets written (silence fill not counted)
+        self.silence = 0  # silence frames written to fill gaps
+        self.bytes = 0  # bytes of the pages holding them
+        self.clip_bytes = 0  # bytes of clip files cut
+
+    def add(self, packets: int, silence: int, size: int) -> None:
+        self.packets += packets
+        self.silence += silence
+        self.bytes += size
+
+    def stats(self) -> dict[str, float]:
+        return {
+            "packets": float(self.packets),
+            "silence": float(self.silence),
+            "bytes": float(self.bytes),
+            "clip_bytes": float(self.clip_bytes),
+        }
+
+
 class Track:
     """One space's recording while the server runs: the buffer the media loop appends
     to, and the timeline and file the writer thread keeps."""
 
-    def __init__(self, space: str, path: Path) -> None:
+    def __init__(self, space: str, path: Path, written: Written | None = None) -> None:
         self.space = space
         self.path = path
+        self.written = written if written is not None else Written()
         # (arrival ms, speaker, Opus payload): the media loop's only work per packet
         self.buf: list[tuple[int, str, bytes]] = []
         self.active = False  # recording (not paused)
@@ -389,6 +418,7 @@ class Track:
         self.open()
         w = self.writer
         assert w is not None
+        size = w.bytes  # after open: a resumed file's earlier bytes are not written now
         if new_segment:
             self.t0_ms = None
         pos = w.granule
@@ -420,6 +450,7 @@ class Track:
             pos += opus_samples(payload)
             self.packets += 1
         w.write(out)
+        self.written.add(self.packets - before[0], self.silence - before[1], w.bytes - size)
         RECORDED.inc(self.packets - before[0])
         SILENCE_FRAMES.inc(self.silence - before[1])
         LEFT_OUT.inc(self.overlap_dropped + self.late_dropped - before[2])
@@ -487,6 +518,7 @@ class Recordings:
         self.flush_s = flush_s
         self.clock = clock
         self.tracks: dict[str, Track] = {}
+        self.written = Written()  # every track's and clip's bytes (`stats`)
         self._fresh: set[str] = set()  # tracks whose next write starts a segment
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recording")
         self._task: asyncio.Task[None] | None = None
@@ -586,7 +618,7 @@ class Recordings:
     def _begin(self, space: str) -> None:
         track = self.tracks.get(space)
         if track is None:
-            track = self.tracks[space] = Track(space, self.path(space))
+            track = self.tracks[space] = Track(space, self.path(space), self.written)
         track.active = True
         self._fresh.add(space)
         media = self.media.get(space)
@@ -657,7 +689,12 @@ class Recordings:
             self._io, write_clip, src, self.clip_path(clip_id), start_s, duration_s
         )
         CLIPS_CUT.inc()
+        self.written.clip_bytes += clip.bytes
         return clip
+
+    def stats(self) -> dict[str, float]:
+        """What every recording and clip wrote so far (`Written.stats`)."""
+        return self.written.stats()
 
     def expire(self) -> int:
         """Delete expired clips (rows and files); how many."""

@@ -2,8 +2,10 @@
 
 With `spacesim serve --record DIR`, every event a room publishes becomes a record, and
 once a second the server adds its CPU (`node_cpu`, in cores) and the packets its media
-plane forwarded and dropped. The run directory is written when the server stops, so a
-load test's records and the server's can be compared in one notebook.
+plane forwarded and dropped, and, once captions or recordings have worked, the caption
+workers' CPU and speech, and the bytes and packets recordings wrote. The run directory is
+written when the server stops, so a load test's records and the server's can be compared
+in one notebook.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -56,12 +58,37 @@ class ServerRecorder:
             )
         )
 
-    def start_sampling(self, media: Callable[[], Iterable[Any]], every: float = 1.0) -> None:
-        """Sample CPU and packet counters every `every` seconds until `close`."""
+    def start_sampling(
+        self,
+        media: Callable[[], Iterable[Any]],
+        every: float = 1.0,
+        *,
+        captions: Callable[[], Mapping[str, float]] | None = None,
+        recordings: Callable[[], Mapping[str, float]] | None = None,
+    ) -> None:
+        """Sample CPU and packet counters every `every` seconds until `close`.
+
+        `captions` (`Captioner.stats`) and `recordings` (`Recordings.stats`) give the
+        counters of the caption workers and the recordings; once either has done any
+        work, each sample also records the workers' CPU (``asr_cores``: their own
+        processes, which ``node_cpu`` leaves out) and the speech sent to them
+        (``asr_audio_seconds``), and what recordings wrote (``recording_bytes`` of role
+        ``room``, ``packets_recorded``, ``silence_recorded``; clips as ``recording_bytes``
+        of role ``clip``), which `spacesim calibrate` fits ``asr_cost`` and
+        ``recorded_packet_bytes`` from. The media loop only bumps counters for them.
+        """
+
+        def sources() -> dict[str, float]:
+            out: dict[str, float] = {}
+            for prefix, source in (("asr_", captions), ("rec_", recordings)):
+                if source is not None:
+                    out.update({prefix + k: float(v) for k, v in source().items()})
+            return out
 
         async def sample() -> None:
             last_cpu, last_t = time.process_time(), self.clock()
             last_fwd = last_drop = 0
+            last = sources()
             while True:
                 await asyncio.sleep(every)
                 cpu, t = time.process_time(), self.clock()
@@ -95,9 +122,30 @@ class ServerRecorder:
                         None,
                     )
                 )
-                last_cpu, last_t, last_fwd, last_drop = cpu, t, fwd, drop
+                counters = sources()
+                self._features(now, t - last_t, counters, last)
+                last_cpu, last_t, last_fwd, last_drop, last = cpu, t, fwd, drop, counters
 
         self._task = asyncio.get_running_loop().create_task(sample())
+
+    def _features(
+        self, now: float, dt: float, counters: Mapping[str, float], last: Mapping[str, float]
+    ) -> None:
+        """Caption workers' and recordings' records of one sample (see `start_sampling`)."""
+
+        def delta(key: str) -> float:
+            return max(counters.get(key, 0.0) - last.get(key, 0.0), 0.0)
+
+        add = self.recorder.append
+        if counters.get("asr_cpu_seconds", 0.0) > 0 or counters.get("asr_audio_seconds", 0.0) > 0:
+            add(("asr_cores", now, "", "server", "node", delta("asr_cpu_seconds") / dt, None))
+            add(("asr_audio_seconds", now, "", "server", "node", delta("asr_audio_seconds"), None))
+        if counters.get("rec_bytes", 0.0) > 0:
+            add(("recording_bytes", now, "", "server", "room", delta("rec_bytes"), None))
+            add(("packets_recorded", now, "", "server", "room", delta("rec_packets"), None))
+            add(("silence_recorded", now, "", "server", "room", delta("rec_silence"), None))
+        if delta("rec_clip_bytes") > 0:
+            add(("recording_bytes", now, "", "server", "clip", delta("rec_clip_bytes"), None))
 
     async def close(self) -> Path:
         if self._task is not None:

@@ -2,7 +2,7 @@
 
 A load run (`spacesim load --out DIR`) holds the swarm's records (source=load) and the
 embedded server's (``DIR/server``, source=server); both metas carry ``extra.t0_unix``
-so their clocks line up. Two fits, both non-negative least squares:
+so their clocks line up. The fits are non-negative least squares:
 
 * **CPU.** The server samples its CPU (cores) once a second. Each sample is regressed
   on what the server did in that second::
@@ -29,6 +29,27 @@ so their clocks line up. Two fits, both non-negative least squares:
   fell behind the server (`swarm_behind`) are left out.
   On loopback both terms include the clients' own receive path: the swarm's listeners
   share an event loop, so the k-th copy of a packet is also *read* k copies late.
+
+* **Captions and recording.** Once a second the server also records its caption
+  workers' CPU (``asr_cores``: their own processes) and the speech it sent them
+  (``asr_audio_seconds``), and what its recordings wrote (``recording_bytes`` of role
+  ``room``, ``packets_recorded``, ``silence_recorded``). ``asr_cost`` is the slope of::
+
+      asr_cores = asr_cost x speech seconds per second
+
+  over windows of `ASR_WINDOW` samples (a job's CPU lands a little after its audio was
+  sent, and a backlog drains later still), from the first second any speech was sent
+  (before it the workers load their model). Like the model, no fixed term: an idle
+  worker waits on its queue. ``recorded_packet_bytes`` is the cost per packet of::
+
+      recording_bytes = recorded_packet_bytes x packets_recorded
+                        + silence_frame_bytes x silence_recorded
+
+  per second (page headers spread over both; ``silence_frame_bytes`` is reported, not
+  written: the model leaves silence out). Runs without captions (or recording) leave
+  the term out of the file, so the scenario's value stands; `Calibration.notes` says so.
+  The swarm's packets carry a measurement mark (`SWARM_MARK_BYTES`) that real clients'
+  do not, so a fit from load runs is that much above real speech; the notes say so.
 
 For capacity questions about real listeners (each on their own device), the two
 latency terms from a loopback rig overstate the fan-out: delete ``fanout_delay`` and
@@ -61,17 +82,22 @@ from spacesim.results import Run, load_run, packets_per_window, steady_window
 from spacesim.scenario import Scenario, ScenarioError, Server, parse_scenario
 
 __all__ = [
+    "ASR_WINDOW",
     "CPU_TERMS",
     "Calibration",
     "CalibrationError",
     "apply_calibration",
+    "asr_samples",
     "calibrate",
     "cpu_samples",
+    "fit_asr",
     "fit_cpu",
     "fit_latency",
+    "fit_recording",
     "latency_points",
     "load_calibration",
     "nnls",
+    "recording_samples",
     "swarm_behind",
     "swarm_loop_lag",
     "swarm_pace",
@@ -90,6 +116,11 @@ BACKLOG_INTERVALS = 5.0  # loopback median latency above this many packet interv
 # The fan-out law is fitted on the body of the distribution; the tail above it carries
 # the rig's stalls (GC, scheduling), which the model does not have.
 QUANTILES: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)
+#: Server samples (seconds) per window of the speech recognition fit.
+ASR_WINDOW = 5
+#: Bytes the swarm adds to each Opus packet it sends: a 20-byte mark in the padding of a
+#: code-3 packet, plus its count and padding-length bytes (spacesim.client.opus.mark).
+SWARM_MARK_BYTES = 22
 
 
 class CalibrationError(ValueError):
@@ -340,6 +371,75 @@ def _latency_points(pair: _Pair) -> pd.DataFrame:
     )
 
 
+def asr_samples(directory: str | Path) -> pd.DataFrame:
+    """Windows of the caption workers' records: ``t, cores, audio, run_id`` (see
+    `fit_asr`); empty when the run sent no speech to caption workers."""
+    return _asr_samples(_pair(directory))
+
+
+def _asr_samples(pair: _Pair, window: int = ASR_WINDOW) -> pd.DataFrame:
+    cols = ["t", "cores", "audio", "run_id"]
+    rec = pair.server.records
+    cores = rec[rec["kind"] == "asr_cores"].sort_values("t")
+    audio = rec[rec["kind"] == "asr_audio_seconds"].set_index("t")["value"]
+    t = cores["t"].to_numpy("float64")
+    frame = pd.DataFrame(
+        {
+            "t": t,
+            "cpu": cores["value"].to_numpy("float64"),
+            "audio": audio.reindex(t).fillna(0.0).to_numpy("float64"),
+        }
+    )
+    frame = frame[frame["t"] <= _end(pair)]
+    spoken = np.flatnonzero(frame["audio"].to_numpy() > 0)
+    if spoken.size == 0 or t.size < 2:
+        return pd.DataFrame(columns=cols)
+    frame = frame.iloc[spoken[0] :].reset_index(drop=True)
+    dt = np.diff(frame["t"].to_numpy(), prepend=frame["t"].iloc[0] - np.median(np.diff(t)))
+    frame["cpu_s"] = frame["cpu"] * dt
+    frame["dt"] = dt
+    block = np.arange(len(frame)) // window
+    sums = frame.groupby(block).agg(t=("t", "max"), cpu_s=("cpu_s", "sum"), dt=("dt", "sum"))
+    sums["audio"] = frame.groupby(block)["audio"].sum()
+    full = frame.groupby(block).size() == window  # a short last window is left out
+    sums = sums[full.to_numpy()]
+    return pd.DataFrame(
+        {
+            "t": sums["t"].to_numpy(),
+            "cores": (sums["cpu_s"] / sums["dt"]).to_numpy(),
+            "audio": (sums["audio"] / sums["dt"]).to_numpy(),
+            "run_id": pair.server.meta.run_id,
+        }
+    )
+
+
+def recording_samples(directory: str | Path) -> pd.DataFrame:
+    """Per server sample: ``t, bytes, packets, silence, run_id`` of its recordings."""
+    return _recording_samples(_pair(directory))
+
+
+def _recording_samples(pair: _Pair) -> pd.DataFrame:
+    rec = pair.server.records
+    written = rec[(rec["kind"] == "recording_bytes") & (rec["role"] == "room")].sort_values("t")
+    t = written["t"].to_numpy("float64")
+
+    def at(kind: str) -> np.ndarray:
+        values = rec[rec["kind"] == kind].set_index("t")["value"]
+        out: np.ndarray = values.reindex(t).fillna(0.0).to_numpy("float64")
+        return out
+
+    frame = pd.DataFrame(
+        {
+            "t": t,
+            "bytes": written["value"].to_numpy("float64"),
+            "packets": at("packets_recorded"),
+            "silence": at("silence_recorded"),
+            "run_id": pair.server.meta.run_id,
+        }
+    )
+    return frame[frame["t"] <= _end(pair)].reset_index(drop=True)
+
+
 # --------------------------------------------------------------------------- fits
 
 
@@ -401,6 +501,25 @@ def fit_latency(points: pd.DataFrame) -> Fit | None:
     return _nnls_fit(a, y, ["forward_delay", "fanout_delay"], points)
 
 
+def fit_asr(samples: pd.DataFrame) -> Fit | None:
+    """Fit ``cores = asr_cost x audio`` (caption workers' cores on speech seconds per
+    second, windows of `asr_samples`); None when no window had speech."""
+    if len(samples) < 2 or not (samples["audio"].to_numpy("float64") > 0).any():
+        return None
+    a = samples[["audio"]].to_numpy("float64")
+    return _nnls_fit(a, samples["cores"].to_numpy("float64"), ["asr_cost"], samples)
+
+
+def fit_recording(samples: pd.DataFrame) -> Fit | None:
+    """Fit ``bytes = recorded_packet_bytes x packets + silence_frame_bytes x silence`` per
+    second of a recording's writes; None when nothing was recorded."""
+    if len(samples) < 3 or not (samples["packets"].to_numpy("float64") > 0).any():
+        return None
+    a = samples[["packets", "silence"]].to_numpy("float64")
+    y = samples["bytes"].to_numpy("float64")
+    return _nnls_fit(a, y, ["recorded_packet_bytes", "silence_frame_bytes"], samples)
+
+
 def _nnls_fit(a: np.ndarray, y: np.ndarray, names: list[str], rows: pd.DataFrame) -> Fit:
     """Non-negative least squares of y on the columns of a, with its residual figures."""
     coef = nnls(a, y)
@@ -429,6 +548,10 @@ class Calibration:
     runs: list[dict[str, Any]]
     machine: dict[str, Any]
     created: str
+    asr: Fit | None = None  # None: no run sent speech to caption workers
+    recording: Fit | None = None  # None: no run recorded
+    # for people: terms left at the scenario's value, and caveats about fitted ones
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -440,7 +563,10 @@ class Calibration:
                 "fit": {
                     "cpu": _fit_dict(self.cpu, "cores"),
                     "latency": _fit_dict(self.latency, "s") if self.latency else None,
+                    "asr": _fit_dict(self.asr, "cores") if self.asr else None,
+                    "recording": _fit_dict(self.recording, "bytes") if self.recording else None,
                 },
+                "notes": list(self.notes),
             },
         }
 
@@ -492,6 +618,29 @@ def calibrate(
     points = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     latency = fit_latency(points) if len(points) else None
     fitted = dict(cpu.coef) | (latency.coef if latency is not None else {})
+    asr_frames = [f for f in (_asr_samples(p) for p in pairs) if len(f)]
+    asr = fit_asr(pd.concat(asr_frames, ignore_index=True)) if asr_frames else None
+    rec_frames = [f for f in (_recording_samples(p) for p in pairs) if len(f)]
+    recording = fit_recording(pd.concat(rec_frames, ignore_index=True)) if rec_frames else None
+    notes = []
+    if asr is not None:
+        fitted["asr_cost"] = asr.coef["asr_cost"]
+    else:
+        notes.append(
+            "asr_cost: no run sent speech to caption workers (captions off); the "
+            "scenario's value stands"
+        )
+    if recording is not None:
+        fitted["recorded_packet_bytes"] = recording.coef["recorded_packet_bytes"]
+        if any(p.load is not None for p, f in zip(pairs, rec_frames, strict=False) if len(f)):
+            notes.append(
+                f"recorded_packet_bytes: the swarm's packets carry a {SWARM_MARK_BYTES}-byte "
+                "measurement mark each (spacesim.client.opus.mark), which the recording "
+                "keeps; for real clients take about "
+                f"{recording.coef['recorded_packet_bytes'] - SWARM_MARK_BYTES:.3g}"
+            )
+    else:
+        notes.append("recorded_packet_bytes: no run recorded a space; the scenario's value stands")
     server = {k: float(f"{v:.4g}") for k, v in fitted.items()}  # more digits are noise
     runs = []
     for p in pairs:
@@ -516,6 +665,9 @@ def calibrate(
         runs=runs,
         machine=_machine(),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
+        asr=asr,
+        recording=recording,
+        notes=notes,
     )
 
 

@@ -4,6 +4,8 @@ recogniser in process; storage, WebVTT, and the HTTP surface."""
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -94,7 +96,7 @@ class World:
         for ex in self.executors:
             for fn, _, f in ex.jobs:
                 if fn is cap.work_ready and not f.done():
-                    f.set_result(None)
+                    f.set_result(os.getpid())  # the answer is its pid
 
     def backlog_over(self, limit: float, speaker: str = "alice") -> None:
         """Talk (nothing answered) until worker 0's backlog exceeds `limit` seconds."""
@@ -444,3 +446,39 @@ async def test_the_media_plane_calls_the_tap_only_while_captions_are_on(
     finally:
         await state.recordings.close()
         await state.captioner.close()
+
+
+def _burn(seconds: float) -> None:
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
+def test_process_cpu_reads_a_process_s_cpu_time() -> None:
+    before = cap.process_cpu(os.getpid())
+    assert before is not None
+    _burn(0.3)
+    after = cap.process_cpu(os.getpid())
+    assert after is not None and after - before == pytest.approx(0.3, abs=0.05)
+    assert after == pytest.approx(time.process_time(), abs=0.05)
+    assert cap.process_cpu(2**22 + 12345) is None  # above any pid_max: no such process
+
+
+async def test_workers_cpu_counts_from_ready_and_survives_a_replacement() -> None:
+    """The worker's first job answers its pid; its CPU counts from then (not the model's
+    loading), and a replaced process's CPU still counts."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    w = World()
+    assert w.captioner.stats()["cpu_seconds"] == 0.0  # no pid yet: nothing read
+    _burn(0.2)  # "loading the model": before the worker is ready
+    ready = [f for fn, _, f in w.executors[0].jobs if fn is cap.work_ready]
+    ready[0].set_result(os.getpid())  # the fake runs in this process: its CPU is ours
+    assert w.captioner.stats()["cpu_seconds"] == pytest.approx(0.0, abs=0.03)
+    _burn(0.3)
+    assert w.captioner.stats()["cpu_seconds"] == pytest.approx(0.3, abs=0.05)
+    w.talk("alice", CHUNK_PACKETS)
+    w.executors[0].pending()[0].set_exception(BrokenProcessPool("killed"))
+    await settle()
+    _burn(0.2)  # no process to read: the dead one's count stands
+    assert w.captioner.stats()["cpu_seconds"] == pytest.approx(0.3, abs=0.05)

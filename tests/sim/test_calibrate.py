@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -15,11 +16,15 @@ from spacesim.results import Recorder, RunMeta, load_run, summarise, write_run
 from spacesim.scenario import ScenarioError
 from spacesim.sim import simulate
 from spacesim.sim.calibrate import (
+    ASR_WINDOW,
+    SWARM_MARK_BYTES,
     apply_calibration,
+    asr_samples,
     calibrate,
     cpu_samples,
     load_calibration,
     nnls,
+    recording_samples,
     swarm_behind,
     swarm_loop_lag,
     swarm_pace,
@@ -327,3 +332,107 @@ def test_calibrate_from_two_real_load_runs(tmp_path: Path) -> None:
     path = cal.write(tmp_path / "cal.yaml")
     assert cli(["calibrate", *map(str, runs), "-o", str(tmp_path / "cli.yaml")]) == 0
     assert set(load_calibration(tmp_path / "cli.yaml")) == set(load_calibration(path))
+
+
+# --------------------------------------------------------------------------- captions, recording
+
+ASR_COST = 0.31  # core-seconds per speech second (the default is 0.23: a fit must move it)
+PACKET_BYTES = 61.0  # bytes per recorded packet (default 57)
+SILENCE_BYTES = 4.0
+
+
+def feature_run(directory: Path, seconds: int, seed: int) -> Path:
+    """A server run with captions and recording: the workers' CPU follows `ASR_COST` per
+    speech second, a share of each second's work landing in the next (jobs in flight),
+    after a model-loading spike before any speech; recordings write `PACKET_BYTES` a
+    packet and `SILENCE_BYTES` a silence frame, plus a 27-byte page header a flush."""
+    directory = server_run(directory, seconds, 2.0, 1, seed, 0.002)
+    run = load_run(directory)
+    rng = np.random.default_rng(seed)
+    rec = Recorder(run.meta.run_id, "server")
+    carry = 0.0
+    for s in range(1, seconds + 1):
+        speech = 0.0 if s <= 3 else float(rng.uniform(0.0, 3.0))  # 0..3 streams talking
+        work = ASR_COST * speech
+        late = float(rng.uniform(0.0, 0.3)) * work
+        cores = carry + work - late + (0.9 if s == 2 else 0.0)  # s 2: the model loads
+        carry = late
+        rec.add("asr_cores", float(s), "", "server", "node", cores)
+        rec.add("asr_audio_seconds", float(s), "", "server", "node", speech)
+        packets = float(rng.integers(0, 60))
+        silence = float(50 - min(packets, 50))
+        size = PACKET_BYTES * packets + SILENCE_BYTES * silence + 27
+        rec.add("recording_bytes", float(s), "", "server", "room", size)
+        rec.add("packets_recorded", float(s), "", "server", "room", packets)
+        rec.add("silence_recorded", float(s), "", "server", "room", silence)
+        if s % 10 == 0:  # clips: not recordings of the room, not in the fit
+            rec.add("recording_bytes", float(s), "", "server", "clip", 100_000.0)
+    frame = pd.concat([run.records, rec.to_frame()], ignore_index=True).sort_values("t")
+    (directory / "meta.json").unlink()
+    write_run(directory, frame, run.meta)
+    return directory
+
+
+def test_caption_and_recording_costs_are_fitted_and_written(tmp_path: Path) -> None:
+    runs = [feature_run(tmp_path / "a", 60, 1), feature_run(tmp_path / "b", 60, 2)]
+    cal = calibrate(runs)
+    assert cal.asr is not None and cal.recording is not None and cal.notes == []
+    # the lag between speech and its CPU averages out over windows; the load spike is
+    # before the first speech, so it stays out
+    assert cal.server["asr_cost"] == pytest.approx(ASR_COST, rel=0.02)
+    assert cal.asr.samples == 2 * ((60 - 3) // ASR_WINDOW) and cal.asr.r2 > 0.9
+    assert asr_samples(runs[0])["t"].min() >= 4 + ASR_WINDOW - 1
+    assert cal.server["recorded_packet_bytes"] == pytest.approx(PACKET_BYTES, rel=0.02)
+    assert cal.recording.coef["silence_frame_bytes"] == pytest.approx(SILENCE_BYTES, abs=1.0)
+    assert len(recording_samples(runs[0])) == 60  # clips are not the room's recording
+    path = cal.write(tmp_path / "cal.yaml")
+    data = yaml.safe_load(path.read_text())
+    assert data["provenance"]["fit"]["asr"]["unit"] == "cores"
+    assert data["provenance"]["fit"]["recording"]["samples"] == 120
+    sc = apply_calibration(fixed_crowd(5, 10, features={"captions": 1}), path)
+    assert sc.server.asr_cost == cal.server["asr_cost"]
+    assert sc.server.recorded_packet_bytes == cal.server["recorded_packet_bytes"]
+    # recorded from the swarm: its packets' measurement marks are in the bytes, and said
+    pair = load_run_pair(tmp_path / "load", 10, 0.001, 60e-6, 5)
+    feature_run(pair / "server", 20, 5)
+    (note,) = calibrate([pair]).notes
+    assert note.startswith("recorded_packet_bytes: the swarm's packets carry a 22-byte")
+
+
+def test_runs_without_captions_leave_their_costs_at_the_defaults(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runs = [server_run(tmp_path / "a", 30, 3.0, 1, 1, 0.003)]
+    cal = calibrate(runs)
+    assert cal.asr is None and cal.recording is None
+    assert not {"asr_cost", "recorded_packet_bytes"} & set(cal.server)
+    assert [n.split(":")[0] for n in cal.notes] == ["asr_cost", "recorded_packet_bytes"]
+    assert cli(["calibrate", str(runs[0]), "-o", str(tmp_path / "cal.yaml")]) == 0
+    printed = capsys.readouterr().out
+    assert "note: asr_cost: no run sent speech to caption workers" in printed
+    assert "asr_cost" not in load_calibration(tmp_path / "cal.yaml")
+    # with them, the CLI prints the fits and the table holds the terms
+    feature_run(tmp_path / "f", 40, 3)
+    assert cli(["calibrate", str(tmp_path / "f"), "-o", str(tmp_path / "f.yaml")]) == 0
+    printed = capsys.readouterr().out
+    assert "asr fit:" in printed and "recording fit:" in printed and "note:" not in printed
+
+
+def test_simulate_prices_captions_with_the_calibrated_asr_cost(tmp_path: Path) -> None:
+    cal = tmp_path / "cal.yaml"
+    cal.write_text(yaml.safe_dump({"server": {"asr_cost": 0.5, "recorded_packet_bytes": 100}}))
+    sc = fixed_crowd(5, 20, features={"captions": 1, "recording": 1})
+    base = summarise(simulate(sc, seed=1).records, 20)
+    calibrated = summarise(simulate(apply_calibration(sc, cal), seed=1).records, 20)
+    ratio = calibrated.loc["asr_cores", "mean"] / base.loc["asr_cores", "mean"]
+    assert ratio == pytest.approx(0.5 / sc.server.asr_cost)
+    written = calibrated.loc["recording_bytes", "value"] / base.loc["recording_bytes", "value"]
+    assert written == pytest.approx(100 / sc.server.recorded_packet_bytes)
+
+
+def test_the_swarm_mark_size_the_note_names_is_the_client_s() -> None:
+    from spacesim.client.opus import mark
+    from spacesim.client.speaker import load_clip
+
+    sizes = {len(mark(p, 1, 2, 3)) - len(p) for p in load_clip("welcome") if len(p) > 12}
+    assert sizes == {SWARM_MARK_BYTES}

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from spacesim.results import summarise
+from spacesim.cli import main as cli
+from spacesim.results import load_run, summarise
+from spacesim.scenario import Scenario, parse_scenario
+from spacesim.sim.capacity import caption_and_disk, feature_overrides
 from spacesim.sim.engine import simulate
 
 from .builders import scenario
@@ -103,3 +108,64 @@ def test_clips_are_cut_in_recorded_spaces_and_written_to_disk() -> None:
     assert summary.loc["clips_cut", "value"] == clips["value"].sum()
     unrecorded = simulate(scenario(**STEADY, features={"clip_rate": "6/min"})).records
     assert not (unrecorded["kind"] == "clip_cut").any()
+
+
+# --------------------------------------------------------------------------- capacity
+
+
+def _with(sc: Scenario, sets: list[str]) -> Scenario:
+    return parse_scenario(sc.model_dump(mode="json"), "test", sets)
+
+
+def test_caption_workers_and_disk_are_read_off_the_simulation(tmp_path: Path) -> None:
+    base = scenario(**STEADY, server={"nodes": 1, "asr_cost": 0.4, "recorded_packet_bytes": 50})
+    sets = feature_overrides(base, spaces=1, speakers=5)
+    # the stage grows to seat 5 talkers (host + 4); both features turned on
+    assert sets == [
+        "rooms.count=1",
+        "speaking.active_speakers=5",
+        "rooms.speakers=4",
+        "features.captions=1",
+        "features.recording=1",
+    ]
+    sc = _with(base, [*sets, "features.clip_rate=6/min"])
+    answer = caption_and_disk(sc, clip_retention=30 * 86_400, out_dir=tmp_path / "run")
+    # 5 streams x 0.4 = 2 cores, but a stream stays on one worker and a worker holds two
+    # of them (0.8 of its core): 2 workers would not do, 3 do
+    assert answer.asr_peak == pytest.approx(2.0) and answer.streams_peak == 5
+    assert answer.workers == 3
+    rec = load_run(tmp_path / "run").records
+    written = rec[rec["kind"] == "recording_bytes"]
+    room, clip = (written.loc[written["role"] == r, "value"].sum() for r in ("room", "clip"))
+    assert answer.recording_bytes == room and answer.clip_bytes == clip > 0
+    ticks = written.loc[written["role"] == "room", "t"].nunique()
+    # one stream (the floor) x 50 packets/s x 50 B, for the ticks the run records
+    assert answer.bytes_per_space_hour == pytest.approx(50 * 50 * 3600 * ticks / 60)
+    assert answer.clips_retained == pytest.approx(clip / 60 * 30 * 86_400)
+    assert answer.write_rate == pytest.approx((room + clip) / 60)
+    # cheaper recognition: the cores decide (5 x 0.3 = 1.5 -> 2 workers of 3 streams)
+    cheap = _with(base, [*sets, "server.asr_cost=0.3"])
+    assert caption_and_disk(cheap, clip_retention=1.0).workers == 2
+    # a share the scenario sets is kept; captions off means no workers
+    off = _with(base, ["features.captions=0", "features.recording=0.5"])
+    assert "features.recording=1" not in feature_overrides(_with(off, ["features.recording=0.5"]))
+    none = caption_and_disk(_with(off, ["features.recording=1"]), clip_retention=1.0)
+    assert none.workers == 0 and not none.captioned and "no caption workers" in str(none)
+
+
+def test_capacity_cli_answers_caption_workers_and_disk(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "sc.yaml"
+    path.write_text(scenario(**STEADY, server={"nodes": 1}).to_yaml())
+    cal = tmp_path / "cal.yaml"
+    cal.write_text("server:\n  asr_cost: 0.4\n")  # as `spacesim calibrate` writes it
+    args = ["capacity", str(path), "--out", str(tmp_path / "cap"), "--quiet"]
+    args += ["--calibration", str(cal)]
+    assert cli([*args, "--spaces", "1", "--speakers", "5"]) == 0
+    printed = capsys.readouterr().out
+    assert "--caption-workers 3 on each of 1 node(s)" in printed
+    assert "per recorded space-hour" in printed and "30-day retention" in printed
+    assert (tmp_path / "cap" / "spaces=1,speakers=5" / "meta.json").is_file()
+    assert cli(["capacity", str(path)]) == 2
+    assert "--spaces N / --speakers K" in capsys.readouterr().err
