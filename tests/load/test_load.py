@@ -56,9 +56,10 @@ def test_tiny_run_with_embedded_server(tiny: Path, tmp_path: Path) -> None:
     hold, m2e = summary["client_buffer", "p50"], summary["mouth_to_ear", "p50"]
     assert 0.06 < hold < 0.12
     assert m2e == pytest.approx(summary["audio_latency", "p50"] + hold, abs=0.015)
-    # Speech with its own pauses, in talk spurts (activity ~39 %; without DTX the pauses
-    # are Opus silence frames, decoded as inaudible frames).
-    assert 0.1 < summary["audible_fraction", "mean"] < 0.6
+    # Speech with its own pauses, in talk spurts (activity ~39 % on average, but two
+    # talkers' exponential spurts over 8 s spread widely: 0.09 was seen; without DTX the
+    # pauses are Opus silence frames, decoded as inaudible frames).
+    assert 0.02 < summary["audible_fraction", "mean"] < 0.6
     lag = rec.loc[rec["kind"] == "loop_lag", "value"]  # the swarm watches its own loop
     assert len(lag) >= 4 and (lag >= 0).all()
     stats = (out / "locust" / "locust_stats.csv").read_text()
