@@ -144,8 +144,8 @@ def test_set_turns_on_captions_and_recording(tiny: Path, tmp_path: Path) -> None
 
 REPLAYED = """\
 name: replayed
-duration: 9s
-rooms: {count: 1, speakers: 1, ends_at: 3s}
+duration: 11s
+rooms: {count: 1, speakers: 1, ends_at: 6s}
 speaking: {active_speakers: 2}
 arrivals: {kind: constant, rate: 1/s}
 session: {kind: fixed, mean: 2s}
@@ -156,13 +156,13 @@ load: {probe_fraction: 0%}
 
 
 def test_replay_listeners_hear_an_ended_recording_over_webrtc_and_http(tmp_path: Path) -> None:
-    """A recorded space ends at 3 s; replay listeners (4/s) then play its recording from
-    the real server, half over WebRTC (they receive its packets), half over HTTP (range
-    reads of the file); listeners who cut clips download them."""
+    """A recorded space ends at 6 s (Locust takes seconds to start); replay listeners
+    (4/s) then play its recording from the real server, half over WebRTC (they receive
+    its packets), half over HTTP (range reads of the file); clip cutters download clips."""
     path = tmp_path / "replayed.yaml"
     path.write_text(REPLAYED)
     out = tmp_path / "run"
-    assert main(path, users=3, duration=9, out=out, shape="steady", network="none") == 0
+    assert main(path, users=3, duration=11, out=out, shape="steady", network="none") == 0
     rec = load_run(out).records
     ended = rec.loc[rec["kind"] == "space_ended", "t"].min()
     started = rec[rec["kind"] == "replay_started"]
@@ -178,7 +178,7 @@ def test_replay_listeners_hear_an_ended_recording_over_webrtc_and_http(tmp_path:
     http = replays[(how == "http") & replays["participant"].isin(heard)]
     # WebRTC: the recording's Opus packets for up to 2 s (~25 kbit/s: a few kB)
     assert len(webrtc) and (webrtc["value"] > 1000).all() and (webrtc["value"] < 20_000).all()
-    # HTTP: a 3 s recording is within a player's read-ahead: the whole file, every time
+    # HTTP: a short recording is within a player's read-ahead: the whole file, every time
     assert len(http) and http["value"].nunique() == 1 and http["value"].iloc[0] > 1000
     clips = egress[egress["role"] == "clip"]
     assert len(clips) == (rec["kind"] == "clip_cut").sum() and (clips["value"] > 0).all()
