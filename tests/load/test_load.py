@@ -131,8 +131,9 @@ def test_set_turns_on_captions_and_recording(tiny: Path, tmp_path: Path) -> None
                 overrides=on) == 0  # fmt: skip
     run = load_run(out)
     assert run.meta.scenario is not None
-    assert run.meta.scenario["features"] == {"captions": 1.0, "recording": 1.0, "clip_rate": 0.5,
-                                             "replay_rate": 0.0, "replay_http_share": 0.5}  # fmt: skip
+    features = {"captions": 1.0, "recording": 1.0, "clip_rate": 0.5, "replay_rate": 0.0,
+                "replay_http_share": 0.5}  # fmt: skip
+    assert run.meta.scenario["features"] == features
     server = load_run(out / run.meta.extra["server_run"]).records
     assert {"recording_started", "caption"} <= set(server["kind"].astype(str))
     summary = summarise(run.records).loc
