@@ -520,8 +520,10 @@ class Features(_Model):
         0.5,
         description="Share of replay listeners who play the recording over HTTP (GET "
         "/v1/spaces/{id}/recording in range requests, as a player reads ahead: "
-        "`spacesim.behaviour.player_bytes`); the others replay it over WebRTC (POST "
-        ".../replay), which also costs the server ``cpu_per_join`` and a forwarded stream.",
+        "`spacesim.behaviour.player_bytes`; the swarm's go direct, its network relays carry "
+        "UDP only); the others replay it over WebRTC (POST .../replay, through their "
+        "``network`` path), which the model charges a join (``cpu_per_join``) and a "
+        "forwarded stream on the space's origin node.",
     )
 
 

@@ -25,7 +25,9 @@ through `Context.report` as request events (`spacesim.load.hooks.fire`).
 Locust request events (request_type "spacesim"): ``host_start``, ``join``,
 ``first_audio``, ``audio_latency``, ``mouth_to_ear`` and ``event_latency`` (p50 of each
 listener's 1 s window), ``hand_wait``, ``report_resolution``, ``reconnect``, ``speak``,
-``loop_lag`` and the actions (the host's moderation and timeline actions by name).
+``loop_lag``, ``clip`` and ``clip_fetch``, ``replay_start`` (a replay listener's first
+audio; ``replay`` when one fails) and the actions (the host's moderation and timeline
+actions by name).
 Records (source ``load``) go to a per-process `Recorder`, written at test stop by
 `spacesim.load.parts` (distributed mode: through the master); `spacesim.load.run`
 merges the parts into one run directory. Workers on several machines need
