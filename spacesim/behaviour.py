@@ -33,6 +33,8 @@ from spacesim.scenario import (
 __all__ = [
     "EMOJIS",
     "MODERATION_ACTIONS",
+    "PLAYER_AHEAD",
+    "PLAYER_CHUNK",
     "PyRng",
     "Rng",
     "accepts_invite",
@@ -42,7 +44,10 @@ __all__ = [
     "moderation_due",
     "network_path",
     "pick",
+    "player_bytes",
     "reaction_emoji",
+    "replay_arrivals",
+    "replays_over_http",
     "report_outcome",
     "report_targets_space",
     "review_time",
@@ -56,6 +61,11 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+#: A replay player's HTTP reads: range requests of whole `PLAYER_CHUNK` s of bytes, enough
+#: to stay `PLAYER_AHEAD` seconds of audio ahead of what it plays (`player_bytes`).
+PLAYER_CHUNK = 64 * 1024
+PLAYER_AHEAD = 10.0
 
 #: Reactions the audience sends, in a fixed order so a seed picks the same emoji in every
 #: process (`REACTIONS` is a set; "✋" is the raised hand, not a reaction people send).
@@ -170,6 +180,36 @@ def room_features(features: Features, rng: Rng) -> tuple[bool, bool]:
     captions = rng.uniform() < features.captions
     recording = rng.uniform() < features.recording
     return captions, recording
+
+
+def replay_arrivals(features: Features, dt: float, rng: Rng) -> int:
+    """Replay listeners arriving at one ended recorded space within `dt` s
+    (``features.replay_rate``, Poisson): both engines ask once a tick per such space."""
+    return events_in(features.replay_rate, dt, rng)
+
+
+def replays_over_http(features: Features, rng: Rng) -> bool:
+    """Whether a replay listener downloads the recording (HTTP) rather than replaying it
+    over WebRTC (``features.replay_http_share``). Drawn whatever the share, so the share
+    does not change the listener's other draws."""
+    return rng.uniform() < features.replay_http_share
+
+
+def player_bytes(position: float, duration: float, size: int) -> int:
+    """Bytes a replay player has fetched over HTTP once it has played `position` s of a
+    `duration` s recording of `size` bytes.
+
+    A player reads ahead: whole `PLAYER_CHUNK` range requests covering the audio up to
+    `PLAYER_AHEAD` s past what it plays (the recording's mean byte rate), at most the
+    file. Not a draw: the swarm's player fetches by it and the simulator charges by it,
+    so the two count the same egress for the same listening.
+    """
+    if size <= 0:
+        return 0
+    if duration <= 0:
+        return size
+    want = min((max(position, 0.0) + PLAYER_AHEAD) * size / duration, float(size))
+    return min(size, max(1, math.ceil(want / PLAYER_CHUNK)) * PLAYER_CHUNK)
 
 
 # --------------------------------------------------------------------------- stage

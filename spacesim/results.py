@@ -111,6 +111,16 @@ KINDS: Mapping[str, tuple[str, str]] = {
         "server's are per node (room empty)",
     ),
     "clip_cut": ("count", "clips listeners cut of a recording in a tick (aggregated) or one"),
+    "replay_started": (
+        "s",
+        "a replay listener of an ended recorded space heard it; value = request -> first "
+        "audio (WebRTC: first packet; HTTP: first range read); attrs.via = webrtc or http",
+    ),
+    "egress_bytes": (
+        "bytes",
+        "bytes the server sent one replay listener (role replay; WebRTC: the recording's "
+        "Opus payloads, HTTP: the ranges read; attrs.via) or one clip download (role clip)",
+    ),
     # audience and moderation
     "reaction": ("count", "emoji reactions in a tick (aggregated) or one reaction"),
     "report_filed": ("", "a report about a user or the space"),
@@ -406,6 +416,19 @@ def summarise(records: pd.DataFrame, duration: float | None = None) -> pd.DataFr
     clips = kind("clip_cut")
     if len(clips):
         total("clips_cut", float(clips["value"].sum()), "count")
+    replays = kind("replay_started")
+    if len(replays):
+        total("replays", float(len(replays)), "count")
+        dist("replay_start", replays, "s")
+    egress = kind("egress_bytes")
+    if len(egress):
+        sent = float(egress["value"].sum())
+        total("egress_bytes", sent, "bytes", len(egress))
+        for role in ("replay", "clip"):
+            mine = egress[egress["role"] == role]
+            total(f"{role}_egress_bytes", float(mine["value"].sum()), "bytes", len(mine))
+        if duration:
+            total("egress_rate", sent / duration, "bytes/s")
     rec = kind("recording_bytes")
     if len(rec):
         written = float(rec["value"].sum())

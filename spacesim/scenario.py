@@ -522,7 +522,24 @@ class Features(_Model):
     clip_rate: Rate = Field(
         0.0,
         description="Clips a listener of a recorded space cuts (the last 30 s, "
-        "POST /v1/spaces/{id}/clips), per listener.",
+        "POST /v1/spaces/{id}/clips), per listener. The cutter downloads its clip once "
+        "(GET .../clips/{id}: ``egress_bytes`` of role ``clip``).",
+    )
+    replay_rate: Rate = Field(
+        0.0,
+        description="Replay listeners arriving per recorded space after it ended (a Poisson "
+        "rate per space, from its end to the run's end). Each listens for a ``session`` "
+        "length (at most the recording) from its start, over HTTP or WebRTC "
+        "(``replay_http_share``): ``replay_started`` and ``egress_bytes`` of role ``replay``.",
+    )
+    replay_http_share: Fraction = Field(
+        0.5,
+        description="Share of replay listeners who play the recording over HTTP (GET "
+        "/v1/spaces/{id}/recording in range requests, as a player reads ahead: "
+        "`spacesim.behaviour.player_bytes`; the swarm's go direct, its network relays carry "
+        "UDP only); the others replay it over WebRTC (POST .../replay, through their "
+        "``network`` path), which the model charges a join (``cpu_per_join``) and a "
+        "forwarded stream on the space's origin node.",
     )
 
 

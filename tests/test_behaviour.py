@@ -101,6 +101,30 @@ def test_room_features_follow_their_shares(rng: b.Rng) -> None:
     }
 
 
+def test_replay_arrivals_and_their_path(rng: b.Rng) -> None:
+    f = Features(recording=1, replay_rate=0.5, replay_http_share=0.25)
+    assert statistics.fmean(b.replay_arrivals(f, 2.0, rng) for _ in range(N)) == pytest.approx(
+        1.0, abs=0.03
+    )
+    assert statistics.fmean(b.replays_over_http(f, rng) for _ in range(N)) == pytest.approx(
+        0.25, abs=0.015
+    )
+    assert b.replay_arrivals(Features(), 2.0, rng) == 0  # none by default
+
+
+def test_a_player_reads_whole_chunks_ahead_of_what_it_plays() -> None:
+    chunk, ahead = b.PLAYER_CHUNK, b.PLAYER_AHEAD
+    size, duration = 10 * chunk, 100.0  # a chunk holds 10 s
+    assert b.player_bytes(0.0, duration, size) == chunk  # 10 s ahead: one chunk
+    assert b.player_bytes(0.5, duration, size) == 2 * chunk
+    assert b.player_bytes(35.0, duration, size) == 5 * chunk  # 45 s: into the fifth chunk
+    assert b.player_bytes(95.0, duration, size) == size  # never past the file
+    assert b.player_bytes(1.0, duration, size - 7) <= size - 7
+    assert b.player_bytes(0.0, 4.0, 1000) == 1000  # a short recording: all of it at once
+    assert b.player_bytes(5.0, 0.0, 1000) == 1000 and b.player_bytes(5.0, 10.0, 0) == 0
+    assert ahead == 10.0
+
+
 def test_timeline_due_in_order() -> None:
     data: dict[str, Any] = {
         "name": "t",

@@ -76,7 +76,13 @@ FULL: dict[str, Any] = {
         "block_rate": "6/min",
         "cohost_handover_rate": "6/min",
     },
-    "features": {"captions": 1.0, "recording": 1.0, "clip_rate": "30/min"},
+    "features": {
+        "captions": 1.0,
+        "recording": 1.0,
+        "clip_rate": "30/min",
+        "replay_rate": "120/min",
+        "replay_http_share": 0.4,
+    },
     "timeline": [  # every action once, a second apart from 3 s; the space ends last
         {"at": f"{3 + i}s", "action": a}
         for i, a in enumerate(
@@ -121,6 +127,16 @@ ARRIVALS: list[dict[str, Any]] = [
     {"kind": "flash_crowd", "base": "0.5/s", "bursts": [{"at": "3s", "size": 20, "over": "4s"}]},
     {"kind": "piecewise", "steps": [{"at": 0, "rate": "1/s"}, {"at": "8s", "rate": "3/s"}]},
 ]
+
+
+def ending() -> Scenario:
+    """FULL, its spaces ending at 3 s by ``rooms.ends_at`` (no timeline): replay
+    listeners arrive within the few seconds the swarm's check runs."""
+    data = copy.deepcopy(FULL)
+    data["arrivals"] = ARRIVALS[0]
+    data["rooms"]["ends_at"] = "3s"
+    data["timeline"] = []
+    return parse_scenario(data, "parity")
 
 
 def scenarios() -> list[Scenario]:
@@ -210,25 +226,32 @@ def test_the_tracer_sees_reads() -> None:
 # --------------------------------------------------------------------------- engines
 
 
-def run_sim(sc: Scenario) -> None:
+#: Replays of ended recordings: what both engines record of them, whatever the run.
+REPLAYED = {("replay_started", "replay"), ("egress_bytes", "replay")}
+
+
+def run_sim(sc: Scenario) -> set[tuple[str, str]]:
+    """Run the simulator; the (kind, role) pairs it recorded."""
     from spacesim.sim.engine import simulate
 
     run = simulate(sc, seed=sc.seed)
     check_slos(summarise(run.records, sc.duration), sc.slo.targets())
+    rec = run.records
+    return {(str(k), str(r)) for k, r in zip(rec["kind"], rec["role"], strict=True)}
 
 
 def test_simulator_reads_exactly_its_fields() -> None:
     runs = scenarios()  # validated outside the trace: validators are not engines
     with reads() as seen:
-        for sc in runs:
-            run_sim(sc)
+        recorded = [run_sim(sc) for sc in runs]
     judge("sim", seen)
+    assert all(kinds >= REPLAYED for kinds in recorded)  # the timeline ends the spaces
 
 
-def run_load(sc: Scenario, behave: bool) -> None:
+def run_load(sc: Scenario, behave: bool, seconds: float = 8.0) -> set[tuple[str, str]]:
     """The swarm's scenario-reading code, without Locust or sockets: the load shape and,
     if `behave`, the gevent-free hosts and listeners against an in-memory server, then
-    the summary and SLO check `spacesim load` prints."""
+    the summary and SLO check `spacesim load` prints; the (kind, role) pairs recorded."""
     from spacesim.load.dryrun import dry_run
     from spacesim.load.shape import listener_targets
     from spacesim.results import Recorder
@@ -236,19 +259,21 @@ def run_load(sc: Scenario, behave: bool) -> None:
 
     listener_targets(sc, sc.duration, 20)
     if not behave:
-        return
+        return set()
 
     async def go() -> list[Any]:
         server = FakeServer()
         try:
-            return await dry_run(sc, server.client, seconds=8.0, listeners=16)
+            return await dry_run(sc, server.client, seconds=seconds, listeners=16)
         finally:
             await server.close()
 
     rec = Recorder("parity", "load")
     for row in asyncio.run(go()):
         rec.append(row)
-    check_slos(summarise(rec.to_frame(), sc.duration), sc.slo.targets())
+    frame = rec.to_frame()
+    check_slos(summarise(frame, sc.duration), sc.slo.targets())
+    return {(str(k), str(r)) for k, r in zip(frame["kind"], frame["role"], strict=True)}
 
 
 def test_swarm_reads_exactly_its_fields() -> None:
@@ -258,8 +283,11 @@ def test_swarm_reads_exactly_its_fields() -> None:
     everyone = runs[1].model_copy(
         update={"rooms": runs[1].rooms.model_copy(update={"who_may_speak": "everyone"})}
     )
+    ended = ending()
     with reads() as seen:
         for i, sc in enumerate(runs):
             run_load(sc, behave=i == 0)  # arrivals reach the swarm only through its shape
         run_load(everyone, behave=True)
+        recorded = run_load(ended, behave=True, seconds=5.0)
     judge("load", seen)
+    assert recorded >= REPLAYED

@@ -412,3 +412,20 @@ def test_nearest_rank_is_a_value_of_the_sample() -> None:
     assert nearest_rank(xs, 0.99) == 5.0 and nearest_rank(xs, 0.0) == 1.0
     assert nearest_rank(range(100), 0.95) == 95
     assert math.isnan(nearest_rank([], 0.5))
+
+
+def test_egress_and_replays_are_summarised() -> None:
+    rec = Recorder("r", "load")
+    rec.add("replay_started", 1.0, "s", "r1", "replay", 0.2, {"via": "webrtc"})
+    rec.add("replay_started", 2.0, "s", "r2", "replay", 0.4, {"via": "http"})
+    rec.add("egress_bytes", 5.0, "s", "r1", "replay", 1000.0, {"via": "webrtc"})
+    rec.add("egress_bytes", 6.0, "s", "r2", "replay", 3000.0, {"via": "http"})
+    rec.add("egress_bytes", 7.0, "s", "l1", "clip", 500.0)
+    s = summarise(rec.to_frame(), duration=10.0)
+    assert s.loc["replays", "value"] == 2
+    assert s.loc["replay_start", "p50"] == pytest.approx(0.3)
+    assert s.loc["egress_bytes", "value"] == 4500 and s.loc["egress_bytes", "unit"] == "bytes"
+    assert s.loc["replay_egress_bytes", "value"] == 4000
+    assert s.loc["clip_egress_bytes", "value"] == 500
+    assert s.loc["egress_rate", "value"] == pytest.approx(450.0)
+    assert "egress_bytes" not in summarise(Recorder("r", "sim").to_frame()).index

@@ -117,6 +117,41 @@ class RoomClient:
         )
         return result
 
+    async def recording_info(self, space: str) -> dict[str, Any]:
+        """The recording's ``status``, ``duration_s`` and ``bytes`` (docs/protocol.md)."""
+        result: dict[str, Any] = await self._call("GET", f"/v1/spaces/{space}/recording/info")
+        return result
+
+    async def download(
+        self, space: str, resource: str, first: int = 0, last: int | None = None
+    ) -> bytes:
+        """Bytes `first`..`last` (inclusive; None: to the end) of a space's file, ``recording``
+        or ``clips/{id}``, with a ``Range`` request as a player makes (206; 200 for all)."""
+        headers = {"Authorization": f"Bearer {await self.token()}"}
+        if first or last is not None:
+            headers["Range"] = f"bytes={first}-{'' if last is None else last}"
+        url = f"{self.base}/v1/spaces/{space}/{resource}"
+        try:
+            async with self.http.get(url, headers=headers) as r:
+                if r.status >= 400:
+                    try:
+                        data = await r.json(content_type=None)
+                    except ValueError:
+                        data = None
+                    if not isinstance(data, dict):
+                        raise ClientError(r.status, "bad_response", f"HTTP {r.status}")
+                    raise ClientError(r.status, data.get("error", "?"), data.get("reason", ""))
+                return await r.read()
+        except aiohttp.ClientConnectionError as exc:
+            raise ClientError(0, "unreachable", f"{self.base}: {exc}") from None
+
+    async def replay(self, space: str, sdp: str, offset: float = 0.0) -> dict[str, Any]:
+        """Hear the recording over WebRTC from `offset` s: ``{"sdp", "offset", "duration_s"}``."""
+        result: dict[str, Any] = await self._call(
+            "POST", f"/v1/spaces/{space}/replay", {"sdp": sdp, "offset": offset}
+        )
+        return result
+
     async def space(self, space: str) -> dict[str, Any]:
         """The space's bounded snapshot (counts, stage, first hands; docs/protocol.md)."""
         result: dict[str, Any] = await self._call("GET", f"/v1/spaces/{space}")
@@ -222,6 +257,7 @@ async def connect_audio(
     slots: int = 3,
     impair: tuple[Impairment, Impairment] | None = None,
     read_every: float | None = None,
+    replay: float | None = None,
 ) -> AudioLink:
     """Join `space` with audio; `on_rtp(slot, packet, arrival_ns)` gets every RTP packet,
     decrypted, with the monotonic time it reached the socket.
@@ -233,6 +269,9 @@ async def connect_audio(
 
     `impair` = (client -> server, server -> client) puts a user-space relay between the
     client and the server's ICE candidates (the kernel here has no netem).
+
+    `replay` (s): instead of joining, hear the ended space's recording from that offset
+    (``POST .../replay`` with the same offer; the link's ``join`` is that answer).
     """
     pc = rtc.new_peer_connection()
     if publish is not None:
@@ -245,7 +284,10 @@ async def connect_audio(
         # and the relay carries nothing (netem's docstring): offer dead candidates only.
         offer = blackhole_candidates(offer)
     try:
-        data = await client.join(space, offer)
+        if replay is None:
+            data = await client.join(space, offer)
+        else:
+            data = await client.replay(space, offer, replay)
     except BaseException:
         await pc.close()
         raise

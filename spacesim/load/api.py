@@ -103,6 +103,29 @@ class SpaceClient(Protocol):
         """A clip of the recording's last `duration` s (``no_recording`` if none)."""
         ...
 
+    async def recording_info(self, space: str) -> dict[str, Any]:
+        """``{"status", "duration_s", "bytes", ...}`` of the space's recording."""
+        ...
+
+    async def download(
+        self, space: str, resource: str, first: int = 0, last: int | None = None
+    ) -> bytes:
+        """Bytes `first`..`last` (inclusive) of ``recording`` or ``clips/{id}``."""
+        ...
+
+    async def connect_replay(
+        self,
+        space: str,
+        on_rtp: OnRtp,
+        *,
+        offset: float = 0.0,
+        path: NetworkProfile | None = None,
+        seed: int = 0,
+    ) -> Link:
+        """Hear an ended space's recording over WebRTC from `offset` s; connected when it
+        returns; its ``join`` is the replay answer (``duration_s``)."""
+        ...
+
 
 class ClientFactory(Protocol):
     def __call__(self, user: str, *, moderator: bool = False) -> SpaceClient: ...

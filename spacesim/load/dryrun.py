@@ -2,7 +2,8 @@
 
 `dry_run` runs what a load run's processes run -- a `Room` per ``rooms.count`` and
 listener sessions back to back, as many at each second as `listener_targets` says
-(the audience curve from ``rooms.starts_at``, scaled to `listeners`) -- on the current
+(the audience curve from ``rooms.starts_at``, scaled to `listeners`), and each ended
+recorded space's replay listeners (`spacesim.load.replayer`) -- on the current
 asyncio loop, against the `SpaceClient` s `client_factory` makes (tests/load/fakes.py
 has an in-memory server). tests/test_parity.py uses it to check which scenario fields
 the swarm reads.
@@ -19,6 +20,7 @@ from spacesim.behaviour import PyRng
 from spacesim.load.api import ClientFactory, Context, Report
 from spacesim.load.host import Room
 from spacesim.load.listener import ListenerSession
+from spacesim.load.replayer import ReplayCrowd, crowd_after
 from spacesim.load.shape import listener_targets
 from spacesim.results import Recorder, Row
 from spacesim.scenario import Scenario
@@ -87,9 +89,22 @@ async def dry_run(
             if outcome != "done":
                 await asyncio.sleep(0.2)
 
+    crowds: dict[int, ReplayCrowd] = {}
+
+    async def replays() -> None:
+        while not stop:
+            for room in rooms:
+                crowd = None if id(room) in crowds else crowd_after(room)
+                if crowd is not None:
+                    crowds[id(room)] = crowd
+                    tasks.append(asyncio.get_running_loop().create_task(crowd.run()))
+            await asyncio.sleep(0.2)
+
+    loop = asyncio.get_running_loop()
     tasks: list[asyncio.Task[Any]] = [
-        asyncio.get_running_loop().create_task(slot(i)) for i in range(int(targets.max(initial=0)))
+        loop.create_task(slot(i)) for i in range(int(targets.max(initial=0)))
     ]
+    tasks.append(loop.create_task(replays()))
     try:
         await asyncio.sleep(seconds)
     finally:
@@ -99,6 +114,8 @@ async def dry_run(
         await asyncio.gather(*tasks, return_exceptions=True)
         for sess in list(sessions.values()):
             await sess.close()
+        for crowd in crowds.values():
+            await crowd.close()
         for room in rooms:
             await room.close()
     return rec.rows

@@ -17,7 +17,8 @@ decision is `spacesim.behaviour`'s:
   ``caption_wer`` (its words against the speaker's clip transcript), at most
   `LATENCY_SAMPLES` of each per window. In a recorded space (the join answer's
   ``recording``) a listener cuts clips of the last 30 s at ``features.clip_rate``
-  (``clip_cut`` records; ``rate_limited`` is an expected refusal).
+  (``clip_cut`` records; ``rate_limited`` is an expected refusal) and downloads each
+  clip it cut once (``egress_bytes`` of role ``clip``: what a share costs to serve).
 * Per 1 s tick, `behaviour.events_in` at the ``audience`` rates: raise a hand, react
   (`behaviour.reaction_emoji`), report (the space with ``space_report_share``, else
   another listener of this process in the space), personally block another present
@@ -316,6 +317,21 @@ class ListenerSession:
         ctx.report("clip", took, None)
         attrs = {"clip": clip.get("id"), "bytes": clip.get("bytes")}
         ctx.add("clip_cut", self.space, self.user, "listener", 1.0, attrs)
+        await self._fetch_clip(str(clip.get("id")))
+
+    async def _fetch_clip(self, clip: str) -> None:
+        """Download a clip (``clip_fetch``): the bytes the server sends for it."""
+        t = time.monotonic()
+        try:
+            data = await asyncio.wait_for(
+                self.client.download(self.space, f"clips/{clip}"), ACTION_TIMEOUT
+            )
+        except Exception as exc:
+            self.ctx.report("clip_fetch", time.monotonic() - t, exc)
+            return
+        self.ctx.report("clip_fetch", time.monotonic() - t, None)
+        attrs = {"clip": clip}
+        self.ctx.add("egress_bytes", self.space, self.user, "clip", len(data), attrs)
 
     def _others(self) -> list[str]:
         return [u for u, sp in self.ctx.active.items() if sp == self.space and u != self.user]

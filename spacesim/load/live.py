@@ -144,3 +144,30 @@ class LiveClient:
 
     async def cut_clip(self, space: str, duration: float = 30.0) -> dict[str, Any]:
         return await self.rc.cut_clip(space, duration)
+
+    async def recording_info(self, space: str) -> dict[str, Any]:
+        return await self.rc.recording_info(space)
+
+    async def download(
+        self, space: str, resource: str, first: int = 0, last: int | None = None
+    ) -> bytes:
+        return await self.rc.download(space, resource, first, last)
+
+    async def connect_replay(
+        self,
+        space: str,
+        on_rtp: OnRtp,
+        *,
+        offset: float = 0.0,
+        path: NetworkProfile | None = None,
+        seed: int = 0,
+    ) -> LiveLink:
+        link = await connect_audio(
+            self.rc, space, on_rtp, impair=impairments(path, seed), replay=offset
+        )
+        try:
+            await _connected(link, CONNECT_TIMEOUT)
+        except BaseException:
+            await link.close()
+            raise
+        return LiveLink(link)

@@ -11,7 +11,9 @@ Requests made from the gevent side are timed by Locust
 through `Context.report` as request events (`spacesim.load.hooks.fire`).
 
 * `Host` (``fixed_count`` = ``rooms.count``): one `Room` (the space's lifecycle, the
-  stage as written, hands, reports, moderation rates and the timeline).
+  stage as written, hands, reports, moderation rates and the timeline); once a recorded
+  space has ended, its replay listeners (`spacesim.load.replayer.ReplayCrowd`,
+  ``features.replay_rate``), sessions on the bridge loop like the listeners'.
 * `Listener`: each task run is one `ListenerSession` under a fresh user id, on one of
   the process's live spaces; once every space has ended, it idles quietly.
 * `ScenarioShape`: the number of users follows the scenario's arrival profile
@@ -23,7 +25,9 @@ through `Context.report` as request events (`spacesim.load.hooks.fire`).
 Locust request events (request_type "spacesim"): ``host_start``, ``join``,
 ``first_audio``, ``audio_latency``, ``mouth_to_ear`` and ``event_latency`` (p50 of each
 listener's 1 s window), ``hand_wait``, ``report_resolution``, ``reconnect``, ``speak``,
-``loop_lag`` and the actions (the host's moderation and timeline actions by name).
+``loop_lag``, ``clip`` and ``clip_fetch``, ``replay_start`` (a replay listener's first
+audio; ``replay`` when one fails) and the actions (the host's moderation and timeline
+actions by name).
 Records (source ``load``) go to a per-process `Recorder`, written at test stop by
 `spacesim.load.parts` (distributed mode: through the master); `spacesim.load.run`
 merges the parts into one run directory. Workers on several machines need
@@ -47,6 +51,7 @@ from spacesim.load.hooks import REQUEST_TYPE, close, ensure, fire
 from spacesim.load.host import Room
 from spacesim.load.listener import ListenerSession
 from spacesim.load.parts import MSG_SPACE, write_part
+from spacesim.load.replayer import ReplayCrowd, crowd_after
 from spacesim.load.shape import DEFAULT_LISTENERS, listener_targets
 from spacesim.load.state import scenario, settings, state
 
@@ -69,6 +74,7 @@ class Host(User):
         ctx = ensure(env, self.host or "")
         st = state()
         self.room = Room(ctx)
+        self.replays: ReplayCrowd | None = None
         st.closers[id(self.room)] = self.room
         sc = ctx.sc
         seats = 1 + sc.rooms.cohosts + sc.rooms.speakers
@@ -98,10 +104,17 @@ class Host(User):
 
     @task
     def keep_room(self) -> None:
-        pass  # the room runs on the bridge loop; nothing to do per tick
+        """The room runs on the bridge loop; once it has ended, its replay crowd too."""
+        if self.replays is None and self.room.ended:
+            self.replays = crowd_after(self.room)
+            if self.replays is not None:
+                state().closers[id(self.replays)] = self.replays
+                bridge.spawn(self.replays.run())
 
     def on_stop(self) -> None:
         close(self.room)
+        if self.replays is not None:
+            close(self.replays)
 
 
 class Listener(User):

@@ -45,10 +45,23 @@ class Decisions:
         # Which spaces have captions or recording come from their own stream (spawned,
         # so the run's other draws are what they were before features existed).
         self.feature_draws = Draws(draws.rng.spawn(1)[0])
+        # Replay listeners too (spawning leaves the parent's stream as it was).
+        self.replay_draws = Draws(draws.rng.spawn(1)[0])
 
     def features(self, room: int) -> tuple[bool, bool]:
         """(captions, recording) of a space (`behaviour.room_features`)."""
         return behaviour.room_features(self.sc.features, self.feature_draws)
+
+    def replay_arrivals(self, room: int, tick: float) -> int:
+        """Replay listeners arriving at an ended recorded space (`behaviour.replay_arrivals`)."""
+        return behaviour.replay_arrivals(self.sc.features, tick, self.replay_draws)
+
+    def replay_listener(self, room: int, pid: str) -> tuple[bool, float, NetworkProfile]:
+        """(over HTTP, session length, path) of a replay listener, drawn in the swarm's order."""
+        d = self.replay_draws
+        http = behaviour.replays_over_http(self.sc.features, d)
+        length = behaviour.session_length(self.sc.session, d)
+        return http, length, behaviour.network_path(self.sc.network, d)
 
     # ------------------------------------------------------------------ who comes
 

@@ -21,6 +21,7 @@ from spacesim.sim.processes import (
     host_moderation,
     lifecycle,
     monitor,
+    replays,
     timeline,
 )
 from spacesim.sim.trace import Trace, trace_of
@@ -69,6 +70,8 @@ def simulate(
             env.process(host_moderation(env, world, room))
         if scenario.timeline:
             env.process(timeline(env, world, room))
+        if scenario.features.replay_rate > 0:
+            env.process(replays(env, world, room))
     env.process(monitor(env, world))
 
     duration = scenario.duration

@@ -9,7 +9,8 @@ Every behavioural decision (session length, network path, talk spurts, counts pe
 tick, the host's answers, report outcomes, moderation actions and their targets) is a
 `spacesim.behaviour` function, the same the swarm calls; every change to a space goes
 through `spacesim.policy`. Per room: `lifecycle` (scheduled start, planned end),
-`arrivals`, `audience`, `host_moderation` (the `moderation` rates) and `timeline`.
+`arrivals`, `audience`, `host_moderation` (the `moderation` rates) and `timeline`;
+after a recorded space ends, `replays` (``features.replay_rate``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ __all__ = [
     "listener_session",
     "monitor",
     "open_space",
+    "replay_session",
+    "replays",
     "report_review",
     "stage",
     "talker",
@@ -166,6 +169,32 @@ def listener_session(
         world.heard_soon(room, pid)
         yield env.timeout(length)
     world.leave(room, pid)
+
+
+def replays(env: simpy.Environment, world: World, room: Room) -> Proc:
+    """Once a recorded space has ended, replay listeners arrive at it until the run ends
+    (`Decisions.replay_arrivals` each tick from the end, as the swarm's `ReplayCrowd`
+    draws them each second), each in a `replay_session`."""
+    if not room.recording:
+        return
+    assert room.ended is not None
+    yield room.ended
+    tick = world.sc.sim.tick
+    n = 0
+    while True:
+        for _ in range(world.decide.replay_arrivals(room.number, tick)):
+            env.process(replay_session(env, world, room, f"{room.name}/R{n}"))
+            n += 1
+        yield env.timeout(tick)
+
+
+def replay_session(env: simpy.Environment, world: World, room: Room, pid: str) -> Proc:
+    """Play the recording (`World.replay_join`), stay, stop (`World.replay_leave`)."""
+    stay = world.replay_join(room, pid)
+    if stay is None:
+        return
+    yield env.timeout(stay)
+    world.replay_leave(room, pid)
 
 
 # --------------------------------------------------------------------------- lifecycle

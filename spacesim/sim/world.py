@@ -33,7 +33,7 @@ from spacesim.sim.decisions import Decisions
 from spacesim.sim.draws import Draws
 from spacesim.sim.node import Node
 
-__all__ = ["Listener", "Room", "World"]
+__all__ = ["Listener", "ReplayListener", "Room", "World"]
 
 # Handshakes before media flows (signalling, ICE check, DTLS); each is one round trip
 # and, when its packet is lost, waits for a 1 s retransmission timer (RFC 6347 4.2.4.1).
@@ -52,6 +52,15 @@ class Listener:
     joined_at: float  # when media could flow (the join completed)
     sampled: bool = False
     subscribed: bool = True  # opened the space's event stream
+
+
+@dataclass(slots=True)
+class ReplayListener:
+    """Someone playing an ended space's recording (`World.replay_join`)."""
+
+    via: str  # "webrtc" or "http"
+    heard_at: float  # when its first audio arrived
+    node: Node | None  # the node replaying it over WebRTC (None: HTTP)
 
 
 @dataclass
@@ -87,6 +96,12 @@ class Room:
     number: int = 0  # its place among the run's rooms (what `Decisions` are asked about)
     captions: bool = False  # live captions on (`features.captions`)
     recording: bool = False  # the host records it (`features.recording`)
+    recorded_from: float | None = None  # the recording's first packet
+    recorded_bytes: float = 0.0  # what the recording wrote, up to the last tick
+    recording_size: float = 0.0  # its bytes once the space ended
+    recording_seconds: float = 0.0  # its length once the space ended
+    ended: simpy.Event | None = None  # triggers when the space ends
+    replays: dict[str, ReplayListener] = field(default_factory=dict)  # playing it now
 
     def add_id(self, pid: str) -> None:
         self.index[pid] = len(self.ids)
@@ -146,6 +161,7 @@ class World:
             room = Room(name, space, self.nodes[i % len(self.nodes)], number=i)
             room.captions, room.recording = self.decide.features(i)
             room.started = env.event()
+            room.ended = env.event()
             self.rooms.append(room)
         self.captioned = any(r.captions for r in self.rooms)
 
@@ -232,6 +248,13 @@ class World:
         room.waiting_audio.clear()
         room.count_changes = room.stage_deliveries = room.broadcasts = 0
         now = self.env.now
+        if room.recording and room.recorded_from is not None:
+            self._account_talk(room)
+            pending = room.floor_seconds * self.pps * self.recorded_packet_bytes
+            room.recording_size = room.recorded_bytes + pending
+            room.recording_seconds = now - room.recorded_from
+        if room.ended is not None and not room.ended.triggered:
+            room.ended.succeed()
         for node, load in room.event_load.items():
             node.set_event_rate(now, node.event_rate - load)
         room.event_load = {}
@@ -388,6 +411,19 @@ class World:
         attrs = json.dumps({"reason": reason})
         self.add(("join_refused", self.env.now, room.name, pid, "listener", math.nan, attrs))
 
+    def _handshake(self, net: NetworkProfile) -> float:
+        """Handshake round trips before media flows, each with a jitter term each way, and
+        a retransmission timer for each one whose packet is lost."""
+        d = self.draws
+        took = _JOIN_ROUND_TRIPS * net.rtt
+        if net.jitter > 0:
+            took += d.gamma(2 * _JOIN_ROUND_TRIPS, net.jitter)
+        if net.loss > 0:
+            for _ in range(_JOIN_ROUND_TRIPS):
+                if d.uniform() < net.loss:
+                    took += _RETRANSMIT
+        return took
+
     def join_listener(self, room: Room, pid: str) -> Listener | None:
         """Admit a listener: policy first, then admission control, then the node."""
         now = self.env.now
@@ -408,15 +444,7 @@ class World:
         join_time = node.connect(now, room.talking, senders, self.sc.server.cpu_per_join)
         room.stage_deliveries += len(room.stage_nets)  # the stage sees who comes
         room.count_changes += 1
-        # Handshake round trips, each with a jitter term each way, and a retransmission
-        # timer for each one whose packet is lost.
-        join_time += _JOIN_ROUND_TRIPS * net.rtt
-        if net.jitter > 0:
-            join_time += d.gamma(2 * _JOIN_ROUND_TRIPS, net.jitter)
-        if net.loss > 0:
-            for _ in range(_JOIN_ROUND_TRIPS):
-                if d.uniform() < net.loss:
-                    join_time += _RETRANSMIT
+        join_time += self._handshake(net)
         node.listeners += 1
         node.reserved_streams += self.streams_per_listener
         room.node_listeners[node] = here + 1
@@ -494,6 +522,8 @@ class World:
         else:
             room.senders.pop(pid, None)
         now = self.env.now
+        if delta > 0 and room.recording and room.recorded_from is None:
+            room.recorded_from = now  # its timeline starts at the first packet
         for node, n in room.node_listeners.items():
             node.change(now, streams=delta * n, senders=delta)
         self._stage_hears(room)
@@ -578,6 +608,8 @@ class World:
             self._account_talk(room)
             talk, floor = room.talk_seconds, room.floor_seconds
             room.talk_seconds = room.floor_seconds = 0.0
+            if room.recording:
+                room.recorded_bytes += floor * self.pps * self.recorded_packet_bytes
             events = room.events_tick
             room.events_tick = 0
             if not record:
@@ -611,7 +643,8 @@ class World:
     def cut_clips(self, room: Room, tick: float, n: int) -> None:
         """Listeners of a recorded room cut clips (``features.clip_rate`` each, the
         last `CLIP_SECONDS` of its recording: one stream's bytes, written to disk as a
-        ``recording_bytes`` record of role ``clip``)."""
+        ``recording_bytes`` record of role ``clip``, and sent once to the cutter, an
+        ``egress_bytes`` record of role ``clip``)."""
         if not room.recording:
             return
         k = behaviour.events_in(self.clip_rate, tick, self.draws, n)
@@ -619,6 +652,8 @@ class World:
             self.add(("clip_cut", self.env.now, room.name, "", "listener", float(k), None))
             written = k * self.clip_bytes
             self.add(("recording_bytes", self.env.now, room.name, "", "clip", written, None))
+            # each cutter downloads its clip once (the swarm's GET .../clips/{id})
+            self.add(("egress_bytes", self.env.now, room.name, "", "clip", written, None))
 
     def _feature_costs(
         self, room: Room, talk: float, floor: float, tick: float, asr: dict[Node, float]
@@ -648,7 +683,65 @@ class World:
             written = floor * self.pps * self.recorded_packet_bytes
             self.add(("recording_bytes", now, room.name, "", "room", written, None))
 
+    # ------------------------------------------------------------------ replays
+
+    def replay_join(self, room: Room, pid: str) -> float | None:
+        """A replay listener of an ended recorded room starts playing it from its start;
+        how long it stays (None: nothing was recorded, nothing to hear).
+
+        Over WebRTC the room's origin node (which wrote the file) sets up a connection
+        (``cpu_per_join``, the join's handshakes) and then sends the file's packets in
+        real time: one more forwarded stream (``cpu_per_packet`` a packet, as the server's
+        replay writes them the way it forwards) and connection. Over HTTP it answers range
+        requests (first audio: a TCP handshake and a request, two round trips); their CPU
+        is not modelled (the server sends the file from its thread pool). The listener
+        stays its `behaviour.session_length`, at most the recording, after first audio.
+        """
+        if room.recording_seconds <= 0 or room.recording_size <= 0:
+            return None
+        now = self.env.now
+        http, length, net = self.decide.replay_listener(room.number, pid)
+        node = None
+        if http:
+            first = sum(self.one_way(net) for _ in range(4))
+        else:
+            node = room.origin
+            first = node.connect(now, 1, 1, self.sc.server.cpu_per_join) + self._handshake(net)
+            first += self.one_way(net) + self.draws.uniform() / self.pps
+        via = "http" if http else "webrtc"
+        room.replays[pid] = ReplayListener(via, now + first, node)
+        if now + first <= self.sc.duration:
+            attrs = json.dumps({"via": via})
+            self.add(("replay_started", now + first, room.name, pid, "replay", first, attrs))
+        return first + min(length, room.recording_seconds)
+
+    def replay_leave(self, room: Room, pid: str) -> None:
+        """A replay listener stops (or the run ends): the egress it cost.
+
+        WebRTC: the recording's bytes pro rata of the time played (the file's Opus
+        packets, as the server sends them); HTTP: what the player fetched to play that
+        long (`behaviour.player_bytes`, read-ahead included).
+        """
+        who = room.replays.pop(pid, None)
+        if who is None:
+            return
+        now = self.env.now
+        if who.node is not None:
+            who.node.change(now, streams=-1, connections=-1, senders=-1)
+        played = min(max(now - who.heard_at, 0.0), room.recording_seconds)
+        size, seconds = room.recording_size, room.recording_seconds
+        if who.via == "http":
+            sent = float(behaviour.player_bytes(played, seconds, math.ceil(size)))
+        else:
+            sent = size * played / seconds
+        attrs = json.dumps({"via": who.via})
+        self.add(("egress_bytes", now, room.name, pid, "replay", sent, attrs))
+
     def close(self, rooms: Iterable[Room] | None = None) -> None:
+        """The run ended: replays still playing count what they got so far."""
+        for room in self.rooms if rooms is None else rooms:
+            for pid in list(room.replays):
+                self.replay_leave(room, pid)
         for node in self.nodes:
             node.advance(self.env.now)
 

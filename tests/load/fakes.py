@@ -3,7 +3,9 @@
 `FakeServer` keeps one `spacesim.policy.Space` per space -- the rulebook the real server
 applies -- and plays the protocol's parts the swarm uses: create / start / end, join with
 audio, actions (validated against `spacesim.protocol.ACTIONS`), platform moderation,
-leave, follows, captions (a perfect recogniser: `FakeSpace.hear`) and the event
+leave, follows, captions (a perfect recogniser: `FakeSpace.hear`), recording (the
+payloads of the packets forwarded while the space is live, back to back: its "file"),
+clips, downloads and replays of it, and the event
 stream (each event with ``clock_ns``, the "server's"
 ``time.monotonic_ns()`` at publication; listeners' joins and leaves go only to stage
 members' streams, as on the real server). Refusals raise `ClientError` with the
@@ -93,6 +95,8 @@ class FakeLink:
                 if not self.fs.space.may_be_heard(self.user):
                     continue
                 self.forwarded += 1
+                if self.fs.created.get("recording"):
+                    self.fs.recorded.append(bytes(pkt))
                 if self.fs.created.get("captions"):
                     self.fs.hear(self.user, track.talking)
                 seq = (seq + 1) & 0xFFFF
@@ -114,6 +118,42 @@ class FakeLink:
             del self.fs.links[self.user]
 
 
+class FakeReplay:
+    """A replay connection: the recording's packets to `on_rtp`, paced 20 ms apart, from
+    `offset`; it closes itself after the last one, as the server does."""
+
+    def __init__(self, fs: FakeSpace, on_rtp: OnRtp, offset: float) -> None:
+        self.packets = fs.recorded[int(offset / 0.02) :]
+        self.on_rtp = on_rtp
+        self.closed = False
+        self.sent = 0
+        self._join = {"sdp": None, "offset": offset, "duration_s": len(fs.recorded) * 0.02}
+        self.task = asyncio.get_running_loop().create_task(self._play())
+
+    @property
+    def join(self) -> dict[str, Any]:
+        return self._join
+
+    def alive(self) -> bool:
+        return not self.closed
+
+    async def _play(self) -> None:
+        start = time.monotonic()
+        for i, payload in enumerate(self.packets):
+            await asyncio.sleep(max(start + i * 0.02 - time.monotonic(), 0.0))
+            if self.closed:
+                return
+            self.sent += 1
+            self.on_rtp(0, _RTP.pack(0x80, 111, i & 0xFFFF, i * 960, 7) + payload,
+                        time.monotonic_ns())  # fmt: skip
+        await asyncio.sleep(0.1)
+        self.closed = True
+
+    async def close(self) -> None:
+        self.closed = True
+        self.task.cancel()
+
+
 class FakeSpace:
     """One space: its rulebook, subscribers and connections."""
 
@@ -128,6 +168,12 @@ class FakeSpace:
         self.speech: dict[str, tuple[float, int]] = {}  # speaker -> (start, packets)
         self.captions: list[dict[str, Any]] = []  # the final captions sent
         self.clips: list[dict[str, Any]] = []  # clips cut
+        self.recorded: list[bytes] = []  # the recording's packets (20 ms each)
+        self.replays: list[FakeReplay] = []
+        self.downloads: list[tuple[str, int, int | None]] = []  # (resource, first, last)
+
+    def file(self) -> bytes:
+        return b"".join(self.recorded)
 
     def hear(self, speaker: str, talking: bool) -> None:
         """A perfect recogniser: each `CAPTION_PACKETS` of speech, a final caption of the
@@ -225,6 +271,8 @@ class FakeServer:
         for fs in self.spaces.values():
             for link in list(fs.links.values()):
                 await link.close()
+            for replay in fs.replays:
+                await replay.close()
 
 
 class FakeClient:
@@ -384,10 +432,53 @@ class FakeClient:
             raise refuse("not_present")
         if not fs.created.get("recording"):
             raise refuse("no_recording")
+        data = b"".join(fs.recorded[-max(1, int(duration / 0.02)) :])
         clip = {"id": f"c-{len(fs.clips)}", "space": space, "user": self.user,
-                "duration_s": duration}  # fmt: skip
+                "duration_s": duration, "bytes": len(data), "data": data}  # fmt: skip
         fs.clips.append(clip)
-        return clip
+        return {k: v for k, v in clip.items() if k != "data"}
+
+    def _recorded(self, space: str) -> FakeSpace:
+        fs = self.server.get(space)
+        if not fs.created.get("recording"):
+            raise refuse("no_recording")
+        return fs
+
+    async def recording_info(self, space: str) -> dict[str, Any]:
+        fs = self._recorded(space)
+        status = "stopped" if fs.space.status is policy.SpaceStatus.ENDED else "recording"
+        return {"space": space, "status": status, "duration_s": len(fs.recorded) * 0.02,
+                "bytes": len(fs.file())}  # fmt: skip
+
+    async def download(
+        self, space: str, resource: str, first: int = 0, last: int | None = None
+    ) -> bytes:
+        fs = self._recorded(space)
+        await asyncio.sleep(0)
+        fs.downloads.append((resource, first, last))
+        if resource == "recording":
+            data = fs.file()
+        else:
+            clip = next((c for c in fs.clips if f"clips/{c['id']}" == resource), None)
+            if clip is None:
+                raise refuse("not_found")
+            data = clip["data"]
+        return data[first : None if last is None else last + 1]
+
+    async def connect_replay(
+        self,
+        space: str,
+        on_rtp: OnRtp,
+        *,
+        offset: float = 0.0,
+        path: NetworkProfile | None = None,
+        seed: int = 0,
+    ) -> FakeReplay:
+        fs = self._recorded(space)
+        await asyncio.sleep(0)
+        replay = FakeReplay(fs, on_rtp, offset)
+        fs.replays.append(replay)
+        return replay
 
     async def follow(self, user: str) -> None:
         self.server.follows.setdefault(self.user, set()).add(user)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -131,7 +132,9 @@ def test_set_turns_on_captions_and_recording(tiny: Path, tmp_path: Path) -> None
                 overrides=on) == 0  # fmt: skip
     run = load_run(out)
     assert run.meta.scenario is not None
-    assert run.meta.scenario["features"] == {"captions": 1.0, "recording": 1.0, "clip_rate": 0.5}
+    features = {"captions": 1.0, "recording": 1.0, "clip_rate": 0.5, "replay_rate": 0.0,
+                "replay_http_share": 0.5}  # fmt: skip
+    assert run.meta.scenario["features"] == features
     server = load_run(out / run.meta.extra["server_run"]).records
     assert {"recording_started", "caption"} <= set(server["kind"].astype(str))
     summary = summarise(run.records).loc
@@ -142,6 +145,51 @@ def test_set_turns_on_captions_and_recording(tiny: Path, tmp_path: Path) -> None
     # each); captions that did not read like the speech would score 80-100 %
     assert summary["caption_wer", "value"] <= 0.45
     assert summary["clips_cut", "value"] > 0  # listeners cut clips of the recording
+
+
+REPLAYED = """\
+name: replayed
+duration: 11s
+rooms: {count: 1, speakers: 1, ends_at: 6s}
+speaking: {active_speakers: 2}
+arrivals: {kind: constant, rate: 1/s}
+session: {kind: fixed, mean: 2s}
+audience: {hand_raise_rate: 0, reaction_rate: 0, report_rate: 0, block_rate: 0}
+features: {recording: 1, clip_rate: 60/min, replay_rate: 240/min, replay_http_share: 0.5}
+load: {probe_fraction: 0%}
+"""
+
+
+def test_replay_listeners_hear_an_ended_recording_over_webrtc_and_http(tmp_path: Path) -> None:
+    """A recorded space ends at 6 s (Locust takes seconds to start); replay listeners
+    (4/s) then play its recording from the real server, half over WebRTC (they receive
+    its packets), half over HTTP (range reads of the file); clip cutters download clips."""
+    path = tmp_path / "replayed.yaml"
+    path.write_text(REPLAYED)
+    out = tmp_path / "run"
+    assert main(path, users=3, duration=11, out=out, shape="steady", network="none") == 0
+    rec = load_run(out).records
+    ended = rec.loc[rec["kind"] == "space_ended", "t"].min()
+    started = rec[rec["kind"] == "replay_started"]
+    assert len(started) >= 6 and (started["t"] > ended).all()
+    via = started["attrs"].map(lambda a: json.loads(a)["via"])
+    assert set(via) == {"webrtc", "http"}
+    assert (started["value"] > 0).all() and (started.loc[via == "webrtc", "value"] < 3).all()
+    egress = rec[rec["kind"] == "egress_bytes"]
+    replays = egress[egress["role"] == "replay"]
+    how = replays["attrs"].map(lambda a: json.loads(a)["via"])
+    heard = set(started["participant"])
+    webrtc = replays[(how == "webrtc") & replays["participant"].isin(heard)]
+    http = replays[(how == "http") & replays["participant"].isin(heard)]
+    # WebRTC: the recording's Opus packets for up to 2 s (~25 kbit/s: a few kB)
+    assert len(webrtc) and (webrtc["value"] > 1000).all() and (webrtc["value"] < 20_000).all()
+    # HTTP: a short recording is within a player's read-ahead: the whole file, every time
+    assert len(http) and http["value"].nunique() == 1 and http["value"].iloc[0] > 1000
+    clips = egress[egress["role"] == "clip"]
+    assert len(clips) == (rec["kind"] == "clip_cut").sum() and (clips["value"] > 0).all()
+    summary = summarise(rec).loc
+    assert summary["replays", "value"] == len(started)
+    assert summary["replay_egress_bytes", "value"] == replays["value"].sum()
 
 
 def test_unreachable_target_fails_fast(

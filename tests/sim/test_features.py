@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from spacesim.cli import main as cli
@@ -106,6 +108,11 @@ def test_clips_are_cut_in_recorded_spaces_and_written_to_disk() -> None:
     assert written == pytest.approx(stream + clips["value"].sum() * 75_000.0)
     summary = summarise(rec, sc.duration)
     assert summary.loc["clips_cut", "value"] == clips["value"].sum()
+    # each cutter downloads its clip once: the clip's bytes again, as egress
+    egress = rec[rec["kind"] == "egress_bytes"]
+    assert set(egress["role"].astype(str)) == {"clip"}
+    assert egress["value"].sum() == pytest.approx(clips["value"].sum() * 75_000.0)
+    assert summary.loc["clip_egress_bytes", "value"] == egress["value"].sum()
     unrecorded = simulate(scenario(**STEADY, features={"clip_rate": "6/min"})).records
     assert not (unrecorded["kind"] == "clip_cut").any()
 
@@ -169,3 +176,60 @@ def test_capacity_cli_answers_caption_workers_and_disk(
     assert (tmp_path / "cap" / "spaces=1,speakers=5" / "meta.json").is_file()
     assert cli(["capacity", str(path)]) == 2
     assert "--spaces N / --speakers K" in capsys.readouterr().err
+
+
+#: Three recorded rooms end at 20 s; replay listeners then arrive at 0.5/s each, listen 10 s.
+REPLAYED = {
+    **STEADY,
+    "rooms": {"count": 3, "speakers": 1, "ends_at": "20s"},
+    "session": {"kind": "fixed", "mean": "10s"},
+    "server": {"recorded_packet_bytes": 50},
+}
+
+
+def test_replays_arrive_after_a_recorded_space_ends_and_cost_egress_and_forwarding() -> None:
+    sc = scenario(**REPLAYED, features={"recording": 1, "replay_rate": "30/min"})
+    rec = simulate(sc).records
+    started = rec[rec["kind"] == "replay_started"]
+    assert (started["t"] >= 20).all() and set(started["role"].astype(str)) == {"replay"}
+    assert len(started) == pytest.approx(3 * 40 * 0.5, rel=0.3)  # rooms x seconds x rate
+    via = started["attrs"].map(lambda a: json.loads(a)["via"])
+    assert 0.25 < (via == "http").mean() < 0.75  # replay_http_share, 0.5 by default
+    webrtc = started[via == "webrtc"]
+    # a join's handshakes (3 round trips of 40 ms and jitter), then the first packet
+    assert webrtc["value"].min() > 0.12 and webrtc["value"].max() < 1.0
+    egress = rec[(rec["kind"] == "egress_bytes") & (rec["role"] == "replay")]
+    assert set(started["participant"]) <= set(egress["participant"])  # each one's, at the end
+    # the recording: 20 s of one stream, 50 packets/s x 50 B = 50 kB
+    egress_via = egress["attrs"].map(lambda a: json.loads(a)["via"])
+    whole = egress[egress["t"] < sc.duration]  # sessions that ended within the run
+    for value, how in zip(whole["value"], egress_via[whole.index], strict=True):
+        # WebRTC: 10 s of 20 s; HTTP: a player reads 10 s ahead, so the whole file
+        assert value == pytest.approx(25_000 if how == "webrtc" else 50_000, rel=0.02)
+    # WebRTC replays are streams the origin forwards: after the end, nothing else is
+    ticks = rec.loc[(rec["kind"] == "packets_forwarded") & (rec["t"] > 21), "t"]
+    fwd = rec.loc[ticks.index, "value"].sum()
+    lo, hi = 21.0, float(ticks.max())  # the ticks (t - 1, t] sampled after the end's
+    played = sum(  # each stream: from the request (heard - value) to 10 s after first audio
+        max(min(heard + 10, hi) - max(heard - first, lo), 0.0)
+        for heard, first in zip(webrtc["t"], webrtc["value"], strict=True)
+    )
+    assert fwd == pytest.approx(50 * played, rel=0.02)
+    summary = summarise(rec, sc.duration)
+    assert summary.loc["replays", "value"] == len(started)
+    assert summary.loc["replay_egress_bytes", "value"] == pytest.approx(egress["value"].sum())
+
+
+def test_no_replays_of_unrecorded_spaces_and_the_rest_of_the_run_is_as_before() -> None:
+    plain = simulate(scenario(**REPLAYED, features={"recording": 1})).records
+    replayed = simulate(scenario(**REPLAYED, features={"recording": 1, "replay_rate": "1/s"}))
+    rec = replayed.records
+    assert (rec["kind"] == "replay_started").any()
+    cols = ["kind", "t", "room", "participant", "role", "value", "attrs"]
+
+    def before(r: pd.DataFrame) -> pd.DataFrame:  # replays draw their own stream
+        return r[r["t"] < 20][cols].reset_index(drop=True).astype(str)
+
+    assert before(rec).equals(before(plain))
+    unrecorded = simulate(scenario(**REPLAYED, features={"replay_rate": "1/s"})).records
+    assert not unrecorded["kind"].isin(["replay_started", "egress_bytes"]).any()
