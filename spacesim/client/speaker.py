@@ -130,23 +130,26 @@ def load_clip(name: str) -> tuple[bytes, ...]:
 
 @functools.cache
 def clip_pauses(name: str) -> tuple[bool, ...]:
-    """Per packet of clip `name`: is it a gap between words (a place a talk spurt may end)?
+    """Per packet of clip `name`: is it inside a pause (a place a talk spurt may end)?
 
-    Brady's talk spurts are speech between pauses, so a person's spurt ends between
-    words, not inside one; a synthetic speaker that cut its clip anywhere would make
-    recognisers hear half-words that no listener of a real Space hears. A packet is a
-    gap when its decoded level is below `PAUSE_RMS` (the clips' words peak at
-    3,000-14,000, the dips between them fall under 300).
+    Brady's talk spurts are speech between pauses, so a person's spurt ends in a pause,
+    not inside a word; a synthetic speaker that cut its clip anywhere would make
+    recognisers hear half-words that no listener of a real Space hears. A packet is in
+    a pause when it and both neighbours decode below `PAUSE_RMS` (the clips' words peak
+    at 3,000-14,000): at least 60 ms of quiet, longer than the closure of a stop such as
+    the t of "story" (one or two quiet frames), which a cut would split into "s" and
+    "tory". The clip loops, so its first and last packets neighbour each other.
     """
     codec: Any = av.CodecContext.create("libopus", "r")
-    out: list[bool] = []
+    quiet: list[bool] = []
     for payload in load_clip(name):
         level = 0.0
         for frame in codec.decode(av.Packet(payload)):
             a = frame.to_ndarray().astype(np.float64)
             level = max(level, float(np.sqrt((a * a).mean()))) if a.size else level
-        out.append(level < PAUSE_RMS)
-    return tuple(out)
+        quiet.append(level < PAUSE_RMS)
+    n = len(quiet)
+    return tuple(quiet[k - 1] and quiet[k] and quiet[(k + 1) % n] for k in range(n))
 
 
 @functools.cache
