@@ -14,7 +14,13 @@ What runs (all on 127.0.0.1, every process with a hard deadline):
   clients whose decoders are stopped (``spacesim.rtc.tap_rtp``): each packet
   costs them ~55 us, not ~400 us.
 
-Default run: spacesim at N = 100 and N = 400, relay at N = 10 (``--relay-listeners``).
+Default run: spacesim at N = 100 and N = 400, relay at N = 10 (``--relay-listeners``),
+and spacesim with the caption tap on at the largest N (``--captions-listeners``): the
+media plane hands every forwarded packet to `spacesim.server.captions.SpaceCaptions.tap`
+as in a captioned space, with one recogniser process (another process: its CPU is not
+the server's), so ``sfu_captions_vs_off`` shows what captions add to forwarding (issue
+13 wants ~1; ``benchmarks/bench_captions.py`` measures the same through the whole
+server, captions toggled in alternating windows, with real speech).
 After all listeners are connected and the speaker has sent for ~1 s, the server takes
 ``--windows`` windows of ``--window`` seconds; per window it divides its CPU time by
 the packets it forwarded (``MediaRoom.stats()["forwarded"]``; for the relay, the sum of
@@ -316,6 +322,25 @@ class _Relay:
             await pc.close()
 
 
+class _CaptionedSpace:
+    """What the caption tap needs of a room (`spacesim.server.captions.CaptionSink`): a
+    space with captions on; the captions themselves are counted and dropped."""
+
+    class space:  # the attribute a Room has
+        space_id = "bench"
+        captions = True
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+        self.captions = 0
+
+    def caption(self, speaker: str, text: str, **_: Any) -> None:
+        self.captions += 1
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+
 async def _server_main(
     mode: str, listeners: int, workers: int, probe: int, windows: int, window_s: float
 ) -> dict[str, Any]:
@@ -327,9 +352,16 @@ async def _server_main(
     t_start = time.monotonic()
 
     connect: Callable[[str, str], Awaitable[str]]
-    if mode == "spacesim":
+    if mode in ("spacesim", "captions"):
         room = MediaRoom(lambda p: p == "speaker", slots=SLOTS)
         connect = room.connect
+        captioner = None
+        if mode == "captions":  # the server's caption tap, as a captioned space has it
+            from spacesim.server.captions import Captioner
+
+            captioner = Captioner(1)
+            captioner.start()
+            room.on_heard = captioner.space(_CaptionedSpace()).tap
 
         def n_connected() -> int:
             return room.stats()["listening"]
@@ -339,6 +371,8 @@ async def _server_main(
 
         async def close() -> None:
             await room.close_all()
+            if captioner is not None:
+                await captioner.close()
 
         speaker_first = False
     else:
@@ -368,7 +402,10 @@ async def _server_main(
     conns = []
     for role, names in groups:
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_client, args=(child, role, names, mode, max_s), daemon=True)
+        client_mode = "relay" if mode == "relay" else "spacesim"
+        proc = ctx.Process(
+            target=_client, args=(child, role, names, client_mode, max_s), daemon=True
+        )
         proc.start()
         child.close()
         procs.append(proc)
@@ -453,7 +490,8 @@ async def _server_main(
         proc.join(5)
         if proc.is_alive():
             proc.terminate()
-    out = _summarise(mode, listeners, rows, results)
+    out = _summarise("relay" if mode == "relay" else "spacesim", listeners, rows, results)
+    out["captions"] = mode == "captions"
     out["setup_s"] = t_connected - t_start
     out["warmup_s"] = t_warm - t_connected
     out["idle_cpu"] = idle_cpu
@@ -586,6 +624,7 @@ def _run_case(
 
 def _report(r: dict[str, Any]) -> None:
     name = "MediaRelay" if r["mode"] == "relay" else "spacesim"
+    name += " with captions" if r.get("captions") else ""
     ws = " ".join(f"{x:.1f}" for x in r["us_windows"])
     print(
         f"{name} N={r['listeners']}: {r['us_per_packet']:.1f} us/packet (windows: {ws}), "
@@ -621,6 +660,11 @@ def main() -> None:
     ap.add_argument("--probe", type=int, default=4, help="listeners in the probe process")
     ap.add_argument("--windows", type=int, default=5)
     ap.add_argument("--window", type=float, default=2.0, help="seconds per window")
+    ap.add_argument(
+        "--captions-listeners",
+        type=int,
+        help="N of the case with the caption tap on (default: the largest --listeners; 0: skip)",
+    )
     ap.add_argument("--dump", help="write per-case details (latency series) as JSON here")
     args = ap.parse_args()
     t0 = time.monotonic()
@@ -628,6 +672,13 @@ def main() -> None:
     for n in args.listeners:
         results[n] = _run_case("spacesim", n, args.workers, args.probe, args.windows, args.window)
         _report(results[n])
+    cap_n = max(args.listeners) if args.captions_listeners is None else args.captions_listeners
+    captioned = None
+    if cap_n:
+        captioned = _run_case(
+            "captions", cap_n, args.workers, args.probe, args.windows, args.window
+        )
+        _report(captioned)
     relay = None
     if args.relay_listeners:
         relay = _run_case("relay", args.relay_listeners, 1, 0, args.windows, args.window)
@@ -650,6 +701,12 @@ def main() -> None:
     print(f"FIGURE sfu_latency_p99={r['p99']:.1f} ms")
     if relay is not None:
         print(f"FIGURE sfu_vs_relay={relay['us_per_packet'] / r['us_per_packet']:.1f} ratio")
+    if captioned is not None:
+        us = captioned["us_per_packet"]
+        print(f"FIGURE sfu_us_per_packet_captions_n{cap_n}={us:.1f} us")
+        if cap_n in results:
+            ratio = us / results[cap_n]["us_per_packet"]
+            print(f"FIGURE sfu_captions_vs_off_n{cap_n}={ratio:.2f} ratio")
 
 
 if __name__ == "__main__":
