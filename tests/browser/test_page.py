@@ -1,0 +1,183 @@
+"""The server's web page in a real headless Chromium: a host and two listeners, each in
+their own browser context, against `spacesim serve` on 127.0.0.1.
+
+The host speaks a 440 Hz tone through Chromium's fake capture (a WAV file); the
+listeners' pages must hear it (getStats: bytes and decoded audio energy; WebAudio: the
+loudest frequency), see the host on stage and speaking; a hand is raised and approved
+from the host's page, a reaction reaches the others, a listener is removed and sees it.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import time
+import wave
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from spacesim.server import launch
+
+pytestmark = pytest.mark.timeout(120)
+
+TONE_HZ = 440.0
+RATE = 48_000
+#: Flags for headless Chromium on a machine without audio hardware or a display. Loopback
+#: candidates: WebRTC leaves 127.0.0.1 out unless told (the server gathers only there).
+FLAGS = (
+    "--allow-loopback-in-peer-connection",
+    "--use-fake-ui-for-media-stream",  # grant getUserMedia without a prompt
+    "--use-fake-device-for-media-stream",
+    "--autoplay-policy=no-user-gesture-required",
+    "--no-sandbox",  # root in a container: Chromium's sandbox needs user namespaces
+    "--disable-gpu",
+)
+#: Default wait for something to show in a page (ms).
+WAIT_MS = 10_000
+
+
+def write_tone(path: Path, seconds: float = 4.0, hz: float = TONE_HZ) -> None:
+    """A mono 16-bit WAV tone; Chromium's fake capture loops the file."""
+    n = int(seconds * RATE)
+    samples = (int(12000 * math.sin(2 * math.pi * hz * i / RATE)) for i in range(n))
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(RATE)
+        w.writeframes(b"".join(struct.pack("<h", s) for s in samples))
+
+
+@pytest.fixture
+async def browser(chromium: str, tmp_path: Path) -> AsyncIterator[Browser]:
+    wav = tmp_path / "tone.wav"
+    write_tone(wav)
+    async with async_playwright() as p:
+        b = await p.chromium.launch(
+            executable_path=chromium,
+            args=[*FLAGS, f"--use-file-for-fake-audio-capture={wav}"],
+        )
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+async def open_as(browser: Browser, url: str, user: str) -> Page:
+    """A fresh browser context (its own storage) with the page, signed in as `user`."""
+    context = await browser.new_context()
+    page = await context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    errors: list[str] = []  # uncaught exceptions in the page's scripts
+    refusals: list[str] = []  # requests the server refused
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on(
+        "response",
+        lambda r: refusals.append(f"{r.status} {r.url}") if r.status >= 400 else None,
+    )
+    await page.goto(url)
+    await page.fill("#login-user", user)
+    await page.click("#login-form button[type=submit]")
+    await expect(page.locator("#whoami")).to_have_text(user)
+    page.errors = errors  # type: ignore[attr-defined]
+    page.refusals = refusals  # type: ignore[attr-defined]
+    return page
+
+
+# The page's own state (window.spacesim): what its receivers got, and the loudest
+# frequency of the first listen slot (WebAudio: the analyser the page meters it with).
+HEARD_JS = """async () => {
+  const audio = window.spacesim.room.audio;
+  const stats = await audio.received();
+  const a = audio.slotMeters[0];
+  const bins = new Float32Array(a.frequencyBinCount);
+  a.getFloatFrequencyData(bins);
+  let best = 0;
+  for (let i = 1; i < bins.length; i++) if (bins[i] > bins[best]) best = i;
+  return {stats, peak_hz: best * a.context.sampleRate / a.fftSize, level: audio.levels().slots[0]};
+}"""
+
+
+async def heard(page: Page, timeout: float = 10.0) -> dict[str, Any]:
+    """Wait until the page's first slot has decoded audio energy; its figures."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got: dict[str, Any] = await page.evaluate(HEARD_JS)
+        stats = got["stats"]
+        # a second of packets (50 x 20 ms), decoded to sound in the page
+        if stats and stats[0]["packets"] >= 50 and stats[0]["energy"] > 0 and got["level"] > 0.01:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no audio heard: {got}")
+        await page.wait_for_timeout(200)
+
+
+async def test_a_host_and_two_listeners_in_chromium(
+    browser: Browser, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    started = time.monotonic()
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    with launch.embedded_server(tmp_path) as url:
+        host = await open_as(browser, url, "hana")
+        await host.fill("#new-title", "Browser test")
+        await host.click("#create-form button[type=submit]")
+        await expect(host.locator("#room")).to_have_attribute("data-role", "host")
+        space = host.url.split("space=")[1]
+        await expect(host.locator("#meters meter[data-mic]")).to_have_count(1)
+
+        listeners = []
+        for name in ("lee", "lou"):
+            page = await open_as(browser, url, name)
+            row = page.locator(f"#spaces li[data-space='{space}']")
+            await expect(row).to_contain_text("Browser test")
+            await row.locator("button").click()
+            await expect(page.locator("#room")).to_have_attribute("data-audio", "connected")
+            await expect(page.locator("#room")).to_have_attribute("data-role", "listener")
+            listeners.append(page)
+        lee, lou = listeners
+
+        # both listeners hear the host's tone and see the host on stage, speaking
+        for page in listeners:
+            got = await heard(page)
+            assert got["stats"][0]["bytes"] > 1000, got
+            assert abs(got["peak_hz"] - TONE_HZ) < 2 * RATE / 1024, got  # within 2 FFT bins
+            stage_host = page.locator("#stage li[data-user='hana']")
+            await expect(stage_host).to_have_attribute("data-role", "host")
+            await expect(stage_host).to_have_class("speaking")
+        await expect(host.locator("#listeners li")).to_have_count(2)
+        await lee.screenshot(path=shots / "listener.png", full_page=True)
+
+        # a hand raised on lee's page, approved on the host's: lee is on stage everywhere
+        await lee.click("#hand")
+        approve = host.locator("#hands li[data-user='lee'] button.approve")
+        await approve.click()
+        await expect(lee.locator("#room")).to_have_attribute("data-role", "speaker")
+        for page in (host, lou):
+            await expect(page.locator("#stage li[data-user='lee']")).to_have_attribute(
+                "data-role", "speaker"
+            )
+        await expect(lee.locator("#meters meter[data-mic]")).to_have_count(1)  # lee's mic is on
+
+        # a reaction from lou reaches the host and lee
+        await lou.click("#react button[data-emoji='👏']")
+        for page in (host, lee):
+            await expect(page.locator("#reactions li[data-user='lou']")).to_contain_text("👏")
+
+        await host.screenshot(path=shots / "host.png", full_page=True)
+        # the host removes lou: lou's page says so and stops
+        await host.locator("#listeners li[data-user='lou'] button", has_text="Remove").click()
+        await expect(lou.locator("#notice")).to_have_text("You were removed from the space.")
+        await expect(lou.locator("#room")).to_have_attribute("data-over", "true")
+        await expect(host.locator("#listeners li")).to_have_count(0)
+        await lou.screenshot(path=shots / "removed.png", full_page=True)
+
+        for page in (host, lee, lou):
+            assert page.errors == [], page.errors  # type: ignore[attr-defined]
+        for page in (host, lee):  # lou's last requests may meet the removal: a 403
+            assert page.refusals == [], page.refusals  # type: ignore[attr-defined]
+    elapsed = time.monotonic() - started
+    print(f"browser test: {elapsed:.1f} s; screenshots in {shots}")
