@@ -181,7 +181,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         recording_dir=Path(args.recording_dir) if args.recording_dir else None,
         caption_workers=args.caption_workers,
     )
-    err.print(f"spacesim serve: http://{args.host}:{args.port}  db={db}  dev={config.dev}")
+    err.print(
+        f"spacesim serve: http://{args.host}:{args.port}  db={db}  dev={config.dev}"
+        "  (the web page is at /)"
+    )
     app = create_app(config)
     # What is loaded by now (modules, aiortc, the recovered rooms) lives as long as the
     # process: frozen out of the collector's sight (gc.freeze, Python >= 3.7), a full

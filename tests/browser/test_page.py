@@ -26,10 +26,10 @@ pytestmark = pytest.mark.timeout(120)
 
 TONE_HZ = 440.0
 RATE = 48_000
-#: Flags for headless Chromium on a machine without audio hardware or a display. Loopback
-#: candidates: WebRTC leaves 127.0.0.1 out unless told (the server gathers only there).
+#: Flags for headless Chromium on a machine without audio hardware or a display. No
+#: --allow-loopback-in-peer-connection: the page must connect as a user's browser does
+#: (mDNS host candidates; the server's 127.0.0.1 answers their checks).
 FLAGS = (
-    "--allow-loopback-in-peer-connection",
     "--use-fake-ui-for-media-stream",  # grant getUserMedia without a prompt
     "--use-fake-device-for-media-stream",
     "--autoplay-policy=no-user-gesture-required",
