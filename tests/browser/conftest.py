@@ -27,17 +27,23 @@ def find_chromium() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def chromium() -> str:
-    """The Chromium executable; runs scripts/setup-test-deps.sh once if there is none."""
+def ensure_chromium(setup: Path = SETUP) -> str:
+    """A Chromium executable; runs the setup script once if there is none, and fails the
+    test (never skips it) if there is still none."""
+    path = find_chromium()
+    if path is not None:
+        return path
+    bash = shutil.which("bash") or "/bin/bash"
+    proc = subprocess.run([bash, str(setup)], capture_output=True, text=True, timeout=900)
     path = find_chromium()
     if path is None:
-        bash = shutil.which("bash") or "/bin/bash"
-        proc = subprocess.run([bash, str(SETUP)], capture_output=True, text=True, timeout=900)
-        path = find_chromium()
-        if path is None:
-            pytest.fail(
-                f"no Chromium after {SETUP.relative_to(ROOT)} (exit {proc.returncode}):\n"
-                f"{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
-            )
+        pytest.fail(
+            f"no Chromium after {setup} (exit {proc.returncode}):\n"
+            f"{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+        )
     return path
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    return ensure_chromium()

@@ -161,6 +161,18 @@ async def test_a_host_and_two_listeners_in_chromium(
                 "data-role", "speaker"
             )
         await expect(lee.locator("#meters meter[data-mic]")).to_have_count(1)  # lee's mic is on
+        # what lee's browser publishes reaches lou's: lee lights up as speaking there
+        lee_on_lou = lou.locator("#stage li[data-user='lee']")
+        await expect(lee_on_lou).to_have_class("speaking")
+
+        # mute all from the host's page: lee is muted (and silent), then unmutes
+        await host.click("#controls button:text('Mute all')")
+        await expect(lee.locator("#controls button:text('Unmute me')")).to_be_visible()
+        await expect(lee_on_lou.locator(".muted")).to_have_text("muted")
+        await expect(lee_on_lou).not_to_have_class("speaking")
+        await lee.click("#controls button:text('Unmute me')")
+        await expect(lee_on_lou.locator(".muted")).to_have_count(0)
+        await expect(lee_on_lou).to_have_class("speaking")
 
         # a reaction from lou reaches the host and lee
         await lou.click("#react button[data-emoji='👏']")
@@ -168,8 +180,12 @@ async def test_a_host_and_two_listeners_in_chromium(
             await expect(page.locator("#reactions li[data-user='lou']")).to_contain_text("👏")
 
         await host.screenshot(path=shots / "host.png", full_page=True)
-        # the host removes lou: lou's page says so and stops
-        await host.locator("#listeners li[data-user='lou'] button", has_text="Remove").click()
+        # lee reports lou; the host acts on the report from its page: lou is removed and
+        # lou's page says so and stops
+        await lee.locator("#listeners li[data-user='lou'] button", has_text="Report").click()
+        report = host.locator("#reports li", has_text="lee reported lou")
+        await report.locator("button", has_text="remove").click()
+        await expect(report).to_contain_text("handled: remove")
         await expect(lou.locator("#notice")).to_have_text("You were removed from the space.")
         await expect(lou.locator("#room")).to_have_attribute("data-over", "true")
         await expect(host.locator("#listeners li")).to_have_count(0)

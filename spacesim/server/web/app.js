@@ -377,13 +377,13 @@ function render() {
   const resolve = (r, action) => async () => {
     const body = { action, report: r.id, ...(r.type === "user" && action !== "dismiss" && action !== "end" ? { target: r.target } : {}) };
     if (await attempt(() => api.call("POST", `/v1/moderation/spaces/${room.id}`, body))) {
-      r.done = action;
+      r.done = `resolved: ${action}`;
       render();
     }
   };
   const handle = (r, action) => async () => {
     if (action === "dismiss" || (await attempt(() => api.act(room.id, action, { target: r.target })))) {
-      r.done = action;
+      r.done = `handled: ${action}`; // the host acted; only moderation resolves the report
       render();
     }
   };
@@ -391,7 +391,7 @@ function render() {
   $("reports").replaceChildren(
     ...room.reports.map((r) => {
       const what = r.type === "space" ? "the space" : r.target;
-      const buttons = r.done || !live ? [h("span", { class: "done" }, r.done ? `resolved: ${r.done}` : "")] : moderator ? ["dismiss", "remove", "block", "end"].filter((a) => r.type === "user" || a === "dismiss" || a === "end").map((a) => h("button", { onclick: resolve(r, a) }, a)) : mod && r.type === "user" ? [h("button", { onclick: handle(r, "remove") }, "remove"), h("button", { onclick: handle(r, "block") }, "block"), h("button", { onclick: handle(r, "dismiss") }, "dismiss")] : [];
+      const buttons = r.done || !live ? [h("span", { class: "done" }, r.done ?? "")] : moderator ? ["dismiss", "remove", "block", "end"].filter((a) => r.type === "user" || a === "dismiss" || a === "end").map((a) => h("button", { onclick: resolve(r, a) }, a)) : mod && r.type === "user" ? [h("button", { onclick: handle(r, "remove") }, "remove"), h("button", { onclick: handle(r, "block") }, "block"), h("button", { onclick: handle(r, "dismiss") }, "dismiss")] : [];
       return h("li", { dataset: { report: r.id } }, `#${r.id} ${r.reporter ?? "someone"} reported ${what}${r.reason ? `: ${r.reason}` : ""} `, ...buttons);
     }),
   );
