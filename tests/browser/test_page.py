@@ -66,7 +66,7 @@ async def browser(chromium: str, tmp_path: Path) -> AsyncIterator[Browser]:
             await b.close()
 
 
-async def open_as(browser: Browser, url: str, user: str) -> Page:
+async def open_as(browser: Browser, url: str, user: str, moderator: bool = False) -> Page:
     """A fresh browser context (its own storage) with the page, signed in as `user`."""
     context = await browser.new_context()
     page = await context.new_page()
@@ -80,8 +80,10 @@ async def open_as(browser: Browser, url: str, user: str) -> Page:
     )
     await page.goto(url)
     await page.fill("#login-user", user)
+    if moderator:
+        await page.check("#login-moderator")
     await page.click("#login-form button[type=submit]")
-    await expect(page.locator("#whoami")).to_have_text(user)
+    await expect(page.locator("#whoami")).to_contain_text(user)
     page.errors = errors  # type: ignore[attr-defined]
     page.refusals = refusals  # type: ignore[attr-defined]
     return page
@@ -197,3 +199,111 @@ async def test_a_host_and_two_listeners_in_chromium(
             assert page.refusals == [], page.refusals  # type: ignore[attr-defined]
     elapsed = time.monotonic() - started
     print(f"browser test: {elapsed:.1f} s; screenshots in {shots}")
+
+
+def write_clip(path: Path, name: str, pause_s: float = 1.5) -> None:
+    """A shipped speech clip (Opus) as a mono 16-bit WAV, with a pause after it so each
+    loop of Chromium's fake capture ends an utterance."""
+    import av
+    import numpy as np
+
+    from spacesim.client.speaker import load_clip
+
+    codec: Any = av.CodecContext.create("libopus", "r")
+    chunks = [
+        frame.to_ndarray().reshape(-1, 2)[:, 0]  # packed s16 stereo: the left channel
+        for payload in load_clip(name)
+        for frame in codec.decode(av.Packet(payload))
+    ]
+    samples = np.concatenate([*chunks, np.zeros(int(pause_s * RATE), np.int16)])
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(RATE)
+        w.writeframes(samples.astype("<i2").tobytes())
+
+
+@pytest.mark.slow
+async def test_a_scheduled_space_with_captions_invites_cohosts_and_moderation(
+    chromium: str, tmp_path: Path
+) -> None:
+    """The rest of the page: a scheduled space started from the host's page, live
+    captions of the host's speech, an invite accepted, a co-host made, a report resolved by
+    a platform moderator, a block, and the end seen by everyone."""
+    from spacesim.client.speaker import transcripts
+
+    started = time.monotonic()
+    wav = tmp_path / "garden.wav"
+    write_clip(wav, "garden")
+    said = set(transcripts()["garden"].lower().replace(".", "").split())
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(
+            executable_path=chromium, args=[*FLAGS, f"--use-file-for-fake-audio-capture={wav}"]
+        )
+        with launch.embedded_server(tmp_path) as url:
+            host = await open_as(browser, url, "hana")
+            await host.fill("#new-title", "Later today")
+            await host.fill("#new-in", "30")
+            await host.check("#new-captions")
+            await host.click("#create-form button[type=submit]")
+            await expect(host.locator("#room")).to_have_attribute("data-status", "scheduled")
+            space = host.url.split("space=")[1]
+
+            lee = await open_as(browser, url, "lee")
+            row = lee.locator(f"#spaces li[data-space='{space}']")
+            await expect(row).to_have_attribute("data-status", "scheduled")
+            await row.locator("button").click()
+            await expect(lee.locator("#notice")).to_contain_text("not_started")
+            await lee.click("#leave")
+
+            await host.click("#controls button:text('Start')")
+            await expect(host.locator("#room")).to_have_attribute("data-status", "live")
+            pages = {"hana": host, "lee": lee}
+            await lee.locator(f"#spaces li[data-space='{space}'] button").click()
+            for name in ("lou", "mo"):
+                page = await open_as(browser, url, name, moderator=name == "mo")
+                await page.locator(f"#spaces li[data-space='{space}'] button").click()
+                pages[name] = page
+            lou, mo = pages["lou"], pages["mo"]
+            for page in pages.values():
+                await expect(page.locator("#room")).to_have_attribute("data-audio", "connected")
+
+            # captions of what the host says, on a listener's page
+            words: set[str] = set()
+            deadline = time.monotonic() + 40
+            while len(words & said) < 3 and time.monotonic() < deadline:
+                lines = await lee.locator("#captions p[data-speaker='hana']").all_inner_texts()
+                words = {w for line in lines for w in line.lower().split()}
+                await lee.wait_for_timeout(500)
+            assert len(words & said) >= 3, (words, said)
+
+            # an invite accepted, then a co-host who can approve hands
+            await host.locator("#listeners li[data-user='lou'] button", has_text="Invite").click()
+            await lou.click('#controls button:text("Accept hana\'s invite")')
+            await expect(lou.locator("#room")).to_have_attribute("data-role", "speaker")
+            await host.locator("#stage li[data-user='lou'] button", has_text="Make co-host").click()
+            await expect(lou.locator("#room")).to_have_attribute("data-role", "cohost")
+            await lee.click("#hand")
+            await expect(lou.locator("#hands li[data-user='lee'] button.approve")).to_be_visible()
+            await lee.click("#hand")  # lowered again
+            await expect(lou.locator("#hands li")).to_have_count(0)
+
+            # lee reports the space; the platform moderator resolves it from the page
+            await lee.click("#controls button:text('Report space')")
+            report = mo.locator("#reports li", has_text="lee reported the space")
+            await report.locator("button", has_text="dismiss").click()
+            await expect(report).to_contain_text("resolved: dismiss")
+            await host.screenshot(path=shots / "host-captions.png", full_page=True)
+
+            # the host blocks lee, then ends the space: everyone's page says so
+            await host.locator("#listeners li[data-user='lee'] button", has_text="Block").click()
+            await expect(lee.locator("#notice")).to_have_text("You were blocked from the space.")
+            await host.click("#controls button:text('End space')")
+            for page in (lou, mo):
+                await expect(page.locator("#notice")).to_have_text("The space has ended.")
+            for page in pages.values():
+                assert page.errors == [], page.errors  # type: ignore[attr-defined]
+        await browser.close()
+    print(f"browser test (slow): {time.monotonic() - started:.1f} s; screenshots in {shots}")
