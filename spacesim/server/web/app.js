@@ -109,19 +109,22 @@ async function enterRoom(id, title = "") {
   location.hash = `space=${id}`;
   $("lobby").hidden = true;
   $("room").hidden = false;
-  room = { id, title, space: null, audio: null, ws: null, holders: [], reports: [], partial: {}, timers: [], over: false };
+  const here = { id, title, space: null, audio: null, ws: null, holders: [], reports: [], partial: {}, timers: [], over: false };
+  room = here;
   notice("Joining…");
   const space = await attempt(() => api.space(id));
-  if (!space) return leaveRoom(false);
-  room.space = space;
+  if (room !== here) return; // left while asking
+  if (!space) return leaveRoom(false, true);
+  here.space = space;
   follow();
-  room.audio = new Audio(api, id);
-  const joined = await attempt(() => room.audio.join(space.slots));
+  here.audio = new Audio(api, id);
+  const joined = await attempt(() => here.audio.join(space.slots));
+  if (room !== here || here.over) return; // left, removed or ended while joining
   if (!joined) return render();
-  room.space = joined.space;
+  here.space = joined.space;
   notice(`Joined as ${joined.role}.`);
   await syncMic();
-  room.timers.push(setInterval(pollSlots, 500), setInterval(renderLevels, 100));
+  here.timers.push(setInterval(pollSlots, 500), setInterval(renderLevels, 100));
   refreshListeners();
   render();
 }
@@ -146,7 +149,7 @@ function refreshSoon() {
   refreshing = setTimeout(async () => {
     if (!room || room.over) return;
     const space = await attempt(() => api.space(room.id));
-    if (space) {
+    if (space && room && !room.over) {
       room.space = space;
       await syncMic();
       render();
@@ -210,7 +213,7 @@ function over(text) {
   render();
 }
 
-async function leaveRoom(post = true) {
+async function leaveRoom(post = true, keepNotice = false) {
   if (room && !room.over && post) await attempt(() => api.call("POST", `/v1/spaces/${room.id}/leave`));
   if (room) {
     room.over = true;
@@ -222,7 +225,7 @@ async function leaveRoom(post = true) {
   delete $("room").dataset.over;
   delete $("room").dataset.audio;
   history.replaceState(null, "", location.pathname);
-  notice("");
+  if (!keepNotice) notice("");
   showLobby();
 }
 
@@ -233,10 +236,15 @@ function myRole() {
 
 // On stage and the space live: the microphone goes into the publish section.
 async function syncMic() {
-  if (!room?.audio?.pc) return;
+  if (!room?.audio?.pc || room.over) return; // over: the connection is closed
   const onStage = STAGE_ROLES.includes(myRole()) && room.space.status !== "ended";
-  if (onStage) await attempt(() => room.audio.startMic());
-  else await room.audio.stopMic();
+  const audio = room.audio;
+  try {
+    if (onStage) await audio.startMic();
+    else await audio.stopMic();
+  } catch (err) {
+    if (room?.audio === audio && !room.over) notice(`microphone: ${err.message}`, "error");
+  }
 }
 
 async function pollSlots() {

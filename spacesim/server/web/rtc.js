@@ -33,6 +33,7 @@ export class Audio {
     this.slotMeters = []; // one AnalyserNode per listen slot
     this.micMeter = null;
     this.elements = [];
+    this.closed = false;
   }
 
   // Join with an offer; answers the join's response. A listener's offer has the publish
@@ -87,8 +88,12 @@ export class Audio {
 
   // The microphone, once on stage. getUserMedia asks the user's permission the first time.
   async startMic() {
-    if (this.mic) return;
+    if (this.mic || this.pc.signalingState === "closed") return;
     const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: false });
+    if (this.mic || this.pc.signalingState === "closed") {
+      stream.getTracks().forEach((t) => t.stop()); // closed (or started) meanwhile
+      return;
+    }
     this.mic = stream.getAudioTracks()[0];
     await this.publish.sender.replaceTrack(this.mic);
     this.micMeter = this.ctx.createAnalyser();
@@ -98,7 +103,7 @@ export class Audio {
 
   async stopMic() {
     if (!this.mic) return;
-    await this.publish.sender.replaceTrack(null);
+    if (this.pc.signalingState !== "closed") await this.publish.sender.replaceTrack(null);
     this.mic.stop();
     this.mic = null;
     this.micMeter = null;
@@ -130,6 +135,8 @@ export class Audio {
   }
 
   close() {
+    if (this.closed) return;
+    this.closed = true;
     for (const el of this.elements) el.srcObject = null;
     if (this.mic) this.mic.stop();
     if (this.pc) this.pc.close();
