@@ -133,20 +133,26 @@ function follow() {
   const ws = api.events(room.id);
   room.ws = ws;
   ws.onmessage = (msg) => onMessage(JSON.parse(msg.data));
-  ws.onclose = (ev) => {
+  ws.onclose = async (ev) => {
     if (room?.ws !== ws || room.over) return;
+    // 4401: the token expired; 4429: we sent too much; 1006: the connection dropped.
+    // A normal close (1000) comes after an error message that says why (removed, ended).
     if (ev.code === 4401 || ev.code === 4429 || ev.code === 1006) {
-      setTimeout(() => room?.ws === ws && !room.over && follow(), 1000); // back with a fresh token
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      if (ev.code === 4401 && api.devUser) await attempt(() => api.devLogin(api.devUser, api.devModerator));
+      if (room?.ws === ws && !room.over) follow();
     }
   };
 }
 
+// At most one GET of the space in flight per burst of events (a mute_all, a crowd
+// raising hands): the first event schedules it, the others ride along.
 let refreshing = null;
 
 function refreshSoon() {
-  // Many events change the space at once (mute_all): one GET after the burst.
-  clearTimeout(refreshing);
+  if (refreshing) return;
   refreshing = setTimeout(async () => {
+    refreshing = null;
     if (!room || room.over) return;
     const space = await attempt(() => api.space(room.id));
     if (space && room && !room.over) {
@@ -255,13 +261,20 @@ async function pollSlots() {
   }
 }
 
-async function refreshListeners() {
-  if (!room || room.over) return;
-  const data = await attempt(() => api.call("GET", `/v1/spaces/${room.id}/participants?role=listener&limit=100`));
-  if (data && room) {
-    room.listeners = data.participants.map((p) => p.user);
-    render();
-  }
+// The first page of listeners (100), at most once a second however many join or leave.
+let listing = null;
+
+function refreshListeners() {
+  if (listing || !room || room.over) return;
+  const here = room;
+  listing = setTimeout(async () => {
+    listing = null; // events from now on schedule the next look
+    const data = await attempt(() => api.call("GET", `/v1/spaces/${here.id}/participants?role=listener&limit=100`));
+    if (data && room === here && !here.over) {
+      here.listeners = data.participants.map((p) => p.user);
+      render();
+    }
+  }, 1000);
 }
 
 function addReaction(user, emoji) {
