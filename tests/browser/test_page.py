@@ -108,6 +108,7 @@ HEARD_JS = """async () => {
 async def heard(page: Page, timeout: float = 10.0) -> dict[str, Any]:
     """Wait until the page's first slot has decoded audio energy; its figures."""
     deadline = time.monotonic() + timeout
+    await expect(page.locator("#room")).to_have_attribute("data-audio", "connected")
     while True:
         got: dict[str, Any] = await page.evaluate(HEARD_JS)
         stats = got["stats"]
@@ -336,3 +337,45 @@ async def test_a_scheduled_space_with_captions_invites_cohosts_and_moderation(
                 assert page.errors == [], page.errors  # type: ignore[attr-defined]
         await browser.close()
     print(f"browser test (slow): {time.monotonic() - started:.1f} s; screenshots in {shots}")
+
+
+@pytest.mark.slow
+async def test_pages_come_back_after_the_server_is_killed_and_restarted(
+    browser: Browser, tmp_path: Path
+) -> None:
+    """kill -9 and a restart on the same address: the pages join again with new offers
+    (keeping their roles), the listener hears the host again and events flow again."""
+    started = time.monotonic()
+    port = launch.free_port()
+    db = tmp_path / "server.db"
+    proc, url = launch.start(db, port)
+    try:
+        launch.wait_up(proc, url)
+        host = await open_as(browser, url, "hana")
+        await host.click("#create-form button[type=submit]")
+        await expect(host.locator("#room")).to_have_attribute("data-role", "host")
+        space = host.url.split("space=")[1]
+        lee = await open_as(browser, url, "lee")
+        await lee.locator(f"#spaces li[data-space='{space}'] button").click()
+        await heard(lee)
+        first_pc = await lee.evaluate("() => window.spacesim.room.audio.pc.localDescription.sdp")
+
+        proc.kill()  # SIGKILL: no goodbye to anyone
+        proc.wait(10)
+        proc, _ = launch.start(db, port)
+        launch.wait_up(proc, url)
+
+        await expect(lee.locator("#notice")).to_have_text("Reconnected.", timeout=30_000)
+        await expect(host.locator("#notice")).to_have_text("Reconnected.", timeout=30_000)
+        again = await lee.evaluate("() => window.spacesim.room.audio.pc.localDescription.sdp")
+        assert again != first_pc  # a new connection, not the old one revived
+        await expect(lee.locator("#room")).to_have_attribute("data-role", "listener")
+        await expect(host.locator("#room")).to_have_attribute("data-role", "host")
+        await heard(lee, timeout=15)
+        await host.click("#react button[data-emoji='🎉']")  # the event stream is back too
+        await expect(lee.locator("#reactions li[data-user='hana']")).to_contain_text("🎉")
+        for page in (host, lee):
+            assert page.errors == [], page.errors  # type: ignore[attr-defined]
+    finally:
+        launch.stop(proc)
+    print(f"browser restart test: {time.monotonic() - started:.1f} s")

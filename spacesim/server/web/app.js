@@ -2,7 +2,7 @@
 // Everything goes through the documented protocol (docs/protocol.md); the server decides,
 // the page shows the server's answer (a refusal's reason goes to the notice line).
 
-import { Api } from "./api.js";
+import { Api, ApiError } from "./api.js";
 import { Audio } from "./rtc.js";
 
 const REACTIONS = ["💯", "✋", "👍", "👏", "😂", "❤️", "🔥", "🙏", "😢", "🎉"];
@@ -123,10 +123,48 @@ async function enterRoom(id, title = "") {
   if (!joined) return render();
   here.space = joined.space;
   notice(`Joined as ${joined.role}.`);
+  watchAudio(here);
   await syncMic();
   here.timers.push(setInterval(pollSlots, 500), setInterval(renderLevels, 100));
   refreshListeners();
   render();
+}
+
+// A connection that drops (the network, a server restart) is joined again with a new
+// offer, as docs/protocol.md says: the role is kept. Chromium reports "disconnected"
+// within seconds of the other side going quiet, "failed" later.
+function watchAudio(here) {
+  const pc = here.audio.pc;
+  pc.addEventListener("connectionstatechange", () => {
+    if (pc.connectionState !== "disconnected" && pc.connectionState !== "failed") return;
+    setTimeout(() => {
+      if (room === here && !here.over && here.audio.pc === pc && pc.connectionState !== "connected") rejoinAudio(here);
+    }, 2000);
+  });
+}
+
+async function rejoinAudio(here) {
+  if (here.rejoining) return;
+  here.rejoining = true;
+  notice("Reconnecting…");
+  here.audio.close();
+  here.audio = new Audio(api, here.id);
+  try {
+    const joined = await here.audio.join(here.space.slots);
+    if (room !== here || here.over) return;
+    here.space = joined.space;
+    notice("Reconnected.");
+    watchAudio(here);
+    await syncMic();
+    render();
+  } catch (err) {
+    // the server is not back yet (no answer, or a 5xx): try again; a refusal is final
+    const retry = !(err instanceof ApiError) || err.status >= 500;
+    notice(`${err.message}${err.code ? ` (${err.code})` : ""}`, "error");
+    if (retry) setTimeout(() => room === here && !here.over && rejoinAudio(here), 2000);
+  } finally {
+    here.rejoining = false;
+  }
 }
 
 function follow() {
