@@ -1130,17 +1130,22 @@ def add_web_page(app: web.Application) -> None:
     """`GET /` and `/web/...`: a browser client of the protocol. It is not part of the
     protocol, so not in the OpenAPI document (which describes what clients may call)."""
 
+    # Served by exact name from a fixed list: no path is ever joined from the request, and
+    # an unknown name is a JSON not_found like any other (aiohttp's static route answers
+    # a missing file with an empty 404 and a directory with a 403).
+    files = {p.name: p for p in WEB_DIR.iterdir() if p.is_file()}
+
     async def index(request: web.Request) -> web.StreamResponse:
-        return web.FileResponse(WEB_DIR / "index.html", headers=_page_headers())
+        return web.FileResponse(files["index.html"], headers=_page_headers())
+
+    async def asset(request: web.Request) -> web.StreamResponse:
+        path = files.get(request.match_info["name"])
+        if path is None:
+            raise ProtocolError("not_found", "no such file in the web page")
+        return web.FileResponse(path, headers=_page_headers())
 
     app.router.add_get("/", index)
-    app.router.add_static("/web/", WEB_DIR, show_index=False, follow_symlinks=False)
-
-    async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
-        if request.path.startswith("/web/"):
-            response.headers.update(_page_headers())
-
-    app.on_response_prepare.append(on_prepare)
+    app.router.add_get("/web/{name}", asset)
 
 
 def _page_headers() -> dict[str, str]:
