@@ -120,6 +120,28 @@ async def heard(page: Page, timeout: float = 10.0) -> dict[str, Any]:
         await page.wait_for_timeout(200)
 
 
+async def test_a_new_user_opens_the_page_and_hears_the_demo_space(
+    browser: Browser, tmp_path: Path
+) -> None:
+    """`spacesim serve --demo-space`, then the address in a browser: the demo space is
+    listed, one click joins it, and its host's speech plays."""
+    from spacesim.server.demo_space import DEMO_TITLE
+
+    with launch.embedded_server(tmp_path, args=["--demo-space"]) as url:
+        page = await open_as(browser, url, "newcomer")
+        row = page.locator("#spaces li", has_text=DEMO_TITLE)
+        await row.locator("button").click()
+        got = await heard(page, timeout=15)
+        assert got["stats"][0]["bytes"] > 1000, got
+        await expect(page.locator("#stage li[data-user='demo-host']")).to_have_class("speaking")
+        await page.screenshot(path=tmp_path / "demo.png", full_page=True)
+        assert page.errors == [], page.errors  # type: ignore[attr-defined]
+        assert page.refusals == [], page.refusals  # type: ignore[attr-defined]
+        # gone before the server stops: it waits for open event streams (aiohttp's
+        # shutdown_timeout) and the launcher would wait 10 s, then kill it
+        await page.context.close()
+
+
 async def crowd(url: str, space: str, users: list[str]) -> None:
     """`users` join the space at once over HTTP, without audio."""
     async with aiohttp.ClientSession() as http:
