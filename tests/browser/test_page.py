@@ -128,7 +128,7 @@ async def test_a_new_user_opens_the_page_and_hears_the_demo_space(
     from spacesim.server.demo_space import DEMO_TITLE
 
     with launch.embedded_server(tmp_path, args=["--demo-space"]) as url:
-        page = await open_as(browser, url, "newcomer")
+        page = await open_as(browser, url, "zoë")  # a name that is not ASCII
         row = page.locator("#spaces li", has_text=DEMO_TITLE)
         await row.locator("button").click()
         got = await heard(page, timeout=15)

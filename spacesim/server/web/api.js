@@ -20,6 +20,7 @@ export class Api {
 
   setToken(token) {
     // The payload is base64url JSON (docs/protocol.md, Tokens): read, not verified, here.
+    // The server writes it as ASCII (json.dumps escapes the rest), so atob's bytes are it.
     const payload = JSON.parse(atob(token.split(".")[0].replace(/-/g, "+").replace(/_/g, "/")));
     this.token = token;
     this.user = payload.sub;

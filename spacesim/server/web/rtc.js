@@ -72,8 +72,9 @@ export class Audio {
     this.ctx.resume();
     for (const track of tracks) {
       const stream = new MediaStream([track]);
-      // Chrome feeds a remote WebRTC track to WebAudio only while a media element plays
-      // it too, so each slot has an <audio> element (which is also what we hear).
+      // Each slot plays through an <audio> element (what we hear); the analyser only
+      // measures it. (Chromium has at times fed a remote WebRTC track to WebAudio only
+      // while a media element played it: the element keeps the meters working too.)
       const el = document.createElement("audio");
       el.autoplay = true;
       el.srcObject = stream;
