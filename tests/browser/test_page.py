@@ -28,13 +28,12 @@ pytestmark = pytest.mark.timeout(120)
 
 TONE_HZ = 440.0
 RATE = 48_000
-#: Flags for headless Chromium on a machine without audio hardware or a display. No
-#: --allow-loopback-in-peer-connection: the page must connect as a user's browser does
-#: (mDNS host candidates; the server's 127.0.0.1 answers their checks).
+#: Flags for headless Chromium on a machine without audio hardware or a display, and no
+#: more: no --allow-loopback-in-peer-connection and no autoplay override, so the page
+#: connects and plays as a user's browser does (a click on Join is the user's gesture).
 FLAGS = (
     "--use-fake-ui-for-media-stream",  # grant getUserMedia without a prompt
     "--use-fake-device-for-media-stream",
-    "--autoplay-policy=no-user-gesture-required",
     "--no-sandbox",  # root in a container: Chromium's sandbox needs user namespaces
     "--disable-gpu",
 )
