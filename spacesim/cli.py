@@ -156,6 +156,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     for noisy in ("aioice", "aiortc"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.demo_space and args.no_dev:
+        err.print("spacesim serve: --demo-space needs dev mode (its host takes a dev token)")
+        return 2
     if not args.no_dev and not is_loopback_host(args.host):
         if not args.dev_on_public_bind:
             err.print(
@@ -181,8 +184,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         recording_dir=Path(args.recording_dir) if args.recording_dir else None,
         caption_workers=args.caption_workers,
     )
-    err.print(f"spacesim serve: http://{args.host}:{args.port}  db={db}  dev={config.dev}")
+    err.print(
+        f"spacesim serve: http://{args.host}:{args.port}  db={db}  dev={config.dev}"
+        "  (the web page is at /)"
+    )
     app = create_app(config)
+    if args.demo_space:
+        from spacesim.server import demo_space
+
+        host = args.host if is_loopback_host(args.host) else "127.0.0.1"
+        host = f"[{host}]" if ":" in host else host
+        demo_space.attach(app, f"http://{host}:{args.port}", config.slots)
     # What is loaded by now (modules, aiortc, the recovered rooms) lives as long as the
     # process: frozen out of the collector's sight (gc.freeze, Python >= 3.7), a full
     # collection under load takes a few ms instead of the 70-240 ms measured with 500
@@ -626,6 +638,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow dev mode with a non-loopback --host (logs a warning)",
     )
     serve.add_argument("--record", metavar="DIR", help="write the server's records here on exit")
+    serve.add_argument(
+        "--demo-space",
+        action="store_true",
+        help="host a live space that reads the shipped clips in a loop (for the web page at /)",
+    )
     serve.add_argument(
         "--caption-workers",
         type=_positive_int,

@@ -152,6 +152,11 @@ class RoomClient:
         )
         return result
 
+    async def spaces(self, status: str | None = None, limit: int = 100) -> dict[str, Any]:
+        """The server's live and scheduled spaces, newest first (`status`: only those)."""
+        query = f"?limit={limit}" + (f"&status={status}" if status else "")
+        return dict(await self._call("GET", f"/v1/spaces{query}"))
+
     async def space(self, space: str) -> dict[str, Any]:
         """The space's bounded snapshot (counts, stage, first hands; docs/protocol.md)."""
         result: dict[str, Any] = await self._call("GET", f"/v1/spaces/{space}")

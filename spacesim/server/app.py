@@ -544,6 +544,46 @@ async def create_space(request: web.Request) -> web.Response:
     return _json(room.snapshot(), 201)
 
 
+@routes.get("/v1/spaces")
+async def list_spaces(request: web.Request) -> web.Response:
+    """The live and scheduled spaces on this server (what a client offers to join),
+    newest first; ended spaces are read one at a time by id."""
+    claims = _claims(request)
+    _allow(claims, (SPACE_JOIN, MODERATE), None)
+    status = request.query.get("status")
+    if status is not None and status not in ("live", "scheduled"):
+        raise ProtocolError("bad_request", "'status' must be live or scheduled")
+    limit_text = request.query.get("limit", str(PAGE_DEFAULT))
+    if not (_DIGITS.fullmatch(limit_text) and 1 <= int(limit_text) <= PAGE_MAX):
+        raise ProtocolError("bad_request", f"'limit' must be an integer from 1 to {PAGE_MAX}")
+    state = request.app[STATE]
+    rooms = [
+        r
+        for r in state.rooms.values()
+        if r.space.status is not policy.SpaceStatus.ENDED
+        and (status is None or r.space.status.value == status)
+    ]
+    records = sorted(
+        (state.store.get_space(r.id) for r in rooms), key=lambda rec: rec.created_at, reverse=True
+    )
+    by_id = {r.id: r for r in rooms}
+    items = []
+    for rec in records[: int(limit_text)]:
+        snap = by_id[rec.id].snapshot()
+        items.append(
+            {
+                "id": rec.id,
+                "host": rec.host,
+                "title": rec.title,
+                "status": snap["status"],
+                "scheduled_for": rec.scheduled_for,
+                "counts": snap["counts"],
+                "captions": snap["captions"],
+            }
+        )
+    return _json({"spaces": items, "count": len(records)})
+
+
 @routes.get("/v1/spaces/{space}")
 async def get_space(request: web.Request) -> web.Response:
     claims = _claims(request)
@@ -555,6 +595,25 @@ async def get_space(request: web.Request) -> web.Response:
         return _json(state.ended_snapshot(ended))
     _, _, room = _in_space(request, (SPACE_JOIN, MODERATE))
     return _json(room.snapshot())
+
+
+@routes.get("/v1/spaces/{space}/slots")
+async def list_slots(request: web.Request) -> web.Response:
+    """Who holds each listen slot now: the RTP stream does not say (no CSRC), so a client
+    that shows who is speaking pairs this with each slot's audio level."""
+    claims = _claims(request)
+    state = request.app[STATE]
+    space_id = request.match_info["space"]
+    slots: list[str | None] = [None] * state.config.slots
+    if state.ended(space_id) is not None:  # nobody is heard in an ended space
+        _allow(claims, (SPACE_JOIN, MODERATE), space_id)
+        return _json({"space": space_id, "slots": slots})
+    _, _, room = _in_space(request, (SPACE_JOIN, MODERATE))
+    media = state.media.get(room.id)
+    if media is not None:
+        for user, k in media.speaker_slots().items():
+            slots[k] = user
+    return _json({"space": space_id, "slots": slots})
 
 
 @routes.get("/v1/spaces/{space}/participants")
@@ -1060,6 +1119,43 @@ def _redact_access_log() -> None:
         access.addFilter(RedactTokens())
 
 
+#: The web page's static files (plain HTML, CSS and JS modules: no build step, no CDN).
+WEB_DIR = Path(__file__).with_name("web")
+#: The page loads only its own files and talks only to this server (fetch, WebSocket);
+#: CSP Level 3 lets 'self' cover ws: and wss: to the same host.
+_PAGE_CSP = "default-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'"
+
+
+def add_web_page(app: web.Application) -> None:
+    """`GET /` and `/web/...`: a browser client of the protocol. It is not part of the
+    protocol, so not in the OpenAPI document (which describes what clients may call)."""
+
+    # Served by exact name from a fixed list: no path is ever joined from the request, and
+    # an unknown name is a JSON not_found like any other (aiohttp's static route answers
+    # a missing file with an empty 404 and a directory with a 403).
+    files = {p.name: p for p in WEB_DIR.iterdir() if p.is_file()}
+
+    async def index(request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(files["index.html"], headers=_page_headers())
+
+    async def asset(request: web.Request) -> web.StreamResponse:
+        path = files.get(request.match_info["name"])
+        if path is None:
+            raise ProtocolError("not_found", "no such file in the web page")
+        return web.FileResponse(path, headers=_page_headers())
+
+    app.router.add_get("/", index)
+    app.router.add_get("/web/{name}", asset)
+
+
+def _page_headers() -> dict[str, str]:
+    return {
+        "Content-Security-Policy": _PAGE_CSP,
+        "X-Content-Type-Options": "nosniff",
+        "Cache-Control": "no-cache",
+    }
+
+
 def create_app(config: ServerConfig, store: Store | None = None) -> web.Application:
     """The aiohttp application; `spacesim serve` runs it, tests use it on 127.0.0.1."""
     from spacesim.rtc import use_host_addresses
@@ -1089,6 +1185,7 @@ def create_app(config: ServerConfig, store: Store | None = None) -> web.Applicat
     from spacesim.server import recording_api
 
     app.add_routes(recording_api.routes)
+    add_web_page(app)
 
     async def startup(app: web.Application) -> None:
         state.recordings.start()

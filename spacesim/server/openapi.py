@@ -197,6 +197,32 @@ def document() -> dict[str, Any]:
                     },
                 },
                 "Captions": _captions_schema(),
+                "SpaceList": {
+                    "type": "object",
+                    "required": ["spaces", "count"],
+                    "properties": {
+                        "spaces": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["id", "host", "title", "status", "counts"],
+                                "properties": {
+                                    "id": s,
+                                    "host": s,
+                                    "title": s,
+                                    "status": {"enum": ["scheduled", "live"]},
+                                    "scheduled_for": {"type": ["number", "null"]},
+                                    "counts": {"type": "object"},
+                                    "captions": {"type": "boolean"},
+                                },
+                            },
+                        },
+                        "count": {
+                            "type": "integer",
+                            "description": "how many there are in all (spaces: at most limit)",
+                        },
+                    },
+                },
                 "Member": {
                     "type": "object",
                     "required": ["user", "role"],
@@ -308,6 +334,27 @@ def document() -> dict[str, Any]:
                 }
             },
             "/v1/spaces": {
+                "get": {
+                    "summary": "Live and scheduled spaces on this server, newest first",
+                    "parameters": [
+                        {
+                            "name": "status",
+                            "in": "query",
+                            "schema": {"enum": ["live", "scheduled"]},
+                        },
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": 500,
+                                "default": 100,
+                            },
+                        },
+                    ],
+                    "responses": _responses({"$ref": "#/components/schemas/SpaceList"}, 403),
+                },
                 "post": {
                     "summary": "Create a space; live now, or scheduled with scheduled_for",
                     "requestBody": _body(
@@ -331,13 +378,31 @@ def document() -> dict[str, Any]:
                         example={"title": "Town hall", "recording": True, "captions": True},
                     ),
                     "responses": _responses(space_ref, 403, 429, success="201", body=True),
-                }
+                },
             },
             "/v1/spaces/{space}": {
                 "get": {
                     "parameters": _space_path(),
                     "summary": "State",
                     "responses": _responses(space_ref, 403, 404),
+                }
+            },
+            "/v1/spaces/{space}/slots": {
+                "get": {
+                    "parameters": _space_path(),
+                    "summary": "Who holds each listen slot now (null: nobody)",
+                    "responses": _responses(
+                        {
+                            "type": "object",
+                            "required": ["space", "slots"],
+                            "properties": {
+                                "space": s,
+                                "slots": {"type": "array", "items": {"type": ["string", "null"]}},
+                            },
+                        },
+                        403,
+                        404,
+                    ),
                 }
             },
             "/v1/spaces/{space}/participants": {

@@ -998,3 +998,100 @@ async def test_a_report_about_another_space_is_not_found_there(api: Api) -> None
     body = {"action": "dismiss", "report": report}
     status, data = await api.call("POST", f"/v1/moderation/spaces/{two}", "mod", body)
     assert status == 404 and data["error"] == "not_found", data
+
+
+# --------------------------------------------------------------------------- the web page
+
+
+async def test_the_space_list_holds_live_and_scheduled_spaces_newest_first(api: Api) -> None:
+    live = await api.space("ann", title="Live one")
+    later = await api.space("bob", title="Later", scheduled_for=time.time() + 3600)
+    gone = await api.space("cat", title="Over")
+    assert (await api.call("POST", f"/v1/spaces/{gone}/end", "cat"))[0] == 200
+    await api.join(live, "fan")
+    status, data = await api.call("GET", "/v1/spaces", "fan")
+    assert status == 200, data
+    assert [s["id"] for s in data["spaces"]] == [later, live] and data["count"] == 2
+    first, second = data["spaces"]
+    assert (first["title"], first["status"], first["host"]) == ("Later", "scheduled", "bob")
+    assert first["scheduled_for"] > time.time()
+    assert second["scheduled_for"] is None and second["counts"]["participants"] == 2
+    _, data = await api.call("GET", "/v1/spaces?status=live", "fan")
+    assert [s["id"] for s in data["spaces"]] == [live]
+    _, data = await api.call("GET", "/v1/spaces?limit=1", "fan")
+    assert [s["id"] for s in data["spaces"]] == [later] and data["count"] == 2
+    for query in ("status=ended", "limit=0", "limit=501", "limit=x"):
+        status, data = await api.call("GET", f"/v1/spaces?{query}", "fan")
+        assert (status, data["error"]) == (400, "bad_request"), (query, data)
+    assert (await api.call("GET", "/v1/spaces"))[0] == 401
+    pinned = issue_token(SECRET, "pin", ["space:join"], 3600, space=live)
+    r = await api.http.get(f"{api.base}/v1/spaces", headers={"Authorization": f"Bearer {pinned}"})
+    assert r.status == 403 and (await r.json())["error"] == "forbidden"
+
+
+async def test_slots_say_who_is_heard_in_each_listen_slot(
+    api: Api, clients: list[AudioClient]
+) -> None:
+    space = await api.space("host")
+    host, fan = AudioClient("host", opus_tone(440.0, frames=600)), AudioClient("fan")
+    clients += [host, fan]
+    await host.join_api(api, space)
+    await fan.join_api(api, space)
+    path = f"/v1/spaces/{space}/slots"
+
+    async def holders() -> list[str | None]:
+        status, data = await api.call("GET", path, "fan")
+        assert status == 200 and data["space"] == space, data
+        return list(data["slots"])
+
+    assert await holders() in ([None] * SLOTS, ["host"] + [None] * (SLOTS - 1))
+    await until(lambda: len(fan.received()) >= 10)
+    assert await holders() == ["host"] + [None] * (SLOTS - 1)
+    assert (await api.act(space, "host", "mute", target="host"))[0] == 200
+    for _ in range(100):  # the slot is freed by the host's next packet, gated off
+        if await holders() == [None] * SLOTS:
+            break
+        await asyncio.sleep(0.05)
+    assert await holders() == [None] * SLOTS
+    assert (await api.call("GET", "/v1/spaces/s-nope/slots", "fan"))[0] == 404
+    assert (await api.call("GET", path))[0] == 401
+    assert (await api.call("POST", f"/v1/spaces/{space}/end", "host"))[0] == 200
+    assert await holders() == [None] * SLOTS  # an ended space: nobody heard
+
+
+WEB = Path(__file__).resolve().parents[2] / "spacesim" / "server" / "web"
+
+
+async def test_the_page_and_its_modules_are_served_with_a_strict_policy(api: Api) -> None:
+    r = await api.http.get(f"{api.base}/")
+    page = await r.text()
+    assert r.status == 200 and r.content_type == "text/html", page
+    assert "default-src 'self'" in r.headers["Content-Security-Policy"]
+    for module in re.findall(r'src="(/web/[^"]+)"', page) + re.findall(
+        r'href="(/web/[^"]+)"', page
+    ):
+        r = await api.http.get(f"{api.base}{module}")
+        assert r.status == 200, module
+        assert r.headers["X-Content-Type-Options"] == "nosniff"
+    for js in WEB.glob("*.js"):  # every module a module imports is served
+        for name in re.findall(r'from "\./([^"]+)"', js.read_text()):
+            r = await api.http.get(f"{api.base}/web/{name}")
+            # a module script must have a JavaScript MIME type (Python 3.11 says application/)
+            assert r.status == 200 and r.content_type.endswith("/javascript"), name
+    for bad in ("/web/nope.js", "/web/../app.py", "/web/%2e%2e/app.py", "/web/", "/web"):
+        r = await api.http.get(f"{api.base}{bad}")
+        assert (r.status, (await r.json())["error"]) == (404, "not_found"), bad
+    assert "/" not in document()["paths"]  # the page is a client of the protocol, not part
+
+
+def test_the_page_calls_only_documented_routes() -> None:
+    """docs/protocol.md and the OpenAPI are the page's contract: every route its scripts
+    name (an interpolated id read as the path parameter) is a documented one."""
+    paths = set(document()["paths"])
+    named = set()
+    for js in WEB.glob("*.js"):
+        for found in re.findall(r"/v1/[A-Za-z0-9_/${}.]*", js.read_text()):
+            named.add(re.sub(r"\$\{[^}]*\}", "{space}", found).rstrip("/"))
+    assert named, "no routes found in the page's scripts"
+    assert named <= paths, sorted(named - paths)
+    assert "/v1/spaces/{space}/events" in named and "/v1/spaces/{space}/join" in named
