@@ -171,8 +171,11 @@ async def test_jitter_spreads_rtt_and_keeps_order(echo: Address) -> None:
     assert len(steady.rtts) == len(jittery.rtts) == 200
     # Interquartile ranges: a busy machine's scheduling stalls are outliers, not spread.
     q_steady, q_jittery = (statistics.quantiles(p.rtts, n=4) for p in (steady, jittery))
-    assert _ms(q_steady[2] - q_steady[0]) < 1.5
-    assert _ms(q_jittery[2] - q_jittery[0]) > 3.0
+    # (a loaded 2-core machine spread the steady IQR to 2.3 ms once; 2 x 5 ms of
+    # exponential jitter spreads it by ~7 ms)
+    iqr_steady, iqr_jittery = (_ms(q[2] - q[0]) for q in (q_steady, q_jittery))
+    assert iqr_steady < 3.0
+    assert iqr_jittery > max(3.0, 2 * iqr_steady)
     # Jitter only adds delay: nothing arrives sooner than 2 x delay (minus timer lead).
     assert _ms(min(jittery.rtts)) >= 18.0
     assert statistics.median(jittery.rtts) > statistics.median(steady.rtts) + 0.005
