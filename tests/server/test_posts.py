@@ -18,13 +18,15 @@ from spacesim import policy
 from spacesim.server import launch
 from spacesim.server.app import STATE, ServerConfig, create_app
 from spacesim.server.oggcheck import AudioError, OggOpusCheck
-from spacesim.server.posts import FLEET_TTL_S, VOICE_MAX_S, transcribe_job
+from spacesim.client.speaker import load_clip, transcripts
+from spacesim.server.posts import FLEET_TTL_S, VOICE_MAX_S
 from spacesim.server.recording import SILENCE, OggOpusWriter, _page, ogg_crc
 from spacesim.server.store_memory import MemoryStore
 from spacesim.server.store_posts import PostRecord, SpacePost
 from spacesim.server.store_sqlite import SqliteStore
 from tests.server.test_app import SECRET, SLOTS, Api
 from tests.server.test_media import opus_tone
+from tests.server.test_captions_live import overlap
 from tests.server.test_recording import decode
 
 pytestmark = pytest.mark.timeout(60)
@@ -430,11 +432,19 @@ async def test_voice_post_captions_come_from_the_recogniser_off_the_request_path
     assert meta["captions"] == {"status": "done", "text": "hello there"}
 
 
-@pytest.mark.slow
-def test_the_real_recogniser_transcribes_a_whole_post() -> None:
-    """`transcribe_job` runs the live captions' recogniser (pocketsphinx) on packets."""
-    text = transcribe_job("t", list(opus_tone(440.0, 100)))
-    assert isinstance(text, str)  # a tone has no words; the job must still run through
+async def test_a_voice_post_is_captioned_by_the_live_recogniser(
+    served: Any, tmp_path: Path
+) -> None:
+    """The whole path: upload, the recogniser process (pocketsphinx, as live captions),
+    the words on the post."""
+    api, app, _ = served
+    data = ogg(tmp_path, list(load_clip("garden")) + [SILENCE] * 50)
+    status, post = await _upload(api, "/v1/posts/voice?captions=true", "ann", data)
+    assert status == 201
+    await asyncio.wait_for(app[STATE].posts.settle(), 30)
+    status, meta = await api.call("GET", f"/v1/posts/{post['id']}", "bob")
+    assert meta["captions"]["status"] == "done", meta
+    assert overlap(transcripts()["garden"], meta["captions"]["text"]) >= 0.7, meta
 
 
 async def test_acknowledged_posts_survive_kill_9(tmp_path: Path) -> None:
