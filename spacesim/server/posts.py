@@ -91,6 +91,7 @@ class Posts:
         self._task: asyncio.Task[None] | None = None
         self._jobs: set[asyncio.Task[None]] = set()
         self._waiting: dict[str, set[asyncio.Event]] = {}  # long polls of notifications
+        self.max_wait_s = 30.0  # the longest a long poll waits (a test server shortens it)
         self.root.mkdir(parents=True, exist_ok=True)
 
     def path(self, post_id: str) -> Path:

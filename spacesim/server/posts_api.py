@@ -40,7 +40,7 @@ routes = web.RouteTableDef()
 _POST_ID = re.compile(r"p-[0-9a-f]{16}")
 _DIGITS = re.compile(r"[0-9]{1,18}")
 _OGG = {"Content-Type": "audio/ogg"}
-#: Longest wait of ``GET /v1/notifications?wait=`` (seconds).
+#: Longest wait a client may ask of ``GET /v1/notifications?wait=`` (seconds).
 MAX_WAIT_S = 30
 
 
@@ -78,7 +78,7 @@ def post_json(post: PostRecord) -> dict[str, Any]:
 def _text(value: object, required: bool) -> str:
     if value is None and not required:
         return ""
-    if not isinstance(value, str) or len(value) > MAX_TEXT or (required and not value.strip()):
+    if not isinstance(value, str) or len(value) > MAX_TEXT or (required and not value):
         need = "a non-empty string" if required else "a string"
         raise ProtocolError("bad_request", f"'text' must be {need} of at most {MAX_TEXT} chars")
     return value
@@ -232,7 +232,7 @@ async def conversation(request: web.Request) -> web.Response:
     return _json({"with": other, "messages": [post_json(p) for p in found]})
 
 
-@routes.post("/v1/fleets/{post}/reply")
+@routes.post(r"/v1/fleets/{post:p-[0-9a-f]{16}}/reply")
 async def reply_to_fleet(request: web.Request) -> web.Response:
     """A reply to a Fleet is a direct message to its author (naming the Fleet)."""
     claims, state = _user(request)
@@ -242,13 +242,13 @@ async def reply_to_fleet(request: web.Request) -> web.Response:
     return await _create(request, "dm", voice=False, recipient=fleet.author, reply_to=fleet.id)
 
 
-@routes.get("/v1/posts/{post}")
+@routes.get(r"/v1/posts/{post:p-[0-9a-f]{16}}")  # not /v1/posts/voice
 async def get_post(request: web.Request) -> web.Response:
     claims, state = _user(request)
     return _json(post_json(_find(state, claims.sub, request.match_info["post"])))
 
 
-@routes.get("/v1/posts/{post}/audio")
+@routes.get(r"/v1/posts/{post:p-[0-9a-f]{16}}/audio")
 async def get_post_audio(request: web.Request) -> web.StreamResponse:
     """The post's Ogg/Opus file (Range requests served)."""
     claims, state = _user(request)
@@ -301,10 +301,10 @@ async def notifications(request: web.Request) -> web.Response:
     """The caller's notifications after cursor ``after``; ``wait`` seconds (at most 30)
     to wait for one if there is none yet (a long poll)."""
     claims, state = _user(request)
-    after_text = request.query.get("after", "0")
+    after_text = request.query.get("after", "") or "0"
     wait_text = request.query.get("wait", "0")
     if not _DIGITS.fullmatch(after_text):
-        raise ProtocolError("bad_request", "'after' must be a notification id")
+        raise ProtocolError("bad_request", "'after' must be the cursor of a previous answer")
     if not (_DIGITS.fullmatch(wait_text) and int(wait_text) <= MAX_WAIT_S):
         raise ProtocolError("bad_request", f"'wait' must be whole seconds from 0 to {MAX_WAIT_S}")
     limit = _limit(request)
@@ -313,7 +313,7 @@ async def notifications(request: web.Request) -> web.Response:
     if not found and int(wait_text):
         signal = state.posts.waiter(claims.sub)
         try:
-            async with asyncio.timeout(int(wait_text)):
+            async with asyncio.timeout(min(int(wait_text), state.posts.max_wait_s)):
                 await signal.wait()
         except TimeoutError:
             pass
