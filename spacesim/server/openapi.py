@@ -922,7 +922,10 @@ def _posts_paths() -> dict[str, Any]:
                 ),
                 "responses": {
                     **_responses(_OK, 403, 404, 409, 429, success="201", body=True),
-                    "200": {"description": "already shown: nothing changed", "content": _content(_OK)},
+                    "200": {
+                        "description": "already shown: nothing changed",
+                        "content": _content(_OK),
+                    },
                 },
             },
         },

@@ -238,4 +238,3 @@ def captioner_transcribe(captioner: Any) -> Transcribe:
             worker.streams -= 1
 
     return run
-

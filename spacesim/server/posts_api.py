@@ -352,9 +352,7 @@ def _space_items(state: ServerState, space: str) -> list[dict[str, Any]]:
         post = state.store.get_post(item.post)  # type: ignore[attr-defined]
         if post is None:  # an expired Fleet the sweep has not reached yet
             continue
-        out.append(
-            {"post": post_json(post), "how": item.how, "by": item.user, "at": item.at}
-        )
+        out.append({"post": post_json(post), "how": item.how, "by": item.user, "at": item.at})
     return out
 
 
@@ -375,7 +373,8 @@ async def show_post(request: web.Request) -> web.Response:
         raise ProtocolError("bad_request", "only posts (not Fleets or DMs) are shown in a space")
     role = room.space.role_of(user)
     if how == "pin":
-        pinned = sum(1 for i in state.store.space_posts(room.id) if i.how == "pin")  # type: ignore[attr-defined]
+        shown = state.store.space_posts(room.id)  # type: ignore[attr-defined]
+        pinned = len([i for i in shown if i.how == "pin"])
         outcome = policy.may_pin(role, pinned)
     else:
         outcome = policy.may_share(role)

@@ -22,8 +22,8 @@ from typing import Any
 from spacesim.server.store import InvalidArgument, _id, _now, _time
 
 __all__ = [
-    "POST_KINDS",
     "POSTS_SCHEMA",
+    "POST_KINDS",
     "MemoryPosts",
     "Notification",
     "PostRecord",
@@ -253,8 +253,7 @@ class SqlitePosts:
     def space_posts(self, space: str) -> list[SpacePost]:
         """The space's pinned and shared posts, oldest first."""
         rows = self._read(
-            "SELECT space, post, user, how, at FROM space_posts WHERE space = ?"
-            " ORDER BY at, rowid",
+            "SELECT space, post, user, how, at FROM space_posts WHERE space = ? ORDER BY at, rowid",
             (space,),
         )
         return [SpacePost(*r) for r in rows]

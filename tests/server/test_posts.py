@@ -7,26 +7,29 @@ import os
 import signal
 import struct
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import av
+import numpy as np
 import pytest
 from aiohttp.test_utils import TestServer
 
 from spacesim import policy
+from spacesim.client.speaker import load_clip, transcripts
 from spacesim.server import launch
 from spacesim.server.app import STATE, ServerConfig, create_app
 from spacesim.server.oggcheck import AudioError, OggOpusCheck
-from spacesim.client.speaker import load_clip, transcripts
 from spacesim.server.posts import FLEET_TTL_S, VOICE_MAX_S
 from spacesim.server.recording import SILENCE, OggOpusWriter, _page, ogg_crc
 from spacesim.server.store_memory import MemoryStore
 from spacesim.server.store_posts import PostRecord, SpacePost
 from spacesim.server.store_sqlite import SqliteStore
 from tests.server.test_app import SECRET, SLOTS, Api
-from tests.server.test_media import opus_tone
 from tests.server.test_captions_live import overlap
+from tests.server.test_media import opus_tone
 from tests.server.test_recording import decode
 
 pytestmark = pytest.mark.timeout(60)
@@ -72,6 +75,30 @@ def test_the_check_counts_the_packets_duration(tmp_path: Path) -> None:
     assert check(ogg(tmp_path, [SILENCE] * 150)) == pytest.approx(3.0)
     tone = opus_tone(440.0, 50)  # real libopus packets
     assert check(ogg(tmp_path, tone)) == pytest.approx(len(tone) * 0.02)
+
+
+def ffmpeg_ogg(path: Path, seconds: float) -> bytes:
+    """An Ogg/Opus file muxed by FFmpeg (through PyAV): another writer than ours, with a
+    pre-skip, OpusTags of its own and end trimming on the last page."""
+    out = av.open(str(path), "w", format="ogg")
+    stream: Any = out.add_stream("libopus", rate=48000)
+    t = np.arange(int(48000 * seconds))
+    x = (np.sin(2 * np.pi * 440 * t / 48000) * 8000).astype(np.int16)
+    for i in range(0, len(x), 960):
+        frame = av.AudioFrame.from_ndarray(x[i : i + 960].reshape(1, -1), layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = 48000, i, Fraction(1, 48000)
+        for p in stream.encode(frame):
+            out.mux(p)
+    for p in stream.encode(None):
+        out.mux(p)
+    out.close()
+    return path.read_bytes()
+
+
+def test_the_check_reads_ffmpeg_files_to_the_sample(tmp_path: Path) -> None:
+    data = ffmpeg_ogg(tmp_path / "f.opus", 3.01)
+    assert check(data) == pytest.approx(3.01, abs=1e-6)  # pre-skip and end trimming
+    assert decode(data)[1] == pytest.approx(3.01, abs=1e-6)  # what FFmpeg plays
 
 
 def test_the_check_refuses_bad_and_truncated_audio(tmp_path: Path) -> None:
@@ -126,8 +153,10 @@ def test_the_rulebook_on_posts() -> None:
 @pytest.fixture(params=["memory", "sqlite"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     clock = Clock()
-    s = MemoryStore(clock=clock) if request.param == "memory" else SqliteStore(
-        tmp_path / "p.db", clock=clock
+    s = (
+        MemoryStore(clock=clock)
+        if request.param == "memory"
+        else SqliteStore(tmp_path / "p.db", clock=clock)
     )
     s.clock_ = clock
     yield s
@@ -219,9 +248,7 @@ async def test_a_voice_post_uploads_streams_and_plays_back_with_ranges(
     long = ogg(tmp_path, [SILENCE] * 7100, "long.opus")  # 142 s
     status, err = await _upload(api, "/v1/posts/voice", "ann", long)
     assert (status, err["error"]) == (413, "audio_too_long")
-    status, err = await api.call(
-        "POST", "/v1/posts/voice", "ann", raw=b"x" * 10, body=None
-    )
+    status, err = await api.call("POST", "/v1/posts/voice", "ann", raw=b"x" * 10, body=None)
     assert (status, err["error"]) == (400, "bad_audio")
     root = app[STATE].posts.root
     assert sorted(p.name for p in root.iterdir()) == [f"{post['id']}.opus"]
@@ -325,7 +352,7 @@ async def test_a_restart_never_resurrects_an_expired_fleet(tmp_path: Path) -> No
     api, app, server, http = await serve()
     try:
         status, listed = await api.call("GET", "/v1/users/ann/posts", "ann")
-        assert listed["posts"] == []
+        assert status == 200 and listed["posts"] == []
         assert list(posts_dir.glob("*.opus")) == []
     finally:
         await http.close()
