@@ -19,7 +19,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import Counter
+
 from spacesim.protocol import ProtocolError
+from spacesim.server.metrics import REGISTRY
 from spacesim.server.oggcheck import AudioError, OggOpusCheck
 from spacesim.server.recording import read_packets
 from spacesim.server.room import RateLimiter
@@ -51,7 +54,23 @@ SWEEP_S = 60.0
 POSTS_PER_USER = (1.0, 20.0)
 #: Posts a user may share into spaces: 10 a minute, 5 at once.
 SHARES_PER_USER = (10 / 60, 5.0)
-_CHUNK = 64 * 1024
+
+#: What posts cost, for `/metrics` (uploads, their bytes and audio, Fleets expired).
+UPLOADS = Counter("spacesim_voice_uploads", "Voice posts and DMs stored", registry=REGISTRY)
+UPLOAD_BYTES = Counter(
+    "spacesim_voice_upload_bytes", "Bytes of voice posts and DMs stored", registry=REGISTRY
+)
+UPLOAD_SECONDS = Counter(
+    "spacesim_voice_upload_seconds", "Seconds of audio in voice posts and DMs", registry=REGISTRY
+)
+UPLOADS_REFUSED = Counter(
+    "spacesim_voice_uploads_refused",
+    "Voice uploads refused (bad, too long, too large)",
+    registry=REGISTRY,
+)
+FLEETS_EXPIRED = Counter(
+    "spacesim_fleets_expired", "Fleets deleted at expiry (rows and files)", registry=REGISTRY
+)
 
 
 def transcribe_job(key: str, packets: list[bytes]) -> str:
@@ -122,10 +141,14 @@ class Posts:
             os.replace(tmp, self.path(post_id))
             await loop.run_in_executor(None, _sync_dir, self.root)
         except AudioError as exc:
+            UPLOADS_REFUSED.inc()
             raise ProtocolError(exc.code, exc.reason) from None
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
+        UPLOADS.inc()
+        UPLOAD_BYTES.inc(check.size)
+        UPLOAD_SECONDS.inc(duration)
         return check.size, duration
 
     def caption(self, post_id: str) -> None:
@@ -187,6 +210,7 @@ class Posts:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()  # a crash between the file and its row, or its deletion
         self.expired += len(gone)
+        FLEETS_EXPIRED.inc(len(gone))
         return len(gone)
 
     def start(self) -> None:

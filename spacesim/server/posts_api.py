@@ -407,6 +407,12 @@ async def unpin_post(request: web.Request) -> web.Response:
 
 @routes.get("/v1/spaces/{space}/posts")
 async def list_space_posts(request: web.Request) -> web.Response:
-    """The space's pinned and shared posts, oldest first."""
-    _, state, room = _space_room(request)
-    return _json({"space": room.id, "posts": _space_items(state, room.id)})
+    """The space's pinned and shared posts, oldest first (also after it ended: they are
+    stored with it)."""
+    state = request.app[STATE]
+    space_id = request.match_info["space"]
+    if state.ended(space_id) is not None:
+        _allow(_claims(request), (SPACE_JOIN,), space_id)
+    else:
+        _space_room(request)
+    return _json({"space": space_id, "posts": _space_items(state, space_id)})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import struct
 from collections.abc import Iterator
@@ -314,6 +315,22 @@ async def test_fleets_reach_followers_until_they_expire_and_replies_are_dms(
     assert [p["id"] for p in timeline["posts"]] == [post["id"]]
     assert state.posts.sweep() == 1 and not file.exists()
     assert state.store.audio_post_ids() == set()
+    status, text = await api.call("GET", "/metrics")
+    assert re.search(r"^spacesim_fleets_expired_total [1-9]", text, re.M), text[-2000:]
+    assert re.search(r"^spacesim_voice_uploads_total [1-9]", text, re.M), text[-2000:]
+
+
+async def test_text_fleets_and_posts_are_throttled_per_user(served: Any) -> None:
+    api, _, clock = served
+    status, fleet = await api.call("POST", "/v1/fleets", "ann", {"text": "today only"})
+    assert status == 201 and fleet["audio"] is None
+    assert fleet["expires_at"] == T0 + FLEET_TTL_S
+    codes = [(await api.call("POST", "/v1/posts", "ann", {"text": f"{i}"}))[0] for i in range(25)]
+    assert codes[:19] == [201] * 19 and codes[-1] == 429  # a burst of 20, then 1 a second
+    status, err = await api.call("POST", "/v1/posts", "bob", {"text": ""})
+    assert (status, err["error"]) == (400, "bad_request")
+    clock.now = T0 + FLEET_TTL_S
+    assert (await api.call("GET", f"/v1/posts/{fleet['id']}", "ann"))[0] == 404
 
 
 async def test_a_restart_never_resurrects_an_expired_fleet(tmp_path: Path) -> None:
@@ -404,7 +421,10 @@ async def test_pinned_and_shared_posts_reach_every_listener(served: Any) -> None
     finally:
         for ws in streams:
             await ws.close()
-    # stored with the space: a new server on the same file lists them
+    assert (await api.call("POST", f"/v1/spaces/{space}/end", "host"))[0] == 200
+    status, listing = await api.call("GET", path, "l2")  # stored with it: read after its end
+    assert status == 200 and [i["post"]["id"] for i in listing["posts"]] == [post["id"], *pins[1:]]
+    # and on disk: another connection to the same file lists them
     store = SqliteStore(app[STATE].config.db)
     assert [s.post for s in store.space_posts(space)] == [post["id"], *pins[1:]]
     store.close()
