@@ -1219,7 +1219,7 @@ def create_app(config: ServerConfig, store: Store | None = None) -> web.Applicat
     async def startup(app: web.Application) -> None:
         state.recordings.start()
         state.captioner.start()
-        state.posts.sweep()  # before any request: nothing expired is ever served again
+        state.posts.recover()  # before any request: nothing expired is ever served again
         state.posts.start()
         if state.recorder is not None:
             state.recorder.start_sampling(

@@ -3,8 +3,8 @@ captions of voice posts (docs/protocol.md, Posts, DMs and Fleets).
 
 An upload streams to a temporary file while `OggOpusCheck` reads it; only audio that
 passes is fsynced and renamed into place, and its row is written after the file (a
-crash in between leaves an orphan file, which `sweep` deletes; never a row without its
-file). Expiry deletes the row first, then the file, for the same reason.
+crash in between leaves an orphan file, which `recover` deletes at the next start; never
+a row without its file). Expiry deletes the row first, then the file, for the same reason.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import contextlib
 import logging
 import os
 import secrets
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -197,28 +196,43 @@ class Posts:
 
     # ------------------------------------------------------------------ expiry
 
-    def sweep(self) -> int:
-        """Delete expired Fleets (rows, then files) and orphaned files; how many Fleets."""
+    def expire(self) -> list[str]:
+        """Delete the rows of expired Fleets (one transaction); their ids, whose files
+        are still to delete (`delete_files`)."""
         gone = self.store.expire_posts(self.clock())
-        for post in gone:
-            with contextlib.suppress(FileNotFoundError):
-                self.path(post.id).unlink()
-        keep = self.store.audio_post_ids()
-        for path in self.root.glob("*.opus"):
-            # aged in real time (file times are): an upload between its rename and its row
-            if path.stem not in keep and path.stat().st_mtime < time.time() - 60:
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()  # a crash between the file and its row, or its deletion
         self.expired += len(gone)
         FLEETS_EXPIRED.inc(len(gone))
-        return len(gone)
+        return [p.id for p in gone if p.audio_bytes is not None]
+
+    def delete_files(self, ids: list[str]) -> None:
+        """Unlink the files of deleted posts (no database: any thread may run it)."""
+        for post_id in ids:
+            with contextlib.suppress(FileNotFoundError):
+                self.path(post_id).unlink()
+
+    def sweep(self) -> int:
+        """Delete expired Fleets, rows then files, here and now; how many Fleets."""
+        before = self.expired
+        self.delete_files(self.expire())
+        return self.expired - before
+
+    def recover(self) -> int:
+        """At startup, before any request: expired Fleets go, and so do files no row
+        names (a crash between a file and its row, or between a row's deletion and its
+        file's); nothing is being uploaded yet. Returns how many Fleets expired."""
+        n = self.sweep()
+        keep = self.store.audio_post_ids()
+        self.delete_files([p.stem for p in self.root.glob("*.opus") if p.stem not in keep])
+        for part in self.root.glob(".*.part"):  # an upload the crash cut short
+            part.unlink(missing_ok=True)
+        return n
 
     def start(self) -> None:
         async def loop() -> None:
             while True:
                 await asyncio.sleep(self.sweep_s)
-                try:
-                    self.sweep()
+                try:  # the rows here (the store's thread), the files in a worker thread
+                    await asyncio.to_thread(self.delete_files, self.expire())
                 except Exception:
                     log.exception("fleet expiry sweep failed")
 

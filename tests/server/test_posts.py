@@ -522,3 +522,41 @@ async def test_acknowledged_posts_survive_kill_9(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+def test_recover_deletes_orphaned_files_and_cut_uploads(tmp_path: Path) -> None:
+    """What a crash can leave (a file whose row was never written, or whose row was
+    deleted; half an upload) is gone at the next start; files with rows stay."""
+    from spacesim.server.posts import Posts
+
+    clock = Clock()
+    store = MemoryStore(clock=clock)
+    posts = Posts(tmp_path / "posts", store, clock)
+    store.add_post(PostRecord("p-1", "a", "post", "", T0, audio_bytes=3))
+    for name in ("p-1.opus", "p-2.opus", ".p-3.part"):
+        (posts.root / name).write_bytes(b"abc")
+    assert posts.recover() == 0
+    assert sorted(p.name for p in posts.root.iterdir()) == ["p-1.opus"]
+
+
+async def test_the_sweeper_runs_by_itself(tmp_path: Path) -> None:
+    clock = Clock()
+    config = ServerConfig(db=tmp_path / "w.db", secret=SECRET, slots=SLOTS, posts_sweep_s=0.05)
+    app = create_app(config, SqliteStore(config.db, clock=clock))
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as http:
+            api = Api(http, str(server.make_url("")).rstrip("/"))
+            _, fleet = await _upload(api, "/v1/fleets/voice", "ann", ogg(tmp_path, [SILENCE] * 5))
+            file = app[STATE].posts.path(fleet["id"])
+            await asyncio.sleep(0.2)
+            assert file.exists()
+            clock.now = fleet["expires_at"]
+            for _ in range(50):
+                await asyncio.sleep(0.05)
+                if not file.exists():
+                    break
+            assert not file.exists() and app[STATE].store.audio_post_ids() == set()
+    finally:
+        await server.close()
