@@ -45,6 +45,8 @@ VOICE_MAX_BYTES = 3 * 1024 * 1024
 FLEET_TTL_S = 24 * 3600.0
 #: Posts a space may have pinned at once (hosts and co-hosts pin).
 MAX_PINNED = 3
+#: Seconds a whole voice upload may take: 3 MiB at 256 kbit/s takes about 100 s.
+UPLOAD_S = 120.0
 #: Longest text of a post, Fleet or DM (characters).
 MAX_TEXT = 280
 #: Seconds between two sweeps of expired Fleets (and one at startup).
@@ -110,6 +112,7 @@ class Posts:
         self._jobs: set[asyncio.Task[None]] = set()
         self._waiting: dict[str, set[asyncio.Event]] = {}  # long polls of notifications
         self.max_wait_s = 30.0  # the longest a long poll waits (a test server shortens it)
+        self.upload_s = UPLOAD_S  # the longest a whole upload may take
         self.root.mkdir(parents=True, exist_ok=True)
 
     def path(self, post_id: str) -> Path:
@@ -132,9 +135,10 @@ class Posts:
         loop = asyncio.get_running_loop()
         try:
             with open(tmp, "wb") as f:
-                async for chunk in chunks:
-                    check.feed(chunk)
-                    f.write(chunk)
+                async with asyncio.timeout(self.upload_s):  # a trickle holds nothing forever
+                    async for chunk in chunks:
+                        check.feed(chunk)
+                        f.write(chunk)
                 duration = check.finish()
                 await loop.run_in_executor(None, _sync, f)
             os.replace(tmp, self.path(post_id))
@@ -142,6 +146,11 @@ class Posts:
         except AudioError as exc:
             UPLOADS_REFUSED.inc()
             raise ProtocolError(exc.code, exc.reason) from None
+        except TimeoutError:
+            UPLOADS_REFUSED.inc()
+            raise ProtocolError(
+                "request_timeout", f"the upload took over {self.upload_s:g} s"
+            ) from None
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()

@@ -524,6 +524,21 @@ async def test_acknowledged_posts_survive_kill_9(tmp_path: Path) -> None:
         proc.wait(timeout=10)
 
 
+async def test_a_trickled_upload_is_cut_off_whole(served: Any, tmp_path: Path) -> None:
+    api, app, _ = served
+    app[STATE].posts.upload_s = 0.3
+    data = ogg(tmp_path, [SILENCE] * 50)
+
+    async def trickle() -> Any:
+        for i in range(0, len(data), 50):  # a piece every 0.1 s: never idle 10 s
+            yield data[i : i + 50]
+            await asyncio.sleep(0.1)
+
+    status, err = await api.call("POST", "/v1/posts/voice", "ann", raw=trickle())
+    assert (status, err["error"]) == (408, "request_timeout")
+    assert list(app[STATE].posts.root.iterdir()) == []
+
+
 def test_recover_deletes_orphaned_files_and_cut_uploads(tmp_path: Path) -> None:
     """What a crash can leave (a file whose row was never written, or whose row was
     deleted; half an upload) is gone at the next start; files with rows stay."""
