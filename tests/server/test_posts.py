@@ -498,7 +498,8 @@ async def test_acknowledged_posts_survive_kill_9(tmp_path: Path) -> None:
     """A real server process: a voice post, a voice DM and a Fleet acknowledged before
     kill -9 are all there, audio and all, after the restart."""
     db, port = tmp_path / "k.db", launch.free_port()
-    proc, base = launch.start(db, port)
+    args = ["--posts-dir", str(tmp_path / "audio")]
+    proc, base = launch.start(db, port, args=args)
     data = ogg(tmp_path, opus_tone(440.0, 60))
     try:
         await asyncio.to_thread(launch.wait_up, proc, base)
@@ -511,7 +512,8 @@ async def test_acknowledged_posts_survive_kill_9(tmp_path: Path) -> None:
             assert all("id" in m for m in made), made
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
-            proc, base = launch.start(db, port)
+            assert len(list((tmp_path / "audio").glob("p-*.opus"))) == 3  # --posts-dir
+            proc, base = launch.start(db, port, args=args)
             await asyncio.to_thread(launch.wait_up, proc, base)
             api.tokens.clear()
             for m in made:
