@@ -182,6 +182,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         slots=args.slots,
         record_dir=Path(args.record) if args.record else None,
         recording_dir=Path(args.recording_dir) if args.recording_dir else None,
+        posts_dir=Path(args.posts_dir) if args.posts_dir else None,
         caption_workers=args.caption_workers,
     )
     err.print(
@@ -630,6 +631,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--recording-dir",
         help="where recorded spaces and clips go (default: <db name>-recordings/ beside --db)",
+    )
+    serve.add_argument(
+        "--posts-dir",
+        help="where voice posts' and DMs' audio goes (default: <db name>-posts/ beside --db)",
     )
     serve.add_argument("--no-dev", action="store_true", help="disable /v1/dev/token")
     serve.add_argument(

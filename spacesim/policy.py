@@ -20,6 +20,7 @@ from types import MappingProxyType
 __all__ = [
     "EVENT_KINDS",
     "MAX_COHOSTS",
+    "MAX_PINNED_POSTS",
     "MAX_SPEAKERS",
     "REFUSAL_CODES",
     "Delivery",
@@ -32,6 +33,10 @@ __all__ = [
     "SpaceStatus",
     "WhoMaySpeak",
     "delivery",
+    "may_message",
+    "may_pin",
+    "may_read_post",
+    "may_share",
 ]
 
 
@@ -874,3 +879,56 @@ class Space:
             return _ok()
         self._recording = False
         return _ok(Event("recording_stopped", self._space_id, actor=actor))
+
+
+# --------------------------------------------------------------------------- posts
+
+#: Posts a space may have pinned at once; hosts and co-hosts pin them.
+MAX_PINNED_POSTS = 3
+
+
+def may_pin(role: Role | None, pinned: int, limits_pinned: int = MAX_PINNED_POSTS) -> Outcome:
+    """Hosts and co-hosts pin posts to their space, up to `limits_pinned` at once."""
+    if role not in _MODERATORS:
+        return _refuse("not_allowed", "only the host and co-hosts pin posts")
+    if pinned >= limits_pinned:
+        return _refuse("pins_full", f"the space has {limits_pinned} pinned posts; unpin one")
+    return _ok()
+
+
+def may_share(role: Role | None) -> Outcome:
+    """Anyone present in a space may share a post into it."""
+    if role is None:
+        return _refuse("not_present", "join the space to share a post into it")
+    return _ok()
+
+
+def may_message(sender_blocked: bool, recipient_blocked: bool) -> Outcome:
+    """A direct message goes unless either user has blocked the other
+    (`sender_blocked`: the recipient blocked the sender; `recipient_blocked`: the
+    sender blocked the recipient)."""
+    if sender_blocked:
+        return _refuse("blocked", "this user has blocked you")
+    if recipient_blocked:
+        return _refuse("blocked", "you have blocked this user; unblock them to message")
+    return _ok()
+
+
+def may_read_post(
+    viewer: str,
+    kind: str,
+    author: str,
+    recipient: str | None,
+    *,
+    follows_author: bool,
+    blocked_by_author: bool,
+) -> bool:
+    """Who reads what: a DM only its two users; a Fleet its author and their
+    followers; a post anyone the author has not blocked."""
+    if viewer == author:
+        return True
+    if kind == "dm":
+        return viewer == recipient
+    if blocked_by_author:
+        return False
+    return follows_author if kind == "fleet" else True

@@ -47,6 +47,7 @@ from spacesim.server.auth import (
     verify_token,
 )
 from spacesim.server.captions import Captioner, to_webvtt
+from spacesim.server.posts import Posts, captioner_transcribe
 from spacesim.server.recording import Recordings
 from spacesim.server.records import ServerRecorder
 from spacesim.server.room import RateLimiter, Room, Throttles, text_frame
@@ -112,6 +113,7 @@ class ServerConfig:
     ws_rate: float = 50.0  # messages a second one event stream may send (after a burst)
     ws_burst: float = 100.0
     recording_dir: Path | None = None  # recordings and clips; None: next to the db file
+    posts_dir: Path | None = None  # voice posts' and DMs' audio; None: next to the db file
 
     @property
     def recordings_path(self) -> Path:
@@ -119,6 +121,12 @@ class ServerConfig:
         return self.recording_dir or self.db.parent / f"{self.db.stem}-recordings"
 
     caption_workers: int = 1  # speech recogniser processes (started at the first caption)
+    posts_sweep_s: float = 60.0  # s between two sweeps of expired Fleets (one at startup)
+
+    @property
+    def posts_path(self) -> Path:
+        """Where voice posts' and voice DMs' Ogg/Opus files go."""
+        return self.posts_dir or self.db.parent / f"{self.db.stem}-posts"
 
 
 class ServerState:
@@ -141,6 +149,13 @@ class ServerState:
         )
         self.recordings = Recordings(config.recordings_path, store, self.media)
         self.captioner = Captioner(config.caption_workers)
+        self.posts = Posts(
+            config.posts_path,
+            store,
+            store.now,  # type: ignore[attr-defined]  # store_posts: the store's clock
+            captioner_transcribe(self.captioner),
+            config.posts_sweep_s,
+        )
 
     def recover(self) -> None:
         """Scheduled and live spaces come back after a crash; clients rejoin."""
@@ -539,6 +554,8 @@ async def create_space(request: web.Request) -> web.Response:
     state = request.app[STATE]
     state.creations.check(claims.sub, "spaces created")
     room = state.create(claims.sub, title, who, float(when) if when else None, cap, captions)
+    if room.space.status is policy.SpaceStatus.LIVE:
+        _notify_started(state, room)
     if recording:  # the host's first action: persisted, audited, on the event stream
         room.apply(claims.sub, "start_recording", {})
     return _json(room.snapshot(), 201)
@@ -698,6 +715,8 @@ async def _lifecycle(request: web.Request, action: str) -> web.Response:
     events = room.lifecycle(claims.sub, action)
     if action == "end":
         await _retire(state, room)
+    elif any(e.get("kind") == "space_started" for e in events):
+        _notify_started(state, room)
     return _json({"ok": True, "events": events})
 
 
@@ -742,6 +761,13 @@ async def join_space(request: web.Request) -> web.Response:
             "slots": state.config.slots,
         }
     )
+
+
+def _notify_started(state: ServerState, room: Room) -> None:
+    """The host's followers are told (docs/protocol.md, Notifications)."""
+    from spacesim.server.posts_api import notify_space_started
+
+    notify_space_started(state, room, state.store.get_space(room.id).title)
 
 
 def _admit(state: ServerState, room: Room) -> None:
@@ -1185,11 +1211,16 @@ def create_app(config: ServerConfig, store: Store | None = None) -> web.Applicat
     from spacesim.server import recording_api
 
     app.add_routes(recording_api.routes)
+    from spacesim.server import posts_api
+
+    app.add_routes(posts_api.routes)
     add_web_page(app)
 
     async def startup(app: web.Application) -> None:
         state.recordings.start()
         state.captioner.start()
+        state.posts.recover()  # before any request: nothing expired is ever served again
+        state.posts.start()
         if state.recorder is not None:
             state.recorder.start_sampling(
                 lambda: list(state.media.values()),
@@ -1203,6 +1234,7 @@ def create_app(config: ServerConfig, store: Store | None = None) -> web.Applicat
         state.presence.clear()
         for space_id in list(state.media):
             await _close_media(state, space_id)
+        await state.posts.close()
         await state.captioner.close()
         if state.recorder is not None:
             path = await state.recorder.close()

@@ -511,6 +511,7 @@ def document() -> dict[str, Any]:
                 }
             },
             **_recording_paths(),
+            **_posts_paths(),
             "/v1/moderation/spaces/{space}": {
                 "post": {
                     "parameters": _space_path(),
@@ -711,4 +712,228 @@ def _captions_path() -> dict[str, Any]:
             "summary": "Final live captions, live or ended; ?format=vtt (or Accept) for WebVTT",
             "responses": ok,
         }
+    }
+
+
+def _post_schema() -> dict[str, Any]:
+    """A post, Fleet or DM as the server answers it (docs/protocol.md, Posts)."""
+    n = {"type": ["number", "null"]}
+    ns = {"type": ["string", "null"]}
+    return {
+        "type": "object",
+        "required": ["id", "author", "kind", "text", "created_at", "expires_at", "audio"],
+        "properties": {
+            "id": {"type": "string"},
+            "author": {"type": "string"},
+            "kind": {"enum": ["post", "fleet", "dm"]},
+            "text": {"type": "string"},
+            "created_at": {"type": "number"},
+            "expires_at": {**n, "description": "Fleets: created_at + 24 h; else null"},
+            "recipient": ns,
+            "reply_to": ns,
+            "audio": {
+                "type": ["object", "null"],
+                "required": ["bytes", "duration_s", "url"],
+                "properties": {
+                    "bytes": {"type": "integer"},
+                    "duration_s": {"type": "number"},
+                    "url": {"type": "string"},
+                },
+            },
+            "captions": {
+                "type": ["object", "null"],
+                "properties": {
+                    "status": {"enum": ["pending", "done", "failed"]},
+                    "text": ns,
+                },
+            },
+        },
+    }
+
+
+def _posts_paths() -> dict[str, Any]:
+    """Posts, voice posts, DMs, Fleets, timeline, notifications and posts in a space
+    (docs/protocol.md, Posts, DMs and Fleets)."""
+    from spacesim.server.posts import MAX_TEXT
+
+    post = _post_schema()
+    text = {"type": "string", "minLength": 1, "maxLength": MAX_TEXT}
+    user = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": USER_ID_PATTERN}
+    user_path = [{"name": "user", "in": "path", "required": True, "schema": user}]
+    post_path = [{"name": "post", "in": "path", "required": True, "schema": {"type": "string"}}]
+    limit = {
+        "name": "limit",
+        "in": "query",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
+    }
+    audio_body = {
+        "required": True,
+        "description": "an Ogg/Opus file (RFC 7845), at most 140 s and 3 MiB, streamed",
+        "content": {"audio/ogg": {"schema": {"type": "string", "format": "binary"}}},
+    }
+    voice_query = [
+        {"name": "text", "in": "query", "schema": {"type": "string", "maxLength": MAX_TEXT}},
+        {"name": "captions", "in": "query", "schema": {"enum": ["true", "false"]}},
+    ]
+
+    def created(summary: str, voice: bool, *codes: int, params: Any = ()) -> dict[str, Any]:
+        out = _responses(post, 403, 429, *codes, success="201", body=True)
+        out["201"]["links"] = {
+            "GetPost": {
+                "operationRef": "#/paths/~1v1~1posts~1{post}/get",
+                "parameters": {"post": "$response.body#/id"},
+            }
+        }
+        op: dict[str, Any] = {"summary": summary, "responses": out}
+        if voice:
+            op["parameters"] = [*params, *voice_query]
+            op["requestBody"] = audio_body
+        else:
+            if params:
+                op["parameters"] = list(params)
+            op["requestBody"] = _body({"text": text}, ["text"])
+        return {"post": op}
+
+    listing = {
+        "type": "object",
+        "required": ["posts"],
+        "properties": {"posts": {"type": "array", "items": post}},
+    }
+    conversation = {
+        "type": "object",
+        "required": ["with", "messages"],
+        "properties": {"with": {"type": "string"}, "messages": {"type": "array", "items": post}},
+    }
+    shown = {
+        "type": "object",
+        "required": ["space", "posts"],
+        "properties": {
+            "space": {"type": "string"},
+            "posts": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["post", "how", "by", "at"],
+                    "properties": {
+                        "post": post,
+                        "how": {"enum": ["pin", "share"]},
+                        "by": {"type": "string"},
+                        "at": {"type": "number"},
+                    },
+                },
+            },
+        },
+    }
+    notes = {
+        "type": "object",
+        "required": ["notifications", "next"],
+        "properties": {
+            "notifications": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["id", "kind", "attrs", "at"],
+                    "properties": {
+                        "id": {"type": "integer"},
+                        "kind": {"enum": ["space_started"]},
+                        "attrs": {"type": "object"},
+                        "at": {"type": "number"},
+                    },
+                },
+            },
+            "next": {"type": "string", "description": "the cursor for ?after="},
+        },
+    }
+    fleet_get = {
+        "get": {
+            "parameters": post_path,
+            "summary": "A post, Fleet or DM the caller may read (else 404)",
+            "responses": _responses(post, 403, 404),
+        }
+    }
+    return {
+        "/v1/posts": created("Post a text tweet", False),
+        "/v1/posts/voice": created("Post a voice tweet (Ogg/Opus body)", True, 413),
+        "/v1/fleets": created("Post a text Fleet (gone after 24 h)", False),
+        "/v1/fleets/voice": created("Post a voice Fleet (Ogg/Opus body)", True, 413),
+        "/v1/dms/{user}": {
+            **created("Send a direct message", False, 409, params=user_path),
+            "get": {
+                "parameters": [*user_path, limit],
+                "summary": "The caller's messages with this user, newest first",
+                "responses": _responses(conversation, 403),
+            },
+        },
+        "/v1/dms/{user}/voice": created(
+            "Send a voice message (Ogg/Opus body)", True, 409, 413, params=user_path
+        ),
+        "/v1/fleets/{post}/reply": created(
+            "Reply to a Fleet: a DM to its author", False, 404, 409, params=post_path
+        ),
+        "/v1/posts/{post}": fleet_get,
+        "/v1/posts/{post}/audio": _ogg(
+            "A voice post's or DM's Ogg/Opus file (Range requests)", 403, 404, params=post_path
+        ),
+        "/v1/timeline": {
+            "get": {
+                "parameters": [limit],
+                "summary": "Posts and Fleets of the caller and whom they follow, newest first",
+                "responses": _responses(listing, 403),
+            }
+        },
+        "/v1/users/{user}/posts": {
+            "get": {
+                "parameters": [*user_path, limit],
+                "summary": "A user's posts (and Fleets, to their followers), newest first",
+                "responses": _responses(listing, 403),
+            }
+        },
+        "/v1/notifications": {
+            "get": {
+                "parameters": [
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "schema": {"type": "string", "pattern": CURSOR_PATTERN},
+                    },
+                    {
+                        "name": "wait",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 0, "maximum": 30},
+                        "description": "seconds to wait for one if there is none (long poll)",
+                    },
+                    limit,
+                ],
+                "summary": "The caller's notifications after a cursor (space_started)",
+                "responses": _responses(notes, 403),
+            }
+        },
+        "/v1/spaces/{space}/posts": {
+            "get": {
+                "parameters": _space_path(),
+                "summary": "Posts pinned and shared in the space, oldest first",
+                "responses": _responses(shown, 403, 404, 409),
+            },
+            "post": {
+                "parameters": _space_path(),
+                "summary": "Pin (host, co-hosts; at most 3) or share (anyone present) a post",
+                "requestBody": _body(
+                    {"post": {"type": "string"}, "how": {"enum": ["pin", "share"]}}, ["post"]
+                ),
+                "responses": {
+                    **_responses(_OK, 403, 404, 409, 429, success="201", body=True),
+                    "200": {
+                        "description": "already shown: nothing changed",
+                        "content": _content(_OK),
+                    },
+                },
+            },
+        },
+        "/v1/spaces/{space}/posts/{post}": {
+            "delete": {
+                "parameters": [*_space_path(), *post_path],
+                "summary": "Unpin a post (host, co-hosts)",
+                "responses": _responses(_OK, 403, 404, 409),
+            }
+        },
     }

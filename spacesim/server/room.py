@@ -688,6 +688,32 @@ class Room:
         self._fan_out(msg)
         return [msg]
 
+    def post_pinned(self, actor: str, post: str, author: str, text: str) -> dict[str, Any]:
+        """A host or co-host pinned a post (`spacesim.server.posts_api` checked the rule)."""
+        attrs = {"post": post, "author": author, "text": text}
+        msg = event_message(
+            "post_pinned", self.id, actor, t=self.now(), attrs=attrs, clock_ns=self._ns()
+        )
+        self._fan_out(msg)
+        return msg
+
+    def post_unpinned(self, actor: str, post: str) -> dict[str, Any]:
+        attrs = {"post": post}
+        msg = event_message(
+            "post_unpinned", self.id, actor, t=self.now(), attrs=attrs, clock_ns=self._ns()
+        )
+        self._fan_out(msg)
+        return msg
+
+    def post_shared(self, actor: str, post: str, author: str, text: str) -> dict[str, Any]:
+        """Someone present shared a post into the space: everyone sees it."""
+        attrs = {"post": post, "author": author, "text": text}
+        msg = event_message(
+            "post_shared", self.id, actor, t=self.now(), attrs=attrs, clock_ns=self._ns()
+        )
+        self._fan_out(msg)
+        return msg
+
     # ------------------------------------------------------------------ membership
 
     def join(self, user: str) -> list[dict[str, Any]]:

@@ -47,6 +47,7 @@ from spacesim.server.store import (
     _text,
     _transition,
 )
+from spacesim.server.store_posts import MemoryPosts
 from spacesim.server.store_recording import MemoryRecordings
 
 __all__ = ["MemoryStore"]
@@ -54,7 +55,7 @@ __all__ = ["MemoryStore"]
 _V = TypeVar("_V")
 
 
-class MemoryStore(MemoryRecordings, _ClosesOnExit):
+class MemoryStore(MemoryRecordings, MemoryPosts, _ClosesOnExit):
     """The in-memory fake: same behaviour as :class:`SqliteStore`, nothing on disk."""
 
     def __init__(self, *, clock: Clock = time.time) -> None:
@@ -69,6 +70,7 @@ class MemoryStore(MemoryRecordings, _ClosesOnExit):
         self._reports: list[Report] = []  # index = id - 1
         self._blocks: dict[tuple[str, str], Block] = {}
         self._recordings_init()
+        self._posts_init()
         self._captions_on: set[str] = set()
         self._captions: list[CaptionRecord] = []  # index = id - 1
 

@@ -50,6 +50,7 @@ from spacesim.server.store import (
     _text,
     _transition,
 )
+from spacesim.server.store_posts import SqlitePosts
 from spacesim.server.store_recording import SqliteRecordings
 
 __all__ = ["SqliteStore"]
@@ -182,7 +183,7 @@ _FOLLOWS: _Relation = ("follows", "follower", "followee", ())
 _BLOCKS: _Relation = ("blocks", "blocker", "blocked", ("at",))
 
 
-class SqliteStore(SqliteRecordings, _ClosesOnExit):
+class SqliteStore(SqliteRecordings, SqlitePosts, _ClosesOnExit):
     """The embedded store: one SQLite file in WAL mode, one connection.
 
     ``path`` may be ``":memory:"`` (no WAL then; handy for quick experiments). The schema is
@@ -208,6 +209,7 @@ class SqliteStore(SqliteRecordings, _ClosesOnExit):
             self._migrate()
             with self._tx() as db:  # its own step, whatever the version: store_recording
                 self._migrate_recordings(db)
+                self._migrate_posts(db)  # store_posts: the same kind of step
             self._ensure_captions()
         except sqlite3.Error as exc:
             self.close()

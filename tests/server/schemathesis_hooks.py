@@ -16,11 +16,14 @@ from typing import Any
 
 import schemathesis
 from schemathesis.specs.openapi.checks import positive_data_acceptance
+from schemathesis.transport.serialization import serialize_binary
 
 #: The one 400 for a well-formed request: an `sdp` string that is not an SDP offer aiortc
 #: can answer (bad_sdp: the schema says "a string"; no JSON Schema can say more). Refusals
 #: that depend on who asks or on the room's state (self_target, bad_target) are 409s.
-CONTEXT_REFUSALS = frozenset({"bad_sdp"})
+#: Likewise `bad_audio`: a voice upload's body is "binary" to the schema; whether it is a
+#: whole, well-formed Ogg/Opus stream no JSON Schema can say.
+CONTEXT_REFUSALS = frozenset({"bad_sdp", "bad_audio"})
 EVENTS = "/v1/spaces/{space}/events"
 
 
@@ -30,6 +33,12 @@ def _error_code(response: Any) -> str | None:
     except ValueError:
         return None
     return body.get("error") if isinstance(body, dict) else None
+
+
+@schemathesis.serializer("audio/ogg")
+def ogg_body(ctx: Any, value: Any) -> bytes:
+    """Voice uploads: the generated "binary" value as the body, as for octet-stream."""
+    return serialize_binary(value)
 
 
 @schemathesis.check

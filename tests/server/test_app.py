@@ -586,6 +586,9 @@ def test_every_operation_documents_405_and_500_and_body_routes_413() -> None:
     doc = document()
     bodies = {"/v1/dev/token", "/v1/follows", "/v1/spaces", "/v1/moderation/spaces/{space}"}
     bodies |= {f"/v1/spaces/{{space}}/{verb}" for verb in ("join", "actions", "clips", "replay")}
+    bodies |= {"/v1/posts", "/v1/posts/voice", "/v1/fleets", "/v1/fleets/voice"}  # posts
+    bodies |= {"/v1/dms/{user}", "/v1/dms/{user}/voice", "/v1/fleets/{post}/reply"}
+    bodies |= {"/v1/spaces/{space}/posts"}
     for path, ops in doc["paths"].items():
         for method, op in ops.items():
             responses = op["responses"]
@@ -595,6 +598,7 @@ def test_every_operation_documents_405_and_500_and_body_routes_413() -> None:
             if "{space}" in path:
                 assert {"403", "404"} <= set(responses), (method, path)
     throttled = ("/v1/spaces", "/v1/spaces/{space}/actions", "/v1/spaces/{space}/clips")
+    throttled += ("/v1/posts/voice", "/v1/dms/{user}", "/v1/spaces/{space}/posts")
     for path in throttled:
         assert "Retry-After" in doc["paths"][path]["post"]["responses"]["429"]["headers"]
 

@@ -173,7 +173,8 @@ def test_the_source_scan_sees_every_event_kind() -> None:
     """The scan below is only as good as what it finds: every kind of the rulebook, and
     the attrs we know of."""
     emitted = _emitted_events()
-    assert set(policy.EVENT_KINDS) | {"reaction", AUDIENCE, "caption"} == set(emitted)
+    posts = {"post_pinned", "post_shared", "post_unpinned"}  # the posts shown in a space
+    assert set(policy.EVENT_KINDS) | {"reaction", AUDIENCE, "caption", *posts} == set(emitted)
     assert set(emitted["caption"]) == {"speaker", "text", "final", "start", "end", "gap"}
     assert emitted["captions_changed"]["captions"] == {"on", "off"}
     assert set(emitted["report_filed"]) == {"reason", "target_type", "report_id"}

@@ -57,6 +57,7 @@ def live_server(db: Path) -> Iterator[str]:
         asyncio.set_event_loop(loop)
         app = create_app(ServerConfig(db=db, secret=SECRET, slots=3))
         app[STATE].creations = RateLimiter(1000.0, 1000.0)
+        app[STATE].posts.max_wait_s = 0.05  # a long poll of notifications: no 30 s stalls
         runner = web.AppRunner(app)
         try:
             loop.run_until_complete(runner.setup())
@@ -131,4 +132,8 @@ def test_schemathesis_finds_nothing_as_host_and_moderator(tmp_path: Path) -> Non
         expected = {op for op in tally if "{space}" in op and not op.endswith("/events")}
         if role == "host":
             expected.discard("POST /v1/moderation/spaces/{space}")
+        # showing a post in a space needs a post id made by another call (a link cannot
+        # put one answer's field into another request's body), unpinning a pinned one:
+        # tests/server/test_posts.py drives both
+        expected -= {"POST /v1/spaces/{space}/posts", "DELETE /v1/spaces/{space}/posts/{post}"}
         assert expected <= reached, (role, sorted(expected - reached), tally)

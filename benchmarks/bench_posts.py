@@ -1,0 +1,178 @@
+"""Voice posts and Fleets on one server: upload + playback per core, and Fleet expiry.
+
+Uploads: a real `spacesim serve` process on 127.0.0.1 (one event loop: one core, plus
+the fsync in its thread pool, which counts too); ``--clients`` concurrent aiohttp
+clients each upload a voice post (a real Ogg/Opus file muxed by FFmpeg through PyAV,
+``--seconds`` of 32 kbit/s speech-band tone, streamed in 64 KiB chunks) and play it
+back (GET of its audio), for ``--duration`` seconds. The server's CPU is read from
+``/proc/PID/stat`` before and after; ``voice_uploads_per_core_s`` is the uploads
+completed (each played back once) per CPU-second of the server process.
+
+Expiry: ``--fleets`` Fleets in a SQLite store (their rows written in bulk, one
+transaction, as a day's worth of posting would have left them; one in ``--voice-every``
+with an audio file), the store's clock moved past their 24 h, then one sweep (the rows
+in one transaction, then the files) timed. ``fleet_expiry_per_s`` is Fleets deleted
+per second of that sweep.
+
+Not measured here: ``sim_days_per_minute`` (the simulator's side of issue 17).
+
+Run: ``python benchmarks/bench_posts.py [--clients 8] [--duration 10] [--fleets 100000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import av
+import numpy as np
+
+from spacesim.server import launch
+from spacesim.server.captions import process_cpu
+from spacesim.server.posts import FLEET_TTL_S, Posts
+from spacesim.server.store_posts import _COLS
+from spacesim.server.store_sqlite import SqliteStore
+
+
+def voice_file(path: Path, seconds: float) -> bytes:
+    out = av.open(str(path), "w", format="ogg")
+    stream: Any = out.add_stream("libopus", rate=48000)
+    stream.bit_rate = 32000
+    t = np.arange(int(48000 * seconds))
+    x = (np.sin(2 * np.pi * (200 + 600 * (t % 48000) / 48000) * t / 48000) * 8000).astype(np.int16)
+    for i in range(0, len(x), 960):
+        frame = av.AudioFrame.from_ndarray(x[i : i + 960].reshape(1, -1), layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = 48000, i, Fraction(1, 48000)
+        for p in stream.encode(frame):
+            out.mux(p)
+    for p in stream.encode(None):
+        out.mux(p)
+    out.close()
+    return path.read_bytes()
+
+
+async def _tokens(base: str, users: list[str]) -> list[str]:
+    async with aiohttp.ClientSession() as http:
+        out = []
+        for user in users:
+            r = await http.post(f"{base}/v1/dev/token", json={"user": user})
+            out.append((await r.json())["token"])
+        return out
+
+
+async def _client(
+    base: str, tokens: list[str], data: bytes, until: float, done: list[float]
+) -> None:
+    """Upload and play back until `until`, rotating over `tokens`' users (each user's
+    posts are throttled to a burst of 20: the clients stand for many users)."""
+    async with aiohttp.ClientSession() as http:
+
+        async def body() -> Any:
+            for i in range(0, len(data), 65536):
+                yield data[i : i + 65536]
+
+        k = 0
+        while time.monotonic() < until:
+            auth = {"Authorization": f"Bearer {tokens[k % len(tokens)]}"}
+            k += 1
+            t0 = time.monotonic()
+            r = await http.post(f"{base}/v1/posts/voice", data=body(), headers=auth)
+            post = await r.json()
+            if r.status == 429:
+                continue
+            assert r.status == 201, post
+            r = await http.get(f"{base}{post['audio']['url']}", headers=auth)
+            assert r.status == 200 and len(await r.read()) == len(data)
+            done.append(time.monotonic() - t0)
+
+
+async def uploads(clients: int, duration: float, seconds: float, tmp: Path) -> dict[str, float]:
+    data = voice_file(tmp / "voice.opus", seconds)
+    proc, base = launch.start(tmp / "posts.db")
+    try:
+        await asyncio.to_thread(launch.wait_up, proc, base)
+        tokens = [await _tokens(base, [f"u{k}-{j}" for j in range(50)]) for k in range(clients)]
+        cpu0 = process_cpu(proc.pid) or 0.0
+        t0 = time.monotonic()
+        done: list[float] = []
+        until = t0 + duration
+        await asyncio.gather(*(_client(base, tokens[k], data, until, done) for k in range(clients)))
+        wall = time.monotonic() - t0
+        cpu = (process_cpu(proc.pid) or 0.0) - cpu0
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    return {
+        "uploads": len(done),
+        "wall_s": wall,
+        "server_cpu_s": cpu,
+        "bytes": len(data),
+        "median_ms": 1000 * float(np.median(done)) if done else float("nan"),
+    }
+
+
+def expiry(fleets: int, voice_every: int, tmp: Path) -> dict[str, float]:
+    now = [1_800_000_000.0]
+    store = SqliteStore(tmp / "fleets.db", clock=lambda: now[0])
+    posts = Posts(tmp / "fleet-files", store, store.now)
+    rows = []
+    for i in range(fleets):
+        voice = i % voice_every == 0
+        pid = f"p-{i:016x}"
+        if voice:
+            posts.path(pid).write_bytes(b"OggS" + bytes(2000))
+        created = now[0] + i * 0.001
+        rows.append(
+            (pid, f"u{i % 1000}", "fleet", "", created, None, None, created + FLEET_TTL_S)
+            + ((2004, 1.0) if voice else (None, None))
+            + (None, None)
+        )
+    with store._tx() as db:  # a day of posting, written at once (not what is measured)
+        db.executemany(f"INSERT INTO posts ({_COLS}) VALUES ({', '.join('?' * 12)})", rows)
+    now[0] += FLEET_TTL_S + fleets * 0.001 + 1
+    t0 = time.perf_counter()
+    n = posts.sweep()
+    elapsed = time.perf_counter() - t0
+    left = len(list(posts.root.glob("*.opus")))
+    store.close()
+    assert n == fleets and left == 0, (n, left)
+    return {"fleets": n, "files": -(-fleets // voice_every), "elapsed_s": elapsed}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--duration", type=float, default=10.0)
+    ap.add_argument("--seconds", type=float, default=30.0, help="audio per voice post")
+    ap.add_argument("--fleets", type=int, default=100_000)
+    ap.add_argument("--voice-every", type=int, default=10, help="one Fleet in N has audio")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        up = asyncio.run(uploads(args.clients, args.duration, args.seconds, tmp))
+        print(
+            f"uploads: {up['uploads']:.0f} voice posts of {up['bytes'] / 1024:.0f} KiB "
+            f"({args.seconds:g} s) uploaded and played back in {up['wall_s']:.1f} s by "
+            f"{args.clients} clients; server CPU {up['server_cpu_s']:.2f} s; "
+            f"median upload+playback {up['median_ms']:.0f} ms"
+        )
+        ex = expiry(args.fleets, args.voice_every, tmp)
+        print(
+            f"expiry: {ex['fleets']:.0f} Fleets ({ex['files']:.0f} with audio files) "
+            f"deleted in {ex['elapsed_s']:.2f} s"
+        )
+    per_core = up["uploads"] / up["server_cpu_s"] if up["server_cpu_s"] > 0 else float("nan")
+    print(f"FIGURE voice_uploads_per_core_s={per_core:.1f} per_s")
+    print(f"FIGURE fleet_expiry_per_s={ex['fleets'] / ex['elapsed_s']:.0f} per_s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
