@@ -195,6 +195,7 @@ def main(
     network: str = "scenario",
     clock: str = "local",
     overrides: Sequence[str] = (),
+    on_url: Callable[[str], None] | None = None,
 ) -> int:
     """Run a load test; 0 on success, 2 for a refused run, 1 when nothing was measured.
 
@@ -206,6 +207,8 @@ def main(
     this machine's monotonic clock) or ``server`` (each Locust process reads the
     server's clock through an offset: `spacesim.client.clock`). `overrides` are
     ``PATH=VALUE`` edits of the scenario, as `spacesim simulate --set` takes them.
+    `on_url(url)` is called with the server's address once it answers, before the swarm
+    starts (`spacesim demo` prints it: the swarm's spaces can be heard there meanwhile).
     """
     try:
         if shape not in ("arrivals", "steady"):
@@ -216,7 +219,7 @@ def main(
             raise LoadError(f"clock must be local or server, got {clock!r}")
         return _main(
             scenario_path, target, users, duration, workers, out, spawn_rate, show, shape,
-            network, clock, overrides,
+            network, clock, overrides, on_url,
         )  # fmt: skip
     except (LoadError, ScenarioError, FileExistsError) as exc:
         _say(str(exc))
@@ -236,6 +239,7 @@ def _main(
     network: str,
     clock: str,
     overrides: Sequence[str],
+    on_url: Callable[[str], None] | None,
 ) -> int:
     sc = load_scenario(scenario_path, overrides)
     run_time = min(sc.duration, MAX_DEFAULT_DURATION) if duration is None else duration
@@ -271,6 +275,8 @@ def _main(
             else contextlib.nullcontext(target)
         )
         with server as url:
+            if on_url is not None:
+                on_url(url)
             parts = out_dir / "parts"
             locust_dir = out_dir / "locust"
             if parts.exists():
