@@ -170,6 +170,55 @@ def _run_locust(cmd: Sequence[str], env: dict[str, str], timeout: float) -> int:
     return rc
 
 
+@contextlib.contextmanager
+def browser_probes(
+    sc: Scenario,
+    url: str,
+    run_time: float,
+    parts: Path,
+    run_id: str,
+    t0: float,
+    env: dict[str, str],
+    out_dir: Path,
+) -> Iterator[None]:
+    """``load.browser_probes`` Chromium listeners beside the swarm, for the block.
+
+    A helper process (`spacesim.load.browser`: playwright's asyncio API, away from
+    Locust's gevent) writes its records as a part that `merge_parts` picks up. Chromium
+    is installed by scripts/setup-test-deps.sh when missing; `LoadError` if it cannot be.
+    """
+    n = planned_browser_probes(sc)
+    if n == 0:
+        yield
+        return
+    from spacesim.load.browser import BrowserUnavailable, ensure_chromium
+
+    try:
+        chromium = ensure_chromium()
+    except BrowserUnavailable as exc:
+        raise LoadError(str(exc)) from None
+    log_path = out_dir / "browser.log"
+    with open(log_path, "wb") as log:
+        cmd = [
+            sys.executable, "-m", "spacesim.load.browser", "--url", url, "--probes", str(n),
+            "--seconds", f"{run_time:g}", "--out", str(parts.resolve()), "--run-id", run_id,
+            "--t0", repr(t0), "--chromium", chromium,
+        ]  # fmt: skip
+        _say(f"{n} browser probe(s): Chromium {chromium}, log {log_path}")
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            yield
+        finally:
+            launch.stop(proc, timeout=30.0)  # SIGTERM: the helper writes its part and exits
+    if proc.returncode not in (0, -15):
+        _say(f"the browser probes' helper exited {proc.returncode}: see {log_path}")
+
+
+def planned_browser_probes(sc: Scenario) -> int:
+    """How many browser probes the run adds (``load.browser_probes``)."""
+    return sc.load.browser_probes
+
+
 def merge_parts(parts_dir: Path, run_id: str) -> pd.DataFrame:
     """One record frame from every process's ``part-*.parquet``."""
     frames = [pd.read_parquet(p) for p in sorted(parts_dir.glob("part-*.parquet"))]
@@ -320,7 +369,8 @@ def _main(
             ]
             if workers > 0:
                 cmd += ["--processes", str(workers)]
-            rc = _run_locust(cmd, env, run_time + GRACE)
+            with browser_probes(sc, url, run_time, parts, run_id, t0, env, out_dir):
+                rc = _run_locust(cmd, env, run_time + GRACE)
     wall = time.monotonic() - wall0
     records = merge_parts(parts, run_id) if parts.is_dir() else None
     if records is None or records.empty:
