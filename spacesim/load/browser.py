@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import math
 import os
 import shutil
 import signal
@@ -269,7 +268,7 @@ async def run_probes(
                     page.evaluate("a => spacesimProbe.start(a)", {"user": user, "spaceId": space}),
                     JOIN_TIMEOUT,
                 )
-            except Exception as exc:  # noqa: BLE001 - a probe that cannot join is reported
+            except Exception as exc:  # a probe that cannot join is reported
                 _say(f"{user} could not join {space}: {exc}")
                 failed += 1
                 continue
@@ -284,7 +283,7 @@ async def run_probes(
             for page, space, user in pages:
                 try:
                     sample = await page.evaluate("spacesimProbe.take()")
-                except Exception as exc:  # noqa: BLE001 - a closed page ends its probe
+                except Exception as exc:  # a closed page ends its probe
                     _say(f"{user}: {exc}")
                     continue
                 for row in tick_records(t, space, user, sample, prev.get(user)):
