@@ -180,23 +180,17 @@ def browser_probes(
     t0: float,
     env: dict[str, str],
     out_dir: Path,
+    chromium: str | None,
 ) -> Iterator[None]:
     """``load.browser_probes`` Chromium listeners beside the swarm, for the block.
 
     A helper process (`spacesim.load.browser`: playwright's asyncio API, away from
-    Locust's gevent) writes its records as a part that `merge_parts` picks up. Chromium
-    is installed by scripts/setup-test-deps.sh when missing; `LoadError` if it cannot be.
+    Locust's gevent) writes its records as a part that `merge_parts` picks up.
     """
     n = planned_browser_probes(sc)
-    if n == 0:
+    if n == 0 or chromium is None:
         yield
         return
-    from spacesim.load.browser import BrowserUnavailable, ensure_chromium
-
-    try:
-        chromium = ensure_chromium()
-    except BrowserUnavailable as exc:
-        raise LoadError(str(exc)) from None
     log_path = out_dir / "browser.log"
     with open(log_path, "wb") as log:
         cmd = [
@@ -217,6 +211,19 @@ def browser_probes(
 def planned_browser_probes(sc: Scenario) -> int:
     """How many browser probes the run adds (``load.browser_probes``)."""
     return sc.load.browser_probes
+
+
+def browser_for(sc: Scenario) -> str | None:
+    """Chromium for the run's browser probes (None without any); installed by
+    scripts/setup-test-deps.sh when missing, `LoadError` when it cannot be."""
+    if planned_browser_probes(sc) == 0:
+        return None
+    from spacesim.load import browser
+
+    try:
+        return browser.ensure_chromium()
+    except browser.BrowserUnavailable as exc:
+        raise LoadError(str(exc)) from None
 
 
 def merge_parts(parts_dir: Path, run_id: str) -> pd.DataFrame:
@@ -310,6 +317,7 @@ def _main(
         raise FileExistsError(f"{out_dir} already holds a run; pick another --out")
     if target is not None:
         check_target(target)  # fail fast, before any server or Locust starts
+    chromium = browser_for(sc)  # before any server starts: a clear refusal if there is none
     _raise_fd_limit(n_users)
     started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     wall0 = time.monotonic()
@@ -369,7 +377,7 @@ def _main(
             ]
             if workers > 0:
                 cmd += ["--processes", str(workers)]
-            with browser_probes(sc, url, run_time, parts, run_id, t0, env, out_dir):
+            with browser_probes(sc, url, run_time, parts, run_id, t0, env, out_dir, chromium):
                 rc = _run_locust(cmd, env, run_time + GRACE)
     wall = time.monotonic() - wall0
     records = merge_parts(parts, run_id) if parts.is_dir() else None
