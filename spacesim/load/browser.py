@@ -203,11 +203,11 @@ async def _live_spaces(session: aiohttp.ClientSession, url: str, token: str) -> 
     return [s["id"] for s in reversed(data.get("spaces", []))]
 
 
-async def _wait_spaces(url: str, until: float) -> list[str]:
+async def _wait_spaces(url: str, until: float, stop: asyncio.Event) -> list[str]:
     async with aiohttp.ClientSession() as session:
         async with session.post(f"{url}/v1/dev/token", json={"user": "browser-probe"}) as r:
             token = (await r.json())["token"]
-        while time.monotonic() < until:
+        while time.monotonic() < until and not stop.is_set():
             with contextlib.suppress(aiohttp.ClientError, ValueError, KeyError):
                 if spaces := await _live_spaces(session, url, token):
                     return spaces
@@ -247,7 +247,7 @@ async def run_probes(
         loop.add_signal_handler(sig, stop.set)
     until = time.monotonic() + seconds
     rec = Recorder(run_id, "load")
-    spaces = await _wait_spaces(url, min(until, time.monotonic() + seconds))
+    spaces = await _wait_spaces(url, until, stop)
     if not spaces:
         _say("no live space appeared: no browser probe joined")
         return 1

@@ -11,6 +11,9 @@ Locust runs in a subprocess (its gevent monkey-patching must not touch this proc
    OUT/locust/locust --html OUT/locust/report.html`` (``--processes W`` when
    ``workers`` > 0), streaming its output; every process writes
    ``OUT/parts/part-<host>-<pid>.parquet`` (workers send theirs to the master, which writes them);
+   with ``load.browser_probes`` > 0, a helper process (`spacesim.load.browser`) runs
+   that many headless Chromium listeners beside it and writes
+   ``OUT/parts/part-browser-<pid>.parquet`` (its log: ``OUT/browser.log``);
 4. merge the parts into one run directory (`write_run`) and print `summarise_run`.
 
 Every step has a timeout: the Locust run is killed ``GRACE`` seconds after its
