@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# What the test suite needs beyond PyPI: Chromium for tests/browser (playwright drives
-# Debian's package; playwright's own browser download is not used). Idempotent: does
-# nothing when a Chromium is already there. tests/browser/conftest.py runs it.
+# What the test suite needs beyond PyPI: Chromium for tests/browser and for load runs
+# with browser probes (playwright drives Debian's package; playwright's own browser
+# download is not used). Idempotent: does nothing when a Chromium is already there.
+# tests/browser/conftest.py runs it, and so does `spacesim load` when a scenario sets
+# load.browser_probes (spacesim/load/browser.py).
 set -euo pipefail
 
 for candidate in "${SPACESIM_CHROMIUM:-}" /usr/bin/chromium /usr/bin/chromium-browser; do

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import logging
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -258,6 +259,39 @@ def demo_scenario(sc: Scenario, listeners: int, duration: float) -> Scenario:
     return Scenario.model_validate(data)
 
 
+def announce_page(url: str, seconds: float) -> None:
+    """Where a person can hear the demo: the swarm's spaces, live on the page at /."""
+    out.print(
+        f"[bold]open {url}/ in a browser[/]: the swarm's town-hall spaces are live there for "
+        f"the next {seconds:g} s (pick one and Join to hear its speakers)",
+        highlight=False,
+    )
+
+
+@contextlib.contextmanager
+def demo_server(workdir: Path, port: int | None = None) -> Iterator[str]:
+    """`spacesim serve --demo-space` on 127.0.0.1 (`port`, or a free one) for the block."""
+    from spacesim.server import launch
+
+    with launch.embedded_server(workdir, args=["--demo-space"], port=port) as url:
+        yield url
+
+
+def keep_serving(port: int, workdir: Path) -> int:
+    """After the demo: a server with the demo space on the demo's port until Ctrl-C."""
+    try:
+        with demo_server(workdir, port) as url:
+            out.print(
+                f"[bold]open {url}/ in a browser[/]: the demo space (the shipped clips, read "
+                "in a loop) is live there; Ctrl-C stops the server",
+                highlight=False,
+            )
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The whole loop on one machine: server + swarm, the same scenario simulated, report."""
     from spacesim.load.run import main as load_main
@@ -277,6 +311,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"at the peak, {args.duration:g} s\n" + small.to_yaml()
     )
     out.rule(f"1/3 swarm: {small.name} against the reference server ({args.duration:g} s)")
+    ports: list[int] = []
+
+    def on_url(url: str) -> None:
+        ports.append(int(url.rsplit(":", 1)[1]))
+        announce_page(url, args.duration)
+
     rc = load_main(
         small_path,
         users=small.rooms.count + args.listeners,
@@ -285,6 +325,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         show=lambda summary, sc, title: print_summary(
             summary, check_slos(summary, sc.slo.targets()), title
         ),
+        on_url=on_url,
     )
     if rc != 0:
         err.print(f"spacesim demo: the swarm failed (exit {rc}); see above")
@@ -310,9 +351,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     rc = cmd_report(
         argparse.Namespace(runs=[str(root / "load"), *compared], out=str(root / "report.html"))
     )
-    return rc or cmd_report(
+    rc = rc or cmd_report(
         argparse.Namespace(runs=[str(root / "sim-full")], out=str(root / "full-size.html"))
     )
+    if rc == 0 and args.keep_serving:
+        return keep_serving(ports[0], root / "serve")
+    return rc
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -713,6 +757,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SEEDS",
         help="also simulate the scenario with independent draws over SEEDS seeds; the report "
         "shows their spread next to the replay (default 0: the replay only)",
+    )
+    demo.add_argument(
+        "--keep-serving",
+        action="store_true",
+        help="after the reports, serve the web page with a demo space (the shipped clips in "
+        "a loop) on the same address until Ctrl-C",
     )
     demo.set_defaults(func=cmd_demo)
 

@@ -75,6 +75,32 @@ KINDS: Mapping[str, tuple[str, str]] = {
     ),
     "client_buffer": ("s", "time a probe listener's jitter buffer held a frame before decoding"),
     "audible_fraction": ("ratio", "share of a probe's decoded frames above -60 dBFS in a tick"),
+    "browser_mouth_to_ear": (
+        "s",
+        "publisher -> played out at a browser probe (attrs.client=browser): a marked packet's "
+        "arrival at the page's encoded transform on the speaker's clock minus its mark, plus "
+        "NetEq's jitter buffer delay per emitted sample in that tick, plus Chromium's audio "
+        "playout delay when it reports one",
+    ),
+    "browser_jitter_buffer": (
+        "s",
+        "a browser probe's NetEq delay per emitted sample in a tick (getStats inbound-rtp "
+        "jitterBufferDelay / jitterBufferEmittedCount, deltas)",
+    ),
+    "browser_concealed": (
+        "ratio",
+        "share of a browser probe's samples in a tick that NetEq concealed (concealedSamples / "
+        "totalSamplesReceived, deltas)",
+    ),
+    "browser_packets_lost": ("count", "audio packets a browser probe lost in a tick (getStats)"),
+    "browser_playout": (
+        "s",
+        "a browser's audio output delay per sample in a tick (getStats media-playout)",
+    ),
+    "browser_cpu": (
+        "cores",
+        "CPU the browser probes' Chromium processes used in a tick (attrs.probes share it)",
+    ),
     "packets_received": ("count", "audio packets a sampled listener received in a tick"),
     "packets_lost": ("count", "audio packets a sampled listener missed in a tick"),
     "talk_spurt": ("s", "a speaker talked; value = spurt length"),
@@ -324,6 +350,13 @@ def _cpu_seconds(cpu: pd.DataFrame) -> float:
     return total
 
 
+def _probes(attrs: pd.Series) -> pd.Series:
+    """attrs.probes of browser_cpu records (1 where absent)."""
+    return attrs.map(lambda a: max(1, int(json.loads(a).get("probes", 1))) if a else 1).astype(
+        float
+    )
+
+
 def summarise(records: pd.DataFrame, duration: float | None = None) -> pd.DataFrame:
     """Headline metrics of one run, one row per metric.
 
@@ -368,6 +401,25 @@ def summarise(records: pd.DataFrame, duration: float | None = None) -> pd.DataFr
     ):
         if name in by_kind:
             dist(name, kind(name), unit)
+    if "browser_mouth_to_ear" in by_kind:
+        for name, unit in (
+            ("browser_mouth_to_ear", "s"),
+            ("browser_jitter_buffer", "s"),
+            ("browser_concealed", "ratio"),
+            ("browser_playout", "s"),
+        ):
+            if name in by_kind:
+                dist(name, kind(name), unit)
+        total(
+            "browser_packets_lost",
+            float(kind("browser_packets_lost")["value"].sum()),
+            "count",
+            len(kind("browser_packets_lost")),
+        )
+    if "browser_cpu" in by_kind:
+        cpu = kind("browser_cpu")
+        per_probe = cpu["value"] / _probes(cpu["attrs"])
+        rows["browser_probe_cpu"] = {**_dist(per_probe), "unit": "cores"}
     received = float(kind("packets_received")["value"].sum())
     lost = float(kind("packets_lost")["value"].sum())
     expected = received + lost

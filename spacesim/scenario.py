@@ -709,6 +709,14 @@ class LoadSettings(_Model):
         description="Share of listeners that decode (probes: mouth-to-ear latency, the jitter "
         "buffer's hold and audible audio); the rest only count RTP (lite).",
     )
+    browser_probes: Count = Field(
+        0,
+        le=20,
+        description="Headless Chromium listeners added to the run (one browser, a context "
+        "each): NetEq's jitter buffer delay, concealment, loss and browser mouth-to-ear "
+        "(browser_* records, attrs.client=browser). Needs Chromium (installed by "
+        "scripts/setup-test-deps.sh) and playwright.",
+    )
 
 
 # --------------------------------------------------------------------------- scenario

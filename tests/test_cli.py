@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import threading
+import time
+import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -254,13 +258,56 @@ def test_demo_scenario_is_the_town_hall_cut_to_the_swarm() -> None:
     assert small.session == full.session and small.speaking == full.speaking
 
 
+def live_spaces(url: str, timeout: float = 20.0) -> list[dict[str, object]]:
+    """The live spaces `url` lists (as the page asks for them), once there is one."""
+    req = urllib.request.Request(
+        f"{url}/v1/dev/token", data=json.dumps({"user": "visitor"}).encode(), method="POST"
+    )
+    req.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        token = json.load(resp)["token"]
+    deadline = time.monotonic() + timeout
+    while True:
+        req = urllib.request.Request(f"{url}/v1/spaces?status=live")
+        req.add_header("Authorization", f"Bearer {token}")
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            spaces: list[dict[str, object]] = json.load(resp)["spaces"]
+        if spaces or time.monotonic() > deadline:
+            return spaces
+        time.sleep(0.5)
+
+
+def page_html(url: str) -> str:
+    with urllib.request.urlopen(f"{url}/", timeout=5) as resp:
+        return str(resp.read().decode())
+
+
 @pytest.mark.timeout(300)
-def test_demo_runs_swarm_simulations_and_reports(tmp_path: Path) -> None:
+def test_demo_runs_swarm_simulations_and_reports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The README's first command, cut short: server + swarm, its replay and independent
-    draws, the full-size simulation, reports."""
+    draws, the full-size simulation, reports. While the swarm runs, the address the demo
+    prints serves the page and lists the swarm's live space (what a browser shows)."""
+    seen: dict[str, object] = {}
+    announce = cli.announce_page
+
+    def look(url: str, seconds: float) -> None:
+        announce(url, seconds)
+
+        def visit() -> None:
+            seen["html"] = page_html(url)
+            seen["spaces"] = live_spaces(url)
+
+        threading.Thread(target=visit, daemon=True).start()
+
+    monkeypatch.setattr(cli, "announce_page", look)
     out = tmp_path / "demo"
     argv = ["demo", "--out", str(out), "-t", "12s", "--listeners", "4", "--independent", "2"]
     assert main(argv) == 0
+    assert "inabrowser" in squeezed(capsys.readouterr().out)
+    assert "<html" in str(seen["html"]).lower()
+    assert seen["spaces"], "no live space on the demo's server while the swarm ran"
     load = load_run(out / "load")
     assert load.meta.source == "load"
     replayed = load_run(out / "sim")  # the swarm's replay, by default
@@ -301,3 +348,16 @@ def test_load_takes_set_and_names_a_bad_field(
     assert main([*args, "--set", "features.captions=2"]) == 2  # refused before any request
     assert mentions(capsys.readouterr().err, "features.captions")
     assert not out.exists()
+
+
+def test_demo_keep_serving_serves_the_demo_space(tmp_path: Path) -> None:
+    """`spacesim demo --keep-serving`'s server: the page at / and the demo space, live."""
+    from spacesim.server.demo_space import DEMO_TITLE
+    from spacesim.server.launch import free_port
+
+    assert cli.build_parser().parse_args(["demo", "--keep-serving"]).keep_serving
+    port = free_port()
+    with cli.demo_server(tmp_path / "serve", port) as url:
+        assert url.endswith(f":{port}")
+        assert "<html" in page_html(url).lower()
+        assert [s["title"] for s in live_spaces(url)] == [DEMO_TITLE]

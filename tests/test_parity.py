@@ -117,7 +117,7 @@ FULL: dict[str, Any] = {
         "hand_wait_p95": "30s",
     },
     "sim": {"tick": "0.5s", "latency_sample": 10, "warmup": "1s"},
-    "load": {"probe_fraction": 0.2},
+    "load": {"probe_fraction": 0.2, "browser_probes": 2},
 }
 
 ARRIVALS: list[dict[str, Any]] = [
@@ -253,11 +253,13 @@ def run_load(sc: Scenario, behave: bool, seconds: float = 8.0) -> set[tuple[str,
     if `behave`, the gevent-free hosts and listeners against an in-memory server, then
     the summary and SLO check `spacesim load` prints; the (kind, role) pairs recorded."""
     from spacesim.load.dryrun import dry_run
+    from spacesim.load.run import planned_browser_probes
     from spacesim.load.shape import listener_targets
     from spacesim.results import Recorder
     from tests.load.fakes import FakeServer
 
     listener_targets(sc, sc.duration, 20)
+    planned_browser_probes(sc)  # `spacesim load` starts the browser probes' helper
     if not behave:
         return set()
 

@@ -90,6 +90,34 @@ def latency_cdf(
     return fig
 
 
+def mouth_to_ear_cdf(frames: Frames) -> Figure:
+    """Mouth-to-ear at the swarm's aiortc probes (solid) and its browser probes (dashed),
+    one colour per run: where the two jitter buffers part ways."""
+    fig, (ax,) = _figure()
+    drawn = False
+    for i, (name, rec) in enumerate(frames.items()):
+        for metric, style, who in (
+            ("mouth_to_ear", "-", "aiortc probes"),
+            ("browser_mouth_to_ear", "--", "browser probes"),
+        ):
+            cdf = views.ecdf(views.samples(rec, metric)["value"])
+            if cdf.empty:
+                continue
+            ax.step(cdf["value"] * 1e3, cdf["share"], where="post", color=_colour(i),
+                    linestyle=style, label=f"{name} · {who}")  # fmt: skip
+            drawn = True
+    if not drawn:
+        _no_data(ax, "mouth to ear")
+    ax.axhline(0.5, color="grey", linewidth=0.5)
+    ax.set_xlabel("mouth to ear (ms)")
+    ax.set_ylabel("share of samples at or below (0-1)")
+    ax.set_ylim(0, 1.01)
+    ax.set_title("mouth to ear: aiortc probes vs browser probes")
+    ax.grid(alpha=0.3)
+    _legend(ax)
+    return fig
+
+
 def percentiles_over_time(
     frames: Frames,
     metric: str = "audio_latency",

@@ -47,6 +47,16 @@ METRICS: Mapping[str, tuple[str, str]] = {
         "s",
         "packet delay variation: |difference| of a listener's successive latency samples",
     ),
+    "mouth_to_ear": (
+        "s",
+        "publisher -> played out at an aiortc probe: network + server + its fixed jitter "
+        "buffer (prefetch=4, ~80 ms) + decode",
+    ),
+    "browser_mouth_to_ear": (
+        "s",
+        "publisher -> played out at a Chromium probe: network + server + NetEq's adaptive "
+        "jitter buffer + Chromium's reported playout delay",
+    ),
     "hand_wait": ("s", "raised hand to going on stage (granted hands only)"),
     "hand_declined": ("s", "raised hand to the host declining it"),
     "report_resolution": ("s", "report filed to a moderator resolving it"),
@@ -94,7 +104,13 @@ def samples(records: pd.DataFrame, metric: str) -> pd.DataFrame:
     """
     if metric == "join_time":
         return _tidy(_kind(records, "participant_joined"))
-    if metric in ("first_audio", "audio_latency", "hand_declined"):
+    if metric in (
+        "first_audio",
+        "audio_latency",
+        "hand_declined",
+        "mouth_to_ear",
+        "browser_mouth_to_ear",
+    ):
         return _tidy(_kind(records, metric))
     if metric == "hand_wait":
         return _tidy(_kind(records, "speaker_granted"))  # NaN = not an answered hand

@@ -11,6 +11,9 @@ Locust runs in a subprocess (its gevent monkey-patching must not touch this proc
    OUT/locust/locust --html OUT/locust/report.html`` (``--processes W`` when
    ``workers`` > 0), streaming its output; every process writes
    ``OUT/parts/part-<host>-<pid>.parquet`` (workers send theirs to the master, which writes them);
+   with ``load.browser_probes`` > 0, a helper process (`spacesim.load.browser`) runs
+   that many headless Chromium listeners beside it and writes
+   ``OUT/parts/part-browser-<pid>.parquet`` (its log: ``OUT/browser.log``);
 4. merge the parts into one run directory (`write_run`) and print `summarise_run`.
 
 Every step has a timeout: the Locust run is killed ``GRACE`` seconds after its
@@ -170,6 +173,62 @@ def _run_locust(cmd: Sequence[str], env: dict[str, str], timeout: float) -> int:
     return rc
 
 
+@contextlib.contextmanager
+def browser_probes(
+    sc: Scenario,
+    url: str,
+    run_time: float,
+    parts: Path,
+    run_id: str,
+    t0: float,
+    env: dict[str, str],
+    out_dir: Path,
+    chromium: str | None,
+) -> Iterator[None]:
+    """``load.browser_probes`` Chromium listeners beside the swarm, for the block.
+
+    A helper process (`spacesim.load.browser`: playwright's asyncio API, away from
+    Locust's gevent) writes its records as a part that `merge_parts` picks up.
+    """
+    n = planned_browser_probes(sc)
+    if n == 0 or chromium is None:
+        yield
+        return
+    log_path = out_dir / "browser.log"
+    with open(log_path, "wb") as log:
+        cmd = [
+            sys.executable, "-m", "spacesim.load.browser", "--url", url, "--probes", str(n),
+            "--seconds", f"{run_time:g}", "--out", str(parts.resolve()), "--run-id", run_id,
+            "--t0", repr(t0), "--chromium", chromium,
+        ]  # fmt: skip
+        _say(f"{n} browser probe(s): Chromium {chromium}, log {log_path}")
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            yield
+        finally:
+            launch.stop(proc, timeout=30.0)  # SIGTERM: the helper writes its part and exits
+    if proc.returncode not in (0, -15):
+        _say(f"the browser probes' helper exited {proc.returncode}: see {log_path}")
+
+
+def planned_browser_probes(sc: Scenario) -> int:
+    """How many browser probes the run adds (``load.browser_probes``)."""
+    return sc.load.browser_probes
+
+
+def browser_for(sc: Scenario) -> str | None:
+    """Chromium for the run's browser probes (None without any); installed by
+    scripts/setup-test-deps.sh when missing, `LoadError` when it cannot be."""
+    if planned_browser_probes(sc) == 0:
+        return None
+    from spacesim.load import browser
+
+    try:
+        return browser.ensure_chromium()
+    except browser.BrowserUnavailable as exc:
+        raise LoadError(str(exc)) from None
+
+
 def merge_parts(parts_dir: Path, run_id: str) -> pd.DataFrame:
     """One record frame from every process's ``part-*.parquet``."""
     frames = [pd.read_parquet(p) for p in sorted(parts_dir.glob("part-*.parquet"))]
@@ -195,6 +254,7 @@ def main(
     network: str = "scenario",
     clock: str = "local",
     overrides: Sequence[str] = (),
+    on_url: Callable[[str], None] | None = None,
 ) -> int:
     """Run a load test; 0 on success, 2 for a refused run, 1 when nothing was measured.
 
@@ -206,6 +266,8 @@ def main(
     this machine's monotonic clock) or ``server`` (each Locust process reads the
     server's clock through an offset: `spacesim.client.clock`). `overrides` are
     ``PATH=VALUE`` edits of the scenario, as `spacesim simulate --set` takes them.
+    `on_url(url)` is called with the server's address once it answers, before the swarm
+    starts (`spacesim demo` prints it: the swarm's spaces can be heard there meanwhile).
     """
     try:
         if shape not in ("arrivals", "steady"):
@@ -216,7 +278,7 @@ def main(
             raise LoadError(f"clock must be local or server, got {clock!r}")
         return _main(
             scenario_path, target, users, duration, workers, out, spawn_rate, show, shape,
-            network, clock, overrides,
+            network, clock, overrides, on_url,
         )  # fmt: skip
     except (LoadError, ScenarioError, FileExistsError) as exc:
         _say(str(exc))
@@ -236,6 +298,7 @@ def _main(
     network: str,
     clock: str,
     overrides: Sequence[str],
+    on_url: Callable[[str], None] | None,
 ) -> int:
     sc = load_scenario(scenario_path, overrides)
     run_time = min(sc.duration, MAX_DEFAULT_DURATION) if duration is None else duration
@@ -257,6 +320,7 @@ def _main(
         raise FileExistsError(f"{out_dir} already holds a run; pick another --out")
     if target is not None:
         check_target(target)  # fail fast, before any server or Locust starts
+    chromium = browser_for(sc)  # before any server starts: a clear refusal if there is none
     _raise_fd_limit(n_users)
     started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     wall0 = time.monotonic()
@@ -271,6 +335,8 @@ def _main(
             else contextlib.nullcontext(target)
         )
         with server as url:
+            if on_url is not None:
+                on_url(url)
             parts = out_dir / "parts"
             locust_dir = out_dir / "locust"
             if parts.exists():
@@ -314,7 +380,8 @@ def _main(
             ]
             if workers > 0:
                 cmd += ["--processes", str(workers)]
-            rc = _run_locust(cmd, env, run_time + GRACE)
+            with browser_probes(sc, url, run_time, parts, run_id, t0, env, out_dir, chromium):
+                rc = _run_locust(cmd, env, run_time + GRACE)
     wall = time.monotonic() - wall0
     records = merge_parts(parts, run_id) if parts.is_dir() else None
     if records is None or records.empty:

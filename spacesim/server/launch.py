@@ -106,11 +106,13 @@ def embedded_server(
     timeout: float = 30.0,
     env: dict[str, str] | None = None,
     args: Sequence[str] = (),
+    port: int | None = None,
 ) -> Iterator[str]:
     """A server with a fresh database in `workdir` for the duration of the block."""
+    workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "server.log"
     with open(log_path, "wb") as log:
-        proc, url = start(workdir / "server.db", log=log, env=env, args=args)
+        proc, url = start(workdir / "server.db", port, log=log, env=env, args=args)
         try:
             try:
                 wait_up(proc, url, timeout)

@@ -65,3 +65,34 @@ def test_bad_input_exits_2_naming_the_path(
     assert not (tmp_path / "x.html").exists()
     assert main(["report", str(tmp_path), "-o", str(tmp_path / "x.html")]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_report_shows_browser_mouth_to_ear_beside_the_aiortc_probes(tmp_path: Path) -> None:
+    """A load run with browser probes gets its own section: both probes' mouth-to-ear,
+    both jitter buffers, the reason they differ, and their distributions in one figure;
+    a run without browser probes gets none of it."""
+    from spacesim.results import write_run as write
+
+    rec = synthetic.recorder("load", "load-b")
+    for i, v in enumerate((0.150, 0.160, 0.170)):
+        rec.add("mouth_to_ear", 10.0 + i, "room-0", "L1", "listener", v)
+        rec.add("client_buffer", 10.0 + i, "room-0", "L1", "listener", 0.080)
+        rec.add("browser_mouth_to_ear", 10.0 + i, "room-0", "browser-probe-0", "listener",
+                v + 0.100, {"client": "browser"})  # fmt: skip
+        rec.add("browser_jitter_buffer", 10.0 + i, "room-0", "browser-probe-0", "listener",
+                0.120, {"client": "browser"})  # fmt: skip
+    run = write(tmp_path / "load", rec.to_frame(), synthetic.meta("load", "load-b"))
+    out = tmp_path / "browser.html"
+    assert main(["report", str(run), "-o", str(out)]) == 0
+    page = out.read_text(encoding="utf-8")
+    assert "Mouth to ear: aiortc probes and browser probes" in page
+    assert "NetEq" in page and "prefetch=4" in page
+    row = re.search(r"<td>load: unit \(load-b\)</td>(.*?)</tr>", page)
+    assert row is not None
+    cells = re.findall(r'<td class="num">([^<]*)</td>', row.group(1))
+    # aiortc p50, p95; browser p50, p95; aiortc buffer; NetEq (nearest-rank percentiles)
+    assert cells == ["160 ms", "169 ms", "260 ms", "269 ms", "80 ms", "120 ms"]
+    assert len(_images(page)) == 8
+    plain = synthetic.write(tmp_path / "plain", "load", "load-p")
+    assert main(["report", str(plain), "-o", str(tmp_path / "plain.html")]) == 0
+    assert "browser probes" not in (tmp_path / "plain.html").read_text(encoding="utf-8")
