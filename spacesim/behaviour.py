@@ -37,6 +37,7 @@ __all__ = [
     "MODERATION_ACTIONS",
     "PLAYER_AHEAD",
     "PLAYER_CHUNK",
+    "VOICE_ROLES",
     "PyRng",
     "Rng",
     "accepts_invite",
@@ -63,6 +64,8 @@ __all__ = [
     "voice_bytes",
     "voice_length",
     "voice_plays",
+    "voice_plays_each",
+    "voice_rates",
     "voice_uploads",
 ]
 
@@ -305,6 +308,29 @@ VOICE_MAX_S = 140.0
 #: audio one page header (27 bytes + a lacing byte per 20 ms packet) plus the Opus TOC.
 OGG_HEAD_BYTES = 120
 OGG_BYTES_PER_S = 27 + 50 + 50
+
+
+#: The voice items: a voice post (tweet), a voice DM, a voice Fleet (record roles).
+VOICE_ROLES = ("post", "dm", "fleet")
+
+
+def voice_rates(posts: Posts) -> dict[str, float]:
+    """Voice items each user uploads per second, by role (text Fleets carry no audio)."""
+    return {
+        "post": posts.voice_posts_per_day,
+        "dm": posts.voice_dms_per_day,
+        "fleet": posts.fleets_per_day * posts.fleet_voice_share,
+    }
+
+
+def voice_plays_each(posts: Posts) -> dict[str, float]:
+    """Mean plays one item gets, by role: a post ``plays_per_post``, a DM one (its
+    recipient), a voice Fleet a ``fleet_view_share`` of the author's ``followers``."""
+    return {
+        "post": posts.plays_per_post,
+        "dm": 1.0,
+        "fleet": posts.followers * posts.fleet_view_share,
+    }
 
 
 def voice_uploads(rate: float, users: int, dt: float, rng: Rng) -> int:

@@ -25,8 +25,7 @@ from spacesim.scenario import Posts
 
 __all__ = ["ROLES", "simulate_posts"]
 
-#: Record roles: a voice post (tweet), a voice DM, a voice Fleet.
-ROLES = ("post", "dm", "fleet")
+ROLES = behaviour.VOICE_ROLES
 
 
 @dataclass
@@ -72,16 +71,8 @@ def simulate_posts(posts: Posts, duration: float, rng: Rng, recorder: Recorder) 
     if users <= 0:
         return
     add = recorder.add
-    rates = {
-        "post": posts.voice_posts_per_day,
-        "dm": posts.voice_dms_per_day,
-        "fleet": posts.fleets_per_day * posts.fleet_voice_share,
-    }
-    plays_each = {
-        "post": posts.plays_per_post,
-        "dm": 1.0,
-        "fleet": posts.followers * posts.fleet_view_share,
-    }
+    rates = behaviour.voice_rates(posts)
+    plays_each = behaviour.voice_plays_each(posts)
     owed = {"post": _Owed(), "dm": _Owed()}
     fleets: deque[_Cohort] = deque()
     stored = 0
