@@ -132,6 +132,14 @@ KINDS: Mapping[str, tuple[str, str]] = {
         "count",
         "plays (full downloads) of voice items in a tick (role post, dm, fleet)",
     ),
+    "voice_upload": (
+        "s",
+        "a voice post, DM or Fleet uploaded: request -> 201 (role post, dm, fleet)",
+    ),
+    "voice_playback_start": (
+        "s",
+        "a voice item played: request -> the first bytes of its audio (role post, dm, fleet)",
+    ),
     "storage_bytes": ("bytes", "voice audio the server holds at t (expired Fleets deleted)"),
     "fleets_expired": ("count", "voice Fleets deleted at expiry (24 h) in a tick"),
     # audience and moderation
@@ -451,6 +459,9 @@ def summarise(records: pd.DataFrame, duration: float | None = None) -> pd.DataFr
         if duration:
             total("upload_rate", sent / duration, "bytes/s")
         total("voice_plays", float(kind("posts_played")["value"].sum()), "count")
+    for name in ("voice_upload", "voice_playback_start"):
+        if name in by_kind:
+            dist(name, kind(name), "s")
     held = kind("storage_bytes")
     if len(held):
         rows["storage_bytes"] = {
