@@ -717,12 +717,10 @@ class Posts(_Model):
     after posting), as per-user daily rates over a population. The simulator prices what
     they cost the server over days of simulated time, aggregated per ``tick`` (uploads and
     plays are Poisson counts a tick, `spacesim.behaviour.voice_*`): bytes stored, upload
-    and egress bytes, Fleets expired. ``users: 0`` (the default) turns the model off.
-
-    Simulator only for now: the swarm's voice-post users (issue 17 §2) are not built yet.
+    and egress bytes, Fleets expired. The swarm's `Poster` user makes the same draws each
+    second for the whole population and performs them over HTTP (`spacesim.load.poster`).
+    ``users: 0`` (the default) turns the model off.
     """
-
-    engines: ClassVar[tuple[str, ...]] = ("sim",)
 
     users: Count = Field(0, description="Users who post and play (0 = no posts model).")
     followers: float = Field(
@@ -742,7 +740,15 @@ class Posts(_Model):
         30.0, gt=0, description="Mean audio length (lognormal, capped at the server's 140 s)."
     )
     length_sigma: float = Field(0.8, gt=0, description="Shape of the length (log-space std).")
-    bitrate: float = Field(32000.0, gt=0, description="Opus bitrate of the audio, bits per second.")
+    bitrate: float = Field(
+        32000.0,
+        gt=0,
+        description="Opus bitrate of the audio, bits per second.",
+        json_schema_extra=engines(
+            "sim",
+            why="the swarm uploads the shipped clips' Opus packets as encoded (~22 kbit/s)",
+        ),
+    )
     plays_per_post: float = Field(
         20.0, ge=0, description="Mean plays a voice post gets (Poisson), each a full download."
     )
@@ -756,7 +762,10 @@ class Posts(_Model):
         "24 h are lost with the Fleet.",
     )
     tick: Duration = Field(
-        parse_duration("1h"), gt=0, description="Step of the aggregated posts model."
+        parse_duration("1h"),
+        gt=0,
+        description="Step of the aggregated posts model.",
+        json_schema_extra=engines("sim", why="the swarm's poster steps every second"),
     )
 
 

@@ -221,7 +221,7 @@ def test_every_field_declares_its_engines() -> None:
         assert set(names) <= set(ENGINE_NAMES), path
     one_engine = [p for p, v in rows.items() if len(set(v[2])) == 1]
     # Load-only and sim-only fields are rare: the server model, sim knobs, load knobs,
-    # and the posts model until the swarm has voice-post users (issue 17 §2).
+    # and the posts model's step and bitrate (the swarm steps each second, uploads clips).
     single = {"server", "sim", "load", "speaking", "posts"}
     assert all(p.split(".")[0] in single for p in one_engine)
 
@@ -269,14 +269,23 @@ def run_load(sc: Scenario, behave: bool, seconds: float = 8.0) -> set[tuple[str,
     """The swarm's scenario-reading code, without Locust or sockets: the load shape and,
     if `behave`, the gevent-free hosts and listeners against an in-memory server, then
     the summary and SLO check `spacesim load` prints; the (kind, role) pairs recorded."""
+    from spacesim.behaviour import PyRng
     from spacesim.load.dryrun import dry_run
-    from spacesim.load.shape import listener_targets
+    from spacesim.load.posting import PostingPlan
+    from spacesim.load.shape import listener_targets, posters
     from spacesim.results import Recorder
     from tests.load.fakes import FakeServer
 
     listener_targets(sc, sc.duration, 20)
     if not behave:
         return set()
+    # the Poster's plan (its HTTP side is tests/load/test_load.py's voice-day run)
+    assert posters(sc) == 1
+    plan = PostingPlan(sc.posts, PyRng(1))
+    for _ in range(5):
+        for role, _seconds in plan.uploads(1.0):
+            plan.uploaded(role)
+        plan.plays(1.0, dict.fromkeys(plan.owed, 1))
 
     async def go() -> list[Any]:
         server = FakeServer()
