@@ -14,7 +14,9 @@ with an audio file), the store's clock moved past their 24 h, then one sweep (th
 in one transaction, then the files) timed. ``fleet_expiry_per_s`` is Fleets deleted
 per second of that sweep.
 
-Not measured here: ``sim_days_per_minute`` (the simulator's side of issue 17).
+Simulator: ``scenarios/voice-day.yaml`` (a week; ``--sim-users`` users, 100k as
+shipped) simulated ``--sim-runs`` times; ``sim_days_per_minute`` is days of simulated
+time per minute of wall time, the median run's.
 
 Run: ``python benchmarks/bench_posts.py [--clients 8] [--duration 10] [--fleets 100000]``.
 """
@@ -34,11 +36,15 @@ import aiohttp
 import av
 import numpy as np
 
+from spacesim.scenario import load_scenario
 from spacesim.server import launch
 from spacesim.server.captions import process_cpu
 from spacesim.server.posts import FLEET_TTL_S, Posts
 from spacesim.server.store_posts import _COLS
 from spacesim.server.store_sqlite import SqliteStore
+from spacesim.sim import simulate
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def voice_file(path: Path, seconds: float) -> bytes:
@@ -146,6 +152,19 @@ def expiry(fleets: int, voice_every: int, tmp: Path) -> dict[str, float]:
     return {"fleets": n, "files": -(-fleets // voice_every), "elapsed_s": elapsed}
 
 
+def sim_days(users: int, runs: int) -> dict[str, float]:
+    """Days of simulated time per wall minute over `runs` simulations of voice-day."""
+    sc = load_scenario(ROOT / "scenarios" / "voice-day.yaml")
+    sc = sc.model_copy(update={"posts": sc.posts.model_copy(update={"users": users})})
+    walls = []
+    for seed in range(runs):
+        t0 = time.perf_counter()
+        simulate(sc, seed=seed)
+        walls.append(time.perf_counter() - t0)
+    wall = float(np.median(walls))
+    return {"days": sc.duration / 86400, "wall_s": wall, "per_min": sc.duration / 86400 / wall * 60}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, default=8)
@@ -153,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=30.0, help="audio per voice post")
     ap.add_argument("--fleets", type=int, default=100_000)
     ap.add_argument("--voice-every", type=int, default=10, help="one Fleet in N has audio")
+    ap.add_argument("--sim-users", type=int, default=100_000)
+    ap.add_argument("--sim-runs", type=int, default=3)
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -168,9 +189,15 @@ def main(argv: list[str] | None = None) -> int:
             f"expiry: {ex['fleets']:.0f} Fleets ({ex['files']:.0f} with audio files) "
             f"deleted in {ex['elapsed_s']:.2f} s"
         )
+    sim = sim_days(args.sim_users, args.sim_runs)
+    print(
+        f"simulator: voice-day, {args.sim_users} users, {sim['days']:g} days simulated in "
+        f"{sim['wall_s']:.2f} s (median of {args.sim_runs})"
+    )
     per_core = up["uploads"] / up["server_cpu_s"] if up["server_cpu_s"] > 0 else float("nan")
     print(f"FIGURE voice_uploads_per_core_s={per_core:.1f} per_s")
     print(f"FIGURE fleet_expiry_per_s={ex['fleets'] / ex['elapsed_s']:.0f} per_s")
+    print(f"FIGURE sim_days_per_minute={sim['per_min']:.0f} days")
     return 0
 
 

@@ -10,6 +10,6 @@ headless, with an embedded server if no --target.
 
 import locust  # noqa: F401  first: gevent monkey-patches before aiohttp/aiortc load
 
-from spacesim.load.users import Host, Listener, ScenarioShape
+from spacesim.load.users import Host, Listener, Poster, ScenarioShape
 
-__all__ = ["Host", "Listener", "ScenarioShape"]
+__all__ = ["Host", "Listener", "Poster", "ScenarioShape"]

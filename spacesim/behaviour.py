@@ -24,6 +24,7 @@ from spacesim.scenario import (
     Moderation,
     NetworkProfile,
     Outcomes,
+    Posts,
     Scenario,
     Session,
     Speaking,
@@ -32,9 +33,11 @@ from spacesim.scenario import (
 
 __all__ = [
     "EMOJIS",
+    "FLEET_TTL",
     "MODERATION_ACTIONS",
     "PLAYER_AHEAD",
     "PLAYER_CHUNK",
+    "VOICE_ROLES",
     "PyRng",
     "Rng",
     "accepts_invite",
@@ -58,6 +61,12 @@ __all__ = [
     "talk_phases",
     "timeline_due",
     "unmute_delay",
+    "voice_bytes",
+    "voice_length",
+    "voice_plays",
+    "voice_plays_each",
+    "voice_rates",
+    "voice_uploads",
 ]
 
 T = TypeVar("T")
@@ -287,3 +296,66 @@ def moderation_due(moderation: Moderation, dt: float, rng: Rng) -> list[str]:
 def timeline_due(sc: Scenario, t0: float, t1: float) -> list[TimelineEntry]:
     """Scripted actions with ``t0 <= at < t1``, in time order (ties: as written)."""
     return sorted((e for e in sc.timeline if t0 <= e.at < t1), key=lambda e: e.at)
+
+
+# --------------------------------------------------------------------------- posts
+
+#: A Fleet's life and the longest voice upload, as the server has them
+#: (`spacesim.server.posts.FLEET_TTL_S`, ``VOICE_MAX_S``; a test holds them equal).
+FLEET_TTL = 24 * 3600.0
+VOICE_MAX_S = 140.0
+#: Ogg/Opus framing (RFC 7845): OpusHead and OpusTags pages up front, and per second of
+#: audio one page header (27 bytes + a lacing byte per 20 ms packet) plus the Opus TOC.
+OGG_HEAD_BYTES = 120
+OGG_BYTES_PER_S = 27 + 50 + 50
+
+
+#: The voice items: a voice post (tweet), a voice DM, a voice Fleet (record roles).
+VOICE_ROLES = ("post", "dm", "fleet")
+
+
+def voice_rates(posts: Posts) -> dict[str, float]:
+    """Voice items each user uploads per second, by role (text Fleets carry no audio)."""
+    return {
+        "post": posts.voice_posts_per_day,
+        "dm": posts.voice_dms_per_day,
+        "fleet": posts.fleets_per_day * posts.fleet_voice_share,
+    }
+
+
+def voice_plays_each(posts: Posts) -> dict[str, float]:
+    """Mean plays one item gets, by role: a post ``plays_per_post``, a DM one (its
+    recipient), a voice Fleet a ``fleet_view_share`` of the author's ``followers``."""
+    return {
+        "post": posts.plays_per_post,
+        "dm": 1.0,
+        "fleet": posts.followers * posts.fleet_view_share,
+    }
+
+
+def voice_uploads(rate: float, users: int, dt: float, rng: Rng) -> int:
+    """Voice items `users` upload within `dt` s at `rate` per user per second (Poisson):
+    the swarm asks per user, the simulator for the population; the same process."""
+    return events_in(rate, dt, rng, users)
+
+
+def voice_length(posts: Posts, rng: Rng) -> float:
+    """Seconds of audio in one voice item: lognormal with mean ``posts.length_mean``,
+    capped at what the server accepts (140 s)."""
+    sigma = posts.length_sigma
+    mu = math.log(posts.length_mean) - sigma * sigma / 2
+    return min(math.exp(mu + sigma * rng.normal()), VOICE_MAX_S)
+
+
+def voice_bytes(posts: Posts, seconds: float) -> int:
+    """Bytes of an Ogg/Opus file of `seconds` of audio at ``posts.bitrate``."""
+    return OGG_HEAD_BYTES + math.ceil(seconds * (posts.bitrate / 8 + OGG_BYTES_PER_S))
+
+
+def voice_plays(pending: float, dt: float, posts: Posts, rng: Rng) -> int:
+    """Plays within `dt` s of items still owed `pending` expected plays: each play comes
+    an exponential delay (mean ``posts.play_delay``) after posting, so a share
+    ``1 - exp(-dt / play_delay)`` of what is owed falls due in the tick (Poisson)."""
+    if pending <= 0 or dt <= 0:
+        return 0
+    return rng.poisson(pending * -math.expm1(-dt / posts.play_delay))

@@ -145,8 +145,29 @@ KINDS: Mapping[str, tuple[str, str]] = {
     "egress_bytes": (
         "bytes",
         "bytes the server sent one replay listener (role replay; WebRTC: the recording's "
-        "Opus payloads, HTTP: the ranges read; attrs.via) or one clip download (role clip)",
+        "Opus payloads, HTTP: the ranges read; attrs.via) or one clip download (role clip); "
+        "or the voice posts, DMs or Fleets played in a tick (role post, dm, fleet)",
     ),
+    # posts, DMs and Fleets
+    "posts_uploaded": (
+        "count",
+        "voice posts, DMs or Fleets uploaded in a tick (role post, dm, fleet)",
+    ),
+    "upload_bytes": ("bytes", "bytes of the voice items uploaded in a tick (role post, dm, fleet)"),
+    "posts_played": (
+        "count",
+        "plays (full downloads) of voice items in a tick (role post, dm, fleet)",
+    ),
+    "voice_upload": (
+        "s",
+        "a voice post, DM or Fleet uploaded: request -> 201 (role post, dm, fleet)",
+    ),
+    "voice_playback_start": (
+        "s",
+        "a voice item played: request -> the first bytes of its audio (role post, dm, fleet)",
+    ),
+    "storage_bytes": ("bytes", "voice audio the server holds at t (expired Fleets deleted)"),
+    "fleets_expired": ("count", "voice Fleets deleted at expiry (24 h) in a tick"),
     # audience and moderation
     "reaction": ("count", "emoji reactions in a tick (aggregated) or one reaction"),
     "report_filed": ("", "a report about a user or the space"),
@@ -476,11 +497,37 @@ def summarise(records: pd.DataFrame, duration: float | None = None) -> pd.DataFr
     if len(egress):
         sent = float(egress["value"].sum())
         total("egress_bytes", sent, "bytes", len(egress))
-        for role in ("replay", "clip"):
+        posted = set(egress["role"].astype(str)) & {"post", "dm", "fleet"}
+        for role in ("replay", "clip", *sorted(posted)):
             mine = egress[egress["role"] == role]
             total(f"{role}_egress_bytes", float(mine["value"].sum()), "bytes", len(mine))
         if duration:
             total("egress_rate", sent / duration, "bytes/s")
+    uploads = kind("upload_bytes")
+    if len(uploads):
+        total("voice_uploads", float(kind("posts_uploaded")["value"].sum()), "count")
+        sent = float(uploads["value"].sum())
+        total("upload_bytes", sent, "bytes", len(uploads))
+        if duration:
+            total("upload_rate", sent / duration, "bytes/s")
+        total("voice_plays", float(kind("posts_played")["value"].sum()), "count")
+    for name in ("voice_upload", "voice_playback_start"):
+        if name in by_kind:
+            dist(name, kind(name), "s")
+    held = kind("storage_bytes")
+    if len(held):
+        rows["storage_bytes"] = {
+            **_dist(held["value"]),
+            "value": float(held["value"].iloc[-1]),
+            "unit": "bytes",
+        }
+        rows["storage_peak"] = {"value": float(held["value"].max()), "unit": "bytes"}
+    expired = kind("fleets_expired")
+    if len(expired):
+        gone = float(expired["value"].sum())
+        total("fleets_expired", gone, "count")
+        if duration:
+            total("fleet_expiry_rate", gone / duration, "per s")
     rec = kind("recording_bytes")
     if len(rec):
         written = float(rec["value"].sum())

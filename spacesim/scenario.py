@@ -50,6 +50,7 @@ __all__ = [
     "Outcomes",
     "PiecewiseArrivals",
     "PoissonArrivals",
+    "Posts",
     "RampArrivals",
     "Rooms",
     "Scenario",
@@ -719,6 +720,63 @@ class LoadSettings(_Model):
     )
 
 
+class Posts(_Model):
+    """What users post beside spaces: voice posts, voice DMs and voice Fleets (gone 24 h
+    after posting), as per-user daily rates over a population. The simulator prices what
+    they cost the server over days of simulated time, aggregated per ``tick`` (uploads and
+    plays are Poisson counts a tick, `spacesim.behaviour.voice_*`): bytes stored, upload
+    and egress bytes, Fleets expired. The swarm's `Poster` user makes the same draws each
+    second for the whole population and performs them over HTTP (`spacesim.load.poster`).
+    ``users: 0`` (the default) turns the model off.
+    """
+
+    users: Count = Field(0, description="Users who post and play (0 = no posts model).")
+    followers: float = Field(
+        50.0, ge=0, description="Mean followers per user: the audience of their Fleets."
+    )
+    voice_posts_per_day: Rate = Field(
+        parse_rate("0.2/d"), description="Voice posts (tweets) each user uploads (e.g. 0.2/d)."
+    )
+    voice_dms_per_day: Rate = Field(
+        parse_rate("1/d"), description="Voice DMs each user sends; each is played once."
+    )
+    fleets_per_day: Rate = Field(parse_rate("0.5/d"), description="Fleets each user posts.")
+    fleet_voice_share: Fraction = Field(
+        0.3, description="Share of Fleets that are voice (text Fleets cost no audio)."
+    )
+    length_mean: Duration = Field(
+        30.0, gt=0, description="Mean audio length (lognormal, capped at the server's 140 s)."
+    )
+    length_sigma: float = Field(0.8, gt=0, description="Shape of the length (log-space std).")
+    bitrate: float = Field(
+        32000.0,
+        gt=0,
+        description="Opus bitrate of the audio, bits per second.",
+        json_schema_extra=engines(
+            "sim",
+            why="the swarm uploads the shipped clips' Opus packets as encoded (~22 kbit/s)",
+        ),
+    )
+    plays_per_post: float = Field(
+        20.0, ge=0, description="Mean plays a voice post gets (Poisson), each a full download."
+    )
+    fleet_view_share: Fraction = Field(
+        0.2, description="Share of the author's followers who play a voice Fleet."
+    )
+    play_delay: Duration = Field(
+        parse_duration("6h"),
+        gt=0,
+        description="Mean delay (exponential) from posting to a play; Fleet plays after "
+        "24 h are lost with the Fleet.",
+    )
+    tick: Duration = Field(
+        parse_duration("1h"),
+        gt=0,
+        description="Step of the aggregated posts model.",
+        json_schema_extra=engines("sim", why="the swarm's poster steps every second"),
+    )
+
+
 # --------------------------------------------------------------------------- scenario
 
 
@@ -741,6 +799,7 @@ class Scenario(_Model):
     audience: Audience = Audience()
     moderation: Moderation = Moderation()
     features: Features = Features()
+    posts: Posts = Posts()
     timeline: list[TimelineEntry] = Field(
         default_factory=list,
         description="Scripted actions at run times (e.g. {at: 5m, action: mute_all}).",

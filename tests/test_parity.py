@@ -83,6 +83,21 @@ FULL: dict[str, Any] = {
         "replay_rate": "120/min",
         "replay_http_share": 0.4,
     },
+    "posts": {
+        "users": 50,
+        "followers": 10,
+        "voice_posts_per_day": "2/min",
+        "voice_dms_per_day": "3/min",
+        "fleets_per_day": "4/min",
+        "fleet_voice_share": 0.5,
+        "length_mean": "10s",
+        "length_sigma": 0.5,
+        "bitrate": 24000,
+        "plays_per_post": 5,
+        "fleet_view_share": 0.5,
+        "play_delay": "5s",
+        "tick": "2s",
+    },
     "timeline": [  # every action once, a second apart from 3 s; the space ends last
         {"at": f"{3 + i}s", "action": a}
         for i, a in enumerate(
@@ -205,8 +220,10 @@ def test_every_field_declares_its_engines() -> None:
         assert names, f"{path} declares no engine"
         assert set(names) <= set(ENGINE_NAMES), path
     one_engine = [p for p, v in rows.items() if len(set(v[2])) == 1]
-    # Load-only and sim-only fields are rare: the server model, sim knobs, load knobs.
-    assert all(p.split(".")[0] in {"server", "sim", "load", "speaking"} for p in one_engine)
+    # Load-only and sim-only fields are rare: the server model, sim knobs, load knobs,
+    # and the posts model's step and bitrate (the swarm steps each second, uploads clips).
+    single = {"server", "sim", "load", "speaking", "posts"}
+    assert all(p.split(".")[0] in single for p in one_engine)
 
 
 def test_show_lists_single_engine_fields() -> None:
@@ -252,9 +269,11 @@ def run_load(sc: Scenario, behave: bool, seconds: float = 8.0) -> set[tuple[str,
     """The swarm's scenario-reading code, without Locust or sockets: the load shape and,
     if `behave`, the gevent-free hosts and listeners against an in-memory server, then
     the summary and SLO check `spacesim load` prints; the (kind, role) pairs recorded."""
+    from spacesim.behaviour import PyRng
     from spacesim.load.dryrun import dry_run
+    from spacesim.load.posting import PostingPlan
     from spacesim.load.run import planned_browser_probes
-    from spacesim.load.shape import listener_targets
+    from spacesim.load.shape import listener_targets, posters
     from spacesim.results import Recorder
     from tests.load.fakes import FakeServer
 
@@ -262,6 +281,13 @@ def run_load(sc: Scenario, behave: bool, seconds: float = 8.0) -> set[tuple[str,
     planned_browser_probes(sc)  # `spacesim load` starts the browser probes' helper
     if not behave:
         return set()
+    # the Poster's plan (its HTTP side is tests/load/test_load.py's voice-day run)
+    assert posters(sc) == 1
+    plan = PostingPlan(sc.posts, PyRng(1))
+    for _ in range(5):
+        for role, _seconds in plan.uploads(1.0):
+            plan.uploaded(role)
+        plan.plays(1.0, dict.fromkeys(plan.owed, 1))
 
     async def go() -> list[Any]:
         server = FakeServer()

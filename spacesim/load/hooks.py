@@ -18,6 +18,7 @@ from spacesim.load import bridge
 from spacesim.load.api import Context
 from spacesim.load.host import ACTION_TIMEOUT, TICK
 from spacesim.load.parts import MSG_RECORDS, MSG_SPACE, save_part, write_part
+from spacesim.load.shape import posters
 from spacesim.load.state import CLOCKS, NETWORKS, SHAPES, scenario, settings, state
 from spacesim.scenario import load_scenario
 
@@ -136,7 +137,7 @@ def _args(parser: Any) -> None:
 
 @events.init.add_listener
 def _init(environment: Environment, **_: Any) -> None:
-    from spacesim.load.users import Host
+    from spacesim.load.users import Host, Poster
 
     settings.runner = runner = environment.runner
     opts = environment.parsed_options
@@ -150,6 +151,7 @@ def _init(environment: Environment, **_: Any) -> None:
     out = getattr(opts, "spacesim_out", "") if opts else ""
     settings.out = Path(out) if out else None
     Host.fixed_count = scenario().rooms.count
+    Poster.fixed_count = posters(scenario())
     if isinstance(runner, MasterRunner):
 
         def relay(environment: Environment, msg: Any, **_: Any) -> None:

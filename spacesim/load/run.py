@@ -42,7 +42,7 @@ from typing import IO, Any
 import numpy as np
 import pandas as pd
 
-from spacesim.load.shape import DEFAULT_LISTENERS, scaled_users
+from spacesim.load.shape import DEFAULT_LISTENERS, posters, scaled_users
 from spacesim.results import Run, RunMeta, records_frame, summarise_run, write_run
 from spacesim.scenario import Scenario, ScenarioError, load_scenario
 from spacesim.server import launch
@@ -65,7 +65,7 @@ LAG_WARNING = 0.05  # swarm loop lag (p95, s) beyond which the run's latencies a
 _REPO = Path(__file__).resolve().parents[2]
 _FALLBACK_LOCUSTFILE = (
     "import locust  # noqa: F401\n"
-    "from spacesim.load.users import Host, Listener, ScenarioShape  # noqa: E402\n"
+    "from spacesim.load.users import Host, Listener, Poster, ScenarioShape  # noqa: E402\n"
 )
 
 
@@ -89,7 +89,7 @@ def default_users(sc: Scenario, horizon: float) -> tuple[int, float]:
     curve = sc.audience_curve(horizon)
     listeners = max(1, min(math.ceil(float(curve.max())), MAX_DEFAULT_LISTENERS))
     climb = float(np.diff(scaled_users(curve, listeners)).max(initial=0))
-    return sc.rooms.count + listeners, max(1.0, min(climb, 20.0))
+    return sc.rooms.count + posters(sc) + listeners, max(1.0, min(climb, 20.0))
 
 
 def check_target(url: str, timeout: float = HEALTH_TIMEOUT) -> dict[str, Any]:
@@ -306,9 +306,10 @@ def _main(
         raise LoadError(f"duration must be in (0, 86400] s, got {run_time}")
     auto_users, auto_spawn = default_users(sc, run_time)
     n_users = auto_users if users is None else users
-    if not (sc.rooms.count < n_users <= MAX_USERS):
+    fixed = sc.rooms.count + posters(sc)
+    if not (fixed < n_users <= MAX_USERS):
         raise LoadError(
-            f"users must be more than the {sc.rooms.count} host(s) and at most {MAX_USERS}, "
+            f"users must be more than the {fixed} host(s) and poster(s) and at most {MAX_USERS}, "
             f"got {n_users}"
         )
     if workers < 0:

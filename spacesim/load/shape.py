@@ -16,7 +16,7 @@ import numpy as np
 
 from spacesim.scenario import Scenario
 
-__all__ = ["DEFAULT_LISTENERS", "listener_targets", "scaled_users"]
+__all__ = ["DEFAULT_LISTENERS", "listener_targets", "posters", "scaled_users"]
 
 DEFAULT_LISTENERS = 50  # listeners a run uses at its peak when the caller gives no -u
 
@@ -41,3 +41,8 @@ def listener_targets(sc: Scenario, run_time: float, listeners: int) -> np.ndarra
     if sc.rooms.ends_at is not None:
         out[int(np.ceil(sc.rooms.ends_at)) :] = 0
     return out
+
+
+def posters(sc: Scenario) -> int:
+    """`Poster` users a run has: one for the whole ``posts`` population, if any."""
+    return 1 if sc.posts.users > 0 else 0

@@ -16,6 +16,8 @@ through `Context.report` as request events (`spacesim.load.hooks.fire`).
   ``features.replay_rate``), sessions on the bridge loop like the listeners'.
 * `Listener`: each task run is one `ListenerSession` under a fresh user id, on one of
   the process's live spaces; once every space has ended, it idles quietly.
+* `Poster` (``fixed_count`` 1 with ``posts.users``): the voice posts, DMs and Fleets of
+  the ``posts`` population over HTTP (`spacesim.load.poster`).
 * `ScenarioShape`: the number of users follows the scenario's arrival profile
   (`spacesim.load.shape.listener_targets`: the audience curve from ``rooms.starts_at``
   to ``rooms.ends_at``), peaking at ``-u``; ``--spacesim-shape steady`` holds ``-u``.
@@ -51,11 +53,12 @@ from spacesim.load.hooks import REQUEST_TYPE, close, ensure, fire
 from spacesim.load.host import Room
 from spacesim.load.listener import ListenerSession
 from spacesim.load.parts import MSG_SPACE, write_part
+from spacesim.load.poster import Poster
 from spacesim.load.replayer import ReplayCrowd, crowd_after
-from spacesim.load.shape import DEFAULT_LISTENERS, listener_targets
+from spacesim.load.shape import DEFAULT_LISTENERS, listener_targets, posters
 from spacesim.load.state import scenario, settings, state
 
-__all__ = ["Host", "Listener", "ScenarioShape", "state"]
+__all__ = ["Host", "Listener", "Poster", "ScenarioShape", "state"]
 
 log = logging.getLogger("spacesim.load")
 
@@ -175,7 +178,7 @@ class ScenarioShape(LoadTestShape):
         t = self.get_run_time()
         if t >= run_time:
             return None
-        hosts = sc.rooms.count
+        hosts = sc.rooms.count + posters(sc)  # fixed users: hosts and the poster
         num_users = getattr(opts, "num_users", None)
         cap_rate = getattr(opts, "spawn_rate", None)
         if settings.shape == "steady":

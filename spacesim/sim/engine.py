@@ -15,6 +15,7 @@ from spacesim.results import Recorder, Run, RunMeta
 from spacesim.scenario import Scenario
 from spacesim.sim.decisions import Replay
 from spacesim.sim.draws import Draws
+from spacesim.sim.posts import simulate_posts
 from spacesim.sim.processes import (
     arrivals,
     audience,
@@ -91,6 +92,9 @@ def simulate(
         if collecting:
             gc.enable()
     world.close()
+    # Beside the rooms, on its own stream: turning posts on leaves the rooms' draws alone.
+    posts_draws = Draws(np.random.default_rng([seed, 17]))
+    simulate_posts(scenario.posts, duration, posts_draws, recorder)
 
     meta = RunMeta(
         run_id=run_id,

@@ -356,3 +356,31 @@ def test_master_and_two_workers_run_the_town_hall(tmp_path: Path) -> None:
     assert summarise(rec).loc["delivery_ratio", "value"] > 0.95
     latency = rec.loc[rec["kind"] == "audio_latency", "value"]
     assert latency.min() > -0.002 and latency.median() < 0.5  # offsets agree within ~1 ms
+
+
+def test_voice_day_posts_and_plays_voice_over_http(tmp_path: Path) -> None:
+    """`spacesim load scenarios/voice-day.yaml -t 10s -u 4`: the Poster user uploads
+    voice posts, DMs and Fleets to the embedded server and plays them back (a short
+    play delay so plays fall within the run), recording upload and playback-start times
+    and the bytes either way."""
+    scenario = Path(__file__).resolve().parents[2] / "scenarios" / "voice-day.yaml"
+    out = tmp_path / "run"
+    quick = ["posts.play_delay=2s"]
+    assert main(scenario, users=4, duration=10, out=out, network="none", overrides=quick) == 0
+    rec = load_run(out).records
+    kinds = set(rec["kind"].astype(str))
+    assert {"voice_upload", "posts_uploaded", "upload_bytes", "voice_playback_start",
+            "posts_played", "egress_bytes", "storage_bytes", "fleets_expired"} <= kinds  # fmt: skip
+    up = rec[rec["kind"] == "voice_upload"]
+    # ~1.4 uploads a second (1 DM, 0.2 posts, 0.15 voice Fleets a user a day, 100k users)
+    assert len(up) >= 3 and "dm" in set(up["role"].astype(str))
+    assert 0 < up["value"].median() < 1.0
+    start = rec[rec["kind"] == "voice_playback_start"]
+    assert len(start) > 0 and 0 < start["value"].median() < 1.0
+    sent = rec[rec["kind"] == "upload_bytes"]["value"]
+    assert (sent > 3000).all()  # whole Ogg/Opus files of >= 1 s of the clips
+    held = rec[rec["kind"] == "storage_bytes"]["value"]
+    assert held.iloc[-1] == sent.sum()  # nothing expires within 10 s
+    summary = summarise(rec).loc
+    assert summary["voice_uploads", "value"] == len(up)
+    assert summary["voice_plays", "value"] == len(start)
