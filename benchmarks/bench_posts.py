@@ -18,13 +18,21 @@ Simulator: ``scenarios/voice-day.yaml`` (a week; ``--sim-users`` users, 100k as
 shipped) simulated ``--sim-runs`` times; ``sim_days_per_minute`` is days of simulated
 time per minute of wall time, the median run's.
 
-Run: ``python benchmarks/bench_posts.py [--clients 8] [--duration 10] [--fleets 100000]``.
+Each figure is the median of ``--runs`` (3) runs, with a baseline measured in the same
+run: ``voice_vs_text_posts`` is voice posts per server CPU-second over text posts (the
+same clients writing and reading a short text post: the cost of the route, the token
+check and the store without the audio), and ``sim_posts_cost`` is voice-day's wall time
+over the same scenario with its posts model off.
+
+Run: ``python benchmarks/bench_posts.py [--runs 3] [--clients 8] [--duration 10]
+[--fleets 100000]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import sys
 import tempfile
 import time
@@ -74,7 +82,7 @@ async def _tokens(base: str, users: list[str]) -> list[str]:
 
 
 async def _client(
-    base: str, tokens: list[str], data: bytes, until: float, done: list[float]
+    base: str, tokens: list[str], data: bytes | None, until: float, done: list[float]
 ) -> None:
     """Upload and play back until `until`, rotating over `tokens`' users (each user's
     posts are throttled to a burst of 20: the clients stand for many users)."""
@@ -89,19 +97,32 @@ async def _client(
             auth = {"Authorization": f"Bearer {tokens[k % len(tokens)]}"}
             k += 1
             t0 = time.monotonic()
-            r = await http.post(f"{base}/v1/posts/voice", data=body(), headers=auth)
+            if data is None:  # the baseline: a text post and reading it back
+                r = await http.post(f"{base}/v1/posts", json={"text": "hello"}, headers=auth)
+            else:
+                r = await http.post(f"{base}/v1/posts/voice", data=body(), headers=auth)
             post = await r.json()
             if r.status == 429:
                 continue
             assert r.status == 201, post
-            r = await http.get(f"{base}{post['audio']['url']}", headers=auth)
-            assert r.status == 200 and len(await r.read()) == len(data)
+            if data is None:
+                r = await http.get(f"{base}/v1/posts/{post['id']}", headers=auth)
+                assert r.status == 200
+                await r.read()
+            else:
+                r = await http.get(f"{base}{post['audio']['url']}", headers=auth)
+                assert r.status == 200 and len(await r.read()) == len(data)
             done.append(time.monotonic() - t0)
 
 
-async def uploads(clients: int, duration: float, seconds: float, tmp: Path) -> dict[str, float]:
-    data = voice_file(tmp / "voice.opus", seconds)
-    proc, base = launch.start(tmp / "posts.db")
+async def uploads(
+    clients: int, duration: float, seconds: float, tmp: Path, *, text: bool = False
+) -> dict[str, float]:
+    """Posts written and read back per server CPU-second: voice posts (upload + audio
+    playback), or with `text` the baseline of the same clients posting and reading text."""
+    data = None if text else voice_file(tmp / "voice.opus", seconds)
+    db = tmp / f"posts-{time.monotonic_ns()}.db"
+    proc, base = launch.start(db)
     try:
         await asyncio.to_thread(launch.wait_up, proc, base)
         tokens = [await _tokens(base, [f"u{k}-{j}" for j in range(50)]) for k in range(clients)]
@@ -119,7 +140,7 @@ async def uploads(clients: int, duration: float, seconds: float, tmp: Path) -> d
         "uploads": len(done),
         "wall_s": wall,
         "server_cpu_s": cpu,
-        "bytes": len(data),
+        "bytes": len(data) if data is not None else 0,
         "median_ms": 1000 * float(np.median(done)) if done else float("nan"),
     }
 
@@ -152,10 +173,12 @@ def expiry(fleets: int, voice_every: int, tmp: Path) -> dict[str, float]:
     return {"fleets": n, "files": -(-fleets // voice_every), "elapsed_s": elapsed}
 
 
-def sim_days(users: int, runs: int) -> dict[str, float]:
-    """Days of simulated time per wall minute over `runs` simulations of voice-day."""
+def sim_days(users: int, runs: int, *, posts: bool = True) -> dict[str, float]:
+    """Days of simulated time per wall minute over `runs` simulations of voice-day (the
+    baseline, `posts` False: the same scenario with its posts model off)."""
     sc = load_scenario(ROOT / "scenarios" / "voice-day.yaml")
-    sc = sc.model_copy(update={"posts": sc.posts.model_copy(update={"users": users})})
+    n = users if posts else 0
+    sc = sc.model_copy(update={"posts": sc.posts.model_copy(update={"users": n})})
     walls = []
     for seed in range(runs):
         t0 = time.perf_counter()
@@ -174,30 +197,43 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--voice-every", type=int, default=10, help="one Fleet in N has audio")
     ap.add_argument("--sim-users", type=int, default=100_000)
     ap.add_argument("--sim-runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=3, help="server runs (uploads, expiry): median")
     args = ap.parse_args(argv)
+    ups, texts, exps = [], [], []
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        up = asyncio.run(uploads(args.clients, args.duration, args.seconds, tmp))
-        print(
-            f"uploads: {up['uploads']:.0f} voice posts of {up['bytes'] / 1024:.0f} KiB "
-            f"({args.seconds:g} s) uploaded and played back in {up['wall_s']:.1f} s by "
-            f"{args.clients} clients; server CPU {up['server_cpu_s']:.2f} s; "
-            f"median upload+playback {up['median_ms']:.0f} ms"
-        )
-        ex = expiry(args.fleets, args.voice_every, tmp)
-        print(
-            f"expiry: {ex['fleets']:.0f} Fleets ({ex['files']:.0f} with audio files) "
-            f"deleted in {ex['elapsed_s']:.2f} s"
-        )
+        for k in range(args.runs):  # voice and its text baseline alternate within a run
+            run = tmp / f"run{k}"
+            run.mkdir()
+            up = asyncio.run(uploads(args.clients, args.duration, args.seconds, run))
+            tx = asyncio.run(uploads(args.clients, args.duration, args.seconds, run, text=True))
+            ex = expiry(args.fleets, args.voice_every, run)
+            ups.append(up["uploads"] / up["server_cpu_s"] if up["server_cpu_s"] > 0 else math.nan)
+            texts.append(tx["uploads"] / tx["server_cpu_s"] if tx["server_cpu_s"] > 0 else math.nan)
+            exps.append(ex["fleets"] / ex["elapsed_s"])
+            print(
+                f"run {k + 1}: {up['uploads']:.0f} voice posts of {up['bytes'] / 1024:.0f} KiB "
+                f"({args.seconds:g} s) uploaded and played back in {up['wall_s']:.1f} s by "
+                f"{args.clients} clients, server CPU {up['server_cpu_s']:.2f} s "
+                f"({ups[-1]:.1f} per CPU-s; median {up['median_ms']:.0f} ms); baseline: "
+                f"{tx['uploads']:.0f} text posts written and read, {texts[-1]:.1f} per CPU-s; "
+                f"expiry: {ex['fleets']:.0f} Fleets ({ex['files']:.0f} with audio files) "
+                f"deleted in {ex['elapsed_s']:.2f} s",
+                flush=True,
+            )
     sim = sim_days(args.sim_users, args.sim_runs)
+    base = sim_days(args.sim_users, args.sim_runs, posts=False)
     print(
         f"simulator: voice-day, {args.sim_users} users, {sim['days']:g} days simulated in "
-        f"{sim['wall_s']:.2f} s (median of {args.sim_runs})"
+        f"{sim['wall_s']:.2f} s (median of {args.sim_runs}); baseline, the same scenario "
+        f"without posts: {base['wall_s']:.2f} s"
     )
-    per_core = up["uploads"] / up["server_cpu_s"] if up["server_cpu_s"] > 0 else float("nan")
+    per_core = float(np.median(ups))
     print(f"FIGURE voice_uploads_per_core_s={per_core:.1f} per_s")
-    print(f"FIGURE fleet_expiry_per_s={ex['fleets'] / ex['elapsed_s']:.0f} per_s")
+    print(f"FIGURE voice_vs_text_posts={per_core / float(np.median(texts)):.3f} ratio")
+    print(f"FIGURE fleet_expiry_per_s={float(np.median(exps)):.0f} per_s")
     print(f"FIGURE sim_days_per_minute={sim['per_min']:.0f} days")
+    print(f"FIGURE sim_posts_cost={sim['wall_s'] / base['wall_s']:.2f} ratio")
     return 0
 
 

@@ -17,7 +17,7 @@ def test_bench_posts_prints_its_figures() -> None:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_posts.py"),
          "--clients", "1", "--duration", "1", "--seconds", "2", "--fleets", "500",
-         "--sim-users", "1000", "--sim-runs", "1"],
+         "--sim-users", "1000", "--sim-runs", "1", "--runs", "1"],
         capture_output=True, text=True, timeout=100, cwd=ROOT,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -28,3 +28,7 @@ def test_bench_posts_prints_its_figures() -> None:
     days = re.findall(r"^FIGURE sim_days_per_minute=(\d+) days$", proc.stdout, re.M)
     assert len(days) == 1 and int(days[0]) > 0, proc.stdout
     assert "simulator: voice-day, 1000 users, 7 days simulated" in proc.stdout
+    # each figure has its baseline from the same run
+    ratio = re.findall(r"^FIGURE voice_vs_text_posts=([\d.]+) ratio$", proc.stdout, re.M)
+    cost = re.findall(r"^FIGURE sim_posts_cost=([\d.]+) ratio$", proc.stdout, re.M)
+    assert len(ratio) == len(cost) == 1 and 0 < float(ratio[0]) < 1 and float(cost[0]) > 0
