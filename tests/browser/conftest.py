@@ -6,42 +6,23 @@ one, the tests fail and say why.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-SETUP = ROOT / "scripts" / "setup-test-deps.sh"
-CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
+from spacesim.load import browser
 
-
-def find_chromium() -> str | None:
-    """$SPACESIM_CHROMIUM, else Debian's (or Ubuntu's) Chromium, else None."""
-    named = os.environ.get("SPACESIM_CHROMIUM")
-    for path in (named, *CANDIDATES):
-        if path and os.access(path, os.X_OK):
-            return path
-    return None
+SETUP = browser.SETUP
 
 
 def ensure_chromium(setup: Path = SETUP) -> str:
-    """A Chromium executable; runs the setup script once if there is none, and fails the
-    test (never skips it) if there is still none."""
-    path = find_chromium()
-    if path is not None:
-        return path
-    bash = shutil.which("bash") or "/bin/bash"
-    proc = subprocess.run([bash, str(setup)], capture_output=True, text=True, timeout=900)
-    path = find_chromium()
-    if path is None:
-        pytest.fail(
-            f"no Chromium after {setup} (exit {proc.returncode}):\n"
-            f"{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
-        )
-    return path
+    """A Chromium executable (`spacesim.load.browser.ensure_chromium`, the one the swarm's
+    browser probes use: the setup script runs once if there is none); no Chromium even
+    then fails the test, never skips it."""
+    try:
+        return browser.ensure_chromium(setup)
+    except browser.BrowserUnavailable as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="session")

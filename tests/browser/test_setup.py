@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from spacesim.load import browser
 from tests.browser import conftest
 
 
@@ -30,7 +31,7 @@ def test_no_chromium_after_the_script_fails_the_test_loudly(
     ran = tmp_path / "ran"
     script = tmp_path / "setup.sh"
     script.write_text(f"touch {ran}\necho 'cannot install' >&2\nexit 1\n")
-    monkeypatch.setattr(conftest, "find_chromium", lambda: None)
+    monkeypatch.setattr(browser, "find_chromium", lambda: None)
     with pytest.raises(pytest.fail.Exception, match="cannot install"):
         conftest.ensure_chromium(script)
     assert ran.exists()
