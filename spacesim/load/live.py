@@ -67,6 +67,16 @@ async def _connected(link: AudioLink, timeout: float) -> None:
         await asyncio.sleep(0.01)
 
 
+async def _live(link: AudioLink) -> LiveLink:
+    """`link` once connected; closed if it never connects (or the wait is cancelled)."""
+    try:
+        await _connected(link, CONNECT_TIMEOUT)
+    except BaseException:
+        await link.close()
+        raise
+    return LiveLink(link)
+
+
 class LiveClient:
     """One user's `RoomClient`; `http` is the process's shared session."""
 
@@ -118,12 +128,7 @@ class LiveClient:
             impair=impairments(path, seed),
             read_every=read_every,
         )
-        try:
-            await _connected(link, CONNECT_TIMEOUT)
-        except BaseException:
-            await link.close()
-            raise
-        return LiveLink(link)
+        return await _live(link)
 
     async def act(self, space: str, action: str, **fields: str) -> dict[str, Any]:
         return await self.rc.act(space, action, **fields)
@@ -165,9 +170,4 @@ class LiveClient:
         link = await connect_audio(
             self.rc, space, on_rtp, impair=impairments(path, seed), replay=offset
         )
-        try:
-            await _connected(link, CONNECT_TIMEOUT)
-        except BaseException:
-            await link.close()
-            raise
-        return LiveLink(link)
+        return await _live(link)
