@@ -8,6 +8,7 @@ import gc
 import json
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -222,10 +223,31 @@ def cmd_load(args: argparse.Namespace) -> int:
         network=args.network,
         clock=args.clock,
         overrides=args.set or (),
+        server_cpus=args.server_cpus,
+        swarm_cpus=args.swarm_cpus,
         show=lambda summary, sc, title: print_summary(
             summary, check_slos(summary, sc.slo.targets()), title
         ),
     )
+
+
+def _cpus(text: str) -> frozenset[int]:
+    """A CPU list as taskset takes it: ``0``, ``0,1``, ``0-3``."""
+    cpus: set[int] = set()
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.partition("-")
+            cpus.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a CPU list like 0 or 0,1 or 0-3"
+        ) from None
+    usable = os.sched_getaffinity(0)
+    if not cpus or not cpus <= usable:
+        raise argparse.ArgumentTypeError(
+            f"CPUs {text!r} are not all usable here (usable: {sorted(usable)})"
+        )
+    return frozenset(cpus)
 
 
 def _positive_int(text: str) -> int:
@@ -737,6 +759,19 @@ def build_parser() -> argparse.ArgumentParser:
         default="local",
         help="local: latencies on this machine's clock (default); server: every Locust "
         "process reads the server's clock through an offset (workers on several machines)",
+    )
+    load.add_argument(
+        "--server-cpus",
+        type=_cpus,
+        metavar="LIST",
+        help="pin the embedded server to these CPUs, e.g. 0 (a figure that depends on the "
+        "server's core then is not shared with the swarm's)",
+    )
+    load.add_argument(
+        "--swarm-cpus",
+        type=_cpus,
+        metavar="LIST",
+        help="pin the swarm (Locust and browser probes) to these CPUs, e.g. 1",
     )
     load.set_defaults(func=cmd_load)
 

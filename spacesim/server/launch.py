@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["ServerUnavailable", "embedded_server", "free_port", "health", "start", "wait_up"]
+__all__ = ["ServerUnavailable", "embedded_server", "free_port", "health", "pin", "start", "wait_up"]
 
 
 class ServerUnavailable(Exception):
@@ -60,16 +61,26 @@ def start(
     log: IO[bytes] | int | None = subprocess.DEVNULL,
     env: dict[str, str] | None = None,
     args: Sequence[str] = (),
+    cpus: Collection[int] | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Launch `spacesim serve` (not waiting for it); returns the process and its base URL.
 
-    `args` are further `spacesim serve` options, e.g. ``["--record", DIR]``.
+    `args` are further `spacesim serve` options, e.g. ``["--record", DIR]``; `cpus` pins
+    the server (and the threads and processes it starts) to those CPUs.
     """
     port = port or free_port()
     cmd = [sys.executable, "-m", "spacesim.cli", "serve", "--host", "127.0.0.1",
            "--port", str(port), "--db", str(db), *args]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    pin(proc, cpus)
     return proc, f"http://127.0.0.1:{port}"
+
+
+def pin(proc: subprocess.Popen[bytes], cpus: Collection[int] | None) -> None:
+    """Pin a just-started process to `cpus` (None: leave it). Threads and children it
+    starts later inherit the mask (sched_setaffinity(2)); it has started none yet."""
+    if cpus is not None:
+        os.sched_setaffinity(proc.pid, set(cpus))
 
 
 def wait_up(proc: subprocess.Popen[bytes], url: str, timeout: float = 30.0) -> None:
@@ -107,12 +118,13 @@ def embedded_server(
     env: dict[str, str] | None = None,
     args: Sequence[str] = (),
     port: int | None = None,
+    cpus: Collection[int] | None = None,
 ) -> Iterator[str]:
     """A server with a fresh database in `workdir` for the duration of the block."""
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "server.log"
     with open(log_path, "wb") as log:
-        proc, url = start(workdir / "server.db", port, log=log, env=env, args=args)
+        proc, url = start(workdir / "server.db", port, log=log, env=env, args=args, cpus=cpus)
         try:
             try:
                 wait_up(proc, url, timeout)
