@@ -14,7 +14,7 @@ What runs (all on 127.0.0.1; every load run bounded in users and time):
    (a fast server), each level has more active speakers (``--speakers``, chosen so
    ``N_sat`` fits): packets per listener go up and the same utilisation needs fewer
    connections. Each level is ``spacesim load scenarios/fidelity.yaml -u N+1 -r SPAWN
-   -t DURATION --shape steady --network none`` (``OUT/load-NNN``); with one speaker,
+   -t N/SPAWN+DURATION --shape steady --network none`` (``OUT/load-NNN``); with one speaker,
    one more run with two speakers at the 2nd level (``OUT/load-duo-NNN``) separates CPU
    per packet from CPU per connection for the fit.
 2. **Past saturation** (``--overload``, default 1.25 x N_sat): the scenario's
@@ -96,7 +96,7 @@ OVERLOAD = 1.25
 PROBE = 100  # listeners of the probe run that sizes the levels
 MAX_LISTENERS = 880  # spacesim load's user limit (one UDP socket each) less the host
 IDLE_CPU = 0.02  # the server's CPU with nobody connected (cores), for sizing only
-DURATION = 25.0
+DURATION = 20.0  # steady seconds per level (after the ramp)
 SPAWN = 25.0
 TARGET = 0.10  # the issue's target: every relative error within 10 %
 MAX_LOAD = 0.90  # fidelity_max_error counts levels up to this measured load
@@ -133,7 +133,11 @@ def load_level(
     reuse: bool,
     pin: tuple[str, str] | None,
 ) -> Path:
-    """One `spacesim load` run with n listeners (and the host); its output -> NAME.log."""
+    """One `spacesim load` run with n listeners (and the host); its output -> NAME.log.
+
+    It lasts `run_time`: the audience's ramp at the spawn rate, then `duration` steady.
+    """
+    duration = run_time(n, duration, spawn)
     d = out / name
     if reuse and (d / "meta.json").is_file():
         _say(f"{name}: reusing {d}")
@@ -165,6 +169,7 @@ def simulate_level(
     seed: int, name: str,
 ) -> Path:  # fmt: skip
     """The same level in the simulator, with the calibrated server."""
+    duration = run_time(n, duration, spawn)
     overrides = [
         f"duration={duration}",
         f"arrivals.rate={spawn}",
@@ -178,6 +183,11 @@ def simulate_level(
         (d / "meta.json").unlink()  # a rerun replaces the simulated level
     write_run(d, run.records, run.meta)
     return d
+
+
+def run_time(n: int, steady: float, spawn: float) -> float:
+    """Seconds a level runs: n listeners join at the spawn rate, then `steady` seconds."""
+    return math.ceil(n / spawn + steady)
 
 
 def server_cores(run_dir: Path) -> float:
@@ -241,7 +251,8 @@ def curve(
 ) -> pd.DataFrame:
     """The simulated latency-vs-load curve on a fine grid -> OUT/curve.csv."""
     lo, hi = min(levels), max(levels)
-    grid = sorted({round(x) for x in np.linspace(lo, hi * 1.08, CURVE_POINTS)} | set(levels))
+    points = 4 if args.quick else CURVE_POINTS
+    grid = sorted({round(x) for x in np.linspace(lo, hi * 1.08, points)} | set(levels))
     rows = []
     for n in grid:
         d = simulate_level(
@@ -294,7 +305,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--overload", type=float, default=OVERLOAD, help="past-saturation level (x N_sat; 0: none)"
     )
     ap.add_argument("--speakers", type=int, help="active speakers (default: sized by the probe)")
-    ap.add_argument("--duration", type=float, default=DURATION, help="seconds per load run")
+    ap.add_argument(
+        "--duration",
+        type=float,
+        default=DURATION,
+        help="steady seconds per level, after its audience joined at the spawn rate",
+    )
     ap.add_argument("--spawn", type=float, default=SPAWN, help="listeners started per second")
     ap.add_argument("--out", default="runs/fidelity", help="directory for runs and tables")
     ap.add_argument("--fit", help="levels to calibrate from (default: 1st, 3rd, 5th, ... + duo)")
@@ -399,6 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = {
         "levels": levels,
         "speakers": speakers,
+        "scenario": str(scenario),
         "n_sat": n_sat,
         "fit_levels": sorted(fit),
         "pinned": {"server": pin[0], "swarm": pin[1]} if pin else None,
