@@ -922,6 +922,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             ("latency", cal.latency, "s"),
             ("asr", cal.asr, "cores"),
             ("recording", cal.recording, "bytes"),
+            ("gc pause", cal.gc, "s"),
         )
         if fit is not None
     ]

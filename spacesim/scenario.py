@@ -643,6 +643,21 @@ class Server(_Model):
         0.2, gt=0, description="Work queued longer than this is dropped (packets lost)."
     )
     edge_delay: Duration = Field(0.0005, description="Added per hop between nodes (cascade).")
+    gc_pause_per_packet: Duration = Field(
+        0.0,
+        ge=0,
+        description="Garbage-collector pause per forwarded packet: the share of time a node "
+        "is stopped by its collector is this times its packets per second (the collector "
+        "runs after allocations, which follow packets). A packet or event arriving in a "
+        "pause waits out the rest of it. 0: no pauses; spacesim calibrate fits it from the "
+        "server's gc_pause records.",
+    )
+    gc_pause_length: Duration = Field(
+        0.0,
+        ge=0,
+        description="Length of the pause a packet arriving in one sees: the length-biased "
+        "mean E[L^2]/E[L] of the collector's pauses (it waits a uniform share of it).",
+    )
     asr_cost: float = Field(
         0.23,
         ge=0,

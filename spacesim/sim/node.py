@@ -25,6 +25,12 @@ streams it forwards (`streams`) and from how many senders (`senders`), so:
   through saturation (sharply for one speaker). The mean wait below saturation is
   Kingman's ``v rho S / (2 (1 - rho))`` when D is large (Pollaczek-Khinchine's for
   Poisson arrivals, ``v = 1``).
+* **Garbage-collection pauses** stop the node's forwarding: it is paused a share
+  ``f = gc_pause_per_packet x packets per second / cores`` of the time, in pauses that a
+  packet arriving in one sees last ``L = gc_pause_length`` (length-biased), and such a
+  packet waits a uniform share of ``L`` on top of the queue (`gc_wait`); events too.
+  The pauses are CPU work the CPU fit already counts in ``cpu_per_packet``; this term
+  is only their effect on the tail of the latency (`spacesim.server.gcmeter`).
 * Joins add impulses of work (`add_work`) to a backlog served with the capacity the
   forwarding leaves spare; packets and joins wait behind it (one event loop), and while
   that wait exceeds D arriving packets are lost.
@@ -108,6 +114,8 @@ class Node:
         "event_rate",
         "fanout_delay",
         "forward_delay",
+        "gc_pause_length",
+        "gc_pause_per_packet",
         "last",
         "listeners",
         "max_queue_delay",
@@ -134,6 +142,8 @@ class Node:
             else server.cpu_per_packet / server.cores
         )
         self.forward_delay = server.forward_delay
+        self.gc_pause_per_packet = server.gc_pause_per_packet
+        self.gc_pause_length = server.gc_pause_length
         self.max_streams = server.max_streams
         self.max_queue_delay = server.max_queue_delay
         self.pps = pps
@@ -296,6 +306,20 @@ class Node:
         if room > 0.0 and u_busy < min(rho, 1.0):
             wait += _queued(theta, room, u_wait)
         return wait
+
+    def gc_share(self) -> float:
+        """Share of time the collector has the node stopped now (at most a half)."""
+        share = self.gc_pause_per_packet * self.streams * self.pps / self.cores
+        return min(share, 0.5)
+
+    def gc_wait(self, u: float) -> float:
+        """Wait of a packet for a collector's pause, from one uniform in [0, 1): it arrives
+        in a pause with probability `gc_share`, then waits a uniform share of its length
+        (u / share is uniform given u < share)."""
+        share = self.gc_share()
+        if share <= 0.0 or u >= share:
+            return 0.0
+        return (u / share) * self.gc_pause_length
 
     def loss_now(self) -> float:
         """Probability that a packet arriving now is lost for want of CPU or buffer."""

@@ -113,3 +113,13 @@ def test_admission_counts_reserved_streams() -> None:
     n.reserved_streams = 8
     assert n.admits(2) and not n.admits(3)
     assert node().admits(10**9)  # no limit configured
+
+
+def test_gc_wait_is_a_uniform_share_of_the_pause_with_the_pauses_share_of_time() -> None:
+    n = loaded(100, gc_pause_per_packet=2e-6, gc_pause_length=0.05)  # 5000 pps: 1 %
+    assert n.gc_share() == pytest.approx(0.01)
+    u = np.random.default_rng(4).random(200_000)
+    waits = np.array([n.gc_wait(x) for x in u])
+    assert (waits > 0).mean() == pytest.approx(0.01, abs=0.001)
+    assert waits[waits > 0].mean() == pytest.approx(0.025, rel=0.05)
+    assert loaded(100).gc_wait(0.0) == 0.0  # no term, no wait
