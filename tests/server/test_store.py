@@ -1,5 +1,6 @@
-"""Tests for spacesim.server.store: one behavioural suite run against SqliteStore and
-MemoryStore, then SQLite-only checks (schema, WAL, durability, and a kill -9 crash test)."""
+"""Tests for spacesim.server.store: one behavioural suite run against MemoryStore,
+SqliteStore and PostgresStore, then checks of each real store (schema, WAL, durability,
+concurrent nodes, and a kill -9 crash test over both)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from spacesim.server.store import (
     StoreError,
 )
 from spacesim.server.store_memory import MemoryStore
+from spacesim.server.store_postgres import PostgresStore
 from spacesim.server.store_sqlite import SqliteStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,7 +47,7 @@ class FakeClock:
         return self.t
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     """A factory, so tests can pass a clock; every store made is closed afterwards."""
     made: list[Any] = []
@@ -53,8 +56,10 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
         clock = clock or FakeClock()
         if request.param == "memory":
             store: Any = MemoryStore(clock=clock)
-        else:
+        elif request.param == "sqlite":
             store = SqliteStore(tmp_path / f"db{len(made)}.sqlite", clock=clock)
+        else:  # a fresh database of the session's cluster
+            store = PostgresStore(request.getfixturevalue("pg_url")(), clock=clock)
         made.append(store)
         return store
 
@@ -75,7 +80,7 @@ def store(make_store: Any) -> Any:
 # --------------------------------------------------------------------------- the seam
 
 
-def test_both_implementations_satisfy_the_protocol(store: Any) -> None:
+def test_every_implementation_satisfies_the_protocol(store: Any) -> None:
     assert isinstance(store, Store)
 
 
@@ -439,8 +444,10 @@ def test_default_timestamps_come_from_the_clock(make_store: Any) -> None:
     assert s.set_space_status("x", "ended").ended_at == 104.0
 
 
-def test_memory_and_sqlite_agree_on_a_scripted_session(tmp_path: Path) -> None:
-    """The same calls give equal results on both implementations."""
+def test_memory_sqlite_and_postgres_agree_on_a_scripted_session(
+    tmp_path: Path, pg_url: Any
+) -> None:
+    """The same calls give equal results (values and types) on every implementation."""
 
     def script(s: Any) -> list[Any]:
         out: list[Any] = []
@@ -453,13 +460,36 @@ def test_memory_and_sqlite_agree_on_a_scripted_session(tmp_path: Path) -> None:
         out.append(s.resolve_report(1, "block", "m", at=6.0))
         out.append(s.block("h", "a", at=6.0))
         out.append(s.audit("x", "m", "moderate:block", "a", {"report": 1}, at=6.0))
+        for uid in ("\u00e9", "B"):  # byte order: "B" < "a" < "\u00e9", as Python's
+            out.append(s.add_user(uid, "E", at=8.0))
+        for uid in ("a", "B", "\u00e9"):
+            out.append(s.block("b", uid, at=9.0))
         out.append(s.set_space_status("x", "ended", at=7.0))
         out += [s.participations(), s.reports(), s.blocked_by("h"), s.spaces_to_recover()]
+        out += [s.blocks("b"), s.get_space("x"), s.get_user("h")]
         out.append([(e.id, e.action, dict(e.attrs)) for e in s.audit_log()])
         return out
 
-    with MemoryStore() as mem, SqliteStore(tmp_path / "x.db") as sql:
-        assert script(mem) == script(sql)
+    with (
+        MemoryStore() as mem,
+        SqliteStore(tmp_path / "x.db") as sql,
+        PostgresStore(pg_url()) as pg,
+    ):
+        results = [_typed(script(s)) for s in (mem, sql, pg)]
+    assert results[1] == results[0] and results[2] == results[0]
+
+
+def _typed(value: Any) -> Any:
+    """`value` with the type of every part (1 == 1.0 == True, yet an id is an int)."""
+    if is_dataclass(value):
+        return type(value).__name__, [_typed(getattr(value, f.name)) for f in fields(value)]
+    if isinstance(value, list | tuple):
+        return [_typed(v) for v in value]
+    if isinstance(value, set):
+        return sorted(_typed(v) for v in value)
+    if isinstance(value, Mapping):
+        return {k: _typed(v) for k, v in value.items()}
+    return type(value).__name__, value
 
 
 # --------------------------------------------------------------------------- SQLite only
