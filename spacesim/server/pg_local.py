@@ -4,7 +4,9 @@ Debian's server binaries (``spacesim.deps.ensure("postgres")`` installs them whe
 missing) run a fresh cluster in a temporary directory: ``initdb`` with a random password
 (SCRAM, so other local users cannot walk in), ``postgres`` listening on a free loopback
 port and on a unix socket inside the directory, never touching the system's own cluster
-or its configuration. `stop` shuts it down (fast mode) and removes the directory.
+or its configuration. `stop` shuts it down and removes the directory; `kill` crashes it
+(SIGKILL to every process) and `start` brings it back through crash recovery.
+``fsync=False`` trades durability against a machine crash for speed (tests).
 
 PostgreSQL refuses to run as root, so as root the cluster belongs to an unprivileged
 account: ``postgres`` (which Debian's package creates) or else ``nobody``; the child
@@ -56,8 +58,9 @@ def _account() -> pwd.struct_passwd | None:
 class LocalPostgres:
     """One throwaway cluster; ``with LocalPostgres() as pg: pg.create_database("x")``."""
 
-    def __init__(self, port: int | None = None, timeout: float = 60.0) -> None:
+    def __init__(self, port: int | None = None, timeout: float = 60.0, fsync: bool = True) -> None:
         self.port = port or free_port()
+        self.fsync = fsync
         self.timeout = timeout
         self.password = secrets.token_hex(16)
         self.root: Path | None = None
@@ -79,17 +82,45 @@ class LocalPostgres:
         return {"user": self._account.pw_uid, "group": self._account.pw_gid, "extra_groups": []}
 
     def start(self) -> Self:
-        """initdb a new cluster and start it; PostgresUnavailable (with its log) if not."""
+        """initdb a new cluster (the first time) and start it; PostgresUnavailable (with
+        its log) if not. After `kill` it starts the same cluster again, which recovers."""
         bindir = Path(deps.ensure("postgres")).parent
+        env = {**os.environ, "LC_ALL": "C", "TZ": "UTC"}
+        if self.root is None:
+            self._initdb(bindir, env)
+        assert self.root is not None
+        cmd = [str(bindir / "postgres"), "-D", str(self.root / "data"), "-p", str(self.port)]
+        cmd += ["-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200"]
+        cmd += ["-c", f"unix_socket_directories={self.root}"]
+        if not self.fsync:  # a crash of PostgreSQL keeps what reached the kernel either way
+            cmd += ["-c", "fsync=off"]
+        with open(self.root / "postgres.log", "ab") as out:
+            self._proc = subprocess.Popen(
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.root,
+                start_new_session=True,  # its own process group: `kill` takes every backend
+                **self._run_as(),
+            )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _initdb(self, bindir: Path, env: dict[str, str]) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="spacesim-pg-"))
         data, pwfile = self.root / "data", self.root / "pwfile"
         pwfile.write_text(self.password + "\n")
         if self._account is not None:
             for path in (self.root, pwfile):
                 os.chown(path, self._account.pw_uid, self._account.pw_gid)
-        env = {**os.environ, "LC_ALL": "C", "TZ": "UTC"}
         initdb = [str(bindir / "initdb"), "-D", str(data), "-U", SUPERUSER]
         initdb += [f"--pwfile={pwfile}", "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C"]
+        initdb += ["--no-sync"]  # a throwaway cluster: the kernel holding its files is enough
         init = subprocess.run(
             initdb,
             capture_output=True,
@@ -103,25 +134,6 @@ class LocalPostgres:
         if init.returncode != 0:
             self._remove()
             raise PostgresUnavailable(f"initdb failed: {(init.stdout + init.stderr)[-2000:]}")
-        log = self.root / "postgres.log"
-        settings = ["-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200"]
-        settings += ["-c", f"unix_socket_directories={self.root}"]
-        with open(log, "wb") as out:
-            self._proc = subprocess.Popen(
-                [str(bindir / "postgres"), "-D", str(data), "-p", str(self.port), *settings],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=self.root,
-                start_new_session=True,  # Ctrl-C in a terminal reaches us, and we stop it
-                **self._run_as(),
-            )
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
     def _wait_ready(self) -> None:
         import psycopg
@@ -156,6 +168,15 @@ class LocalPostgres:
         with psycopg.connect(self.url(), autocommit=True) as conn:
             conn.execute(query)
         return self.url(name)
+
+    def kill(self) -> None:
+        """SIGKILL the server and every backend, as a crash of the machine's database
+        would stop them (without losing what the kernel holds); `start` recovers it."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
 
     def stop(self) -> None:
         """Stop the server and remove the directory. Immediate shutdown (SIGQUIT: no

@@ -21,8 +21,10 @@ _names = itertools.count()
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[LocalPostgres]:
-    """The session's cluster (about a second to initdb and start)."""
-    with LocalPostgres() as pg:
+    """The session's cluster (about a second to initdb and start). Without fsync: on this
+    shared machine every sync waits behind the others' disk traffic (seconds for a
+    checkpoint), and the crash tests kill processes, not the kernel that holds the data."""
+    with LocalPostgres(fsync=False) as pg:
         yield pg
 
 

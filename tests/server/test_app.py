@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -25,7 +26,7 @@ from spacesim.server import launch
 from spacesim.server.app import ServerConfig, create_app
 from spacesim.server.auth import issue_token
 from spacesim.server.openapi import document
-from spacesim.server.store import StoreError
+from spacesim.server.store import StoreError, open_store
 from tests.server.test_media import Client, opus_tone
 
 for _name in ("aioice", "aiortc", "aiohttp.access"):
@@ -718,16 +719,22 @@ def test_speak_settings_are_the_rulebooks() -> None:
 # --------------------------------------------------------------------------- durability
 
 
-async def _serve(db: Path, port: int) -> tuple[subprocess.Popen[bytes], str]:
+async def _serve(
+    db: Path | str, port: int, cwd: Path | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
     """A real `spacesim serve` process, up and answering (the project's one launcher)."""
-    proc, url = launch.start(db, port)
+    proc, url = launch.start(db, port, cwd=cwd)
     await asyncio.to_thread(launch.wait_up, proc, url)
     return proc, url
 
 
-async def test_kill_9_keeps_acknowledged_reports_and_blocks(tmp_path: Path) -> None:
-    db, port = tmp_path / "kill.db", launch.free_port()
-    proc, base = await _serve(db, port)
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_kill_9_keeps_acknowledged_reports_and_blocks(
+    tmp_path: Path, kind: str, request: pytest.FixtureRequest
+) -> None:
+    db = tmp_path / "kill.db" if kind == "sqlite" else request.getfixturevalue("pg_url")()
+    port = launch.free_port()
+    proc, base = await _serve(db, port, cwd=tmp_path)  # a URL's secret file goes in cwd
     try:
         async with aiohttp.ClientSession() as http:
             api = Api(http, base)
@@ -744,7 +751,7 @@ async def test_kill_9_keeps_acknowledged_reports_and_blocks(tmp_path: Path) -> N
             assert (await api.act(space, "host", "block", target="bad"))[0] == 200
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
-            proc, base = await _serve(db, port)
+            proc, base = await _serve(db, port, cwd=tmp_path)
             api.tokens.clear()  # the secret file survived too, but mint fresh ones anyway
             status, state = await api.call("GET", f"/v1/spaces/{space}", "host")
             assert status == 200 and state["status"] == "live"  # recovered; clients rejoin
@@ -756,9 +763,7 @@ async def test_kill_9_keeps_acknowledged_reports_and_blocks(tmp_path: Path) -> N
     finally:
         proc.kill()
         proc.wait(timeout=10)
-    from spacesim.server.store_sqlite import SqliteStore
-
-    with SqliteStore(db) as store:
+    with contextlib.closing(open_store(db)) as store:
         reports = {r.id for r in store.reports(space=space)}
         assert set(acked) <= reports
         assert store.is_blocked("host", "bad")
