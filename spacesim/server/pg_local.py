@@ -209,7 +209,8 @@ class LocalPostgres:
 
 
 def main() -> int:
-    """Run a cluster with a ``spacesim`` database until Ctrl-C."""
+    """Run a cluster with a ``spacesim`` database until Ctrl-C (or SIGTERM)."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))  # unwinds to `stop`
     with LocalPostgres() as pg:
         url = pg.create_database("spacesim")
         print(f"PostgreSQL is up; try:\n  spacesim serve --store '{url}'", flush=True)

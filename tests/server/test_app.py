@@ -769,6 +769,37 @@ async def test_kill_9_keeps_acknowledged_reports_and_blocks(
         assert store.is_blocked("host", "bad")
 
 
+def test_serve_store_takes_a_postgres_url_and_never_prints_its_password(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    pg_url: Any,
+) -> None:
+    from spacesim import cli
+    from spacesim.server.app import STATE
+    from spacesim.server.store_postgres import PostgresStore
+
+    apps: list[Any] = []
+    monkeypatch.setattr(aiohttp.web, "run_app", lambda app, **kw: apps.append(app))
+    monkeypatch.chdir(tmp_path)
+    url = pg_url()
+    password = re.search(r"//spacesim:(\w+)@", url)[1]  # type: ignore[index]
+    assert cli.main(["serve", "--store", url]) == 0
+    store = apps[0][STATE].store
+    try:
+        assert isinstance(store, PostgresStore) and store.url == url
+    finally:
+        store.close()
+    assert (tmp_path / "spacesim.secret").is_file()  # a URL's files: the working directory
+    out = capsys.readouterr()
+    assert "store=postgresql://spacesim:***@" in out.err and password not in out.out + out.err
+    nowhere = f"postgresql://spacesim:{password}@127.0.0.1:{launch.free_port()}/x"
+    assert cli.main(["serve", "--db", nowhere]) == 1  # the old name of the option
+    out = capsys.readouterr()
+    assert "cannot open the store" in out.err and password not in out.out + out.err
+    assert len(apps) == 1
+
+
 async def test_an_ended_space_stays_readable_after_a_restart(tmp_path: Path) -> None:
     config = ServerConfig(db=tmp_path / "ended.db", secret=SECRET, slots=SLOTS)
     before: dict[str, Any] = {}

@@ -26,6 +26,7 @@ from spacesim.server.oggcheck import AudioError, OggOpusCheck
 from spacesim.server.posts import FLEET_TTL_S, VOICE_MAX_S
 from spacesim.server.recording import SILENCE, OggOpusWriter, _page, ogg_crc
 from spacesim.server.store_memory import MemoryStore
+from spacesim.server.store_postgres import PostgresStore
 from spacesim.server.store_posts import PostRecord, SpacePost
 from spacesim.server.store_sqlite import SqliteStore
 from tests.server.test_app import SECRET, SLOTS, Api
@@ -151,20 +152,21 @@ def test_the_rulebook_on_posts() -> None:
     assert read("c", "post", "a", None, follows_author=False, blocked_by_author=True) is False
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     clock = Clock()
-    s = (
-        MemoryStore(clock=clock)
-        if request.param == "memory"
-        else SqliteStore(tmp_path / "p.db", clock=clock)
-    )
+    if request.param == "memory":
+        s: Any = MemoryStore(clock=clock)
+    elif request.param == "sqlite":
+        s = SqliteStore(tmp_path / "p.db", clock=clock)
+    else:
+        s = PostgresStore(request.getfixturevalue("pg_url")(), clock=clock)
     s.clock_ = clock
     yield s
     s.close()
 
 
-def test_both_stores_keep_posts_fleets_dms_and_notifications(store: Any) -> None:
+def test_every_store_keeps_posts_fleets_dms_and_notifications(store: Any) -> None:
     clock = store.clock_
     store.add_post(PostRecord("p-1", "a", "post", "hi", T0))
     store.add_post(PostRecord("p-2", "a", "fleet", "gone soon", T0 + 1, expires_at=T0 + 10))
