@@ -49,6 +49,7 @@ from spacesim.server.store import (
     NotFound,
     Participation,
     Report,
+    ReportStatus,
     SpaceRecord,
     StoreError,
     User,
@@ -71,7 +72,6 @@ from spacesim.server.store import (
     _text,
     _transition,
 )
-from spacesim.server.store import ReportStatus as ReportStatus
 from spacesim.server.store_posts import PG_POSTS_SCHEMA, PostgresPosts
 from spacesim.server.store_recording import PG_RECORDING_SCHEMA, PostgresRecordings
 from spacesim.server.store_sqlite import _part_row, _report_row, _space_row

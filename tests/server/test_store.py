@@ -4,6 +4,7 @@ concurrent nodes, and a kill -9 crash test over both)."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import queue
 import re
@@ -87,6 +88,17 @@ def store(make_store: Any) -> Any:
 
 def test_every_implementation_satisfies_the_protocol(store: Any) -> None:
     assert isinstance(store, Store)
+
+
+def test_every_implementation_offers_the_same_methods() -> None:
+    """What the server calls beyond the protocol (recordings, clips, posts: their parts are
+    typed Any) exists with the same signature on every store."""
+
+    def api(cls: type) -> dict[str, inspect.Signature]:
+        names = [n for n in dir(cls) if not n.startswith("_") and callable(getattr(cls, n))]
+        return {n: inspect.signature(getattr(cls, n)) for n in names}
+
+    assert api(PostgresStore) == api(SqliteStore) == api(MemoryStore)
 
 
 def test_closed_store_refuses_work_and_close_is_idempotent(make_store: Any) -> None:
