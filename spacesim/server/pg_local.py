@@ -101,7 +101,7 @@ class LocalPostgres:
                 stderr=subprocess.STDOUT,
                 env=env,
                 cwd=self.root,
-                start_new_session=True,  # its own process group: `kill` takes every backend
+                start_new_session=True,  # Ctrl-C in a terminal reaches us, and we stop it
                 **self._run_as(),
             )
         try:
@@ -169,13 +169,29 @@ class LocalPostgres:
             conn.execute(query)
         return self.url(name)
 
+    def pids(self) -> list[int]:
+        """The server's processes: the postmaster and its children (backends, WAL writer,
+        checkpointer...). Each child is its own process group (PostgreSQL calls setsid in
+        every child, miscinit.c InitPostmasterChild), so they are found by parent."""
+        if self._proc is None or self._proc.poll() is not None:
+            return []
+        found = [self._proc.pid]
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with contextlib.suppress(OSError):
+                    stat = Path(f"/proc/{entry}/stat").read_bytes()
+                    if int(stat[stat.rindex(b")") + 2 :].split()[1]) == self._proc.pid:
+                        found.append(int(entry))  # field 4, ppid (proc(5))
+        return found
+
     def kill(self) -> None:
-        """SIGKILL the server and every backend, as a crash of the machine's database
+        """SIGKILL the server and every backend, as a crash of the database's machine
         would stop them (without losing what the kernel holds); `start` recovers it."""
-        proc, self._proc = self._proc, None
-        if proc is not None:
+        pids, proc, self._proc = self.pids(), self._proc, None
+        for pid in pids:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
+        if proc is not None:
             proc.wait(10)
 
     def stop(self) -> None:
