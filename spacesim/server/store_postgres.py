@@ -299,24 +299,29 @@ class PostgresStore(PostgresRecordings, PostgresPosts, _ClosesOnExit):
         except (psycopg.Error, UnicodeError) as exc:
             raise _error(exc) from exc
 
-    @staticmethod
-    def _exists(db: _Conn, table: str, key: str, what: str) -> None:
-        if db.execute(f"SELECT 1 FROM {table} WHERE id = %s".encode(), (key,)).fetchone() is None:
-            raise NotFound(f"unknown {what} {key!r}")
+    # Existence checks: each is a round trip to the database (a node's event loop waits for
+    # it), so the checks a call needs are made in one query.
 
-    def _check(self, table: str, key: str, what: str) -> None:
-        if not self._read(f"SELECT 1 FROM {table} WHERE id = %s", (key,)):
-            raise NotFound(f"unknown {what} {key!r}")
+    @staticmethod
+    def _exists(db: _Conn, *checks: tuple[str, str, str]) -> None:
+        """NotFound for the first (table, id, what) whose id its table lacks; one query."""
+        found = _exists_row(db, checks)
+        for ok, (_, key, what) in zip(found, checks, strict=True):
+            if not ok:
+                raise NotFound(f"unknown {what} {key!r}")
+
+    def _check(self, *checks: tuple[str, str, str]) -> None:
+        """`_exists` outside a transaction."""
+        try:
+            self._exists(self._db(), *checks)
+        except (psycopg.Error, UnicodeError) as exc:
+            raise _error(exc) from exc
 
     def _check_user(self, user: str) -> None:
-        self._check("users", user, "user")
+        self._check(("users", user, "user"))
 
     def _check_space(self, space: str) -> None:
-        self._check("spaces", space, "space")
-
-    def _exists_space_user(self, db: _Conn, space: str, user: str) -> None:
-        self._exists(db, "spaces", space, "space")
-        self._exists(db, "users", user, "user")
+        self._check(("spaces", space, "space"))
 
     # ------------------------------------------------------------------ two-user relations
 
@@ -325,8 +330,7 @@ class PostgresStore(PostgresRecordings, PostgresPosts, _ClosesOnExit):
         cols = (col_a, col_b, *extra_cols)
         marks = ", ".join("%s" for _ in cols)
         with self._tx() as db:
-            self._exists(db, "users", a, "user")
-            self._exists(db, "users", b, "user")
+            self._exists(db, ("users", a, "user"), ("users", b, "user"))
             cur = db.execute(
                 f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks}) "
                 "ON CONFLICT DO NOTHING".encode(),
@@ -337,8 +341,7 @@ class PostgresStore(PostgresRecordings, PostgresPosts, _ClosesOnExit):
     def _relation_remove(self, rel: _Relation, a: str, b: str) -> bool:
         table, col_a, col_b, _ = rel
         with self._tx() as db:
-            self._exists(db, "users", a, "user")
-            self._exists(db, "users", b, "user")
+            self._exists(db, ("users", a, "user"), ("users", b, "user"))
             cur = db.execute(
                 f"DELETE FROM {table} WHERE {col_a} = %s AND {col_b} = %s".encode(), (a, b)
             )
@@ -420,7 +423,7 @@ class PostgresStore(PostgresRecordings, PostgresPosts, _ClosesOnExit):
             listener_cap,
         )
         with self._tx() as db:
-            self._exists(db, "users", record.host, "user")
+            self._exists(db, ("users", record.host, "user"))
             if db.execute("SELECT 1 FROM spaces WHERE id = %s", (record.id,)).fetchone():
                 raise AlreadyExists(f"space {record.id!r} already exists")
             db.execute(
@@ -480,7 +483,7 @@ class PostgresStore(PostgresRecordings, PostgresPosts, _ClosesOnExit):
         space_id = _id(space_id, "space id")
         who = _enum(WhoMaySpeak, setting, "who_may_speak")
         with self._tx() as db:
-            self._exists(db, "spaces", space_id, "space")
+            self._exists(db, ("spaces", space_id, "space"))
             db.execute("UPDATE spaces SET who_may_speak = %s WHERE id = %s", (who.value, space_id))
         return self.get_space(space_id)
 
@@ -495,13 +498,23 @@ class PostgresStore(PostgresRecordings, PostgresPosts, _ClosesOnExit):
     # ------------------------------------------------------------------ participation
 
     def _open_part(self, db: _Conn, space: str, user: str) -> Participation | None:
-        self._exists_space_user(db, space, user)
+        """The user's open row in the space, if any; NotFound for an unknown space or user.
+        One query: the two checks and the row (at most one: participations_open)."""
         row = db.execute(
-            f"SELECT {_PART_COLS} FROM participations "
-            'WHERE space = %s AND "user" = %s AND left_at IS NULL'.encode(),
-            (space, user),
+            "SELECT EXISTS (SELECT 1 FROM spaces WHERE id = %(s)s),"
+            " EXISTS (SELECT 1 FROM users WHERE id = %(u)s), p.id, p.role, p.joined_at"
+            " FROM (VALUES (1)) AS one LEFT JOIN participations AS p"
+            ' ON p.space = %(s)s AND p."user" = %(u)s AND p.left_at IS NULL',
+            {"s": space, "u": user},
         ).fetchone()
-        return None if row is None else _part_row(row)
+        assert row is not None
+        if not row[0]:
+            raise NotFound(f"unknown space {space!r}")
+        if not row[1]:
+            raise NotFound(f"unknown user {user!r}")
+        if row[2] is None:
+            return None
+        return Participation(row[2], space, user, Role(row[3]), row[4], None)
 
     def _insert_part(
         self, db: _Conn, space: str, user: str, role: Role, at: float
@@ -588,7 +601,7 @@ class PostgresStore(PostgresRecordings, PostgresPosts, _ClosesOnExit):
             space_id, actor, action, target, attrs, at, self._clock
         )
         with self._tx() as db:
-            self._exists(db, "spaces", space_id, "space")
+            self._exists(db, ("spaces", space_id, "space"))
             row = db.execute(
                 "INSERT INTO audit_log (space, actor, action, target, attrs, at) "
                 "VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
@@ -623,9 +636,8 @@ class PostgresStore(PostgresRecordings, PostgresPosts, _ClosesOnExit):
             space_id, reporter, target, reason, at, self._clock
         )
         with self._tx() as db:
-            self._exists_space_user(db, space_id, reporter)
-            if target is not None:
-                self._exists(db, "users", target, "user")
+            checks = [("spaces", space_id, "space"), ("users", reporter, "user")]
+            self._exists(db, *checks, *([("users", target, "user")] if target else []))
             row = db.execute(
                 "INSERT INTO reports (space, reporter, target, reason, status, filed_at) "
                 "VALUES (%s, %s, %s, %s, 'open', %s) RETURNING id",
@@ -694,8 +706,7 @@ class PostgresStore(PostgresRecordings, PostgresPosts, _ClosesOnExit):
 
     def is_blocked(self, blocker: str, blocked: str) -> bool:
         blocker, blocked = _pair(blocker, blocked, *_BLOCK_ARGS)
-        self._check_user(blocker)
-        self._check_user(blocked)
+        self._check(("users", blocker, "user"), ("users", blocked, "user"))
         return bool(
             self._read(
                 "SELECT 1 FROM blocks WHERE blocker = %s AND blocked = %s", (blocker, blocked)
@@ -717,7 +728,7 @@ class PostgresStore(PostgresRecordings, PostgresPosts, _ClosesOnExit):
     def set_captions(self, space_id: str, enabled: bool) -> None:
         space_id = _id(space_id, "space id")
         with self._tx() as db:
-            self._exists(db, "spaces", space_id, "space")
+            self._exists(db, ("spaces", space_id, "space"))
             db.execute(
                 "INSERT INTO space_captions (space, enabled) VALUES (%s, %s) "
                 "ON CONFLICT (space) DO UPDATE SET enabled = excluded.enabled",
@@ -744,7 +755,7 @@ class PostgresStore(PostgresRecordings, PostgresPosts, _ClosesOnExit):
         space, who, t0, t1, text = _caption_args(space_id, speaker, start, end, text)
         now = _now(at, self._clock)
         with self._tx(durable=False) as db:  # as SQLite: not worth a WAL flush per sentence
-            self._exists(db, "spaces", space, "space")
+            self._exists(db, ("spaces", space, "space"))
             row = db.execute(
                 "INSERT INTO captions (space, speaker, start, end_, text, gap, at) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
@@ -765,6 +776,14 @@ class PostgresStore(PostgresRecordings, PostgresPosts, _ClosesOnExit):
             CaptionRecord(int(i), s, who, float(t0), float(t1), text, bool(g), float(a))
             for i, s, who, t0, t1, text, g, a in rows
         ]
+
+
+def _exists_row(db: _Conn, checks: tuple[tuple[str, str, str], ...]) -> tuple[Any, ...]:
+    """One row of booleans: does each (table, id, _) exist. Tables are constants."""
+    columns = ", ".join(f"EXISTS (SELECT 1 FROM {table} WHERE id = %s)" for table, _, _ in checks)
+    row = db.execute(f"SELECT {columns}".encode(), tuple(key for _, key, _ in checks)).fetchone()
+    assert row is not None
+    return row
 
 
 def _filters(*pairs: tuple[str, object]) -> tuple[str, tuple[object, ...]]:
