@@ -114,8 +114,8 @@ class ServerConfig:
     ws_burst: float = 100.0
     recording_dir: Path | None = None  # recordings and clips; None: next to the db file
     posts_dir: Path | None = None  # voice posts' and DMs' audio; None: next to the db file
-    # durable state in PostgreSQL (a postgresql:// URL) instead of the SQLite file `db`;
-    # the files (secret, recordings, posts' audio) still go beside `db`
+    # durable state in PostgreSQL (a postgresql:// URL: `open_store`) instead of the SQLite
+    # file `db`; the files (recordings, posts' audio) still go beside `db`
     store: str | None = None
 
     @property
