@@ -22,7 +22,10 @@ runs against memory, SQLite and PostgreSQL) and keeps its conventions
 * **Text.** PostgreSQL text cannot hold NUL characters: a value with one is an
   :class:`InvalidArgument` here (SQLite stores it).
 * **Connection.** One connection (autocommit; writes run BEGIN ... COMMIT), used from the
-  server's asyncio thread like SQLite's; a broken connection is reopened on the next call.
+  server's asyncio thread like SQLite's: each statement is a round trip the node's event
+  loop waits for, so every wait is bounded (``timeout``: connecting, an unanswered packet,
+  the write lock; six times that for a statement) and a call that runs out fails with
+  StoreError. A broken connection is reopened on the next call.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from dataclasses import replace
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from spacesim.policy import ModerationAction, Role, SpaceStatus, WhoMaySpeak
 from spacesim.server.store import (
@@ -206,10 +210,10 @@ def _error(exc: psycopg.Error | UnicodeError) -> StoreError:
 class PostgresStore(PostgresRecordings, PostgresPosts, _ClosesOnExit):
     """The shared store: one PostgreSQL database, one connection per node."""
 
-    def __init__(self, url: str, *, clock: Clock = time.time, connect_timeout: int = 10) -> None:
+    def __init__(self, url: str, *, clock: Clock = time.time, timeout: float = 10.0) -> None:
         self.url = url
         self._clock = clock
-        self._timeout = connect_timeout
+        self._timeout = timeout
         self._conn: _Conn | None = None
         self._closed = False
         try:
@@ -222,9 +226,21 @@ class PostgresStore(PostgresRecordings, PostgresPosts, _ClosesOnExit):
     # ------------------------------------------------------------------ plumbing
 
     def _connect(self) -> _Conn:
+        """Connect with bounded waits: the node's event loop waits for each call, so a
+        database that stops answering fails calls after `timeout` s instead of stalling the
+        node until TCP gives up (minutes). The URL's own settings win."""
+        ms = max(1, round(self._timeout * 1000))
         try:
-            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=self._timeout)
+            params = conninfo_to_dict(self.url)
+            params.setdefault("connect_timeout", max(1, round(self._timeout)))
+            params.setdefault("tcp_user_timeout", ms)  # sent data unacknowledged (Linux)
+            conn = psycopg.connect(make_conninfo("", **params), autocommit=True)
         except psycopg.Error as exc:
+            raise StoreError(f"cannot connect to the database: {exc}") from exc
+        try:  # a write lock held by a stalled node, a statement stuck behind another
+            conn.execute(f"SET lock_timeout = {ms}; SET statement_timeout = {6 * ms}".encode())
+        except psycopg.Error as exc:
+            conn.close()
             raise StoreError(f"cannot connect to the database: {exc}") from exc
         self._conn = conn
         return conn

@@ -39,7 +39,7 @@ from spacesim.server.store import (
     open_store,
 )
 from spacesim.server.store_memory import MemoryStore
-from spacesim.server.store_postgres import PostgresStore
+from spacesim.server.store_postgres import WRITE_LOCK, PostgresStore
 from spacesim.server.store_sqlite import SqliteStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -691,7 +691,7 @@ def test_postgres_refuses_a_newer_schema(pg_url: Any) -> None:
 def test_postgres_unreachable_or_refused_is_a_store_error(pg_url: Any) -> None:
     nobody = f"postgresql://spacesim:x@127.0.0.1:{launch.free_port()}/nothing"
     with pytest.raises(StoreError, match="cannot connect") as info:
-        PostgresStore(nobody, connect_timeout=2)
+        PostgresStore(nobody, timeout=2)
     assert not isinstance(info.value, psycopg.Error)
     wrong = re.sub(r"//spacesim:\w+@", "//spacesim:wrong@", pg_url())
     with pytest.raises(StoreError, match="password"):
@@ -781,6 +781,25 @@ def test_postgres_reconnects_after_its_connection_is_cut(pg_url: Any) -> None:
         assert s.get_user("h").id == "h"  # ...and the next one reconnects
         s.create_space("x", "h", "T")
         assert [sp.id for sp in s.spaces_to_recover()] == ["x"]
+
+
+def test_postgres_a_node_stalled_on_the_write_lock_fails_the_call_in_time(pg_url: Any) -> None:
+    """Another node holds the write lock and stalls: this one's writes fail after its
+    timeout (a 500, not a hung event loop); reads go on; writes resume once it is free."""
+    url = pg_url()
+    with PostgresStore(url, timeout=0.5) as s, psycopg.connect(url, autocommit=True) as stalled:
+        s.add_user("h", "H")
+        stalled.execute("SELECT pg_advisory_lock(%s)", (WRITE_LOCK,))
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="lock timeout"):
+            s.add_user("u", "U")
+        assert 0.4 < time.monotonic() - started < 5.0
+        assert s.get_user("h").id == "h"
+        stalled.execute("SELECT pg_advisory_unlock(%s)", (WRITE_LOCK,))
+        assert s.add_user("u", "U").id == "u"
+        assert s._conn is not None
+        assert s._conn.execute("SHOW statement_timeout").fetchone() == ("3s",)
+        assert s._conn.info.get_parameters()["tcp_user_timeout"] == "500"  # libpq's side
 
 
 def test_two_nodes_on_one_database_see_and_serialise_each_others_writes(pg_url: Any) -> None:
