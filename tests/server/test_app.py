@@ -769,6 +769,34 @@ async def test_kill_9_keeps_acknowledged_reports_and_blocks(
         assert store.is_blocked("host", "bad")
 
 
+async def test_two_servers_on_one_postgres_database_share_durable_state(
+    tmp_path: Path, pg_url: Any
+) -> None:
+    """Two nodes that share no disk (each its own directory) but one database: what one
+    writes, the other reads (a post, a follow, a DM), both ways."""
+    url, nodes = pg_url(), []
+    try:
+        for name in ("a", "b"):
+            (tmp_path / name).mkdir()
+            nodes.append(await _serve(url, launch.free_port(), cwd=tmp_path / name))
+        async with aiohttp.ClientSession() as http:
+            a, b = (Api(http, base) for _, base in nodes)
+            status, post = await a.call("POST", "/v1/posts", "ann", {"text": "from a"})
+            assert status == 201, post
+            status, got = await b.call("GET", f"/v1/posts/{post['id']}", "bob")
+            assert status == 200 and got["text"] == "from a", got
+            assert (await b.call("POST", "/v1/follows", "bob", {"user": "ann"}))[0] == 200
+            status, timeline = await a.call("GET", "/v1/timeline", "bob")
+            assert [p["id"] for p in timeline["posts"]] == [post["id"]], timeline
+            status, dm = await b.call("POST", "/v1/dms/ann", "bob", {"text": "hi from b"})
+            assert status == 201, dm
+            status, convo = await a.call("GET", "/v1/dms/bob", "ann")
+            assert [m["text"] for m in convo["messages"]] == ["hi from b"], convo
+    finally:
+        for proc, _ in nodes:
+            launch.stop(proc)
+
+
 def test_serve_store_takes_a_postgres_url_and_never_prints_its_password(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
