@@ -783,6 +783,31 @@ def test_postgres_reconnects_after_its_connection_is_cut(pg_url: Any) -> None:
         assert [sp.id for sp in s.spaces_to_recover()] == ["x"]
 
 
+def test_postgres_nodes_starting_at_once_create_the_schema_once(pg_url: Any) -> None:
+    """CREATE TABLE IF NOT EXISTS races with itself (both see no table, one fails on the
+    catalog's unique index); the schema step runs under the write lock, so it cannot."""
+    url, opened, failed = pg_url(), [], []
+
+    def start() -> None:
+        try:
+            opened.append(PostgresStore(url))
+        except StoreError as exc:
+            failed.append(exc)
+
+    nodes = [threading.Thread(target=start) for _ in range(6)]
+    for t in nodes:
+        t.start()
+    for t in nodes:
+        t.join()
+    try:
+        assert not failed and len(opened) == 6
+        opened[0].add_user("u", "U")
+        assert all(s.get_user("u").id == "u" for s in opened)
+    finally:
+        for s in opened:
+            s.close()
+
+
 def test_postgres_a_node_stalled_on_the_write_lock_fails_the_call_in_time(pg_url: Any) -> None:
     """Another node holds the write lock and stalls: this one's writes fail after its
     timeout (a 500, not a hung event loop); reads go on; writes resume once it is free."""
