@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -147,11 +148,17 @@ class JsonLogFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+def _redacted(target: str) -> str:
+    """A --store value fit for a log: a URL's password replaced by ***."""
+    return re.sub(r"^(\w+://[^:/@]*:)[^@]*@", r"\1***@", target)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from spacesim.server.app import ServerConfig, create_app
     from spacesim.server.auth import is_loopback_host, load_or_create_secret
+    from spacesim.server.store import StoreError, is_postgres_url
 
     handler = logging.StreamHandler()
     handler.setFormatter(JsonLogFormatter())
@@ -173,10 +180,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "clients only, but this server is for tests, not for a network",
             args.host,
         )
-    db = Path(args.db)
+    shared = is_postgres_url(args.db)
+    db = Path("spacesim.db" if shared else args.db)  # the files go beside it
     db.parent.mkdir(parents=True, exist_ok=True)
     config = ServerConfig(
         db=db,
+        store=args.db if shared else None,
         secret=load_or_create_secret(db.with_suffix(".secret")),
         dev=not args.no_dev,
         ice_hosts=tuple(args.ice_host or ["127.0.0.1"]),
@@ -188,10 +197,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         caption_workers=args.caption_workers,
     )
     err.print(
-        f"spacesim serve: http://{args.host}:{args.port}  db={db}  dev={config.dev}"
+        f"spacesim serve: http://{args.host}:{args.port}  store={_redacted(args.db)}"
+        f"  dev={config.dev}"
         "  (the web page is at /)"
     )
-    app = create_app(config)
+    try:
+        app = create_app(config)
+    except StoreError as exc:  # no database there, a newer schema, a file that is not one
+        err.print(f"spacesim serve: cannot open the store: {exc}")
+        return 1
     if args.demo_space:
         from spacesim.server import demo_space
 
@@ -686,7 +700,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the reference room server")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--db", default="spacesim.db", help="SQLite database (created if absent)")
+    serve.add_argument(
+        "--store",
+        "--db",
+        dest="db",
+        default="spacesim.db",
+        metavar="PATH|URL",
+        help="where durable state lives: a SQLite file (created if absent; nodes on one "
+        "machine may share it) or a postgresql://user:password@host:port/db URL (nodes on "
+        "several machines share it; the schema is created on first connect). Default "
+        "spacesim.db; the secret, recordings and posts' audio go beside the file (for a URL: "
+        "spacesim.secret, spacesim-recordings/ and spacesim-posts/ in the current directory)",
+    )
     serve.add_argument(
         "--ice-host", action="append", help="address for ICE host candidates (default 127.0.0.1)"
     )
@@ -696,11 +721,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--slots", type=int, default=3, help="speakers each listener hears at once")
     serve.add_argument(
         "--recording-dir",
-        help="where recorded spaces and clips go (default: <db name>-recordings/ beside --db)",
+        help="where recorded spaces and clips go (default: <db name>-recordings/ beside --store)",
     )
     serve.add_argument(
         "--posts-dir",
-        help="where voice posts' and DMs' audio goes (default: <db name>-posts/ beside --db)",
+        help="where voice posts' and DMs' audio goes (default: <db name>-posts/ beside --store)",
     )
     serve.add_argument("--no-dev", action="store_true", help="disable /v1/dev/token")
     serve.add_argument(

@@ -56,22 +56,25 @@ def health(url: str, timeout: float = 5.0) -> dict[str, Any]:
 
 
 def start(
-    db: Path,
+    db: Path | str,
     port: int | None = None,
     log: IO[bytes] | int | None = subprocess.DEVNULL,
     env: dict[str, str] | None = None,
     args: Sequence[str] = (),
+    cwd: Path | None = None,
     cpus: Collection[int] | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Launch `spacesim serve` (not waiting for it); returns the process and its base URL.
 
-    `args` are further `spacesim serve` options, e.g. ``["--record", DIR]``; `cpus` pins
-    the server (and the threads and processes it starts) to those CPUs.
+    `db` is the ``--store``: a SQLite file or a ``postgresql://`` URL. `args` are further
+    `spacesim serve` options, e.g. ``["--record", DIR]``; `cwd` its working directory
+    (where a URL store's secret and files go); `cpus` pins the server (and the threads
+    and processes it starts) to those CPUs.
     """
     port = port or free_port()
     cmd = [sys.executable, "-m", "spacesim.cli", "serve", "--host", "127.0.0.1",
-           "--port", str(port), "--db", str(db), *args]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+           "--port", str(port), "--store", str(db), *args]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
     pin(proc, cpus)
     return proc, f"http://127.0.0.1:{port}"
 
