@@ -42,7 +42,9 @@ class Unsupported(Exception):
     the run, never silently dropped -- the caller records it with `Context.unsupported`."""
 
     def __init__(self, action: str, detail: str = "") -> None:
-        super().__init__(f"{action}: not supported by the target" + (f" ({detail})" if detail else ""))
+        super().__init__(
+            f"{action}: not supported by the target" + (f" ({detail})" if detail else "")
+        )
         self.action = action
         self.detail = detail
 

@@ -146,8 +146,14 @@ async def _connected(pc: RTCPeerConnection, timeout: float) -> None:
 class JanusClient:
     """One user's requests to a Janus room (see the module docstring)."""
 
-    def __init__(self, target: JanusTarget, session: JanusSession, user: str, ice_host: str,
-                 rooms: dict[str, str]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        target: JanusTarget,
+        session: JanusSession,
+        user: str,
+        ice_host: str,
+        rooms: dict[str, str],
+    ) -> None:
         self.target = target
         self.session = session
         self._user = user
@@ -196,8 +202,12 @@ class JanusClient:
         for feature, wanted in asked.items():
             if wanted:
                 raise Unsupported(feature)
-        body: dict[str, Any] = {"request": "create", "description": title[:100],
-                                "secret": ROOM_SECRET, "permanent": False}  # fmt: skip
+        body: dict[str, Any] = {
+            "request": "create",
+            "description": title[:100],
+            "secret": ROOM_SECRET,
+            "permanent": False,
+        }
         if self.videoroom:
             body |= {"publishers": MAX_PUBLISHERS, "audiocodec": "opus", "notify_joining": False}
         else:
@@ -215,8 +225,12 @@ class JanusClient:
 
     def _join_answer(self, space: str, role: str, feeds: int) -> dict[str, Any]:
         setting = self.rooms.get(space, "everyone")
-        return {"participant": self.user, "role": role, "feeds": feeds,
-                "space": {"id": space, "who_may_speak": setting, "recording": False}}  # fmt: skip
+        return {
+            "participant": self.user,
+            "role": role,
+            "feeds": feeds,
+            "space": {"id": space, "who_may_speak": setting, "recording": False},
+        }
 
     # ------------------------------------------------------------------ media
 
@@ -245,9 +259,7 @@ class JanusClient:
         self.links.setdefault(space, []).append(link)
         return link
 
-    async def _offer_answer(
-        self, link: JanusLink, request: dict[str, Any], impair: Any
-    ) -> None:
+    async def _offer_answer(self, link: JanusLink, request: dict[str, Any], impair: Any) -> None:
         """The client offers (a publisher, an AudioBridge participant), Janus answers."""
         pc = link.pc
         await pc.setLocalDescription(await pc.createOffer())
@@ -275,8 +287,10 @@ class JanusClient:
     async def _publish(self, space: str, track: SpeakerTrack, impair: Any) -> JanusLink:
         handle, link = await self._handle()
         try:
-            await self.session.message(handle, {"request": "join", "ptype": "publisher",
-                                                "room": int(space), "display": self.user})  # fmt: skip
+            await self.session.message(
+                handle,
+                {"request": "join", "ptype": "publisher", "room": int(space), "display": self.user},
+            )
             link.pc.addTransceiver(track, direction="sendonly")
             await self._offer_answer(link, {"request": "publish", "audiocodec": "opus"}, impair)
         except BaseException:
@@ -289,8 +303,11 @@ class JanusClient:
         """display (user) -> feed id of the room's current publishers."""
         if self.videoroom:
             data = await self._request({"request": "listparticipants", "room": int(space)})
-            return {str(p.get("display", p["id"])): int(p["id"])
-                    for p in data.get("participants", []) if p.get("publisher")}  # fmt: skip
+            return {
+                str(p.get("display", p["id"])): int(p["id"])
+                for p in data.get("participants", [])
+                if p.get("publisher")
+            }
         data = await self._request({"request": "listparticipants", "room": int(space)})
         return {str(p.get("display", p["id"])): int(p["id"]) for p in data.get("participants", [])}
 
@@ -308,8 +325,10 @@ class JanusClient:
         pc = link.pc
         try:
             streams = [{"feed": f} for f in sorted(feeds.values())]
-            _, jsep = await self.session.message(handle, {"request": "join", "ptype": "subscriber",
-                                                          "room": int(space), "streams": streams})  # fmt: skip
+            _, jsep = await self.session.message(
+                handle,
+                {"request": "join", "ptype": "subscriber", "room": int(space), "streams": streams},
+            )
             if jsep is None:
                 raise ClientError(502, "bad_response", "Janus sent no offer")
             offer = str(jsep["sdp"])
@@ -322,7 +341,9 @@ class JanusClient:
             answer = pc.localDescription.sdp
             if impair is not None:
                 answer = blackhole_candidates(answer)
-            await self.session.message(handle, {"request": "start"}, {"type": "answer", "sdp": answer})
+            await self.session.message(
+                handle, {"request": "start"}, {"type": "answer", "sdp": answer}
+            )
         except BaseException:
             await link.close()
             raise
@@ -340,8 +361,15 @@ class JanusClient:
         handle, link = await self._handle()
         pc = link.pc
         try:
-            await self.session.message(handle, {"request": "join", "room": int(space),
-                                                "display": self.user, "muted": track is None})  # fmt: skip
+            await self.session.message(
+                handle,
+                {
+                    "request": "join",
+                    "room": int(space),
+                    "display": self.user,
+                    "muted": track is None,
+                },
+            )
             if track is not None:
                 tr = pc.addTransceiver(track, direction="sendrecv")
             else:
@@ -375,15 +403,27 @@ class JanusClient:
     async def _moderate(self, space: str, action: str, feed: int) -> None:
         room = int(space)
         if action == "remove":
-            await self._request({"request": "kick", "room": room, "id": feed, "secret": ROOM_SECRET})
+            await self._request(
+                {"request": "kick", "room": room, "id": feed, "secret": ROOM_SECRET}
+            )
         elif self.videoroom:
             mute = action != "unmute"
             # Janus 1.x: moderate one stream by its mid (aiortc's first m-line: "0").
-            await self._request({"request": "moderate", "room": room, "id": feed, "mid": "0",
-                                 "mute": mute, "secret": ROOM_SECRET})  # fmt: skip
+            await self._request(
+                {
+                    "request": "moderate",
+                    "room": room,
+                    "id": feed,
+                    "mid": "0",
+                    "mute": mute,
+                    "secret": ROOM_SECRET,
+                }
+            )
         else:
             request = "unmute" if action == "unmute" else "mute"
-            await self._request({"request": request, "room": room, "id": feed, "secret": ROOM_SECRET})
+            await self._request(
+                {"request": request, "room": room, "id": feed, "secret": ROOM_SECRET}
+            )
 
     async def moderate(
         self, space: str, action: str, target: str | None = None, report: int | None = None
@@ -438,4 +478,3 @@ class JanusFactory:
 
     async def close(self) -> None:
         await self.session.close()
-

@@ -101,11 +101,7 @@ def _config(workdir: Path, ns_if: str, ns_ip: str, port: int) -> Path:
     """Janus's configuration folder: only what a load test needs, on the veth only."""
     conf = workdir / "conf"
     conf.mkdir(parents=True, exist_ok=True)
-    plugins = sorted(
-        p.name
-        for p in (_LIB / "plugins").glob("*.so")
-        if p.name not in _PLUGINS_KEPT
-    )
+    plugins = sorted(p.name for p in (_LIB / "plugins").glob("*.so") if p.name not in _PLUGINS_KEPT)
     transports = sorted(
         p.name for p in (_LIB / "transports").glob("*.so") if p.name not in _TRANSPORTS_KEPT
     )
@@ -243,9 +239,9 @@ def find(name: str | None = None, host: str | None = None) -> JanusInstance | No
             inst = JanusInstance(**json.loads(state.read_text()))
         except (ValueError, TypeError):
             continue
-        if (name is None or inst.name == name) and (host is None or inst.ns_ip == host):
-            if _alive(inst.pid):
-                return inst
+        wanted = (name is None or inst.name == name) and (host is None or inst.ns_ip == host)
+        if wanted and _alive(inst.pid):
+            return inst
     return None
 
 
