@@ -11,8 +11,8 @@ VideoRoom and AudioBridge plugins and the HTTP transport), starts ``janus`` insi
 the namespace (the veth pair goes with it). Every packet stays on this machine.
 
 State (pid, addresses, interfaces, URL) is kept in ``STATE_ROOT/NAME/state.json`` so
-`spacesim load --target janus://…` can find the process whose CPU it reads from
-``/proc`` and the interface whose packets it counts (`JanusMeter`). Root is needed
+`spacesim load --target janus://…` can find the process whose CPU and packets it reads
+from ``/proc`` (`JanusMeter`). Root is needed
 (namespaces, veth); the Janus executable comes from `spacesim.deps.ensure`.
 """
 
@@ -160,6 +160,10 @@ def _netns_up(name: str, host_if: str, ns_if: str, host_ip: str, ns_ip: str) -> 
         _run("sysctl", "-qw", f"net.ipv4.conf.{iface}.accept_local=1")
     for iface in ("all", ns_if):
         _run(*ns, "sysctl", "-qw", f"net.ipv4.conf.{iface}.accept_local=1")
+    # No IPv6 on the pair: no router solicitations or DAD chatter, and Janus gathers
+    # only the IPv4 candidate.
+    _run("sysctl", "-qw", f"net.ipv6.conf.{host_if}.disable_ipv6=1", check=False)
+    _run(*ns, "sysctl", "-qw", f"net.ipv6.conf.{ns_if}.disable_ipv6=1", check=False)
 
 
 def _netns_down(name: str, host_if: str) -> None:
@@ -294,19 +298,17 @@ def janus_in_netns(name: str = DEFAULT_NAME, index: int = 0, **kw: Any) -> Itera
 
 
 class JanusMeter:
-    """Janus's CPU (``/proc/PID/stat`` utime + stime) and the packets it sent.
+    """Janus's CPU (``/proc/PID/stat`` utime + stime, all its threads) and the UDP
+    datagrams it sent (``/proc/PID/net/snmp`` ``Udp: OutDatagrams``, which counts the
+    process's own network namespace: Janus is the only thing in it that sends).
 
-    Packets sent are the namespace's egress on its veth, read on this side as the host
-    interface's ``rx_packets`` (``/sys/class/net/IF/statistics``): Janus is the only
-    sender in the namespace and the veth its only way out, so this is every RTP packet
-    it forwarded plus its RTCP, STUN consent answers and HTTP replies (about 1-2 %
-    more than the RTP alone with lite listeners) -- counted by the kernel, at no cost
-    to Janus.
+    Those datagrams are the RTP packets it forwarded plus its RTCP and STUN (consent)
+    packets -- a few percent more than the RTP alone with lite listeners; the HTTP API's
+    TCP is not counted. The kernel keeps the counts, at no cost to Janus.
     """
 
-    def __init__(self, pid: int, host_if: str) -> None:
+    def __init__(self, pid: int) -> None:
         self.pid = pid
-        self.host_if = host_if
 
     def cpu_seconds(self) -> float:
         fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
@@ -314,4 +316,6 @@ class JanusMeter:
         return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
     def packets(self) -> int:
-        return int(Path(f"/sys/class/net/{self.host_if}/statistics/rx_packets").read_text())
+        lines = [ln.split() for ln in Path(f"/proc/{self.pid}/net/snmp").read_text().splitlines()]
+        names, values = (ln for ln in lines if ln and ln[0] == "Udp:")
+        return int(values[names.index("OutDatagrams")])

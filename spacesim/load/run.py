@@ -9,8 +9,8 @@ Locust runs in a subprocess (its gevent monkey-patching must not touch this proc
    says): spacesim's ``/healthz``, or for ``janus://…`` Janus's ``/info`` and its
    plugin (`spacesim.load.targets`: the URL's scheme picks the swarm's driver). For a
    Janus started by ``spacesim janus up`` (`spacesim.load.janus_server`), a sampler
-   records Janus's CPU (``/proc/PID/stat``) and the packets it sent each second as the
-   server's run in ``OUT/server``, the same records the embedded server writes, so
+   records Janus's CPU and the UDP datagrams it sent (``/proc/PID/stat``,
+   ``/proc/PID/net/snmp``) each second as the server's run in ``OUT/server``, the same records the embedded server writes, so
    ``cpu_per_packet`` is comparable; features the target lacks (voice posts, browser
    probes, the actions its driver answers `Unsupported`) are listed after the summary;
 3. run ``locust -f loadtests/locustfile.py --headless -u N -r R -t T --host URL --csv
@@ -140,7 +140,7 @@ def target_meter(
         )
         yield
         return
-    meter = JanusMeter(inst.pid, inst.host_if)
+    meter = JanusMeter(inst.pid)
     rec = Recorder(run_id, "server")
     stop = threading.Event()
     t0 = time.time()
@@ -159,7 +159,7 @@ def target_meter(
 
     thread = threading.Thread(target=sample, name="janus-meter", daemon=True)
     thread.start()
-    _say(f"measuring Janus (pid {inst.pid}): CPU from /proc, packets sent on {inst.host_if}")
+    _say(f"measuring Janus (pid {inst.pid}): its CPU and UDP datagrams sent, from /proc")
     try:
         yield
     finally:
@@ -174,7 +174,7 @@ def target_meter(
                 seed=sc.seed,
                 started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t0)),
                 duration=time.time() - t0,
-                extra={"target": url, "pid": inst.pid, "interface": inst.host_if},
+                extra={"target": url, "pid": inst.pid, "packets": "UDP datagrams sent"},
             )
             write_run(server_dir, rec.to_frame(), meta)
 
