@@ -11,8 +11,9 @@ Locust runs in a subprocess (its gevent monkey-patching must not touch this proc
    Janus started by ``spacesim janus up`` (`spacesim.load.janus_server`), a sampler
    records Janus's CPU and the UDP datagrams it sent (``/proc/PID/stat``,
    ``/proc/PID/net/snmp``) each second as the server's run in ``OUT/server``, the
-   same records the embedded server writes, so ``cpu_per_packet`` is comparable; features the target lacks (voice posts, browser
-   probes, the actions its driver answers `Unsupported`) are listed after the summary;
+   same records the embedded server writes, so ``cpu_per_packet`` is comparable;
+   features the target lacks (voice posts, browser probes, the actions its driver
+   answers `Unsupported`) are listed after the summary;
 3. run ``locust -f loadtests/locustfile.py --headless -u N -r R -t T --host URL --csv
    OUT/locust/locust --html OUT/locust/report.html`` (``--processes W`` when
    ``workers`` > 0), streaming its output; every process writes
