@@ -54,6 +54,8 @@ _LIB = Path("/usr/lib/x86_64-linux-gnu/janus")
 _PLUGINS_KEPT = ("libjanus_videoroom.so", "libjanus_audiobridge.so")
 _TRANSPORTS_KEPT = ("libjanus_http.so",)
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+#: Janus processes this process started, by namespace (`down` reaps them).
+_started: dict[str, subprocess.Popen[bytes]] = {}
 
 
 class JanusError(RuntimeError):
@@ -214,6 +216,7 @@ def up(
            str(conf / "janus.jcfg"), "-d", str(debug_level), "-o"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
+    _started[name] = proc
     inst = JanusInstance(name, proc.pid, host_ip, ns_ip, host_if, ns_if, port, str(workdir))
     (workdir / "state.json").write_text(json.dumps(asdict(inst), indent=2) + "\n")
     deadline = time.monotonic() + START_TIMEOUT
@@ -262,6 +265,11 @@ def down(name: str = DEFAULT_NAME) -> bool:
             found = _stop(inst.pid)
             _netns_down(inst.name, inst.host_if)
         state.unlink(missing_ok=True)
+    proc = _started.pop(name, None)
+    if proc is not None:  # ours: reap it (`_stop` has signalled it)
+        found = _stop(proc.pid) or found
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
     if Path(f"/run/netns/{name}").exists():
         _run("ip", "netns", "del", name, check=False)
         found = True
