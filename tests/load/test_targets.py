@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -218,3 +219,40 @@ def test_unsupported_is_an_exception_naming_the_action() -> None:
     exc = Unsupported("raise_hand", "no hands")
     assert exc.action == "raise_hand" and "raise_hand" in str(exc) and "no hands" in str(exc)
     assert not isinstance(exc, ClientError)  # never mistaken for a refusal or a failure
+
+
+# ---------------------------------------------------------------- commands and the meter
+
+
+def test_load_refuses_a_target_no_driver_takes(capsys: pytest.CaptureFixture[str]) -> None:
+    from spacesim.load.run import main
+
+    smoke = Path(__file__).resolve().parents[2] / "scenarios" / "smoke.yaml"
+    assert main(smoke, "ftp://127.0.0.1:21", users=3, duration=5) == 2
+    assert "janus://" in capsys.readouterr().err
+    assert main(smoke, "janus://127.0.0.1:9/janus", users=3, duration=5) == 2
+    assert "spacesim janus up" in capsys.readouterr().err
+
+
+def test_janus_status_without_an_instance(capsys: pytest.CaptureFixture[str]) -> None:
+    from spacesim.cli import main
+
+    assert main(["janus", "status", "--name", "no-such-namespace"]) == 1
+    assert "no Janus running" in capsys.readouterr().err
+
+
+def test_the_meter_reads_a_process_cpu_and_udp_datagrams() -> None:
+    import os
+    import socket
+
+    from spacesim.load.janus_server import JanusMeter
+
+    meter = JanusMeter(os.getpid())
+    sent = meter.packets()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _ in range(5):
+            s.sendto(b"x", ("127.0.0.1", 9))
+    assert meter.packets() >= sent + 5  # this namespace's Udp OutDatagrams
+    t = meter.cpu_seconds()
+    sum(i * i for i in range(2_000_000))  # > 1 clock tick of CPU
+    assert meter.cpu_seconds() > t
