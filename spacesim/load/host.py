@@ -142,6 +142,7 @@ class Room:
         self.raised: dict[str, float] = {}  # participant -> server t of the raise
         self.tasks: set[asyncio.Task[Any]] = set()
         self.live = False
+        self.blind = False  # the target has no event stream: the room knows only its own acts
         self.seated = False
         self.ended = False
         self.closed = False
@@ -323,6 +324,7 @@ class Room:
                 raise
             except Unsupported as exc:  # the target has no event stream: nothing to follow
                 self.ctx.unsupported(exc.action, self.space, self.user, "host")
+                self.blind = True
                 return
             except Exception as exc:  # the stream broke: reconnect unless closing
                 log.warning("event stream of %s: %r", self.space, exc)
@@ -445,7 +447,21 @@ class Room:
     async def _unmute(self, m: Member, delay: float) -> None:
         await asyncio.sleep(delay)
         if m.muted and not self.closed:
-            await quiet(self._timed("unmute", m.client.act(self.space, "unmute", target=m.user)))
+            try:
+                refused = await self._timed("unmute", self._unmute_call(m)())
+            except Exception as exc:
+                log.debug("unmute %s: %r", m.user, exc)
+                return
+            if self.blind and refused is None:  # no event will say so: its request did
+                self._echo("unmuted", [m.user])
+
+    def _echo(self, kind: str, who: list[str]) -> None:
+        """Without an event stream, the room learns what its own successful requests did
+        (a mute, an unmute) as the stream would have told it."""
+        for user in who:
+            role = self.roles.get(user, "")
+            self._on_event({"type": "event", "kind": kind, "participant": user, "role": role,
+                            "actor": self.user, "t": self.ctx.now()})  # fmt: skip
 
     # ------------------------------------------------------------------ hands, reports
 
@@ -595,6 +611,14 @@ class Room:
             self.ctx.add("timeline_action", space, target or "", "host", attrs=attrs)
         else:
             self.ctx.add("moderation_action", space, target or "", "host", attrs=attrs)
+        if refused is None and self.blind:
+            stage = [u for u, r in self.roles.items() if r in ("cohost", "speaker")]
+            if action == "mute" and target is not None:
+                self._echo("muted", [target])
+            elif action == "mute_all":
+                self._echo("muted", [u for u in stage if u not in self.muted])
+            elif action == "unmute":
+                self._echo("unmuted", [m.user for m in self.members.values() if m.muted])
         if refused is None:
             if action == "start":
                 await self._started()

@@ -380,6 +380,7 @@ class JanusClient:
             await link.close()
             raise
         link.join = self._join_answer(space, "listener" if track is None else "speaker", 1)
+        link.join["marks"] = False  # the mix is re-encoded: speakers' marks do not survive
         return link
 
     # ------------------------------------------------------------------ actions
@@ -388,8 +389,8 @@ class JanusClient:
         if action not in MODERATION:
             raise Unsupported(action)
         feeds = await self.publishers(space)
-        if action == "mute_all":
-            targets = list(feeds.values())
+        if action == "mute_all":  # as spacesim's policy: everyone on stage but the actor
+            targets = [feed for who, feed in feeds.items() if who != self.user]
         else:
             who = fields.get("target", self.user)
             if who not in feeds:

@@ -217,6 +217,9 @@ class ListenerSession:
         ctx.report("join", join_s, None)
         ctx.add("participant_joined", self.space, self.user, "listener", join_s,
                 path_attrs(self.path))  # fmt: skip
+        if self.link.join.get("marks") is False:
+            # A mixing server (Janus AudioBridge) re-encodes: no marks, no latency.
+            ctx.unsupported("audio_latency", self.space, self.user, "listener")
         space = self.link.join.get("space") or {}
         self.setting = str(space.get("who_may_speak") or self.setting)
         self.recorded = bool(space.get("recording"))
@@ -256,8 +259,11 @@ class ListenerSession:
         while not first_reported or loop.time() < end:
             await asyncio.sleep(min(TICK, max(end - loop.time(), 0.05)))
             if not first_reported:
-                if self.stats.first_audio_ns is not None:
-                    v = (self.stats.first_audio_ns - start_ns) / 1e9
+                first = self.stats.first_audio_ns
+                if first is None and self.link is not None and self.link.join.get("marks") is False:
+                    first = self.stats.first_packet_ns
+                if first is not None:
+                    v = (first - start_ns) / 1e9
                     ctx.report("first_audio", v, None)
                     ctx.add("first_audio", self.space, self.user, "listener", v)
                     first_reported = True

@@ -104,3 +104,24 @@ def test_spacesim_load_against_janus(
     # what the scenario asked for and Janus lacks is listed, not dropped
     assert summary.loc["unsupported_events", "value"] >= 1
     assert "unsupported by the target" in printed and "events x" in printed
+
+
+async def test_audiobridge_mixes_and_says_its_audio_carries_no_marks(janus: JanusInstance) -> None:
+    async with aiohttp.ClientSession() as http:
+        factory = JanusFactory(janus.url.replace("videoroom", "audiobridge"), http)
+        host = factory("host")
+        room = await host.create_space("test", "everyone")
+        track = SpeakerTrack(tone_packets(440.0, 1.0), sender_id=7)
+        pub = await host.connect_audio(room, lambda *a: None, publish=track)
+        stats = ListenerStats()
+        link = await factory("l0").connect_audio(room, stats.on_rtp, read_every=0.02)
+        assert link.join["marks"] is False  # the listener session records audio_latency unsupported
+        await asyncio.sleep(1.5)
+        received, _ = stats.totals()
+        assert received > 40  # Janus's mix, 50 packets/s
+        assert stats.first_packet_ns is not None and stats.first_audio_ns is None
+        assert stats.unmarked == received
+        await link.close()
+        await pub.close()
+        await host.end_space(room)
+        await factory.close()

@@ -120,8 +120,8 @@ async def test_janus_moderation_maps_to_the_plugins_requests() -> None:
     await client.act("1234", "remove", target="host")
     assert fake.requests[-1] == {"request": "kick", "room": 1234, "id": 11, "secret": ROOM_SECRET}
     fake.requests.clear()
-    await client.act("1234", "mute_all")
-    assert sorted(r["id"] for r in fake.requests if r["request"] == "moderate") == [11, 12]
+    await client.act("1234", "mute_all")  # everyone but the actor (the host)
+    assert sorted(r["id"] for r in fake.requests if r["request"] == "moderate") == [12]
     # AudioBridge has its own mute requests
     bridge, bfake = janus_client("audiobridge", spk=12)
     await bridge.act("1234", "mute", target="spk")
@@ -256,3 +256,19 @@ def test_the_meter_reads_a_process_cpu_and_udp_datagrams() -> None:
     t = meter.cpu_seconds()
     sum(i * i for i in range(2_000_000))  # > 1 clock tick of CPU
     assert meter.cpu_seconds() > t
+
+
+async def test_without_an_event_stream_the_host_learns_its_own_mutes() -> None:
+    """On a target with no event stream (Janus), a successful mute is known from the
+    request itself: the member's track goes quiet and unmutes after ``unmute_after``."""
+    server = FakeServer()
+    server.unsupported = frozenset({"events"})
+    sc = scenario(moderation={"mute_rate": "2/s", "unmute_after": "0.3s"})
+    try:
+        rows = await dry_run(sc, server.client, seconds=4.0, listeners=1, network=False)
+    finally:
+        await server.close()
+    kinds = Counter(r[0] for r in rows)
+    assert kinds["action_unsupported"] >= 1  # the host's event stream
+    assert server.actions["mute"] >= 1 and kinds["muted"] >= 1
+    assert server.actions["unmute"] >= 1 and kinds["unmuted"] >= 1
