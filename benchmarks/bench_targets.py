@@ -9,9 +9,11 @@ protocol for ``http://`` (a ``spacesim serve`` on 127.0.0.1), the Janus driver f
 `spacesim.load.janus_server`; Janus skips loopback candidates, so the swarm reaches it
 over a veth pair). Every packet stays on this machine.
 
-Cores: both servers (every thread: ``/proc/PID/task``) are pinned to CPU 0, each case's
-swarm process (speaker and listeners, one asyncio loop) to CPU 1, so the two do not
-compete for a core (on this 2-core machine other work may still share them).
+Cores: both servers (every thread: ``/proc/PID/task``) are pinned to CPU 0 with the
+case's speaker process (50 packets/s), the case's listener process (one asyncio loop)
+to CPU 1, so the listeners do not compete with the server, and a busy listener loop
+cannot delay the speaker's packets (on this 2-core machine other work may still share
+the cores; the listeners' own CPU is printed per case).
 
 Per case, after every listener is connected and audio has flowed for ``WARMUP`` s, the
 swarm takes ``--windows`` windows of ``--window`` s. Per window:
@@ -87,31 +89,73 @@ def nearest_rank(xs: list[float], q: float) -> float:
     return float(s[min(len(s) - 1, int(q * len(s)))]) if s else math.nan
 
 
-# ------------------------------------------------------------------ one case (child process)
+# ------------------------------------------------------------------ one case (child processes)
 
 
-async def _case_main(
-    url: str, n: int, server_pid: int, windows: int, window: float
+def _quiet_logs() -> None:
+    for name in ("aioice", "aiortc", "spacesim"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+async def _speaker_main(url: str, conn: Connection, sent: Any) -> None:
+    """Create the space, publish into it; `sent` (shared) counts the packets sent."""
+    import aiohttp
+
+    from spacesim import rtc
+    from spacesim.client.speaker import SpeakerTrack, tone_packets
+    from spacesim.load.targets import client_factory
+
+    _quiet_logs()
+    rtc.use_host_addresses(["127.0.0.1"])  # the Janus driver replaces it with the veth's
+    async with aiohttp.ClientSession() as http:
+        factory = client_factory(url, http)
+        host = factory("host")
+        space = await host.create_space("bench", "everyone")
+        track = SpeakerTrack(tone_packets(440.0, 2.0), sender_id=1)
+        pub = await host.connect_audio(space, lambda *a: None, publish=track)
+        conn.send(space)
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+        loop.add_reader(conn.fileno(), done.set)  # any message: stop
+        while not done.is_set():
+            sent.value = track.sent
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), 0.02)
+        loop.remove_reader(conn.fileno())
+        with contextlib.suppress(Exception):
+            await pub.close()
+        with contextlib.suppress(Exception):
+            await host.end_space(space)
+        close = getattr(factory, "close", None)
+        if close is not None:
+            await close()
+
+
+def _speaker(conn: Connection, url: str, sent: Any) -> None:
+    # With the server: it is light (50 packets/s), and off the listeners' core.
+    os.sched_setaffinity(0, {SERVER_CPU})
+    try:
+        asyncio.run(_speaker_main(url, conn, sent))
+    except BaseException as exc:
+        conn.send(("error", repr(exc)))
+
+
+async def _listeners_main(
+    url: str, space: str, n: int, server_pid: int, sent: Any, windows: int, window: float
 ) -> dict[str, Any]:
     import aiohttp
 
     from spacesim import rtc
     from spacesim.client.listener import ListenerStats
-    from spacesim.client.speaker import SpeakerTrack, tone_packets
     from spacesim.load.targets import client_factory
 
-    for name in ("aioice", "aiortc", "spacesim"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    rtc.use_host_addresses(["127.0.0.1"])  # the Janus driver replaces it with the veth's
+    _quiet_logs()
+    rtc.use_host_addresses(["127.0.0.1"])
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
         factory = client_factory(url, http)
-        host = factory("host")
-        space = await host.create_space("bench", "everyone")
-        track = SpeakerTrack(tone_packets(440.0, 2.0), sender_id=1)
-        t = time.monotonic()
-        pub = await host.connect_audio(space, lambda *a: None, publish=track)
         stats = [ListenerStats() for _ in range(n)]
         links: list[Any] = []
+        t = time.monotonic()
         for i in range(0, n, CONNECT_AT_ONCE):
             batch = range(i, min(n, i + CONNECT_AT_ONCE))
             links += await asyncio.gather(
@@ -124,33 +168,30 @@ async def _case_main(
         per_window: list[dict[str, float]] = []
         latencies: list[float] = []
         got_all, sent_all = 0, 0
+        me0 = cpu_seconds(os.getpid())
         for _ in range(windows):
             for s in stats:
                 for snd in s.senders.values():
                     snd.latencies = []
-            cpu0, sent0 = cpu_seconds(server_pid), track.sent
+            cpu0, sent0 = cpu_seconds(server_pid), sent.value
             got0 = sum(s.totals()[0] for s in stats)
             await asyncio.sleep(window)
-            cpu1, sent1 = cpu_seconds(server_pid), track.sent
+            cpu1, sent1 = cpu_seconds(server_pid), sent.value
             got1 = sum(s.totals()[0] for s in stats)
             for s in stats:
                 for snd in s.senders.values():
                     latencies += snd.latencies
-            got, sent = got1 - got0, sent1 - sent0
-            got_all, sent_all = got_all + got, sent_all + sent
+            got, n_sent = got1 - got0, sent1 - sent0
+            got_all, sent_all = got_all + got, sent_all + n_sent
             per_window.append({
                 "cpu": cpu1 - cpu0,
-                "packets": got,
                 "us_per_packet": (cpu1 - cpu0) / got * 1e6 if got else math.nan,
             })  # fmt: skip
+        swarm_cores = (cpu_seconds(os.getpid()) - me0) / (windows * window)
         silent = sum(1 for s in stats if not s.totals()[0])
         for link in links:
             with contextlib.suppress(Exception):
                 await link.close()
-        with contextlib.suppress(Exception):
-            await pub.close()
-        with contextlib.suppress(Exception):
-            await host.end_space(space)
         close = getattr(factory, "close", None)
         if close is not None:
             await close()
@@ -160,37 +201,54 @@ async def _case_main(
         "p50_ms": nearest_rank(latencies, 0.5) * 1e3,
         "p99_ms": nearest_rank(latencies, 0.99) * 1e3,
         "server_cores": statistics.median(w["cpu"] for w in per_window) / window,
+        "swarm_cores": swarm_cores,
         "connect_s": connect_s,
         "silent_listeners": silent,
     }
 
 
-def _case(conn: Connection, *args: Any) -> None:
+def _listeners(conn: Connection, *args: Any) -> None:
     os.sched_setaffinity(0, {SWARM_CPU} if (os.cpu_count() or 1) > SWARM_CPU else {0})
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
     try:
-        conn.send(("ok", asyncio.run(_case_main(*args))))
+        conn.send(("ok", asyncio.run(_listeners_main(*args))))
     except BaseException as exc:
         conn.send(("error", repr(exc)))
     conn.close()
 
 
 def run_case(url: str, n: int, server_pid: int, windows: int, window: float) -> dict[str, Any]:
+    """One speaker process, one listener process of `n` listeners; the listeners' result."""
     ctx = mp.get_context("fork")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_case, args=(child, url, n, server_pid, windows, window))
-    proc.start()
-    child.close()
+    sent = ctx.Value("q", 0, lock=False)
+    sp_parent, sp_child = ctx.Pipe()
+    speaker = ctx.Process(target=_speaker, args=(sp_child, url, sent))
+    speaker.start()
+    procs = [speaker]
     try:
+        if not sp_parent.poll(60):
+            raise TimeoutError(f"{url}: the speaker did not publish within 60 s")
+        space = sp_parent.recv()
+        if isinstance(space, tuple):
+            raise RuntimeError(f"{url} speaker: {space[1]}")
+        parent, child = ctx.Pipe(duplex=False)
+        args = (child, url, space, n, server_pid, sent, windows, window)
+        listeners = ctx.Process(target=_listeners, args=args)
+        listeners.start()
+        procs.append(listeners)
+        child.close()
         if not parent.poll(CASE_TIMEOUT):
             raise TimeoutError(f"{url} N={n}: no result within {CASE_TIMEOUT:.0f} s")
         status, result = parent.recv()
     finally:
-        proc.join(10)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
+        with contextlib.suppress(OSError):
+            sp_parent.send("stop")
+        for proc in reversed(procs):
+            proc.join(15)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
     if status != "ok":
         raise RuntimeError(f"{url} N={n}: {result}")
     return dict(result)
@@ -251,7 +309,8 @@ def main() -> None:
                         f"rep {rep} {target:8s} N={n:3d}: {r['us_per_packet']:6.1f} us/pkt, "
                         f"server {r['server_cores']:.2f} cores, delivery {r['delivery']:.4f}, "
                         f"p50 {r['p50_ms']:.2f} ms p99 {r['p99_ms']:.2f} ms, "
-                        f"connect {r['connect_s']:.1f} s, silent {r['silent_listeners']}",
+                        f"swarm {r['swarm_cores']:.2f} cores, connect {r['connect_s']:.1f} s, "
+                        f"silent {r['silent_listeners']}",
                         flush=True,
                     )
 
