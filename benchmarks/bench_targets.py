@@ -13,7 +13,8 @@ Cores: both servers (every thread: ``/proc/PID/task``) are pinned to CPU 0 with 
 case's speaker process (50 packets/s), the case's listener process (one asyncio loop)
 to CPU 1, so the listeners do not compete with the server, and a busy listener loop
 cannot delay the speaker's packets (on this 2-core machine other work may still share
-the cores; the listeners' own CPU is printed per case).
+the cores; the listeners' own CPU is printed per case). All of them run at nice
+`NICE` so that other work on a shared machine delays their packets less.
 
 Per case, after every listener is connected and audio has flowed for ``WARMUP`` s, the
 swarm takes ``--windows`` windows of ``--window`` s. Per window:
@@ -66,6 +67,10 @@ SWARM_CPU = 1
 WARMUP = 1.5  # s of audio before the first window
 CONNECT_AT_ONCE = 10  # listeners connecting concurrently
 CASE_TIMEOUT = 240.0
+#: Niceness of the servers and the swarm: on a machine others share (load averages of
+#: 10-20 on 2 cores were seen), their runnable processes otherwise delay every packet
+#: by scheduling alone. Priority changes when CPU is given, not how much a packet costs.
+NICE = -10
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -76,12 +81,12 @@ def cpu_seconds(pid: int) -> float:
 
 
 def pin(pid: int, cpu: int) -> None:
-    """Pin every thread of `pid` (new ones inherit it from their creator)."""
-    if cpu >= (os.cpu_count() or 1):
-        return
+    """Pin every thread of `pid` to `cpu` at `NICE` (new threads inherit both)."""
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.sched_setaffinity(int(task.name), {cpu})
+            if cpu < (os.cpu_count() or 1):
+                os.sched_setaffinity(int(task.name), {cpu})
+            os.setpriority(os.PRIO_PROCESS, int(task.name), NICE)
 
 
 def nearest_rank(xs: list[float], q: float) -> float:
@@ -133,7 +138,7 @@ async def _speaker_main(url: str, conn: Connection, sent: Any) -> None:
 
 def _speaker(conn: Connection, url: str, sent: Any) -> None:
     # With the server: it is light (50 packets/s), and off the listeners' core.
-    os.sched_setaffinity(0, {SERVER_CPU})
+    pin(os.getpid(), SERVER_CPU)
     try:
         asyncio.run(_speaker_main(url, conn, sent))
     except BaseException as exc:
@@ -208,7 +213,7 @@ async def _listeners_main(
 
 
 def _listeners(conn: Connection, *args: Any) -> None:
-    os.sched_setaffinity(0, {SWARM_CPU} if (os.cpu_count() or 1) > SWARM_CPU else {0})
+    pin(os.getpid(), SWARM_CPU)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
     try:
