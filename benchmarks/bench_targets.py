@@ -160,14 +160,26 @@ async def _listeners_main(
         factory = client_factory(url, http)
         stats = [ListenerStats() for _ in range(n)]
         links: list[Any] = []
+        joined: list[ListenerStats] = []
+        failed: list[str] = []
         t = time.monotonic()
         for i in range(0, n, CONNECT_AT_ONCE):
             batch = range(i, min(n, i + CONNECT_AT_ONCE))
-            links += await asyncio.gather(
+            got = await asyncio.gather(
                 *(factory(f"l{k}").connect_audio(space, stats[k].on_rtp,
                                                  read_every=ListenerStats.read_every)
-                  for k in batch)
+                  for k in batch),
+                return_exceptions=True,
             )  # fmt: skip
+            for k, link in zip(batch, got, strict=True):
+                if isinstance(link, BaseException):
+                    failed.append(repr(link))
+                else:
+                    links.append(link)
+                    joined.append(stats[k])
+        if len(failed) > n // 10:
+            raise RuntimeError(f"{len(failed)} of {n} listeners failed to join: {failed[:3]}")
+        stats, n = joined, len(joined)  # a few failed joins: measure the others
         connect_s = time.monotonic() - t
         await asyncio.sleep(WARMUP)
         per_window: list[dict[str, float]] = []
@@ -209,6 +221,7 @@ async def _listeners_main(
         "swarm_cores": swarm_cores,
         "connect_s": connect_s,
         "silent_listeners": silent,
+        "failed_joins": len(failed),
     }
 
 
@@ -315,7 +328,7 @@ def main() -> None:
                         f"server {r['server_cores']:.2f} cores, delivery {r['delivery']:.4f}, "
                         f"p50 {r['p50_ms']:.2f} ms p99 {r['p99_ms']:.2f} ms, "
                         f"swarm {r['swarm_cores']:.2f} cores, connect {r['connect_s']:.1f} s, "
-                        f"silent {r['silent_listeners']}",
+                        f"silent {r['silent_listeners']}, failed joins {r['failed_joins']}",
                         flush=True,
                     )
 

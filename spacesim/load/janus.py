@@ -32,6 +32,7 @@ with the same user-space relays as for spacesim's server, in either offer direct
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -57,10 +58,18 @@ PLUGINS = {"videoroom": "janus.plugin.videoroom", "audiobridge": "janus.plugin.a
 ROOM_SECRET = "spacesim"  # every room the driver creates; moderation needs it
 MAX_PUBLISHERS = 16
 FEED_WAIT = 10.0  # s a listener waits for a first publisher to subscribe to
+#: Janus's 471 (``JANUS_ERROR_WEBRTC_STATE``, "Invalid PeerConnection": src/apierror.h,
+#: janus.c) answering a subscriber's ``start``: the handle's PeerConnection was torn down
+#: between Janus's offer and the client's answer. Seen under heavy machine load; a new
+#: handle then works, so a subscription is tried up to `SUBSCRIBE_ATTEMPTS` times.
+WEBRTC_STATE = "janus_471"
+SUBSCRIBE_ATTEMPTS = 3
 #: Features asked for at creation that Janus rooms do not have (see `SpaceClient.lacks`).
 LACKS = frozenset({"schedule", "listener_cap", "captions", "recording"})
 #: Actions the plugins can do (with the room's secret), by plugin.
 MODERATION = frozenset({"mute", "unmute", "mute_all", "remove"})
+
+log = logging.getLogger("spacesim.load.janus")
 
 
 @dataclass(frozen=True)
@@ -321,6 +330,25 @@ class JanusClient:
                 raise ClientError(409, "no_publishers", f"room {space} has nobody publishing")
             await asyncio.sleep(0.5)
             feeds = await self.publishers(space)
+        for attempt in range(1, SUBSCRIBE_ATTEMPTS + 1):
+            try:
+                return await self._subscribe_once(space, feeds, on_rtp, impair, read_every)
+            except ClientError as exc:
+                if exc.code != WEBRTC_STATE or attempt == SUBSCRIBE_ATTEMPTS:
+                    raise
+                log.warning(
+                    "%s: Janus dropped the offer's PeerConnection (%s); again", self.user, exc
+                )
+        raise AssertionError("unreachable")
+
+    async def _subscribe_once(
+        self,
+        space: str,
+        feeds: dict[str, int],
+        on_rtp: OnRtp,
+        impair: Any,
+        read_every: float | None,
+    ) -> JanusLink:
         handle, link = await self._handle()
         pc = link.pc
         try:

@@ -272,3 +272,48 @@ async def test_without_an_event_stream_the_host_learns_its_own_mutes() -> None:
     assert kinds["action_unsupported"] >= 1  # the host's event stream
     assert server.actions["mute"] >= 1 and kinds["muted"] >= 1
     assert server.actions["unmute"] >= 1 and kinds["unmuted"] >= 1
+
+
+async def test_a_subscription_janus_dropped_is_tried_again_on_a_new_handle() -> None:
+    """Janus answering ``start`` with 471 (the offer's PeerConnection is gone) costs a
+    retry on a new handle, not the listener's join."""
+    from aiortc import RTCPeerConnection
+
+    from spacesim.load.janus import SUBSCRIBE_ATTEMPTS
+
+    janus_pc = RTCPeerConnection()
+    janus_pc.addTransceiver("audio", direction="sendonly")
+    await janus_pc.setLocalDescription(await janus_pc.createOffer())
+    offer = {"type": "offer", "sdp": janus_pc.localDescription.sdp}
+
+    class Flaky(FakeJanus):
+        def __init__(self, failures: int) -> None:
+            super().__init__({"host": 11})
+            self.failures = failures
+
+        async def message(  # type: ignore[override]
+            self, handle: int, body: dict[str, Any], jsep: Any = None, timeout: float = 0
+        ) -> tuple[dict[str, Any], Any]:
+            if body["request"] == "join":
+                self.requests.append(body)
+                return {"videoroom": "attached"}, offer
+            if body["request"] == "start" and self.failures:
+                self.failures -= 1
+                raise ClientError(502, "janus_471", "Invalid PeerConnection")
+            return await super().message(handle, body, jsep, timeout)
+
+    try:
+        for failures, ok in ((1, True), (SUBSCRIBE_ATTEMPTS, False)):
+            fake = Flaky(failures)
+            target = JanusTarget("10.213.0.2")
+            client = JanusClient(target, fake, "l0", "127.0.0.1", {})  # type: ignore[arg-type]
+            if ok:
+                link = await client._subscribe("1234", lambda *a: None, None, None)
+                assert link.join["feeds"] == 1 and fake.handles == 1 + 2  # control + 2 tries
+                await link.pc.close()
+            else:
+                with pytest.raises(ClientError, match="janus_471"):
+                    await client._subscribe("1234", lambda *a: None, None, None)
+                assert fake.handles == 1 + SUBSCRIBE_ATTEMPTS
+    finally:
+        await janus_pc.close()
