@@ -35,10 +35,28 @@ medians over repetitions (CPU per packet) and of the repetitions' percentiles (l
 largest N; ``FIGURE spacesim_vs_janus`` is spacesim's µs per packet over Janus's there
 (> 1: spacesim costs more per packet), the baseline (Janus) measured in the same run.
 
-Measured on this 2-core machine (shared; ``--reps 3 --windows 4 --window 2``), medians:
+Measured on this 2-core machine, shared with other work (load averages 4-18 during
+the run), defaults (``--reps 3 --windows 4 --window 2``), medians of 3:
 
-    N     spacesim us/pkt  janus us/pkt  ratio  deliv s/j        p50 ms s/j   p99 ms s/j
-    (filled in from the run quoted in the report below)
+    N    target    us/packet  cores  delivery  p50 ms  p99 ms
+    50   spacesim       44.0   0.11    1.0000    1.24    5.59
+    50   janus          49.7   0.13    1.0000    2.19    7.58    ratio 0.88
+    100  spacesim       39.3   0.20    1.0021    2.24   12.19
+    100  janus          46.4   0.23    1.0025    5.09   14.41    ratio 0.85
+    200  spacesim       29.6   0.29    0.9952   15.23  293.63
+    200  janus          43.0   0.48    1.0351   63.55  364.86    ratio 0.69
+
+    FIGURE janus_us_per_packet=43.0 us / spacesim_us_per_packet=29.6 us / ratio 0.69
+
+An earlier run without the raised priority gave 37.1 / 28.5 us (ratio 0.77) at N = 200:
+the per-packet CPU of both is stable to ~15 %; Janus's varied more between repetitions
+(36-53 us at N = 200) than spacesim's (26-31 us). Janus's figure is within FACTS.md's
+~51 us (its default VideoRoom configuration, one thread per handle). Latency at N = 200
+is not a property of either server here: with the machine's other work on both cores,
+packets queue for CPU (delivery above 1 in a window is such a queue draining); at N =
+50 and 100, p50 is 1-5 ms for both. Janus's joins are slower through the driver
+(~24 s for 200 listeners vs ~8 s): each takes a few HTTP round trips whose answers
+come on the shared long poll.
 
 Run: ``python benchmarks/bench_targets.py [--listeners 50 100 200] [--reps 3]
 [--windows 4] [--window 2]`` as root (network namespace, veth pair).
