@@ -328,6 +328,37 @@ def keep_serving(port: int, workdir: Path) -> int:
         return 0
 
 
+def cmd_janus(args: argparse.Namespace) -> int:
+    """Janus for `spacesim load --target janus://…` (spacesim.load.janus_server; root)."""
+    from spacesim.deps import PartUnavailable
+    from spacesim.load import janus_server
+
+    if args.action == "up":
+        try:
+            inst = janus_server.up(args.name, args.index, port=args.port)
+        except (janus_server.JanusError, PartUnavailable) as exc:
+            err.print(f"spacesim janus: {exc}", markup=False, highlight=False)
+            return 2
+        print(inst.url)
+        print(
+            f"Janus pid {inst.pid} in namespace {inst.name} ({inst.ns_ip}, via {inst.host_if} "
+            f"{inst.host_ip}); log {inst.workdir}/janus.log; AudioBridge: "
+            f"{inst.url.replace('videoroom', 'audiobridge')}; stop: spacesim janus down",
+            file=sys.stderr,
+        )
+        return 0
+    if args.action == "down":
+        stopped = janus_server.down(args.name)
+        print("stopped" if stopped else "nothing was running", file=sys.stderr)
+        return 0
+    found = janus_server.find(args.name)
+    if found is None:
+        print(f"no Janus running in namespace {args.name}", file=sys.stderr)
+        return 1
+    print(found.url)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The whole loop on one machine: server + swarm, the same scenario simulated, report."""
     from spacesim.load.run import main as load_main
@@ -751,7 +782,11 @@ def build_parser() -> argparse.ArgumentParser:
     load = sub.add_parser("load", help="run a scenario's Locust users against a server")
     load.add_argument("scenario", help="scenario YAML file")
     load.add_argument(
-        "--target", metavar="URL", help="server base URL (default: start one on 127.0.0.1)"
+        "--target",
+        metavar="URL",
+        help="the server under test; its scheme picks the driver: http://HOST:PORT "
+        "(spacesim) or janus://HOST[:PORT][/PATH][?plugin=videoroom|audiobridge] "
+        "(Janus; see `spacesim janus up`). Default: start a spacesim server on 127.0.0.1",
     )
     load.add_argument("-u", "--users", type=int, help="peak Locust users incl. one host per room")
     load.add_argument("-r", "--spawn-rate", type=float, help="users started per second")
@@ -799,6 +834,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="pin the swarm (Locust and browser probes) to these CPUs, e.g. 1",
     )
     load.set_defaults(func=cmd_load)
+
+    janus = sub.add_parser(
+        "janus", help="start or stop a Janus gateway in a network namespace (a load target)"
+    )
+    jsub = janus.add_subparsers(dest="action", required=True, metavar="ACTION")
+    jup = jsub.add_parser("up", help="start Janus in its namespace; prints the target URL")
+    jdown = jsub.add_parser("down", help="stop Janus and remove its namespace")
+    jstatus = jsub.add_parser("status", help="print the running instance's target URL")
+    for jp in (jup, jdown, jstatus):
+        jp.add_argument("--name", default="spacesim-janus", help="namespace name")
+    jup.add_argument(
+        "--index", type=int, default=0, help="subnet 10.213.INDEX.0/30 of the veth pair (0..255)"
+    )
+    jup.add_argument("--port", type=int, default=8088, help="Janus's HTTP API port")
+    janus.set_defaults(func=cmd_janus)
 
     demo = sub.add_parser(
         "demo", help="server + swarm + simulation + report of the town-hall scenario"

@@ -47,6 +47,7 @@ __all__ = [
     "steady_window",
     "summarise",
     "summarise_run",
+    "unsupported_actions",
     "write_run",
 ]
 
@@ -180,6 +181,11 @@ KINDS: Mapping[str, tuple[str, str]] = {
     "audience": ("count", "listeners in a space, as its coalesced count event reports"),
     "timeline_action": ("", "a scripted timeline action ran; attrs.action, attrs.at"),
     "moderation_action": ("", "the host's own moderation action (rate-driven); attrs.action"),
+    "action_unsupported": (
+        "count",
+        "the target server lacks an action the scenario asked for (a third-party target's "
+        "driver: spacesim.load.targets); attrs.action names it",
+    ),
     # the swarm itself
     "loop_lag": ("s", "how late a load process's event loop ran a timer; worst in a tick"),
     # server nodes
@@ -478,6 +484,8 @@ def summarise(records: pd.DataFrame, duration: float | None = None) -> pd.DataFr
     actions = [kind(k) for k in ("moderation_action", "timeline_action") if k in by_kind]
     if actions:
         total("host_actions", float(sum(len(a) for a in actions)), "count")
+    for action, n in unsupported_actions(records).items():
+        total(f"unsupported_{action}", float(n), "count", n)
 
     if "caption_latency" in by_kind:
         dist("caption_latency", kind("caption_latency"), "s")
@@ -595,6 +603,17 @@ def summarise_run(run: Run) -> pd.DataFrame:
             if metric in server.index:
                 summary.loc[metric] = server.loc[metric]
     return summary
+
+
+def unsupported_actions(records: pd.DataFrame) -> dict[str, int]:
+    """How often each action the target lacks was asked for (``action_unsupported``
+    records), most frequent first."""
+    rows = records.loc[records["kind"] == "action_unsupported", "attrs"].dropna()
+    counts: dict[str, int] = {}
+    for a in rows:
+        action = str(json.loads(a).get("action", "?"))
+        counts[action] = counts.get(action, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def format_value(value: object, unit: str) -> str:

@@ -65,7 +65,8 @@ class ListenerStats:
     offset_ns: int = 0
     senders: dict[int, SenderStats] = field(default_factory=dict)
     unmarked: int = 0
-    first_audio_ns: int | None = None
+    first_audio_ns: int | None = None  # the first marked packet's arrival
+    first_packet_ns: int | None = None  # the first packet's, marked or not (a mix has none)
     #: SSRC of each stream the server sends -> [first extended RTP seq, last, received]
     streams: dict[bytes, list[int]] = field(default_factory=dict)
 
@@ -78,6 +79,8 @@ class ListenerStats:
             seq16 = (packet[2] << 8) | packet[3]
             if seen is None:
                 self.streams[packet[8:12]] = [seq16, seq16, 1]
+                if self.first_packet_ns is None:
+                    self.first_packet_ns = now
             else:
                 ahead = (seq16 - seen[1]) & 0xFFFF  # extended seq: RFC 3550 A.1's wrap rule
                 if ahead < 0x8000:

@@ -9,6 +9,9 @@ Importing this package imports nothing heavy. The modules, one concept each:
   `SpaceClient` over a real server), `shape` (users over time from the scenario),
   `dryrun` (`dry_run`: hosts and listeners for a few seconds on any client), `run`
   (drives Locust in a subprocess), `state` (per-process state; no Locust import).
+* target drivers (`targets`: the URL's scheme picks one): `live` for spacesim's
+  protocol; `janus` (VideoRoom / AudioBridge over `janus_api`, Janus's HTTP API) and
+  `janus_server` (Janus in a network namespace for tests and `spacesim janus up`).
 * Locust's side (import only after ``import locust``: gevent must patch first):
   `bridge` (the gevent <-> asyncio bridge), `hooks` (options, init / stop hooks,
   request events), `parts` (records out of a process), `users` (the thin `Host` /

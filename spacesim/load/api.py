@@ -9,6 +9,10 @@ here imports gevent or Locust: the behaviour runs on any asyncio loop, and Locus
 Locust request events.
 
 Refusals are `spacesim.client.session.ClientError` (HTTP status, protocol error code).
+A server that is not spacesim's (a *target*: `spacesim.load.targets`) may lack an action
+altogether: its driver raises `Unsupported`, and the behaviour records it
+(`Context.unsupported`: an ``action_unsupported`` record named after the action) so the
+run's summary lists what the scenario asked for and the target could not do.
 """
 
 from __future__ import annotations
@@ -25,12 +29,24 @@ from spacesim.client.speaker import SpeakerTrack
 from spacesim.results import Recorder
 from spacesim.scenario import NetworkProfile, Scenario
 
-__all__ = ["ClientFactory", "Context", "Link", "OnRtp", "Report", "SpaceClient"]
+__all__ = ["ClientFactory", "Context", "Link", "OnRtp", "Report", "SpaceClient", "Unsupported"]
 
 #: `connect_audio`'s receive callback: (slot, RTP packet, monotonic arrival ns or None).
 OnRtp = Callable[[int, bytes, "int | None"], None]
 #: A measured request, to Locust (or anything else): (name, seconds, exception or None).
 Report = Callable[[str, float, "BaseException | None"], None]
+
+
+class Unsupported(Exception):
+    """The target has no such action (e.g. Janus has no hand raises): never a failure of
+    the run, never silently dropped -- the caller records it with `Context.unsupported`."""
+
+    def __init__(self, action: str, detail: str = "") -> None:
+        super().__init__(
+            f"{action}: not supported by the target" + (f" ({detail})" if detail else "")
+        )
+        self.action = action
+        self.detail = detail
 
 
 class Link(Protocol):
@@ -53,6 +69,14 @@ class SpaceClient(Protocol):
 
     @property
     def user(self) -> str: ...
+
+    @property
+    def lacks(self) -> frozenset[str]:
+        """Features the target does not have that are asked for when a space is created
+        (``schedule``, ``listener_cap``, ``captions``, ``recording``): the host creates
+        the space without them and records each as unsupported. Other actions the
+        target lacks raise `Unsupported` when called."""
+        ...
 
     async def create_space(
         self,
@@ -176,3 +200,8 @@ class Context:
         attrs: dict[str, Any] | None = None,
     ) -> None:
         self.recorder.add(kind, self.now(), room, participant, role, value, attrs)
+
+    def unsupported(self, action: str, room: str, participant: str, role: str) -> None:
+        """The target lacks `action`: an ``action_unsupported`` record (attrs.action),
+        which the run's summary counts per action."""
+        self.add("action_unsupported", room, participant, role, 1.0, {"action": action})

@@ -20,6 +20,7 @@ from spacesim.load.host import ACTION_TIMEOUT, TICK
 from spacesim.load.parts import MSG_RECORDS, MSG_SPACE, save_part, write_part
 from spacesim.load.shape import posters
 from spacesim.load.state import CLOCKS, NETWORKS, SHAPES, scenario, settings, state
+from spacesim.load.targets import driver_of
 from spacesim.scenario import load_scenario
 
 __all__ = ["REQUEST_TYPE", "ensure", "fire"]
@@ -152,6 +153,8 @@ def _init(environment: Environment, **_: Any) -> None:
     settings.out = Path(out) if out else None
     Host.fixed_count = scenario().rooms.count
     Poster.fixed_count = posters(scenario())
+    if driver_of(environment.host or "http://") != "spacesim":
+        Poster.fixed_count = 0  # voice posts are spacesim's HTTP API (run.py notes it)
     if isinstance(runner, MasterRunner):
 
         def relay(environment: Environment, msg: Any, **_: Any) -> None:
@@ -178,6 +181,12 @@ def _init(environment: Environment, **_: Any) -> None:
 async def _close_all(objs: list[Any]) -> None:
     await asyncio.gather(*(o.close() for o in objs), return_exceptions=True)
     st = state()
+    close_driver = getattr(st.factory, "close", None)  # a third-party target's session
+    if close_driver is not None:
+        try:
+            await close_driver()
+        except Exception as exc:
+            log.warning("closing the target's driver: %r", exc)
     if st.http is not None:
         await st.http.close()
         st.http = None

@@ -35,6 +35,12 @@ is `spacesim.behaviour`'s. What it does, by scenario field:
 
 A refusal the room can cause by racing (the target just left: HTTP 409) is recorded
 in the action's attrs (``refused``) and reported as a success; anything else fails.
+
+On a target that lacks something (`spacesim.load.targets`: Janus has no roles, hands,
+reports or event stream), the space is created without the features its client
+``lacks`` and every request the driver answers `Unsupported` is recorded
+(``action_unsupported``, attrs.action) instead of performed; stage members then
+publish without a role change, and the room goes on.
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ from typing import Any
 from spacesim import behaviour
 from spacesim.client.session import ClientError
 from spacesim.client.speaker import SpeakerTrack
-from spacesim.load.api import Context, Link, SpaceClient
+from spacesim.load.api import Context, Link, SpaceClient, Unsupported
 from spacesim.load.voice import new_track
 from spacesim.policy import MAX_COHOSTS
 from spacesim.scenario import NetworkProfile
@@ -63,6 +69,7 @@ log = logging.getLogger("spacesim.load")
 TICK = 1.0  # seconds between the host's moderation draws
 ACTION_TIMEOUT = 10.0
 RACE = 409  # refusals a live room causes by itself: the target just left, the seat filled
+UNSUPPORTED = "unsupported"  # `Room._timed`'s answer when the target lacks the action
 
 
 def path_attrs(path: NetworkProfile | None) -> dict[str, float]:
@@ -135,6 +142,7 @@ class Room:
         self.raised: dict[str, float] = {}  # participant -> server t of the raise
         self.tasks: set[asyncio.Task[Any]] = set()
         self.live = False
+        self.blind = False  # the target has no event stream: the room knows only its own acts
         self.seated = False
         self.ended = False
         self.closed = False
@@ -164,6 +172,9 @@ class Room:
         t = time.monotonic()
         try:
             await asyncio.wait_for(aw, ACTION_TIMEOUT)
+        except Unsupported as exc:
+            self.ctx.unsupported(exc.action, self.space, self.user, "host")
+            return UNSUPPORTED
         except ClientError as exc:
             if exc.status == RACE:
                 self.ctx.report(name, time.monotonic() - t, None)
@@ -184,14 +195,26 @@ class Room:
         self.host = host = ctx.clients(self.user)
         self.moderator = ctx.clients(f"mod-{ctx.tag}-{self.n}", moderator=True)
         scheduled = ctx.t0 + rooms.starts_at if rooms.starts_at is not None else None
+        cap = rooms.listener_cap
+        asked = {"schedule": scheduled is not None, "listener_cap": cap is not None,
+                 "captions": self.captions, "recording": self.recording}  # fmt: skip
+        lacking = [f for f, wanted in asked.items() if wanted and f in host.lacks]
+        if "schedule" in lacking:
+            scheduled = None
+        if "listener_cap" in lacking:
+            cap = None
+        self.captions = self.captions and "captions" not in lacking
+        self.recording = self.recording and "recording" not in lacking
         self.space = await host.create_space(
             f"load {self.sc.name}",
             rooms.who_may_speak,
-            rooms.listener_cap,
+            cap,
             scheduled,
             captions=self.captions,
             recording=self.recording,
         )
+        for feature in lacking:
+            ctx.unsupported(feature, self.space, self.user, "host")
         self.live = scheduled is None
         self.roles[self.user] = "host"
         await self._seat(Member(self.user, host, "host", self._talks(0)))
@@ -263,11 +286,14 @@ class Room:
         t = time.monotonic()
         self.members[m.user] = m
         path = await self._connect(m)
-        if m.role == "cohost":
-            await self.host.act(self.space, "add_cohost", target=m.user)
-        elif m.role == "speaker":
-            await self.host.act(self.space, "invite", target=m.user)
-            await m.client.act(self.space, "accept_invite")
+        try:
+            if m.role == "cohost":
+                await self.host.act(self.space, "add_cohost", target=m.user)
+            elif m.role == "speaker":
+                await self.host.act(self.space, "invite", target=m.user)
+                await m.client.act(self.space, "accept_invite")
+        except Unsupported as exc:  # no roles on the target: the member just publishes
+            ctx.unsupported(exc.action, self.space, m.user, m.role)
         took = time.monotonic() - t
         m.joined_at = ctx.now()
         self.roles[m.user] = m.role
@@ -296,6 +322,10 @@ class Room:
                         return
             except asyncio.CancelledError:
                 raise
+            except Unsupported as exc:  # the target has no event stream: nothing to follow
+                self.ctx.unsupported(exc.action, self.space, self.user, "host")
+                self.blind = True
+                return
             except Exception as exc:  # the stream broke: reconnect unless closing
                 log.warning("event stream of %s: %r", self.space, exc)
             broke = True
@@ -417,7 +447,21 @@ class Room:
     async def _unmute(self, m: Member, delay: float) -> None:
         await asyncio.sleep(delay)
         if m.muted and not self.closed:
-            await quiet(self._timed("unmute", m.client.act(self.space, "unmute", target=m.user)))
+            try:
+                refused = await self._timed("unmute", self._unmute_call(m)())
+            except Exception as exc:
+                log.debug("unmute %s: %r", m.user, exc)
+                return
+            if self.blind and refused is None:  # no event will say so: its request did
+                self._echo("unmuted", [m.user])
+
+    def _echo(self, kind: str, who: list[str]) -> None:
+        """Without an event stream, the room learns what its own successful requests did
+        (a mute, an unmute) as the stream would have told it."""
+        for user in who:
+            role = self.roles.get(user, "")
+            self._on_event({"type": "event", "kind": kind, "participant": user, "role": role,
+                            "actor": self.user, "t": self.ctx.now()})  # fmt: skip
 
     # ------------------------------------------------------------------ hands, reports
 
@@ -429,6 +473,9 @@ class Room:
         approve = behaviour.approves(aud, self.rng)
         try:
             await self.host.act(self.space, "approve" if approve else "decline", target=who)
+        except Unsupported as exc:
+            self.ctx.unsupported(exc.action, self.space, self.user, "host")
+            return
         except ClientError as exc:
             if approve and exc.code == "stage_full":
                 await quiet(self.host.act(self.space, "decline", target=who))
@@ -451,6 +498,9 @@ class Room:
             t = time.monotonic()
             try:
                 await self.moderator.moderate(self.space, action, target, report)
+            except Unsupported as exc:
+                ctx.unsupported(exc.action, self.space, target or "", "moderator")
+                return
             except ClientError as exc:  # e.g. the target left and was already gone
                 ctx.report("moderate", time.monotonic() - t, exc)
                 return
@@ -549,6 +599,8 @@ class Room:
         refused: str | None = None
         for call in calls:
             refused = await self._timed(action, call()) or refused
+            if refused == UNSUPPORTED:
+                return False  # recorded as action_unsupported, not as performed
         attrs: dict[str, Any] = {"action": action}
         if target is not None:
             attrs["target"] = target
@@ -559,6 +611,14 @@ class Room:
             self.ctx.add("timeline_action", space, target or "", "host", attrs=attrs)
         else:
             self.ctx.add("moderation_action", space, target or "", "host", attrs=attrs)
+        if refused is None and self.blind:
+            stage = [u for u, r in self.roles.items() if r in ("cohost", "speaker")]
+            if action == "mute" and target is not None:
+                self._echo("muted", [target])
+            elif action == "mute_all":
+                self._echo("muted", [u for u in stage if u not in self.muted])
+            elif action == "unmute":
+                self._echo("unmuted", [m.user for m in self.members.values() if m.muted])
         if refused is None:
             if action == "start":
                 await self._started()

@@ -42,6 +42,8 @@ decision is `spacesim.behaviour`'s:
   some was heard. With DTX, silence is normal, so only the connection state counts.
   An action refused ``not_present`` for the listener itself (the server restarted and
   does not know it yet) also counts as dropped.
+* On a target that lacks an action or the event stream (`spacesim.load.targets`), each
+  attempt is recorded as ``action_unsupported`` (attrs.action) and the session goes on.
 * The space ending (``space_ended`` event, or a join refused ``space_ended``), or being
   removed or blocked, ends the session quietly; so does a space not yet started
   (``not_started``: the session returns ``"not_started"`` and its caller retries).
@@ -61,7 +63,7 @@ from spacesim.client.listener import ListenerStats
 from spacesim.client.probe import ProbeStats
 from spacesim.client.session import ClientError
 from spacesim.client.speaker import transcripts
-from spacesim.load.api import Context, Link, SpaceClient
+from spacesim.load.api import Context, Link, SpaceClient, Unsupported
 from spacesim.load.captions import fragment_errors
 from spacesim.load.host import ACTION_TIMEOUT, path_attrs, quiet
 from spacesim.load.voice import clip_of, new_track
@@ -118,6 +120,7 @@ class ListenerSession:
         self.lost = 0
         self.last_audio: float | None = None  # monotonic time of the last window with audio
         self.stream: asyncio.Task[None] | None = None
+        self.no_stream = False  # the target has no event stream (`Unsupported`)
         self.stream_ready = asyncio.Event()
         self.temporary_stream = False
         self.events = 0
@@ -166,6 +169,9 @@ class ListenerSession:
         try:
             given = {k: v for k, v in fields.items() if v is not None}
             await asyncio.wait_for(self.client.act(self.space, action, **given), ACTION_TIMEOUT)
+        except Unsupported as exc:
+            self.ctx.unsupported(exc.action, self.space, self.user, self.role)
+            return False
         except ClientError as exc:
             took = time.monotonic() - t
             if exc.code in expected or exc.code in QUIET_END or exc.code == "not_present":
@@ -211,6 +217,9 @@ class ListenerSession:
         ctx.report("join", join_s, None)
         ctx.add("participant_joined", self.space, self.user, "listener", join_s,
                 path_attrs(self.path))  # fmt: skip
+        if self.link.join.get("marks") is False:
+            # A mixing server (Janus AudioBridge) re-encodes: no marks, no latency.
+            ctx.unsupported("audio_latency", self.space, self.user, "listener")
         space = self.link.join.get("space") or {}
         self.setting = str(space.get("who_may_speak") or self.setting)
         self.recorded = bool(space.get("recording"))
@@ -250,8 +259,11 @@ class ListenerSession:
         while not first_reported or loop.time() < end:
             await asyncio.sleep(min(TICK, max(end - loop.time(), 0.05)))
             if not first_reported:
-                if self.stats.first_audio_ns is not None:
-                    v = (self.stats.first_audio_ns - start_ns) / 1e9
+                first = self.stats.first_audio_ns
+                if first is None and self.link is not None and self.link.join.get("marks") is False:
+                    first = self.stats.first_packet_ns
+                if first is not None:
+                    v = (first - start_ns) / 1e9
                     ctx.report("first_audio", v, None)
                     ctx.add("first_audio", self.space, self.user, "listener", v)
                     first_reported = True
@@ -306,6 +318,9 @@ class ListenerSession:
         t = time.monotonic()
         try:
             clip = await asyncio.wait_for(self.client.cut_clip(self.space, CLIP), ACTION_TIMEOUT)
+        except Unsupported as exc:
+            self.ctx.unsupported(exc.action, self.space, self.user, self.role)
+            return
         except ClientError as exc:
             expected = exc.code in ("rate_limited", "no_recording", "clip_out_of_range")
             ctx.report("clip", time.monotonic() - t, None if expected else exc)
@@ -437,6 +452,9 @@ class ListenerSession:
                 self._on_event(msg)
         except asyncio.CancelledError:
             raise
+        except Unsupported as exc:  # the target has none: no events_received records either
+            self.ctx.unsupported(exc.action, self.space, self.user, self.role)
+            self.no_stream = True
         except Exception as exc:  # the stream broke: the connection check handles the rest
             log.debug("%s: event stream: %r", self.user, exc)
         finally:
@@ -567,7 +585,7 @@ class ListenerSession:
                 add("mouth_to_ear", space, user, "listener", m2e)
         if frames:
             add("audible_fraction", space, user, "listener", audible / frames)
-        if self.stream is not None:
+        if self.stream is not None and not self.no_stream:
             add("events_received", space, user, "listener", self.events)
             if self.event_lat:
                 ctx.report("event_latency", statistics.median(self.event_lat), None)

@@ -89,6 +89,10 @@ class LiveClient:
     def user(self) -> str:
         return self.rc.user
 
+    @property
+    def lacks(self) -> frozenset[str]:
+        return frozenset()  # spacesim's own server does everything a scenario asks
+
     async def create_space(
         self,
         title: str,

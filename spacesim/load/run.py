@@ -5,8 +5,15 @@ Locust runs in a subprocess (its gevent monkey-patching must not touch this proc
 1. without ``target``, start the reference server (``spacesim serve``) on a free
    127.0.0.1 port with a temporary database and wait for ``/healthz``; it records its
    own run (CPU, packets forwarded, events; ``source=server``) into ``OUT/server``;
-2. check the target's ``/healthz`` (a clear error, exit 2, if it is unreachable or
-   not a spacesim server);
+2. check the target (a clear error, exit 2, if it is unreachable or not what its URL
+   says): spacesim's ``/healthz``, or for ``janus://…`` Janus's ``/info`` and its
+   plugin (`spacesim.load.targets`: the URL's scheme picks the swarm's driver). For a
+   Janus started by ``spacesim janus up`` (`spacesim.load.janus_server`), a sampler
+   records Janus's CPU and the UDP datagrams it sent (``/proc/PID/stat``,
+   ``/proc/PID/net/snmp``) each second as the server's run in ``OUT/server``, the
+   same records the embedded server writes, so ``cpu_per_packet`` is comparable;
+   features the target lacks (voice posts, browser probes, the actions its driver
+   answers `Unsupported`) are listed after the summary;
 3. run ``locust -f loadtests/locustfile.py --headless -u N -r R -t T --host URL --csv
    OUT/locust/locust --html OUT/locust/report.html`` (``--processes W`` when
    ``workers`` > 0), streaming its output; every process writes
@@ -42,8 +49,17 @@ from typing import IO, Any
 import numpy as np
 import pandas as pd
 
+from spacesim.load import targets
 from spacesim.load.shape import DEFAULT_LISTENERS, posters, scaled_users
-from spacesim.results import Run, RunMeta, records_frame, summarise_run, write_run
+from spacesim.results import (
+    Recorder,
+    Run,
+    RunMeta,
+    records_frame,
+    summarise_run,
+    unsupported_actions,
+    write_run,
+)
 from spacesim.scenario import Scenario, ScenarioError, load_scenario
 from spacesim.server import launch
 
@@ -93,11 +109,88 @@ def default_users(sc: Scenario, horizon: float) -> tuple[int, float]:
 
 
 def check_target(url: str, timeout: float = HEALTH_TIMEOUT) -> dict[str, Any]:
-    """``GET url/healthz``: the answer, or `LoadError` naming what is wrong."""
+    """spacesim's ``GET url/healthz``, or a Janus target's ``/info``: the answer, or
+    `LoadError` naming what is wrong."""
     try:
+        if targets.driver_of(url) == "janus":
+            return targets.check_janus(url, timeout)
         return launch.health(url, timeout)
-    except launch.ServerUnavailable as exc:
+    except (launch.ServerUnavailable, targets.TargetError) as exc:
         raise LoadError(str(exc)) from None
+
+
+@contextlib.contextmanager
+def target_meter(
+    url: str | None, server_dir: Path, run_id: str, sc: Scenario, every: float = 1.0
+) -> Iterator[None]:
+    """For a Janus target `spacesim janus up` started: its CPU and packets sent, sampled
+    every `every` s in a thread, written as the server's run (source=server) in
+    `server_dir` when the block ends. Nothing for spacesim targets (an embedded server
+    records itself; a remote one is not measured) or a Janus of unknown process."""
+    if url is None or targets.driver_of(url) != "janus":
+        yield
+        return
+    from spacesim.load.janus import JanusTarget
+    from spacesim.load.janus_server import JanusMeter, find
+
+    inst = find(host=JanusTarget.parse(url).host)
+    if inst is None:
+        _say(
+            f"Janus's CPU is not measured: no Janus started by `spacesim janus up` at {url} "
+            "(cpu_per_packet needs its process and its namespace's interface)"
+        )
+        yield
+        return
+    meter = JanusMeter(inst.pid)
+    rec = Recorder(run_id, "server")
+    stop = threading.Event()
+    t0 = time.time()
+
+    def sample() -> None:
+        cpu, pkts, t = meter.cpu_seconds(), meter.packets(), time.monotonic()
+        while not stop.wait(every):
+            try:
+                cpu2, pkts2, t2 = meter.cpu_seconds(), meter.packets(), time.monotonic()
+            except OSError:  # Janus went away
+                return
+            now = time.time() - t0
+            rec.add("node_cpu", now, "", "janus", "node", (cpu2 - cpu) / (t2 - t))
+            rec.add("packets_forwarded", now, "", "janus", "node", pkts2 - pkts)
+            cpu, pkts, t = cpu2, pkts2, t2
+
+    thread = threading.Thread(target=sample, name="janus-meter", daemon=True)
+    thread.start()
+    _say(f"measuring Janus (pid {inst.pid}): its CPU and UDP datagrams sent, from /proc")
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(every + 5)
+        if len(rec):
+            meta = RunMeta(
+                run_id=run_id,
+                source="server",
+                scenario_name=sc.name,
+                scenario_hash=sc.content_hash(),
+                seed=sc.seed,
+                started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t0)),
+                duration=time.time() - t0,
+                extra={"target": url, "pid": inst.pid, "packets": "UDP datagrams sent"},
+            )
+            write_run(server_dir, rec.to_frame(), meta)
+
+
+def target_lacks(sc: Scenario, url: str | None) -> list[str]:
+    """Run-level features of the scenario the target cannot serve (voice posts, browser
+    probes: both speak spacesim's HTTP API)."""
+    if url is None or targets.driver_of(url) == "spacesim":
+        return []
+    asked = {
+        "posts": posters(sc) > 0,
+        "browser_probes": planned_browser_probes(sc) > 0,
+        "server.max_streams": server_capacity(sc) is not None,  # its admission is its own
+    }
+    return [feature for feature, wanted in asked.items() if wanted]
 
 
 @contextlib.contextmanager
@@ -348,14 +441,21 @@ def _main(
         raise FileExistsError(f"{out_dir} already holds a run; pick another --out")
     if target is not None:
         check_target(target)  # fail fast, before any server or Locust starts
-    chromium = browser_for(sc)  # before any server starts: a clear refusal if there is none
+        if clock == "server" and targets.driver_of(target) != "spacesim":
+            raise LoadError(
+                "--clock server reads spacesim's clock endpoint, which the target does not "
+                "have: run the swarm on one machine (--clock local)"
+            )
+    lacking = target_lacks(sc, target)
+    # before any server starts: a clear refusal if there is none
+    chromium = browser_for(sc) if "browser_probes" not in lacking else None
     _raise_fd_limit(n_users)
     started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     wall0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="spacesim-load-") as tmp:
         workdir = Path(tmp)
         server_dir = out_dir / SERVER_RUN
-        if target is None and server_dir.exists():
+        if server_dir.exists():
             shutil.rmtree(server_dir)
         server = (
             embedded_server(workdir, server_dir, server_cpus, server_capacity(sc))
@@ -370,6 +470,8 @@ def _main(
             if parts.exists():
                 shutil.rmtree(parts)
             locust_dir.mkdir(parents=True, exist_ok=True)
+            if lacking:
+                _note_lacking(parts, run_id, lacking)
             t0 = time.time()
             # The Locust processes read the scenario as resolved here (overrides applied).
             resolved = workdir / "scenario.yaml"
@@ -408,8 +510,11 @@ def _main(
             ]
             if workers > 0:
                 cmd += ["--processes", str(workers)]
-            with browser_probes(
-                sc, url, run_time, parts, run_id, t0, env, out_dir, chromium, swarm_cpus
+            with (
+                target_meter(target, server_dir, run_id, sc),
+                browser_probes(
+                    sc, url, run_time, parts, run_id, t0, env, out_dir, chromium, swarm_cpus
+                ),
             ):
                 rc = _run_locust(cmd, env, run_time + GRACE, swarm_cpus)
     wall = time.monotonic() - wall0
@@ -429,6 +534,7 @@ def _main(
         scenario=sc.model_dump(mode="json"),
         extra={
             "target": target or "embedded",
+            "driver": targets.driver_of(target) if target else "spacesim",
             "users": n_users,
             "spawn_rate": spawn,
             "workers": workers,
@@ -453,6 +559,10 @@ def _main(
             print(title)
             print(summary.to_string())
     print(f"records: {len(records):,} -> {out_dir}")
+    lacked = unsupported_actions(records)
+    if lacked:
+        listed = ", ".join(f"{action} x {n}" for action, n in lacked.items())
+        print(f"unsupported by the target (asked for by the scenario, not performed): {listed}")
     lag = summary["p95"].get("loop_lag", math.nan)
     if lag > LAG_WARNING:
         _say(
@@ -466,6 +576,16 @@ def _main(
     if not joined:
         _say(f"no participant could join {target or 'the embedded server'}: {_refusals(records)}")
     return 0 if rc == 0 and joined else 1
+
+
+def _note_lacking(parts: Path, run_id: str, lacking: Sequence[str]) -> None:
+    """``action_unsupported`` records for run-level features the target lacks."""
+    rec = Recorder(run_id, "load")
+    for feature in lacking:
+        rec.add("action_unsupported", 0.0, "", "", "", 1.0, {"action": feature})
+        _say(f"the target has no {feature}: left out of the run (listed in the summary)")
+    parts.mkdir(parents=True, exist_ok=True)
+    rec.to_frame().to_parquet(parts / "part-run.parquet", index=False)
 
 
 def _refusals(records: pd.DataFrame) -> str:

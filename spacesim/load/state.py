@@ -21,9 +21,9 @@ import aiohttp
 
 from spacesim.behaviour import PyRng
 from spacesim.client.clock import ClockOffset
-from spacesim.load.api import Context, Report, SpaceClient
+from spacesim.load.api import ClientFactory, Context, Report, SpaceClient
 from spacesim.load.host import ACTION_TIMEOUT
-from spacesim.load.live import LiveClient
+from spacesim.load.targets import client_factory
 from spacesim.results import Recorder, RunMeta
 from spacesim.scenario import Scenario, load_scenario
 
@@ -79,6 +79,7 @@ class State:
         self.spaces: list[str] = []  # shared with the context (workers learn them early)
         self.written = -1
         self._ctx: Context | None = None
+        self.factory: ClientFactory | None = None  # the target's driver (made with the context)
 
     def now(self) -> float:
         return time.time() - self.t0
@@ -105,8 +106,11 @@ class State:
         return self._ctx
 
     def _client(self, user: str, *, moderator: bool = False) -> SpaceClient:
-        assert self.http is not None, "call State.session() on the loop first"
-        return LiveClient(self.base, user, self.http, moderator=moderator)
+        """A client of the target's driver (`spacesim.load.targets`: the URL's scheme)."""
+        if self.factory is None:
+            assert self.http is not None, "call State.session() on the loop first"
+            self.factory = client_factory(self.base, self.http)
+        return self.factory(user, moderator=moderator)
 
     def add_space(self, space: str) -> None:
         if space not in self.spaces:

@@ -37,7 +37,7 @@ from aiortc.mediastreams import MediaStreamError
 from spacesim import policy
 from spacesim.client.session import ClientError
 from spacesim.client.speaker import SpeakerTrack, transcripts
-from spacesim.load.api import OnRtp
+from spacesim.load.api import OnRtp, Unsupported
 from spacesim.load.voice import clip_of
 from spacesim.protocol import ACTIONS, ERROR_STATUS, REACTIONS, event_message
 from spacesim.scenario import NetworkProfile
@@ -256,6 +256,15 @@ class FakeServer:
         self.follows: dict[str, set[str]] = {}
         self.actions: Counter[str] = Counter()
         self.ids = itertools.count(1)
+        #: A target that lacks features: created-with features (`SpaceClient.lacks`)
+        #: and actions / requests that raise `Unsupported` (action names, ``events``,
+        #: ``follow``, ``moderate``, ``start``, ``clip``).
+        self.lacks: frozenset[str] = frozenset()
+        self.unsupported: frozenset[str] = frozenset()
+
+    def lacking(self, name: str) -> None:
+        if name in self.unsupported:
+            raise Unsupported(name)
 
     def client(self, user: str, *, moderator: bool = False) -> FakeClient:
         """The `ClientFactory`."""
@@ -287,6 +296,10 @@ class FakeClient:
     def user(self) -> str:
         return self._user
 
+    @property
+    def lacks(self) -> frozenset[str]:
+        return self.server.lacks
+
     async def create_space(
         self,
         title: str,
@@ -314,6 +327,7 @@ class FakeClient:
         return sid
 
     async def start_space(self, space: str) -> None:
+        self.server.lacking("start")
         fs = self.server.get(space)
         fs.publish(check(fs.space.start(self.user)))
 
@@ -359,6 +373,7 @@ class FakeClient:
 
     async def act(self, space: str, action: str, **fields: str) -> dict[str, Any]:
         self.server.actions[action] += 1
+        self.server.lacking(action)
         if action not in ACTIONS:
             raise refuse("unknown_action", action)
         for name in ACTIONS[action]:
@@ -394,6 +409,7 @@ class FakeClient:
     async def moderate(
         self, space: str, action: str, target: str | None = None, report: int | None = None
     ) -> dict[str, Any]:
+        self.server.lacking("moderate")
         if not self.moderator:
             raise refuse("forbidden", "not a moderator")
         fs = self.server.get(space)
@@ -411,6 +427,7 @@ class FakeClient:
         await fs.drop_gone()
 
     async def events(self, space: str) -> AsyncIterator[dict[str, Any]]:
+        self.server.lacking("events")
         fs = self.server.get(space)
         if self.user in fs.space.blocked or self.user in fs.space.removed:
             raise refuse("forbidden")
@@ -427,6 +444,7 @@ class FakeClient:
             fs.subscribers.pop(q, None)
 
     async def cut_clip(self, space: str, duration: float = 30.0) -> dict[str, Any]:
+        self.server.lacking("clip")
         fs = self.server.get(space)
         if fs.space.role_of(self.user) is None:
             raise refuse("not_present")
@@ -481,6 +499,7 @@ class FakeClient:
         return replay
 
     async def follow(self, user: str) -> None:
+        self.server.lacking("follow")
         self.server.follows.setdefault(self.user, set()).add(user)
         for fs in self.server.spaces.values():
             if fs.space.host == self.user:
