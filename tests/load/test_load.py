@@ -187,8 +187,10 @@ def test_set_turns_on_captions_and_recording(tiny: Path, tmp_path: Path) -> None
     assert {"recording_started", "caption"} <= set(server["kind"].astype(str))
     summary = summarise(run.records).loc
     assert summary["caption_latency", "count"] > 0
-    # from speech start, so it holds the utterance (spurts of ~1 s) and 0.5 s of quiet
-    assert 0 < summary["caption_latency", "p50"] < 6.0
+    # from speech start, so it holds the utterance (spurts of ~1 s) and 0.8 s of quiet,
+    # then recognition: 2-3 s here; 8.3 s was seen with the machine at a load average of
+    # 10, so the bound is generous (a broken pipeline gives no captions, hence no p50)
+    assert 0 < summary["caption_latency", "p50"] < 12.0
     # pocketsphinx on spurts of speech: 4-29 % in ten runs of this (a few dozen words
     # each); captions that did not read like the speech would score 80-100 %
     assert summary["caption_wer", "value"] <= 0.45
