@@ -39,12 +39,13 @@ merges the parts into one run directory. Workers on several machines need
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import gevent
 from locust import LoadTestShape, User, constant, task  # gevent patches first
 from locust.exception import StopUser
-from locust.runners import WorkerRunner
+from locust.runners import MasterRunner, WorkerRunner
 
 # isort: split
 from spacesim.client.session import ClientError
@@ -52,7 +53,7 @@ from spacesim.load import bridge
 from spacesim.load.hooks import REQUEST_TYPE, close, ensure, fire
 from spacesim.load.host import Room
 from spacesim.load.listener import ListenerSession
-from spacesim.load.parts import MSG_SPACE, write_part
+from spacesim.load.parts import MSG_RATE, MSG_SPACE, write_part
 from spacesim.load.poster import Poster
 from spacesim.load.replayer import ReplayCrowd, crowd_after
 from spacesim.load.shape import DEFAULT_LISTENERS, listener_targets, posters
@@ -125,6 +126,7 @@ class Listener(User):
 
     weight = 1
     wait_time = constant(0)
+    paced = False  # its first session waited for its slot (`JoinPacer`)
 
     @task
     def listen(self) -> None:
@@ -139,6 +141,9 @@ class Listener(User):
         if not live:  # every space ended: nothing to join, and nothing failed
             gevent.sleep(1)
             return
+        if not self.paced:  # this user's arrival: one slot of the spawn rate
+            self.paced = True
+            gevent.sleep(st.pacer.delay(time.monotonic(), settings.spawn_rate))
         n = next(ctx.ids)
         sess = ListenerSession(ctx, live[n % len(live)], n)
         st.closers[id(sess)] = sess
@@ -170,6 +175,7 @@ class ScenarioShape(LoadTestShape):
     def __init__(self) -> None:
         super().__init__()
         self._users: Any = None
+        self._share: float | None = None
 
     def tick(self) -> tuple[int, float] | None:
         sc = scenario()
@@ -182,7 +188,7 @@ class ScenarioShape(LoadTestShape):
         num_users = getattr(opts, "num_users", None)
         cap_rate = getattr(opts, "spawn_rate", None)
         if settings.shape == "steady":
-            return max(num_users or hosts + 1, hosts + 1), float(cap_rate or 1.0)
+            return max(num_users or hosts + 1, hosts + 1), self._paced(float(cap_rate or 1.0))
         if self._users is None:
             listeners = num_users - hosts if num_users else DEFAULT_LISTENERS
             self._users = listener_targets(sc, run_time, listeners)
@@ -192,4 +198,16 @@ class ScenarioShape(LoadTestShape):
         rate = max(1.0, float(abs(int(nxt) - int(users[i]))))
         if cap_rate:
             rate = min(rate, float(cap_rate))
-        return hosts + int(max(users[i], nxt)), rate
+        return hosts + int(max(users[i], nxt)), self._paced(rate)
+
+    def _paced(self, rate: float) -> float:
+        """Tell this process's `JoinPacer` (or, from a master, each worker's) the rate."""
+        runner = self.runner
+        if isinstance(runner, MasterRunner):
+            share = rate / max(1, runner.worker_count)  # the dispatcher splits it evenly
+            if share != self._share:
+                self._share = share
+                runner.send_message(MSG_RATE, {"rate": share})
+        else:
+            settings.spawn_rate = rate
+        return rate
