@@ -106,6 +106,10 @@ class LiveClient:
     def user(self) -> str:
         return self.rc.user
 
+    async def sign_in(self) -> None:
+        """The user's dev token, before any request needs it (`spacesim.load.api.sign_in`)."""
+        await self.rc.token()
+
     async def create_space(
         self,
         title: str,

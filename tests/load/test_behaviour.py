@@ -326,3 +326,33 @@ async def test_a_listener_the_server_forgot_rejoins_instead_of_leaving() -> None
     left_early = {r[3] for r in rows if r[0] == "participant_left" and r[1] < 3.9}
     assert back and not left_early
     assert not reports.failures()
+
+
+async def test_a_listeners_join_time_starts_after_it_has_signed_in() -> None:
+    """A client mints its credentials on its first request if it has none (the real one:
+    a dev token). A real user is signed in long before joining: that round trip must
+    not be part of the join time (the simulator's join is signalling, ICE and DTLS)."""
+    import asyncio
+
+    from .fakes import FakeClient
+
+    class LazyClient(FakeClient):
+        signed_in = False
+
+        async def sign_in(self) -> None:
+            if not self.signed_in:
+                await asyncio.sleep(0.3)
+                self.signed_in = True
+
+        async def connect_audio(self, *args: Any, **kw: Any) -> Any:
+            await self.sign_in()  # as RoomClient._call mints a token first
+            return await super().connect_audio(*args, **kw)
+
+    server, reports = FakeServer(), Reports()
+    try:
+        rows = await dry_run(scenario(), lambda user, moderator=False: LazyClient(
+            server, user, moderator), 2.0, 2, report=reports)  # fmt: skip
+    finally:
+        await server.close()
+    joins = [r[5] for r in rows if r[0] == "participant_joined" and r[4] == "listener"]
+    assert joins and max(joins) < 0.2, joins
