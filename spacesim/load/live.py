@@ -73,7 +73,7 @@ async def _connected(link: AudioLink, timeout: float) -> None:
         elif state in ("failed", "closed"):
             done.set_exception(ConnectionError(f"connection {state}"))
 
-    pc.on("connectionstatechange", check)
+    pc.add_listener("connectionstatechange", check)
     try:
         check()
         try:
