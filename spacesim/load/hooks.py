@@ -17,7 +17,7 @@ from spacesim.client.clock import ClockOffset, server_offset
 from spacesim.load import bridge
 from spacesim.load.api import Context
 from spacesim.load.host import ACTION_TIMEOUT, TICK
-from spacesim.load.parts import MSG_RATE, MSG_RECORDS, MSG_SPACE, save_part, write_part
+from spacesim.load.parts import MSG_RECORDS, MSG_SPACE, save_part, write_part
 from spacesim.load.shape import posters
 from spacesim.load.state import CLOCKS, NETWORKS, SHAPES, scenario, settings, state
 from spacesim.scenario import load_scenario
@@ -173,11 +173,6 @@ def _init(environment: Environment, **_: Any) -> None:
             state().add_space(str(msg.data["space"]))
 
         runner.register_message(MSG_SPACE, learn)
-
-        def pace(environment: Environment, msg: Any, **_: Any) -> None:
-            settings.spawn_rate = float(msg.data["rate"])
-
-        runner.register_message(MSG_RATE, pace)
 
 
 async def _close_all(objs: list[Any]) -> None:

@@ -14,10 +14,9 @@ from locust.runners import WorkerRunner
 
 from spacesim.load.state import settings, state
 
-__all__ = ["MSG_RATE", "MSG_RECORDS", "MSG_SPACE", "save_part", "write_part"]
+__all__ = ["MSG_RECORDS", "MSG_SPACE", "save_part", "write_part"]
 
 MSG_SPACE = "spacesim_space"  # a host's space id, from its worker to every worker
-MSG_RATE = "spacesim_rate"  # the master's spawn rate per worker, to every worker (pacing)
 MSG_RECORDS = "spacesim_records"  # a worker's records, to the master that writes them
 
 

@@ -55,8 +55,8 @@ class Settings:
     runner: Any = None
     node: str = socket.gethostname()
     scenario: Scenario | None = None
-    # users per second this process is given new users at (None: not known, no pacing):
-    # the shape's rate here (local runner), the master's share per worker (workers)
+    # users per second this process is given new users at: the shape's rate (a local
+    # runner); None (no pacing) in a master's workers, which the shape does not run in
     spawn_rate: float | None = None
 
 

@@ -45,7 +45,7 @@ from typing import Any
 import gevent
 from locust import LoadTestShape, User, constant, task  # gevent patches first
 from locust.exception import StopUser
-from locust.runners import MasterRunner, WorkerRunner
+from locust.runners import WorkerRunner
 
 # isort: split
 from spacesim.client.session import ClientError
@@ -53,7 +53,7 @@ from spacesim.load import bridge
 from spacesim.load.hooks import REQUEST_TYPE, close, ensure, fire
 from spacesim.load.host import Room
 from spacesim.load.listener import ListenerSession
-from spacesim.load.parts import MSG_RATE, MSG_SPACE, write_part
+from spacesim.load.parts import MSG_SPACE, write_part
 from spacesim.load.poster import Poster
 from spacesim.load.replayer import ReplayCrowd, crowd_after
 from spacesim.load.shape import DEFAULT_LISTENERS, listener_targets, posters
@@ -175,7 +175,6 @@ class ScenarioShape(LoadTestShape):
     def __init__(self) -> None:
         super().__init__()
         self._users: Any = None
-        self._share: float | None = None
 
     def tick(self) -> tuple[int, float] | None:
         sc = scenario()
@@ -201,13 +200,7 @@ class ScenarioShape(LoadTestShape):
         return hosts + int(max(users[i], nxt)), self._paced(rate)
 
     def _paced(self, rate: float) -> float:
-        """Tell this process's `JoinPacer` (or, from a master, each worker's) the rate."""
-        runner = self.runner
-        if isinstance(runner, MasterRunner):
-            share = rate / max(1, runner.worker_count)  # the dispatcher splits it evenly
-            if share != self._share:
-                self._share = share
-                runner.send_message(MSG_RATE, {"rate": share})
-        else:
-            settings.spawn_rate = rate
+        """Tell this process's `JoinPacer` the rate (not a master's workers: they are
+        still given their users in Locust's bursts)."""
+        settings.spawn_rate = rate
         return rate
