@@ -29,7 +29,16 @@ from spacesim.client.speaker import SpeakerTrack
 from spacesim.results import Recorder
 from spacesim.scenario import NetworkProfile, Scenario
 
-__all__ = ["ClientFactory", "Context", "Link", "OnRtp", "Report", "SpaceClient", "Unsupported"]
+__all__ = [
+    "ClientFactory",
+    "Context",
+    "Link",
+    "OnRtp",
+    "Report",
+    "SpaceClient",
+    "Unsupported",
+    "sign_in",
+]
 
 #: `connect_audio`'s receive callback: (slot, RTP packet, monotonic arrival ns or None).
 OnRtp = Callable[[int, bytes, "int | None"], None]
@@ -149,6 +158,15 @@ class SpaceClient(Protocol):
         """Hear an ended space's recording over WebRTC from `offset` s; connected when it
         returns; its ``join`` is the replay answer (``duration_s``)."""
         ...
+
+
+async def sign_in(client: SpaceClient) -> None:
+    """Get the client's credentials now, if it has a ``sign_in()`` coroutine (optional:
+    `LiveClient` mints its dev token), so that a session's join time does not include a
+    sign-in that a real client has done long before it joins."""
+    fetch = getattr(client, "sign_in", None)
+    if fetch is not None:
+        await fetch()
 
 
 class ClientFactory(Protocol):

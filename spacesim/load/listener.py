@@ -63,7 +63,7 @@ from spacesim.client.listener import ListenerStats
 from spacesim.client.probe import ProbeStats
 from spacesim.client.session import ClientError
 from spacesim.client.speaker import transcripts
-from spacesim.load.api import Context, Link, SpaceClient, Unsupported
+from spacesim.load.api import Context, Link, SpaceClient, Unsupported, sign_in
 from spacesim.load.captions import fragment_errors
 from spacesim.load.host import ACTION_TIMEOUT, path_attrs, quiet
 from spacesim.load.voice import clip_of, new_track
@@ -200,6 +200,8 @@ class ListenerSession:
             length = behaviour.session_length(self.sc.session, self.rng)
         start_ns = ctx.clock()  # the clock first_audio_ns is read on
         try:
+            await sign_in(self.client)
+            start_ns = ctx.clock()  # signed in before it joins, as a real client is
             self.link = await self._connect()
         except ClientError as exc:
             took = (ctx.clock() - start_ns) / 1e9

@@ -32,7 +32,7 @@ from typing import Any
 
 from spacesim import behaviour
 from spacesim.client import rtp
-from spacesim.load.api import Context, Link
+from spacesim.load.api import Context, Link, sign_in
 from spacesim.load.host import ACTION_TIMEOUT, Room, quiet
 
 __all__ = ["FIRST_AUDIO_TIMEOUT", "ReplayCrowd", "ReplaySession", "crowd_after"]
@@ -72,6 +72,7 @@ class ReplaySession:
         """Play, stay, stop: ``"done"``, or ``"failed"`` (reported as a ``replay`` failure)."""
         t = time.monotonic()
         try:
+            await sign_in(self.client)  # before the start clock, as a listener's join
             if self.http:
                 await self._download()
             else:

@@ -27,7 +27,17 @@ from spacesim.load.targets import client_factory
 from spacesim.results import Recorder, RunMeta
 from spacesim.scenario import Scenario, load_scenario
 
-__all__ = ["CLOCKS", "NETWORKS", "SHAPES", "Settings", "State", "scenario", "settings", "state"]
+__all__ = [
+    "CLOCKS",
+    "NETWORKS",
+    "SHAPES",
+    "JoinPacer",
+    "Settings",
+    "State",
+    "scenario",
+    "settings",
+    "state",
+]
 
 CLOCKS = ("local", "server")
 SHAPES = ("arrivals", "steady")
@@ -45,9 +55,34 @@ class Settings:
     runner: Any = None
     node: str = socket.gethostname()
     scenario: Scenario | None = None
+    # users per second this process is given new users at: the shape's rate (a local
+    # runner); None (no pacing) in a master's workers, which the shape does not run in
+    spawn_rate: float | None = None
 
 
 settings = Settings()
+
+
+class JoinPacer:
+    """Spaces new users' first joins evenly at the spawn rate.
+
+    Locust dispatches floor(rate) users at once every floor(rate) / rate seconds
+    (locust/dispatch.py, ``UsersDispatcher._user_count_per_dispatch_iteration``), and
+    the users spawned before the host's space is ready all start when it is: without
+    pacing, ``-r 25`` is a burst of 25 simultaneous joins each second, each queueing
+    behind the others' connection setup, where the simulator has one every 40 ms.
+    """
+
+    def __init__(self) -> None:
+        self._next = float("-inf")
+
+    def delay(self, now: float, rate: float | None) -> float:
+        """Seconds a user arriving at `now` waits for its slot (0 without a rate)."""
+        if not rate or rate <= 0:
+            return 0.0
+        slot = max(now, self._next)
+        self._next = slot + 1.0 / rate
+        return slot - now
 
 
 def scenario() -> Scenario:
@@ -73,6 +108,7 @@ class State:
         self.clock: Callable[[], int] = time.monotonic_ns
         self.offset: ClockOffset | None = None
         self.space_ready = threading.Event()
+        self.pacer = JoinPacer()
         self.closers: dict[int, Any] = {}  # id -> object with async close()
         self.http: aiohttp.ClientSession | None = None
         self.base = ""

@@ -39,6 +39,7 @@ merges the parts into one run directory. Workers on several machines need
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import gevent
@@ -125,6 +126,7 @@ class Listener(User):
 
     weight = 1
     wait_time = constant(0)
+    paced = False  # its first session waited for its slot (`JoinPacer`)
 
     @task
     def listen(self) -> None:
@@ -139,6 +141,9 @@ class Listener(User):
         if not live:  # every space ended: nothing to join, and nothing failed
             gevent.sleep(1)
             return
+        if not self.paced:  # this user's arrival: one slot of the spawn rate
+            self.paced = True
+            gevent.sleep(st.pacer.delay(time.monotonic(), settings.spawn_rate))
         n = next(ctx.ids)
         sess = ListenerSession(ctx, live[n % len(live)], n)
         st.closers[id(sess)] = sess
@@ -182,7 +187,7 @@ class ScenarioShape(LoadTestShape):
         num_users = getattr(opts, "num_users", None)
         cap_rate = getattr(opts, "spawn_rate", None)
         if settings.shape == "steady":
-            return max(num_users or hosts + 1, hosts + 1), float(cap_rate or 1.0)
+            return max(num_users or hosts + 1, hosts + 1), self._paced(float(cap_rate or 1.0))
         if self._users is None:
             listeners = num_users - hosts if num_users else DEFAULT_LISTENERS
             self._users = listener_targets(sc, run_time, listeners)
@@ -192,4 +197,10 @@ class ScenarioShape(LoadTestShape):
         rate = max(1.0, float(abs(int(nxt) - int(users[i]))))
         if cap_rate:
             rate = min(rate, float(cap_rate))
-        return hosts + int(max(users[i], nxt)), rate
+        return hosts + int(max(users[i], nxt)), self._paced(rate)
+
+    def _paced(self, rate: float) -> float:
+        """Tell this process's `JoinPacer` the rate (not a master's workers: they are
+        still given their users in Locust's bursts)."""
+        settings.spawn_rate = rate
+        return rate

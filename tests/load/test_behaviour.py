@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections import Counter
@@ -15,7 +16,7 @@ from spacesim.protocol import ACTIONS
 from spacesim.results import Row
 from spacesim.scenario import Scenario, parse_scenario
 
-from .fakes import FakeServer
+from .fakes import FakeClient, FakeServer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -325,4 +326,49 @@ async def test_a_listener_the_server_forgot_rejoins_instead_of_leaving() -> None
     back = {r[3] for r in rows if r[0] == "reconnected"}
     left_early = {r[3] for r in rows if r[0] == "participant_left" and r[1] < 3.9}
     assert back and not left_early
+    assert not reports.failures()
+
+
+class LazyClient(FakeClient):
+    """Mints its credentials (0.3 s) on its first request, as `RoomClient` mints a dev
+    token, unless `sign_in` was awaited first."""
+
+    signed_in = False
+
+    async def sign_in(self) -> None:
+        if not self.signed_in:
+            await asyncio.sleep(0.3)
+            self.signed_in = True
+
+    async def connect_audio(self, *args: Any, **kw: Any) -> Any:
+        await self.sign_in()
+        return await super().connect_audio(*args, **kw)
+
+    async def connect_replay(self, *args: Any, **kw: Any) -> Any:
+        await self.sign_in()
+        return await super().connect_replay(*args, **kw)
+
+    async def recording_info(self, *args: Any, **kw: Any) -> Any:
+        await self.sign_in()
+        return await super().recording_info(*args, **kw)
+
+
+async def run_lazy(sc: Scenario, seconds: float, listeners: int) -> tuple[list[Row], Reports]:
+    """`run` with `LazyClient` s."""
+    server, reports = FakeServer(), Reports()
+    try:
+        rows = await dry_run(sc, lambda user, moderator=False: LazyClient(
+            server, user, moderator), seconds, listeners, report=reports)  # fmt: skip
+    finally:
+        await server.close()
+    return rows, reports
+
+
+async def test_a_listeners_join_time_starts_after_it_has_signed_in() -> None:
+    """A real user is signed in long before joining: minting the client's credentials
+    must not be part of its join time (the simulator's join is signalling, ICE and
+    DTLS)."""
+    rows, reports = await run_lazy(scenario(), 2.0, 2)
+    joins = [r[5] for r in rows if r[0] == "participant_joined" and r[4] == "listener"]
+    assert joins and max(joins) < 0.2, joins
     assert not reports.failures()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -107,6 +108,26 @@ def test_pinned_run_enforces_the_models_admission_limit(tmp_path: Path) -> None:
     assert {json.loads(a)["reason"] for a in refused["attrs"]} == {"server_full"}
     assert run.meta.extra["server_cpus"] == sorted(server_cpus)
     assert run.meta.extra["swarm_cpus"] == sorted(swarm_cpus)
+
+
+def test_listeners_arrive_at_the_spawn_rate_not_in_locusts_bursts(tmp_path: Path) -> None:
+    """-r 6 means one join every 1/6 s, as the simulator's constant arrivals have it.
+    Locust dispatches floor(r) users at once each second, and the users spawned before
+    the host's space is ready start together when it is: unpaced, the listeners' joins
+    started within a few ms of each other and queued behind each other's connection
+    setup (0.3-0.7 s for bursts of 25)."""
+    path = tmp_path / "steady.yaml"
+    path.write_text(ADMITTED.replace("server: {max_streams: 3}\n", ""))
+    out = tmp_path / "run"
+    assert main(path, users=7, duration=6, out=out, spawn_rate=6, shape="steady",
+                network="none") == 0  # fmt: skip
+    rec = load_run(out).records
+    joined = rec[(rec["kind"] == "participant_joined") & (rec["role"] == "listener")]
+    assert len(joined) == 6
+    started = sorted(joined["t"] - joined["value"])  # when each join request began
+    gaps = [b - a for a, b in itertools.pairwise(started)]
+    assert started[-1] - started[0] > 0.5, gaps  # 5/6 s when paced
+    assert sorted(gaps)[1] > 1 / 12, gaps  # 1/6 s apart (unpaced: ~1 ms for most pairs)
 
 
 def test_pin_sets_a_processes_cpus() -> None:

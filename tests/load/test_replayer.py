@@ -7,7 +7,7 @@ import pytest
 from spacesim import behaviour
 from spacesim.results import Recorder, summarise
 
-from .test_behaviour import attrs, kinds, run, scenario
+from .test_behaviour import attrs, kinds, run, run_lazy, scenario
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -59,6 +59,16 @@ async def test_replay_listeners_play_an_ended_recording(via: str) -> None:
     summary = summarise(rec.to_frame(), 3.5)
     assert summary.loc["replays", "value"] == len(started)
     assert summary.loc["replay_egress_bytes", "value"] == sum(r[5] for r in egress.values())
+
+
+@pytest.mark.parametrize("via", ["webrtc", "http"])
+async def test_a_replay_start_does_not_include_signing_in(via: str) -> None:
+    """As a listener's join: ``replay_started`` runs from the request, signed in before."""
+    sc = scenario(**replayed(1.0 if via == "http" else 0.0))
+    rows, reports = await run_lazy(sc, 3.5, 2)
+    started = [r[5] for r in rows if r[0] == "replay_started"]
+    assert started and max(started) < 0.25, started
+    assert not reports.failures()
 
 
 async def test_no_replay_listeners_for_unrecorded_spaces() -> None:
