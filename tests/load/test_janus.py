@@ -17,6 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from spacesim import rtc
 from spacesim.client.listener import ListenerStats
 from spacesim.client.speaker import SpeakerTrack, tone_packets
 from spacesim.load import janus_server
@@ -26,6 +27,15 @@ from spacesim.load.run import main
 from spacesim.results import load_run, summarise_run
 
 pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _loopback_candidates_after() -> Iterator[None]:
+    """JanusFactory gathers ICE candidates on the veth (process-wide): give the tests
+    after this module their default back."""
+    yield
+    rtc.use_host_addresses()
+
 
 SMOKE = Path(__file__).resolve().parents[2] / "scenarios" / "smoke.yaml"
 

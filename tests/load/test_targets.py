@@ -279,8 +279,10 @@ async def test_a_subscription_janus_dropped_is_tried_again_on_a_new_handle() -> 
     retry on a new handle, not the listener's join."""
     from aiortc import RTCPeerConnection
 
+    from spacesim import rtc
     from spacesim.load.janus import SUBSCRIBE_ATTEMPTS
 
+    rtc.use_host_addresses(["127.0.0.1"])  # the client's ice_host below (process-wide)
     janus_pc = RTCPeerConnection()
     janus_pc.addTransceiver("audio", direction="sendonly")
     await janus_pc.setLocalDescription(await janus_pc.createOffer())
