@@ -631,6 +631,17 @@ class Server(_Model):
             "also puts the clients' own receive path here."
         ),
     )
+    client_setup: Duration = Field(
+        0.010,
+        ge=0,
+        description=(
+            "Time a joining client spends on its own side of the handshake (creating the "
+            "offer, applying the answer, the DTLS crypto): about 10 ms for the swarm's "
+            "aiortc clients (measured 2026-12-07); spacesim calibrate fits it from load "
+            "runs' join times. Join time = 2 RTT (signalling, DTLS) + max(20 ms, RTT) (ICE: "
+            "aioice paces its checks 20 ms apart) + this + the node's join work."
+        ),
+    )
     max_streams: Count | None = Field(
         None,
         description=(

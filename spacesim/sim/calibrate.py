@@ -30,6 +30,16 @@ so their clocks line up. The fits are non-negative least squares:
   On loopback both terms include the clients' own receive path: the swarm's listeners
   share an event loop, so the k-th copy of a packet is also *read* k copies late.
 
+* **Join time.** ``client_setup`` is the median join time of the latency runs' listeners
+  less what the model puts around it: 2 RTT + max(20 ms ICE pacing, RTT) and the
+  fitted ``cpu_per_join`` (`join_setup`; the median over those runs). On loopback the
+  swarm's clients share one machine, so this is their own CPU per join plus their
+  contention while joining.
+* **Garbage-collection pauses.** The server records each second's collector pauses
+  (``gc_pause``: seconds, with the sum of squared pauses); ``gc_pause_per_packet`` is
+  the slope of pause seconds on packets forwarded, and ``gc_pause_length`` the
+  length-biased mean pause, sum(L^2) / sum(L): what a packet arriving in one sees.
+
 * **Captions and recording.** Once a second the server also records its caption
   workers' CPU (``asr_cores``: their own processes) and the speech it sent them
   (``asr_audio_seconds``), and what its recordings wrote (``recording_bytes`` of role
@@ -97,6 +107,7 @@ __all__ = [
     "fit_latency",
     "fit_recording",
     "gc_samples",
+    "join_setup",
     "latency_points",
     "load_calibration",
     "nnls",
@@ -443,6 +454,40 @@ def _recording_samples(pair: _Pair) -> pd.DataFrame:
     return frame[frame["t"] <= _end(pair)].reset_index(drop=True)
 
 
+def join_setup(directory: str | Path, cpu_per_join: float) -> float | None:
+    """A load run's ``client_setup``: its listeners' median join time less what the model
+    puts around it (2 RTT + max(ICE pacing, RTT) of the run's first network path, and the
+    server's join work); None without listeners' joins or when the swarm fell behind."""
+    return _join_setup(_pair(directory), cpu_per_join)
+
+
+def _join_setup(pair: _Pair, cpu_per_join: float) -> float | None:
+    from spacesim.sim.world import _JOIN_ROUND_TRIPS, ICE_CHECK_PACING
+
+    if pair.load is None or swarm_behind(pair.load):
+        return None
+    rec = pair.load.records
+    joins = rec.loc[(rec["kind"] == "participant_joined") & (rec["role"] == "listener"), "value"]
+    joins = joins.dropna()
+    if joins.empty:
+        return None
+    paths = (pair.load.meta.scenario or {}).get("network") or [{}]
+    first = paths[0] if isinstance(paths, list) else paths
+    network = str(pair.load.meta.extra.get("network") or "scenario")
+    rtt = 0.0 if network == "none" else float(_seconds(first.get("rtt", 0.0)))
+    around = _JOIN_ROUND_TRIPS * rtt + max(ICE_CHECK_PACING, rtt) + cpu_per_join
+    return max(float(joins.median()) - around, 0.0)
+
+
+def _seconds(value: object) -> float:
+    """A scenario duration as the run's meta stores it (seconds, or a string like 40ms)."""
+    if isinstance(value, int | float):
+        return float(value)
+    from spacesim.scenario import parse_duration
+
+    return parse_duration(str(value))
+
+
 def gc_samples(directory: str | Path) -> pd.DataFrame:
     """Per server sample: ``t, pause, squares, packets, run_id`` (its collector's pauses)."""
     return _gc_samples(_pair(directory))
@@ -664,6 +709,11 @@ def calibrate(
     asr = fit_asr(pd.concat(asr_frames, ignore_index=True)) if asr_frames else None
     rec_frames = [f for f in (_recording_samples(p) for p in pairs) if len(f)]
     recording = fit_recording(pd.concat(rec_frames, ignore_index=True)) if rec_frames else None
+    setups = [
+        x for x in (_join_setup(p, fitted.get("cpu_per_join", 0.0)) for p in timed) if x is not None
+    ]
+    if setups:
+        fitted["client_setup"] = float(np.median(setups))
     gc_frames = [f for f in (_gc_samples(p) for p in pairs) if len(f)]
     gc = fit_gc(pd.concat(gc_frames, ignore_index=True)) if gc_frames else None
     notes = []

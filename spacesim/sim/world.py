@@ -37,8 +37,16 @@ __all__ = ["Listener", "ReplayListener", "Room", "World"]
 
 # Handshakes before media flows (signalling, ICE check, DTLS); each is one round trip
 # and, when its packet is lost, waits for a 1 s retransmission timer (RFC 6347 4.2.4.1).
-_JOIN_ROUND_TRIPS = 3
-_RETRANSMIT = 1.0
+# A join's round trips: signalling (the join request and its answer) and DTLS (one
+# flight each way from the client's side: aiortc sends no cookie exchange); ICE is
+# max(ICE_CHECK_PACING, RTT): aioice's Connection.connect() starts a check, then sleeps
+# 20 ms before looking at the result (aioice/ice.py), so a check on loopback takes 20 ms.
+_JOIN_ROUND_TRIPS = 2
+ICE_CHECK_PACING = 0.020
+# What a lost packet costs each step (its retransmission timer): signalling over TCP,
+# Linux's minimum RTO; an ICE check, aioice's RETRY_RTO (aioice/stun.py); a DTLS flight,
+# OpenSSL's initial DTLS timer (DTLSv1_get_timeout() gives ~1 s).
+_RETRANSMIT = (0.2, 0.5, 1.0)
 CLIP_SECONDS = 30.0  # a listener's clip: the protocol's longest, as the swarm cuts them
 
 
@@ -416,16 +424,18 @@ class World:
         self.add(("join_refused", self.env.now, room.name, pid, "listener", math.nan, attrs))
 
     def _handshake(self, net: NetworkProfile) -> float:
-        """Handshake round trips before media flows, each with a jitter term each way, and
-        a retransmission timer for each one whose packet is lost."""
+        """Signalling, ICE and DTLS before media flows (see `_JOIN_ROUND_TRIPS`), each with
+        a jitter term each way and its retransmission timer when its packet is lost, plus
+        the client's own work (``server.client_setup``)."""
         d = self.draws
-        took = _JOIN_ROUND_TRIPS * net.rtt
+        took = _JOIN_ROUND_TRIPS * net.rtt + max(ICE_CHECK_PACING, net.rtt)
+        took += self.sc.server.client_setup
         if net.jitter > 0:
-            took += d.gamma(2 * _JOIN_ROUND_TRIPS, net.jitter)
+            took += d.gamma(2 * (_JOIN_ROUND_TRIPS + 1), net.jitter)
         if net.loss > 0:
-            for _ in range(_JOIN_ROUND_TRIPS):
+            for timer in _RETRANSMIT:
                 if d.uniform() < net.loss:
-                    took += _RETRANSMIT
+                    took += timer
         return took
 
     def join_listener(self, room: Room, pid: str) -> Listener | None:

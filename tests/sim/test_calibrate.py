@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from spacesim.sim.calibrate import (
     calibrate,
     cpu_samples,
     gc_samples,
+    join_setup,
     load_calibration,
     nnls,
     recording_samples,
@@ -505,3 +507,32 @@ def test_collector_pauses_lengthen_the_tail_not_the_body(tmp_path: Path) -> None
     assert b["p50"] == pytest.approx(a["p50"], abs=0.0002)  # (other draws: not equal)
     # 2 % of packets wait U x 40 ms: the top 1 % wait 20-40 ms more
     assert b["p99"] - a["p99"] > 0.015
+
+
+def test_client_setup_is_the_median_join_less_the_handshake_and_join_work(
+    tmp_path: Path,
+) -> None:
+    """load_run_pair's listeners joined in 0.1 s on loopback (network none): 20 ms of ICE
+    pacing and the fitted cpu_per_join around the client's own share."""
+    pair = load_run_pair(tmp_path / "l", 20, 0.001, 60e-6, 7)
+    run = load_run(pair)
+    meta = dataclasses.replace(run.meta, extra={**run.meta.extra, "network": "none"})
+    write_run(pair, run.records, meta)
+    cal = calibrate([pair])
+    assert cal.server["client_setup"] == pytest.approx(
+        0.1 - 0.020 - cal.server["cpu_per_join"], abs=1e-4
+    )
+    assert join_setup(pair, 0.0) == pytest.approx(0.08)
+
+
+def test_join_time_is_two_round_trips_ice_pacing_and_the_clients_setup() -> None:
+    for rtt, setup in ((0.0, 0.010), (0.1, 0.0)):
+        sc = fixed_crowd(
+            10,
+            20,
+            network={"rtt": rtt, "jitter": 0, "loss": 0},
+            server={"cpu_per_join": 1e-4, "client_setup": setup},
+        )
+        joins = summarise(simulate(sc, seed=1).records).loc["join_time"]
+        expect = 2 * rtt + max(0.020, rtt) + setup + 1e-4
+        assert joins["p50"] == pytest.approx(expect, rel=0.05), rtt
