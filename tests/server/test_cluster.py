@@ -1,0 +1,134 @@
+"""The cluster (`spacesim serve --cluster`): a real redis-server and real nodes on 127.0.0.1.
+
+Two nodes share one SQLite file. A space lives on the node that created it; a listener
+joining through the other node is placed by power of two choices and hears the speaker
+through the origin's relay; events reach event streams on both nodes through Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from spacesim.client.listener import ListenerStats
+from spacesim.client.session import AudioLink, RoomClient, connect_audio
+from spacesim.client.speaker import SpeakerTrack, load_clip
+from spacesim.server import launch
+from spacesim.server.cluster import DOWN, Relay
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[tuple[Any, str]]]:
+    with launch.cluster(tmp_path_factory.mktemp("cluster"), nodes=2) as (_, procs):
+        yield procs
+
+
+def _node(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{url}/cluster/v1/node", timeout=5) as r:
+        return dict(json.loads(r.read()))
+
+
+def _ignore(slot: int, packet: bytes, arrival_ns: int) -> None:
+    return None
+
+
+def test_nodes_register_and_see_each_other(two_nodes: list[tuple[Any, str]]) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        seen = [_node(url) for _, url in two_nodes]
+        if all(s["nodes"] == 2 for s in seen):
+            break
+        time.sleep(0.2)
+    assert [s["node"] for s in seen] == ["node-1", "node-2"]
+    assert all(s["nodes"] == 2 for s in seen)
+
+
+async def test_speaker_on_one_node_is_heard_and_events_reach_the_other(
+    two_nodes: list[tuple[Any, str]],
+) -> None:
+    """The host speaks on node-1 (the origin); listeners join through node-2 and are
+    placed on both nodes; each hears every packet; an event reaches node-2's stream."""
+    (_, url1), (_, url2) = two_nodes
+    links: list[AudioLink] = []
+    async with aiohttp.ClientSession() as http:
+        host = RoomClient(url1, "host", http)
+        space = await host.create_space("cluster")
+        track = SpeakerTrack(load_clip("welcome"), sender_id=1, loop=True)
+        try:
+            links.append(await connect_audio(host, space, _ignore, publish=track))
+            assert links[0].join["node"]["id"] == "node-1"  # the stage stays on the origin
+            # an event stream on node-2 (not the origin): served from the space's channel
+            watcher = RoomClient(url2, "watcher", http)
+            events = watcher.events(space)
+            hello = await asyncio.wait_for(events.__anext__(), 10)
+            assert hello["type"] == "hello" and hello["space"]["id"] == space
+            stats: dict[str, ListenerStats] = {}
+            for i in range(6):  # by power of two choices: both nodes get some
+                user = f"l{i}"
+                stats[user] = ListenerStats()
+                links.append(
+                    await connect_audio(RoomClient(url2, user, http), space, stats[user].on_rtp)
+                )
+            nodes = {link.join["participant"]: link.join["node"]["id"] for link in links[1:]}
+            assert set(nodes.values()) == {"node-1", "node-2"}, nodes
+            await host.act(space, "react", emoji="🔥")  # an event published on node-1
+            while True:
+                ev = await asyncio.wait_for(events.__anext__(), 10)
+                if ev.get("kind") == "reaction":
+                    break
+            await asyncio.sleep(2.0)
+            for user, s in stats.items():
+                got = s.senders.get(1)
+                assert got is not None and got.received > 50, (user, nodes[user])
+            relayed = _node(url1)["relayed"]
+            assert relayed > 50  # once per packet to node-2, not once per listener there
+            assert _node(url2)["relay_received"] > 50
+            await events.aclose()
+        finally:
+            track.stop()
+            for link in links:
+                await link.close()
+
+
+def test_relay_refuses_a_forged_packet() -> None:
+    """A datagram without the cluster key's tag is dropped, one with it is taken."""
+    from spacesim.rtc import RtpPacket
+
+    got: list[Any] = []
+    relay = Relay(b"k" * 32, lambda *a: got.append(a))
+    forger = Relay(b"x" * 32, lambda *a: None)
+    packet = RtpPacket(payload_type=111, sequence_number=7, timestamp=960, payload=b"opus")
+    relay.datagram_received(forger.encode(DOWN, "s-1", "alice", 1, 5, packet), ("1.2.3.4", 9))
+    assert not got and relay.refused == 1
+    relay.datagram_received(relay.encode(DOWN, "s-1", "alice", 1, 5, packet), ("1.2.3.4", 9))
+    kind, space, user, k, gen, p = got[0]
+    assert (kind, space, user, k, gen) == (DOWN, "s-1", "alice", 1, 5)
+    assert (p.sequence_number, p.timestamp, p.payload) == (7, 960, b"opus")
+
+
+@pytest.mark.slow
+def test_a_killed_node_is_noticed(tmp_path: Path) -> None:
+    """kill -9 a node: the others drop it from the registry within its TTL (3 s)."""
+    with launch.cluster(tmp_path, nodes=2) as (_, procs):
+        (_, url1), (proc2, _) = procs
+        deadline = time.monotonic() + 10
+        while _node(url1)["nodes"] < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        os.kill(proc2.pid, signal.SIGKILL)
+        t = time.monotonic()
+        while _node(url1)["nodes"] > 1:
+            assert time.monotonic() - t < 5
+            time.sleep(0.1)
