@@ -63,7 +63,7 @@ from spacesim.client.session import ClientError
 from spacesim.client.speaker import transcripts
 from spacesim.load.api import Context, Link, SpaceClient
 from spacesim.load.captions import fragment_errors
-from spacesim.load.host import ACTION_TIMEOUT, path_attrs, quiet
+from spacesim.load.host import ACTION_TIMEOUT, node_attrs, path_attrs, quiet
 from spacesim.load.voice import clip_of, new_track
 from spacesim.scenario import NetworkProfile
 
@@ -209,8 +209,8 @@ class ListenerSession:
         self.joined_at = ctx.now()
         ctx.joined += 1
         ctx.report("join", join_s, None)
-        ctx.add("participant_joined", self.space, self.user, "listener", join_s,
-                path_attrs(self.path))  # fmt: skip
+        attrs = path_attrs(self.path) | node_attrs(self.link.join)
+        ctx.add("participant_joined", self.space, self.user, "listener", join_s, attrs)
         space = self.link.join.get("space") or {}
         self.setting = str(space.get("who_may_speak") or self.setting)
         self.recorded = bool(space.get("recording"))
@@ -378,7 +378,7 @@ class ListenerSession:
             return True
         took = time.monotonic() - t
         ctx.report("reconnect", took, None)
-        ctx.add("reconnected", self.space, self.user, self.role, took)
+        ctx.add("reconnected", self.space, self.user, self.role, took, node_attrs(self.link.join))
         return True
 
     async def _speak(self) -> None:
