@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -217,6 +218,8 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
 
     nodes = args.nodes or os.cpu_count() or 1
     workdir = Path(args.dir)
+    # SIGTERM too stops the nodes and Redis (a background job ignores SIGINT)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with launch.cluster(workdir, nodes) as (redis_url, procs):
         out.print(f"spacesim cluster: {nodes} nodes, Redis at {redis_url}, logs in {workdir}/")
         for i, (_, url) in enumerate(procs, 1):

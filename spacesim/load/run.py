@@ -42,6 +42,7 @@ from typing import IO, Any
 import numpy as np
 import pandas as pd
 
+from spacesim.load.nodes import NodeSampler
 from spacesim.load.shape import DEFAULT_LISTENERS, posters, scaled_users
 from spacesim.results import Run, RunMeta, records_frame, summarise_run, write_run
 from spacesim.scenario import Scenario, ScenarioError, load_scenario
@@ -381,8 +382,17 @@ def _main(
             ]
             if workers > 0:
                 cmd += ["--processes", str(workers)]
-            with browser_probes(sc, url, run_time, parts, run_id, t0, env, out_dir, chromium):
+            # a cluster target: its nodes' CPU and packets, sampled over HTTP (load.nodes)
+            nodes = NodeSampler(url, t0) if target is not None else None
+            with (
+                browser_probes(sc, url, run_time, parts, run_id, t0, env, out_dir, chromium),
+                nodes or contextlib.nullcontext(),
+            ):
                 rc = _run_locust(cmd, env, run_time + GRACE)
+            if nodes is not None and nodes.active:
+                if server_dir.exists():
+                    shutil.rmtree(server_dir)
+                nodes.write(server_dir, started_at, time.time() - t0)
     wall = time.monotonic() - wall0
     records = merge_parts(parts, run_id) if parts.is_dir() else None
     if records is None or records.empty:

@@ -249,6 +249,7 @@ class Cluster:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._cpu = (time.process_time(), time.monotonic())
         self.cpu = 0.0  # share of one core this process used over the last beat
+        self.closed_forwarded = 0  # packets forwarded by remote rooms already closed
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -562,6 +563,7 @@ class Cluster:
         if user is None or not media.participants():
             self.remote.pop(space, None)
             self.remote_origin.pop(space, None)
+            self.closed_forwarded += media.forwarded  # counters never go backwards
             await media.close_all()
 
     def _upstream(self, space: str) -> Callable[[str, Any], None]:
@@ -645,6 +647,7 @@ class Cluster:
         return {
             "node": self.id,
             "nodes": len(self.nodes),
+            "urls": {n.id: n.url for n in self.nodes.values()},
             "listeners": self.local_listeners(),
             "relayed": relay.sent if relay else 0,
             "relay_bytes": relay.bytes_sent if relay else 0,

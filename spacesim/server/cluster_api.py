@@ -263,5 +263,5 @@ async def node_stats(request: web.Request) -> web.Response:
     cluster: Cluster = state.cluster
     media = [*state.media.values(), *cluster.remote.values()]
     forwarded = sum(m.stats()["forwarded"] for m in media)
-    forwarded += state.closed_media.get("forwarded", 0)
+    forwarded += state.closed_media.get("forwarded", 0) + cluster.closed_forwarded
     return _json(cluster.stats() | {"forwarded": forwarded})

@@ -23,6 +23,8 @@ import pytest
 from spacesim.client.listener import ListenerStats
 from spacesim.client.session import AudioLink, RoomClient, connect_audio
 from spacesim.client.speaker import SpeakerTrack, load_clip
+from spacesim.load.nodes import NodeSampler, node_stats
+from spacesim.results import load_run
 from spacesim.server import launch
 from spacesim.server.cluster import DOWN, Relay
 
@@ -66,6 +68,7 @@ async def test_speaker_on_one_node_is_heard_and_events_reach_the_other(
         host = RoomClient(url1, "host", http)
         space = await host.create_space("cluster")
         track = SpeakerTrack(load_clip("welcome"), sender_id=1, loop=True)
+        far_track = SpeakerTrack(load_clip("welcome"), sender_id=2, loop=True)
         try:
             links.append(await connect_audio(host, space, _ignore, publish=track))
             assert links[0].join["node"]["id"] == "node-1"  # the stage stays on the origin
@@ -83,6 +86,18 @@ async def test_speaker_on_one_node_is_heard_and_events_reach_the_other(
                 )
             nodes = {link.join["participant"]: link.join["node"]["id"] for link in links[1:]}
             assert set(nodes.values()) == {"node-1", "node-2"}, nodes
+            # a listener placed on node-2 is promoted: it publishes there, node-2 relays
+            # its packets up to the origin, which gates them and relays them back down
+            far = RoomClient(url2, "far", http)
+            for _ in range(20):
+                link = await connect_audio(far, space, _ignore, publish=far_track)
+                links.append(link)
+                if link.join["node"]["id"] == "node-2":
+                    break
+                await far.leave(space)
+            assert links[-1].join["node"]["id"] == "node-2"
+            await host.act(space, "invite", target="far")
+            await far.act(space, "accept_invite")
             await host.act(space, "react", emoji="🔥")  # an event published on node-1
             while True:
                 ev = await asyncio.wait_for(events.__anext__(), 10)
@@ -90,16 +105,36 @@ async def test_speaker_on_one_node_is_heard_and_events_reach_the_other(
                     break
             await asyncio.sleep(2.0)
             for user, s in stats.items():
-                got = s.senders.get(1)
-                assert got is not None and got.received > 50, (user, nodes[user])
+                for sender in (1, 2):
+                    got = s.senders.get(sender)
+                    assert got is not None and got.received > 50, (user, nodes[user], sender)
             relayed = _node(url1)["relayed"]
             assert relayed > 50  # once per packet to node-2, not once per listener there
             assert _node(url2)["relay_received"] > 50
             await events.aclose()
         finally:
             track.stop()
+            far_track.stop()
             for link in links:
                 await link.close()
+
+
+def test_node_sampler_keeps_each_nodes_cpu(
+    two_nodes: list[tuple[Any, str]], tmp_path: Path
+) -> None:
+    """`spacesim load --target` a cluster samples every node (found from any one)."""
+    t0 = time.time()
+    with NodeSampler(two_nodes[1][1], t0, every=0.2) as sampler:
+        time.sleep(0.7)
+    assert sampler.active
+    written = sampler.write(tmp_path / "server", "now", time.time() - t0)
+    assert written is not None
+    rec = load_run(tmp_path / "server").records
+    cpu = rec[rec["kind"] == "node_cpu"]
+    assert set(cpu["participant"]) == {"node-1", "node-2"}
+    assert (cpu["value"] >= 0).all()
+    assert node_stats("http://127.0.0.1:9") is None  # nothing there: not a cluster
+    assert not NodeSampler("http://127.0.0.1:9", t0).active
 
 
 def test_relay_refuses_a_forged_packet() -> None:
