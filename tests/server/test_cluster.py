@@ -167,3 +167,66 @@ def test_a_killed_node_is_noticed(tmp_path: Path) -> None:
         while _node(url1)["nodes"] > 1:
             assert time.monotonic() - t < 5
             time.sleep(0.1)
+
+
+@pytest.mark.slow
+async def test_listeners_of_a_killed_node_rejoin_elsewhere_within_5_s(tmp_path: Path) -> None:
+    """kill -9 the node carrying some listeners: each notices its audio stopped (1 s),
+    joins again through the surviving node and hears the speaker within 5 s of the
+    kill; a post node-2 acknowledged just before is read back from node-1."""
+    with launch.cluster(tmp_path, nodes=2) as (_, procs):
+        (_, url1), (proc2, url2) = procs
+        while _node(url1)["nodes"] < 2:
+            await asyncio.sleep(0.1)
+        links: dict[str, AudioLink] = {}
+        last: dict[str, float] = {}
+        async with aiohttp.ClientSession() as http:
+            host = RoomClient(url1, "host", http)
+            space = await host.create_space("kill")
+            track = SpeakerTrack(load_clip("welcome"), sender_id=1, loop=True)
+            speaker = await connect_audio(host, space, _ignore, publish=track)
+            clients = {f"l{i}": RoomClient(url1, f"l{i}", http) for i in range(8)}
+
+            def heard(user: str) -> Any:
+                def on_rtp(slot: int, packet: bytes, arrival_ns: int) -> None:
+                    last[user] = time.monotonic()
+
+                return on_rtp
+
+            try:
+                for user, client in clients.items():
+                    links[user] = await connect_audio(client, space, heard(user))
+                on_2 = [u for u, link in links.items() if link.join["node"]["id"] == "node-2"]
+                assert on_2, "no listener was placed on node-2"
+                poster = RoomClient(url2, "poster", http)
+                post = await poster._call("POST", "/v1/posts", {"text": "before the kill"})
+                await asyncio.sleep(1.0)
+                assert all(time.monotonic() - last.get(u, 0) < 0.5 for u in links)
+                os.kill(proc2.pid, signal.SIGKILL)
+                killed = time.monotonic()
+                moved: dict[str, float] = {}
+                hearing_again = 0
+                while hearing_again < len(on_2) and time.monotonic() - killed < 10:
+                    await asyncio.sleep(0.1)
+                    for user in on_2:
+                        if user in moved or time.monotonic() - last.get(user, 0) < 1.0:
+                            continue
+                        await links[user].close()  # stalled: join again (any live node)
+                        links[user] = await connect_audio(clients[user], space, heard(user))
+                        assert links[user].join["node"]["id"] == "node-1"
+                        moved[user] = killed
+                    for user in list(moved):
+                        if last.get(user, 0) > killed and moved[user] == killed:
+                            moved[user] = last[user] - killed  # hearing again, this long after
+                    hearing_again = sum(t != killed for t in moved.values())
+                took = {u: t for u, t in moved.items() if t != killed}
+                assert len(took) == len(on_2) and max(took.values()) < 5.0, took
+                back = await RoomClient(url1, "reader", http)._call(
+                    "GET", f"/v1/posts/{post['id']}"
+                )
+                assert back["id"] == post["id"]
+            finally:
+                track.stop()
+                await speaker.close()
+                for link in links.values():
+                    await link.close()
