@@ -649,6 +649,7 @@ class Cluster:
             "nodes": len(self.nodes),
             "urls": {n.id: n.url for n in self.nodes.values()},
             "listeners": self.local_listeners(),
+            "mirrored_streams": sum(len(m.subs) for m in self.mirrors.values()),
             "relayed": relay.sent if relay else 0,
             "relay_bytes": relay.bytes_sent if relay else 0,
             "relay_received": relay.received if relay else 0,

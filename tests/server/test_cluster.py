@@ -137,6 +137,31 @@ def test_node_sampler_keeps_each_nodes_cpu(
     assert not NodeSampler("http://127.0.0.1:9", t0).active
 
 
+async def test_swarm_client_follows_events_on_its_audio_node(
+    two_nodes: list[tuple[Any, str]],
+) -> None:
+    """`spacesim load`'s client opens its event stream on the node carrying its audio."""
+    from spacesim.load.live import LiveClient
+
+    (_, url1), (_, url2) = two_nodes
+    async with aiohttp.ClientSession() as http:
+        host = RoomClient(url1, "host2", http)
+        space = await host.create_space("follow")
+        for i in range(20):  # placed by power of two choices: until one lands on node-2
+            client = LiveClient(url1, f"f{i}", http)
+            link = await client.connect_audio(space, _ignore)
+            if link.join["node"]["id"] == "node-2":
+                break
+            await link.close()
+        assert client.node is not None and client.node.base == url2
+        events = client.events(space)
+        hello = await asyncio.wait_for(events.__anext__(), 10)
+        assert hello["type"] == "hello"
+        assert _node(url2)["mirrored_streams"] >= 1
+        await events.aclose()
+        await link.close()
+
+
 def test_relay_refuses_a_forged_packet() -> None:
     """A datagram without the cluster key's tag is dropped, one with it is taken."""
     from spacesim.rtc import RtpPacket
