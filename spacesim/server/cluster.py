@@ -451,6 +451,14 @@ class Cluster:
         except ConnectionError:  # it died since its last heartbeat: carry them here
             log.warning("cluster: node %s unreachable; %s connects here", node.id, user)
             return None, self.id
+        except NodeRefused as exc:  # its answer is the client's (bad_sdp) or a fault
+            from spacesim.protocol import ProtocolError
+
+            body = exc.body
+            extra = {"slots": body["slots"]} if "slots" in body else None
+            raise ProtocolError(
+                str(body.get("error", "media_setup_failed")), str(body.get("reason", "")), extra
+            ) from None
         self.placed.setdefault(room.id, {})[user] = node.id
         self._retarget(room.id)
         self._ensure_relay(room.id)

@@ -162,6 +162,24 @@ async def test_swarm_client_follows_events_on_its_audio_node(
         await link.close()
 
 
+async def test_a_bad_offer_placed_on_another_node_is_the_clients_fault(
+    two_nodes: list[tuple[Any, str]],
+) -> None:
+    """The node a listener is placed on refuses their offer: 400 bad_sdp with ``slots``,
+    as from one server (whichever node it was placed on)."""
+    from spacesim.client.session import ClientError
+
+    (_, url1), _ = two_nodes
+    bad = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n"
+    async with aiohttp.ClientSession() as http:
+        host = RoomClient(url1, "host3", http)
+        space = await host.create_space("bad")
+        for i in range(6):
+            with pytest.raises(ClientError) as refused:
+                await RoomClient(url1, f"b{i}", http).join(space, bad)
+            assert (refused.value.status, refused.value.code) == (400, "bad_sdp")
+
+
 def test_relay_refuses_a_forged_packet() -> None:
     """A datagram without the cluster key's tag is dropped, one with it is taken."""
     from spacesim.rtc import RtpPacket
