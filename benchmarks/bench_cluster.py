@@ -135,6 +135,7 @@ async def case(
                     f"l{i}-",
                     stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.PIPE,
+                    limit=1 << 24,  # one JSON line with every listener's packets
                 )
             )
         try:

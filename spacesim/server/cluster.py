@@ -57,6 +57,12 @@ __all__ = ["Cluster", "NodeInfo", "Relay", "internal_key"]
 log = logging.getLogger("spacesim.server.cluster")
 
 PREFIX = "spacesim:"
+#: Redis script: move a space's origin from a dead node to this one, unless another
+#: node already did (compare and set, atomic in Redis).
+_TAKE_OVER = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) "
+    "return 1 end return 0"
+)
 #: Header that carries `internal_key` on node-to-node requests.
 NODE_HEADER = "X-Spacesim-Node"
 #: Relay datagram: magic, kind (0 down, 1 up), slot, slot generation, sequence number,
@@ -400,19 +406,54 @@ class Cluster:
         self.origins[space_id] = self.id
 
     async def origin_of(self, space_id: str) -> NodeInfo | None:
-        """The live node holding the space, if another one does (None: this node, an
-        unknown space, or its origin died -- the caller then answers from here)."""
-        node = self.origins.get(space_id)
-        if node is None:
-            assert self.redis is not None
-            raw = await self.redis.get(f"{PREFIX}space:{space_id}")
-            if raw is None:
+        """The live node holding the space, if another one does (None: this node, or an
+        unknown space: the caller answers from here). A space whose origin died is taken
+        over by the first node asked for it (`_take_over`)."""
+        for _ in range(2):
+            node = self.origins.get(space_id)
+            if node is None:
+                assert self.redis is not None
+                raw = await self.redis.get(f"{PREFIX}space:{space_id}")
+                if raw is None:
+                    return None
+                node = self.origins[space_id] = _text(raw)
+            if node == self.id:
                 return None
-            node = _text(raw)
-            self.origins[space_id] = node
-        if node == self.id:
-            return None
-        return self.nodes.get(node)
+            live = self.nodes.get(node)
+            if live is not None:
+                return live
+            if await self._take_over(space_id, node):
+                return None
+            self.origins.pop(space_id, None)  # another node took it: read who
+        return None
+
+    async def _take_over(self, space_id: str, dead: str) -> bool:
+        """The space's origin is gone: load the space from the store here, as a restarted
+        server would (participants join again), if no other node did first."""
+        from spacesim.server.store import StoreError
+
+        state = self.state
+        assert state is not None and self.redis is not None
+        try:
+            row = state.store.get_space(space_id)
+        except StoreError:
+            return False
+        if row.status.value not in ("live", "scheduled"):
+            return False
+        key = f"{PREFIX}space:{space_id}"
+        if not await self.redis.eval(_TAKE_OVER, 1, key, dead, self.id):
+            return False
+        state.rooms[space_id] = state._room_for(
+            row.id,
+            row.host,
+            row.status,
+            row.who_may_speak,
+            row.listener_cap,
+            state.store.captions_enabled(space_id),
+        )
+        self.origins[space_id] = self.id
+        log.warning("cluster: took over %s from %s, which is gone", space_id, dead)
+        return True
 
     # ------------------------------------------------------------------ placement
 
@@ -550,14 +591,18 @@ class Cluster:
         """Set up a listener's connection here for a space whose origin is another node."""
         from spacesim.server.media import MediaRoom
 
+        self.remote_origin[space] = origin  # a new origin after a take-over, too
         media = self.remote.get(space)
         if media is None:
             media = MediaRoom(lambda _user: False, slots=self.slots)
             self.remote[space] = media
-            self.remote_origin[space] = origin
             media.upstream = self._upstream(space)
             media.on_lost = lambda user: self._spawn(
-                self._post(origin, f"/cluster/v1/spaces/{space}/lost", {"user": user})
+                self._post(
+                    self.remote_origin.get(space, origin),
+                    f"/cluster/v1/spaces/{space}/lost",
+                    {"user": user},
+                )
             )
         answer: str = await media.connect(user, offer)
         return answer

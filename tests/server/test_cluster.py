@@ -273,3 +273,51 @@ async def test_listeners_of_a_killed_node_rejoin_elsewhere_within_5_s(tmp_path: 
                 await speaker.close()
                 for link in links.values():
                     await link.close()
+
+
+@pytest.mark.slow
+async def test_a_space_whose_origin_is_killed_is_taken_over(tmp_path: Path) -> None:
+    """kill -9 the space's origin: the next request for it through the other node takes
+    the space over from the store (as a restarted server would); the host and a listener
+    join again there and the listener hears the host again within 5 s."""
+    with launch.cluster(tmp_path, nodes=2) as (_, procs):
+        (proc1, url1), (_, url2) = procs
+        while _node(url2)["nodes"] < 2:
+            await asyncio.sleep(0.1)
+        last: list[float] = [0.0]
+
+        def on_rtp(slot: int, packet: bytes, arrival_ns: int) -> None:
+            last[0] = time.monotonic()
+
+        async with aiohttp.ClientSession() as http:
+            host = RoomClient(url1, "host", http)
+            space = await host.create_space("origin")
+            track = SpeakerTrack(load_clip("welcome"), sender_id=1, loop=True)
+            speaker = await connect_audio(host, space, _ignore, publish=track)
+            listener = await connect_audio(RoomClient(url2, "l", http), space, on_rtp)
+            try:
+                await asyncio.sleep(1.0)
+                assert time.monotonic() - last[0] < 0.5
+                os.kill(proc1.pid, signal.SIGKILL)
+                killed = time.monotonic()
+                while time.monotonic() - last[0] < 1.0 or last[0] < killed:
+                    await asyncio.sleep(0.1)
+                    if time.monotonic() - killed > 1.0:
+                        break
+                await asyncio.sleep(max(0.0, killed + 3.2 - time.monotonic()))  # TTL: 3 s
+                await speaker.close()  # both noticed the silence: join again, via node-2
+                await listener.close()
+                host2 = RoomClient(url2, "host", http)
+                track.stop()
+                track = SpeakerTrack(load_clip("welcome"), sender_id=1, loop=True)
+                speaker = await connect_audio(host2, space, _ignore, publish=track)
+                assert speaker.join["node"]["id"] == "node-2"
+                listener = await connect_audio(RoomClient(url2, "l", http), space, on_rtp)
+                while last[0] < killed and time.monotonic() - killed < 10:
+                    await asyncio.sleep(0.05)
+                assert killed < last[0] < killed + 5.0
+                assert (await host2.space(space))["status"] == "live"
+            finally:
+                track.stop()
+                await speaker.close()
+                await listener.close()
