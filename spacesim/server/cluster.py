@@ -691,9 +691,14 @@ class Cluster:
                 mirror.ready.set()
             elif msg["type"] == "message":
                 try:
-                    mirror.deliver(json.loads(msg["data"]))
+                    envelope = json.loads(msg["data"])
+                    mirror.deliver(envelope)
                 except Exception:
                     log.exception("cluster: delivering an event of %s failed", space)
+                    continue
+                if envelope["m"].get("kind") == "space_ended":  # nothing more will come
+                    del self.mirrors[space]
+                    await self.pubsub.unsubscribe(channel)
 
     def stats(self) -> dict[str, Any]:
         relay = self.relay
@@ -703,6 +708,7 @@ class Cluster:
             "urls": {n.id: n.url for n in self.nodes.values()},
             "listeners": self.local_listeners(),
             "mirrored_streams": sum(len(m.subs) for m in self.mirrors.values()),
+            "mirrored_spaces": sorted(self.mirrors),
             "relayed": relay.sent if relay else 0,
             "relay_bytes": relay.bytes_sent if relay else 0,
             "relay_received": relay.received if relay else 0,

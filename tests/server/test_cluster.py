@@ -111,7 +111,11 @@ async def test_speaker_on_one_node_is_heard_and_events_reach_the_other(
             relayed = _node(url1)["relayed"]
             assert relayed > 50  # once per packet to node-2, not once per listener there
             assert _node(url2)["relay_received"] > 50
-            await events.aclose()
+            assert space in _node(url2)["mirrored_spaces"]
+            await host.lifecycle(space, "end")  # the stream on node-2 ends with the space
+            kinds = [ev.get("kind") or ev.get("error") async for ev in events]
+            assert kinds[-2:] == ["space_ended", "space_ended"]  # the event, then the error
+            assert space not in _node(url2)["mirrored_spaces"]  # its channel is let go
         finally:
             track.stop()
             far_track.stop()
