@@ -4,9 +4,10 @@ the cascade adds.
 What runs (all on 127.0.0.1, every process with a deadline): per run, two cases, one
 after the other, each with a fresh database:
 
-* ``single``: one plain `spacesim serve` (no Redis);
+* ``single``: one plain `spacesim serve` (no Redis), pinned to the first core;
 * ``cluster``: `spacesim.server.launch.cluster` -- a `redis-server` and two
-  `spacesim serve --cluster` nodes sharing one SQLite file.
+  `spacesim serve --cluster` nodes sharing one SQLite file, each pinned to its own core
+  (``sched_setaffinity``; ``--no-pin`` leaves them to the scheduler).
 
 In each case this process creates one space on the (first) node and speaks in it (a
 `SpeakerTrack` looping a clip; the host's media stays on the space's origin node); two
@@ -116,6 +117,10 @@ async def case(
     urls: list[str], pids: list[int], args: argparse.Namespace, name: str
 ) -> dict[str, Any]:
     """One speaker, `args.listeners` listeners through urls[0]; the window's figures."""
+    cores = sorted(os.sched_getaffinity(0))
+    if args.pin:  # one core each, node i on the i-th core this script may use
+        for i, pid in enumerate(pids):
+            os.sched_setaffinity(pid, {cores[i % len(cores)]})
     async with aiohttp.ClientSession() as http:
         host = RoomClient(urls[0], "host", http)
         space = await host.create_space(f"bench-{name}")
@@ -232,6 +237,9 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--window", type=float, default=10.0)
     ap.add_argument("--warmup", type=float, default=3.0)
+    ap.add_argument(
+        "--no-pin", dest="pin", action="store_false", help="leave the server processes unpinned"
+    )
     args = ap.parse_args()
     if args.listen:
         url, space, n, prefix = args.listen

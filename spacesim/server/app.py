@@ -1258,7 +1258,7 @@ def create_app(config: ServerConfig, store: Store | None = None) -> web.Applicat
         state.posts.start()
         if state.recorder is not None:
             state.recorder.start_sampling(
-                lambda: list(state.media.values()),
+                lambda: [*state.media.values(), *(cluster.remote.values() if cluster else ())],
                 captions=state.captioner.stats,
                 recordings=state.recordings.stats,
             )
