@@ -184,6 +184,51 @@ async def test_a_bad_offer_placed_on_another_node_is_the_clients_fault(
             assert (refused.value.status, refused.value.code) == (400, "bad_sdp")
 
 
+class _Wire:
+    """A transport that keeps what is written (`Mirror` writes whole frames)."""
+
+    def __init__(self) -> None:
+        self.frames: list[dict[str, Any]] = []
+
+    def write(self, data: bytes) -> None:
+        self.frames.append(json.loads(data[2:]))  # short frames: a 2-byte header
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+def test_mirror_delivers_as_the_origin_room_would() -> None:
+    """Another node's streams get each event by the origin's rule (everyone, the stage
+    and moderators, one user); a removed user's stream ends with an error."""
+    from spacesim.server.cluster import Mirror
+    from spacesim.server.room import Subscriber
+
+    mirror = Mirror("s-1")
+    wires: dict[str, _Wire] = {}
+    ended: list[str] = []
+    for user, moderator in (("alice", False), ("bob", False), ("mod", True)):
+        sub = Subscriber(user)
+        sub.transport = wires.setdefault(user, _Wire())
+        sub.on_end = lambda user=user: ended.append(user)  # type: ignore[misc]
+        mirror.subs[sub] = moderator
+    ev = {"type": "event", "kind": "reaction", "participant": "x"}
+    mirror.deliver({"m": ev, "to": None, "mods": False})
+    mirror.deliver({"m": ev | {"kind": "participant_joined"}, "to": ["alice"], "mods": True})
+    mirror.deliver({"m": ev | {"kind": "blocked"}, "to": ["bob"], "mods": False})
+    kinds = {u: [f.get("kind") for f in w.frames] for u, w in wires.items()}
+    assert kinds == {
+        "alice": ["reaction", "participant_joined"],
+        "bob": ["reaction", "blocked"],
+        "mod": ["reaction", "participant_joined"],
+    }
+    mirror.deliver({"m": ev | {"kind": "removed", "participant": "bob"}, "to": None})
+    assert wires["bob"].frames[-1]["error"] == "removed" and ended == ["bob"]
+    assert [s.user for s in mirror.subs] == ["alice", "mod"]
+
+
 def test_relay_refuses_a_forged_packet() -> None:
     """A datagram without the cluster key's tag is dropped, one with it is taken."""
     from spacesim.rtc import RtpPacket
