@@ -40,14 +40,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+import redis.asyncio as aioredis  # here, not at start(): loaded before `serve` freezes the GC
 from aiohttp import web
 
 from spacesim import behaviour, rtc
 from spacesim.server.room import BUFFER_LIMIT, Subscriber, text_frame
 
 if TYPE_CHECKING:
-    import redis.asyncio as aioredis
-
     from spacesim.server.app import ServerState
     from spacesim.server.media import MediaRoom
     from spacesim.server.room import Room
@@ -260,8 +259,6 @@ class Cluster:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self, state: ServerState) -> None:
-        import redis.asyncio as aioredis
-
         self.state = state
         self.redis = aioredis.Redis.from_url(self.redis_url)
         self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
