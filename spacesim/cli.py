@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import sys
 import time
@@ -148,11 +149,17 @@ class JsonLogFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+def _redacted(target: str) -> str:
+    """A --store value fit for a log: a URL's password replaced by ***."""
+    return re.sub(r"^(\w+://[^:/@]*:)[^@]*@", r"\1***@", target)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from spacesim.server.app import ServerConfig, create_app
     from spacesim.server.auth import is_loopback_host, load_or_create_secret
+    from spacesim.server.store import StoreError, is_postgres_url
 
     handler = logging.StreamHandler()
     handler.setFormatter(JsonLogFormatter())
@@ -174,10 +181,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "clients only, but this server is for tests, not for a network",
             args.host,
         )
-    db = Path(args.db)
+    shared = is_postgres_url(args.db)
+    db = Path("spacesim.db" if shared else args.db)  # the files go beside it
     db.parent.mkdir(parents=True, exist_ok=True)
     config = ServerConfig(
         db=db,
+        store=args.db if shared else None,
         secret=load_or_create_secret(db.with_suffix(".secret")),
         dev=not args.no_dev,
         ice_hosts=tuple(args.ice_host or ["127.0.0.1"]),
@@ -192,10 +201,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         public_url=f"http://{args.host}:{args.port}",
     )
     err.print(
-        f"spacesim serve: http://{args.host}:{args.port}  db={db}  dev={config.dev}"
+        f"spacesim serve: http://{args.host}:{args.port}  store={_redacted(args.db)}"
+        f"  dev={config.dev}"
         "  (the web page is at /)"
     )
-    app = create_app(config)
+    try:
+        app = create_app(config)
+    except StoreError as exc:  # no database there, a newer schema, a file that is not one
+        err.print(f"spacesim serve: cannot open the store: {exc}")
+        return 1
     if args.demo_space:
         from spacesim.server import demo_space
 
@@ -220,7 +234,7 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
     workdir = Path(args.dir)
     # SIGTERM too stops the nodes and Redis (a background job ignores SIGINT)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    with launch.cluster(workdir, nodes) as (redis_url, procs):
+    with launch.cluster(workdir, nodes, store=args.store) as (redis_url, procs):
         out.print(f"spacesim cluster: {nodes} nodes, Redis at {redis_url}, logs in {workdir}/")
         for i, (_, url) in enumerate(procs, 1):
             out.print(f"  node-{i}: {url}")
@@ -253,10 +267,31 @@ def cmd_load(args: argparse.Namespace) -> int:
         network=args.network,
         clock=args.clock,
         overrides=args.set or (),
+        server_cpus=args.server_cpus,
+        swarm_cpus=args.swarm_cpus,
         show=lambda summary, sc, title: print_summary(
             summary, check_slos(summary, sc.slo.targets()), title
         ),
     )
+
+
+def _cpus(text: str) -> frozenset[int]:
+    """A CPU list as taskset takes it: ``0``, ``0,1``, ``0-3``."""
+    cpus: set[int] = set()
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.partition("-")
+            cpus.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a CPU list like 0 or 0,1 or 0-3"
+        ) from None
+    usable = os.sched_getaffinity(0)
+    if not cpus or not cpus <= usable:
+        raise argparse.ArgumentTypeError(
+            f"CPUs {text!r} are not all usable here (usable: {sorted(usable)})"
+        )
+    return frozenset(cpus)
 
 
 def _positive_int(text: str) -> int:
@@ -695,7 +730,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the reference room server")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--db", default="spacesim.db", help="SQLite database (created if absent)")
+    serve.add_argument(
+        "--store",
+        "--db",
+        dest="db",
+        default="spacesim.db",
+        metavar="PATH|URL",
+        help="where durable state lives: a SQLite file (created if absent; nodes on one "
+        "machine may share it) or a postgresql://user:password@host:port/db URL (nodes on "
+        "several machines share it; the schema is created on first connect). Default "
+        "spacesim.db; the secret, recordings and posts' audio go beside the file (for a URL: "
+        "spacesim.secret, spacesim-recordings/ and spacesim-posts/ in the current directory)",
+    )
     serve.add_argument(
         "--ice-host", action="append", help="address for ICE host candidates (default 127.0.0.1)"
     )
@@ -705,11 +751,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--slots", type=int, default=3, help="speakers each listener hears at once")
     serve.add_argument(
         "--recording-dir",
-        help="where recorded spaces and clips go (default: <db name>-recordings/ beside --db)",
+        help="where recorded spaces and clips go (default: <db name>-recordings/ beside --store)",
     )
     serve.add_argument(
         "--posts-dir",
-        help="where voice posts' and DMs' audio goes (default: <db name>-posts/ beside --db)",
+        help="where voice posts' and DMs' audio goes (default: <db name>-posts/ beside --store)",
     )
     serve.add_argument("--no-dev", action="store_true", help="disable /v1/dev/token")
     serve.add_argument(
@@ -746,6 +792,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--nodes", type=_positive_int, default=None, help="nodes to start (default: one per core)"
     )
     up.add_argument("--dir", default="spacesim-cluster", help="database, logs and Redis dir")
+    up.add_argument(
+        "--store",
+        metavar="URL",
+        help="a postgresql:// store for the nodes (default: one SQLite file in --dir)",
+    )
     up.set_defaults(func=cmd_cluster_up)
 
     load = sub.add_parser("load", help="run a scenario's Locust users against a server")
@@ -784,6 +835,19 @@ def build_parser() -> argparse.ArgumentParser:
         default="local",
         help="local: latencies on this machine's clock (default); server: every Locust "
         "process reads the server's clock through an offset (workers on several machines)",
+    )
+    load.add_argument(
+        "--server-cpus",
+        type=_cpus,
+        metavar="LIST",
+        help="pin the embedded server to these CPUs, e.g. 0 (a figure that depends on the "
+        "server's core then is not shared with the swarm's)",
+    )
+    load.add_argument(
+        "--swarm-cpus",
+        type=_cpus,
+        metavar="LIST",
+        help="pin the swarm (Locust and browser probes) to these CPUs, e.g. 1",
     )
     load.set_defaults(func=cmd_load)
 
@@ -934,6 +998,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             ("latency", cal.latency, "s"),
             ("asr", cal.asr, "cores"),
             ("recording", cal.recording, "bytes"),
+            ("gc pause", cal.gc, "s"),
         )
         if fit is not None
     ]

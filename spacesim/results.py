@@ -184,6 +184,11 @@ KINDS: Mapping[str, tuple[str, str]] = {
     "loop_lag": ("s", "how late a load process's event loop ran a timer; worst in a tick"),
     # server nodes
     "node_cpu": ("cores", "CPU a node used in a tick, in cores busy (CPU s per s)"),
+    "gc_pause": (
+        "s",
+        "seconds the server's garbage collector paused it in a tick; attrs count, squares "
+        "(sum of squared pauses), max",
+    ),
     "node_utilisation": ("ratio", "node_cpu / cores available"),
     "packets_forwarded": ("count", "packets a node forwarded in a tick"),
     "packets_dropped": ("count", "packets a node dropped in a tick (overload)"),

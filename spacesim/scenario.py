@@ -589,7 +589,7 @@ class Server(_Model):
     `spacesim calibrate` fits these costs (and `cpu_fixed`, `fanout_delay`,
     `forward_delay`) from load runs; `simulate --calibration FILE` applies them.
 
-    Simulator only: a load run measures a real server instead of modelling one.
+    Simulator only (but max_streams): a load run measures a real server, not a model.
     """
 
     engines: ClassVar[tuple[str, ...]] = ("sim",)
@@ -632,12 +632,32 @@ class Server(_Model):
         ),
     )
     max_streams: Count | None = Field(
-        None, description="Admission control: forwarded streams per node; null = none."
+        None,
+        description=(
+            "Admission control: forwarded streams per node; null = none. A load run's "
+            "embedded server enforces it too (spacesim serve --capacity)."
+        ),
+        json_schema_extra={"engines": list(BOTH)},  # (`engines` is shadowed here)
     )
     max_queue_delay: Duration = Field(
         0.2, gt=0, description="Work queued longer than this is dropped (packets lost)."
     )
     edge_delay: Duration = Field(0.0005, description="Added per hop between nodes (cascade).")
+    gc_pause_per_packet: Duration = Field(
+        0.0,
+        ge=0,
+        description="Garbage-collector pause per forwarded packet: the share of time a node "
+        "is stopped by its collector is this times its packets per second (the collector "
+        "runs after allocations, which follow packets). A packet or event arriving in a "
+        "pause waits out the rest of it. 0: no pauses; spacesim calibrate fits it from the "
+        "server's gc_pause records.",
+    )
+    gc_pause_length: Duration = Field(
+        0.0,
+        ge=0,
+        description="Length of the pause a packet arriving in one sees: the length-biased "
+        "mean E[L^2]/E[L] of the collector's pauses (it waits a uniform share of it).",
+    )
     asr_cost: float = Field(
         0.23,
         ge=0,
@@ -971,7 +991,7 @@ def engine_notes() -> list[str]:
     for path, (model, _, names, note) in rows.items():
         if set(names) == set(ENGINE_NAMES) or path in DOCUMENTATION_FIELDS:
             continue
-        siblings = [v for v in rows.values() if v[0] is model]
+        siblings = [v for v in rows.values() if v[0] is model and set(v[2]) != set(ENGINE_NAMES)]
         if all(v[2] == names and not v[3] for v in siblings) and model.engines == names:
             if model in done:
                 continue

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -361,3 +363,24 @@ def test_demo_keep_serving_serves_the_demo_space(tmp_path: Path) -> None:
         assert url.endswith(f":{port}")
         assert "<html" in page_html(url).lower()
         assert [s["title"] for s in live_spaces(url)] == [DEMO_TITLE]
+
+
+def test_cpu_lists_parse_as_taskset_takes_them() -> None:
+    usable = sorted(os.sched_getaffinity(0))
+    first, last = usable[0], usable[-1]
+    assert cli._cpus(str(first)) == {first}
+    if usable == list(range(first, last + 1)):
+        assert cli._cpus(f"{first}-{last}") == set(usable)
+    assert cli._cpus(f"{first},{last}") == {first, last}
+    with pytest.raises(argparse.ArgumentTypeError, match="not a CPU list"):
+        cli._cpus("zero")
+    with pytest.raises(argparse.ArgumentTypeError, match="not all usable"):
+        cli._cpus("4096")
+
+
+def test_load_refuses_server_cpus_with_a_target(capsys: pytest.CaptureFixture[str]) -> None:
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    rc = main(["load", "scenarios/smoke.yaml", "--target", "http://127.0.0.1:9",
+               "--server-cpus", str(cpu)])  # fmt: skip
+    assert rc == 2
+    assert "--server-cpus pins the embedded server" in capsys.readouterr().err

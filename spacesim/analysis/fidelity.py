@@ -10,7 +10,7 @@ lined up on ``extra.t0_unix``) for a load run, from the simulated node for a sim
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from spacesim.results import (
 __all__ = [
     "METRICS",
     "Level",
+    "knee",
     "latency_samples",
     "level_metrics",
     "open_level",
@@ -38,7 +39,9 @@ __all__ = [
 METRICS: Mapping[str, tuple[str, str]] = {
     "audio_latency.p50": ("latency p50", "s"),
     "audio_latency.p95": ("latency p95", "s"),
+    "audio_latency.p99": ("latency p99", "s"),
     "delivery_ratio.value": ("delivery ratio", "ratio"),
+    "join_time.p95": ("join time p95", "s"),
     "server_cpu.mean": ("server CPU", "cores"),
 }
 
@@ -73,9 +76,16 @@ def open_level(directory: str | Path) -> Level:
 
 
 def level_metrics(level: Level) -> dict[str, float]:
-    """`METRICS` of one level: the summary's latency and delivery, the server's mean CPU."""
+    """`METRICS` of one level: the summary's latency and delivery, the server's mean CPU.
+
+    Join time is of every listener's join, which all happen before the steady window.
+    """
     start, end = level.window
     flat = metric_table(summarise(level.records, end - start))
+    rec = level.run.records
+    listener_joins = (rec["kind"] == "participant_joined") & (rec["role"] == "listener")
+    joins = rec.loc[listener_joins, "value"].dropna().to_numpy("float64")
+    flat["join_time.p95"] = float(np.quantile(joins, 0.95)) if joins.size else math.nan
     out = {m: flat.get(m, math.nan) for m in METRICS if not m.startswith("server_cpu")}
     out["server_cpu.mean"] = float(level.cpu.mean()) if len(level.cpu) else math.nan
     return out
@@ -89,6 +99,39 @@ def relative_errors(measured: Mapping[str, float], simulated: Mapping[str, float
         err = abs(sim - real) / abs(real) if real else math.nan
         rows.append({"metric": m, "measured": real, "simulated": sim, "rel_error": err})
     return pd.DataFrame(rows)
+
+
+def knee(
+    loads: Sequence[float] | np.ndarray,
+    values: Sequence[float] | np.ndarray,
+    factor: float = 2.0,
+    base: float | None = None,
+) -> float:
+    """The load at which `values` (e.g. p95 latency, ordered by load) first reach `factor`
+    times `base` (default: the value at the lowest load), by linear interpolation between
+    the points around the crossing; NaN if they never do.
+
+    Planners ask "how far can this server be loaded before latency bends": the knee is
+    that answer, and its error between the measured and the simulated curve is the
+    model's error where it matters.
+    """
+    x = np.asarray(loads, dtype="float64")
+    y = np.asarray(values, dtype="float64")
+    keep = ~(np.isnan(x) | np.isnan(y))
+    x, y = x[keep], y[keep]
+    if x.size == 0:
+        return math.nan
+    order = np.argsort(x, kind="stable")
+    x, y = x[order], y[order]
+    threshold = factor * (y[0] if base is None else base)
+    above = np.flatnonzero(y >= threshold)
+    if above.size == 0:
+        return math.nan
+    i = int(above[0])
+    if i == 0:
+        return float(x[0])
+    x0, x1, y0, y1 = x[i - 1], x[i], y[i - 1], y[i]
+    return float(x0 + (threshold - y0) * (x1 - x0) / (y1 - y0))
 
 
 def latency_samples(level: Level) -> np.ndarray:

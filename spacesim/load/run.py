@@ -34,7 +34,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
@@ -102,16 +102,25 @@ def check_target(url: str, timeout: float = HEALTH_TIMEOUT) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def embedded_server(workdir: Path, record: Path | None = None) -> Iterator[str]:
+def embedded_server(
+    workdir: Path,
+    record: Path | None = None,
+    cpus: Collection[int] | None = None,
+    capacity: int | None = None,
+) -> Iterator[str]:
     """`spacesim serve` on a free loopback port with a temporary database.
 
     With `record`, the server writes its own run (source=server: its CPU, packets
-    forwarded and events) there when it stops.
+    forwarded and events) there when it stops; with `cpus`, it is pinned to them; with
+    `capacity` (the scenario's ``server.max_streams``), it refuses joins beyond that
+    many forwarded streams, as the model's node does.
     """
     args = ["--record", str(record)] if record is not None else []
+    if capacity is not None:
+        args += ["--capacity", str(capacity)]
     try:
         with launch.embedded_server(
-            workdir, SERVER_START_TIMEOUT, env=_child_env(), args=args
+            workdir, SERVER_START_TIMEOUT, env=_child_env(), args=args, cpus=cpus
         ) as url:
             _say(f"embedded server at {url}")
             yield url
@@ -153,9 +162,12 @@ def _pump(stream: IO[bytes], sink: IO[str]) -> None:
         sink.flush()
 
 
-def _run_locust(cmd: Sequence[str], env: dict[str, str], timeout: float) -> int:
+def _run_locust(
+    cmd: Sequence[str], env: dict[str, str], timeout: float, cpus: Collection[int] | None = None
+) -> int:
     _say(" ".join(cmd))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    launch.pin(proc, cpus)
     assert proc.stdout is not None
     reader = threading.Thread(target=_pump, args=(proc.stdout, sys.stderr), daemon=True)
     reader.start()
@@ -185,6 +197,7 @@ def browser_probes(
     env: dict[str, str],
     out_dir: Path,
     chromium: str | None,
+    cpus: Collection[int] | None = None,
 ) -> Iterator[None]:
     """``load.browser_probes`` Chromium listeners beside the swarm, for the block.
 
@@ -204,12 +217,18 @@ def browser_probes(
         ]  # fmt: skip
         _say(f"{n} browser probe(s): Chromium {chromium}, log {log_path}")
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        launch.pin(proc, cpus)  # Chromium's processes inherit the mask
         try:
             yield
         finally:
             launch.stop(proc, timeout=30.0)  # SIGTERM: the helper writes its part and exits
     if proc.returncode not in (0, -15):
         _say(f"the browser probes' helper exited {proc.returncode}: see {log_path}")
+
+
+def server_capacity(sc: Scenario) -> int | None:
+    """The embedded server's admission limit: the model's, ``server.max_streams``."""
+    return sc.server.max_streams
 
 
 def planned_browser_probes(sc: Scenario) -> int:
@@ -256,6 +275,8 @@ def main(
     clock: str = "local",
     overrides: Sequence[str] = (),
     on_url: Callable[[str], None] | None = None,
+    server_cpus: Collection[int] | None = None,
+    swarm_cpus: Collection[int] | None = None,
 ) -> int:
     """Run a load test; 0 on success, 2 for a refused run, 1 when nothing was measured.
 
@@ -269,6 +290,8 @@ def main(
     ``PATH=VALUE`` edits of the scenario, as `spacesim simulate --set` takes them.
     `on_url(url)` is called with the server's address once it answers, before the swarm
     starts (`spacesim demo` prints it: the swarm's spaces can be heard there meanwhile).
+    `server_cpus` and `swarm_cpus` pin the embedded server and the swarm's processes
+    (Locust, browser probes) to CPUs, so that neither's figures include the other's work.
     """
     try:
         if shape not in ("arrivals", "steady"):
@@ -279,7 +302,7 @@ def main(
             raise LoadError(f"clock must be local or server, got {clock!r}")
         return _main(
             scenario_path, target, users, duration, workers, out, spawn_rate, show, shape,
-            network, clock, overrides, on_url,
+            network, clock, overrides, on_url, server_cpus, swarm_cpus,
         )  # fmt: skip
     except (LoadError, ScenarioError, FileExistsError) as exc:
         _say(str(exc))
@@ -300,7 +323,11 @@ def _main(
     clock: str,
     overrides: Sequence[str],
     on_url: Callable[[str], None] | None,
+    server_cpus: Collection[int] | None = None,
+    swarm_cpus: Collection[int] | None = None,
 ) -> int:
+    if server_cpus is not None and target is not None:
+        raise LoadError("--server-cpus pins the embedded server; it needs no --target")
     sc = load_scenario(scenario_path, overrides)
     run_time = min(sc.duration, MAX_DEFAULT_DURATION) if duration is None else duration
     if not (0 < run_time <= 24 * 3600):
@@ -332,7 +359,7 @@ def _main(
         if target is None and server_dir.exists():
             shutil.rmtree(server_dir)
         server = (
-            embedded_server(workdir, server_dir)
+            embedded_server(workdir, server_dir, server_cpus, server_capacity(sc))
             if target is None
             else contextlib.nullcontext(target)
         )
@@ -385,10 +412,12 @@ def _main(
             # a cluster target: its nodes' CPU and packets, sampled over HTTP (load.nodes)
             nodes = NodeSampler(url, t0) if target is not None else None
             with (
-                browser_probes(sc, url, run_time, parts, run_id, t0, env, out_dir, chromium),
+                browser_probes(
+                    sc, url, run_time, parts, run_id, t0, env, out_dir, chromium, swarm_cpus
+                ),
                 nodes or contextlib.nullcontext(),
             ):
-                rc = _run_locust(cmd, env, run_time + GRACE)
+                rc = _run_locust(cmd, env, run_time + GRACE, swarm_cpus)
             if nodes is not None and nodes.active:
                 if server_dir.exists():
                     shutil.rmtree(server_dir)
@@ -420,6 +449,8 @@ def _main(
             "clock": CLOCK_NOTES[clock],
             "server_run": SERVER_RUN if (out_dir / SERVER_RUN / "meta.json").is_file() else None,
             "t0_unix": t0,
+            "server_cpus": sorted(server_cpus) if server_cpus is not None else None,
+            "swarm_cpus": sorted(swarm_cpus) if swarm_cpus is not None else None,
         },
     )
     write_run(out_dir, records, meta)

@@ -58,8 +58,8 @@ from spacesim.server.store import (
     SpaceRecord,
     Store,
     StoreError,
+    open_store,
 )
-from spacesim.server.store_sqlite import SqliteStore
 
 __all__ = ["ServerConfig", "create_app"]
 
@@ -114,6 +114,9 @@ class ServerConfig:
     ws_burst: float = 100.0
     recording_dir: Path | None = None  # recordings and clips; None: next to the db file
     posts_dir: Path | None = None  # voice posts' and DMs' audio; None: next to the db file
+    # durable state in PostgreSQL (a postgresql:// URL: `open_store`) instead of the SQLite
+    # file `db`; the files (recordings, posts' audio) still go beside `db`
+    store: str | None = None
 
     @property
     def recordings_path(self) -> Path:
@@ -1233,7 +1236,7 @@ def create_app(config: ServerConfig, store: Store | None = None) -> web.Applicat
             "lingering_time": min(10.0, config.body_timeout),
         },
     )
-    state = ServerState(config, store or SqliteStore(config.db))
+    state = ServerState(config, store or open_store(config.store or config.db))
     state.cluster = cluster
     state.recover()
     app[CONFIG] = config

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -24,6 +25,7 @@ __all__ = [
     "embedded_server",
     "free_port",
     "health",
+    "pin",
     "redis_server",
     "start",
     "wait_up",
@@ -64,21 +66,34 @@ def health(url: str, timeout: float = 5.0) -> dict[str, Any]:
 
 
 def start(
-    db: Path,
+    db: Path | str,
     port: int | None = None,
     log: IO[bytes] | int | None = subprocess.DEVNULL,
     env: dict[str, str] | None = None,
     args: Sequence[str] = (),
+    cwd: Path | None = None,
+    cpus: Collection[int] | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Launch `spacesim serve` (not waiting for it); returns the process and its base URL.
 
-    `args` are further `spacesim serve` options, e.g. ``["--record", DIR]``.
+    `db` is the ``--store``: a SQLite file or a ``postgresql://`` URL. `args` are further
+    `spacesim serve` options, e.g. ``["--record", DIR]``; `cwd` its working directory
+    (where a URL store's secret and files go); `cpus` pins the server (and the threads
+    and processes it starts) to those CPUs.
     """
     port = port or free_port()
     cmd = [sys.executable, "-m", "spacesim.cli", "serve", "--host", "127.0.0.1",
-           "--port", str(port), "--db", str(db), *args]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+           "--port", str(port), "--store", str(db), *args]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+    pin(proc, cpus)
     return proc, f"http://127.0.0.1:{port}"
+
+
+def pin(proc: subprocess.Popen[bytes], cpus: Collection[int] | None) -> None:
+    """Pin a just-started process to `cpus` (None: leave it). Threads and children it
+    starts later inherit the mask (sched_setaffinity(2)); it has started none yet."""
+    if cpus is not None:
+        os.sched_setaffinity(proc.pid, set(cpus))
 
 
 def wait_up(proc: subprocess.Popen[bytes], url: str, timeout: float = 30.0) -> None:
@@ -116,12 +131,13 @@ def embedded_server(
     env: dict[str, str] | None = None,
     args: Sequence[str] = (),
     port: int | None = None,
+    cpus: Collection[int] | None = None,
 ) -> Iterator[str]:
     """A server with a fresh database in `workdir` for the duration of the block."""
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "server.log"
     with open(log_path, "wb") as log:
-        proc, url = start(workdir / "server.db", port, log=log, env=env, args=args)
+        proc, url = start(workdir / "server.db", port, log=log, env=env, args=args, cpus=cpus)
         try:
             try:
                 wait_up(proc, url, timeout)
@@ -173,9 +189,13 @@ def cluster(
     timeout: float = 30.0,
     env: dict[str, str] | None = None,
     args: Sequence[str] = (),
+    store: str | None = None,
 ) -> Iterator[tuple[str, list[tuple[subprocess.Popen[bytes], str]]]]:
-    """Redis and `nodes` `spacesim serve --cluster` nodes sharing one SQLite file in
-    `workdir`, for the block: yields (redis URL, [(process, base URL)], node-1 first)."""
+    """Redis and `nodes` `spacesim serve --cluster` nodes sharing one store -- a SQLite
+    file in `workdir`, or `store` (a ``postgresql://`` URL; the nodes then run in
+    `workdir`, where its secret and files go) -- for the block: yields (redis URL,
+    [(process, base URL)], node-1 first)."""
+    workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     with redis_server(workdir / "redis") as redis_url, contextlib.ExitStack() as stack:
         procs: list[tuple[subprocess.Popen[bytes], str]] = []
@@ -185,7 +205,9 @@ def cluster(
                 log = stack.enter_context(open(workdir / f"node-{i}.log", "wb"))
                 logs.append(workdir / f"node-{i}.log")
                 extra = ["--cluster", redis_url, "--node-id", f"node-{i}", *args]
-                procs.append(start(workdir / "server.db", log=log, env=env, args=extra))
+                db = store or workdir / "server.db"
+                where = workdir if store else None  # a URL store's secret: one for all
+                procs.append(start(db, log=log, env=env, args=extra, cwd=where))
                 if i == 1:  # the first creates the database; the others open it
                     _wait(procs[0], logs[0], timeout)
             for (proc, url), path in zip(procs[1:], logs[1:], strict=True):

@@ -1,11 +1,12 @@
 """The server's own records (source=server): its events and its CPU, in the one schema.
 
 With `spacesim serve --record DIR`, every event a room publishes becomes a record, and
-once a second the server adds its CPU (`node_cpu`, in cores) and the packets its media
-plane forwarded and dropped, and, once captions or recordings have worked, the caption
-workers' CPU and speech, and the bytes and packets recordings wrote. The run directory is
-written when the server stops, so a load test's records and the server's can be compared
-in one notebook.
+once a second the server adds its CPU (`node_cpu`, in cores), the packets its media
+plane forwarded and dropped, its garbage collector's pauses (`gc_pause`: seconds paused,
+attrs ``count``, ``squares`` (sum of squared pause lengths) and ``max``), and, once
+captions or recordings have worked, the caption workers' CPU and speech, and the bytes
+and packets recordings wrote. The run directory is written when the server stops, so a
+load test's records and the server's can be compared in one notebook.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from spacesim.results import KINDS, Recorder, RunMeta, write_run
+from spacesim.server.gcmeter import GcMeter
 
 __all__ = ["ServerRecorder"]
 
@@ -37,6 +39,7 @@ class ServerRecorder:
         self.started = datetime.now(UTC).isoformat(timespec="seconds")
         self.recorder = Recorder(RunMeta.new_run_id(), "server")
         self._task: asyncio.Task[None] | None = None
+        self._gc = GcMeter()
 
     def sink(self, msg: dict[str, Any]) -> None:
         """Room event -> record (a Room sink: called for every event it publishes)."""
@@ -85,6 +88,10 @@ class ServerRecorder:
                     out.update({prefix + k: float(v) for k, v in source().items()})
             return out
 
+        meter = self._gc
+        meter.install()
+        meter.take()
+
         async def sample() -> None:
             last_cpu, last_t = time.process_time(), self.clock()
             last_fwd = last_drop = 0
@@ -122,6 +129,9 @@ class ServerRecorder:
                         None,
                     )
                 )
+                pauses = meter.take()
+                attrs = {"count": pauses.count, "squares": pauses.squares, "max": pauses.longest}
+                add(("gc_pause", now, "", "server", "node", pauses.seconds, json.dumps(attrs)))
                 counters = sources()
                 self._features(now, t - last_t, counters, last)
                 last_cpu, last_t, last_fwd, last_drop, last = cpu, t, fwd, drop, counters
@@ -152,6 +162,7 @@ class ServerRecorder:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self._gc.uninstall()
         meta = RunMeta(
             run_id=self.recorder.run_id,
             source="server",

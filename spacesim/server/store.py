@@ -1,13 +1,15 @@
-"""Persistence for the room server: SQLite by default (embedded, WAL mode), plus an in-memory fake.
+"""Persistence for the room server: SQLite by default (embedded, WAL mode), PostgreSQL for
+nodes that share state without sharing a disk, plus an in-memory fake.
 
 The store persists what :mod:`spacesim.policy` decides; it does not apply the rules of a space
 again. It only keeps its own data consistent: ids must exist, a space's status only moves
 forward (scheduled -> live -> ended), a report is resolved once, the audit log is append-only.
 
 :class:`Store` is the seam (a Protocol). :class:`SqliteStore` (:mod:`.store_sqlite`) is the real
-thing and :class:`MemoryStore` (:mod:`.store_memory`) the fake for unit tests; both pass one
-behavioural test suite. This module holds what they share (records, errors, validation);
-import each store from its own module.
+thing on one machine (nodes there share its file), :class:`PostgresStore` (:mod:`.store_postgres`)
+the one several machines share, and :class:`MemoryStore` (:mod:`.store_memory`) the fake for
+unit tests; all three pass one behavioural test suite. This module holds what they share
+(records, errors, validation) and `open_store`, which picks one from a path or a URL.
 
 Conventions shared by both implementations:
 
@@ -24,7 +26,8 @@ Conventions shared by both implementations:
   audit entries, users, follows and space changes are on disk when the method returns
   (``synchronous=FULL``); participation rows (the hot path: every join and leave) use
   ``synchronous=NORMAL``, which in WAL mode survives a process crash but may lose the last
-  few joins/leaves on power loss.
+  few joins/leaves on power loss. PostgreSQL's counterparts are ``synchronous_commit`` on and
+  off (:mod:`.store_postgres`).
 * **Threads.** One connection, used from the server's asyncio thread only.
 """
 
@@ -32,9 +35,11 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import Any, Protocol, Self, TypeVar, runtime_checkable
 
@@ -56,6 +61,8 @@ __all__ = [
     "Store",
     "StoreError",
     "User",
+    "is_postgres_url",
+    "open_store",
 ]
 
 #: Stored in ``PRAGMA user_version``; bump it with a migration when the schema changes.
@@ -286,6 +293,24 @@ class Store(Protocol):
         at: float | None = None,
     ) -> int: ...
     def captions(self, space_id: str) -> list[CaptionRecord]: ...
+
+
+def is_postgres_url(target: str | Path) -> bool:
+    """Whether a `--store` value names a PostgreSQL database rather than a SQLite file."""
+    return str(target).startswith(("postgresql://", "postgres://"))
+
+
+def open_store(target: str | Path, *, clock: Clock = time.time) -> Store:
+    """The store `spacesim serve --store TARGET` uses: a ``postgresql://`` (or
+    ``postgres://``) URL opens :class:`PostgresStore`, anything else is a SQLite file."""
+    text = str(target)
+    if is_postgres_url(text):
+        from spacesim.server.store_postgres import PostgresStore
+
+        return PostgresStore(text, clock=clock)
+    from spacesim.server.store_sqlite import SqliteStore
+
+    return SqliteStore(target, clock=clock)
 
 
 # --------------------------------------------------------------------------- validation

@@ -17,16 +17,18 @@ import sqlite3
 from collections.abc import Callable, Collection
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spacesim.server.store import InvalidArgument, _id, _now, _time
 
 __all__ = [
+    "PG_POSTS_SCHEMA",
     "POSTS_SCHEMA",
     "POST_KINDS",
     "MemoryPosts",
     "Notification",
     "PostRecord",
+    "PostgresPosts",
     "SpacePost",
     "SqlitePosts",
 ]
@@ -116,6 +118,50 @@ _COLS = (
     " audio_bytes, duration_s, captions, caption_text"
 )
 _LIVE = "(expires_at IS NULL OR expires_at > ?)"
+
+# PostgreSQL's (`PostgresPosts`): its own types, "user" quoted (a reserved word there), and
+# a `seq` for SQLite's rowid (arrival order breaks ties of time)
+PG_POSTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS posts (
+    seq          BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,
+    id           TEXT PRIMARY KEY,
+    author       TEXT NOT NULL,
+    kind         TEXT NOT NULL CHECK (kind IN ('post', 'fleet', 'dm')),
+    text         TEXT NOT NULL,
+    created_at   DOUBLE PRECISION NOT NULL,
+    recipient    TEXT,
+    reply_to     TEXT,
+    expires_at   DOUBLE PRECISION,
+    audio_bytes  BIGINT,
+    duration_s   DOUBLE PRECISION,
+    captions     TEXT,
+    caption_text TEXT
+);
+CREATE INDEX IF NOT EXISTS posts_author ON posts(author, created_at);
+CREATE INDEX IF NOT EXISTS posts_recipient ON posts(recipient, created_at);
+CREATE INDEX IF NOT EXISTS posts_expiry ON posts(expires_at);
+CREATE TABLE IF NOT EXISTS space_posts (
+    seq    BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,
+    space  TEXT NOT NULL REFERENCES spaces(id),
+    post   TEXT NOT NULL,
+    "user" TEXT NOT NULL,
+    how    TEXT NOT NULL CHECK (how IN ('pin', 'share')),
+    at     DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (space, post, how)
+);
+CREATE TABLE IF NOT EXISTS notifications (
+    id     BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    "user" TEXT NOT NULL,
+    kind   TEXT NOT NULL,
+    attrs  TEXT NOT NULL,
+    at     DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS notifications_user ON notifications("user", id);
+"""
+_PG_LIVE = "(expires_at IS NULL OR expires_at > %s)"
+
+if TYPE_CHECKING:
+    import psycopg
 
 
 def _check(post: PostRecord) -> None:
@@ -274,6 +320,143 @@ class SqlitePosts:
         rows = self._read(
             "SELECT id, user, kind, attrs, at FROM notifications WHERE user = ? AND id > ?"
             " ORDER BY id LIMIT ?",
+            (user, after, limit),
+        )
+        return [Notification(r[0], r[1], r[2], json.loads(r[3]), r[4]) for r in rows]
+
+
+class PostgresPosts:
+    """The same on the PostgreSQL store (needs its `_tx`, `_read`, `_check_space`); the
+    tables come with the store's schema (`PG_POSTS_SCHEMA`)."""
+
+    _clock: Callable[[], float]
+    _tx: Callable[..., AbstractContextManager[psycopg.Connection[tuple[Any, ...]]]]
+    _read: Callable[..., list[tuple[Any, ...]]]
+    _check_space: Callable[[str], None]
+
+    def now(self) -> float:
+        """The store's clock (tests give the store a clock they control)."""
+        return _now(None, self._clock)
+
+    def add_post(self, post: PostRecord) -> PostRecord:
+        _check(post)
+        with self._tx() as db:
+            db.execute(
+                f"INSERT INTO posts ({_COLS}) VALUES"
+                " (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)".encode(),
+                (
+                    post.id,
+                    post.author,
+                    post.kind,
+                    post.text,
+                    post.created_at,
+                    post.recipient,
+                    post.reply_to,
+                    post.expires_at,
+                    post.audio_bytes,
+                    post.duration_s,
+                    post.captions,
+                    post.caption_text,
+                ),
+            )
+        return post
+
+    def get_post(self, post_id: str, now: float | None = None) -> PostRecord | None:
+        rows = self._read(
+            f"SELECT {_COLS} FROM posts WHERE id = %s AND {_PG_LIVE}",
+            (post_id, _now(now, self._clock)),
+        )
+        return PostRecord(*rows[0]) if rows else None
+
+    def posts_by(
+        self,
+        authors: Collection[str],
+        kinds: Collection[str] = ("post", "fleet"),
+        now: float | None = None,
+        limit: int = 100,
+    ) -> list[PostRecord]:
+        if not authors or not kinds:
+            return []
+        rows = self._read(
+            f"SELECT {_COLS} FROM posts WHERE author = ANY(%s) AND kind = ANY(%s) AND {_PG_LIVE}"
+            " ORDER BY created_at DESC, seq DESC LIMIT %s",
+            (list(authors), list(kinds), _now(now, self._clock), limit),
+        )
+        return [PostRecord(*r) for r in rows]
+
+    def dms_between(self, a: str, b: str, limit: int = 100) -> list[PostRecord]:
+        rows = self._read(
+            f"SELECT {_COLS} FROM posts WHERE kind = 'dm' AND ((author = %s AND recipient = %s)"
+            " OR (author = %s AND recipient = %s)) ORDER BY created_at DESC, seq DESC LIMIT %s",
+            (a, b, b, a, limit),
+        )
+        return [PostRecord(*r) for r in rows]
+
+    def set_post_captions(self, post_id: str, status: str, text: str | None) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE posts SET captions = %s, caption_text = %s WHERE id = %s",
+                (status, text, post_id),
+            )
+
+    def expire_posts(self, now: float | None = None) -> list[PostRecord]:
+        when = _now(now, self._clock)
+        with self._tx() as db:
+            db.execute(
+                "DELETE FROM space_posts WHERE post IN"
+                " (SELECT id FROM posts WHERE expires_at <= %s)",
+                (when,),
+            )
+            rows = db.execute(
+                f"DELETE FROM posts WHERE expires_at <= %s RETURNING {_COLS}".encode(), (when,)
+            ).fetchall()
+        return [PostRecord(*r) for r in rows]
+
+    def audio_post_ids(self) -> set[str]:
+        return {r[0] for r in self._read("SELECT id FROM posts WHERE audio_bytes IS NOT NULL")}
+
+    def add_space_post(self, item: SpacePost) -> bool:
+        self._check_space(item.space)
+        with self._tx() as db:
+            cur = db.execute(
+                'INSERT INTO space_posts (space, post, "user", how, at)'
+                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (item.space, _id(item.post, "post id"), item.user, item.how, item.at),
+            )
+            return cur.rowcount > 0
+
+    def remove_space_post(self, space: str, post: str, how: str) -> bool:
+        with self._tx() as db:
+            cur = db.execute(
+                "DELETE FROM space_posts WHERE space = %s AND post = %s AND how = %s",
+                (space, post, how),
+            )
+            return cur.rowcount > 0
+
+    def space_posts(self, space: str) -> list[SpacePost]:
+        rows = self._read(
+            'SELECT space, post, "user", how, at FROM space_posts WHERE space = %s'
+            " ORDER BY at, seq",
+            (space,),
+        )
+        return [SpacePost(*r) for r in rows]
+
+    def add_notifications(
+        self, users: Collection[str], kind: str, attrs: dict[str, Any], at: float | None = None
+    ) -> int:
+        when = _now(at, self._clock)
+        raw = json.dumps(attrs)
+        with self._tx() as db, db.cursor() as cur:
+            cur.executemany(
+                'INSERT INTO notifications ("user", kind, attrs, at) VALUES (%s, %s, %s, %s)',
+                [(u, kind, raw, when) for u in users],
+            )
+        return len(users)
+
+    def notifications(self, user: str, after: int = 0, limit: int = 100) -> list[Notification]:
+        rows = self._read(
+            'SELECT id, "user", kind, attrs, at FROM notifications WHERE "user" = %s AND id > %s'
+            " ORDER BY id LIMIT %s",
             (user, after, limit),
         )
         return [Notification(r[0], r[1], r[2], json.loads(r[3]), r[4]) for r in rows]

@@ -15,14 +15,16 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spacesim.server.store import InvalidArgument, NotFound, _id, _now, _time
 
 __all__ = [
+    "PG_RECORDING_SCHEMA",
     "RECORDING_SCHEMA",
     "ClipRecord",
     "MemoryRecordings",
+    "PostgresRecordings",
     "RecordingRecord",
     "SqliteRecordings",
 ]
@@ -76,8 +78,35 @@ RECORDING_SCHEMA = (
     "CREATE INDEX IF NOT EXISTS clips_space ON clips(space, created_at)",
     "CREATE INDEX IF NOT EXISTS clips_expiry ON clips(expires_at)",
 )
+# PostgreSQL's (`PostgresRecordings`): its own types, "user" quoted (a reserved word there)
+PG_RECORDING_SCHEMA = """
+CREATE TABLE IF NOT EXISTS recordings (
+    space      TEXT PRIMARY KEY REFERENCES spaces(id),
+    status     TEXT NOT NULL CHECK (status IN ('recording', 'stopped')),
+    started_at DOUBLE PRECISION NOT NULL,
+    stopped_at DOUBLE PRECISION,
+    bytes      BIGINT NOT NULL DEFAULT 0,
+    duration_s DOUBLE PRECISION NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS clips (
+    id         TEXT PRIMARY KEY,
+    space      TEXT NOT NULL REFERENCES spaces(id),
+    "user"     TEXT NOT NULL,
+    start_s    DOUBLE PRECISION NOT NULL,
+    duration_s DOUBLE PRECISION NOT NULL,
+    bytes      BIGINT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    expires_at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS clips_space ON clips(space, created_at);
+CREATE INDEX IF NOT EXISTS clips_expiry ON clips(expires_at);
+"""
 _REC_COLS = "space, status, started_at, stopped_at, bytes, duration_s"
 _CLIP_COLS = "id, space, user, start_s, duration_s, bytes, created_at, expires_at"
+_PG_CLIP_COLS = 'id, space, "user", start_s, duration_s, bytes, created_at, expires_at'
+
+if TYPE_CHECKING:
+    import psycopg
 
 
 def _size(value: object, what: str) -> int:
@@ -182,6 +211,101 @@ class SqliteRecordings:
                 f"SELECT {_CLIP_COLS} FROM clips WHERE expires_at <= ?", (when,)
             ).fetchall()
             db.execute("DELETE FROM clips WHERE expires_at <= ?", (when,))
+        return [ClipRecord(*r) for r in rows]
+
+
+class PostgresRecordings:
+    """The same on the PostgreSQL store (needs its `_tx`, `_read`, `_check_space`); the
+    tables come with the store's schema (`PG_RECORDING_SCHEMA`)."""
+
+    _clock: Callable[[], float]
+    _tx: Callable[..., AbstractContextManager[psycopg.Connection[tuple[Any, ...]]]]
+    _read: Callable[..., list[tuple[Any, ...]]]
+    _check_space: Callable[[str], None]
+
+    def set_recording(self, space_id: str, on: bool, at: float | None = None) -> RecordingRecord:
+        space = _id(space_id, "space id")
+        when = _now(at, self._clock)
+        self._check_space(space)
+        with self._tx() as db:
+            if on:
+                db.execute(
+                    "INSERT INTO recordings (space, status, started_at)"
+                    " VALUES (%s, 'recording', %s) ON CONFLICT (space)"
+                    " DO UPDATE SET status = 'recording', stopped_at = NULL",
+                    (space, when),
+                )
+            else:
+                db.execute(
+                    "UPDATE recordings SET status = 'stopped', stopped_at = %s"
+                    " WHERE space = %s AND status = 'recording'",
+                    (when, space),
+                )
+        got = self.get_recording(space)
+        if got is None:
+            raise NotFound(f"space {space!r} has no recording")
+        return got
+
+    def set_recording_size(self, space_id: str, size: int, duration_s: float) -> None:
+        space = _id(space_id, "space id")
+        with self._tx() as db:
+            db.execute(
+                "UPDATE recordings SET bytes = %s, duration_s = %s WHERE space = %s",
+                (_size(size, "size"), _time(duration_s, "duration"), space),
+            )
+
+    def get_recording(self, space_id: str) -> RecordingRecord | None:
+        rows = self._read(f"SELECT {_REC_COLS} FROM recordings WHERE space = %s", (space_id,))
+        return RecordingRecord(*rows[0]) if rows else None
+
+    def recordings_in_progress(self) -> list[RecordingRecord]:
+        rows = self._read(
+            f"SELECT {_REC_COLS} FROM recordings WHERE status = 'recording'"
+            ' ORDER BY started_at, space COLLATE "C"'
+        )
+        return [RecordingRecord(*r) for r in rows]
+
+    def add_clip(self, clip: ClipRecord) -> ClipRecord:
+        self._check_space(clip.space)
+        with self._tx() as db:
+            db.execute(
+                f"INSERT INTO clips ({_PG_CLIP_COLS})"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)".encode(),
+                (
+                    _id(clip.id, "clip id"),
+                    clip.space,
+                    _id(clip.user, "user"),
+                    _time(clip.start_s, "start"),
+                    _time(clip.duration_s, "duration"),
+                    _size(clip.bytes, "size"),
+                    _time(clip.created_at, "created_at"),
+                    _time(clip.expires_at, "expires_at"),
+                ),
+            )
+        return clip
+
+    def clips(self, space_id: str, now: float | None = None) -> list[ClipRecord]:
+        rows = self._read(
+            f"SELECT {_PG_CLIP_COLS} FROM clips WHERE space = %s AND expires_at > %s"
+            ' ORDER BY created_at, id COLLATE "C"',
+            (space_id, _now(now, self._clock)),
+        )
+        return [ClipRecord(*r) for r in rows]
+
+    def get_clip(self, clip_id: str, now: float | None = None) -> ClipRecord | None:
+        rows = self._read(
+            f"SELECT {_PG_CLIP_COLS} FROM clips WHERE id = %s AND expires_at > %s",
+            (clip_id, _now(now, self._clock)),
+        )
+        return ClipRecord(*rows[0]) if rows else None
+
+    def expire_clips(self, now: float | None = None) -> list[ClipRecord]:
+        when = _now(now, self._clock)
+        with self._tx() as db:
+            rows = db.execute(
+                f"DELETE FROM clips WHERE expires_at <= %s RETURNING {_PG_CLIP_COLS}".encode(),
+                (when,),
+            ).fetchall()
         return [ClipRecord(*r) for r in rows]
 
 

@@ -64,6 +64,7 @@ runs, residuals, machine.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 import platform
@@ -92,8 +93,10 @@ __all__ = [
     "cpu_samples",
     "fit_asr",
     "fit_cpu",
+    "fit_gc",
     "fit_latency",
     "fit_recording",
+    "gc_samples",
     "latency_points",
     "load_calibration",
     "nnls",
@@ -440,6 +443,31 @@ def _recording_samples(pair: _Pair) -> pd.DataFrame:
     return frame[frame["t"] <= _end(pair)].reset_index(drop=True)
 
 
+def gc_samples(directory: str | Path) -> pd.DataFrame:
+    """Per server sample: ``t, pause, squares, packets, run_id`` (its collector's pauses)."""
+    return _gc_samples(_pair(directory))
+
+
+def _gc_samples(pair: _Pair) -> pd.DataFrame:
+    rec = pair.server.records
+    paused = rec[rec["kind"] == "gc_pause"].sort_values("t")
+    if paused.empty:
+        return pd.DataFrame(columns=["t", "pause", "squares", "packets", "run_id"])
+    t = paused["t"].to_numpy("float64")
+    packets = rec[rec["kind"] == "packets_forwarded"].set_index("t")["value"]
+    squares = [float(json.loads(a or "{}").get("squares", 0.0)) for a in paused["attrs"]]
+    frame = pd.DataFrame(
+        {
+            "t": t,
+            "pause": paused["value"].to_numpy("float64"),
+            "squares": np.asarray(squares, dtype="float64"),
+            "packets": packets.reindex(t).fillna(0.0).to_numpy("float64"),
+            "run_id": pair.server.meta.run_id,
+        }
+    )
+    return frame[frame["t"] <= _end(pair)].reset_index(drop=True)
+
+
 # --------------------------------------------------------------------------- fits
 
 
@@ -520,6 +548,18 @@ def fit_recording(samples: pd.DataFrame) -> Fit | None:
     return _nnls_fit(a, y, ["recorded_packet_bytes", "silence_frame_bytes"], samples)
 
 
+def fit_gc(samples: pd.DataFrame) -> Fit | None:
+    """Fit ``pause seconds = gc_pause_per_packet x packets`` per second, and the pause a
+    packet arriving in one sees, ``gc_pause_length = sum(L^2) / sum(L)`` (length-biased
+    mean); None when the server recorded no pause while forwarding."""
+    if len(samples) < 3 or samples["pause"].sum() <= 0 or samples["packets"].sum() <= 0:
+        return None
+    a = samples[["packets"]].to_numpy("float64")
+    fit = _nnls_fit(a, samples["pause"].to_numpy("float64"), ["gc_pause_per_packet"], samples)
+    fit.coef["gc_pause_length"] = float(samples["squares"].sum() / samples["pause"].sum())
+    return fit
+
+
 def _nnls_fit(a: np.ndarray, y: np.ndarray, names: list[str], rows: pd.DataFrame) -> Fit:
     """Non-negative least squares of y on the columns of a, with its residual figures."""
     coef = nnls(a, y)
@@ -550,6 +590,7 @@ class Calibration:
     created: str
     asr: Fit | None = None  # None: no run sent speech to caption workers
     recording: Fit | None = None  # None: no run recorded
+    gc: Fit | None = None  # None: no run recorded garbage-collector pauses
     # for people: terms left at the scenario's value, and caveats about fitted ones
     notes: list[str] = field(default_factory=list)
 
@@ -565,6 +606,7 @@ class Calibration:
                     "latency": _fit_dict(self.latency, "s") if self.latency else None,
                     "asr": _fit_dict(self.asr, "cores") if self.asr else None,
                     "recording": _fit_dict(self.recording, "bytes") if self.recording else None,
+                    "gc": _fit_dict(self.gc, "s") if self.gc else None,
                 },
                 "notes": list(self.notes),
             },
@@ -622,7 +664,13 @@ def calibrate(
     asr = fit_asr(pd.concat(asr_frames, ignore_index=True)) if asr_frames else None
     rec_frames = [f for f in (_recording_samples(p) for p in pairs) if len(f)]
     recording = fit_recording(pd.concat(rec_frames, ignore_index=True)) if rec_frames else None
+    gc_frames = [f for f in (_gc_samples(p) for p in pairs) if len(f)]
+    gc = fit_gc(pd.concat(gc_frames, ignore_index=True)) if gc_frames else None
     notes = []
+    if gc is not None:
+        fitted.update(gc.coef)
+    else:
+        notes.append("gc_pause_*: no run recorded collector pauses; the scenario's values stand")
     if asr is not None:
         fitted["asr_cost"] = asr.coef["asr_cost"]
     else:
@@ -667,6 +715,7 @@ def calibrate(
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         asr=asr,
         recording=recording,
+        gc=gc,
         notes=notes,
     )
 

@@ -8,15 +8,29 @@ streams it forwards (`streams`) and from how many senders (`senders`), so:
 * each incoming packet is a batch of ``streams / senders`` sends (its fan-out), served in
   ``S = fanout x cpu_per_packet / cores`` (the node's cores share the fan-out);
 * packets queue in a buffer that holds ``D = max_queue_delay`` of work. The wait of a
-  packet is the diffusion (heavy-traffic) approximation of an M/D/1 queue with that
+  packet is the diffusion (heavy-traffic) approximation of a G/D/1 queue with that
   finite buffer: busy with probability ``min(rho, 1)``, and then exponential with rate
-  ``theta = 2 (1 - rho) / S`` truncated to ``[0, D]`` (theta < 0 above saturation, so
-  waits pile up near D). The loss is the same approximation's blocking probability,
-  ``p = (1 - rho) E / (1 - rho E)`` with ``E = exp(-theta D)``, the continuous analogue of
-  M/M/1/K's ``(1 - rho) rho^K / (1 - rho^(K+1))``: it tends to ``S / (S + 2D)`` at
+  ``theta = 2 (1 - rho) / (S v)`` truncated to ``[0, D]`` (theta < 0 above saturation,
+  so waits pile up near D). ``v = ca2 + cs2`` is the **arrival variability** term
+  (Kingman's; Whitt, "Approximations for the GI/G/m queue", 1993): the fan-outs are
+  one size (``cs2 = 0``), and the packets come from `senders` speakers who each send
+  one every packet interval, so arrivals are the superposition of K periodic streams
+  with independent phases, whose gaps are the spacings of K uniform points on a
+  circle: ``ca2 = (K - 1) / (K + 1)`` (0 for one speaker, who never queues behind
+  their own packets below saturation; 1, Poisson, for many). The loss is the same
+  approximation's blocking probability, ``p = (1 - rho) E / (1 - rho E)`` with
+  ``E = exp(-theta D)``, the continuous analogue of M/M/1/K's
+  ``(1 - rho) rho^K / (1 - rho^(K+1))``: it tends to ``S v / (S v + 2D)`` at
   ``rho = 1`` and to ``1 - 1 / rho`` in overload, so latency and loss grow smoothly
-  through saturation. The mean wait below saturation is Pollaczek-Khinchine's
-  ``rho S / (2 (1 - rho))`` when D is large.
+  through saturation (sharply for one speaker). The mean wait below saturation is
+  Kingman's ``v rho S / (2 (1 - rho))`` when D is large (Pollaczek-Khinchine's for
+  Poisson arrivals, ``v = 1``).
+* **Garbage-collection pauses** stop the node's forwarding: it is paused a share
+  ``f = gc_pause_per_packet x packets per second / cores`` of the time, in pauses that a
+  packet arriving in one sees last ``L = gc_pause_length`` (length-biased), and such a
+  packet waits a uniform share of ``L`` on top of the queue (`gc_wait`); events too.
+  The pauses are CPU work the CPU fit already counts in ``cpu_per_packet``; this term
+  is only their effect on the tail of the latency (`spacesim.server.gcmeter`).
 * Joins add impulses of work (`add_work`) to a backlog served with the capacity the
   forwarding leaves spare; packets and joins wait behind it (one event loop), and while
   that wait exceeds D arriving packets are lost.
@@ -36,7 +50,7 @@ import math
 
 from spacesim.scenario import Server
 
-__all__ = ["Node", "wait_and_loss"]
+__all__ = ["Node", "arrival_variability", "wait_and_loss"]
 
 
 def _queued(theta: float, room: float, u: float) -> float:
@@ -45,21 +59,36 @@ def _queued(theta: float, room: float, u: float) -> float:
     x = theta * room
     if abs(x) < 1e-9:
         return u * room
+    if x < -700.0:  # mass piled against the full queue: mirror of the exponential case
+        return room - _queued(-theta, room, u)
     if x > 700.0:
         return -math.log1p(-u) / theta
     return -math.log1p(-u * (1.0 - math.exp(-x))) / theta
 
 
-def wait_and_loss(rho: float, service: float, buffer: float) -> tuple[float, float]:
+#: Floor of the variability term: one speaker's stream alone is perfectly periodic, but
+#: the formula needs a finite theta (a floor this small changes no figure).
+MIN_VARIABILITY = 1e-6
+
+
+def arrival_variability(senders: int) -> float:
+    """``ca2`` of K periodic streams with independent phases: ``(K - 1) / (K + 1)``."""
+    return (senders - 1) / (senders + 1) if senders > 1 else 0.0
+
+
+def wait_and_loss(
+    rho: float, service: float, buffer: float, variability: float = 1.0
+) -> tuple[float, float]:
     """(theta, loss) of the finite-buffer queue; see the module docstring."""
     if buffer <= 0.0:
         return 0.0, 1.0 if rho > 0 else 0.0
     if rho <= 0.0 or service <= 0.0:
         return math.inf, 0.0
-    theta = 2.0 * (1.0 - rho) / service
+    spread = service * max(variability, MIN_VARIABILITY)
+    theta = 2.0 * (1.0 - rho) / spread
     x = theta * buffer
     if abs(x) < 1e-9:  # rho == 1: the limit of the formula
-        return 0.0, service / (service + 2.0 * buffer)
+        return 0.0, spread / (spread + 2.0 * buffer)
     if x > 700.0:  # E underflows: no loss
         return theta, 0.0
     if x < -700.0:  # deep overload
@@ -85,6 +114,8 @@ class Node:
         "event_rate",
         "fanout_delay",
         "forward_delay",
+        "gc_pause_length",
+        "gc_pause_per_packet",
         "last",
         "listeners",
         "max_queue_delay",
@@ -111,6 +142,8 @@ class Node:
             else server.cpu_per_packet / server.cores
         )
         self.forward_delay = server.forward_delay
+        self.gc_pause_per_packet = server.gc_pause_per_packet
+        self.gc_pause_length = server.gc_pause_length
         self.max_streams = server.max_streams
         self.max_queue_delay = server.max_queue_delay
         self.pps = pps
@@ -169,7 +202,9 @@ class Node:
             return self._qs_val
         rho = self.rate() / self.cores
         room = self.max_queue_delay - self.backlog / self.cores
-        theta, loss = wait_and_loss(rho, self.fanout_service(), room)
+        theta, loss = wait_and_loss(
+            rho, self.fanout_service(), room, arrival_variability(self.senders)
+        )
         self._qs_key = key
         self._qs_val = (rho, theta, loss, room)
         return self._qs_val
@@ -271,6 +306,20 @@ class Node:
         if room > 0.0 and u_busy < min(rho, 1.0):
             wait += _queued(theta, room, u_wait)
         return wait
+
+    def gc_share(self) -> float:
+        """Share of time the collector has the node stopped now (at most a half)."""
+        share = self.gc_pause_per_packet * self.streams * self.pps / self.cores
+        return min(share, 0.5)
+
+    def gc_wait(self, u: float) -> float:
+        """Wait of a packet for a collector's pause, from one uniform in [0, 1): it arrives
+        in a pause with probability `gc_share`, then waits a uniform share of its length
+        (u / share is uniform given u < share)."""
+        share = self.gc_share()
+        if share <= 0.0 or u >= share:
+            return 0.0
+        return (u / share) * self.gc_pause_length
 
     def loss_now(self) -> float:
         """Probability that a packet arriving now is lost for want of CPU or buffer."""

@@ -311,6 +311,8 @@ class World:
             subs += len(room.stage_nets)
         wait = node.event_wait(d.uniform(), d.uniform())
         wait += d.uniform() * subs * self.cpu_per_event / node.cores
+        if node.gc_pause_length > 0.0:
+            wait += node.gc_wait(d.uniform())
         delay = wait + self.one_way(who.net)
         if node is not room.origin:
             delay += self.edge_delay
@@ -351,6 +353,8 @@ class World:
         server = who.node.packet_wait(u_busy, d.uniform(), d.uniform())
         if server is None:
             return None
+        if who.node.gc_pause_length > 0.0:  # (no draw without the term: seeds keep their runs)
+            server += who.node.gc_wait(d.uniform())
         senders = list(room.senders.values())
         uplink = senders[d.index(len(senders))] if senders else self.sc.network[0]
         delay = self.one_way(uplink) + server + self.one_way(who.net)

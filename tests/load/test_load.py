@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -72,6 +73,53 @@ def test_tiny_run_with_embedded_server(tiny: Path, tmp_path: Path) -> None:
     figures = summarise(server.records).loc
     assert figures["packets_forwarded", "value"] > 100
     assert 0 < figures["cpu_per_packet", "value"] < 0.01
+
+
+ADMITTED = """\
+name: admitted
+duration: 6s
+rooms: {count: 1, speakers: 0}
+speaking: {active_speakers: 1}
+arrivals: {kind: constant, rate: 2/s}
+session: {kind: fixed, mean: 1h}
+audience: {hand_raise_rate: 0/h, reaction_rate: 0/h, report_rate: 0/h, block_rate: 0/h}
+server: {max_streams: 3}
+"""
+
+
+def test_pinned_run_enforces_the_models_admission_limit(tmp_path: Path) -> None:
+    """server.max_streams reaches the embedded server (--capacity): the host and two
+    listeners fill 3 streams, the others are refused server_full; the pins are recorded."""
+    path = tmp_path / "admitted.yaml"
+    path.write_text(ADMITTED)
+    cpus = sorted(os.sched_getaffinity(0))
+    server_cpus, swarm_cpus = {cpus[0]}, {cpus[-1]}
+    out = tmp_path / "run"
+    rc = main(path, users=5, duration=6, out=out, shape="steady", network="none",
+              server_cpus=server_cpus, swarm_cpus=swarm_cpus)  # fmt: skip
+    assert rc == 0
+    run = load_run(out)
+    rec = run.records
+    joined = rec[(rec["kind"] == "participant_joined") & (rec["role"] == "listener")]
+    assert joined["participant"].nunique() == 2
+    refused = rec[rec["kind"] == "join_refused"]
+    assert len(refused) >= 2
+    assert {json.loads(a)["reason"] for a in refused["attrs"]} == {"server_full"}
+    assert run.meta.extra["server_cpus"] == sorted(server_cpus)
+    assert run.meta.extra["swarm_cpus"] == sorted(swarm_cpus)
+
+
+def test_pin_sets_a_processes_cpus() -> None:
+    cpu = sorted(os.sched_getaffinity(0))[-1]
+    proc = subprocess.Popen(["sleep", "5"])
+    try:
+        launch.pin(proc, {cpu})
+        assert os.sched_getaffinity(proc.pid) == {cpu}
+        launch.pin(proc, None)  # None leaves it alone
+        assert os.sched_getaffinity(proc.pid) == {cpu}
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 MODERATED = """\

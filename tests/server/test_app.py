@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -25,7 +26,7 @@ from spacesim.server import launch
 from spacesim.server.app import ServerConfig, create_app
 from spacesim.server.auth import issue_token
 from spacesim.server.openapi import document
-from spacesim.server.store import StoreError
+from spacesim.server.store import StoreError, open_store
 from tests.server.test_media import Client, opus_tone
 
 for _name in ("aioice", "aiortc", "aiohttp.access"):
@@ -718,16 +719,22 @@ def test_speak_settings_are_the_rulebooks() -> None:
 # --------------------------------------------------------------------------- durability
 
 
-async def _serve(db: Path, port: int) -> tuple[subprocess.Popen[bytes], str]:
+async def _serve(
+    db: Path | str, port: int, cwd: Path | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
     """A real `spacesim serve` process, up and answering (the project's one launcher)."""
-    proc, url = launch.start(db, port)
+    proc, url = launch.start(db, port, cwd=cwd)
     await asyncio.to_thread(launch.wait_up, proc, url)
     return proc, url
 
 
-async def test_kill_9_keeps_acknowledged_reports_and_blocks(tmp_path: Path) -> None:
-    db, port = tmp_path / "kill.db", launch.free_port()
-    proc, base = await _serve(db, port)
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_kill_9_keeps_acknowledged_reports_and_blocks(
+    tmp_path: Path, kind: str, request: pytest.FixtureRequest
+) -> None:
+    db = tmp_path / "kill.db" if kind == "sqlite" else request.getfixturevalue("pg_url")()
+    port = launch.free_port()
+    proc, base = await _serve(db, port, cwd=tmp_path)  # a URL's secret file goes in cwd
     try:
         async with aiohttp.ClientSession() as http:
             api = Api(http, base)
@@ -744,7 +751,7 @@ async def test_kill_9_keeps_acknowledged_reports_and_blocks(tmp_path: Path) -> N
             assert (await api.act(space, "host", "block", target="bad"))[0] == 200
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
-            proc, base = await _serve(db, port)
+            proc, base = await _serve(db, port, cwd=tmp_path)
             api.tokens.clear()  # the secret file survived too, but mint fresh ones anyway
             status, state = await api.call("GET", f"/v1/spaces/{space}", "host")
             assert status == 200 and state["status"] == "live"  # recovered; clients rejoin
@@ -756,12 +763,69 @@ async def test_kill_9_keeps_acknowledged_reports_and_blocks(tmp_path: Path) -> N
     finally:
         proc.kill()
         proc.wait(timeout=10)
-    from spacesim.server.store_sqlite import SqliteStore
-
-    with SqliteStore(db) as store:
+    with contextlib.closing(open_store(db)) as store:
         reports = {r.id for r in store.reports(space=space)}
         assert set(acked) <= reports
         assert store.is_blocked("host", "bad")
+
+
+async def test_two_servers_on_one_postgres_database_share_durable_state(
+    tmp_path: Path, pg_url: Any
+) -> None:
+    """Two nodes that share no disk (each its own directory) but one database: what one
+    writes, the other reads (a post, a follow, a DM), both ways."""
+    url, nodes = pg_url(), []
+    try:
+        for name in ("a", "b"):
+            (tmp_path / name).mkdir()
+            nodes.append(await _serve(url, launch.free_port(), cwd=tmp_path / name))
+        async with aiohttp.ClientSession() as http:
+            a, b = (Api(http, base) for _, base in nodes)
+            status, post = await a.call("POST", "/v1/posts", "ann", {"text": "from a"})
+            assert status == 201, post
+            status, got = await b.call("GET", f"/v1/posts/{post['id']}", "bob")
+            assert status == 200 and got["text"] == "from a", got
+            assert (await b.call("POST", "/v1/follows", "bob", {"user": "ann"}))[0] == 200
+            status, timeline = await a.call("GET", "/v1/timeline", "bob")
+            assert [p["id"] for p in timeline["posts"]] == [post["id"]], timeline
+            status, dm = await b.call("POST", "/v1/dms/ann", "bob", {"text": "hi from b"})
+            assert status == 201, dm
+            status, convo = await a.call("GET", "/v1/dms/bob", "ann")
+            assert [m["text"] for m in convo["messages"]] == ["hi from b"], convo
+    finally:
+        for proc, _ in nodes:
+            launch.stop(proc)
+
+
+def test_serve_store_takes_a_postgres_url_and_never_prints_its_password(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    pg_url: Any,
+) -> None:
+    from spacesim import cli
+    from spacesim.server.app import STATE
+    from spacesim.server.store_postgres import PostgresStore
+
+    apps: list[Any] = []
+    monkeypatch.setattr(aiohttp.web, "run_app", lambda app, **kw: apps.append(app))
+    monkeypatch.chdir(tmp_path)
+    url = pg_url()
+    password = re.search(r"//spacesim:(\w+)@", url)[1]  # type: ignore[index]
+    assert cli.main(["serve", "--store", url]) == 0
+    store = apps[0][STATE].store
+    try:
+        assert isinstance(store, PostgresStore) and store.url == url
+    finally:
+        store.close()
+    assert (tmp_path / "spacesim.secret").is_file()  # a URL's files: the working directory
+    out = capsys.readouterr()
+    assert "store=postgresql://spacesim:***@" in out.err and password not in out.out + out.err
+    nowhere = f"postgresql://spacesim:{password}@127.0.0.1:{launch.free_port()}/x"
+    assert cli.main(["serve", "--db", nowhere]) == 1  # the old name of the option
+    out = capsys.readouterr()
+    assert "cannot open the store" in out.err and password not in out.out + out.err
+    assert len(apps) == 1
 
 
 async def test_an_ended_space_stays_readable_after_a_restart(tmp_path: Path) -> None:

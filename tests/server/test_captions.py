@@ -19,8 +19,8 @@ from spacesim.server import captions as cap
 from spacesim.server.captions import CHUNK_PACKETS, Captioner, to_webvtt
 from spacesim.server.room import Room
 from spacesim.server.store import CaptionRecord, InvalidArgument, NotFound
+from spacesim.server.store import open_store as store_at
 from spacesim.server.store_memory import MemoryStore
-from spacesim.server.store_sqlite import SqliteStore
 from tests.server.test_app import Api, api  # noqa: F401  (the fixture)
 from tests.server.test_captions_live import overlap
 
@@ -291,10 +291,14 @@ def test_the_worker_recognises_a_shipped_clip_in_process() -> None:
 # --------------------------------------------------------------------------- storage, export
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite"])
-def test_stores_keep_captions_and_the_setting(kind: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "postgres"])
+def test_stores_keep_captions_and_the_setting(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    target = tmp_path / "c.db" if kind != "postgres" else request.getfixturevalue("pg_url")()
+
     def open_store() -> Any:
-        return MemoryStore() if kind == "memory" else SqliteStore(tmp_path / "c.db")
+        return MemoryStore() if kind == "memory" else store_at(target)
 
     store = open_store()
     store.add_user("h", "h")
@@ -308,7 +312,7 @@ def test_stores_keep_captions_and_the_setting(kind: str, tmp_path: Path) -> None
         store.add_caption("s-1", "h", 3.0, 2.0, "backwards")
     with pytest.raises(NotFound):
         store.add_caption("s-nope", "h", 1.0, 2.0, "x")
-    if kind == "sqlite":  # survives a reopen
+    if kind != "memory":  # survives a reopen
         store.close()
         store = open_store()
     assert store.captions_enabled("s-1") is True
@@ -316,6 +320,7 @@ def test_stores_keep_captions_and_the_setting(kind: str, tmp_path: Path) -> None
     assert [(c.text, c.gap) for c in got] == [("first", False), ("", True), ("second", False)]
     store.set_captions("s-1", False)
     assert store.captions_enabled("s-1") is False
+    store.close()
 
 
 def test_webvtt_escapes_and_marks_gaps() -> None:

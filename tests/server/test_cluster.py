@@ -13,7 +13,7 @@ import os
 import signal
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -370,3 +370,37 @@ async def test_a_space_whose_origin_is_killed_is_taken_over(tmp_path: Path) -> N
                 track.stop()
                 await speaker.close()
                 await listener.close()
+
+
+@pytest.mark.slow
+async def test_two_nodes_on_a_postgresql_store(tmp_path: Path, pg_url: Callable[[], str]) -> None:
+    """The nodes share a PostgreSQL store instead of a SQLite file: a space created on one
+    node is read through the other, and a listener placed on either hears the speaker."""
+    root = str(Path(__file__).resolve().parents[2])  # the children run in tmp_path
+    env = {**os.environ, "PYTHONPATH": root}
+    with launch.cluster(tmp_path, nodes=2, env=env, store=pg_url()) as (_, procs):
+        (_, url1), (_, url2) = procs
+        while _node(url1)["nodes"] < 2:
+            await asyncio.sleep(0.1)
+        async with aiohttp.ClientSession() as http:
+            host = RoomClient(url1, "host", http)
+            space = await host.create_space("pg")
+            assert (await RoomClient(url2, "reader", http).space(space))["id"] == space
+            post = await RoomClient(url2, "poster", http)._call("POST", "/v1/posts", {"text": "x"})
+            got = await RoomClient(url1, "reader", http)._call("GET", f"/v1/posts/{post['id']}")
+            assert got["id"] == post["id"]  # written by node-2, read by node-1: one store
+            track = SpeakerTrack(load_clip("welcome"), sender_id=1, loop=True)
+            links = [await connect_audio(host, space, _ignore, publish=track)]
+            stats = ListenerStats()
+            try:
+                for i in range(6):
+                    links.append(
+                        await connect_audio(RoomClient(url2, f"p{i}", http), space, stats.on_rtp)
+                    )
+                assert {link.join["node"]["id"] for link in links[1:]} == {"node-1", "node-2"}
+                await asyncio.sleep(1.5)
+                assert stats.senders[1].received > 6 * 40
+            finally:
+                track.stop()
+                for link in links:
+                    await link.close()

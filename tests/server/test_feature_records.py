@@ -5,6 +5,7 @@ clip, then `spacesim calibrate` on what it recorded."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from pathlib import Path
@@ -74,6 +75,10 @@ async def test_server_records_caption_cpu_and_recording_bytes_that_calibrate(
         rows = rec[(rec["kind"] == name) & (rec["role"] == role)]
         return [float(v) for v in rows["value"]]
 
+    # the garbage collector's pauses, once a second with the other samples
+    gc_rows = rec[rec["kind"] == "gc_pause"]
+    assert len(gc_rows) >= TALK_S - 2 and (gc_rows["value"] >= 0).all()
+    assert all("count" in json.loads(a) for a in gc_rows["attrs"])
     # the workers' own CPU (not in node_cpu) and the speech sent to them
     # (from when the worker was ready: its model loading is not counted)
     assert 0.02 * talked < sum(kind("asr_cores")) < talked

@@ -25,7 +25,9 @@ from spacesim.server.app import STATE, ServerConfig, create_app
 from spacesim.server.oggcheck import AudioError, OggOpusCheck
 from spacesim.server.posts import FLEET_TTL_S, VOICE_MAX_S
 from spacesim.server.recording import SILENCE, OggOpusWriter, _page, ogg_crc
+from spacesim.server.store import open_store
 from spacesim.server.store_memory import MemoryStore
+from spacesim.server.store_postgres import PostgresStore
 from spacesim.server.store_posts import PostRecord, SpacePost
 from spacesim.server.store_sqlite import SqliteStore
 from tests.server.test_app import SECRET, SLOTS, Api
@@ -151,20 +153,21 @@ def test_the_rulebook_on_posts() -> None:
     assert read("c", "post", "a", None, follows_author=False, blocked_by_author=True) is False
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     clock = Clock()
-    s = (
-        MemoryStore(clock=clock)
-        if request.param == "memory"
-        else SqliteStore(tmp_path / "p.db", clock=clock)
-    )
+    if request.param == "memory":
+        s: Any = MemoryStore(clock=clock)
+    elif request.param == "sqlite":
+        s = SqliteStore(tmp_path / "p.db", clock=clock)
+    else:
+        s = PostgresStore(request.getfixturevalue("pg_url")(), clock=clock)
     s.clock_ = clock
     yield s
     s.close()
 
 
-def test_both_stores_keep_posts_fleets_dms_and_notifications(store: Any) -> None:
+def test_every_store_keeps_posts_fleets_dms_and_notifications(store: Any) -> None:
     clock = store.clock_
     store.add_post(PostRecord("p-1", "a", "post", "hi", T0))
     store.add_post(PostRecord("p-2", "a", "fleet", "gone soon", T0 + 1, expires_at=T0 + 10))
@@ -494,12 +497,16 @@ async def test_a_voice_post_is_captioned_by_the_live_recogniser(
     assert overlap(transcripts()["garden"], meta["captions"]["text"]) >= 0.7, meta
 
 
-async def test_acknowledged_posts_survive_kill_9(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_acknowledged_posts_survive_kill_9(
+    tmp_path: Path, kind: str, request: pytest.FixtureRequest
+) -> None:
     """A real server process: a voice post, a voice DM and a Fleet acknowledged before
     kill -9 are all there, audio and all, after the restart."""
-    db, port = tmp_path / "k.db", launch.free_port()
+    db = tmp_path / "k.db" if kind == "sqlite" else request.getfixturevalue("pg_url")()
+    port = launch.free_port()
     args = ["--posts-dir", str(tmp_path / "audio")]
-    proc, base = launch.start(db, port, args=args)
+    proc, base = launch.start(db, port, args=args, cwd=tmp_path)
     data = ogg(tmp_path, opus_tone(440.0, 60))
     try:
         await asyncio.to_thread(launch.wait_up, proc, base)
@@ -513,7 +520,7 @@ async def test_acknowledged_posts_survive_kill_9(tmp_path: Path) -> None:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
             assert len(list((tmp_path / "audio").glob("p-*.opus"))) == 3  # --posts-dir
-            proc, base = launch.start(db, port, args=args)
+            proc, base = launch.start(db, port, args=args, cwd=tmp_path)
             await asyncio.to_thread(launch.wait_up, proc, base)
             api.tokens.clear()
             for m in made:
@@ -524,6 +531,11 @@ async def test_acknowledged_posts_survive_kill_9(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait(timeout=10)
+    store = open_store(db)  # where --store said, not some other file
+    try:
+        assert all(store.get_post(m["id"]) is not None for m in made)
+    finally:
+        store.close()
 
 
 async def test_a_trickled_upload_is_cut_off_whole(served: Any, tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from spacesim.server.recording import (
     write_clip,
 )
 from spacesim.server.store_memory import MemoryStore
+from spacesim.server.store_postgres import PostgresStore
 from spacesim.server.store_sqlite import SqliteStore
 from tests.server.test_app import SECRET, SLOTS, Api, AudioClient
 from tests.server.test_media import opus_tone
@@ -139,11 +140,18 @@ def test_the_host_alone_starts_and_stops_recording() -> None:
     assert s.start_recording("h").code == "space_ended"
 
 
-@pytest.mark.parametrize("make", [MemoryStore, "sqlite"])
-def test_both_stores_keep_recordings_and_clips(tmp_path: Path, make: Any) -> None:
+@pytest.mark.parametrize("make", [MemoryStore, "sqlite", "postgres"])
+def test_every_store_keeps_recordings_and_clips(
+    tmp_path: Path, make: Any, request: pytest.FixtureRequest
+) -> None:
     from spacesim.server.store_recording import ClipRecord
 
-    store = SqliteStore(tmp_path / "s.db") if make == "sqlite" else make()
+    if make == "sqlite":
+        store = SqliteStore(tmp_path / "s.db")
+    elif make == "postgres":
+        store = PostgresStore(request.getfixturevalue("pg_url")())
+    else:
+        store = make()
     store.add_user("h", "h", 1.0)
     store.create_space("s-1", host="h", title="", status="live", who_may_speak="everyone", at=1.0)
     assert store.get_recording("s-1") is None

@@ -70,21 +70,33 @@ def test_packets_are_lost_while_join_work_exceeds_the_queue_limit() -> None:
     assert n.packet_wait(0.5, 0.5, 0.5) is None
 
 
-def test_mean_wait_matches_pollaczek_khinchine_when_the_buffer_is_large() -> None:
-    n = loaded(100, max_queue_delay=100.0)  # rho 0.5, fan-out 100 x 1e-4 = 10 ms
+@pytest.mark.parametrize("senders", [1, 3, 9])
+def test_mean_wait_matches_kingman_when_the_buffer_is_large(senders: int) -> None:
+    """Periodic speakers: one never waits behind their own packets below saturation; the
+    wait grows with the number of speakers toward Pollaczek-Khinchine's (Poisson)."""
+    listeners = 100 // senders  # rho ~ 0.5 whatever the speakers
+    n = loaded(listeners, senders, max_queue_delay=100.0)
     rng = np.random.default_rng(1)
     u = rng.random((200_000, 3))
     waits = np.array([n.packet_wait(a, b, 0.0) for a, b, _ in u], dtype=float)
-    s, rho = 100 * 1e-4, 0.5
-    assert waits.mean() == pytest.approx(rho * s / (2 * (1 - rho)), rel=0.02)
+    s, rho = listeners * 1e-4, listeners * senders * 50 * 1e-4
+    v = (senders - 1) / (senders + 1)
+    assert waits.mean() == pytest.approx(v * rho * s / (2 * (1 - rho)), rel=0.02, abs=1e-6)
     assert (waits == 0).mean() == pytest.approx(1 - rho, abs=0.01)
+
+
+def test_one_speaker_goes_from_no_wait_to_the_full_queue_through_saturation() -> None:
+    below, above = loaded(190, max_queue_delay=0.2), loaded(210, max_queue_delay=0.2)
+    assert below.loss_now() == 0 and below.packet_wait(0.99, 0.99, 0.0) == pytest.approx(0)
+    assert above.loss_now() == pytest.approx(1 - 1 / 1.05, rel=1e-3)
+    assert above.packet_wait(0.99, 0.5, 0.0) == pytest.approx(0.2, rel=1e-3)
 
 
 def test_waits_never_exceed_the_queue_limit_and_grow_with_load() -> None:
     rng = np.random.default_rng(2)
     means = []
-    for listeners in (100, 180, 198, 220):
-        n = loaded(listeners, max_queue_delay=0.2)
+    for listeners in (50, 90, 99, 110):
+        n = loaded(listeners, senders=2, max_queue_delay=0.2)
         waits = [n.packet_wait(*rng.random(3)) for _ in range(20_000)]
         got = np.array([w for w in waits if w is not None])
         assert got.max() <= 0.2 + listeners * 1e-4 + 1e-9  # queue limit + its own fan-out
@@ -101,3 +113,13 @@ def test_admission_counts_reserved_streams() -> None:
     n.reserved_streams = 8
     assert n.admits(2) and not n.admits(3)
     assert node().admits(10**9)  # no limit configured
+
+
+def test_gc_wait_is_a_uniform_share_of_the_pause_with_the_pauses_share_of_time() -> None:
+    n = loaded(100, gc_pause_per_packet=2e-6, gc_pause_length=0.05)  # 5000 pps: 1 %
+    assert n.gc_share() == pytest.approx(0.01)
+    u = np.random.default_rng(4).random(200_000)
+    waits = np.array([n.gc_wait(x) for x in u])
+    assert (waits > 0).mean() == pytest.approx(0.01, abs=0.001)
+    assert waits[waits > 0].mean() == pytest.approx(0.025, rel=0.05)
+    assert loaded(100).gc_wait(0.0) == 0.0  # no term, no wait
