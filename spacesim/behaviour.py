@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol, TypeVar
 
 from spacesim.protocol import REACTIONS
@@ -47,6 +47,7 @@ __all__ = [
     "moderation_due",
     "network_path",
     "pick",
+    "place_listener",
     "player_bytes",
     "reaction_emoji",
     "replay_arrivals",
@@ -127,6 +128,31 @@ class PyRng:
             k += 1
             p *= self.rng.random()
         return k
+
+
+# --------------------------------------------------------------------------- placement
+
+
+def place_listener(
+    n: int, load: Callable[[int], float], admits: Callable[[int], bool], rng: Rng
+) -> int | None:
+    """Which of `n` nodes a new listener goes to (None: no node admits them).
+
+    Power of two choices: the less loaded (`load`) of two random nodes balances almost as
+    well as a full scan (Mitzenmacher 2001) and costs O(1) per join, as real balancers
+    do; when that node refuses (`admits`), the least loaded node that admits. One rule for
+    the simulator's nodes (`spacesim.sim.world`) and the server's cluster
+    (`spacesim.server.cluster`), so the model places joins as the cluster does.
+    """
+    if n <= 1:
+        return 0 if n == 1 and admits(0) else None
+    a = min(int(rng.uniform() * n), n - 1)
+    b = min(int(rng.uniform() * n), n - 1)
+    best = a if load(a) <= load(b) else b
+    if admits(best):
+        return best
+    fits = [i for i in range(n) if admits(i)]
+    return min(fits, key=load) if fits else None
 
 
 # --------------------------------------------------------------------------- listeners

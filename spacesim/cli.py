@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -195,6 +196,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         recording_dir=Path(args.recording_dir) if args.recording_dir else None,
         posts_dir=Path(args.posts_dir) if args.posts_dir else None,
         caption_workers=args.caption_workers,
+        cluster=args.cluster,
+        node_id=args.node_id,
+        public_url=f"http://{args.host}:{args.port}",
     )
     err.print(
         f"spacesim serve: http://{args.host}:{args.port}  store={_redacted(args.db)}"
@@ -220,6 +224,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
     gc.freeze()
     web.run_app(app, host=args.host, port=args.port, print=None)
     return 0
+
+
+def cmd_cluster_up(args: argparse.Namespace) -> int:
+    """Redis and N nodes on loopback sharing one SQLite file: a newcomer's cluster."""
+    from spacesim.server import launch
+
+    nodes = args.nodes or os.cpu_count() or 1
+    workdir = Path(args.dir)
+    # SIGTERM too stops the nodes and Redis (a background job ignores SIGINT)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with launch.cluster(workdir, nodes, store=args.store) as (redis_url, procs):
+        out.print(f"spacesim cluster: {nodes} nodes, Redis at {redis_url}, logs in {workdir}/")
+        for i, (_, url) in enumerate(procs, 1):
+            out.print(f"  node-{i}: {url}")
+        out.print(f"target any node, e.g. spacesim load SCENARIO --target {procs[0][1]}")
+        told: set[int] = set()  # a node that dies is reported; the others go on
+        try:
+            while len(told) < len(procs):
+                for i, (proc, _) in enumerate(procs, 1):
+                    if proc.poll() is not None and i not in told:
+                        told.add(i)
+                        err.print(f"spacesim cluster: node-{i} exited ({proc.returncode})")
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            return 0
+        return 1
 
 
 def cmd_load(args: argparse.Namespace) -> int:
@@ -777,7 +807,28 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="speech recogniser processes for live captions (default 1)",
     )
+    serve.add_argument(
+        "--cluster",
+        metavar="REDIS_URL",
+        help="join a cluster of nodes through Redis (redis://HOST:PORT/DB); the nodes share "
+        "--db and its secret (docs/protocol.md, Cluster)",
+    )
+    serve.add_argument("--node-id", help="this node's id in the cluster (default: a random one)")
     serve.set_defaults(func=cmd_serve)
+
+    clus = sub.add_parser("cluster", help="run a cluster of server nodes on this machine")
+    clus_sub = clus.add_subparsers(dest="cluster_command", required=True, metavar="COMMAND")
+    up = clus_sub.add_parser("up", help="start redis-server and N nodes until Ctrl-C")
+    up.add_argument(
+        "--nodes", type=_positive_int, default=None, help="nodes to start (default: one per core)"
+    )
+    up.add_argument("--dir", default="spacesim-cluster", help="database, logs and Redis dir")
+    up.add_argument(
+        "--store",
+        metavar="URL",
+        help="a postgresql:// store for the nodes (default: one SQLite file in --dir)",
+    )
+    up.set_defaults(func=cmd_cluster_up)
 
     load = sub.add_parser("load", help="run a scenario's Locust users against a server")
     load.add_argument("scenario", help="scenario YAML file")

@@ -198,6 +198,11 @@ KINDS: Mapping[str, tuple[str, str]] = {
     "node_utilisation": ("ratio", "node_cpu / cores available"),
     "packets_forwarded": ("count", "packets a node forwarded in a tick"),
     "packets_dropped": ("count", "packets a node dropped in a tick (overload)"),
+    "packets_relayed": (
+        "count",
+        "packets a cluster node relayed to other nodes in a tick (a room's origin: each "
+        "heard packet once per node with listeners of the room)",
+    ),
     "asr_cores": (
         "cores",
         "speech recognition a node's captioned spaces need in a tick (the server's: its "

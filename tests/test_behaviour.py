@@ -137,3 +137,34 @@ def test_timeline_due_in_order() -> None:
     assert [e.action for e in b.timeline_due(sc, 0, 600)] == ["mute_all", "end"]
     assert [e.action for e in b.timeline_due(sc, 300, 301)] == ["mute_all"]
     assert b.timeline_due(sc, 301, 480) == []
+
+
+def test_place_listener_two_choices_then_least_loaded() -> None:
+    """The simulator's and the cluster's placement: the less loaded of two draws; when
+    it refuses, the least loaded node that admits; None when none does."""
+
+    class Fixed:
+        def __init__(self, *u: float) -> None:
+            self.u = list(u)
+
+        def uniform(self) -> float:
+            return self.u.pop(0)
+
+        def exp(self, mean: float) -> float:
+            return mean
+
+        def normal(self) -> float:
+            return 0.0
+
+        def poisson(self, lam: float) -> int:
+            return 0
+
+    loads = [5, 1, 3, 0]
+    everyone = lambda i: True  # noqa: E731
+    assert b.place_listener(4, loads.__getitem__, everyone, Fixed(0.0, 0.6)) == 2
+    assert b.place_listener(4, loads.__getitem__, everyone, Fixed(0.3, 0.1)) == 1
+    not_2 = lambda i: i != 2  # noqa: E731
+    assert b.place_listener(4, loads.__getitem__, not_2, Fixed(0.0, 0.6)) == 3
+    assert b.place_listener(4, loads.__getitem__, lambda i: False, Fixed(0, 0)) is None
+    assert b.place_listener(1, loads.__getitem__, everyone, Fixed()) == 0
+    assert b.place_listener(0, loads.__getitem__, everyone, Fixed()) is None

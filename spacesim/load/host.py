@@ -78,6 +78,13 @@ def path_attrs(path: NetworkProfile | None) -> dict[str, float]:
     return {"rtt": path.rtt, "jitter": path.jitter, "loss": path.loss}
 
 
+def node_attrs(join: dict[str, Any]) -> dict[str, str]:
+    """Which cluster node carries the participant's audio (``node`` of the join answer;
+    nothing from a single server)."""
+    node = join.get("node")
+    return {"node": str(node["id"])} if isinstance(node, dict) and "id" in node else {}
+
+
 async def quiet(aw: Awaitable[Any]) -> None:
     """Await, ignoring failures (leaving, closing, best-effort clean-up)."""
     try:
@@ -297,7 +304,8 @@ class Room:
         took = time.monotonic() - t
         m.joined_at = ctx.now()
         self.roles[m.user] = m.role
-        ctx.add("participant_joined", self.space, m.user, m.role, took, path_attrs(path))
+        attrs = path_attrs(path) | node_attrs(m.link.join if m.link else {})
+        ctx.add("participant_joined", self.space, m.user, m.role, took, attrs)
         if m.role == "cohost":
             ctx.add("cohost_added", self.space, m.user, "cohost")
         elif m.role == "speaker":
@@ -345,7 +353,8 @@ class Room:
                 continue
             took = time.monotonic() - t
             self.ctx.report("reconnect", took, None)
-            self.ctx.add("reconnected", self.space, m.user, m.role, took)
+            attrs = node_attrs(m.link.join) if m.link else {}
+            self.ctx.add("reconnected", self.space, m.user, m.role, took, attrs)
 
     def _on_event(self, ev: dict[str, Any]) -> None:
         ctx = self.ctx

@@ -65,7 +65,7 @@ from spacesim.client.session import ClientError
 from spacesim.client.speaker import transcripts
 from spacesim.load.api import Context, Link, SpaceClient, Unsupported, sign_in
 from spacesim.load.captions import fragment_errors
-from spacesim.load.host import ACTION_TIMEOUT, path_attrs, quiet
+from spacesim.load.host import ACTION_TIMEOUT, node_attrs, path_attrs, quiet
 from spacesim.load.voice import clip_of, new_track
 from spacesim.scenario import NetworkProfile
 
@@ -217,8 +217,8 @@ class ListenerSession:
         self.joined_at = ctx.now()
         ctx.joined += 1
         ctx.report("join", join_s, None)
-        ctx.add("participant_joined", self.space, self.user, "listener", join_s,
-                path_attrs(self.path))  # fmt: skip
+        attrs = path_attrs(self.path) | node_attrs(self.link.join)
+        ctx.add("participant_joined", self.space, self.user, "listener", join_s, attrs)
         if self.link.join.get("marks") is False:
             # A mixing server (Janus AudioBridge) re-encodes: no marks, no latency.
             ctx.unsupported("audio_latency", self.space, self.user, "listener")
@@ -395,7 +395,7 @@ class ListenerSession:
             return True
         took = time.monotonic() - t
         ctx.report("reconnect", took, None)
-        ctx.add("reconnected", self.space, self.user, self.role, took)
+        ctx.add("reconnected", self.space, self.user, self.role, took, node_attrs(self.link.join))
         return True
 
     async def _speak(self) -> None:

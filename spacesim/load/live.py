@@ -101,6 +101,10 @@ class LiveClient:
         self, base: str, user: str, http: aiohttp.ClientSession, *, moderator: bool = False
     ) -> None:
         self.rc = RoomClient(base, user, http, moderator=moderator)
+        # a cluster's join answer names the node carrying this user's audio: the event
+        # stream goes there too (served from the space's Redis channel), as a real
+        # client of a cluster follows the node it was placed on
+        self.node: RoomClient | None = None
 
     @property
     def user(self) -> str:
@@ -153,6 +157,12 @@ class LiveClient:
             impair=impairments(path, seed),
             read_every=read_every,
         )
+        node = link.join.get("node")
+        url = node.get("url") if isinstance(node, dict) else None
+        if isinstance(url, str) and url.rstrip("/") != self.rc.base:
+            self.node = RoomClient(url, self.rc.user, self.rc.http, moderator=self.rc.moderator)
+        else:
+            self.node = None
         return await _live(link)
 
     async def act(self, space: str, action: str, **fields: str) -> dict[str, Any]:
@@ -167,7 +177,7 @@ class LiveClient:
         await self.rc.leave(space)
 
     def events(self, space: str) -> AsyncIterator[dict[str, Any]]:
-        return self.rc.events(space)
+        return (self.node or self.rc).events(space)
 
     async def follow(self, user: str) -> None:
         await self.rc.follow(user)

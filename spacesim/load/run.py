@@ -50,6 +50,7 @@ import numpy as np
 import pandas as pd
 
 from spacesim.load import targets
+from spacesim.load.nodes import NodeSampler
 from spacesim.load.shape import DEFAULT_LISTENERS, posters, scaled_users
 from spacesim.results import (
     Recorder,
@@ -510,13 +511,21 @@ def _main(
             ]
             if workers > 0:
                 cmd += ["--processes", str(workers)]
+            # a cluster target: its nodes' CPU and packets, sampled over HTTP (load.nodes)
+            spacesim_target = target is not None and targets.driver_of(target) == "spacesim"
+            nodes = NodeSampler(url, t0) if spacesim_target else None
             with (
                 target_meter(target, server_dir, run_id, sc),
                 browser_probes(
                     sc, url, run_time, parts, run_id, t0, env, out_dir, chromium, swarm_cpus
                 ),
+                nodes or contextlib.nullcontext(),
             ):
                 rc = _run_locust(cmd, env, run_time + GRACE, swarm_cpus)
+            if nodes is not None and nodes.active:
+                if server_dir.exists():
+                    shutil.rmtree(server_dir)
+                nodes.write(server_dir, started_at, time.time() - t0)
     wall = time.monotonic() - wall0
     records = merge_parts(parts, run_id) if parts.is_dir() else None
     if records is None or records.empty:

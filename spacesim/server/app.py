@@ -125,6 +125,11 @@ class ServerConfig:
 
     caption_workers: int = 1  # speech recogniser processes (started at the first caption)
     posts_sweep_s: float = 60.0  # s between two sweeps of expired Fleets (one at startup)
+    # Cluster (spacesim.server.cluster): the Redis URL (None: one node, no Redis), this
+    # node's id (None: a random one) and the base URL other nodes and clients reach it at
+    cluster: str | None = None
+    node_id: str | None = None
+    public_url: str | None = None
 
     @property
     def posts_path(self) -> Path:
@@ -151,6 +156,7 @@ class ServerState:
             ServerRecorder(config.record_dir) if config.record_dir else None
         )
         self.recordings = Recordings(config.recordings_path, store, self.media)
+        self.cluster: Any = None  # spacesim.server.cluster.Cluster with --cluster
         self.captioner = Captioner(config.caption_workers)
         self.posts = Posts(
             config.posts_path,
@@ -210,6 +216,8 @@ class ServerState:
         room.sinks.append(
             lambda msg: self.tap_captions(room) if msg.get("kind") == "captions_changed" else None
         )
+        if self.cluster is not None:  # the other nodes' event streams of this space
+            room.remote = self.cluster.publisher(space_id)
         return room
 
     def tap_captions(self, room: Room) -> None:
@@ -557,6 +565,8 @@ async def create_space(request: web.Request) -> web.Response:
     state = request.app[STATE]
     state.creations.check(claims.sub, "spaces created")
     room = state.create(claims.sub, title, who, float(when) if when else None, cap, captions)
+    if state.cluster is not None:  # this node is its origin
+        await state.cluster.claim(room.id)
     if room.space.status is policy.SpaceStatus.LIVE:
         _notify_started(state, room)
     if recording:  # the host's first action: persisted, audited, on the event stream
@@ -754,16 +764,17 @@ async def join_space(request: web.Request) -> web.Response:
             await _close_media(state, room.id, user)
             raise ProtocolError("not_present", f"{user} left the space while connecting")
     metrics.JOINS.inc()
-    return _json(
-        {
-            "participant": user,
-            "role": room.space.role_of(user),
-            "sdp": answer,
-            "events": events,
-            "space": room.snapshot(),
-            "slots": state.config.slots,
-        }
-    )
+    reply = {
+        "participant": user,
+        "role": room.space.role_of(user),
+        "sdp": answer,
+        "events": events,
+        "space": room.snapshot(),
+        "slots": state.config.slots,
+    }
+    if state.cluster is not None:  # which node carries the media (docs/protocol.md, Cluster)
+        reply["node"] = state.cluster.node_of(room.id, user)
+    return _json(reply)
 
 
 def _notify_started(state: ServerState, room: Room) -> None:
@@ -798,6 +809,10 @@ async def _connect(state: ServerState, room: Room, user: str, offer: str) -> str
     `MediaRoom.connect` with its cause)."""
     from spacesim.server.media import MediaRoom, Superseded
 
+    if state.cluster is not None:  # a listener may be placed on another node
+        placed, _ = await state.cluster.connect(room, user, offer)
+        if placed is not None:
+            return str(placed)
     media = state.media.get(room.id)
     if media is None:
         media = MediaRoom(room.space.may_be_heard, slots=state.config.slots)
@@ -805,6 +820,8 @@ async def _connect(state: ServerState, room: Room, user: str, offer: str) -> str
         state.media[room.id] = media
         state.tap_captions(room)
         state.recordings.attach(room.id, media)
+        if state.cluster is not None:
+            media.relays.append(state.cluster.relay_sink(room.id))
     try:
         with media_setup_errors(state.config.slots):
             answer: str = await media.connect(user, offer)
@@ -862,6 +879,8 @@ async def _presence_due(state: ServerState, space_id: str, user: str) -> None:
     media = state.media.get(space_id)
     if media is not None and user in media.participants():  # reconnected (or connecting)
         return
+    if state.cluster is not None and state.cluster.placed_at(space_id, user):  # on another node
+        return
     log.info("presence timeout: %s left %s (no audio, no event stream)", user, space_id)
     try:
         room.leave(user)
@@ -879,6 +898,8 @@ async def _retire(state: ServerState, room: Room) -> None:
 
 
 async def _close_media(state: ServerState, space_id: str, user: str | None = None) -> None:
+    if state.cluster is not None:  # a listener placed on another node is closed there
+        state.cluster.closed(space_id, user)
     media = state.media.get(space_id)
     if media is None:
         return
@@ -923,6 +944,10 @@ async def _drop_gone(state: ServerState, room: Room) -> None:
     others = [state.rooms[i] for i in state.touched if i in state.rooms]
     state.touched.clear()
     for other in [room, *others]:
+        if state.cluster is not None:
+            for user in state.cluster.placed_users(other.id):
+                if other.space.role_of(user) is None:
+                    state.cluster.closed(other.id, user)
         media = state.media.get(other.id)
         if media is not None:
             for user in list(media.participants()):
@@ -1196,8 +1221,13 @@ def create_app(config: ServerConfig, store: Store | None = None) -> web.Applicat
     # connection opens and after each response, not pushed back by arriving bytes) closes
     # a connection whose next request's headers are not complete when it fires
     # (aiohttp/web_protocol.py, RequestHandler.connection_made / _process_keepalive).
+    cluster = None
+    if config.cluster is not None:
+        from spacesim.server import cluster_api
+
+        cluster = cluster_api.node(config)
     app = web.Application(
-        middlewares=[errors],
+        middlewares=[errors] if cluster is None else [errors, cluster_api.route],
         client_max_size=config.max_body,
         handler_args={
             "keepalive_timeout": config.header_timeout,
@@ -1207,6 +1237,7 @@ def create_app(config: ServerConfig, store: Store | None = None) -> web.Applicat
         },
     )
     state = ServerState(config, store or open_store(config.store or config.db))
+    state.cluster = cluster
     state.recover()
     app[CONFIG] = config
     app[STATE] = state
@@ -1218,15 +1249,19 @@ def create_app(config: ServerConfig, store: Store | None = None) -> web.Applicat
 
     app.add_routes(posts_api.routes)
     add_web_page(app)
+    if cluster is not None:
+        app.add_routes(cluster_api.routes)
 
     async def startup(app: web.Application) -> None:
+        if cluster is not None:  # before the first request: registered, spaces claimed
+            await cluster.start(state)
         state.recordings.start()
         state.captioner.start()
         state.posts.recover()  # before any request: nothing expired is ever served again
         state.posts.start()
         if state.recorder is not None:
             state.recorder.start_sampling(
-                lambda: list(state.media.values()),
+                lambda: [*state.media.values(), *(cluster.remote.values() if cluster else ())],
                 captions=state.captioner.stats,
                 recordings=state.recordings.stats,
             )
@@ -1237,6 +1272,8 @@ def create_app(config: ServerConfig, store: Store | None = None) -> web.Applicat
         state.presence.clear()
         for space_id in list(state.media):
             await _close_media(state, space_id)
+        if cluster is not None:
+            await cluster.close()
         await state.posts.close()
         await state.captioner.close()
         if state.recorder is not None:

@@ -19,7 +19,17 @@ from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["ServerUnavailable", "embedded_server", "free_port", "health", "pin", "start", "wait_up"]
+__all__ = [
+    "ServerUnavailable",
+    "cluster",
+    "embedded_server",
+    "free_port",
+    "health",
+    "pin",
+    "redis_server",
+    "start",
+    "wait_up",
+]
 
 
 class ServerUnavailable(Exception):
@@ -137,3 +147,80 @@ def embedded_server(
             yield url
         finally:
             stop(proc)
+
+
+@contextlib.contextmanager
+def redis_server(workdir: Path, port: int | None = None, timeout: float = 15.0) -> Iterator[str]:
+    """A throwaway ``redis-server`` on 127.0.0.1 (no persistence: the cluster keeps only
+    what may be lost there) for the block; yields its ``redis://`` URL."""
+    from spacesim import deps
+
+    exe = deps.ensure("redis")
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+           "--dir", str(workdir), "--protected-mode", "yes"]  # fmt: skip
+    with open(workdir / "redis.log", "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if proc.poll() is not None:
+                    raise ServerUnavailable(f"redis-server exited with code {proc.returncode}")
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                        s.sendall(b"PING\r\n")
+                        if s.recv(64).startswith(b"+PONG"):
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise ServerUnavailable(f"redis-server did not answer within {timeout:.0f} s")
+                time.sleep(0.05)
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            stop(proc)
+
+
+@contextlib.contextmanager
+def cluster(
+    workdir: Path,
+    nodes: int = 2,
+    timeout: float = 30.0,
+    env: dict[str, str] | None = None,
+    args: Sequence[str] = (),
+    store: str | None = None,
+) -> Iterator[tuple[str, list[tuple[subprocess.Popen[bytes], str]]]]:
+    """Redis and `nodes` `spacesim serve --cluster` nodes sharing one store -- a SQLite
+    file in `workdir`, or `store` (a ``postgresql://`` URL; the nodes then run in
+    `workdir`, where its secret and files go) -- for the block: yields (redis URL,
+    [(process, base URL)], node-1 first)."""
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    with redis_server(workdir / "redis") as redis_url, contextlib.ExitStack() as stack:
+        procs: list[tuple[subprocess.Popen[bytes], str]] = []
+        logs = []
+        try:
+            for i in range(1, nodes + 1):
+                log = stack.enter_context(open(workdir / f"node-{i}.log", "wb"))
+                logs.append(workdir / f"node-{i}.log")
+                extra = ["--cluster", redis_url, "--node-id", f"node-{i}", *args]
+                db = store or workdir / "server.db"
+                where = workdir if store else None  # a URL store's secret: one for all
+                procs.append(start(db, log=log, env=env, args=extra, cwd=where))
+                if i == 1:  # the first creates the database; the others open it
+                    _wait(procs[0], logs[0], timeout)
+            for (proc, url), path in zip(procs[1:], logs[1:], strict=True):
+                _wait((proc, url), path, timeout)
+            yield redis_url, procs
+        finally:
+            for proc, _ in procs:
+                stop(proc)
+
+
+def _wait(node: tuple[subprocess.Popen[bytes], str], log: Path, timeout: float) -> None:
+    try:
+        wait_up(node[0], node[1], timeout)
+    except ServerUnavailable as exc:
+        tail = log.read_text(errors="replace")[-2000:]
+        raise ServerUnavailable(f"{exc}\n{tail}") from None

@@ -247,6 +247,12 @@ class MediaRoom:
         # the space's recording (spacesim.server.recording.Track) while it records: each
         # heard packet is appended to its buffer, nothing more on this path
         self.recorder: Any = None
+        # Cluster (spacesim.server.cluster): `relays` are called with (speaker, slot, slot
+        # generation, packet) once per heard packet, to send it once to each other node;
+        # `upstream`, when set (a room whose origin is another node), takes every packet a
+        # publisher here sends instead of the gate: the origin decides and relays it back.
+        self.relays: list[Callable[[str, int, int, rtc.RtpPacket], None]] = []
+        self.upstream: Callable[[str, rtc.RtpPacket], None] | None = None
 
     # ------------------------------------------------------------------ signalling
 
@@ -415,8 +421,26 @@ class MediaRoom:
 
     # ------------------------------------------------------------------ hot path
 
+    async def relayed(
+        self, speaker: str, k: int, gen: int, packet: rtc.RtpPacket, now_ms: int
+    ) -> None:
+        """A packet the origin node heard, slotted (`k`, `gen`) and relayed here: the same
+        fan-out as the origin's own (the speaker, if connected here, hears nothing)."""
+        if 0 <= k < self.slots:
+            self.received += 1
+            await self._fan_out(self._peers.get(speaker), packet, k, gen, now_ms)
+
+    async def publish(self, speaker: str, packet: rtc.RtpPacket, now_ms: int) -> None:
+        """A packet a publisher connected to another node sent (relayed up to this origin
+        node): gated, slotted and fanned out as if it had arrived here."""
+        await self._forward(_Peer(speaker, None), packet, now_ms)  # type: ignore[arg-type]
+
     async def _forward(self, src: _Peer, packet: rtc.RtpPacket, now_ms: int) -> None:
         """One packet from a publisher: gate, slot, rewrite and send to each listener."""
+        up = self.upstream
+        if up is not None:
+            up(src.name, packet)
+            return
         self.received += 1
         name = src.name
         try:
@@ -442,12 +466,20 @@ class MediaRoom:
                 return
         self._slot_ms[k] = now_ms
         gen = self._slot_gen[k]
+        rec = self.recorder
+        if rec is not None:
+            rec.buf.append((now_ms, name, packet.payload))
+        for relay in self.relays:
+            relay(name, k, gen, packet)
+        await self._fan_out(src, packet, k, gen, now_ms)
+
+    async def _fan_out(
+        self, src: _Peer | None, packet: rtc.RtpPacket, k: int, gen: int, now_ms: int
+    ) -> None:
+        """Rewrite a slotted packet for each live listener here and send it."""
         seq = packet.sequence_number
         ts = packet.timestamp
         payload = packet.payload
-        rec = self.recorder
-        if rec is not None:
-            rec.buf.append((now_ms, name, payload))
         ntp = rtc.ntp_now()
         busy = _FAULT_BUSY_NS
         for sub in self._subs:

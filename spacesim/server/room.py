@@ -255,6 +255,9 @@ class Room:
         # per-user throttles; the server shares one across its rooms (ServerState)
         self.throttles = Throttles(mono_clock)
         self.sinks: list[EventSink] = []  # e.g. the server's own record writer
+        # with a cluster: every event, with the users it goes to (None: everyone) and
+        # whether moderators' streams get it, for the other nodes' streams of this space
+        self.remote: Callable[[dict[str, Any], list[str] | None, bool], None] | None = None
         # called with (this room, user) after a space-wide block here: the server bars
         # the user from the host's other spaces at once (the store holds the host's block)
         self.on_host_block: Callable[[Room, str], None] | None = None
@@ -416,6 +419,9 @@ class Room:
         user's (`policy.delivery` says which)."""
         for sink in self.sinks:
             sink(msg)
+        if self.remote is not None:
+            to = [only] if only is not None else list(self.space.stage()) if stage_only else None
+            self.remote(msg, to, only is None and stage_only)
         frame = text_frame(json.dumps(msg).encode())  # once, whatever the number of subscribers
         targets: Iterable[Subscriber]
         if only is not None:

@@ -398,17 +398,10 @@ class World:
     def _place(self) -> Node | None:
         need = self.streams_per_listener
         nodes = self.nodes
-        if len(nodes) == 1:
-            return nodes[0] if nodes[0].admits(need) else None
-        # Power of two choices: the less loaded of two random nodes balances almost as well
-        # as a full scan (Mitzenmacher 2001) and costs O(1) per join, as real balancers do.
-        d = self.draws
-        a, b = nodes[d.index(len(nodes))], nodes[d.index(len(nodes))]
-        best = a if a.listeners <= b.listeners else b
-        if best.admits(need):
-            return best
-        fits = [n for n in nodes if n.admits(need)]
-        return min(fits, key=_by_listeners) if fits else None
+        i = behaviour.place_listener(
+            len(nodes), lambda i: nodes[i].listeners, lambda i: nodes[i].admits(need), self.draws
+        )
+        return None if i is None else nodes[i]
 
     def join_stage(self, room: Room, pid: str, role: str) -> None:
         """Connect a stage member (host, co-host, speaker) to the room's origin node."""
@@ -758,7 +751,3 @@ class World:
                 self.replay_leave(room, pid)
         for node in self.nodes:
             node.advance(self.env.now)
-
-
-def _by_listeners(node: Node) -> int:
-    return node.listeners

@@ -455,3 +455,27 @@ def test_voice_day_posts_and_plays_voice_over_http(tmp_path: Path) -> None:
     summary = summarise(rec).loc
     assert summary["voice_uploads", "value"] == len(up)
     assert summary["voice_plays", "value"] == len(start)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_tiny_run_against_a_two_node_cluster(tiny: Path, tmp_path: Path) -> None:
+    """`--target` a cluster: listeners spread over both nodes, each record says which
+    node carried it, and the nodes' own CPU and packets are kept as the server's run."""
+    with launch.cluster(tmp_path / "cluster", nodes=2) as (_, procs):
+        out = tmp_path / "run"
+        assert main(tiny, target=procs[1][1], users=9, duration=10, out=out,
+                    shape="steady", network="none") == 0  # fmt: skip
+    run = load_run(out)
+    rec = run.records
+    joined = rec[(rec["kind"] == "participant_joined") & (rec["role"] == "listener")]
+    nodes = {json.loads(a)["node"] for a in joined["attrs"]}
+    assert nodes == {"node-1", "node-2"}
+    assert len(rec[rec["kind"] == "first_audio"]) == len(joined)
+    server = load_run(out / run.meta.extra["server_run"])
+    assert server.meta.source == "server"
+    cpu = server.records[server.records["kind"] == "node_cpu"]
+    assert set(cpu["participant"]) == {"node-1", "node-2"}
+    figures = summarise(server.records).loc
+    assert figures["packets_forwarded", "value"] > 100
+    assert server.records.loc[server.records["kind"] == "packets_relayed", "value"].sum() > 10

@@ -1,0 +1,406 @@
+"""The cluster (`spacesim serve --cluster`): a real redis-server and real nodes on 127.0.0.1.
+
+Two nodes share one SQLite file. A space lives on the node that created it; a listener
+joining through the other node is placed by power of two choices and hears the speaker
+through the origin's relay; events reach event streams on both nodes through Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from spacesim.client.listener import ListenerStats
+from spacesim.client.session import AudioLink, RoomClient, connect_audio
+from spacesim.client.speaker import SpeakerTrack, load_clip
+from spacesim.load.nodes import NodeSampler, node_stats
+from spacesim.results import load_run
+from spacesim.server import launch
+from spacesim.server.cluster import DOWN, Relay
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[tuple[Any, str]]]:
+    with launch.cluster(tmp_path_factory.mktemp("cluster"), nodes=2) as (_, procs):
+        yield procs
+
+
+def _node(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{url}/cluster/v1/node", timeout=5) as r:
+        return dict(json.loads(r.read()))
+
+
+def _ignore(slot: int, packet: bytes, arrival_ns: int) -> None:
+    return None
+
+
+def test_nodes_register_and_see_each_other(two_nodes: list[tuple[Any, str]]) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        seen = [_node(url) for _, url in two_nodes]
+        if all(s["nodes"] == 2 for s in seen):
+            break
+        time.sleep(0.2)
+    assert [s["node"] for s in seen] == ["node-1", "node-2"]
+    assert all(s["nodes"] == 2 for s in seen)
+
+
+async def test_speaker_on_one_node_is_heard_and_events_reach_the_other(
+    two_nodes: list[tuple[Any, str]],
+) -> None:
+    """The host speaks on node-1 (the origin); listeners join through node-2 and are
+    placed on both nodes; each hears every packet; an event reaches node-2's stream."""
+    (_, url1), (_, url2) = two_nodes
+    links: list[AudioLink] = []
+    async with aiohttp.ClientSession() as http:
+        host = RoomClient(url1, "host", http)
+        space = await host.create_space("cluster")
+        track = SpeakerTrack(load_clip("welcome"), sender_id=1, loop=True)
+        far_track = SpeakerTrack(load_clip("welcome"), sender_id=2, loop=True)
+        try:
+            links.append(await connect_audio(host, space, _ignore, publish=track))
+            assert links[0].join["node"]["id"] == "node-1"  # the stage stays on the origin
+            # an event stream on node-2 (not the origin): served from the space's channel
+            watcher = RoomClient(url2, "watcher", http)
+            events = watcher.events(space)
+            hello = await asyncio.wait_for(events.__anext__(), 10)
+            assert hello["type"] == "hello" and hello["space"]["id"] == space
+            stats: dict[str, ListenerStats] = {}
+            for i in range(6):  # by power of two choices: both nodes get some
+                user = f"l{i}"
+                stats[user] = ListenerStats()
+                links.append(
+                    await connect_audio(RoomClient(url2, user, http), space, stats[user].on_rtp)
+                )
+            nodes = {link.join["participant"]: link.join["node"]["id"] for link in links[1:]}
+            assert set(nodes.values()) == {"node-1", "node-2"}, nodes
+            # a listener placed on node-2 is promoted: it publishes there, node-2 relays
+            # its packets up to the origin, which gates them and relays them back down
+            far = RoomClient(url2, "far", http)
+            for _ in range(20):
+                link = await connect_audio(far, space, _ignore, publish=far_track)
+                links.append(link)
+                if link.join["node"]["id"] == "node-2":
+                    break
+                await far.leave(space)
+            assert links[-1].join["node"]["id"] == "node-2"
+            await host.act(space, "invite", target="far")
+            await far.act(space, "accept_invite")
+            await host.act(space, "react", emoji="🔥")  # an event published on node-1
+            while True:
+                ev = await asyncio.wait_for(events.__anext__(), 10)
+                if ev.get("kind") == "reaction":
+                    break
+            await asyncio.sleep(2.0)
+            for user, s in stats.items():
+                for sender in (1, 2):
+                    got = s.senders.get(sender)
+                    assert got is not None and got.received > 50, (user, nodes[user], sender)
+            relayed = _node(url1)["relayed"]
+            assert relayed > 50  # once per packet to node-2, not once per listener there
+            assert _node(url2)["relay_received"] > 50
+            assert space in _node(url2)["mirrored_spaces"]
+            await host.lifecycle(space, "end")  # the stream on node-2 ends with the space
+            kinds = [ev.get("kind") or ev.get("error") async for ev in events]
+            assert kinds[-2:] == ["space_ended", "space_ended"]  # the event, then the error
+            assert space not in _node(url2)["mirrored_spaces"]  # its channel is let go
+        finally:
+            track.stop()
+            far_track.stop()
+            for link in links:
+                await link.close()
+
+
+def test_node_sampler_keeps_each_nodes_cpu(
+    two_nodes: list[tuple[Any, str]], tmp_path: Path
+) -> None:
+    """`spacesim load --target` a cluster samples every node (found from any one)."""
+    t0 = time.time()
+    with NodeSampler(two_nodes[1][1], t0, every=0.2) as sampler:
+        time.sleep(0.7)
+    assert sampler.active
+    written = sampler.write(tmp_path / "server", "now", time.time() - t0)
+    assert written is not None
+    rec = load_run(tmp_path / "server").records
+    cpu = rec[rec["kind"] == "node_cpu"]
+    assert set(cpu["participant"]) == {"node-1", "node-2"}
+    assert (cpu["value"] >= 0).all()
+    assert node_stats("http://127.0.0.1:9") is None  # nothing there: not a cluster
+    assert not NodeSampler("http://127.0.0.1:9", t0).active
+
+
+async def test_swarm_client_follows_events_on_its_audio_node(
+    two_nodes: list[tuple[Any, str]],
+) -> None:
+    """`spacesim load`'s client opens its event stream on the node carrying its audio."""
+    from spacesim.load.live import LiveClient
+
+    (_, url1), (_, url2) = two_nodes
+    async with aiohttp.ClientSession() as http:
+        host = RoomClient(url1, "host2", http)
+        space = await host.create_space("follow")
+        for i in range(20):  # placed by power of two choices: until one lands on node-2
+            client = LiveClient(url1, f"f{i}", http)
+            link = await client.connect_audio(space, _ignore)
+            if link.join["node"]["id"] == "node-2":
+                break
+            await link.close()
+        assert client.node is not None and client.node.base == url2
+        events = client.events(space)
+        hello = await asyncio.wait_for(events.__anext__(), 10)
+        assert hello["type"] == "hello"
+        assert _node(url2)["mirrored_streams"] >= 1
+        await events.aclose()
+        await link.close()
+
+
+async def test_a_bad_offer_placed_on_another_node_is_the_clients_fault(
+    two_nodes: list[tuple[Any, str]],
+) -> None:
+    """The node a listener is placed on refuses their offer: 400 bad_sdp with ``slots``,
+    as from one server (whichever node it was placed on)."""
+    from spacesim.client.session import ClientError
+
+    (_, url1), _ = two_nodes
+    bad = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n"
+    async with aiohttp.ClientSession() as http:
+        host = RoomClient(url1, "host3", http)
+        space = await host.create_space("bad")
+        for i in range(6):
+            with pytest.raises(ClientError) as refused:
+                await RoomClient(url1, f"b{i}", http).join(space, bad)
+            assert (refused.value.status, refused.value.code) == (400, "bad_sdp")
+
+
+class _Wire:
+    """A transport that keeps what is written (`Mirror` writes whole frames)."""
+
+    def __init__(self) -> None:
+        self.frames: list[dict[str, Any]] = []
+
+    def write(self, data: bytes) -> None:
+        self.frames.append(json.loads(data[2:]))  # short frames: a 2-byte header
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+def test_mirror_delivers_as_the_origin_room_would() -> None:
+    """Another node's streams get each event by the origin's rule (everyone, the stage
+    and moderators, one user); a removed user's stream ends with an error."""
+    from spacesim.server.cluster import Mirror
+    from spacesim.server.room import Subscriber
+
+    mirror = Mirror("s-1")
+    wires: dict[str, _Wire] = {}
+    ended: list[str] = []
+    for user, moderator in (("alice", False), ("bob", False), ("mod", True)):
+        sub = Subscriber(user)
+        sub.transport = wires.setdefault(user, _Wire())
+        sub.on_end = lambda user=user: ended.append(user)  # type: ignore[misc]
+        mirror.subs[sub] = moderator
+    ev = {"type": "event", "kind": "reaction", "participant": "x"}
+    mirror.deliver({"m": ev, "to": None, "mods": False})
+    mirror.deliver({"m": ev | {"kind": "participant_joined"}, "to": ["alice"], "mods": True})
+    mirror.deliver({"m": ev | {"kind": "blocked"}, "to": ["bob"], "mods": False})
+    kinds = {u: [f.get("kind") for f in w.frames] for u, w in wires.items()}
+    assert kinds == {
+        "alice": ["reaction", "participant_joined"],
+        "bob": ["reaction", "blocked"],
+        "mod": ["reaction", "participant_joined"],
+    }
+    mirror.deliver({"m": ev | {"kind": "removed", "participant": "bob"}, "to": None})
+    assert wires["bob"].frames[-1]["error"] == "removed" and ended == ["bob"]
+    assert [s.user for s in mirror.subs] == ["alice", "mod"]
+
+
+def test_relay_refuses_a_forged_packet() -> None:
+    """A datagram without the cluster key's tag is dropped, one with it is taken."""
+    from spacesim.rtc import RtpPacket
+
+    got: list[Any] = []
+    relay = Relay(b"k" * 32, lambda *a: got.append(a))
+    forger = Relay(b"x" * 32, lambda *a: None)
+    packet = RtpPacket(payload_type=111, sequence_number=7, timestamp=960, payload=b"opus")
+    relay.datagram_received(forger.encode(DOWN, "s-1", "alice", 1, 5, packet), ("1.2.3.4", 9))
+    assert not got and relay.refused == 1
+    relay.datagram_received(relay.encode(DOWN, "s-1", "alice", 1, 5, packet), ("1.2.3.4", 9))
+    kind, space, user, k, gen, p = got[0]
+    assert (kind, space, user, k, gen) == (DOWN, "s-1", "alice", 1, 5)
+    assert (p.sequence_number, p.timestamp, p.payload) == (7, 960, b"opus")
+
+
+@pytest.mark.slow
+def test_a_killed_node_is_noticed(tmp_path: Path) -> None:
+    """kill -9 a node: the others drop it from the registry within its TTL (3 s)."""
+    with launch.cluster(tmp_path, nodes=2) as (_, procs):
+        (_, url1), (proc2, _) = procs
+        deadline = time.monotonic() + 10
+        while _node(url1)["nodes"] < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        os.kill(proc2.pid, signal.SIGKILL)
+        t = time.monotonic()
+        while _node(url1)["nodes"] > 1:
+            assert time.monotonic() - t < 5
+            time.sleep(0.1)
+
+
+@pytest.mark.slow
+async def test_listeners_of_a_killed_node_rejoin_elsewhere_within_5_s(tmp_path: Path) -> None:
+    """kill -9 the node carrying some listeners: each notices its audio stopped (1 s),
+    joins again through the surviving node and hears the speaker within 5 s of the
+    kill; a post node-2 acknowledged just before is read back from node-1."""
+    with launch.cluster(tmp_path, nodes=2) as (_, procs):
+        (_, url1), (proc2, url2) = procs
+        while _node(url1)["nodes"] < 2:
+            await asyncio.sleep(0.1)
+        links: dict[str, AudioLink] = {}
+        last: dict[str, float] = {}
+        async with aiohttp.ClientSession() as http:
+            host = RoomClient(url1, "host", http)
+            space = await host.create_space("kill")
+            track = SpeakerTrack(load_clip("welcome"), sender_id=1, loop=True)
+            speaker = await connect_audio(host, space, _ignore, publish=track)
+            clients = {f"l{i}": RoomClient(url1, f"l{i}", http) for i in range(8)}
+
+            def heard(user: str) -> Any:
+                def on_rtp(slot: int, packet: bytes, arrival_ns: int) -> None:
+                    last[user] = time.monotonic()
+
+                return on_rtp
+
+            try:
+                for user, client in clients.items():
+                    links[user] = await connect_audio(client, space, heard(user))
+                on_2 = [u for u, link in links.items() if link.join["node"]["id"] == "node-2"]
+                assert on_2, "no listener was placed on node-2"
+                poster = RoomClient(url2, "poster", http)
+                post = await poster._call("POST", "/v1/posts", {"text": "before the kill"})
+                await asyncio.sleep(1.0)
+                assert all(time.monotonic() - last.get(u, 0) < 0.5 for u in links)
+                os.kill(proc2.pid, signal.SIGKILL)
+                killed = time.monotonic()
+                moved: dict[str, float] = {}
+                hearing_again = 0
+                while hearing_again < len(on_2) and time.monotonic() - killed < 10:
+                    await asyncio.sleep(0.1)
+                    for user in on_2:
+                        if user in moved or time.monotonic() - last.get(user, 0) < 1.0:
+                            continue
+                        await links[user].close()  # stalled: join again (any live node)
+                        links[user] = await connect_audio(clients[user], space, heard(user))
+                        assert links[user].join["node"]["id"] == "node-1"
+                        moved[user] = killed
+                    for user in list(moved):
+                        if last.get(user, 0) > killed and moved[user] == killed:
+                            moved[user] = last[user] - killed  # hearing again, this long after
+                    hearing_again = sum(t != killed for t in moved.values())
+                took = {u: t for u, t in moved.items() if t != killed}
+                assert len(took) == len(on_2) and max(took.values()) < 5.0, took
+                back = await RoomClient(url1, "reader", http)._call(
+                    "GET", f"/v1/posts/{post['id']}"
+                )
+                assert back["id"] == post["id"]
+            finally:
+                track.stop()
+                await speaker.close()
+                for link in links.values():
+                    await link.close()
+
+
+@pytest.mark.slow
+async def test_a_space_whose_origin_is_killed_is_taken_over(tmp_path: Path) -> None:
+    """kill -9 the space's origin: the next request for it through the other node takes
+    the space over from the store (as a restarted server would); the host and a listener
+    join again there and the listener hears the host again within 5 s."""
+    with launch.cluster(tmp_path, nodes=2) as (_, procs):
+        (proc1, url1), (_, url2) = procs
+        while _node(url2)["nodes"] < 2:
+            await asyncio.sleep(0.1)
+        last: list[float] = [0.0]
+
+        def on_rtp(slot: int, packet: bytes, arrival_ns: int) -> None:
+            last[0] = time.monotonic()
+
+        async with aiohttp.ClientSession() as http:
+            host = RoomClient(url1, "host", http)
+            space = await host.create_space("origin")
+            track = SpeakerTrack(load_clip("welcome"), sender_id=1, loop=True)
+            speaker = await connect_audio(host, space, _ignore, publish=track)
+            listener = await connect_audio(RoomClient(url2, "l", http), space, on_rtp)
+            try:
+                await asyncio.sleep(1.0)
+                assert time.monotonic() - last[0] < 0.5
+                os.kill(proc1.pid, signal.SIGKILL)
+                killed = time.monotonic()
+                while time.monotonic() - last[0] < 1.0 or last[0] < killed:
+                    await asyncio.sleep(0.1)
+                    if time.monotonic() - killed > 1.0:
+                        break
+                await asyncio.sleep(max(0.0, killed + 3.2 - time.monotonic()))  # TTL: 3 s
+                await speaker.close()  # both noticed the silence: join again, via node-2
+                await listener.close()
+                host2 = RoomClient(url2, "host", http)
+                track.stop()
+                track = SpeakerTrack(load_clip("welcome"), sender_id=1, loop=True)
+                speaker = await connect_audio(host2, space, _ignore, publish=track)
+                assert speaker.join["node"]["id"] == "node-2"
+                listener = await connect_audio(RoomClient(url2, "l", http), space, on_rtp)
+                while last[0] < killed and time.monotonic() - killed < 10:
+                    await asyncio.sleep(0.05)
+                assert killed < last[0] < killed + 5.0
+                assert (await host2.space(space))["status"] == "live"
+            finally:
+                track.stop()
+                await speaker.close()
+                await listener.close()
+
+
+@pytest.mark.slow
+async def test_two_nodes_on_a_postgresql_store(tmp_path: Path, pg_url: Callable[[], str]) -> None:
+    """The nodes share a PostgreSQL store instead of a SQLite file: a space created on one
+    node is read through the other, and a listener placed on either hears the speaker."""
+    root = str(Path(__file__).resolve().parents[2])  # the children run in tmp_path
+    env = {**os.environ, "PYTHONPATH": root}
+    with launch.cluster(tmp_path, nodes=2, env=env, store=pg_url()) as (_, procs):
+        (_, url1), (_, url2) = procs
+        while _node(url1)["nodes"] < 2:
+            await asyncio.sleep(0.1)
+        async with aiohttp.ClientSession() as http:
+            host = RoomClient(url1, "host", http)
+            space = await host.create_space("pg")
+            assert (await RoomClient(url2, "reader", http).space(space))["id"] == space
+            post = await RoomClient(url2, "poster", http)._call("POST", "/v1/posts", {"text": "x"})
+            got = await RoomClient(url1, "reader", http)._call("GET", f"/v1/posts/{post['id']}")
+            assert got["id"] == post["id"]  # written by node-2, read by node-1: one store
+            track = SpeakerTrack(load_clip("welcome"), sender_id=1, loop=True)
+            links = [await connect_audio(host, space, _ignore, publish=track)]
+            stats = ListenerStats()
+            try:
+                for i in range(6):
+                    links.append(
+                        await connect_audio(RoomClient(url2, f"p{i}", http), space, stats.on_rtp)
+                    )
+                assert {link.join["node"]["id"] for link in links[1:]} == {"node-1", "node-2"}
+                await asyncio.sleep(1.5)
+                assert stats.senders[1].received > 6 * 40
+            finally:
+                track.stop()
+                for link in links:
+                    await link.close()
