@@ -40,7 +40,7 @@ from spacesim.rtc.internals import MissingInternals, check, missing_internals
 from spacesim.rtc.jitter import AudioJitterBuffer
 from spacesim.rtc.peer import DEFAULT_HOST_ADDRESSES, new_peer_connection, use_host_addresses
 from spacesim.rtc.tap import OnPacket, tap_rtp
-from spacesim.rtc.writer import RtpWriter, ntp_now
+from spacesim.rtc.writer import RtpWriter, SenderReports, ntp_now
 
 __all__ = [
     "DEFAULT_HOST_ADDRESSES",
@@ -52,6 +52,7 @@ __all__ = [
     "OnRtp",
     "RtpPacket",
     "RtpWriter",
+    "SenderReports",
     "missing_internals",
     "new_peer_connection",
     "ntp_now",

@@ -218,9 +218,22 @@ class MediaRoom:
     listener hears at once (one listen section per slot in every offer).
     """
 
-    def __init__(self, gate: Callable[[str], bool], slots: int = 3, idle_ms: int = 1000) -> None:
+    def __init__(
+        self,
+        gate: Callable[[str], bool],
+        slots: int = 3,
+        idle_ms: int = 1000,
+        *,
+        direct: bool = True,
+    ) -> None:
         if slots < 1:
             raise ValueError("slots must be at least 1")
+        #: False: the earlier send path (pylibsrtp ``Session.protect`` and the asyncio
+        #: transport per packet, aiortc's own RTCP task per sender) -- kept as
+        #: benchmarks/bench_sfu.py's baseline; True: `rtc.RtpWriter`'s direct path and
+        #: one `rtc.SenderReports` timer for the room's sender reports.
+        self.direct = direct
+        self._reports = rtc.SenderReports() if direct else None
         self._gate = gate
         self.slots = slots
         self.idle_ms = idle_ms
@@ -247,6 +260,11 @@ class MediaRoom:
         # the space's recording (spacesim.server.recording.Track) while it records: each
         # heard packet is appended to its buffer, nothing more on this path
         self.recorder: Any = None
+        #: Called with (participant, sequence number, timestamp, marker, Opus payload,
+        #: arrival ms) for each packet the gate lets through, whether or not a slot is
+        #: free here, before the fan-out: where packets leave for elsewhere (e.g. other
+        #: nodes). Each must return at once; one that raises is logged and skipped.
+        self.sinks: list[Callable[[str, int, int, int, bytes, int], None]] = []
 
     # ------------------------------------------------------------------ signalling
 
@@ -283,7 +301,9 @@ class MediaRoom:
 
                 # before receive(): aiortc calls it once ICE and DTLS are up
                 rtc.tap_rtp(receiver, on_packet)
-            peer.writers = [rtc.RtpWriter(by_mid[mid]) for mid in shape.listen_mids]
+            peer.writers = [rtc.RtpWriter(by_mid[mid], self._reports) for mid in shape.listen_mids]
+            for w in peer.writers:
+                w.direct = self.direct
             peer.streams = [_SlotStream() for _ in shape.listen_mids]
 
             @pc.on("connectionstatechange")
@@ -321,6 +341,8 @@ class MediaRoom:
                 return
             peer.live = True
             self._subs = (*self._subs, peer)
+            if self._reports is not None:
+                self._reports.add(peer.writers)
         elif state in ("failed", "closed") and self._peers.get(peer.name) is peer:
             self._drop(peer)
             if self.on_lost is not None:
@@ -334,6 +356,8 @@ class MediaRoom:
         task.add_done_callback(self._tasks.discard)
 
     def _unlist(self, peer: _Peer) -> None:
+        if self._reports is not None:
+            self._reports.discard(peer.writers)
         peer.live = False
         self._subs = tuple(p for p in self._subs if p is not peer)
         k = self._slot_of.get(peer.name)
@@ -430,11 +454,20 @@ class MediaRoom:
                 self._release(k)
             return
         tap = self.on_heard
+        payload = packet.payload
         if tap is not None:
             try:
-                tap(name, packet.payload, now_ms)
+                tap(name, payload, now_ms)
             except Exception:  # captions must never cost the audio
                 log.exception("media: the caption tap failed")
+        seq = packet.sequence_number
+        ts = packet.timestamp
+        marker = packet.marker
+        for sink in self.sinks:
+            try:
+                sink(name, seq, ts, marker, payload, now_ms)
+            except Exception:
+                log.exception("media: a packet sink failed")
         if k is None:
             k = self._assign(name, now_ms)
             if k is None:
@@ -442,9 +475,6 @@ class MediaRoom:
                 return
         self._slot_ms[k] = now_ms
         gen = self._slot_gen[k]
-        seq = packet.sequence_number
-        ts = packet.timestamp
-        payload = packet.payload
         rec = self.recorder
         if rec is not None:
             rec.buf.append((now_ms, name, payload))
@@ -454,10 +484,11 @@ class MediaRoom:
             if sub is src:
                 continue
             st = sub.streams[k]
-            marker = packet.marker
             if st.gen != gen:
                 st.rebase(gen, seq, ts, now_ms)
-                marker = 1
+                mark = 1
+            else:
+                mark = marker
             out_seq = (seq + st.seq_off) & 0xFFFF
             out_ts = (ts + st.ts_off) & 0xFFFFFFFF
             if 0 < ((out_seq - st.last_seq) & 0xFFFF) < 0x8000:  # newer: a late packet never
@@ -466,9 +497,9 @@ class MediaRoom:
                 st.last_ms = now_ms
             writer = sub.writers[k]
             try:
-                if not writer.send_now(out_seq, out_ts, marker, payload, ntp):
+                if not writer.send_now(out_seq, out_ts, mark, payload, ntp):
                     self.sent_async += 1  # not a plain UDP pair (e.g. TURN): the slow path
-                    await writer.write(out_seq, out_ts, marker, payload)
+                    await writer.write(out_seq, out_ts, mark, payload)
             except Exception as exc:
                 self.send_errors += 1
                 if sub.live:  # once per connection: it leaves the fan-out at once
