@@ -91,6 +91,7 @@ TICK = 0.02  # listener loop-lag probe period (s)
 SETTLED_MS = 50.0  # warm-up ends once the probe listeners' latency stays below this
 IDLE_WINDOW = 2.0  # s: server CPU with all listeners connected, before the speaker joins
 MAX_WARMUP = 40.0  # ... or after this many seconds from "all connected"
+READ_EVERY = 0.01  # s: the listeners' batch reader tick (arrival times are the kernel's)
 
 
 def _quiet() -> None:
@@ -189,9 +190,11 @@ async def _client_main(
 
         return on_packet
 
-    async def on_stamped(p: rtc.RtpPacket, arrival_ms: int) -> None:
-        arrivals.append(clock())
-        stamps.append(unpack(p.payload, 1)[0])
+    def on_rtp(slot: int, packet: bytes, arrival_ns: int) -> None:
+        # kernel receive time (batch reader): what the server's delivery took, not
+        # this process's loop lag; the payload follows the 12-byte header
+        arrivals.append(arrival_ns)
+        stamps.append(unpack(packet, 13)[0])
 
     speak = role == "speaker"
     listen_sections = SLOTS if mode == "spacesim" else (0 if speak else 1)
@@ -211,13 +214,14 @@ async def _client_main(
     answers = await loop.run_in_executor(None, conn.recv)
     for pc, ts, answer in zip(pcs, receivers, answers, strict=True):
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
-        if not speak:
-            on_packet: rtc.OnPacket = on_stamped
-            if mode == "relay":
-                streams.append((array("q"), array("q")))
-                on_packet = relay_tap(*streams[-1])
+        if speak:
+            continue
+        if mode == "relay":
+            streams.append((array("q"), array("q")))
             for t in ts:
-                rtc.tap_rtp(t.receiver, on_packet)
+                rtc.tap_rtp(t.receiver, relay_tap(*streams[-1]))
+        else:
+            rtc.receive_rtp_direct([t.receiver for t in ts], on_rtp, read_every=READ_EVERY)
 
     # loop lag and CPU samples: (time ns, lag us, process CPU us)
     ticks = array("q")
@@ -352,8 +356,9 @@ async def _server_main(
     t_start = time.monotonic()
 
     connect: Callable[[str, str], Awaitable[str]]
-    if mode in ("spacesim", "captions"):
-        room = MediaRoom(lambda p: p == "speaker", slots=SLOTS)
+    if mode in ("spacesim", "captions", "legacy"):
+        # legacy: the send path before issue 15 (MediaRoom(direct=False)), the baseline
+        room = MediaRoom(lambda p: p == "speaker", slots=SLOTS, direct=mode != "legacy")
         connect = room.connect
         captioner = None
         if mode == "captions":  # the server's caption tap, as a captioned space has it
@@ -492,6 +497,7 @@ async def _server_main(
             proc.terminate()
     out = _summarise("relay" if mode == "relay" else "spacesim", listeners, rows, results)
     out["captions"] = mode == "captions"
+    out["legacy"] = mode == "legacy"
     out["setup_s"] = t_connected - t_start
     out["warmup_s"] = t_warm - t_connected
     out["idle_cpu"] = idle_cpu
@@ -595,7 +601,9 @@ def _server(
     try:
         res = asyncio.run(_server_main(mode, listeners, workers, probe, windows, window_s))
     except Exception as exc:  # report, don't hang the parent
-        res = {"error": f"{type(exc).__name__}: {exc}"}
+        import traceback
+
+        res = {"error": f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"}
     conn.send(res)
     conn.close()
     os._exit(0)
@@ -625,6 +633,7 @@ def _run_case(
 def _report(r: dict[str, Any]) -> None:
     name = "MediaRelay" if r["mode"] == "relay" else "spacesim"
     name += " with captions" if r.get("captions") else ""
+    name += " (earlier send path)" if r.get("legacy") else ""
     ws = " ".join(f"{x:.1f}" for x in r["us_windows"])
     print(
         f"{name} N={r['listeners']}: {r['us_per_packet']:.1f} us/packet (windows: {ws}), "
@@ -652,9 +661,25 @@ def _report(r: dict[str, Any]) -> None:
     )
 
 
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The figures of several runs of one case: each the median over the runs."""
+    out = dict(runs[len(runs) // 2])
+    for key in ("us_per_packet", "delivery", "p50", "p99", "idle_cpu", "forward_rate"):
+        out[key] = statistics.median(r[key] for r in runs)
+    out["runs"] = len(runs)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--listeners", type=int, nargs="+", default=[100, 400])
+    ap.add_argument("--runs", type=int, default=3, help="server runs per case (median)")
+    ap.add_argument(
+        "--legacy-listeners",
+        type=int,
+        help="N of the baseline case on the earlier send path, run alternately with the "
+        "spacesim case (default: the largest --listeners; 0: skip)",
+    )
     ap.add_argument("--relay-listeners", type=int, default=10, help="0: skip the baseline")
     ap.add_argument("--workers", type=int, default=2, help="bulk listener processes")
     ap.add_argument("--probe", type=int, default=4, help="listeners in the probe process")
@@ -668,16 +693,27 @@ def main() -> None:
     ap.add_argument("--dump", help="write per-case details (latency series) as JSON here")
     args = ap.parse_args()
     t0 = time.monotonic()
-    results = {}
-    for n in args.listeners:
-        results[n] = _run_case("spacesim", n, args.workers, args.probe, args.windows, args.window)
-        _report(results[n])
+    leg_n = max(args.listeners) if args.legacy_listeners is None else args.legacy_listeners
+    runs: dict[int, list[dict[str, Any]]] = {n: [] for n in args.listeners}
+    legacy_runs: list[dict[str, Any]] = []
+    case = (args.workers, args.probe, args.windows, args.window)
+    for _ in range(max(1, args.runs)):
+        for n in args.listeners:
+            runs[n].append(_run_case("spacesim", n, *case))
+            _report(runs[n][-1])
+            if n == leg_n:  # the baseline right after, under the same machine load
+                legacy_runs.append(_run_case("legacy", n, *case))
+                _report(legacy_runs[-1])
+    if leg_n and leg_n not in runs:
+        for _ in range(max(1, args.runs)):
+            legacy_runs.append(_run_case("legacy", leg_n, *case))
+            _report(legacy_runs[-1])
+    results = {n: _median_run(rs) for n, rs in runs.items()}
+    legacy = _median_run(legacy_runs) if legacy_runs else None
     cap_n = max(args.listeners) if args.captions_listeners is None else args.captions_listeners
     captioned = None
     if cap_n:
-        captioned = _run_case(
-            "captions", cap_n, args.workers, args.probe, args.windows, args.window
-        )
+        captioned = _run_case("captions", cap_n, *case)
         _report(captioned)
     relay = None
     if args.relay_listeners:
@@ -686,12 +722,18 @@ def main() -> None:
     print(f"total {time.monotonic() - t0:.0f} s")
     if args.dump:
         with open(args.dump, "w") as f:
-            json.dump({"spacesim": results, "relay": relay}, f)
+            json.dump({"spacesim": runs, "legacy": legacy_runs, "relay": relay}, f)
     for n, r in results.items():
         print(f"FIGURE sfu_us_per_packet_n{n}={r['us_per_packet']:.1f} us")
         print(f"FIGURE sfu_delivery_n{n}={r['delivery']:.5f} ratio")
         print(f"FIGURE sfu_latency_p50_n{n}={r['p50']:.1f} ms")
         print(f"FIGURE sfu_latency_p99_n{n}={r['p99']:.1f} ms")
+    if legacy is not None:
+        print(f"FIGURE sfu_us_per_packet_legacy_n{leg_n}={legacy['us_per_packet']:.1f} us")
+        print(f"FIGURE sfu_latency_p99_legacy_n{leg_n}={legacy['p99']:.1f} ms")
+        if leg_n in results:
+            ratio = legacy["us_per_packet"] / results[leg_n]["us_per_packet"]
+            print(f"FIGURE sfu_legacy_vs_direct_n{leg_n}={ratio:.2f} ratio")
     if relay is not None:
         print(f"FIGURE relay_us_per_packet_n{args.relay_listeners}={relay['us_per_packet']:.0f} us")
     main_n = 400 if 400 in results else max(results)

@@ -159,17 +159,8 @@ class _Direct:
             and not self.transport._buffer
         )
 
-    def send(self, n: int) -> int:
-        """SRTP-protect the n bytes in the scratch buffer and send them; bytes sent."""
-        length = self.length
-        length[0] = n
-        rc = _lib.srtp_protect(self.srtp, self.cbuf, length)
-        if rc:
-            raise _srtp_error(rc)
-        return self._out(length[0])
-
     def send_rtcp(self, n: int) -> int:
-        """As `send`, for an RTCP compound packet."""
+        """SRTCP-protect the n bytes of RTCP in the scratch buffer and send them; bytes sent."""
         length = self.length
         length[0] = n
         rc = _lib.srtp_protect_rtcp(self.srtp, self.cbuf, length)
@@ -288,7 +279,13 @@ class RtpWriter:
         """
         d = self._d
         n = 12 + len(payload)
-        if d is None or not d.ok():
+        # _Direct.ok(), inlined: this runs once per listener and packet
+        if (
+            d is None
+            or d.dtls._state is not _CONNECTED
+            or d.nominated.get(1) is not d.pair
+            or d.transport._buffer
+        ):
             d = self._d = _direct(self._dtls) if self.direct else None
             if d is None:
                 return self._send_now_bytes(sequence_number, timestamp, marker, payload, ntp)
@@ -299,9 +296,19 @@ class RtpWriter:
             view, 0, 0x80, (marker << 7) | self.payload_type, sequence_number, timestamp, self.ssrc
         )
         view[12:n] = payload
-        sent = d.send(n)
+        length = d.length
+        length[0] = n
+        rc = _lib.srtp_protect(d.srtp, d.cbuf, length)
+        if rc:
+            raise _srtp_error(rc)
+        m = length[0]
+        out = view[:m]
+        try:
+            d.sendto(out, d.addr)
+        except OSError:  # full (or failing): asyncio queues it, or reports the error its way
+            d.transport.sendto(out.tobytes(), d.addr)
         dtls = d.dtls
-        dtls._RTCDtlsTransport__tx_bytes += sent  # type: ignore[attr-defined]
+        dtls._RTCDtlsTransport__tx_bytes += m  # type: ignore[attr-defined]
         dtls._RTCDtlsTransport__tx_packets += 1  # type: ignore[attr-defined]
         s = self._sender
         s._RTCRtpSender__packet_count += 1  # type: ignore[attr-defined]

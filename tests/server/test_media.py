@@ -126,8 +126,8 @@ async def world() -> AsyncIterator[Callable[..., Any]]:
     clients: list[Client] = []
 
     class World:
-        def room(self, gate: Callable[[str], bool]) -> MediaRoom:
-            rooms.append(MediaRoom(gate, slots=SLOTS))
+        def room(self, gate: Callable[[str], bool], direct: bool = True) -> MediaRoom:
+            rooms.append(MediaRoom(gate, slots=SLOTS, direct=direct))
             return rooms[-1]
 
         async def join(
@@ -192,8 +192,9 @@ async def test_bad_offer_is_refused_before_any_connection(world: Any) -> None:
     assert room.participants() == []
 
 
-async def test_speaker_reaches_two_listeners_byte_identical(world: Any) -> None:
-    room = world.room(lambda p: p == "s")
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "earlier-path"])
+async def test_speaker_reaches_two_listeners_byte_identical(world: Any, direct: bool) -> None:
+    room = world.room(lambda p: p == "s", direct=direct)
     tone = opus_tone(440.0)
     s = await world.join(room, "s", tone)
     a = await world.join(room, "a")
@@ -238,6 +239,7 @@ async def test_rtcp_reports_keep_flowing(world: Any) -> None:
         await asyncio.sleep(0.1)
     heard = await stats_types(lst.pc.getReceivers()[0])
     assert heard["remote-outbound-rtp"].packetsSent > 0  # sender reports count forwarded packets
+    assert room._reports is not None and room._reports.sent > 0  # the room's, not aiortc's
     assert heard["inbound-rtp"].packetsReceived > 0
 
 
@@ -413,3 +415,36 @@ async def test_a_failing_send_is_logged_once_and_drops_only_that_listener(
     assert "bad" in records[0].getMessage() and "transport closed" in records[0].getMessage()
     assert room.stats()["send_errors"] == 1
     assert good.writers[0].sent == 5  # type: ignore[attr-defined]
+
+
+async def test_sinks_get_every_gated_packet_slot_or_not() -> None:
+    """Packets leave for the sinks once each, after the gate and before slots: a
+    speaker without a slot here is still passed on; one gated off is not."""
+    from spacesim.server.media import _Peer, _SlotStream
+
+    class Writer:
+        def send_now(self, seq: int, ts: int, marker: int, payload: bytes, ntp: int) -> bool:
+            return True
+
+    class Packet:
+        def __init__(self, seq: int) -> None:
+            self.sequence_number, self.timestamp, self.marker, self.payload = (
+                seq,
+                960 * seq,
+                0,
+                b"p",
+            )
+
+    room = MediaRoom(lambda name: name != "muted", slots=1)
+    got: list[tuple[str, int, int, int, bytes, int]] = []
+    room.sinks.append(lambda *packet: got.append(packet))
+    room.sinks.append(lambda *packet: 1 / 0)  # a failing sink costs nobody else
+    a, b, muted, listener = (_Peer(n, None) for n in ("a", "b", "muted", "l"))  # type: ignore[arg-type]
+    for peer in (a, b, muted, listener):
+        peer.writers, peer.streams, peer.live = [Writer()], [_SlotStream()], True  # type: ignore[list-item]
+    room._subs = (a, b, muted, listener)
+    await room._forward(a, Packet(1), 0)  # type: ignore[arg-type]
+    await room._forward(b, Packet(2), 1)  # type: ignore[arg-type]  # no free slot
+    await room._forward(muted, Packet(3), 2)  # type: ignore[arg-type]
+    assert got == [("a", 1, 960, 0, b"p", 0), ("b", 2, 1920, 0, b"p", 1)]
+    assert room.stats()["dropped_no_slot"] == 1 and room.stats()["forwarded"] == 3
