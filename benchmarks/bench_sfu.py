@@ -576,6 +576,11 @@ def _summarise(
     out["series"] = sorted(((st - T0) / 1e6, w) for st, w in worst.items())
     out["windows_ms"] = [((w["t0"] - T0) / 1e6, (w["t1"] - T0) / 1e6) for w in rows]
     every = sorted(lat["bulk"] + lat["probe"])
+    if not every:  # nothing arrived inside the windows: the connections were lost
+        raise RuntimeError(
+            "no packet arrived inside the windows: the speaker's connection was lost "
+            "(ICE consent fails after ~30 s of more than 0.5 s of loop lag: overloaded?)"
+        )
     out["p50"], out["p99"], out["max"] = (
         nearest_rank(every, 0.5),
         nearest_rank(every, 0.99),

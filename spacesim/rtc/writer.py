@@ -152,7 +152,7 @@ class _Direct:
         self.cbuf, self.view, self.length = scratch.cbuf, scratch.view, scratch.length
 
     def ok(self) -> bool:
-        """Still the connection's state: connected, same pair, nothing queued."""
+        """Still the connection's state: connected, the same pair, nothing queued."""
         return (
             self.dtls._state is _CONNECTED
             and self.nominated.get(1) is self.pair
@@ -190,8 +190,7 @@ def _direct(dtls: RTCDtlsTransport | None) -> _Direct | None:
     pair = dtls.transport._connection._nominated.get(1)
     if pair is None or type(pair.protocol) is not aioice.ice.StunProtocol:
         return None  # a TURN relay's protocol sends asynchronously: RtpWriter.write
-    d = _Direct(dtls, pair)
-    return d if d.ok() else None
+    return _Direct(dtls, pair)
 
 
 class _SilentTrack(MediaStreamTrack):
@@ -280,16 +279,11 @@ class RtpWriter:
         d = self._d
         n = 12 + len(payload)
         # _Direct.ok(), inlined: this runs once per listener and packet
-        if (
-            d is None
-            or d.dtls._state is not _CONNECTED
-            or d.nominated.get(1) is not d.pair
-            or d.transport._buffer
-        ):
+        if d is None or d.dtls._state is not _CONNECTED or d.nominated.get(1) is not d.pair:
             d = self._d = _direct(self._dtls) if self.direct else None
             if d is None:
                 return self._send_now_bytes(sequence_number, timestamp, marker, payload, ntp)
-        if n > _SCRATCH - _MAX_TRAILER:
+        if d.transport._buffer or n > _SCRATCH - _MAX_TRAILER:  # behind asyncio's queue
             return self._send_now_bytes(sequence_number, timestamp, marker, payload, ntp)
         view = d.view
         _RTP_HEADER_INTO(
@@ -450,6 +444,8 @@ class SenderReports:
         d = first._d
         if d is None or not d.ok():
             d = first._d = _direct(first._dtls) if first.direct else None
+            if d is not None and d.transport._buffer:
+                d = None  # behind asyncio's queue: aiortc's own send
         parts = []
         lsr_time = time.time()
         for w in writers:
