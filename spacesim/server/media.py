@@ -480,6 +480,7 @@ class MediaRoom:
             rec.buf.append((now_ms, name, payload))
         ntp = rtc.ntp_now()
         busy = _FAULT_BUSY_NS
+        sent = 0
         for sub in self._subs:
             if sub is src:
                 continue
@@ -506,6 +507,7 @@ class MediaRoom:
                     log.warning("media: sending to %s failed (%r); dropped", sub.name, exc)
                     self._drop(sub)
                 continue
-            self.forwarded += 1
+            sent += 1
             if busy:
                 _burn(busy)
+        self.forwarded += sent
