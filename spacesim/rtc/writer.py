@@ -218,9 +218,9 @@ class RtpWriter:
     which SRTP-protects and hands the datagram to aioice; over UDP that coroutine
     never suspends. It raises ``ConnectionError`` once the transport has closed.
 
-    With ``reports`` the sender's own RTCP loop (one task per sender, waking about once
-    a second) is replaced: a :class:`SenderReports` sends the reports of all writers of
-    a connection as one compound packet (see there).
+    :meth:`SenderReports.take_over` can replace the sender's own RTCP loop (one task
+    per sender, waking about once a second): it then sends the reports of all writers
+    of a connection as one compound packet.
     """
 
     __slots__ = (
@@ -244,8 +244,6 @@ class RtpWriter:
         #: False: `send_now` goes through pylibsrtp's Session and the asyncio transport
         #: (the earlier path, kept as the benchmark's baseline)
         self.direct = True
-        if reports is not None:
-            reports.take_over(self._sender)
 
     def bind(self) -> None:
         """Look up the negotiated payload type and the (bundled) DTLS transport."""
@@ -394,8 +392,11 @@ class SenderReports:
         self._groups: dict[int, _Group] = {}
         self._timer: asyncio.TimerHandle | None = None
 
-    def take_over(self, sender: RTCRtpSender) -> None:
-        """Replace the sender's own RTCP loop (before ``RTCRtpSender.send`` starts it)."""
+    def take_over(self, writer: RtpWriter) -> None:
+        """Replace the writer's sender's own RTCP loop: call it before the connection
+        is up (``RTCRtpSender.send`` starts the loop), then `add` the connection's
+        writers once it is."""
+        sender = writer._sender
 
         async def _run_rtcp() -> None:
             # aiortc/rtcrtpsender.py RTCRtpSender._run_rtcp, minus the reports: stop()

@@ -301,9 +301,11 @@ class MediaRoom:
 
                 # before receive(): aiortc calls it once ICE and DTLS are up
                 rtc.tap_rtp(receiver, on_packet)
-            peer.writers = [rtc.RtpWriter(by_mid[mid], self._reports) for mid in shape.listen_mids]
+            peer.writers = [rtc.RtpWriter(by_mid[mid]) for mid in shape.listen_mids]
             for w in peer.writers:
                 w.direct = self.direct
+                if self._reports is not None:
+                    self._reports.take_over(w)
             peer.streams = [_SlotStream() for _ in shape.listen_mids]
 
             @pc.on("connectionstatechange")

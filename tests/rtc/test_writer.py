@@ -94,7 +94,9 @@ async def pc() -> AsyncIterator[RTCPeerConnection]:
 
 
 def _writer(pc: RTCPeerConnection, link: Link, reports: Any = None) -> rtc.RtpWriter:
-    w = rtc.RtpWriter(pc.addTransceiver("audio"), reports)
+    w = rtc.RtpWriter(pc.addTransceiver("audio"))
+    if reports is not None:
+        reports.take_over(w)
     w.payload_type = PT  # what bind() reads off the negotiated codecs
     w._dtls = link.dtls
     return w
