@@ -606,9 +606,7 @@ def _server(
     try:
         res = asyncio.run(_server_main(mode, listeners, workers, probe, windows, window_s))
     except Exception as exc:  # report, don't hang the parent
-        import traceback
-
-        res = {"error": f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"}
+        res = {"error": f"{type(exc).__name__}: {exc}"}
     conn.send(res)
     conn.close()
     os._exit(0)
@@ -666,6 +664,19 @@ def _report(r: dict[str, Any]) -> None:
     )
 
 
+def _try_case(failed: list[str], mode: str, listeners: int, *case: Any) -> dict[str, Any] | None:
+    """One case, its report printed; None (and why, in ``failed``) when it failed -- on a
+    shared machine a run can lose its connections (see the docstring)."""
+    try:
+        res = _run_case(mode, listeners, *case)
+    except RuntimeError as exc:
+        failed.append(str(exc))
+        print(f"FAILED: {exc}", flush=True)
+        return None
+    _report(res)
+    return res
+
+
 def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The figures of several runs of one case: each the median over the runs."""
     out = dict(runs[len(runs) // 2])
@@ -702,28 +713,31 @@ def main() -> None:
     runs: dict[int, list[dict[str, Any]]] = {n: [] for n in args.listeners}
     legacy_runs: list[dict[str, Any]] = []
     case = (args.workers, args.probe, args.windows, args.window)
+    failed: list[str] = []
     for _ in range(max(1, args.runs)):
         for n in args.listeners:
-            runs[n].append(_run_case("spacesim", n, *case))
-            _report(runs[n][-1])
-            if n == leg_n:  # the baseline right after, under the same machine load
-                legacy_runs.append(_run_case("legacy", n, *case))
-                _report(legacy_runs[-1])
+            if (r := _try_case(failed, "spacesim", n, *case)) is not None:
+                runs[n].append(r)
+            # the baseline right after, under the same machine load
+            if n == leg_n and (r := _try_case(failed, "legacy", n, *case)) is not None:
+                legacy_runs.append(r)
     if leg_n and leg_n not in runs:
         for _ in range(max(1, args.runs)):
-            legacy_runs.append(_run_case("legacy", leg_n, *case))
-            _report(legacy_runs[-1])
+            if (r := _try_case(failed, "legacy", leg_n, *case)) is not None:
+                legacy_runs.append(r)
+    if failed:
+        print(f"{len(failed)} case run(s) failed; figures are medians of the rest")
+    if not all(runs.values()):
+        raise SystemExit("no successful run of " + ", ".join(f"N={n}" for n in runs if not runs[n]))
     results = {n: _median_run(rs) for n, rs in runs.items()}
     legacy = _median_run(legacy_runs) if legacy_runs else None
     cap_n = max(args.listeners) if args.captions_listeners is None else args.captions_listeners
     captioned = None
     if cap_n:
-        captioned = _run_case("captions", cap_n, *case)
-        _report(captioned)
+        captioned = _try_case(failed, "captions", cap_n, *case)
     relay = None
     if args.relay_listeners:
-        relay = _run_case("relay", args.relay_listeners, 1, 0, args.windows, args.window)
-        _report(relay)
+        relay = _try_case(failed, "relay", args.relay_listeners, 1, 0, args.windows, args.window)
     print(f"total {time.monotonic() - t0:.0f} s")
     if args.dump:
         with open(args.dump, "w") as f:
