@@ -10,11 +10,20 @@ What runs (all on 127.0.0.1, every process with a hard deadline):
   and ``pc.addTrack`` -- decode once, encode per listener.
 * Client processes (spawned by the server process): one speaker, ``--workers`` bulk
   listener processes and one small *probe* process (``--probe`` listeners, connected
-  last, so they sit at the end of the server's sequential fan-out). Listeners are aiortc
-  clients whose decoders are stopped (``spacesim.rtc.tap_rtp``): each packet
-  costs them ~55 us, not ~400 us.
+  last, so they sit at the end of the server's sequential fan-out). spacesim's
+  listeners are aiortc clients on the swarm's receive path
+  (``spacesim.rtc.receive_rtp_direct`` with the batch reader, ``READ_EVERY``): each
+  packet costs them ~15-20 us, and its arrival time is the kernel's receive time at the
+  listener's socket, so their own loop lag is not counted as the server's latency (until
+  issue 15 they were ``tap_rtp`` listeners at ~55 us a packet whose arrival was read in
+  the callback: at N = 400 they took ~1.1 of the 2 cores and their loop lag, 70+ ms
+  p99, was most of the measured p99). The relay's listeners still use ``tap_rtp``.
 
-Default run: spacesim at N = 100 and N = 400, relay at N = 10 (``--relay-listeners``),
+Default run: ``--runs`` (3) rounds of spacesim at N = 100 and N = 400, each round's
+N = 400 followed by the *earlier send path* at the same N (``legacy``:
+``MediaRoom(direct=False)`` -- pylibsrtp's ``Session.protect`` and the asyncio
+transport per packet, aiortc's own RTCP task per sender; ``--legacy-listeners``), the
+figures the median over the rounds; then relay at N = 10 (``--relay-listeners``),
 and spacesim with the caption tap on at the largest N (``--captions-listeners``): the
 media plane hands every forwarded packet to `spacesim.server.captions.SpaceCaptions.tap`
 as in a captioned space, with one recogniser process (another process: its CPU is not
