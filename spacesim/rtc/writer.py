@@ -113,6 +113,7 @@ _NTP_UNIX_OFFSET = 2_208_988_800  # seconds from 1900-01-01 to 1970-01-01
 _SCRATCH = 2048
 _MAX_TRAILER = 16 + 128 + 4
 _CONNECTED = State.CONNECTED
+_srtp_protect = _lib.srtp_protect
 
 
 class _Scratch(threading.local):
@@ -143,7 +144,10 @@ class _Direct:
         # asyncio/selector_events.py: the datagram transport's socket; sendto on it is what
         # transport.sendto does when nothing is queued (checked before every send)
         self.sendto = self.transport._sock.sendto
-        self.addr = pair.remote_addr
+        host, port = pair.remote_addr
+        # CPython's sendto runs a str host through the IDNA codec on every call
+        # (socketmodule.c idna_converter); an ASCII bytes host is used as it is
+        self.addr = (host.encode("ascii"), port) if host.isascii() else (host, port)
         # pylibsrtp/__init__.py Session._srtp: the srtp_t Session.protect passes to
         # lib.srtp_protect; the Session frees it when collected, so hold the Session too.
         self.session = dtls._tx_srtp
@@ -290,7 +294,7 @@ class RtpWriter:
         view[12:n] = payload
         length = d.length
         length[0] = n
-        rc = _lib.srtp_protect(d.srtp, d.cbuf, length)
+        rc = _srtp_protect(d.srtp, d.cbuf, length)
         if rc:
             raise _srtp_error(rc)
         m = length[0]
