@@ -36,15 +36,17 @@ the packets it forwarded (``MediaRoom.stats()["forwarded"]``; for the relay, the
 ``packetsSent`` of its senders' ``getStats()``), and the median over windows is the
 figure. Before the speaker joins, the server's idle CPU with all listeners connected
 (RTCP reports, ICE consent checks) is measured for ``IDLE_WINDOW`` s and printed as its
-share of each forwarded packet (~6-7 us of ~25 us at N = 400). ``sfu_vs_relay`` =
-relay us/packet / spacesim us/packet at N = 400 (> 1: spacesim is cheaper).
+share of each forwarded packet (~1-3 us of ~17 us at N = 400 on the direct path; ~7-10
+us on the earlier one, mostly aiortc's 1,200 per-sender RTCP tasks). ``sfu_vs_relay`` =
+relay us/packet / spacesim us/packet at N = 400 (> 1: spacesim is cheaper);
+``sfu_legacy_vs_direct`` = earlier path / direct path, same N, same rounds.
 
 Delivery and latency (spacesim cases) come from the packets whose payload send stamp
 (``time.monotonic_ns()`` taken by the speaker just before handing the packet to aiortc;
 the same clock in every process of one machine) falls inside the windows: delivery =
-listener receipts / (listeners x packets the speaker sent), latency = receipt time in
-the listener's tap - send stamp. Latency is recorded for every listener (not sampled);
-it is also printed separately for the probe listeners, whose process is nearly idle.
+listener receipts / (listeners x packets the speaker sent), latency = the kernel's
+receive time at the listener's socket - send stamp. Latency is recorded for every
+listener (not sampled); it is also printed separately for the probe listeners.
 For the relay the payload is real Opus (no stamp), so only CPU and loss by RTP
 sequence numbers are measured.
 
@@ -57,18 +59,46 @@ it, and with ~15 % CPU headroom under contention the queue took seconds to drain
 N = 400 the first packets saw ~2 s, draining for ~9 s). The pacing clock now starts at
 the first ``recv()``. The warm-up also waits (up to ``MAX_WARMUP`` s) until the probe
 listeners' latency stays below ``SETTLED_MS`` for 1 s, and the report says if it never
-did. What remains at N = 400 is CPU sharing: two cores carry the server (~0.5 core),
-the listener processes (~0.9-1.1 core) and the kernel; the sequential fan-out alone puts
-the last listener ~N x 25 us after the first. The diagnostics line prints machine busy
-%, the listener processes' CPU and loop lag, and probe vs all-listener latency.
+did. What remains at N = 400 is CPU sharing: two cores carry the server (~0.35 core),
+the listener processes (~0.3-0.4 core), the kernel and whatever else runs; the
+sequential fan-out alone puts the last listener ~N x 17 us after the first. The
+diagnostics line prints machine busy %, the listener processes' CPU and loop lag, and
+probe vs all-listener latency.
 
-Client cost: with ``--workers 2`` (default) the listener processes used ~0.9 core at
-N = 400 and the p99 was ~19 ms; 4 workers used ~1.0 core, 8 used ~1.15 core (more
-wake-ups, less batching; p99 ~28 ms) and 1 worker saturated its core (bulk p99 ~23 ms,
-probe ~12 ms). Latency is recorded for every listener, not sampled.
+Client cost (tap listeners, before issue 15): with ``--workers 2`` the listener
+processes used ~0.9 core at N = 400 and the p99 was ~19 ms; 4 workers used ~1.0 core, 8
+used ~1.15 core. On the swarm's receive path they use ~0.3-0.4 core.
 
-Run: ``python benchmarks/bench_sfu.py [--listeners 100 400] [--workers 2] [--probe 4]
-[--relay-listeners 10] [--windows 5] [--window 2] [--dump details.json]``.
+Measured (issue 15 §3; 2 cores shared with four other engineers' test and benchmark
+load, load average 3-27 during these runs, so every figure is a median of rounds and
+the latency tail mostly says how busy the machine was):
+
+==========================================  =========================  ===============
+N = 400, median of 3 rounds                 direct path (now)          earlier path
+==========================================  =========================  ===============
+server us per forwarded packet              16.9 (16.4 / 16.9 / 19.2)  25.5 (25.4-28.2)
+  of which idle (ICE consent, RTCP)         1.0-3.3                    6.9-9.6
+latency p99, ms                             8.0 in the quiet round,    26-2,200
+                                            13-245 under other load
+==========================================  =========================  ===============
+
+At the start of the work, on a quiet machine with the tap listeners: 27.6 us/packet
+(9.3 us of it idle), p99 660 ms (the listeners' own loop lag, ~72 ms p99, and their
+1.1 cores). Where the direct path's CPU goes (``perf`` on the server, N = 400): the
+interpreter ~47 %, the kernel ~34 % (loopback ``sendto``: route lookup, the receiving
+socket's enqueue and wake-up are charged to the sender), libsrtp/OpenSSL (AES-GCM)
+~13 %. One send in isolation (one socket, one SRTP context, all in cache) costs ~6 us,
+of which ``RtpWriter.send_now``'s Python ~0.7 us and ``sendto`` ~4.3 us; at 400
+listeners each send touches a different socket, SRTP context and stream state. The
+fan-out stays sequential: the last listener gets a packet ~N x 17 us after the first
+(probe p50 ~6-10 ms at N = 400), which is most of the p99 when the machine is quiet.
+Under heavy outside load a case can lose its speaker: aioice's consent checks allow 0.5
+s per answer (``retransmissions=0``), six misses in a row close the connection; such a
+run is reported as FAILED and left out of the medians.
+
+Run: ``python benchmarks/bench_sfu.py [--listeners 100 400] [--runs 3] [--workers 2]
+[--probe 4] [--legacy-listeners 400] [--relay-listeners 10] [--windows 5] [--window 2]
+[--dump details.json]``.
 """
 
 from __future__ import annotations
