@@ -22,6 +22,7 @@ import pytest
 from aiortc import RTCPeerConnection
 from aiortc.rtcdtlstransport import State
 from aiortc.rtp import RtcpPacket, RtcpSdesPacket, RtcpSenderInfo, RtcpSrPacket, RtpPacket
+from pyee.asyncio import AsyncIOEventEmitter
 
 from spacesim import rtc
 from spacesim.rtc import writer as writer_mod
@@ -48,14 +49,22 @@ class Link:
         host, port = rx.getsockname()
         remote = aioice.candidate.Candidate("1", 1, "udp", 1, host, port, "host")
         self.pair = aioice.ice.CandidatePair(protocol, remote)
-        # what RtpWriter reads of aiortc's RTCDtlsTransport (aiortc/rtcdtlstransport.py)
-        self.dtls: Any = SimpleNamespace(
-            _state=State.CONNECTED,
-            _tx_srtp=_session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND),
-            transport=SimpleNamespace(_connection=SimpleNamespace(_nominated={1: self.pair})),
-            _RTCDtlsTransport__tx_bytes=0,
-            _RTCDtlsTransport__tx_packets=0,
+        # what RtpWriter reads of aiortc's RTCDtlsTransport (aiortc/rtcdtlstransport.py),
+        # an event emitter like it ("statechange")
+        self.dtls: Any = AsyncIOEventEmitter()
+        self.dtls._state = State.CONNECTED
+        self.dtls._tx_srtp = _session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
+        self.dtls.transport = SimpleNamespace(
+            _connection=SimpleNamespace(_nominated={1: self.pair})
         )
+        self.dtls._RTCDtlsTransport__tx_bytes = 0
+        self.dtls._RTCDtlsTransport__tx_packets = 0
+        self.via_aiortc: list[bytes] = []  # what went through RTCDtlsTransport._send_rtp
+
+        async def _send_rtp(data: bytes) -> None:
+            self.via_aiortc.append(data)
+
+        self.dtls._send_rtp = _send_rtp
         self.unprotect = _session(pylibsrtp.Policy.SSRC_ANY_INBOUND)
 
     async def received(self, n: int) -> list[bytes]:
@@ -158,18 +167,23 @@ async def test_sender_reports_one_compound_packet_per_connection(
     for w in writers:  # what RTCRtpSender.send sets (aiortc/rtcrtpsender.py)
         w._sender._RTCRtpSender__cname = "cname-x"  # type: ignore[attr-defined]
     assert writers[1].send_now(5, 4800, 0, b"xyz", 1 << 40)
+    assert writers[1].send_now(6, 5760, 0, b"uvwxy", 1 << 41)  # managed: counted here
+    sender: Any = writers[1]._sender
+    assert sender._RTCRtpSender__packet_count == 1  # ... and handed over at the report
     reports.add(writers)
-    got = await link.received(2)  # the RTP packet, then the first report (0.5-1.5 s)
+    got = await link.received(3)  # the RTP packets, then the first report (0.5-1.5 s)
     reports.discard(writers)
     assert reports.sent == 1 and reports._timer is None
-    packets = RtcpPacket.parse(got[1])
+    assert sender._RTCRtpSender__packet_count == 2
+    assert link.dtls._RTCDtlsTransport__tx_packets == 3  # 2 RTP + 1 RTCP
+    packets = RtcpPacket.parse(got[2])
     srs = [p for p in packets if isinstance(p, RtcpSrPacket)]
     assert [p.ssrc for p in srs] == [w.ssrc for w in writers]
     assert bytes(srs[1]) == bytes(
         RtcpSrPacket(
             ssrc=writers[1].ssrc,
             sender_info=RtcpSenderInfo(
-                ntp_timestamp=1 << 40, rtp_timestamp=4800, packet_count=1, octet_count=3
+                ntp_timestamp=1 << 41, rtp_timestamp=5760, packet_count=2, octet_count=8
             ),
         )
     )
@@ -178,7 +192,39 @@ async def test_sender_reports_one_compound_packet_per_connection(
         (w.ssrc, [(1, b"cname-x")]) for w in writers
     ]
     # the RTT estimate from receiver reports needs the last SR's middle 32 bits
-    assert writers[1]._sender._RTCRtpSender__lsr == (1 << 40) >> 16  # type: ignore[attr-defined]
+    assert sender._RTCRtpSender__lsr == (1 << 41) >> 16
+
+
+async def test_a_managed_writer_stops_at_the_dtls_state_change_and_queues_behind_asyncio(
+    pc: RTCPeerConnection, link: Link
+) -> None:
+    """The managed fast path looks at neither transport per send: a "statechange" to
+    closed stops it at once, and datagrams queued in asyncio are found at the next
+    report, after which packets go behind them."""
+    reports = rtc.SenderReports()
+    w = _writer(pc, link, reports)
+    assert w.send_now(1, 0, 0, b"a", 0) and w.send_now(2, 960, 0, b"b", 0)
+    assert w._d is not None and w._d.live
+    transport: Any = link.protocol.transport
+    transport._buffer.append((b"queued", link.pair.remote_addr))
+    reports._report(reports_group := writer_mod._Group([w], 0.0))
+    assert reports_group.writers == (w,) and w._d is None  # found at the report
+    assert w.send_now(3, 1920, 0, b"c", 0)
+    first, _third = transport._buffer  # behind what was queued
+    assert first[0] == b"queued"
+    await asyncio.sleep(0)
+    assert len(link.via_aiortc) == 1  # the report too went aiortc's way, not past the queue
+    transport._buffer.clear()
+    assert w.send_now(4, 2880, 0, b"d", 0) and w._d is not None
+    link.dtls._state = State.CLOSED
+    link.dtls.emit("statechange")
+    assert not w._d.live
+    assert not w.send_now(5, 3840, 0, b"e", 0)  # the caller then awaits write(), which raises
+    assert await link.received(3) == [
+        _expected(w, 1, 0, 0, b"a"),
+        _expected(w, 2, 960, 0, b"b"),
+        _expected(w, 4, 2880, 0, b"d"),
+    ]
 
 
 async def test_taken_over_sender_sends_no_reports_of_its_own_and_bye_on_stop(
