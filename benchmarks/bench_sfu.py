@@ -36,7 +36,7 @@ the packets it forwarded (``MediaRoom.stats()["forwarded"]``; for the relay, the
 ``packetsSent`` of its senders' ``getStats()``), and the median over windows is the
 figure. Before the speaker joins, the server's idle CPU with all listeners connected
 (RTCP reports, ICE consent checks) is measured for ``IDLE_WINDOW`` s and printed as its
-share of each forwarded packet (~1-3 us of ~17 us at N = 400 on the direct path; ~7-10
+share of each forwarded packet (~1-3 us of ~15 us at N = 400 on the direct path; ~7-10
 us on the earlier one, mostly aiortc's 1,200 per-sender RTCP tasks). ``sfu_vs_relay`` =
 relay us/packet / spacesim us/packet at N = 400 (> 1: spacesim is cheaper);
 ``sfu_legacy_vs_direct`` = earlier path / direct path, same N, same rounds.
@@ -61,7 +61,7 @@ the first ``recv()``. The warm-up also waits (up to ``MAX_WARMUP`` s) until the 
 listeners' latency stays below ``SETTLED_MS`` for 1 s, and the report says if it never
 did. What remains at N = 400 is CPU sharing: two cores carry the server (~0.35 core),
 the listener processes (~0.3-0.4 core), the kernel and whatever else runs; the
-sequential fan-out alone puts the last listener ~N x 17 us after the first. The
+sequential fan-out alone puts the last listener ~N x 15 us after the first. The
 diagnostics line prints machine busy %, the listener processes' CPU and loop lag, and
 probe vs all-listener latency.
 
@@ -70,17 +70,23 @@ processes used ~0.9 core at N = 400 and the p99 was ~19 ms; 4 workers used ~1.0 
 used ~1.15 core. On the swarm's receive path they use ~0.3-0.4 core.
 
 Measured (issue 15 §3; 2 cores shared with four other engineers' test and benchmark
-load, load average 3-27 during these runs, so every figure is a median of rounds and
-the latency tail mostly says how busy the machine was):
+load, machine 82-94 % busy during these rounds, so every figure is a median of rounds and
+the latency tail also says how busy the machine was):
 
 ==========================================  =========================  ===============
 N = 400, median of 3 rounds                 direct path (now)          earlier path
 ==========================================  =========================  ===============
-server us per forwarded packet              16.9 (16.4 / 16.9 / 19.2)  25.5 (25.4-28.2)
-  of which idle (ICE consent, RTCP)         1.0-3.3                    6.9-9.6
-latency p99, ms                             8.0 in the quiet round,    26-2,200
-                                            13-245 under other load
+server us per forwarded packet              14.8 (13.7 / 14.8 / 15.9)  26.0 (25.4-26.8)
+  of which idle (ICE consent, RTCP)         2.7-3.3                    6.8-10.1
+latency p50 / p99, ms                       3.2 / 12.2 (11.9-13.7)     6.3-7.4 / 38.3
 ==========================================  =========================  ===============
+
+Steps, each measured against the earlier path in the same run: libsrtp on a scratch
+buffer and ``sendto`` on the socket, plus one compound sender report per connection
+from one timer (idle share 7-10 -> 1-3 us): ~21 vs ~30 us; the listener's address with
+a bytes host: ~17 vs ~25 us; the managed fast path touching only the writer and its
+connection's direct state per send (a quiet-machine round before it: 16.4 us, p99 8.0
+ms): 14.8 vs 26.0 us.
 
 At the start of the work, on a quiet machine with the tap listeners: 27.6 us/packet
 (9.3 us of it idle), p99 660 ms (the listeners' own loop lag, ~72 ms p99, and their
@@ -89,9 +95,11 @@ interpreter ~47 %, the kernel ~34 % (loopback ``sendto``: route lookup, the rece
 socket's enqueue and wake-up are charged to the sender), libsrtp/OpenSSL (AES-GCM)
 ~13 %. One send in isolation (one socket, one SRTP context, all in cache) costs ~6 us,
 of which ``RtpWriter.send_now``'s Python ~0.7 us and ``sendto`` ~4.3 us; at 400
-listeners each send touches a different socket, SRTP context and stream state. The
-fan-out stays sequential: the last listener gets a packet ~N x 17 us after the first
-(probe p50 ~6-10 ms at N = 400), which is most of the p99 when the machine is quiet.
+listeners each send touches a different socket, SRTP context and stream state, and
+every further object a send touches is a cache miss (per-send checks of the DTLS and
+ICE state and aiortc's counters cost ~2 us a send at N = 400, hence the managed path). The
+fan-out stays sequential: the last listener gets a packet ~N x 15 us after the first
+(probe p50 ~6-7 ms at N = 400), which is most of the p99 when the machine is quiet.
 Under heavy outside load a case can lose its speaker: aioice's consent checks allow 0.5
 s per answer (``retransmissions=0``), six misses in a row close the connection; such a
 run is reported as FAILED and left out of the medians.
