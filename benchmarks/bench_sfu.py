@@ -70,15 +70,19 @@ processes used ~0.9 core at N = 400 and the p99 was ~19 ms; 4 workers used ~1.0 
 used ~1.15 core. On the swarm's receive path they use ~0.3-0.4 core.
 
 Measured (issue 15 §3; 2 cores shared with four other engineers' test and benchmark
-load, machine 82-94 % busy during these rounds, so every figure is a median of rounds and
-the latency tail also says how busy the machine was):
+load, so every figure is a median of rounds, the baseline is measured in the same
+rounds, and the latency tail also says how busy the machine was). Two runs of 3 rounds
+each, a few minutes apart, machine 82-94 % and ~60 % busy; absolute CPU figures moved
+by ~20 % between them (both paths alike), the ratio did not:
 
 ==========================================  =========================  ===============
 N = 400, median of 3 rounds                 direct path (now)          earlier path
 ==========================================  =========================  ===============
-server us per forwarded packet              14.8 (13.7 / 14.8 / 15.9)  26.0 (25.4-26.8)
-  of which idle (ICE consent, RTCP)         2.7-3.3                    6.8-10.1
-latency p50 / p99, ms                       3.2 / 12.2 (11.9-13.7)     6.3-7.4 / 38.3
+server us per forwarded packet, run 1       14.8 (13.7 / 14.8 / 15.9)  26.0 (25.4-26.8)
+server us per forwarded packet, run 2       18.7 (17.0 / 18.7 / 19.0)  32.3 (30.3-32.5)
+  of which idle (ICE consent, RTCP)         2.2-3.3                    6.8-11.4
+latency p50 / p99, ms, run 1                3.2 / 12.2 (11.9-13.7)     6.3-7.4 / 38.3
+latency p50 / p99, ms, run 2                4.0 / 11.9 (9.6-14.4)      5.5-8.4 / 14.0
 ==========================================  =========================  ===============
 
 Steps, each measured against the earlier path in the same run: libsrtp on a scratch
