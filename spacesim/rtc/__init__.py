@@ -22,9 +22,12 @@ Modules, one concept each:
 * :mod:`.batch` -- :class:`BatchReader`: the direct path's sockets read together on a
   timer, with kernel receive times.
 * :mod:`.writer` -- :class:`RtpWriter`: writes RTP packets for a sending transceiver
-  straight to its DTLS transport (SRTP-protected) with the sender's SSRC and the
-  negotiated payload type. The sender's track never yields, so aiortc itself sends
-  no RTP on it (it still sends RTCP sender reports, kept accurate by the writer).
+  straight to its connection's UDP socket, built and SRTP-protected in place in a
+  scratch buffer by libsrtp (through pylibsrtp's cffi binding), with the sender's SSRC
+  and the negotiated payload type. The sender's track never yields, so aiortc itself
+  sends no RTP on it; its RTCP sender reports are aiortc's own, or, given a
+  :class:`SenderReports`, sent for all writers of a connection as one compound packet
+  from one timer.
 * :mod:`.jitter` -- :class:`AudioJitterBuffer`: aiortc's audio jitter buffer fed
   with packets built from bytes (probe listeners).
 * :mod:`.internals` -- the registry and the check.
@@ -40,7 +43,7 @@ from spacesim.rtc.internals import MissingInternals, check, missing_internals
 from spacesim.rtc.jitter import AudioJitterBuffer
 from spacesim.rtc.peer import DEFAULT_HOST_ADDRESSES, new_peer_connection, use_host_addresses
 from spacesim.rtc.tap import OnPacket, tap_rtp
-from spacesim.rtc.writer import RtpWriter, ntp_now
+from spacesim.rtc.writer import RtpWriter, SenderReports, ntp_now
 
 __all__ = [
     "DEFAULT_HOST_ADDRESSES",
@@ -52,6 +55,7 @@ __all__ = [
     "OnRtp",
     "RtpPacket",
     "RtpWriter",
+    "SenderReports",
     "missing_internals",
     "new_peer_connection",
     "ntp_now",

@@ -218,9 +218,22 @@ class MediaRoom:
     listener hears at once (one listen section per slot in every offer).
     """
 
-    def __init__(self, gate: Callable[[str], bool], slots: int = 3, idle_ms: int = 1000) -> None:
+    def __init__(
+        self,
+        gate: Callable[[str], bool],
+        slots: int = 3,
+        idle_ms: int = 1000,
+        *,
+        direct: bool = True,
+    ) -> None:
         if slots < 1:
             raise ValueError("slots must be at least 1")
+        #: False: the earlier send path (pylibsrtp ``Session.protect`` and the asyncio
+        #: transport per packet, aiortc's own RTCP task per sender) -- kept as
+        #: benchmarks/bench_sfu.py's baseline; True: `rtc.RtpWriter`'s direct path and
+        #: one `rtc.SenderReports` timer for the room's sender reports.
+        self.direct = direct
+        self._reports = rtc.SenderReports() if direct else None
         self._gate = gate
         self.slots = slots
         self.idle_ms = idle_ms
@@ -290,6 +303,10 @@ class MediaRoom:
                 # before receive(): aiortc calls it once ICE and DTLS are up
                 rtc.tap_rtp(receiver, on_packet)
             peer.writers = [rtc.RtpWriter(by_mid[mid]) for mid in shape.listen_mids]
+            for w in peer.writers:
+                w.direct = self.direct
+                if self._reports is not None:
+                    self._reports.take_over(w)
             peer.streams = [_SlotStream() for _ in shape.listen_mids]
 
             @pc.on("connectionstatechange")
@@ -327,6 +344,8 @@ class MediaRoom:
                 return
             peer.live = True
             self._subs = (*self._subs, peer)
+            if self._reports is not None:
+                self._reports.add(peer.writers)
         elif state in ("failed", "closed") and self._peers.get(peer.name) is peer:
             self._drop(peer)
             if self.on_lost is not None:
@@ -340,6 +359,8 @@ class MediaRoom:
         task.add_done_callback(self._tasks.discard)
 
     def _unlist(self, peer: _Peer) -> None:
+        if self._reports is not None:
+            self._reports.discard(peer.writers)
         peer.live = False
         self._subs = tuple(p for p in self._subs if p is not peer)
         k = self._slot_of.get(peer.name)
@@ -454,9 +475,10 @@ class MediaRoom:
                 self._release(k)
             return
         tap = self.on_heard
+        payload = packet.payload
         if tap is not None:
             try:
-                tap(name, packet.payload, now_ms)
+                tap(name, payload, now_ms)
             except Exception:  # captions must never cost the audio
                 log.exception("media: the caption tap failed")
         if k is None:
@@ -468,7 +490,7 @@ class MediaRoom:
         gen = self._slot_gen[k]
         rec = self.recorder
         if rec is not None:
-            rec.buf.append((now_ms, name, packet.payload))
+            rec.buf.append((now_ms, name, payload))
         for relay in self.relays:
             relay(name, k, gen, packet)
         await self._fan_out(src, packet, k, gen, now_ms)
@@ -479,17 +501,20 @@ class MediaRoom:
         """Rewrite a slotted packet for each live listener here and send it."""
         seq = packet.sequence_number
         ts = packet.timestamp
+        marker = packet.marker
         payload = packet.payload
         ntp = rtc.ntp_now()
         busy = _FAULT_BUSY_NS
+        sent = 0
         for sub in self._subs:
             if sub is src:
                 continue
             st = sub.streams[k]
-            marker = packet.marker
             if st.gen != gen:
                 st.rebase(gen, seq, ts, now_ms)
-                marker = 1
+                mark = 1
+            else:
+                mark = marker
             out_seq = (seq + st.seq_off) & 0xFFFF
             out_ts = (ts + st.ts_off) & 0xFFFFFFFF
             if 0 < ((out_seq - st.last_seq) & 0xFFFF) < 0x8000:  # newer: a late packet never
@@ -498,15 +523,16 @@ class MediaRoom:
                 st.last_ms = now_ms
             writer = sub.writers[k]
             try:
-                if not writer.send_now(out_seq, out_ts, marker, payload, ntp):
+                if not writer.send_now(out_seq, out_ts, mark, payload, ntp):
                     self.sent_async += 1  # not a plain UDP pair (e.g. TURN): the slow path
-                    await writer.write(out_seq, out_ts, marker, payload)
+                    await writer.write(out_seq, out_ts, mark, payload)
             except Exception as exc:
                 self.send_errors += 1
                 if sub.live:  # once per connection: it leaves the fan-out at once
                     log.warning("media: sending to %s failed (%r); dropped", sub.name, exc)
                     self._drop(sub)
                 continue
-            self.forwarded += 1
+            sent += 1
             if busy:
                 _burn(busy)
+        self.forwarded += sent

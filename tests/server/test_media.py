@@ -126,8 +126,8 @@ async def world() -> AsyncIterator[Callable[..., Any]]:
     clients: list[Client] = []
 
     class World:
-        def room(self, gate: Callable[[str], bool]) -> MediaRoom:
-            rooms.append(MediaRoom(gate, slots=SLOTS))
+        def room(self, gate: Callable[[str], bool], direct: bool = True) -> MediaRoom:
+            rooms.append(MediaRoom(gate, slots=SLOTS, direct=direct))
             return rooms[-1]
 
         async def join(
@@ -192,8 +192,9 @@ async def test_bad_offer_is_refused_before_any_connection(world: Any) -> None:
     assert room.participants() == []
 
 
-async def test_speaker_reaches_two_listeners_byte_identical(world: Any) -> None:
-    room = world.room(lambda p: p == "s")
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "earlier-path"])
+async def test_speaker_reaches_two_listeners_byte_identical(world: Any, direct: bool) -> None:
+    room = world.room(lambda p: p == "s", direct=direct)
     tone = opus_tone(440.0)
     s = await world.join(room, "s", tone)
     a = await world.join(room, "a")
@@ -238,6 +239,7 @@ async def test_rtcp_reports_keep_flowing(world: Any) -> None:
         await asyncio.sleep(0.1)
     heard = await stats_types(lst.pc.getReceivers()[0])
     assert heard["remote-outbound-rtp"].packetsSent > 0  # sender reports count forwarded packets
+    assert room._reports is not None and room._reports.sent > 0  # the room's, not aiortc's
     assert heard["inbound-rtp"].packetsReceived > 0
 
 
