@@ -35,26 +35,29 @@ medians over repetitions (CPU per packet) and of the repetitions' percentiles (l
 largest N; ``FIGURE spacesim_vs_janus`` is spacesim's µs per packet over Janus's there
 (> 1: spacesim costs more per packet), the baseline (Janus) measured in the same run.
 
-Measured on this 2-core machine, shared with other work (load averages 4-18 during
-the run), defaults (``--reps 3 --windows 4 --window 2``), medians of 3:
+Measured on the final main of 2026-12-07 (c8596d7: spacesim's direct send path), the
+machine otherwise idle, defaults (``--reps 3 --windows 4 --window 2``), medians of 3:
 
     N    target    us/packet  cores  delivery  p50 ms  p99 ms
-    50   spacesim       44.0   0.11    1.0000    1.24    5.59
-    50   janus          49.7   0.13    1.0000    2.19    7.58    ratio 0.88
-    100  spacesim       39.3   0.20    1.0021    2.24   12.19
-    100  janus          46.4   0.23    1.0025    5.09   14.41    ratio 0.85
-    200  spacesim       29.6   0.29    0.9952   15.23  293.63
-    200  janus          43.0   0.48    1.0351   63.55  364.86    ratio 0.69
+    50   spacesim       30.0   0.08    1.0000    1.19    1.88
+    50   janus          53.0   0.13    1.0000    1.73    3.09    ratio 0.57
+    100  spacesim       22.4   0.11    1.0000    1.47    2.46
+    100  janus          49.5   0.25    0.9975    2.85    5.41    ratio 0.45
+    200  spacesim       22.6   0.23    1.0025    2.31    4.12
+    200  janus          43.7   0.44    0.9996    4.95   10.97    ratio 0.52
 
-    FIGURE janus_us_per_packet=43.0 us / spacesim_us_per_packet=29.6 us / ratio 0.69
+    FIGURE janus_us_per_packet=43.7 us / spacesim_us_per_packet=22.6 us / ratio 0.52
 
-An earlier run without the raised priority gave 37.1 / 28.5 us (ratio 0.77) at N = 200:
-the per-packet CPU of both is stable to ~15 %; Janus's varied more between repetitions
-(36-53 us at N = 200) than spacesim's (26-31 us). Janus's figure is within FACTS.md's
-~51 us (its default VideoRoom configuration, one thread per handle). Latency at N = 200
-is not a property of either server here: with the machine's other work on both cores,
-packets queue for CPU (delivery above 1 in a window is such a queue draining); at N =
-50 and 100, p50 is 1-5 ms for both. Janus's joins are slower through the driver
+Before the direct send path (the same day, the machine shared with other work, load
+averages 4-18), medians of 3: spacesim 44.0 / 39.3 / 29.6 us and Janus 49.7 / 46.4 /
+43.0 us at N = 50 / 100 / 200 (ratio 0.69 at 200).
+An earlier run of the earlier path without the raised priority gave 37.1 / 28.5 us
+(ratio 0.77) at N = 200: the per-packet CPU of both is stable to ~15 %; Janus's varied
+more between repetitions (36-53 us at N = 200) than spacesim's. Janus's figure is
+within FACTS.md's ~51 us (its default VideoRoom configuration, one thread per handle).
+On a shared machine latency at N = 200 is not a property of either server: with other
+work on both cores, packets queue for CPU (delivery above 1 in a window is such a queue
+draining). Janus's joins are slower through the driver
 (~24 s for 200 listeners vs ~8 s): each takes a few HTTP round trips whose answers
 come on the shared long poll.
 
