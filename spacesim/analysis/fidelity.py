@@ -82,10 +82,8 @@ def level_metrics(level: Level) -> dict[str, float]:
     """
     start, end = level.window
     flat = metric_table(summarise(level.records, end - start))
-    rec = level.run.records
-    listener_joins = (rec["kind"] == "participant_joined") & (rec["role"] == "listener")
-    joins = rec.loc[listener_joins, "value"].dropna().to_numpy("float64")
-    flat["join_time.p95"] = float(np.quantile(joins, 0.95)) if joins.size else math.nan
+    whole = metric_table(summarise(level.run.records, level.run.meta.duration))
+    flat["join_time.p95"] = whole.get("join_time.p95", math.nan)
     out = {m: flat.get(m, math.nan) for m in METRICS if not m.startswith("server_cpu")}
     out["server_cpu.mean"] = float(level.cpu.mean()) if len(level.cpu) else math.nan
     return out

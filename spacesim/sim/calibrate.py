@@ -474,18 +474,9 @@ def _join_setup(pair: _Pair, cpu_per_join: float) -> float | None:
     paths = (pair.load.meta.scenario or {}).get("network") or [{}]
     first = paths[0] if isinstance(paths, list) else paths
     network = str(pair.load.meta.extra.get("network") or "scenario")
-    rtt = 0.0 if network == "none" else float(_seconds(first.get("rtt", 0.0)))
+    rtt = 0.0 if network == "none" else float(first.get("rtt") or 0.0)  # seconds in the meta
     around = _JOIN_ROUND_TRIPS * rtt + max(ICE_CHECK_PACING, rtt) + cpu_per_join
     return max(float(joins.median()) - around, 0.0)
-
-
-def _seconds(value: object) -> float:
-    """A scenario duration as the run's meta stores it (seconds, or a string like 40ms)."""
-    if isinstance(value, int | float):
-        return float(value)
-    from spacesim.scenario import parse_duration
-
-    return parse_duration(str(value))
 
 
 def gc_samples(directory: str | Path) -> pd.DataFrame:
