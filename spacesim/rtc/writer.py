@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import socket
 import struct
+import sys
 import threading
 import time
 import weakref
@@ -24,7 +26,7 @@ from pylibsrtp._binding import lib as _lib
 
 from spacesim.rtc import internals as _i
 
-__all__ = ["RtpWriter", "SenderReports", "ntp_now"]
+__all__ = ["RtpWriter", "SenderReports", "ntp_now", "srtp_error"]
 
 _i.register(
     __name__,
@@ -133,8 +135,8 @@ class _Direct:
     """What the direct path needs of one connection, looked up once it is up."""
 
     __slots__ = (
-        "__weakref__", "addr", "cbuf", "dtls", "length", "live", "nominated", "pair", "sendto",
-        "session", "srtp", "transport", "view",
+        "__weakref__", "addr", "cbuf", "dtls", "lane", "length", "live", "nominated", "pair",
+        "sendto", "session", "sockaddr", "srtp", "transport", "view",
     )  # fmt: skip
 
     def __init__(self, dtls: RTCDtlsTransport, pair: Any) -> None:
@@ -149,6 +151,10 @@ class _Direct:
         # CPython's sendto runs a str host through the IDNA codec on every call
         # (socketmodule.c idna_converter); an ASCII bytes host is used as it is
         self.addr = (host.encode("ascii"), port) if host.isascii() else (host, port)
+        # the same address for libc's sendto (the fan-out kernel, spacesim.rtc.native)
+        self.sockaddr = _sockaddr(host, port)
+        # (fan, slot, lane) while a fan-out kernel sends for this connection's writer
+        self.lane: tuple[Any, int, int] | None = None
         # pylibsrtp/__init__.py Session._srtp: the srtp_t Session.protect passes to
         # lib.srtp_protect; the Session frees it when collected, so hold the Session too.
         self.session = dtls._tx_srtp
@@ -167,6 +173,10 @@ class _Direct:
                 me = ref()
                 if me is not None and dtls._state is not _CONNECTED:
                     me.live = False
+                    lane = me.lane
+                    if lane is not None:  # the kernel must not send on it either
+                        me.lane = None
+                        lane[0].disarm(lane[1], lane[2])
 
             on("statechange", on_state)
 
@@ -185,7 +195,7 @@ class _Direct:
         length[0] = n
         rc = _lib.srtp_protect_rtcp(self.srtp, self.cbuf, length)
         if rc:
-            raise _srtp_error(rc)
+            raise srtp_error(rc)
         return self._out(length[0])
 
     def _out(self, m: int) -> int:
@@ -197,7 +207,21 @@ class _Direct:
         return m
 
 
-def _srtp_error(rc: int) -> pylibsrtp.Error:
+def _sockaddr(host: str, port: int) -> bytes | None:
+    """``struct sockaddr_in`` / ``sockaddr_in6`` (Linux layout: family in host order, port
+    and address in network order) of a numeric address; None for anything else."""
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        addr = socket.inet_pton(fam, host)
+    except (OSError, ValueError):
+        return None  # a name or a scoped IPv6 address: only the Python path sends to it
+    head = int(fam).to_bytes(2, sys.byteorder) + port.to_bytes(2, "big")
+    if fam == socket.AF_INET:
+        return head + addr + bytes(8)
+    return head + bytes(4) + addr + bytes(4)  # flowinfo 0, scope id 0
+
+
+def srtp_error(rc: int) -> pylibsrtp.Error:
     # pylibsrtp/__init__.py _srtp_assert: the exception Session.protect raises
     errors = pylibsrtp.ERRORS
     return pylibsrtp.Error(errors[rc] if 0 <= rc < len(errors) else f"error {rc}")
@@ -244,7 +268,7 @@ class RtpWriter:
     """
 
     __slots__ = (
-        "_d", "_dtls", "_managed", "_n_octets", "_n_packets", "_n_tx_bytes", "_ntp",
+        "_d", "_dtls", "_lane", "_managed", "_n_octets", "_n_packets", "_n_tx_bytes", "_ntp",
         "_rtp_ts", "_send_rtp", "_sender", "direct", "payload_type", "ssrc", "transceiver",
     )  # fmt: skip
 
@@ -269,6 +293,9 @@ class RtpWriter:
         self._managed = False
         self._n_packets = self._n_octets = self._n_tx_bytes = 0
         self._rtp_ts = self._ntp = 0
+        # (fan, slot, lane): a fan-out kernel (spacesim.rtc.native.FanOut) sends for this
+        # writer while the lane is armed (`arm`); its counts are folded in by `_sync`
+        self._lane: tuple[Any, int, int] | None = None
 
     def bind(self) -> None:
         """Look up the negotiated payload type and the (bundled) DTLS transport."""
@@ -318,13 +345,13 @@ class RtpWriter:
         length[0] = n
         rc = _srtp_protect(d.srtp, d.cbuf, length)
         if rc:
-            raise _srtp_error(rc)
+            raise srtp_error(rc)
         m = length[0]
         out = view[:m]
         try:
             d.sendto(out, d.addr)
         except OSError:  # full (or failing): asyncio queues it, or reports the error its way
-            self._d = None  # asyncio may hold a queue now: look again next time
+            self._drop_direct()  # asyncio may hold a queue now: look again next time
             d.transport.sendto(out.tobytes(), d.addr)
         self._n_packets += 1
         self._n_octets += n - 12
@@ -333,8 +360,87 @@ class RtpWriter:
         self._ntp = ntp
         return True
 
+    # ------------------------------------------------------------ fan-out kernel lanes
+
+    def attach(self, fan: Any, k: int, lane: int) -> None:
+        """Lane `lane` of slot `k` of `fan` (a ``native.FanOut``) is this writer's; it
+        stays with the Python path until `arm`."""
+        self.detach()
+        self._lane = (fan, k, lane)
+
+    def detach(self) -> None:
+        """The writer's lane is going away: fold in its counts, stop the kernel's sends."""
+        lane = self._lane
+        if lane is None:
+            return
+        self._sync()
+        lane[0].disarm(lane[1], lane[2])
+        d = self._d
+        if d is not None and d.lane is lane:
+            d.lane = None
+        self._lane = None
+
+    def arm(self) -> bool:
+        """Let the kernel send for this writer if the direct path is up (after a send
+        through `send_now` has looked it up): managed by a `SenderReports` (which checks
+        the pair and asyncio's queue at each report and folds in the counts), a plain
+        UDP pair, a numeric address, nothing queued. True if the lane is armed."""
+        lane = self._lane
+        d = self._d
+        if lane is None or d is None or not self._managed or not d.live:
+            return False
+        if d.lane is lane:
+            return True
+        sa = d.sockaddr
+        if sa is None or d.transport._buffer:
+            return False
+        fan, k, i = lane
+        # pylibsrtp/__init__.py Session._srtp: the srtp_t; `keep` holds the Session (and
+        # the transport, whose socket's fd the kernel writes) while the lane is armed
+        fan.arm(
+            k,
+            i,
+            int(_ffi.cast("uintptr_t", d.srtp)),
+            d.transport._sock.fileno(),
+            sa,
+            self.ssrc,
+            self.payload_type,
+            d,
+        )
+        d.lane = lane
+        return True
+
+    def requeue(self, data: bytes) -> None:
+        """The kernel's ``sendto`` of this protected datagram was refused (socket full, or
+        an error): asyncio's transport queues it or reports the error its way, as
+        `send_now` does, and the writer goes the Python way until the next report."""
+        d = self._d
+        self._drop_direct()
+        if d is not None:
+            d.transport.sendto(data, d.addr)
+
+    def _drop_direct(self) -> None:
+        """Forget the direct path (looked up again at the next send); disarm the lane."""
+        d = self._d
+        self._d = None
+        if d is not None and d.lane is not None:
+            lane = d.lane
+            d.lane = None
+            lane[0].disarm(lane[1], lane[2])
+
     def _sync(self) -> None:
         """Hand the counts of managed sends to aiortc (its reports, ``getStats``)."""
+        lane = self._lane
+        if lane is not None:
+            packets, octets, tx_bytes, rtp_ts, ntp = lane[0].take_counts(lane[1], lane[2])
+            if packets:
+                # the kernel's last (timestamp, NTP) pair stands for the stream: each pair
+                # is one send's, so any is a true mapping for the sender report
+                self._n_packets += packets
+                self._n_octets += octets
+                self._n_tx_bytes += tx_bytes
+                self._rtp_ts = rtp_ts
+                self._ntp = ntp
         if not self._n_packets:
             return
         s = self._sender
@@ -357,12 +463,13 @@ class RtpWriter:
         n = 12 + len(payload)
         # _Direct.ok(), inlined: this runs once per listener and packet
         if d is None or d.dtls._state is not _CONNECTED or d.nominated.get(1) is not d.pair:
+            self._drop_direct()
             d = self._d = _direct(self._dtls) if self.direct else None
             if d is None:
                 return self._send_now_bytes(sequence_number, timestamp, marker, payload, ntp)
         if d.transport._buffer or n > _SCRATCH - _MAX_TRAILER:  # behind asyncio's queue
             if self._managed:
-                self._d = None  # not the unchecked path until the queue is gone
+                self._drop_direct()  # not the unchecked path until the queue is gone
             return self._send_now_bytes(sequence_number, timestamp, marker, payload, ntp)
         view = d.view
         _RTP_HEADER_INTO(
@@ -373,7 +480,7 @@ class RtpWriter:
         length[0] = n
         rc = _srtp_protect(d.srtp, d.cbuf, length)
         if rc:
-            raise _srtp_error(rc)
+            raise srtp_error(rc)
         m = length[0]
         out = view[:m]
         try:
@@ -531,7 +638,7 @@ class SenderReports:
             # the upkeep of the writers' fast path (RtpWriter.send_now): another pair,
             # or datagrams queued in asyncio -- each writer looks again at its next send
             for w in writers:
-                w._d = None
+                w._drop_direct()
             d = _direct(first._dtls) if first.direct else None
             if d is not None and d.transport._buffer:
                 d = None  # behind asyncio's queue: aiortc's own send

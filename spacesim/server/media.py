@@ -60,11 +60,15 @@ import os
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from spacesim import rtc
+from spacesim.rtc.writer import srtp_error
+
+if TYPE_CHECKING:
+    from spacesim.rtc.native import FanOut
 
 __all__ = [
     "FAULT_BUSY_US",
@@ -176,7 +180,12 @@ def parse_offer(sdp: str, slots: int) -> OfferShape:
 
 
 class _SlotStream:
-    """One listener's outgoing stream on one slot: the rewrite for its current source."""
+    """One listener's outgoing stream on one slot: the rewrite for its current source.
+
+    The earlier send path's (``MediaRoom(direct=False)``); the direct path keeps the same
+    state in `spacesim.rtc.native.FanOut`'s arrays and its kernel applies the same rule
+    (tests/rtc/test_native.py checks they agree).
+    """
 
     __slots__ = ("gen", "last_ms", "last_seq", "last_ts", "seq_off", "ts_off")
 
@@ -199,7 +208,7 @@ class _SlotStream:
 
 
 class _Peer:
-    __slots__ = ("live", "name", "pc", "publish_mid", "streams", "writers")
+    __slots__ = ("lane", "live", "name", "pc", "publish_mid", "streams", "writers")
 
     def __init__(self, name: str, pc: RTCPeerConnection) -> None:
         self.name = name
@@ -208,6 +217,7 @@ class _Peer:
         self.writers: list[rtc.RtpWriter] = []
         self.streams: list[_SlotStream] = []
         self.live = False  # connected and writers bound: receives forwarded audio
+        self.lane = -1  # its lane in the room's FanOut while live (direct path)
 
 
 class MediaRoom:
@@ -234,6 +244,14 @@ class MediaRoom:
         #: one `rtc.SenderReports` timer for the room's sender reports.
         self.direct = direct
         self._reports = rtc.SenderReports() if direct else None
+        # The direct path's fan-out: a numba kernel over per-listener arrays (imported
+        # here, so that only a server on the direct path loads numba; the kernel is
+        # compiled or loaded from numba's cache now, before any listener connects)
+        self._fan: FanOut | None = None
+        if direct:
+            from spacesim.rtc.native import FanOut
+
+            self._fan = FanOut(slots, _FRAME, _CLOCK_PER_MS)
         self._gate = gate
         self.slots = slots
         self.idle_ms = idle_ms
@@ -307,7 +325,8 @@ class MediaRoom:
                 w.direct = self.direct
                 if self._reports is not None:
                     self._reports.take_over(w)
-            peer.streams = [_SlotStream() for _ in shape.listen_mids]
+            if self._fan is None:
+                peer.streams = [_SlotStream() for _ in shape.listen_mids]
 
             @pc.on("connectionstatechange")
             def on_state() -> None:
@@ -342,14 +361,24 @@ class MediaRoom:
                 log.error("media: binding %s's writers failed; dropped", peer.name, exc_info=True)
                 self._drop(peer)
                 return
-            peer.live = True
-            self._subs = (*self._subs, peer)
+            self._go_live(peer)
             if self._reports is not None:
                 self._reports.add(peer.writers)
         elif state in ("failed", "closed") and self._peers.get(peer.name) is peer:
             self._drop(peer)
             if self.on_lost is not None:
                 self.on_lost(peer.name)
+
+    def _go_live(self, peer: _Peer) -> None:
+        """The peer receives forwarded audio from the next packet on (its lane, if any,
+        goes the Python way until its writers' direct path is up)."""
+        peer.live = True
+        self._subs = (*self._subs, peer)
+        fan = self._fan
+        if fan is not None:
+            peer.lane = fan.add(peer)
+            for k, w in enumerate(peer.writers):
+                w.attach(fan, k, peer.lane)
 
     def _drop(self, peer: _Peer) -> None:
         """Stop sending to a peer at once and close it in the background."""
@@ -363,6 +392,11 @@ class MediaRoom:
             self._reports.discard(peer.writers)
         peer.live = False
         self._subs = tuple(p for p in self._subs if p is not peer)
+        if peer.lane >= 0 and self._fan is not None:
+            for w in peer.writers:
+                w.detach()
+            self._fan.remove(peer.lane)
+            peer.lane = -1
         k = self._slot_of.get(peer.name)
         if k is not None:
             self._release(k)
@@ -498,7 +532,76 @@ class MediaRoom:
     async def _fan_out(
         self, src: _Peer | None, packet: rtc.RtpPacket, k: int, gen: int, now_ms: int
     ) -> None:
-        """Rewrite a slotted packet for each live listener here and send it."""
+        """Rewrite a slotted packet for each live listener here and send it.
+
+        On the direct path the `FanOut` kernel sends to every armed lane in one call;
+        it stops at a lane it cannot serve (`native.PYTHON`: not armed -- just
+        connected, a TURN relay, asyncio holding a queue -- with the rewritten numbers)
+        or whose ``sendto`` was refused (`native.SENDTO_FAILED`: the protected datagram
+        is in its scratch buffer), that lane is served here, and the kernel goes on
+        from the next one: one order of sends, one rewrite rule.
+        """
+        fan = self._fan
+        if fan is None:
+            await self._fan_out_py(src, packet, k, gen, now_ms)
+            return
+        from spacesim.rtc import native as nv
+
+        seq = packet.sequence_number
+        ts = packet.timestamp
+        marker = int(packet.marker)
+        payload = packet.payload
+        if type(payload) is not bytes:
+            payload = bytes(payload)
+        ntp = rtc.ntp_now()
+        skip = src.lane if src is not None else -1
+        busy = _FAULT_BUSY_NS
+        limit = 1 if busy else 1 << 30  # the fault hook burns between sends
+        out = fan.out
+        sent = 0
+        i = 0
+        while True:
+            res = fan.run(k, payload, seq, ts, marker, gen, now_ms, ntp, skip, i, limit)
+            sent += int(out[nv.O_SENT])
+            if res == nv.DONE:
+                break
+            i = int(out[nv.O_LANE])
+            if res == nv.LIMIT:
+                _burn(busy)
+                continue
+            sub: _Peer = fan.owners[i]
+            writer = sub.writers[k]
+            try:
+                if res == nv.PYTHON:
+                    out_seq, out_ts, mark = (
+                        int(out[nv.O_SEQ]),
+                        int(out[nv.O_TS]),
+                        int(out[nv.O_MARK]),
+                    )
+                    if writer.send_now(out_seq, out_ts, mark, payload, ntp):
+                        writer.arm()
+                    else:
+                        self.sent_async += 1  # not a plain UDP pair (e.g. TURN): the slow path
+                        await writer.write(out_seq, out_ts, mark, payload)
+                    sent += 1
+                elif res == nv.SENDTO_FAILED:  # counted as sent, as `send_now` counts it
+                    writer.requeue(fan.scratch[: int(out[nv.O_ARG])].tobytes())
+                else:  # nv.SRTP_FAILED
+                    raise srtp_error(int(out[nv.O_ARG]))
+            except Exception as exc:
+                self.send_errors += 1
+                if sub.live:  # once per connection: it leaves the fan-out at once
+                    log.warning("media: sending to %s failed (%r); dropped", sub.name, exc)
+                    self._drop(sub)
+            if busy:
+                _burn(busy)
+            i += 1
+        self.forwarded += sent
+
+    async def _fan_out_py(
+        self, src: _Peer | None, packet: rtc.RtpPacket, k: int, gen: int, now_ms: int
+    ) -> None:
+        """`_fan_out` on the earlier send path (``direct=False``): per listener in Python."""
         seq = packet.sequence_number
         ts = packet.timestamp
         marker = packet.marker

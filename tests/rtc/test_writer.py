@@ -254,5 +254,5 @@ async def test_taken_over_sender_sends_no_reports_of_its_own_and_bye_on_stop(
 
 
 def test_srtp_errors_are_pylibsrtp_errors() -> None:
-    assert str(writer_mod._srtp_error(10)) == str(pylibsrtp.ERRORS[10])
-    assert "error 999" in str(writer_mod._srtp_error(999))
+    assert str(writer_mod.srtp_error(10)) == str(pylibsrtp.ERRORS[10])
+    assert "error 999" in str(writer_mod.srtp_error(999))

@@ -325,10 +325,42 @@ async def test_closed_participant_stops_and_frees_slot(world: Any) -> None:
     assert room.speaker_slots() == {}
 
 
-async def test_a_late_packet_never_makes_the_next_speaker_reuse_a_sequence_number() -> None:
+class _FakeWriter:
+    """What the fan-out asks of an `RtpWriter` besides `send_now` (never armed: the
+    kernel hands every send of its lane back to `MediaRoom._fan_out`)."""
+
+    def attach(self, fan: object, k: int, lane: int) -> None:
+        pass
+
+    def detach(self) -> None:
+        pass
+
+    def arm(self) -> bool:
+        return False
+
+
+def _fake_peers(room: MediaRoom, *names: str, writers: Any) -> list[Any]:
+    """Fake peers made live in `room` as `MediaRoom._on_state` does (the earlier path's
+    `_SlotStream` s when the room has no `FanOut`)."""
     from spacesim.server.media import _Peer, _SlotStream
 
-    class Writer:
+    peers = []
+    for name in names:
+        peer = _Peer(name, None)  # type: ignore[arg-type]
+        peer.writers = [writers(name)]
+        if room._fan is None:
+            peer.streams = [_SlotStream()]
+        room._peers[name] = peer
+        room._go_live(peer)
+        peers.append(peer)
+    return peers
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "earlier"])
+async def test_a_late_packet_never_makes_the_next_speaker_reuse_a_sequence_number(
+    direct: bool,
+) -> None:
+    class Writer(_FakeWriter):
         def __init__(self) -> None:
             self.out: list[tuple[int, int, int]] = []
 
@@ -340,11 +372,8 @@ async def test_a_late_packet_never_makes_the_next_speaker_reuse_a_sequence_numbe
         def __init__(self, seq: int, ts: int) -> None:
             self.sequence_number, self.timestamp, self.marker, self.payload = seq, ts, 0, b"x"
 
-    room = MediaRoom(lambda name: True, slots=1, idle_ms=0)
-    a, b, listener = (_Peer(name, None) for name in "abl")  # type: ignore[arg-type]
-    for peer in (a, b, listener):
-        peer.writers, peer.streams, peer.live = [Writer()], [_SlotStream()], True
-    room._subs = (a, b, listener)
+    room = MediaRoom(lambda name: True, slots=1, idle_ms=0, direct=direct)
+    a, b, listener = _fake_peers(room, "a", "b", "l", writers=lambda name: Writer())
     for seq, ts, now in ((100, 96000, 0), (102, 97920, 20), (101, 96960, 21)):  # 101 is late
         await room._forward(a, Packet(seq, ts), now)  # type: ignore[arg-type]
     room._release(0)  # a's slot is freed (muted, or idle)
@@ -378,14 +407,14 @@ async def test_a_connect_superseded_by_a_newer_one_is_no_bad_offer() -> None:
     await room.close_all()
 
 
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "earlier"])
 async def test_a_failing_send_is_logged_once_and_drops_only_that_listener(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, direct: bool
 ) -> None:
     """A send error on the fast path is counted, logged once for the connection (which
     leaves the fan-out at once), and the other listeners go on."""
-    from spacesim.server.media import _Peer, _SlotStream
 
-    class Writer:
+    class Writer(_FakeWriter):
         def __init__(self, fail: bool) -> None:
             self.fail = fail
             self.sent = 0
@@ -400,12 +429,10 @@ async def test_a_failing_send_is_logged_once_and_drops_only_that_listener(
         def __init__(self, seq: int, ts: int) -> None:
             self.sequence_number, self.timestamp, self.marker, self.payload = seq, ts, 0, b"x"
 
-    room = MediaRoom(lambda name: True, slots=1)
-    speaker, bad, good = (_Peer(name, None) for name in ("speaker", "bad", "good"))  # type: ignore[arg-type]
-    for peer in (speaker, bad, good):
-        peer.writers, peer.streams, peer.live = [Writer(peer is bad)], [_SlotStream()], True  # type: ignore[list-item]
-        room._peers[peer.name] = peer
-    room._subs = (speaker, bad, good)
+    room = MediaRoom(lambda name: True, slots=1, direct=direct)
+    speaker, _bad, good = _fake_peers(
+        room, "speaker", "bad", "good", writers=lambda name: Writer(name == "bad")
+    )
     with caplog.at_level(logging.WARNING, logger="spacesim.server.media"):
         for i in range(5):
             await room._forward(speaker, Packet(100 + i, 960 * i), 20 * i)  # type: ignore[arg-type]
