@@ -34,6 +34,8 @@ from numba import njit, types
 from pylibsrtp._binding import ffi as _ffi
 from pylibsrtp._binding import lib as _lib
 
+from spacesim.rtc import internals as _i
+
 __all__ = ["FanOut", "load"]
 
 # The rows of FanOut.tab[k] (int64, one column per lane)
@@ -54,6 +56,12 @@ SCRATCH = 2048
 MAX_PACKET = SCRATCH - (16 + 128)
 _SYMBOL = "spacesim_srtp_protect"
 _U64 = (1 << 64) - 1
+
+
+_i.register(
+    __name__,
+    _i.attr(_lib, "srtp_protect", "pylibsrtp._binding lib.srtp_protect (libsrtp 2's signature)"),
+)
 
 
 def _signature_ok() -> bool:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import spacesim.rtc
+import spacesim.rtc.native  # the server imports it (numba); spacesim.rtc does not
 from spacesim import rtc
 from spacesim.rtc import internals
 

@@ -256,3 +256,53 @@ async def test_taken_over_sender_sends_no_reports_of_its_own_and_bye_on_stop(
 def test_srtp_errors_are_pylibsrtp_errors() -> None:
     assert str(writer_mod.srtp_error(10)) == str(pylibsrtp.ERRORS[10])
     assert "error 999" in str(writer_mod.srtp_error(999))
+
+
+async def test_a_kernel_lane_is_armed_after_a_send_and_disarmed_when_the_path_changes(
+    pc: RTCPeerConnection, link: Link
+) -> None:
+    """`arm` hands the writer's direct path to a fan-out lane once a send has looked it
+    up; the report folds the kernel's counts into aiortc's and, finding datagrams queued
+    in asyncio, disarms the lane (later packets go behind the queue, the Python way); a
+    refused kernel send goes to asyncio's transport (`requeue`); a "statechange" away
+    from connected disarms it too."""
+    from spacesim.rtc import native as nv
+
+    fan = nv.FanOut(1, 960, 48)
+    reports = rtc.SenderReports()
+    w = _writer(pc, link, reports)
+    lane = fan.add(w)
+    w.attach(fan, 0, lane)
+    assert not w.arm()  # no direct path looked up yet
+    assert w.send_now(1, 0, 0, b"a", 5) and w.arm() and fan.armed(0, lane)
+
+    def kernel(seq: int, payload: bytes) -> int:  # gen 1: the lane's offsets are seq -> seq
+        return fan.run(0, payload, seq, 960 * (seq - 1), 0, 1, seq, 9, -1, 0, 1 << 30)
+
+    fan.tab[0, nv.GEN, lane] = 1
+    fan.tab[0, nv.SEQ_OFF, lane] = fan.tab[0, nv.TS_OFF, lane] = 0
+    fan.tab[0, nv.LAST_SEQ, lane] = 1
+    assert kernel(2, b"bb") == nv.DONE and kernel(3, b"ccc") == nv.DONE
+    assert await link.received(3) == [
+        _expected(w, 1, 0, 0, b"a"),
+        _expected(w, 2, 960, 0, b"bb"),
+        _expected(w, 3, 1920, 0, b"ccc"),
+    ]
+    transport: Any = link.protocol.transport
+    transport._buffer.append((b"queued", link.pair.remote_addr))
+    reports._report(writer_mod._Group([w], 0.0))
+    sender: Any = w._sender
+    assert sender._RTCRtpSender__packet_count == 3  # 1 by send_now + 2 by the kernel
+    assert sender._RTCRtpSender__octet_count == 6
+    assert sender._RTCRtpSender__rtp_timestamp == 1920
+    assert not fan.armed(0, lane) and kernel(4, b"d") == nv.PYTHON
+    transport._buffer.clear()
+    assert w.send_now(4, 2880, 0, b"d", 9) and w.arm()
+    w.requeue(b"refused")  # asyncio sends it (nothing queued) and the lane goes Python
+    assert not fan.armed(0, lane) and w._d is None
+    assert w.send_now(5, 3840, 0, b"e", 9) and w.arm()
+    link.dtls._state = State.CLOSED
+    link.dtls.emit("statechange")
+    assert not fan.armed(0, lane)
+    w.detach()
+    assert w._lane is None
