@@ -1253,6 +1253,12 @@ def create_app(config: ServerConfig, store: Store | None = None) -> web.Applicat
         app.add_routes(cluster_api.routes)
 
     async def startup(app: web.Application) -> None:
+        # the media plane's fan-out kernel (numba): loaded from its cache (~0.3 s; the
+        # first start on a machine compiles it, ~1-3 s) before the first request, not
+        # when the first space's MediaRoom is created
+        from spacesim.rtc import native
+
+        native.load()
         if cluster is not None:  # before the first request: registered, spaces claimed
             await cluster.start(state)
         state.recordings.start()

@@ -562,12 +562,14 @@ class MediaRoom:
         i = 0
         while True:
             res = fan.run(k, payload, seq, ts, marker, gen, now_ms, ntp, skip, i, limit)
-            sent += int(out[nv.O_SENT])
+            n = int(out[nv.O_SENT])
+            sent += n
+            if busy and n:
+                _burn(busy * n)  # n <= 1: the kernel stops after each send
             if res == nv.DONE:
                 break
             i = int(out[nv.O_LANE])
             if res == nv.LIMIT:
-                _burn(busy)
                 continue
             sub: _Peer = fan.owners[i]
             writer = sub.writers[k]
@@ -584,6 +586,8 @@ class MediaRoom:
                         self.sent_async += 1  # not a plain UDP pair (e.g. TURN): the slow path
                         await writer.write(out_seq, out_ts, mark, payload)
                     sent += 1
+                    if busy:
+                        _burn(busy)
                 elif res == nv.SENDTO_FAILED:  # counted as sent, as `send_now` counts it
                     writer.requeue(fan.scratch[: int(out[nv.O_ARG])].tobytes())
                 else:  # nv.SRTP_FAILED
@@ -593,8 +597,6 @@ class MediaRoom:
                 if sub.live:  # once per connection: it leaves the fan-out at once
                     log.warning("media: sending to %s failed (%r); dropped", sub.name, exc)
                     self._drop(sub)
-            if busy:
-                _burn(busy)
             i += 1
         self.forwarded += sent
 

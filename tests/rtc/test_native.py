@@ -303,3 +303,37 @@ def test_the_kernel_is_cached_for_the_next_process() -> None:
     kernel: Any = nv._fan_out
     path = kernel._cache._cache_path  # numba/core/caching.py _CacheImpl: where it went
     assert any(f.startswith("native._fan_out-") and f.endswith(".nbi") for f in os.listdir(path))
+
+
+async def test_the_fault_hook_burns_once_per_send_on_both_ways(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``SPACESIM_TEST_FAULT_BUSY_US`` burns its time per send whether the kernel or the
+    Python way sent it (the kernel then stops after each send)."""
+    import time
+
+    from spacesim.server import media
+
+    room = MediaRoom(lambda n: True, slots=1)
+    fan = room._fan
+    assert fan is not None
+    lanes = []
+    for n in range(3):
+        peer = _Peer(f"l{n}", None)  # type: ignore[arg-type]
+        peer.writers = [Recorder()]  # type: ignore[list-item]
+        room._peers[peer.name] = peer
+        room._go_live(peer)
+        if n:
+            lanes.append(Lane(fan, 0, peer.lane, 0x4000 + n))
+    try:
+        monkeypatch.setattr(media, "_FAULT_BUSY_NS", 3_000_000)
+        t = time.thread_time()
+        await room._fan_out(None, Packet(1, 960, 0), 0, 1, 0)  # type: ignore[arg-type]
+        assert time.thread_time() - t >= 0.009  # 3 sends x 3 ms
+        assert room.forwarded == 3
+        await asyncio.sleep(0.02)
+        assert [len(lane.received()) for lane in lanes] == [1, 1]
+        await room.close_all()
+    finally:
+        for lane in lanes:
+            lane.close()
