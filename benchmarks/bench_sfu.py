@@ -61,7 +61,8 @@ the first ``recv()``. The warm-up also waits (up to ``MAX_WARMUP`` s) until the 
 listeners' latency stays below ``SETTLED_MS`` for 1 s, and the report says if it never
 did. What remains at N = 400 is CPU sharing: two cores carry the server (~0.35 core),
 the listener processes (~0.3-0.4 core), the kernel and whatever else runs; the
-sequential fan-out alone puts the last listener ~N x 15 us after the first. The
+sequential fan-out alone puts the last listener ~N x 7 us after the first (~N x 15 us
+before the fan-out kernel). The
 diagnostics line prints machine busy %, the listener processes' CPU and loop lag, and
 probe vs all-listener latency.
 
@@ -69,20 +70,32 @@ Client cost (tap listeners, before issue 15): with ``--workers 2`` the listener
 processes used ~0.9 core at N = 400 and the p99 was ~19 ms; 4 workers used ~1.0 core, 8
 used ~1.15 core. On the swarm's receive path they use ~0.3-0.4 core.
 
-On the final main of 2026-12-07 (c8596d7), the machine otherwise idle (51 % busy with
-this benchmark's own processes), ``--listeners 400 --relay-listeners 0
---captions-listeners 0``, 3 rounds: ``sfu_us_per_packet`` 19.3 us against 29.1 us on the
-earlier path in the same rounds (1.51x), ``sfu_latency_p99`` 8.7 ms (earlier path 10.3),
-p50 3.8 ms, delivery 1.00000.
+The fan-out kernel (``spacesim/rtc/native.py``, numba: the per-listener rewrite, RTP
+header, libsrtp's ``srtp_protect`` and libc's ``sendto`` for all listeners of a slot in
+one call; the Python send path only for listeners it cannot serve), measured alternately
+with the commit before it (856aea6, the direct path in Python), N = 400, ``--runs 1``
+x 3 rounds each, machine 62-91 % busy with other engineers' work:
+``sfu_us_per_packet`` **10.8 us** (9.8 / 10.8 / 10.9) against 14.9 (14.9 / 15.3 /
+14.9), -28 %; ``sfu_latency_p99`` 8.5 ms (10.5 / 7.9 / 8.5) against 19.5 (19.5 / 48.8 /
+12.5); delivery 1.00000. A default-case run (3 rounds, 33-83 % busy): 10.2 us against
+24.7 us on the earlier path (2.43x), p99 9.5 ms. Where the CPU goes now (``perf``): the
+kernel ~49 % (loopback ``sendto``: half of it is the receiving socket's enqueue and
+wake-up, charged to the sender), libsrtp/OpenSSL ~23 % (AES-GCM set-up per packet, the
+stream lookup by SSRC ~0.6 us), the interpreter ~22 % -- almost all of it outside the
+fan-out: ICE consent checks, RTCP, sender reports, asyncio (the idle share, ~2.6 us of
+each packet) -- and the kernel's own machine code ~1 %. Before the kernel (c8596d7, an
+idle machine): 19.3 us against 29.1 us on the earlier path, p99 8.7 ms; the same
+benchmark gave ~14-15 us on a busy machine that day. Why the idle machine gave more CPU
+per packet is not established (deeper CPU idle states between packets are a guess).
 
-Measured (issue 15 §3; 2 cores shared with four other engineers' test and benchmark
-load, so every figure is a median of rounds, the baseline is measured in the same
-rounds, and the latency tail also says how busy the machine was). Two runs of 3 rounds
-each, a few minutes apart, machine 82-94 % and ~60 % busy; absolute CPU figures moved
-by ~20 % between them (both paths alike), the ratio did not:
+Before the kernel, measured (issue 15 §3; 2 cores shared with four other engineers'
+test and benchmark load, so every figure is a median of rounds, the baseline is
+measured in the same rounds, and the latency tail also says how busy the machine was).
+Two runs of 3 rounds each, a few minutes apart, machine 82-94 % and ~60 % busy; absolute
+CPU figures moved by ~20 % between them (both paths alike), the ratio did not:
 
 ==========================================  =========================  ===============
-N = 400, median of 3 rounds                 direct path (now)          earlier path
+N = 400, median of 3 rounds                 direct path (Python)       earlier path
 ==========================================  =========================  ===============
 server us per forwarded packet, run 1       14.8 (13.7 / 14.8 / 15.9)  26.0 (25.4-26.8)
 server us per forwarded packet, run 2       18.7 (17.0 / 18.7 / 19.0)  32.3 (30.3-32.5)
@@ -100,7 +113,7 @@ ms): 14.8 vs 26.0 us.
 
 At the start of the work, on a quiet machine with the tap listeners: 27.6 us/packet
 (9.3 us of it idle), p99 660 ms (the listeners' own loop lag, ~72 ms p99, and their
-1.1 cores). Where the direct path's CPU goes (``perf`` on the server, N = 400): the
+1.1 cores). Where the direct path's CPU went before the kernel (``perf``, N = 400): the
 interpreter ~47 %, the kernel ~34 % (loopback ``sendto``: route lookup, the receiving
 socket's enqueue and wake-up are charged to the sender), libsrtp/OpenSSL (AES-GCM)
 ~13 %. One send in isolation (one socket, one SRTP context, all in cache) costs ~6 us,
