@@ -28,6 +28,10 @@ Modules, one concept each:
   sends no RTP on it; its RTCP sender reports are aiortc's own, or, given a
   :class:`SenderReports`, sent for all writers of a connection as one compound packet
   from one timer.
+* :mod:`.native` -- :class:`~spacesim.rtc.native.FanOut`: the server's fan-out as a
+  numba kernel (rewrite, header, libsrtp protect and ``sendto`` for every listener of a
+  slot in one call); writers lend it their direct path (``RtpWriter.arm``). Not imported
+  here: only the server loads numba.
 * :mod:`.jitter` -- :class:`AudioJitterBuffer`: aiortc's audio jitter buffer fed
   with packets built from bytes (probe listeners).
 * :mod:`.internals` -- the registry and the check.
