@@ -327,7 +327,11 @@ class FanOut:
         start: int,
         limit: int,
     ) -> int:
-        """Run the kernel on slot `k` from lane `start`; the result code (`out` says more)."""
+        """Run the kernel on slot `k` from lane `start`; the result code (`out` says more).
+
+        Every number is passed as a Python int: numba compiles one machine-code version
+        per argument types, so a float or numpy scalar would cost a compile (~1 s).
+        """
         return int(
             self.kernel(
                 self.tab[k],
@@ -336,15 +340,15 @@ class FanOut:
                 self.lenbuf,
                 self.out,
                 payload,
-                seq,
-                ts,
-                marker,
-                gen,
-                now_ms,
-                ntp - (1 << 64) if ntp >> 63 else ntp,  # NTP 32.32 is unsigned 64-bit
-                skip,
-                start,
-                limit,
+                int(seq),
+                int(ts),
+                int(marker),
+                int(gen),
+                int(now_ms),
+                int(ntp - (1 << 64) if ntp >> 63 else ntp),  # NTP 32.32 is unsigned 64-bit
+                int(skip),
+                int(start),
+                int(limit),
                 self.hi,
                 self.frame,
                 self.clock_per_ms,
