@@ -394,6 +394,9 @@ class RtpWriter:
         sa = d.sockaddr
         if sa is None or d.transport._buffer:
             return False
+        sock = d.transport._sock
+        if sock.family != (socket.AF_INET6 if len(sa) == 28 else socket.AF_INET):
+            return False  # aioice pairs candidates of one family; never send a mismatch
         fan, k, i = lane
         # pylibsrtp/__init__.py Session._srtp: the srtp_t; `keep` holds the Session (and
         # the transport, whose socket's fd the kernel writes) while the lane is armed
@@ -401,7 +404,7 @@ class RtpWriter:
             k,
             i,
             int(_ffi.cast("uintptr_t", d.srtp)),
-            d.transport._sock.fileno(),
+            sock.fileno(),
             sa,
             self.ssrc,
             self.payload_type,
