@@ -8,7 +8,8 @@ receive path or any decoding (`spacesim.rtc.receive_rtp_direct`).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import errno
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,11 +19,24 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from spacesim import rtc
 from spacesim.client.netem import Impairment, UdpRelay, blackhole_candidates, relay_answer
 
-__all__ = ["AudioLink", "ClientError", "RoomClient", "connect_audio"]
+__all__ = ["AudioLink", "ClientError", "RoomClient", "connect_audio", "refused"]
 
 
 #: The server's close code for an event stream whose token expired (docs/protocol.md).
 TOKEN_EXPIRED_CLOSE = 4401
+
+
+def refused(exc: BaseException) -> bool:
+    """A connect the peer's kernel refused (ECONNREFUSED: nothing listens on the port, as
+    after the server process died), as opposed to a timeout or a reset mid-request, which
+    a live but busy server can cause too. aiohttp raises ``ClientConnectorError`` with
+    the socket's error as ``os_error`` (aiohttp/connector.py ``_wrap_create_connection``).
+    """
+    os_error = getattr(exc, "os_error", None)
+    return isinstance(exc, aiohttp.ClientConnectorError) and (
+        isinstance(os_error, ConnectionRefusedError)
+        or getattr(os_error, "errno", None) == errno.ECONNREFUSED
+    )
 
 
 class ClientError(Exception):
@@ -185,8 +199,13 @@ class RoomClient:
         """Follow `user` (``POST /v1/follows``)."""
         await self._call("POST", "/v1/follows", {"user": user})
 
-    async def join(self, space: str, sdp: str | None = None) -> dict[str, Any]:
-        body = {"sdp": sdp} if sdp is not None else {}
+    async def join(
+        self, space: str, sdp: str | None = None, avoid: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        """`avoid`: cluster nodes not to place the audio on (docs/protocol.md, Cluster)."""
+        body: dict[str, Any] = {"sdp": sdp} if sdp is not None else {}
+        if avoid:
+            body["avoid"] = list(avoid)
         result: dict[str, Any] = await self._call("POST", f"/v1/spaces/{space}/join", body)
         return result
 
@@ -263,6 +282,7 @@ async def connect_audio(
     impair: tuple[Impairment, Impairment] | None = None,
     read_every: float | None = None,
     replay: float | None = None,
+    avoid: Sequence[str] = (),
 ) -> AudioLink:
     """Join `space` with audio; `on_rtp(slot, packet, arrival_ns)` gets every RTP packet,
     decrypted, with the monotonic time it reached the socket.
@@ -277,6 +297,8 @@ async def connect_audio(
 
     `replay` (s): instead of joining, hear the ended space's recording from that offset
     (``POST .../replay`` with the same offer; the link's ``join`` is that answer).
+
+    `avoid`: cluster nodes the join must not be placed on (the node just lost).
     """
     pc = rtc.new_peer_connection()
     if publish is not None:
@@ -290,7 +312,7 @@ async def connect_audio(
         offer = blackhole_candidates(offer)
     try:
         if replay is None:
-            data = await client.join(space, offer)
+            data = await client.join(space, offer, avoid)
         else:
             data = await client.replay(space, offer, replay)
     except BaseException:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -70,6 +70,11 @@ class Link(Protocol):
         """False once the connection closed or failed (ICE/DTLS), whatever the audio."""
         ...
 
+    def datagrams(self) -> int | None:
+        """Media datagrams (RTP and RTCP) received from the server so far, a liveness
+        signal that keeps coming while the room is silent; None: the link cannot tell."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -113,9 +118,11 @@ class SpaceClient(Protocol):
         path: NetworkProfile | None = None,
         read_every: float | None = None,
         seed: int = 0,
+        avoid: Sequence[str] = (),
     ) -> Link:
         """Join `space` with audio and wait until connected; `path` is the network profile
-        the client's datagrams go through (None: direct), `seed` its random source."""
+        the client's datagrams go through (None: direct), `seed` its random source,
+        `avoid` the cluster nodes not to be placed on (a target without nodes ignores it)."""
         ...
 
     async def act(self, space: str, action: str, **fields: str) -> dict[str, Any]: ...

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import aiohttp
@@ -50,6 +50,13 @@ class LiveLink:
 
     def alive(self) -> bool:
         return self.link.pc.connectionState not in ("closed", "failed")
+
+    def datagrams(self) -> int | None:
+        """RTP packets and RTCP sender reports taken off the socket so far (the direct
+        receive path's counters, `spacesim.rtc.DirectRtp`): the server sends each
+        connection an SR every 0.5-1.5 s even while every slot is silent."""
+        rx = self.link.rx
+        return None if rx is None else rx.rtp + rx.sender_reports
 
     async def close(self) -> None:
         await self.link.close()
@@ -148,6 +155,7 @@ class LiveClient:
         path: NetworkProfile | None = None,
         read_every: float | None = None,
         seed: int = 0,
+        avoid: Sequence[str] = (),
     ) -> LiveLink:
         link = await connect_audio(
             self.rc,
@@ -156,6 +164,7 @@ class LiveClient:
             publish=publish,
             impair=impairments(path, seed),
             read_every=read_every,
+            avoid=avoid,
         )
         node = link.join.get("node")
         url = node.get("url") if isinstance(node, dict) else None

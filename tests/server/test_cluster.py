@@ -404,3 +404,81 @@ async def test_two_nodes_on_a_postgresql_store(tmp_path: Path, pg_url: Callable[
                 track.stop()
                 for link in links:
                     await link.close()
+
+
+async def test_swarm_listeners_of_a_killed_node_move_within_5_s(tmp_path: Path) -> None:
+    """kill -9 a node carrying some of the swarm's listeners: each notices on its own
+    (its event stream breaks and reconnecting it is refused, or nothing, not even an
+    RTCP sender report, comes for `LIVENESS` s), rejoins naming the lost node, and is
+    placed on the live one within 5 s of the kill; its event stream follows it."""
+    import random
+
+    from spacesim.behaviour import PyRng
+    from spacesim.load.api import Context
+    from spacesim.load.dryrun import RowRecorder
+    from spacesim.load.host import Room
+    from spacesim.load.listener import ListenerSession
+    from spacesim.load.live import LiveClient
+    from spacesim.scenario import parse_scenario
+
+    sc = parse_scenario(
+        {
+            "name": "failover",
+            "duration": 60,
+            "seed": 3,
+            "rooms": {"count": 1, "cohosts": 0, "speakers": 0},
+            "speaking": {"active_speakers": 1},
+            "arrivals": {"kind": "constant", "rate": "10/s"},
+            "session": {"kind": "fixed", "mean": "60s"},
+            # half the listeners have an event stream (the fast signal), half not
+            "audience": {"hand_raise_rate": 0, "reaction_rate": 0, "report_rate": 0,
+                         "block_rate": 0, "events_share": 0.5},
+        }
+    )  # fmt: skip
+    with launch.cluster(tmp_path, nodes=2) as (_, procs):
+        (_, url1), (proc2, _) = procs
+        while _node(url1)["nodes"] < 2:
+            await asyncio.sleep(0.1)
+        async with aiohttp.ClientSession() as http:
+            rec = RowRecorder("failover", "load")
+            ctx = Context(
+                sc, lambda user, **kw: LiveClient(url1, user, http, **kw), rec,
+                rng=PyRng(random.Random(3)), network=False,
+            )  # fmt: skip
+            room = Room(ctx)
+            await room.start()
+            sessions = [ListenerSession(ctx, room.space) for _ in range(8)]
+            runs = [asyncio.ensure_future(s.run(60.0)) for s in sessions]
+            try:
+                while ctx.joined < len(sessions):
+                    assert not any(r.done() for r in runs), [r.result() for r in runs if r.done()]
+                    await asyncio.sleep(0.1)
+                await asyncio.sleep(1.5)
+                joined = {r[3]: json.loads(r[6]) for r in rec.rows if r[0] == "participant_joined"}
+                on_2 = {u for u, a in joined.items() if a.get("node") == "node-2"}
+                assert on_2 and len(on_2) < len(sessions), joined
+                os.kill(proc2.pid, signal.SIGKILL)
+                killed = time.time() - ctx.t0
+                moved: dict[str, dict[str, Any]] = {}
+                while len(moved) < len(on_2) and time.time() - ctx.t0 - killed < 8:
+                    await asyncio.sleep(0.1)
+                    for r in rec.rows:
+                        if r[0] == "reconnected":
+                            moved[r[3]] = json.loads(r[6]) | {"after": r[1] - killed}
+                assert set(moved) == on_2, moved  # nobody on node-1 moved
+                for user, m in moved.items():
+                    assert m["node"] == "node-1" and m["from"] == "node-2", (user, m)
+                    assert m["after"] < 5.0 and m["outage"] < 5.0, (user, m)
+                streams = {s.user for s in sessions if s.stream is not None and s.user in on_2}
+                assert all(moved[u]["cause"] == "stream" for u in streams), moved
+                await asyncio.sleep(1.0)  # the movers hear the host again, on node-1
+                for s in sessions:
+                    if s.user in on_2:
+                        assert s.link is not None and s.seen_at > time.monotonic() - 1.0
+            finally:
+                for r in runs:
+                    r.cancel()
+                await asyncio.gather(*runs, return_exceptions=True)
+                for s in sessions:
+                    await s.close()
+                await room.close()
