@@ -332,8 +332,8 @@ def _error(
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
+    if not request.body_exists:  # not `can_read_body`: False once read (the cluster's
+        return {}  # proxy reads it first, and answers here after a take-over)
     config, state = request.app[CONFIG], request.app[STATE]
     announced = request.content_length
     if announced is not None and announced > config.max_body:  # refused before reading
