@@ -78,6 +78,37 @@ class Link(Protocol):
     async def close(self) -> None: ...
 
 
+#: Seconds with nothing from the server (RTP or an RTCP sender report) after which the
+#: node carrying a link counts as gone: the longest SR interval (1.5 s,
+#: `spacesim.rtc.writer.SenderReports`, RFC 3550's randomised 0.5-1.5 s) plus 1 s for a
+#: loaded server's or client's loop. A silent room still sends SRs: not a failure.
+LIVENESS = 2.5
+WATCH = 0.25  # seconds between a watchdog's looks at a link's counters
+
+
+class Silence:
+    """How long a link has received nothing from the server (`Link.datagrams`)."""
+
+    def __init__(self) -> None:
+        self.seen = -1  # the link's count at the last look
+        self.at = time.monotonic()  # when that count last grew (or the link connected)
+
+    def reset(self) -> None:
+        """A new link: its clock starts now."""
+        self.seen, self.at = -1, time.monotonic()
+
+    def lost(self, link: Link) -> bool | None:
+        """True once nothing has come for `LIVENESS` s; None: the link cannot tell."""
+        n = link.datagrams()
+        if n is None:
+            return None
+        now = time.monotonic()
+        if n != self.seen:
+            self.seen, self.at = n, now
+            return False
+        return now - self.at > LIVENESS
+
+
 class SpaceClient(Protocol):
     """One user's requests to a server (docs/protocol.md)."""
 

@@ -41,9 +41,9 @@ decision is `spacesim.behaviour`'s:
   real client tells from its signalling connection: the event stream (opened on that
   node) breaks without the server saying why and reconnecting it is refused (nothing
   listens there any more: a kill -9 closes the node's sockets); or nothing at all has
-  come from the server for `LIVENESS` s -- not a packet, not an RTCP sender report,
-  which the server sends each connection every 0.5-1.5 s even while every slot is
-  silent, so a quiet room is not a failure. On a link that cannot count those
+  come from the server for `spacesim.load.api.LIVENESS` s -- not a packet, not an
+  RTCP sender report, which the server sends each connection every 0.5-1.5 s even
+  while every slot is silent, so a quiet room is not a failure. On a link that cannot count those
   (`Link.datagrams` None: Janus) the old rule stays: only without DTX, when stage
   members send every 20 ms even in pauses, and while this listener knows of no muted
   stage member, no audio for `STALL` s after some was heard. An action refused
@@ -74,13 +74,13 @@ from spacesim.client.listener import ListenerStats
 from spacesim.client.probe import ProbeStats
 from spacesim.client.session import ClientError, refused
 from spacesim.client.speaker import transcripts
-from spacesim.load.api import Context, Link, SpaceClient, Unsupported, sign_in
+from spacesim.load.api import WATCH, Context, Link, Silence, SpaceClient, Unsupported, sign_in
 from spacesim.load.captions import fragment_errors
 from spacesim.load.host import ACTION_TIMEOUT, node_attrs, path_attrs, quiet
 from spacesim.load.voice import clip_of, new_track
 from spacesim.scenario import NetworkProfile
 
-__all__ = ["LATENCY_SAMPLES", "LIVENESS", "STALL", "ListenerSession", "Outcome"]
+__all__ = ["LATENCY_SAMPLES", "STALL", "ListenerSession", "Outcome"]
 
 log = logging.getLogger("spacesim.load")
 
@@ -89,11 +89,6 @@ FIRST_AUDIO_TIMEOUT = 10.0
 LATENCY_SAMPLES = 10  # latency records per listener per window
 CLIP = 30.0  # seconds a listener's clip holds (the protocol's longest)
 STALL = 3.0  # seconds without audio after which a connection counts as dropped (no DTX)
-#: Seconds with nothing from the server (RTP or an RTCP sender report) after which its
-#: node counts as gone: the longest SR interval (1.5 s, `spacesim.rtc.writer.SenderReports`,
-#: RFC 3550's randomised 0.5-1.5 s) plus 1 s for a loaded server's or client's loop.
-LIVENESS = 2.5
-WATCH = 0.25  # seconds between the watchdog's looks at the link's counters
 QUIET_END = frozenset({"space_ended", "not_started", "removed", "blocked"})
 
 #: How a session ended: it ran, the join was refused, or the space was not (or no
@@ -138,8 +133,7 @@ class ListenerSession:
         self.node_lost: str | None = None  # why the audio's node counts as gone (None: it is not)
         self.lost_at = 0.0  # monotonic time it was noticed
         self.avoid: tuple[str, ...] = ()  # the node lost, until a rejoin lands elsewhere
-        self.seen = -1  # the link's datagram count at the watchdog's last look
-        self.seen_at = 0.0  # monotonic time that count last grew (or the link connected)
+        self.silence = Silence()  # since when nothing came on the link
         self.wake = asyncio.Event()  # set when the node is lost: rejoin before the tick
         self.stream: asyncio.Task[None] | None = None
         self.no_stream = False  # the target has no event stream (`Unsupported`)
@@ -184,7 +178,7 @@ class ListenerSession:
             seed=self._seed(),
             avoid=self.avoid,
         )
-        self.seen, self.seen_at = -1, time.monotonic()
+        self.silence.reset()
         return link
 
     async def act(
@@ -417,13 +411,10 @@ class ListenerSession:
             link = self.link
             if link is None or self.node_lost:
                 continue
-            n = link.datagrams()
-            if n is None:
+            lost = self.silence.lost(link)
+            if lost is None:
                 return
-            now = time.monotonic()
-            if n != self.seen:
-                self.seen, self.seen_at = n, now
-            elif now - self.seen_at > LIVENESS:
+            if lost:
                 self._lose("silence")
 
     async def _pause(self, delay: float) -> bool:
@@ -449,7 +440,7 @@ class ListenerSession:
         old_node = node_attrs(self.link.join).get("node") if self.link is not None else None
         if self.node_lost and old_node:
             self.avoid = (old_node,)
-        last_heard, lost_at = self.seen_at, self.lost_at if self.node_lost else t
+        last_heard, lost_at = self.silence.at, self.lost_at if self.node_lost else t
         if self.link is not None:
             await quiet(self.link.close())
         self.link = None

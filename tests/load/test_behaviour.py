@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from spacesim.load import listener
+from spacesim.load import api
 from spacesim.load.dryrun import dry_run
 from spacesim.load.voice import sender_id
 from spacesim.protocol import ACTIONS
@@ -399,7 +399,7 @@ async def _killing(
 async def test_listeners_of_a_silent_node_rejoin_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
     """Nothing from its node (no packet, no sender report) for `LIVENESS` s: the listener
     rejoins at once (not at its next tick), naming the node, and lands on the other."""
-    monkeypatch.setattr(listener, "LIVENESS", 1.5)
+    monkeypatch.setattr(api, "LIVENESS", 1.5)
     rows, server = await _killing(scenario(), 4.5, kill_at=1.5)
     joined = {r[3]: attrs(r)["node"] for r in rows if r[0] == "participant_joined" and r[2]}
     on_2 = {u for u, n in joined.items() if n == "node-2" and u.startswith("l-")}
@@ -407,7 +407,7 @@ async def test_listeners_of_a_silent_node_rejoin_elsewhere(monkeypatch: pytest.M
     assert on_2 and set(back) == on_2, (joined, back)
     for t, a in back.values():
         assert a["node"] == "node-1" and a["from"] == "node-2" and a["cause"] == "silence"
-        assert 1.5 < a["detect"] < 1.5 + 2 * listener.WATCH + 0.3, a
+        assert 1.5 < a["detect"] < 1.5 + 2 * api.WATCH + 0.3, a
         assert a["outage"] < 2.5 and t < 1.5 + 2.5, (t, a)
     assert {(u, a) for u, a in server.avoided if u in on_2} >= {(u, ("node-2",)) for u in on_2}
 
@@ -416,7 +416,7 @@ async def test_a_silent_room_on_a_live_node_is_not_a_failure(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Nobody talks (DTX): only sender reports arrive, and nobody rejoins."""
-    monkeypatch.setattr(listener, "LIVENESS", 1.5)
+    monkeypatch.setattr(api, "LIVENESS", 1.5)
     sc = scenario(speaking={"dtx": True, "active_speakers": 0})
     rows, _ = await _killing(sc, 4.0, kill_at=None)
     assert sum(1 for r in rows if r[0] == "participant_joined") >= 4
