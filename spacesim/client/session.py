@@ -40,13 +40,15 @@ def refused(exc: BaseException) -> bool:
 
 
 class ClientError(Exception):
-    """The server refused a request: HTTP status, protocol error code and its reason."""
+    """The server refused a request: HTTP status, protocol error code and its reason.
+    ``refused``: the server could not be reached because its port is closed (`refused`)."""
 
-    def __init__(self, status: int, code: str, reason: str) -> None:
+    def __init__(self, status: int, code: str, reason: str, *, refused: bool = False) -> None:
         super().__init__(f"{status} {code}: {reason}")
         self.status = status
         self.code = code
         self.reason = reason
+        self.refused = refused
 
 
 class RoomClient:
@@ -86,7 +88,9 @@ class RoomClient:
                     raise ClientError(r.status, data.get("error", "?"), data.get("reason", ""))
                 return data
         except aiohttp.ClientConnectionError as exc:
-            raise ClientError(0, "unreachable", f"{self.base}: {exc}") from None
+            raise ClientError(
+                0, "unreachable", f"{self.base}: {exc}", refused=refused(exc)
+            ) from None
 
     async def token(self) -> str:
         """A dev-mode token for this user (minted once, again when it expires)."""
@@ -157,7 +161,9 @@ class RoomClient:
                     raise ClientError(r.status, data.get("error", "?"), data.get("reason", ""))
                 return await r.read()
         except aiohttp.ClientConnectionError as exc:
-            raise ClientError(0, "unreachable", f"{self.base}: {exc}") from None
+            raise ClientError(
+                0, "unreachable", f"{self.base}: {exc}", refused=refused(exc)
+            ) from None
 
     async def replay(self, space: str, sdp: str, offset: float = 0.0) -> dict[str, Any]:
         """Hear the recording over WebRTC from `offset` s: ``{"sdp", "offset", "duration_s"}``."""

@@ -349,29 +349,33 @@ class Room:
         listener first may have been placed on a node other than the origin; it rejoins
         at once, naming that node (the join's ``avoid``)."""
         watched: dict[str, tuple[Link, Silence]] = {}
+        moving: set[str] = set()
         while not self.closed and not self.ended:
             await asyncio.sleep(WATCH)
             for m in list(self.members.values()):
                 link = m.link
-                if link is None:
+                if link is None or m.user in moving:
                     continue
                 seen = watched.get(m.user)
                 if seen is None or seen[0] is not link:
                     seen = watched[m.user] = (link, Silence())
                 if seen[1].lost(link) and not self.closed and m.link is link:
-                    await self._move(m, link, seen[1].at)
-                    seen[1].reset()  # a failed move is tried again after LIVENESS s
+                    moving.add(m.user)  # each member on its own: none waits for another
+                    self._task(self._move(m, link, seen[1], moving))
 
-    async def _move(self, m: Member, link: Link, last_heard: float) -> None:
+    async def _move(self, m: Member, link: Link, silence: Silence, moving: set[str]) -> None:
         """Rejoin member `m` away from the node its `link` died on."""
-        t = time.monotonic()
+        t, last_heard = time.monotonic(), silence.at
         old = node_attrs(link.join).get("node")
-        await quiet(link.close())
         try:
+            await quiet(link.close())
             await self._connect(m, (old,) if old else ())
         except Exception as exc:
             self.ctx.report("reconnect", time.monotonic() - t, exc)
+            silence.reset()  # tried again after LIVENESS s
             return
+        finally:
+            moving.discard(m.user)
         now = time.monotonic()
         self.ctx.report("reconnect", now - t, None)
         attrs: dict[str, Any] = node_attrs(m.link.join if m.link else {}) | {"cause": "silence"}
