@@ -24,6 +24,11 @@ again elsewhere within 5 s of the kill), ``failover_move_p50`` and ``failover_mo
 (s). There is no same-run baseline: the figure is a share against the issue's 5 s, and
 the old rule (3 s of no audio, then a rejoin that could land on the dead node) is gone.
 
+By hand, as the issue's done-when has it: ``spacesim cluster up --nodes 2`` (it prints
+the nodes' URLs and PIDs), ``spacesim load scenarios/town-hall.yaml
+--target URL -u 300 -t 60s --out DIR``, ``kill -9`` a node's PID and note ``date +%s.%N``;
+then ``bench_failover.py --analyse DIR KILL_UNIX --kill node-2``.
+
 Measured here: see the branch's report (the machine is shared: say its load average).
 """
 
@@ -132,13 +137,19 @@ def one_run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         if load.returncode != 0:
             tail = (workdir / "load.log").read_text(errors="replace")[-3000:]
             raise SystemExit(f"spacesim load failed ({load.returncode}):\n{tail}")
+    figures = analyse_run(out, killed, args.kill)
+    figures["loadavg_at_kill"] = round(load1, 2)
+    return figures
+
+
+def analyse_run(out: Path, killed: float, victim: str) -> dict[str, Any]:
+    """`analyse` of the run in `out`, the kill at unix time `killed`, and its delivery."""
     run = load_run(out)
     t0 = float(run.meta.extra["t0_unix"])
-    figures = analyse(run.records, killed - t0, args.kill)
+    figures = analyse(run.records, killed - t0, victim)
     summary = summarise_run(run)
     figures["delivery"] = float(summary.loc["delivery_ratio", "value"])
     figures["kill_at_run_s"] = round(killed - t0, 2)
-    figures["loadavg_at_kill"] = round(load1, 2)
     return figures
 
 
@@ -152,7 +163,18 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, default=2)
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--keep", help="keep each run's directory under this path")
+    ap.add_argument(
+        "--analyse",
+        nargs=2,
+        metavar=("RUN_DIR", "KILL_UNIX"),
+        help="only read a run made by hand (`spacesim cluster up` + `spacesim load "
+        "--target`, the node killed at unix time KILL_UNIX) and print its figures",
+    )
     args = ap.parse_args()
+    if args.analyse:
+        figures = analyse_run(Path(args.analyse[0]), float(args.analyse[1]), args.kill)
+        print(json.dumps(figures, sort_keys=True))
+        return
     results = []
     for i in range(args.runs):
         if args.keep:

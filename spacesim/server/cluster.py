@@ -381,8 +381,12 @@ class Cluster:
                 log.exception("cluster heartbeat failed")
 
     def _node_lost(self, node: str) -> None:
-        """A node's registry entry expired: its listeners' media died with it. They are
-        watched for presence as after any lost connection (they rejoin, placed again)."""
+        """A node's registry entry expired (or it refused a connection): its listeners'
+        media died with it. They are watched for presence as after any lost connection
+        (they rejoin, placed again). Listeners here of a space whose origin it was hear
+        nothing more (the space's next origin does not know them): their connections
+        are closed, so that they rejoin too (through a live node, which takes the space
+        over) rather than sit on a live but silent connection."""
         log.warning("cluster: node %s is gone", node)
         from spacesim.server.app import _watch_presence
 
@@ -392,6 +396,8 @@ class Cluster:
                 del users[user]
                 _watch_presence(self.state, space, user)
             self._retarget(space)
+        for space in [s for s, o in self.remote_origin.items() if o == node]:
+            self._spawn(self.remote_close(space, None))
 
     async def _adopt(self, state: ServerState) -> None:
         """After a (re)start: keep the recovered spaces no live node holds (claim them),
@@ -475,6 +481,8 @@ class Cluster:
         A client names a node only after its connection there died, and the registry
         notices a dead node only at its TTL (or a refused connect, `unreachable`): in
         between, without this, a rejoin could be sent straight back to the dead node.
+        The draw among the nodes left is `place_listener`'s, as in the simulator, which
+        models no node failures (`spacesim.sim.world`): `avoid` is the server's alone.
         """
         nodes = [n for n in self.nodes.values() if n.id not in avoid]
         if not nodes:

@@ -502,3 +502,86 @@ async def test_swarm_listeners_of_a_killed_node_move_within_5_s(tmp_path: Path) 
                 for s in sessions:
                     await s.close()
                 await room.close()
+
+
+@pytest.mark.slow
+async def test_swarm_survives_the_kill_of_its_target_and_origin_node(tmp_path: Path) -> None:
+    """kill -9 node-1, the swarm's target and the space's origin: every client's next
+    request there is refused, so it goes on through node-2 (a node it learned from a
+    join answer); node-2 takes the space over; every listener rejoins there within 5 s
+    and hears the host again once the host has rejoined."""
+    import random
+
+    from spacesim.behaviour import PyRng
+    from spacesim.load.api import Context
+    from spacesim.load.dryrun import RowRecorder
+    from spacesim.load.host import Room
+    from spacesim.load.listener import ListenerSession
+    from spacesim.load.live import LiveClient, Nodes
+    from spacesim.scenario import parse_scenario
+
+    sc = parse_scenario(
+        {
+            "name": "origin-kill",
+            "duration": 60,
+            "seed": 4,
+            "rooms": {"count": 1, "cohosts": 0, "speakers": 0},
+            "speaking": {"active_speakers": 1},
+            "arrivals": {"kind": "constant", "rate": "10/s"},
+            "session": {"kind": "fixed", "mean": "60s"},
+            "audience": {"hand_raise_rate": 0, "reaction_rate": 0, "report_rate": 0,
+                         "block_rate": 0, "events_share": 0.5},
+        }
+    )  # fmt: skip
+    with launch.cluster(tmp_path, nodes=2) as (_, procs):
+        (proc1, url1), (_, url2) = procs
+        while _node(url1)["nodes"] < 2:
+            await asyncio.sleep(0.1)
+        async with aiohttp.ClientSession() as http:
+            nodes = Nodes(url1)
+            rec = RowRecorder("origin-kill", "load")
+            ctx = Context(
+                sc, lambda user, **kw: LiveClient(url1, user, http, nodes=nodes, **kw), rec,
+                rng=PyRng(random.Random(4)), network=False,
+            )  # fmt: skip
+            room = Room(ctx)
+            await room.start()
+            sessions = [ListenerSession(ctx, room.space) for _ in range(6)]
+            runs = [asyncio.ensure_future(s.run(60.0)) for s in sessions]
+            try:
+                while ctx.joined < len(sessions):
+                    await asyncio.sleep(0.1)
+                await asyncio.sleep(1.5)
+                assert url2 in nodes.urls  # learned from a join placed there
+                os.kill(proc1.pid, signal.SIGKILL)
+                killed = time.time() - ctx.t0
+                moved: dict[str, dict[str, Any]] = {}
+                while len(moved) < len(sessions) and time.time() - ctx.t0 - killed < 10:
+                    await asyncio.sleep(0.1)
+                    for r in rec.rows:
+                        if r[0] == "reconnected" and r[3].startswith("l-"):
+                            moved[r[3]] = json.loads(r[6]) | {"after": r[1] - killed}
+                assert len(moved) == len(sessions), moved
+                assert all(m["node"] == "node-2" and m["after"] < 5.0 for m in moved.values()), (
+                    moved
+                )
+                deadline = time.monotonic() + 8
+                while time.monotonic() < deadline:  # the host rejoins through node-2 too
+                    await asyncio.sleep(0.2)
+                    if all(
+                        s.last_audio and s.last_audio > time.monotonic() - 1.5 for s in sessions
+                    ):
+                        break
+                late = [
+                    s.user
+                    for s in sessions
+                    if not s.last_audio or s.last_audio < time.monotonic() - 1.5
+                ]
+                assert not late, (late, moved)
+            finally:
+                for r in runs:
+                    r.cancel()
+                await asyncio.gather(*runs, return_exceptions=True)
+                for s in sessions:
+                    await s.close()
+                await room.close()
