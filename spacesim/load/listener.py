@@ -43,10 +43,10 @@ decision is `spacesim.behaviour`'s:
   listens there any more: a kill -9 closes the node's sockets); or nothing at all has
   come from the server for `spacesim.load.api.LIVENESS` s -- not a packet, not an
   RTCP sender report, which the server sends each connection every 0.5-1.5 s even
-  while every slot is silent, so a quiet room is not a failure. On a link that cannot count those
-  (`Link.datagrams` None: Janus) the old rule stays: only without DTX, when stage
-  members send every 20 ms even in pauses, and while this listener knows of no muted
-  stage member, no audio for `STALL` s after some was heard. An action refused
+  while every slot is silent, so a quiet room is not a failure. On a link that cannot
+  count those (`Link.datagrams` None: Janus) the old rule stays: only without DTX,
+  when stage members send every 20 ms even in pauses, and while this listener knows of
+  no muted stage member, no audio for `STALL` s after some was heard. An action refused
   ``not_present`` for the listener itself (the server restarted and does not know it
   yet) also counts as dropped. A rejoin after a lost node names it (the join's
   ``avoid``) so the cluster places the audio elsewhere; ``reconnected`` records say
