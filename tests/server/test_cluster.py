@@ -263,6 +263,43 @@ def test_placement_leaves_out_the_node_a_rejoining_client_lost() -> None:
     assert c.place(frozenset(c.nodes)).id in c.nodes  # nowhere else to go
 
 
+async def test_a_node_whose_entry_vanished_gives_up_the_spaces_taken_over(
+    tmp_path: Path,
+) -> None:
+    """A node's registry entry vanished (a stall past its TTL, or a peer found its port
+    closed) and another node took one of its spaces over meanwhile: at its next beat
+    the node notices (every field of its entry is new again) and keeps only the
+    spaces Redis still says are its own."""
+    from types import SimpleNamespace
+
+    import redis.asyncio as aioredis
+
+    from spacesim.server.cluster import Cluster
+
+    with launch.redis_server(tmp_path) as url:
+        c = Cluster(url, node_id="node-a", public_url="http://a", relay_host="127.0.0.1",
+                    secret=b"k", slots=3, beat=60)  # fmt: skip
+        state: Any = SimpleNamespace(rooms={"s-1": object(), "s-2": object()}, media={})
+        r = aioredis.Redis.from_url(url)
+        try:
+            await c.start(state)
+            assert await r.get("spacesim:space:s-1") == b"node-a"
+            await r.delete("spacesim:node:node-a")  # gone from the registry ...
+            other = {"url": "http://b", "relay_host": "127.0.0.1", "relay_port": 9}
+            await r.hset("spacesim:node:node-b", mapping=other)  # type: ignore[arg-type]
+            await r.sadd("spacesim:nodes", "node-b")
+            await r.set("spacesim:space:s-1", "node-b")  # ... and s-1 taken over
+            await c._refresh()
+            await c._register()  # the next beat
+            assert set(state.rooms) == {"s-2"} and c.origins["s-1"] == "node-b"
+            assert await r.get("spacesim:space:s-2") == b"node-a"
+            await c._register()  # an entry that did not vanish: nothing changes
+            assert set(state.rooms) == {"s-2"}
+        finally:
+            await c.close()
+            await r.aclose()
+
+
 @pytest.mark.slow
 def test_a_killed_node_is_noticed(tmp_path: Path) -> None:
     """kill -9 a node: the others drop it from the registry within its TTL (3 s)."""
