@@ -236,8 +236,8 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with launch.cluster(workdir, nodes, store=args.store) as (redis_url, procs):
         out.print(f"spacesim cluster: {nodes} nodes, Redis at {redis_url}, logs in {workdir}/")
-        for i, (_, url) in enumerate(procs, 1):
-            out.print(f"  node-{i}: {url}")
+        for i, (proc, url) in enumerate(procs, 1):
+            out.print(f"  node-{i}: {url}  (pid {proc.pid})")
         out.print(f"target any node, e.g. spacesim load SCENARIO --target {procs[0][1]}")
         told: set[int] = set()  # a node that dies is reported; the others go on
         try:

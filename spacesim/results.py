@@ -63,7 +63,12 @@ KINDS: Mapping[str, tuple[str, str]] = {
     "participant_joined": ("s", "a participant joined; value = join time (request to connected)"),
     "participant_left": ("s", "a participant left; value = time spent in the room"),
     "join_refused": ("", "a join was refused (admission control, cap, block); attrs.reason"),
-    "reconnected": ("s", "a dropped connection was re-established; value = time to rejoin"),
+    "reconnected": (
+        "s",
+        "a dropped connection was re-established; value = time to rejoin; attrs: node "
+        "(a cluster's), cause (stream, silence, not_present, dropped), from (the node "
+        "lost), outage (last datagram from it to connected again, s), detect (to noticed)",
+    ),
     "space_started": ("", "the host started the space"),
     "space_ended": ("", "the space ended"),
     "concurrency": ("count", "participants in the room at t (sampled every tick)"),

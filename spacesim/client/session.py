@@ -8,7 +8,8 @@ receive path or any decoding (`spacesim.rtc.receive_rtp_direct`).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import errno
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,21 +19,36 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from spacesim import rtc
 from spacesim.client.netem import Impairment, UdpRelay, blackhole_candidates, relay_answer
 
-__all__ = ["AudioLink", "ClientError", "RoomClient", "connect_audio"]
+__all__ = ["AudioLink", "ClientError", "RoomClient", "connect_audio", "refused"]
 
 
 #: The server's close code for an event stream whose token expired (docs/protocol.md).
 TOKEN_EXPIRED_CLOSE = 4401
 
 
-class ClientError(Exception):
-    """The server refused a request: HTTP status, protocol error code and its reason."""
+def refused(exc: BaseException) -> bool:
+    """A connect the peer's kernel refused (ECONNREFUSED: nothing listens on the port, as
+    after the server process died), as opposed to a timeout or a reset mid-request, which
+    a live but busy server can cause too. aiohttp raises ``ClientConnectorError`` with
+    the socket's error as ``os_error`` (aiohttp/connector.py ``_wrap_create_connection``).
+    """
+    os_error = getattr(exc, "os_error", None)
+    return isinstance(exc, aiohttp.ClientConnectorError) and (
+        isinstance(os_error, ConnectionRefusedError)
+        or getattr(os_error, "errno", None) == errno.ECONNREFUSED
+    )
 
-    def __init__(self, status: int, code: str, reason: str) -> None:
+
+class ClientError(Exception):
+    """The server refused a request: HTTP status, protocol error code and its reason.
+    ``refused``: the server could not be reached because its port is closed (`refused`)."""
+
+    def __init__(self, status: int, code: str, reason: str, *, refused: bool = False) -> None:
         super().__init__(f"{status} {code}: {reason}")
         self.status = status
         self.code = code
         self.reason = reason
+        self.refused = refused
 
 
 class RoomClient:
@@ -72,7 +88,9 @@ class RoomClient:
                     raise ClientError(r.status, data.get("error", "?"), data.get("reason", ""))
                 return data
         except aiohttp.ClientConnectionError as exc:
-            raise ClientError(0, "unreachable", f"{self.base}: {exc}") from None
+            raise ClientError(
+                0, "unreachable", f"{self.base}: {exc}", refused=refused(exc)
+            ) from None
 
     async def token(self) -> str:
         """A dev-mode token for this user (minted once, again when it expires)."""
@@ -143,7 +161,9 @@ class RoomClient:
                     raise ClientError(r.status, data.get("error", "?"), data.get("reason", ""))
                 return await r.read()
         except aiohttp.ClientConnectionError as exc:
-            raise ClientError(0, "unreachable", f"{self.base}: {exc}") from None
+            raise ClientError(
+                0, "unreachable", f"{self.base}: {exc}", refused=refused(exc)
+            ) from None
 
     async def replay(self, space: str, sdp: str, offset: float = 0.0) -> dict[str, Any]:
         """Hear the recording over WebRTC from `offset` s: ``{"sdp", "offset", "duration_s"}``."""
@@ -185,8 +205,13 @@ class RoomClient:
         """Follow `user` (``POST /v1/follows``)."""
         await self._call("POST", "/v1/follows", {"user": user})
 
-    async def join(self, space: str, sdp: str | None = None) -> dict[str, Any]:
-        body = {"sdp": sdp} if sdp is not None else {}
+    async def join(
+        self, space: str, sdp: str | None = None, avoid: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        """`avoid`: cluster nodes not to place the audio on (docs/protocol.md, Cluster)."""
+        body: dict[str, Any] = {"sdp": sdp} if sdp is not None else {}
+        if avoid:
+            body["avoid"] = list(avoid)
         result: dict[str, Any] = await self._call("POST", f"/v1/spaces/{space}/join", body)
         return result
 
@@ -263,6 +288,7 @@ async def connect_audio(
     impair: tuple[Impairment, Impairment] | None = None,
     read_every: float | None = None,
     replay: float | None = None,
+    avoid: Sequence[str] = (),
 ) -> AudioLink:
     """Join `space` with audio; `on_rtp(slot, packet, arrival_ns)` gets every RTP packet,
     decrypted, with the monotonic time it reached the socket.
@@ -277,6 +303,8 @@ async def connect_audio(
 
     `replay` (s): instead of joining, hear the ended space's recording from that offset
     (``POST .../replay`` with the same offer; the link's ``join`` is that answer).
+
+    `avoid`: cluster nodes the join must not be placed on (the node just lost).
     """
     pc = rtc.new_peer_connection()
     if publish is not None:
@@ -290,7 +318,7 @@ async def connect_audio(
         offer = blackhole_candidates(offer)
     try:
         if replay is None:
-            data = await client.join(space, offer)
+            data = await client.join(space, offer, avoid)
         else:
             data = await client.replay(space, offer, replay)
     except BaseException:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -70,7 +70,43 @@ class Link(Protocol):
         """False once the connection closed or failed (ICE/DTLS), whatever the audio."""
         ...
 
+    def datagrams(self) -> int | None:
+        """Media datagrams (RTP and RTCP) received from the server so far, a liveness
+        signal that keeps coming while the room is silent; None: the link cannot tell."""
+        ...
+
     async def close(self) -> None: ...
+
+
+#: Seconds with nothing from the server (RTP or an RTCP sender report) after which the
+#: node carrying a link counts as gone: the longest SR interval (1.5 s,
+#: `spacesim.rtc.writer.SenderReports`, RFC 3550's randomised 0.5-1.5 s) plus 1 s for a
+#: loaded server's or client's loop. A silent room still sends SRs: not a failure.
+LIVENESS = 2.5
+WATCH = 0.25  # seconds between a watchdog's looks at a link's counters
+
+
+class Silence:
+    """How long a link has received nothing from the server (`Link.datagrams`)."""
+
+    def __init__(self) -> None:
+        self.seen = -1  # the link's count at the last look
+        self.at = time.monotonic()  # when that count last grew (or the link connected)
+
+    def reset(self) -> None:
+        """A new link: its clock starts now."""
+        self.seen, self.at = -1, time.monotonic()
+
+    def lost(self, link: Link) -> bool | None:
+        """True once nothing has come for `LIVENESS` s; None: the link cannot tell."""
+        n = link.datagrams()
+        if n is None:
+            return None
+        now = time.monotonic()
+        if n != self.seen:
+            self.seen, self.at = n, now
+            return False
+        return now - self.at > LIVENESS
 
 
 class SpaceClient(Protocol):
@@ -113,9 +149,11 @@ class SpaceClient(Protocol):
         path: NetworkProfile | None = None,
         read_every: float | None = None,
         seed: int = 0,
+        avoid: Sequence[str] = (),
     ) -> Link:
         """Join `space` with audio and wait until connected; `path` is the network profile
-        the client's datagrams go through (None: direct), `seed` its random source."""
+        the client's datagrams go through (None: direct), `seed` its random source,
+        `avoid` the cluster nodes not to be placed on (a target without nodes ignores it)."""
         ...
 
     async def act(self, space: str, action: str, **fields: str) -> dict[str, Any]: ...

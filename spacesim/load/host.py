@@ -57,7 +57,7 @@ from typing import Any
 from spacesim import behaviour
 from spacesim.client.session import ClientError
 from spacesim.client.speaker import SpeakerTrack
-from spacesim.load.api import Context, Link, SpaceClient, Unsupported
+from spacesim.load.api import WATCH, Context, Link, Silence, SpaceClient, Unsupported
 from spacesim.load.voice import new_track
 from spacesim.policy import MAX_COHOSTS
 from spacesim.scenario import NetworkProfile
@@ -226,6 +226,7 @@ class Room:
         self.roles[self.user] = "host"
         await self._seat(Member(self.user, host, "host", self._talks(0)))
         self._task(self._watch())
+        self._task(self._guard())
         self._task(self._tick())
         if self.sc.timeline:
             self._task(self._timeline())
@@ -270,8 +271,9 @@ class Room:
             await self._seat(Member(who, ctx.clients(who), "speaker", self._talks(k)))
             k += 1
 
-    async def _connect(self, m: Member) -> NetworkProfile | None:
-        """Connect a stage member with a fresh track; returns the path it was dealt."""
+    async def _connect(self, m: Member, avoid: tuple[str, ...] = ()) -> NetworkProfile | None:
+        """Connect a stage member with a fresh track (not on the cluster nodes in
+        `avoid`); returns the path it was dealt."""
         m.track = new_track(
             self.ctx,
             self.space,
@@ -283,7 +285,7 @@ class Room:
         )
         path = self._path()
         m.link = await m.client.connect_audio(
-            self.space, ignore_rtp, publish=m.track, path=path, seed=self._seed()
+            self.space, ignore_rtp, publish=m.track, path=path, seed=self._seed(), avoid=avoid
         )
         return path
 
@@ -339,6 +341,48 @@ class Room:
             broke = True
             if not self.closed:
                 await asyncio.sleep(1.0)
+
+    async def _guard(self) -> None:
+        """The stage's links, as a listener watches its own (`spacesim.load.listener`):
+        nothing from the server for `LIVENESS` s -- no packet, no RTCP sender report --
+        means the node carrying that member's audio is gone. A member seated as a
+        listener first may have been placed on a node other than the origin; it rejoins
+        at once, naming that node (the join's ``avoid``)."""
+        watched: dict[str, tuple[Link, Silence]] = {}
+        moving: set[str] = set()
+        while not self.closed and not self.ended:
+            await asyncio.sleep(WATCH)
+            for m in list(self.members.values()):
+                link = m.link
+                if link is None or m.user in moving:
+                    continue
+                seen = watched.get(m.user)
+                if seen is None or seen[0] is not link:
+                    seen = watched[m.user] = (link, Silence())
+                if seen[1].lost(link) and not self.closed and m.link is link:
+                    moving.add(m.user)  # each member on its own: none waits for another
+                    self._task(self._move(m, link, seen[1], moving))
+
+    async def _move(self, m: Member, link: Link, silence: Silence, moving: set[str]) -> None:
+        """Rejoin member `m` away from the node its `link` died on."""
+        t, last_heard = time.monotonic(), silence.at
+        old = node_attrs(link.join).get("node")
+        try:
+            await quiet(link.close())
+            await self._connect(m, (old,) if old else ())
+        except Exception as exc:
+            self.ctx.report("reconnect", time.monotonic() - t, exc)
+            silence.reset()  # tried again after LIVENESS s
+            return
+        finally:
+            moving.discard(m.user)
+        now = time.monotonic()
+        self.ctx.report("reconnect", now - t, None)
+        attrs: dict[str, Any] = node_attrs(m.link.join if m.link else {}) | {"cause": "silence"}
+        if old:
+            attrs["from"] = old
+        attrs |= {"outage": round(now - last_heard, 4), "detect": round(t - last_heard, 4)}
+        self.ctx.add("reconnected", self.space, m.user, m.role, now - t, attrs)
 
     async def _rejoin_media(self) -> None:
         """Join again with each publisher (the server keeps roles across a rejoin)."""

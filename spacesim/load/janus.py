@@ -35,7 +35,7 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -126,6 +126,9 @@ class JanusLink:
 
     def alive(self) -> bool:
         return not self.hung_up and self.pc.connectionState not in ("closed", "failed")
+
+    def datagrams(self) -> int | None:
+        return None  # Janus's RTCP is not counted here: the listener falls back to audio
 
     def on_event(self, ev: dict[str, Any]) -> None:
         if ev.get("janus") in ("hangup", "detached"):
@@ -252,6 +255,7 @@ class JanusClient:
         path: NetworkProfile | None = None,
         read_every: float | None = None,
         seed: int = 0,
+        avoid: Sequence[str] = (),  # Janus has no cluster nodes
     ) -> JanusLink:
         impair = impairments(path, seed)
         if not self.videoroom:

@@ -36,12 +36,23 @@ decision is `spacesim.behaviour`'s:
   rejoins with a publish section (`spacesim.load.voice`) and talks in spurts until it
   leaves the stage; demoted, it keeps that connection and sends nothing. Muted, it
   unmutes itself after `behaviour.unmute_delay`.
-* A dropped connection is rejoined (``reconnected``): dropped = ICE/DTLS closed or
-  failed, or -- only without DTX, when stage members send every 20 ms even in pauses,
-  and while this listener knows of no muted stage member -- no audio for `STALL` s after
-  some was heard. With DTX, silence is normal, so only the connection state counts.
-  An action refused ``not_present`` for the listener itself (the server restarted and
-  does not know it yet) also counts as dropped.
+* A dropped connection is rejoined (``reconnected``) at once, not at the next tick:
+  dropped = ICE/DTLS closed or failed; or the node carrying the audio is gone, as a
+  real client tells from its signalling connection: the event stream (opened on that
+  node) breaks without the server saying why and reconnecting it is refused (nothing
+  listens there any more: a kill -9 closes the node's sockets); or nothing at all has
+  come from the server for `spacesim.load.api.LIVENESS` s -- not a packet, not an
+  RTCP sender report, which the server sends each connection every 0.5-1.5 s even
+  while every slot is silent, so a quiet room is not a failure. On a link that cannot
+  count those (`Link.datagrams` None: Janus) the old rule stays: only without DTX,
+  when stage members send every 20 ms even in pauses, and while this listener knows of
+  no muted stage member, no audio for `STALL` s after some was heard. An action refused
+  ``not_present`` for the listener itself (the server restarted and does not know it
+  yet) also counts as dropped. A rejoin after a lost node names it (the join's
+  ``avoid``) so the cluster places the audio elsewhere; ``reconnected`` records say
+  ``cause``, the node left (``from``), the new ``node``, ``outage`` (the last datagram
+  from the old node to connected again, s) and ``detect`` (to the loss noticed, s); the
+  event stream is reopened on the new node.
 * On a target that lacks an action or the event stream (`spacesim.load.targets`), each
   attempt is recorded as ``action_unsupported`` (attrs.action) and the session goes on.
 * The space ending (``space_ended`` event, or a join refused ``space_ended``), or being
@@ -61,9 +72,9 @@ from typing import Any, Literal
 from spacesim import behaviour
 from spacesim.client.listener import ListenerStats
 from spacesim.client.probe import ProbeStats
-from spacesim.client.session import ClientError
+from spacesim.client.session import ClientError, refused
 from spacesim.client.speaker import transcripts
-from spacesim.load.api import Context, Link, SpaceClient, Unsupported, sign_in
+from spacesim.load.api import WATCH, Context, Link, Silence, SpaceClient, Unsupported, sign_in
 from spacesim.load.captions import fragment_errors
 from spacesim.load.host import ACTION_TIMEOUT, node_attrs, path_attrs, quiet
 from spacesim.load.voice import clip_of, new_track
@@ -119,6 +130,11 @@ class ListenerSession:
         self.received = 0
         self.lost = 0
         self.last_audio: float | None = None  # monotonic time of the last window with audio
+        self.node_lost: str | None = None  # why the audio's node counts as gone (None: it is not)
+        self.lost_at = 0.0  # monotonic time it was noticed
+        self.avoid: tuple[str, ...] = ()  # the node lost, until a rejoin lands elsewhere
+        self.silence = Silence()  # since when nothing came on the link
+        self.wake = asyncio.Event()  # set when the node is lost: rejoin before the tick
         self.stream: asyncio.Task[None] | None = None
         self.no_stream = False  # the target has no event stream (`Unsupported`)
         self.stream_ready = asyncio.Event()
@@ -141,6 +157,7 @@ class ListenerSession:
         return int(self.rng.uniform() * 2**32)
 
     async def _connect(self) -> Link:
+        """A new audio link (away from `avoid`); the watchdog's clock restarts with it."""
         track = None
         if self.speaking:
             track = new_track(
@@ -152,14 +169,17 @@ class ListenerSession:
                 rng=self.rng,
                 gate=lambda: self.role != "listener" and not self.muted,
             )
-        return await self.client.connect_audio(
+        link = await self.client.connect_audio(
             self.space,
             self.stats.on_rtp,
             publish=track,
             path=self.path,
             read_every=self.stats.read_every,
             seed=self._seed(),
+            avoid=self.avoid,
         )
+        self.silence.reset()
+        return link
 
     async def act(
         self, action: str, expected: frozenset[str] = frozenset(), **fields: str | None
@@ -226,6 +246,7 @@ class ListenerSession:
         self.setting = str(space.get("who_may_speak") or self.setting)
         self.recorded = bool(space.get("recording"))
         ctx.active[self.user] = self.space
+        self._task(self._watch())
         try:
             if self.subscribes:
                 await self._open_stream()
@@ -259,7 +280,8 @@ class ListenerSession:
         end = loop.time() + length
         first_reported = False
         while not first_reported or loop.time() < end:
-            await asyncio.sleep(min(TICK, max(end - loop.time(), 0.05)))
+            if not await self._pause(min(TICK, max(end - loop.time(), 0.05))):
+                break  # lost the node, and the server will not have us back
             if not first_reported:
                 first = self.stats.first_audio_ns
                 if first is None and self.link is not None and self.link.join.get("marks") is False:
@@ -364,23 +386,67 @@ class ListenerSession:
     # ------------------------------------------------------------------ connection
 
     def gone(self) -> bool:
-        """The connection closed or failed, or (no DTX, nobody known muted) audio stopped."""
-        if self.dropped or self.link is None or not self.link.alive():
+        """The connection closed or failed, or its node is gone (`_watch`, the event
+        stream), or (a link without counters, no DTX, nobody known muted) audio stopped."""
+        if self.dropped or self.node_lost or self.link is None or not self.link.alive():
             return True
+        if self.link.datagrams() is not None:
+            return False  # the watchdog tells, from the server's RTP and RTCP
         sp = self.sc.speaking
         if sp.dtx or sp.active_speakers == 0 or self.others_muted:
             return False
         return self.last_audio is not None and time.monotonic() - self.last_audio > STALL
 
+    def _lose(self, cause: str) -> None:
+        """The node carrying the audio is gone: rejoin now (`_pause`), elsewhere."""
+        if self.node_lost is None and not self.over:
+            self.node_lost, self.lost_at = cause, time.monotonic()
+            self.wake.set()
+
+    async def _watch(self) -> None:
+        """The watchdog: nothing from the server for `LIVENESS` s means its node is gone
+        (a link that cannot count its datagrams is left to `gone`'s audio rule)."""
+        while not self.over:
+            await asyncio.sleep(WATCH)
+            link = self.link
+            if link is None or self.node_lost:
+                continue
+            lost = self.silence.lost(link)
+            if lost is None:
+                return
+            if lost:
+                self._lose("silence")
+
+    async def _pause(self, delay: float) -> bool:
+        """Wait `delay` s, rejoining at once if the node is lost on the way; False when
+        the server will not have us back (the session is over)."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + delay
+        while (left := until - loop.time()) > 0:
+            try:
+                await asyncio.wait_for(self.wake.wait(), left)
+            except TimeoutError:
+                return True
+            self.wake.clear()
+            if self.node_lost and not self.over and not await self._reconnect():
+                return False
+        return True
+
     async def _reconnect(self) -> bool:
         """Rejoin after a dropped connection; False when the server will not have us back."""
         ctx = self.ctx
         t = time.monotonic()
+        cause = self.node_lost or ("not_present" if self.dropped else "dropped")
+        old_node = node_attrs(self.link.join).get("node") if self.link is not None else None
+        if self.node_lost and old_node:
+            self.avoid = (old_node,)
+        last_heard, lost_at = self.silence.at, self.lost_at if self.node_lost else t
         if self.link is not None:
             await quiet(self.link.close())
         self.link = None
         self.last_audio = None
         self.dropped = False
+        self.node_lost = None
         try:
             self.link = await self._connect()
         except ClientError as exc:
@@ -393,9 +459,21 @@ class ListenerSession:
         except Exception as exc:  # the server may still be coming back: retry next tick
             ctx.report("reconnect", time.monotonic() - t, exc)
             return True
-        took = time.monotonic() - t
+        now = time.monotonic()
+        took = now - t
         ctx.report("reconnect", took, None)
-        ctx.add("reconnected", self.space, self.user, self.role, took, node_attrs(self.link.join))
+        attrs: dict[str, Any] = node_attrs(self.link.join) | {"cause": cause}
+        if self.avoid:
+            attrs["from"] = self.avoid[0]
+        if last_heard:
+            attrs["outage"] = round(now - last_heard, 4)
+            attrs["detect"] = round(max(lost_at - last_heard, 0.0), 4)
+        ctx.add("reconnected", self.space, self.user, self.role, took, attrs)
+        self.avoid = ()
+        if self.stream is not None:  # it followed the old node: open it on the new one
+            self.stream.cancel()
+            self.stream = None
+            self._task(self._open_stream())
         return True
 
     async def _speak(self) -> None:
@@ -434,9 +512,29 @@ class ListenerSession:
             self.temporary_stream = False
 
     async def _read_stream(self) -> None:
+        """Read the event stream; when it breaks without the server saying why, reopen
+        it at once (at most once a second): a refused reopen means its node is gone."""
+        reopened = 0.0
+        while not self.over:
+            said, got = await self._read_events()
+            if said is None or said or self.over:
+                return  # cancelled, unsupported, or closed by the server on purpose
+            if got is False:  # the (re)connect itself failed
+                return
+            if time.monotonic() - reopened < 1.0:
+                await asyncio.sleep(1.0)
+            reopened = time.monotonic()
+
+    async def _read_events(self) -> tuple[bool | None, bool]:
+        """One connection of the event stream: (the server ended it with an error frame,
+        any message came); (None, ...) when there is nothing more to try."""
         clock = self.ctx.clock
+        said, got = False, False
         try:
             async for msg in self.client.events(self.space):
+                got = True
+                if msg.get("type") == "error":
+                    said = True
                 if msg.get("type") != "event":
                     snap = msg.get("space") or {}
                     if isinstance(snap, dict) and snap.get("who_may_speak"):
@@ -457,10 +555,16 @@ class ListenerSession:
         except Unsupported as exc:  # the target has none: no events_received records either
             self.ctx.unsupported(exc.action, self.space, self.user, self.role)
             self.no_stream = True
-        except Exception as exc:  # the stream broke: the connection check handles the rest
+            return None, got
+        except Exception as exc:  # the stream broke
             log.debug("%s: event stream: %r", self.user, exc)
+            if not got:
+                if refused(exc):  # nothing listens where the stream (and audio) was
+                    self._lose("stream")
+                return False, False
         finally:
             self.stream_ready.set()
+        return said, got
 
     def _caption(self, msg: dict[str, Any], delivery: float) -> None:
         """A final caption: its latency (the speech's start reaching the server, to here:

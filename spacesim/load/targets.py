@@ -51,9 +51,9 @@ def client_factory(url: str, http: aiohttp.ClientSession) -> ClientFactory:
         from spacesim.load.janus import JanusFactory
 
         return JanusFactory(url, http)
-    from spacesim.load.live import LiveClient
+    from spacesim.load.live import LiveClient, Nodes
 
-    return functools.partial(LiveClient, url, http=http)
+    return functools.partial(LiveClient, url, http=http, nodes=Nodes(url))
 
 
 def check_janus(url: str, timeout: float = 5.0) -> dict[str, Any]:

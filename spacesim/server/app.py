@@ -332,8 +332,8 @@ def _error(
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
+    if not request.body_exists:  # not `can_read_body`: False once read (the cluster's
+        return {}  # proxy reads it first, and answers here after a take-over)
     config, state = request.app[CONFIG], request.app[STATE]
     announced = request.content_length
     if announced is not None and announced > config.max_body:  # refused before reading
@@ -741,6 +741,9 @@ async def join_space(request: web.Request) -> web.Response:
     offer = body.get("sdp")
     if offer is not None and (not isinstance(offer, str) or "v=0" not in offer):
         raise ProtocolError("bad_sdp", "'sdp' must be an SDP offer", {"slots": state.config.slots})
+    avoid = body.get("avoid", [])  # cluster nodes the client just lost its media on
+    if not isinstance(avoid, list) or len(avoid) > 16 or not all(isinstance(a, str) for a in avoid):
+        raise ProtocolError("bad_request", "'avoid' must be a list of at most 16 node ids")
     user = claims.sub
     present = room.space.role_of(user) is not None
     if not present:
@@ -751,7 +754,7 @@ async def join_space(request: web.Request) -> web.Response:
     answer = None
     if offer is not None:
         try:
-            answer = await _connect(state, room, user, offer)
+            answer = await _connect(state, room, user, offer, frozenset(avoid))
         except ProtocolError as exc:
             if not present and exc.code != "conflict":  # conflict: a newer join goes on
                 room.leave(user)
@@ -803,14 +806,16 @@ def _admit(state: ServerState, room: Room) -> None:
         )
 
 
-async def _connect(state: ServerState, room: Room, user: str, offer: str) -> str:
+async def _connect(
+    state: ServerState, room: Room, user: str, offer: str, avoid: frozenset[str] = frozenset()
+) -> str:
     """The SDP answer; what went wrong, if anything, as the client's fault (bad_sdp),
     a race (not_present, conflict) or the server's (media_setup_failed, logged by
     `MediaRoom.connect` with its cause)."""
     from spacesim.server.media import MediaRoom, Superseded
 
     if state.cluster is not None:  # a listener may be placed on another node
-        placed, _ = await state.cluster.connect(room, user, offer)
+        placed, _ = await state.cluster.connect(room, user, offer, avoid)
         if placed is not None:
             return str(placed)
     media = state.media.get(room.id)

@@ -44,6 +44,7 @@ import redis.asyncio as aioredis  # here, not at start(): loaded before `serve` 
 from aiohttp import web
 
 from spacesim import behaviour, rtc
+from spacesim.client.session import refused
 from spacesim.server.room import BUFFER_LIMIT, Subscriber, text_frame
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
     from spacesim.server.media import MediaRoom
     from spacesim.server.room import Room
 
-__all__ = ["Cluster", "NodeInfo", "Relay", "internal_key"]
+__all__ = ["Cluster", "NodeGone", "NodeInfo", "Relay", "internal_key"]
 
 log = logging.getLogger("spacesim.server.cluster")
 
@@ -255,6 +256,7 @@ class Cluster:
         self._cpu = (time.process_time(), time.monotonic())
         self.cpu = 0.0  # share of one core this process used over the last beat
         self.closed_forwarded = 0  # packets forwarded by remote rooms already closed
+        self.registered = False  # the first registration is done
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -335,7 +337,14 @@ class Cluster:
             pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
             pipe.pexpire(key, int(self.ttl * 1000))
             pipe.sadd(f"{PREFIX}nodes", self.id)
-            await pipe.execute()
+            added, *_ = await pipe.execute()
+        if added == len(fields) and self.registered and self.state is not None:
+            # HSET counted every field as new: our entry had gone (its TTL ran out during
+            # a stall, or a peer found our port closed, `unreachable`), so other nodes
+            # may have taken our spaces over. Keep only those Redis still says are ours.
+            log.warning("cluster: this node's registry entry had expired; re-adopting")
+            await self._adopt(self.state)
+        self.registered = True
 
     async def _refresh(self) -> None:
         """Read the live nodes; forget what lived on a node whose entry expired."""
@@ -372,8 +381,12 @@ class Cluster:
                 log.exception("cluster heartbeat failed")
 
     def _node_lost(self, node: str) -> None:
-        """A node's registry entry expired: its listeners' media died with it. They are
-        watched for presence as after any lost connection (they rejoin, placed again)."""
+        """A node's registry entry expired (or it refused a connection): its listeners'
+        media died with it. They are watched for presence as after any lost connection
+        (they rejoin, placed again). Listeners here of a space whose origin it was hear
+        nothing more (the space's next origin does not know them): their connections
+        are closed, so that they rejoin too (through a live node, which takes the space
+        over) rather than sit on a live but silent connection."""
         log.warning("cluster: node %s is gone", node)
         from spacesim.server.app import _watch_presence
 
@@ -383,6 +396,8 @@ class Cluster:
                 del users[user]
                 _watch_presence(self.state, space, user)
             self._retarget(space)
+        for space in [s for s, o in self.remote_origin.items() if o == node]:
+            self._spawn(self.remote_close(space, None))
 
     async def _adopt(self, state: ServerState) -> None:
         """After a (re)start: keep the recovered spaces no live node holds (claim them),
@@ -393,6 +408,10 @@ class Cluster:
             owner_id = _text(owner) if owner else None
             if owner_id and owner_id != self.id and owner_id in self.nodes:
                 del state.rooms[space_id]
+                self.origins[space_id] = owner_id
+                media = state.media.pop(space_id, None)
+                if media is not None:  # taken over while we stalled: its clients rejoin there
+                    await media.close_all()
             else:
                 await self.claim(space_id)
 
@@ -454,9 +473,20 @@ class Cluster:
 
     # ------------------------------------------------------------------ placement
 
-    def place(self) -> NodeInfo:
-        """The node a new listener's media goes to (`behaviour.place_listener`)."""
-        nodes = list(self.nodes.values()) or [self._me()]
+    def place(self, avoid: frozenset[str] = frozenset()) -> NodeInfo:
+        """The node a new listener's media goes to (`behaviour.place_listener`).
+
+        `avoid`: nodes the client just lost its media on (the join's ``avoid``): left out
+        of the draw, as a node whose entry expired is, unless no other node is live.
+        A client names a node only after its connection there died, and the registry
+        notices a dead node only at its TTL (or a refused connect, `unreachable`): in
+        between, without this, a rejoin could be sent straight back to the dead node.
+        The draw among the nodes left is `place_listener`'s, as in the simulator, which
+        models no node failures (`spacesim.sim.world`): `avoid` is the server's alone.
+        """
+        nodes = [n for n in self.nodes.values() if n.id not in avoid]
+        if not nodes:
+            nodes = list(self.nodes.values()) or [self._me()]
         i = behaviour.place_listener(
             len(nodes), lambda i: nodes[i].listeners, lambda i: True, self.rng
         )
@@ -469,11 +499,15 @@ class Cluster:
         host, port = self.relay.transport.get_extra_info("sockname")[:2]
         return NodeInfo(self.id, self.url, (host, port), self.local_listeners(), self.cpu)
 
-    async def connect(self, room: Room, user: str, offer: str) -> tuple[str | None, str]:
+    async def connect(
+        self, room: Room, user: str, offer: str, avoid: frozenset[str] = frozenset()
+    ) -> tuple[str | None, str]:
         """Place a participant's media: (SDP answer, node id), or (None, this node's id)
-        when it goes here. The stage's connections stay on the origin."""
+        when it goes here. The stage's connections stay on the origin; a listener is not
+        placed on a node in `avoid` (`place`)."""
         role = room.space.role_of(user)
-        node = self._me() if role is None or role.value != "listener" else self.place()
+        listener = role is not None and role.value == "listener"
+        node = self.place(avoid) if listener else self._me()
         old = self.placed.get(room.id, {}).pop(user, None)
         self._retarget(room.id)
         if old is not None and old != node.id:
@@ -486,8 +520,10 @@ class Cluster:
                 f"/cluster/v1/media/{room.id}/connect",
                 {"user": user, "sdp": offer, "origin": self.id},
             )
-        except ConnectionError:  # it died since its last heartbeat: carry them here
+        except ConnectionError as exc:  # it died since its last heartbeat: carry them here
             log.warning("cluster: node %s unreachable; %s connects here", node.id, user)
+            if isinstance(exc, NodeGone):
+                await self.unreachable(node.id)
             return None, self.id
         except NodeRefused as exc:  # its answer is the client's (bad_sdp) or a fault
             from spacesim.protocol import ProtocolError
@@ -568,7 +604,8 @@ class Cluster:
                     raise NodeRefused(r.status, data if isinstance(data, dict) else {})
                 return dict(data)
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-            raise ConnectionError(f"{node.url}: {exc}") from None
+            kind = NodeGone if refused(exc) else ConnectionError
+            raise kind(f"{node.url}: {exc}") from None
 
     async def _post(self, node_id: str, path: str, body: dict[str, Any]) -> None:
         node = self.nodes.get(node_id)
@@ -578,6 +615,25 @@ class Cluster:
             await self._call(node, path, body)
         except Exception as exc:
             log.info("cluster: %s on %s failed: %s", path, node_id, exc)
+
+    async def unreachable(self, node_id: str) -> None:
+        """A connect to `node_id` was refused: nothing listens on its port any more, so
+        its process is gone (after a kill -9 the kernel answers a SYN to the closed port
+        with a RST; a live but busy node would time out instead, and is left to its TTL).
+        Its registry entry is deleted now rather than at its TTL, so no node places
+        listeners on it and its spaces can be taken over at once (`origin_of`). Were
+        it alive after all, its next beat finds its entry gone and re-adopts (`_register`).
+        """
+        if node_id == self.id or node_id not in self.nodes:
+            return
+        assert self.redis is not None
+        log.warning("cluster: node %s refused a connection: taken as gone", node_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self._node_key(node_id))
+            pipe.srem(f"{PREFIX}nodes", node_id)
+            await pipe.execute()
+        if self.nodes.pop(node_id, None) is not None:
+            self._node_lost(node_id)
 
     def trusted(self, request: web.Request) -> bool:
         return hmac.compare_digest(request.headers.get(NODE_HEADER, ""), self.key.hex())
@@ -712,6 +768,10 @@ class Cluster:
             "relay_refused": relay.refused if relay else 0,
             "cpu_s": time.process_time(),
         }
+
+
+class NodeGone(ConnectionError):
+    """Another node refused the connection: its port is closed (`Cluster.unreachable`)."""
 
 
 class NodeRefused(Exception):

@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 from aiohttp import WSMsgType, web
 
+from spacesim.client.session import refused
 from spacesim.protocol import PROTOCOL_VERSION, ProtocolError
 from spacesim.server.app import (
     CLOSE_GRACE_S,
@@ -30,7 +31,7 @@ from spacesim.server.app import (
     media_setup_errors,
 )
 from spacesim.server.auth import SPACE_JOIN
-from spacesim.server.cluster import Cluster, NodeInfo
+from spacesim.server.cluster import Cluster, NodeGone, NodeInfo
 from spacesim.server.room import RateLimiter, Subscriber
 
 __all__ = ["node", "route", "routes"]
@@ -63,16 +64,22 @@ async def route(request: web.Request, handler: Handler) -> web.StreamResponse:
     space = request.match_info.get("space")
     if space is None or space in state.rooms or request.path.startswith("/cluster/"):
         return await handler(request)
-    origin = await cluster.origin_of(space)
-    if origin is None:  # here, unknown, or its origin is gone: answered from here
-        return await handler(request)
-    resource = request.match_info.route.resource
-    if resource is not None and resource.canonical == EVENTS_ROUTE:
-        return await _mirror_events(request, cluster, origin, space)
-    return await _proxy(request, cluster, origin)
+    for _ in range(2):
+        origin = await cluster.origin_of(space)
+        if origin is None:  # here, unknown, or its origin is gone: answered from here
+            return await handler(request)
+        resource = request.match_info.route.resource
+        if resource is not None and resource.canonical == EVENTS_ROUTE:
+            return await _mirror_events(request, cluster, origin, space)
+        try:
+            return await _proxy(request, cluster, origin)
+        except NodeGone:  # its port is closed: it died; take the space over and answer
+            await cluster.unreachable(origin.id)
+    raise ProtocolError("server_busy", f"the space {space}'s node is changing", retry_after=1)
 
 
 async def _proxy(request: web.Request, cluster: Cluster, origin: NodeInfo) -> web.Response:
+    """The origin's answer to the request (`NodeGone` when its port is closed)."""
     assert cluster.http is not None
     body = await request.read()
     headers = {h: request.headers[h] for h in _ASK if h in request.headers}
@@ -86,7 +93,9 @@ async def _proxy(request: web.Request, cluster: Cluster, origin: NodeInfo) -> we
                 if h in r.headers:
                     answer.headers[h] = r.headers[h]
             return answer
-    except (aiohttp.ClientConnectionError, TimeoutError):
+    except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+        if refused(exc):
+            raise NodeGone(origin.url) from None
         raise ProtocolError(
             "server_busy", f"the space's node {origin.id} did not answer", retry_after=1
         ) from None
@@ -101,7 +110,9 @@ async def _ask(
     try:
         async with cluster.http.post(origin.url + path, json=body, headers=headers) as r:
             return r.status, dict(await r.json(content_type=None))
-    except (aiohttp.ClientConnectionError, TimeoutError, ValueError):
+    except (aiohttp.ClientConnectionError, TimeoutError, ValueError) as exc:
+        if refused(exc):  # dead: the client's retry is taken over here (`route`)
+            await cluster.unreachable(origin.id)
         raise ProtocolError(
             "server_busy", f"the space's node {origin.id} did not answer", retry_after=1
         ) from None

@@ -456,7 +456,14 @@ def document() -> dict[str, Any]:
                             "sdp": {
                                 "type": ["string", "null"],
                                 "description": "an SDP offer; absent or null: join without audio",
-                            }
+                            },
+                            "avoid": {
+                                "type": "array",
+                                "items": s,
+                                "maxItems": 16,
+                                "description": "cluster nodes not to place the audio on (the "
+                                "node a rejoining client just lost); ignored by a single server",
+                            },
                         }
                     ),
                     "responses": _responses(

@@ -29,7 +29,7 @@ import itertools
 import struct
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 from aiortc.mediastreams import MediaStreamError
@@ -73,6 +73,7 @@ class FakeLink:
         self.sent = 0  # packets this connection's track yielded
         self.forwarded = 0  # of those, packets the server forwarded
         self.received: Counter[int] = Counter()  # ssrc -> packets received
+        self.connected = time.monotonic()
 
     @property
     def join(self) -> dict[str, Any]:
@@ -81,7 +82,20 @@ class FakeLink:
     def alive(self) -> bool:
         return not self.closed
 
+    def datagrams(self) -> int | None:
+        """Without nodes (`FakeServer.nodes`), None: listeners watch the audio, as on
+        Janus. With nodes, the packets received plus a sender report a second since
+        the link connected, until its node is killed, as the cluster's nodes send."""
+        server = self.fs.server
+        if not server.nodes:
+            return None
+        node = self._join.get("node", {}).get("id")
+        until = server.killed.get(node, time.monotonic())
+        return sum(self.received.values()) + int(max(until - self.connected, 0.0))
+
     def deliver(self, ssrc: int, packet: bytes) -> None:
+        if self.fs.server.killed.get(self._join.get("node", {}).get("id")):
+            return  # its node is dead
         if not self.closed:
             self.received[ssrc] += 1
             self.on_rtp(0, packet, time.monotonic_ns())
@@ -261,6 +275,13 @@ class FakeServer:
         #: ``follow``, ``moderate``, ``start``, ``clip``).
         self.lacks: frozenset[str] = frozenset()
         self.unsupported: frozenset[str] = frozenset()
+        #: A cluster: listeners' links are placed round robin on these node ids (not one
+        #: the join avoids, nor a killed one), the stage's on the first; the join answer
+        #: names the node.
+        self.nodes: list[str] = []
+        self.killed: dict[str, float] = {}  # node -> monotonic time it was killed
+        self.avoided: list[tuple[str, tuple[str, ...]]] = []  # (user, avoid) of joins
+        self._placed = itertools.count()
 
     def lacking(self, name: str) -> None:
         if name in self.unsupported:
@@ -345,6 +366,7 @@ class FakeClient:
         path: NetworkProfile | None = None,
         read_every: float | None = None,
         seed: int = 0,
+        avoid: Sequence[str] = (),
     ) -> FakeLink:
         fs = self.server.get(space)
         await asyncio.sleep(0)
@@ -358,12 +380,17 @@ class FakeClient:
         if old is not None:
             await old.close()
         role = fs.space.role_of(self.user)
-        join = {
+        join: dict[str, Any] = {
             "participant": self.user,
             "role": role.value if role is not None else None,
             "sdp": None,
             "space": fs.snapshot(),
         }
+        if self.server.nodes:
+            self.server.avoided.append((self.user, tuple(avoid)))
+            live = [n for n in self.server.nodes if n not in avoid and n not in self.server.killed]
+            i = next(self.server._placed) if join["role"] == "listener" else 0  # stage: origin
+            join["node"] = {"id": live[i % len(live)]}
         link = fs.links[self.user] = FakeLink(fs, self.user, on_rtp, join)
         if publish is not None:
             link.track = publish

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from spacesim.load import api
 from spacesim.load.dryrun import dry_run
 from spacesim.load.voice import sender_id
 from spacesim.protocol import ACTIONS
@@ -372,3 +373,51 @@ async def test_a_listeners_join_time_starts_after_it_has_signed_in() -> None:
     joins = [r[5] for r in rows if r[0] == "participant_joined" and r[4] == "listener"]
     assert joins and max(joins) < 0.2, joins
     assert not reports.failures()
+
+
+async def _killing(
+    sc: Scenario, seconds: float, kill_at: float | None
+) -> tuple[list[Row], FakeServer]:
+    """A run on a fake two-node cluster; node-2 dies at `kill_at` s (None: never)."""
+    server = FakeServer()
+    server.nodes = ["node-1", "node-2"]
+
+    async def kill() -> None:
+        if kill_at is not None:
+            await asyncio.sleep(kill_at)
+            server.killed["node-2"] = time.monotonic()
+
+    task = asyncio.get_running_loop().create_task(kill())
+    try:
+        rows = await dry_run(sc, server.client, seconds, 4)
+    finally:
+        task.cancel()
+        await server.close()
+    return rows, server
+
+
+async def test_listeners_of_a_silent_node_rejoin_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing from its node (no packet, no sender report) for `LIVENESS` s: the listener
+    rejoins at once (not at its next tick), naming the node, and lands on the other."""
+    monkeypatch.setattr(api, "LIVENESS", 1.5)
+    rows, server = await _killing(scenario(), 4.5, kill_at=1.5)
+    joined = {r[3]: attrs(r)["node"] for r in rows if r[0] == "participant_joined" and r[2]}
+    on_2 = {u for u, n in joined.items() if n == "node-2" and u.startswith("l-")}
+    back = {r[3]: (r[1], attrs(r)) for r in rows if r[0] == "reconnected"}
+    assert on_2 and set(back) == on_2, (joined, back)
+    for t, a in back.values():
+        assert a["node"] == "node-1" and a["from"] == "node-2" and a["cause"] == "silence"
+        assert 1.5 < a["detect"] < 1.5 + 2 * api.WATCH + 0.3, a
+        assert a["outage"] < 2.5 and t < 1.5 + 2.5, (t, a)
+    assert {(u, a) for u, a in server.avoided if u in on_2} >= {(u, ("node-2",)) for u in on_2}
+
+
+async def test_a_silent_room_on_a_live_node_is_not_a_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nobody talks (DTX): only sender reports arrive, and nobody rejoins."""
+    monkeypatch.setattr(api, "LIVENESS", 1.5)
+    sc = scenario(speaking={"dtx": True, "active_speakers": 0})
+    rows, _ = await _killing(sc, 4.0, kill_at=None)
+    assert sum(1 for r in rows if r[0] == "participant_joined") >= 4
+    assert not [r for r in rows if r[0] == "reconnected"]
