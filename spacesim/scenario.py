@@ -660,6 +660,15 @@ class Server(_Model):
         "receive). spacesim calibrate fits it from a cluster run's listeners (the median "
         "latency on the other node less the origin's).",
     )
+    cpu_per_publisher_packet: Duration = Field(
+        0.0,
+        ge=0,
+        description="CPU the room's origin node spends per packet a publisher sends it, "
+        "before the fan-out (SRTP unprotect, RTCP, parse, gate, slot). 0: folded into "
+        "cpu_fixed, as a one-node calibration with a fixed number of speakers must (the two "
+        "cannot be told apart there); spacesim calibrate fits it from a cluster run, whose "
+        "other nodes forward without publishers.",
+    )
     cpu_per_relay_send: Duration = Field(
         2.2e-6,
         ge=0,

@@ -69,7 +69,12 @@ so their clocks line up. The fits are non-negative least squares:
   the fit at the scenario's ``cpu_per_relay_send`` (per packet the node relayed) and
   ``cpu_per_relay_receive`` (per packet relayed to it): a few microseconds a packet,
   below what a per-second CPU sample resolves, so they are measured apart rather than
-  fitted. The latency fit takes each node's listeners apart: the fan-out term counts
+  fitted. One more CPU term is fitted there, ``cpu_per_publisher_packet``: the
+  speakers' packets (``published``, their packets a second on the space's origin node,
+  none elsewhere) cost the origin their receive path before any fan-out, which the
+  nodes without publishers show apart (on one node, with a fixed number of speakers,
+  it cannot be told from ``cpu_fixed`` and is left there). The latency fit takes each
+  node's listeners apart: the fan-out term counts
   the listeners *on that node*, and one more term, ``edge_delay``, is the latency
   common to every listener on a node other than the room's origin (the hop)::
 
@@ -349,6 +354,9 @@ def _cluster_cpu_samples(pair: _Pair) -> pd.DataFrame:
     assert pair.load is not None
     server = Server.model_validate(((pair.load.meta.scenario or {}).get("server")) or {})
     nodes = _nodes_of(pair)
+    origin = origin_node(pair.load)
+    senders, interval = _speaking(pair.load)
+    published = senders / interval  # the speakers' packets a second, all to the origin
     rec = pair.server.records
     lrec = pair.load.records
     frames = []
@@ -387,6 +395,7 @@ def _cluster_cpu_samples(pair: _Pair) -> pd.DataFrame:
         frame = pd.DataFrame(
             {
                 "t": t,
+                "published": np.full(t.size, published if node == origin else 0.0),
                 "cpu": cpu["value"].to_numpy("float64")
                 - out.to_numpy("float64") * server.cpu_per_relay_send
                 - others.to_numpy("float64") * server.cpu_per_relay_receive,
@@ -690,10 +699,12 @@ def fit_cpu(samples: pd.DataFrame) -> Fit:
     terms = list(CPU_TERMS)
     if "events" not in samples or not samples["events"].to_numpy("float64").any():
         terms = [t for t in terms if t[0] != "events"]
+    if "published" in samples and samples["published"].fillna(0).to_numpy("float64").any():
+        terms.append(("published", "cpu_per_publisher_packet"))  # a cluster's origin
     if len(samples) < len(terms) + 2:
         raise CalibrationError(f"{len(samples)} CPU samples: too few to fit {len(terms)}")
     a = np.column_stack(
-        [np.ones(len(samples))] + [samples[c].to_numpy("float64") for c, _ in terms[1:]]
+        [np.ones(len(samples))] + [samples[c].fillna(0.0).to_numpy("float64") for c, _ in terms[1:]]
     )
     y = samples["cpu"].to_numpy("float64")
     return _nnls_fit(a, y, [f for _, f in terms], samples)

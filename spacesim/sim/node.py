@@ -31,7 +31,8 @@ streams it forwards (`streams`) and from how many senders (`senders`), so:
   packet waits a uniform share of ``L`` on top of the queue (`gc_wait`); events too.
   The pauses are CPU work the CPU fit already counts in ``cpu_per_packet``; this term
   is only their effect on the tail of the latency (`spacesim.server.gcmeter`).
-* **Cascade relaying** (`relay_rate`, cores): a room whose listeners span nodes is
+* **Before the fan-out** (`relay_rate`, cores): a room's origin receives each packet its
+  publishers send (``cpu_per_publisher_packet``), and a room whose listeners span nodes is
   relayed by its origin once per packet to each other node with listeners of it
   (``cpu_per_relay_send`` a packet and node), and each such node receives it
   (``cpu_per_relay_receive``) before its own fan-out; the world keeps the rate (part of

@@ -151,6 +151,7 @@ class World:
         self.streams_per_listener = max(scenario.speaking.active_speakers, 1)
         self.cpu_per_event = scenario.server.cpu_per_event
         self.edge_delay = scenario.server.edge_delay
+        self.publisher_packet = scenario.server.cpu_per_publisher_packet
         self.relay_send = scenario.server.cpu_per_relay_send
         self.relay_receive = scenario.server.cpu_per_relay_receive
         self.asr_cost = scenario.server.asr_cost
@@ -550,16 +551,17 @@ class World:
             self._first_audio(room)
 
     def _relays(self, room: Room) -> None:
-        """The room's cascade now: each packet its senders send goes once from the origin
-        to every other node with listeners of the room (`Node.relay_rate`)."""
-        if len(self.nodes) < 2:
+        """The room's packets before any fan-out, now: its origin receives each packet its
+        senders send (``cpu_per_publisher_packet``) and relays it once to every other node
+        with listeners of the room, which receives it (`Node.relay_rate`)."""
+        if len(self.nodes) < 2 and not self.publisher_packet:
             return
         now = self.env.now
         rate = room.talking * self.pps
         load: dict[Node, float] = {}
         others = [n for n in room.node_listeners if n is not room.origin]
-        if rate > 0 and others:
-            load[room.origin] = rate * self.relay_send * len(others)
+        if rate > 0:
+            load[room.origin] = rate * (self.publisher_packet + self.relay_send * len(others))
             for node in others:
                 load[node] = load.get(node, 0.0) + rate * self.relay_receive
         for node in set(load) | set(room.relay_load):
