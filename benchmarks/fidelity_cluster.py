@@ -29,9 +29,10 @@ What runs (every packet stays on this machine; every load run bounded in users a
 * **The simulator** replays each level (`spacesim simulate --replay RUN`: the run's own
   joins and leaves) with ``server.nodes = 2`` and the calibration: the same placement
   rule, the space's room on node-1's counterpart (the sim's ``node-0``, its origin).
-* **Compared**, per node (origin / the other): mean CPU in the steady window, audio
-  latency p50 and p95 of the listeners it carries; and the cascade latency (p50 of the
-  other node's listeners less the origin's). ``FIGURE cluster_fidelity_max_error`` is
+* **Compared**, per node (origin / the other; `spacesim.analysis.likeforlike.node_figures`,
+  which `spacesim report` shows for the same pair of runs): mean CPU in the steady
+  window, audio latency p50 and p95 of the listeners it carries; and the cascade latency
+  (p50 of the other node's listeners less the origin's). ``FIGURE cluster_fidelity_max_error`` is
   the worst relative error over those at every level where the swarm kept up.
 """
 
@@ -50,9 +51,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
+from spacesim.analysis.likeforlike import NODE_METRICS, node_figures
 from spacesim.load import janus_server as netns
 from spacesim.results import load_run
 from spacesim.server import launch
@@ -200,71 +201,25 @@ def simulate_level(load_dir: Path, calibration: Path, out: Path, seed: int) -> P
     return out
 
 
-def _node_attr(attrs: object) -> str | None:
-    if not isinstance(attrs, str) or not attrs:
-        return None
-    node = json.loads(attrs).get("node")
-    return str(node) if node else None
-
-
-def node_metrics(
-    records: pd.DataFrame, cpu: pd.DataFrame, window: tuple[float, float], origin: str
-) -> dict[str, float]:
-    """Per node (``origin`` / ``other``): mean CPU (cores) and the audio latency p50 / p95
-    of the listeners it carries, in `window`; and ``cascade.p50`` (other - origin).
-
-    `records` are one engine's participant records (``participant_joined`` with
-    ``attrs.node``); `cpu` its ``node_cpu`` records on the same clock.
-    """
-    start, end = window
-    joined = records[records["kind"] == "participant_joined"]
-    node_of = dict(zip(joined["participant"], joined["attrs"].map(_node_attr), strict=True))
-    lat = records[
-        (records["kind"] == "audio_latency") & (records["t"] >= start) & (records["t"] <= end)
-    ]
-    where = lat["participant"].map(node_of)
-    out: dict[str, float] = {}
-    steady_cpu = cpu[(cpu["t"] > start) & (cpu["t"] <= end)]
-    for role in ("origin", "other"):
-        pick = (where == origin) if role == "origin" else (where.notna() & (where != origin))
-        values = lat.loc[pick, "value"].to_numpy("float64")
-        out[f"{role}.latency_p50"] = float(np.quantile(values, 0.5)) if values.size else math.nan
-        out[f"{role}.latency_p95"] = float(np.quantile(values, 0.95)) if values.size else math.nan
-        mine = steady_cpu["participant"] == origin
-        per = steady_cpu.loc[mine if role == "origin" else ~mine, "value"]
-        out[f"{role}.cpu"] = float(per.mean()) if len(per) else math.nan
-        out[f"{role}.listeners"] = float(len(set(lat.loc[pick, "participant"])))
-    out["cascade.p50"] = out["other.latency_p50"] - out["origin.latency_p50"]
-    return out
-
-
 #: Compared metrics (the ``listeners`` counts are shown, not judged).
-COMPARED = (
-    "origin.cpu", "other.cpu", "origin.latency_p50", "other.latency_p50",
-    "origin.latency_p95", "other.latency_p95", "cascade.p50",
-)  # fmt: skip
+COMPARED = tuple(metric for metric, _ in NODE_METRICS)
 
 
 def compare_level(load_dir: Path, sim_dir: Path) -> dict[str, dict[str, float]]:
-    """Both engines' `node_metrics` for one level, on the load run's steady window."""
+    """Both engines' per-node figures (`likeforlike.node_figures`) for one level, on the
+    load run's steady window (the replay runs on the load run's clock)."""
+    from spacesim.analysis import runs
     from spacesim.results import steady_window
-    from spacesim.sim.calibrate import origin_node
 
     measured = load_run(load_dir)
-    server = load_run(load_dir / str(measured.meta.extra.get("server_run") or "server"))
-    offset = float(measured.meta.extra["t0_unix"]) - float(server.meta.extra["t0_unix"])
-    window = steady_window(measured.records, measured.meta.duration)
-    scpu = server.records[server.records["kind"] == "node_cpu"].copy()
-    scpu["t"] = scpu["t"] - offset  # onto the load run's clock
-    origin = origin_node(measured)
-    if origin is None:
-        raise RuntimeError(f"{load_dir}: the host's node is not recorded")
-    sim = load_run(sim_dir).records
-    sim_origin = origin_node(load_run(sim_dir)) or "node-0"
-    return {
-        "measured": node_metrics(measured.records, scpu, window, origin),
-        "simulated": node_metrics(sim, sim[sim["kind"] == "node_cpu"], window, sim_origin),
+    window = steady_window(runs.records(measured), measured.meta.duration)
+    both = {
+        "measured": node_figures(measured),
+        "simulated": node_figures(load_run(sim_dir), window),
     }
+    if not both["measured"] or not both["simulated"]:
+        raise RuntimeError(f"{load_dir}: the listeners' nodes are not recorded on both sides")
+    return both
 
 
 # --------------------------------------------------------------------------- the case
@@ -317,7 +272,7 @@ def run(args: argparse.Namespace) -> int:
         behind = lv["swarm_behind"].iloc[0]
         print(f"{n} listeners{flag}{'; swarm behind: ' + behind if behind else ''}:")
         for r in lv.itertuples(index=False):
-            unit, scale = ("cores", 1.0) if r.metric.endswith("cpu") else ("ms", 1e3)
+            unit, scale = ("cores", 1.0) if "node_cpu" in r.metric else ("ms", 1e3)
             if r.metric.endswith("listeners"):
                 unit, scale = "", 1.0
             err = "" if math.isnan(r.rel_error) else f"  error {r.rel_error:6.1%}"

@@ -41,7 +41,8 @@ def test_the_cluster_case_spreads_listeners_over_both_nodes_and_compares_them(
             + counts.loc[(n, "other.listeners"), "measured"]
         )
         assert both == n
-    cpu = table[table["metric"].str.endswith(".cpu")]
+    cpu = table[table["metric"].str.contains("node_cpu")]
+    assert len(cpu) == 4
     assert (cpu["measured"] > 0).all() and (cpu["simulated"] > 0).all()
     summary = json.loads((tmp_path / "cluster_fidelity.json").read_text())
     assert summary["calibration"]["edge_delay"] > 0  # the hop is measured, not the default
