@@ -49,15 +49,33 @@ runs: single node 20.5 us, ``cluster_us_per_packet`` 24.7 us, ``cluster_overhead
 1.169, ``cascade_latency_p50`` 0.38 ms; the defaults (60 listeners): 27.4 / 40.0 us,
 1.383 (each node's fixed cost over fewer packets), 0.40 ms.
 
-Where the overhead comes from. The relay itself is cheap: encoding and tagging a
-datagram costs the origin ~2.4 us per packet and node, receiving it (tag check, parse,
-the fan-out task) ~10 us on the other node (measured apart), i.e. ~0.1 % of a core at
-50 packets/s. Idle nodes cost 0.004 core each (heartbeats every 0.5 s). The rest is
-contention on this machine: with both nodes pinned to *one* core (``--pin one``) the
-same two-node run costs 1.04-1.09x the single node; pinned to two cores, each node
-shares its core with the listener processes (there is no third core), and the CPU time
-the same work takes grows. Two plain servers with 50 idle listeners each cost what one
-with 100 does (0.089 core), so the split itself is not what costs.
+After the relay's receive path was made lean (clusterfid, 2026-12-07), 400 listeners,
+3 runs of 10 s windows, the machine shared with other helpers' benchmarks: ``--pin
+each`` (load average 3.7-5.8): single node 16.5 us/packet, ``cluster_us_per_packet``
+16.1 us, ``cluster_overhead`` **0.987** (runs 0.91-1.06), ``cascade_latency_p50``
+1.28 ms; ``--pin one`` (load average 0.6-1.9): 14.0 / 15.8 us, **1.085** (1.07-1.38), 0.32 ms (the
+two nodes on one core; node-2's fan-out of a relayed packet waits for node-1's). Delivery
+99.0-100 % in all, the listeners split 198-202.
+
+Where the overhead comes from (each measured apart):
+
+* **The relay.** Encoding and tagging a datagram costs the origin ~2.2 us per packet and
+  node (`Relay.encode`, ids encoded once per (space, user)); receiving one ~4.3 us on the
+  other node (`Relay.datagram_received`: the tag checked on a memoryview, the ids decoded
+  once, a slotted `RelayedPacket` instead of aiortc's `RtpPacket`, and the fan-out run in
+  the receive call instead of a Task per packet -- ~12 us before). At 50 packets/s that
+  is ~0.03 % of a core: the relay is not where the overhead is.
+* **Each node's fixed cost.** An idle cluster node costs 0.0045 core against 0.0020 for
+  a plain server (heartbeats every 0.5 s: a write and a read of the registry, two Redis
+  round trips, and the pub/sub reader): the second node adds ~0.007 core, ~2 % of two
+  nodes' ~0.3 core at N = 400 (~10 % at the earlier default of 60 listeners). Putting the
+  registry's write and read in one pipeline would halve the round trips (liveness code:
+  left to its owner).
+* **The machine.** The rest moves with the pinning and the outside load by more than the
+  costs above: pinned one core each, each node shares its core with listener processes
+  (there is no third core); pinned both to one core, the nodes take turns. Two plain
+  servers with 50 idle listeners each cost what one with 100 does (0.089 core), so the
+  split itself is not what costs.
 """
 
 from __future__ import annotations
