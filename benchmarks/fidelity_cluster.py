@@ -240,10 +240,12 @@ def run(args: argparse.Namespace) -> int:
     machine: dict[str, float] = {}
     dirs: dict[int, Path] = {}
     for n in levels:
+        reused = args.reuse and (out / f"cload-{n:03d}" / "meta.json").is_file()
         dirs[n] = load_level(
             out, n, args.duration, args.spawn, f"cload-{n:03d}", args.reuse, not args.no_pin
         )
-        machine[str(n)] = os.getloadavg()[0]
+        if not reused:  # the load average while the level ran
+            machine[str(n)] = os.getloadavg()[0]
     cal = calibrate([dirs[n] for n in levels if n in fit])
     cal_path = cal.write(out / "calibration.yaml")
     print(f"calibration from {', '.join(dirs[n].name for n in sorted(fit))}:")
