@@ -32,8 +32,12 @@ What runs (every packet stays on this machine; every load run bounded in users a
 * **Compared**, per node (origin / the other; `spacesim.analysis.likeforlike.node_figures`,
   which `spacesim report` shows for the same pair of runs): mean CPU in the steady
   window, audio latency p50 and p95 of the listeners it carries; and the cascade latency
-  (p50 of the other node's listeners less the origin's). ``FIGURE cluster_fidelity_max_error`` is
-  the worst relative error over those at every level where the swarm kept up.
+  (p50 of the other node's listeners less the origin's).
+
+Figures, over every level where the swarm kept up: ``cluster_fidelity_max_error``, the
+worst relative error of what the issue names -- per-node CPU and the cascade latency --
+and ``cluster_fidelity_latency_max_error``, the worst of the per-node latency p50 and
+p95 (the single-node case's latency figures, per node).
 """
 
 from __future__ import annotations
@@ -203,6 +207,8 @@ def simulate_level(load_dir: Path, calibration: Path, out: Path, seed: int) -> P
 
 #: Compared metrics (the ``listeners`` counts are shown, not judged).
 COMPARED = tuple(metric for metric, _ in NODE_METRICS)
+#: What the issue's "per-node CPU and cascade latency within 10 %" judges.
+JUDGED = ("origin.node_cpu.mean", "other.node_cpu.mean", "cascade_latency.p50")
 
 
 def compare_level(load_dir: Path, sim_dir: Path) -> dict[str, dict[str, float]]:
@@ -283,7 +289,10 @@ def run(args: argparse.Namespace) -> int:
                 f"simulated {r.simulated * scale:9.4f} {unit:5s}{err}"
             )
     counted = table[(table["swarm_behind"] == "") & table["rel_error"].notna()]
-    worst = float(counted["rel_error"].max()) if len(counted) else math.nan
+    named = counted[counted["metric"].isin(JUDGED)]
+    worst = float(named["rel_error"].max()) if len(named) else math.nan
+    latency = counted[~counted["metric"].isin(JUDGED)]
+    worst_latency = float(latency["rel_error"].max()) if len(latency) else math.nan
     oos = counted[~counted["in_fit"]]
     worst_oos = float(oos["rel_error"].max()) if len(oos) else math.nan
     by_metric = counted.groupby("metric")["rel_error"].max()
@@ -291,6 +300,7 @@ def run(args: argparse.Namespace) -> int:
         "levels": levels,
         "fit_levels": sorted(fit),
         "max_error": worst,
+        "latency_max_error": worst_latency,
         "max_error_out_of_sample": worst_oos,
         "max_error_by_metric": {str(k): float(v) for k, v in by_metric.items()},
         "loadavg_1m": machine,
@@ -302,6 +312,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"worst {metric}: {e:.1%}")
     print(f"worst out of sample (levels not fitted): {worst_oos:.1%}")
     print(f"FIGURE cluster_fidelity_max_error={worst * 100:.1f} %")
+    print(f"FIGURE cluster_fidelity_latency_max_error={worst_latency * 100:.1f} %")
     return 0
 
 

@@ -30,6 +30,7 @@ def test_the_cluster_case_spreads_listeners_over_both_nodes_and_compares_them(
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     figure = re.search(r"^FIGURE cluster_fidelity_max_error=([\d.]+) %$", proc.stdout, re.M)
     assert figure is not None, proc.stdout
+    assert "FIGURE cluster_fidelity_latency_max_error=" in proc.stdout
     table = pd.read_csv(tmp_path / "cluster_errors.csv")
     counts = table[table["metric"].str.endswith("listeners")].set_index(["listeners", "metric"])
     for n in (4, 8):  # both nodes carried listeners, in the swarm and in the replay
