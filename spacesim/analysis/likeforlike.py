@@ -47,6 +47,7 @@ NODE_METRICS: tuple[tuple[str, str], ...] = (
     ("origin.audio_latency.p95", "s"),
     ("other.audio_latency.p95", "s"),
     ("cascade_latency.p50", "s"),
+    ("cascade_latency.p10", "s"),
 )
 
 
@@ -61,7 +62,8 @@ def node_figures(run: Run, window: tuple[float, float] | None = None) -> dict[st
     """Per node of a run whose participants' joins say their node (``attrs.node``): the
     origin (the host's node) and the others together -- mean CPU of a node in the steady
     `window` (default the run's own), audio latency p50 / p95 of the listeners it
-    carries -- and ``cascade_latency.p50``, the others' p50 less the origin's. Empty for
+    carries -- and ``cascade_latency.p50``, the others' p50 less the origin's (and p10's:
+    the hop alone, before the spread of the two fan-outs). Empty for
     a run on one node, or whose records do not say."""
     rec = runs.records(run)
     joined = rec[rec["kind"] == "participant_joined"]
@@ -78,14 +80,17 @@ def node_figures(run: Run, window: tuple[float, float] | None = None) -> dict[st
     for role in ("origin", "other"):
         pick = (where == origin) if role == "origin" else (where.notna() & (where != origin))
         values = lat.loc[pick, "value"].to_numpy("float64")
-        for q in (50, 95):
+        for q in (10, 50, 95):
             v = float(np.quantile(values, q / 100)) if values.size else math.nan
             out[f"{role}.audio_latency.p{q}"] = v
         mine = cpu["participant"] == origin
         per = cpu.loc[mine if role == "origin" else ~mine, "value"]
         out[f"{role}.node_cpu.mean"] = float(per.mean()) if len(per) else math.nan
         out[f"{role}.listeners"] = float(lat.loc[pick, "participant"].nunique())
-    out["cascade_latency.p50"] = out["other.audio_latency.p50"] - out["origin.audio_latency.p50"]
+    for q in (50, 10):  # p10: the hop alone, before the fan-outs' spread and contention
+        out[f"cascade_latency.p{q}"] = (
+            out[f"other.audio_latency.p{q}"] - out[f"origin.audio_latency.p{q}"]
+        )
     return out
 
 
