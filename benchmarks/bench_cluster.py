@@ -67,7 +67,9 @@ Where the overhead comes from (each measured apart):
   is ~0.03 % of a core: the relay is not where the overhead is.
 * **Each node's fixed cost.** An idle cluster node costs 0.0045 core against 0.0020 for
   a plain server (heartbeats every 0.5 s: a write and a read of the registry, two Redis
-  round trips, and the pub/sub reader): the second node adds ~0.007 core, ~2 % of two
+  round trips, and the pub/sub reader; profiled in process with cProfile over 10 s idle,
+  the heartbeat is ~0.003 core of it, a third of that in the loopback `send`, which
+  charges Redis's wake-up to the node): the second node adds ~0.007 core, ~2 % of two
   nodes' ~0.3 core at N = 400 (~10 % at the earlier default of 60 listeners). Putting the
   registry's write and read in one pipeline would halve the round trips (liveness code:
   left to its owner).
