@@ -6,9 +6,20 @@ after the other, each with a fresh database:
 
 * ``single``: one plain `spacesim serve` (no Redis), pinned to the first core;
 * ``cluster``: `spacesim.server.launch.cluster` -- a `redis-server` and two
-  `spacesim serve --cluster` nodes sharing one SQLite file, each pinned to its own core
-  (``sched_setaffinity``; ``--pin one`` puts both on the first core, ``--pin none``
-  leaves them to the scheduler).
+  `spacesim serve --cluster` nodes sharing one SQLite file.
+
+Pinning (``--pin``, `placement`): by default (``each``) node i is pinned to core i (the
+issue's "one core each"; the single node to the first) and the clients are left to the
+scheduler, so on this 2-core machine every server core also runs client work, in both
+cases alike. ``--pin one`` puts the server processes of both cases on the first core
+and the clients on the others (no client work on the servers' core, but the two nodes
+then share it); ``--pin none`` leaves everything to the scheduler.
+
+N: ``--listeners`` defaults to 400, bench_sfu's N, split over the two nodes (about 200
+each, by the placement rule): one speaker, as in bench_sfu, so the two figures are of
+the same room. Each node's fixed cost (heartbeats, timers: ~0.0045 core idle against
+0.0020 for a plain server) is a smaller share of its work the more listeners it has; at
+the earlier default of 60 it was most of the overhead.
 
 In each case this process creates one space on the (first) node and speaks in it (a
 `SpeakerTrack` looping a clip; the host's media stays on the space's origin node); two
@@ -38,15 +49,35 @@ runs: single node 20.5 us, ``cluster_us_per_packet`` 24.7 us, ``cluster_overhead
 1.169, ``cascade_latency_p50`` 0.38 ms; the defaults (60 listeners): 27.4 / 40.0 us,
 1.383 (each node's fixed cost over fewer packets), 0.40 ms.
 
-Where the overhead comes from. The relay itself is cheap: encoding and tagging a
-datagram costs the origin ~2.4 us per packet and node, receiving it (tag check, parse,
-the fan-out task) ~10 us on the other node (measured apart), i.e. ~0.1 % of a core at
-50 packets/s. Idle nodes cost 0.004 core each (heartbeats every 0.5 s). The rest is
-contention on this machine: with both nodes pinned to *one* core (``--pin one``) the
-same two-node run costs 1.04-1.09x the single node; pinned to two cores, each node
-shares its core with the listener processes (there is no third core), and the CPU time
-the same work takes grows. Two plain servers with 50 idle listeners each cost what one
-with 100 does (0.089 core), so the split itself is not what costs.
+After the relay's receive path was made lean (clusterfid, 2026-12-07), 400 listeners,
+3 runs of 10 s windows, the machine shared with other helpers' benchmarks: ``--pin
+each`` (load average 3.7-5.8): single node 16.5 us/packet, ``cluster_us_per_packet``
+16.1 us, ``cluster_overhead`` **0.987** (runs 0.91-1.06), ``cascade_latency_p50``
+1.28 ms; ``--pin one`` (load average 0.6-1.9): 14.0 / 15.8 us, **1.085** (1.07-1.38), 0.32 ms (the
+two nodes on one core; node-2's fan-out of a relayed packet waits for node-1's). Delivery
+99.0-100 % in all, the listeners split 198-202.
+
+Where the overhead comes from (each measured apart):
+
+* **The relay.** Encoding and tagging a datagram costs the origin ~2.2 us per packet and
+  node (`Relay.encode`, ids encoded once per (space, user)); receiving one ~4.3 us on the
+  other node (`Relay.datagram_received`: the tag checked on a memoryview, the ids decoded
+  once, a slotted `RelayedPacket` instead of aiortc's `RtpPacket`, and the fan-out run in
+  the receive call instead of a Task per packet -- ~12 us before). At 50 packets/s that
+  is ~0.03 % of a core: the relay is not where the overhead is.
+* **Each node's fixed cost.** An idle cluster node costs 0.0045 core against 0.0020 for
+  a plain server (heartbeats every 0.5 s: a write and a read of the registry, two Redis
+  round trips, and the pub/sub reader; profiled in process with cProfile over 10 s idle,
+  the heartbeat is ~0.003 core of it, a third of that in the loopback `send`, which
+  charges Redis's wake-up to the node): the second node adds ~0.007 core, ~2 % of two
+  nodes' ~0.3 core at N = 400 (~10 % at the earlier default of 60 listeners). Putting the
+  registry's write and read in one pipeline would halve the round trips (liveness code:
+  left to its owner).
+* **The machine.** The rest moves with the pinning and the outside load by more than the
+  costs above: pinned one core each, each node shares its core with listener processes
+  (there is no third core); pinned both to one core, the nodes take turns. Two plain
+  servers with 50 idle listeners each cost what one with 100 does (0.089 core), so the
+  split itself is not what costs.
 """
 
 from __future__ import annotations
@@ -130,14 +161,27 @@ async def listen(url: str, space: str, n: int, prefix: str) -> None:
 # --------------------------------------------------------------------------- one case
 
 
+def placement(pin: str, nodes: int) -> tuple[list[set[int] | None], set[int] | None]:
+    """CPUs for each server process, and for the clients (None: not pinned); see the
+    module docstring."""
+    cores = sorted(os.sched_getaffinity(0))
+    if pin == "none" or len(cores) < 2:
+        return [None] * nodes, None
+    if pin == "each":
+        return [{cores[i % len(cores)]} for i in range(nodes)], None
+    return [{cores[0]} for _ in range(nodes)], set(cores[1:])
+
+
 async def case(
     urls: list[str], pids: list[int], args: argparse.Namespace, name: str
 ) -> dict[str, Any]:
     """One speaker, `args.listeners` listeners through urls[0]; the window's figures."""
-    cores = sorted(os.sched_getaffinity(0))
-    for i, pid in enumerate(pids):  # each: node i on the i-th core; one: all on the first
-        if args.pin != "none":
-            os.sched_setaffinity(pid, {cores[i % len(cores) if args.pin == "each" else 0]})
+    servers, clients = placement(args.pin, len(pids))
+    for pid, cpus in zip(pids, servers, strict=True):
+        if cpus is not None:
+            os.sched_setaffinity(pid, cpus)
+    if clients is not None:  # this process (the speaker) and, below, the listeners
+        os.sched_setaffinity(0, clients)
     async with aiohttp.ClientSession() as http:
         host = RoomClient(urls[0], "host", http)
         space = await host.create_space(f"bench-{name}")
@@ -160,6 +204,8 @@ async def case(
                     limit=1 << 24,  # one JSON line with every listener's packets
                 )
             )
+            if clients is not None:
+                os.sched_setaffinity(procs[-1].pid, clients)
         try:
             for p in procs:
                 assert p.stdout is not None
@@ -250,7 +296,7 @@ def main() -> None:
     ap.add_argument(
         "--listen", nargs=4, metavar=("URL", "SPACE", "N", "PREFIX"), help=argparse.SUPPRESS
     )
-    ap.add_argument("--listeners", type=int, default=60)
+    ap.add_argument("--listeners", type=int, default=400)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--window", type=float, default=10.0)
     ap.add_argument("--warmup", type=float, default=3.0)
@@ -258,7 +304,8 @@ def main() -> None:
         "--pin",
         choices=("each", "one", "none"),
         default="each",
-        help="server processes: one core each (default), all on one core, or unpinned",
+        help="server processes: one core each (default); all on the first core and the "
+        "clients on the others; or unpinned",
     )
     args = ap.parse_args()
     if args.listen:

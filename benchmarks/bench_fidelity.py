@@ -49,6 +49,11 @@ Figures (last lines):
 Run: ``python benchmarks/bench_fidelity.py [--levels 100,200,...] [--duration 25]
 [--spawn 25] [--out runs/fidelity] [--reuse] [--quick] [--no-pin]``.
 
+The multi-node case, ``python benchmarks/bench_fidelity.py --cluster [--levels ...]
+[--quick]`` (root: network namespaces), is benchmarks/fidelity_cluster.py: a two-node
+cluster on a veth pair against the simulator with two nodes, the same placement and a
+calibrated ``edge_delay``; it ends with ``FIGURE cluster_fidelity_max_error``.
+
 What the model can and cannot capture: on loopback, latency is the server's
 sequential fan-out plus the kernel's delivery to the listener's socket (listeners take
 kernel receive times, ``SO_TIMESTAMPNS``). Measured results, with history, are in
@@ -296,6 +301,12 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    if "--cluster" in args_in:  # the multi-node case: its own options (fidelity_cluster.py)
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import fidelity_cluster
+
+        return fidelity_cluster.main(args_in)
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--levels", help="listeners per level (default: sized by a probe run)")
     ap.add_argument(

@@ -199,6 +199,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cluster=args.cluster,
         node_id=args.node_id,
         public_url=f"http://{args.host}:{args.port}",
+        relay_host=args.relay_host,
+        dev_networks=tuple(args.dev_network or ()),
     )
     err.print(
         f"spacesim serve: http://{args.host}:{args.port}  store={_redacted(args.db)}"
@@ -269,6 +271,7 @@ def cmd_load(args: argparse.Namespace) -> int:
         overrides=args.set or (),
         server_cpus=args.server_cpus,
         swarm_cpus=args.swarm_cpus,
+        ice_hosts=args.ice_host or (),
         show=lambda summary, sc, title: print_summary(
             summary, check_slos(summary, sc.slo.targets()), title
         ),
@@ -814,6 +817,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--db and its secret (docs/protocol.md, Cluster)",
     )
     serve.add_argument("--node-id", help="this node's id in the cluster (default: a random one)")
+    serve.add_argument(
+        "--relay-host",
+        metavar="ADDR",
+        help="address of this node's relay socket, which other nodes send a room's packets "
+        "to (default: the first --ice-host), e.g. a private network between the nodes",
+    )
+    serve.add_argument(
+        "--dev-network",
+        action="append",
+        metavar="CIDR",
+        help="clients in this network may take dev tokens too (repeatable; default: "
+        "loopback only), e.g. a test's veth pairs to nodes in network namespaces",
+    )
     serve.set_defaults(func=cmd_serve)
 
     clus = sub.add_parser("cluster", help="run a cluster of server nodes on this machine")
@@ -883,6 +899,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_cpus,
         metavar="LIST",
         help="pin the swarm (Locust and browser probes) to these CPUs, e.g. 1",
+    )
+    load.add_argument(
+        "--ice-host",
+        action="append",
+        metavar="ADDR",
+        help="an address the swarm's clients gather ICE candidates on (repeatable; default "
+        "127.0.0.1): a target on another machine or network namespace needs one it reaches",
     )
     load.set_defaults(func=cmd_load)
 

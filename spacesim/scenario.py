@@ -653,7 +653,35 @@ class Server(_Model):
     max_queue_delay: Duration = Field(
         0.2, gt=0, description="Work queued longer than this is dropped (packets lost)."
     )
-    edge_delay: Duration = Field(0.0005, description="Added per hop between nodes (cascade).")
+    edge_delay: Duration = Field(
+        0.0005,
+        description="Added per hop between nodes (cascade): a packet a listener on another "
+        "node than the room's origin hears crossed it once (the relay's send, the link, its "
+        "receive). spacesim calibrate fits it from a cluster run's listeners (the median "
+        "latency on the other node less the origin's).",
+    )
+    cpu_per_publisher_packet: Duration = Field(
+        0.0,
+        ge=0,
+        description="CPU the room's origin node spends per packet a publisher sends it, "
+        "before the fan-out (SRTP unprotect, RTCP, parse, gate, slot). 0: folded into "
+        "cpu_fixed, as a one-node calibration with a fixed number of speakers must (the two "
+        "cannot be told apart there); spacesim calibrate fits it from a cluster run, whose "
+        "other nodes forward without publishers.",
+    )
+    cpu_per_relay_send: Duration = Field(
+        2.2e-6,
+        ge=0,
+        description="CPU the origin node spends per packet per node it relays the packet to "
+        "(encode, HMAC tag, sendto); measured apart (spacesim.server.cluster.Relay).",
+    )
+    cpu_per_relay_receive: Duration = Field(
+        4.3e-6,
+        ge=0,
+        description="CPU a node spends per relayed packet it receives, before its fan-out "
+        "(tag check, parse; the fan-out is cpu_per_packet per listener as on the origin); "
+        "measured apart (spacesim.server.cluster.Relay).",
+    )
     gc_pause_per_packet: Duration = Field(
         0.0,
         ge=0,

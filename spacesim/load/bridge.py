@@ -59,9 +59,14 @@ def _start(host_addresses: Iterable[str]) -> asyncio.AbstractEventLoop:
     return loop
 
 
-def get_loop(host_addresses: Iterable[str] = ("127.0.0.1",)) -> asyncio.AbstractEventLoop:
-    """This process's loop, started on first use (and again in a forked child)."""
+def get_loop(host_addresses: Iterable[str] | None = None) -> asyncio.AbstractEventLoop:
+    """This process's loop, started on first use (and again in a forked child); its
+    clients gather ICE candidates on `host_addresses`, by default the run's
+    (``spacesim load --ice-host``, passed as ``SPACESIM_ICE_HOSTS``; 127.0.0.1)."""
     if _loop is None or _pid != os.getpid() or _greenlet is None or _greenlet.dead:
+        if host_addresses is None:
+            env = os.environ.get("SPACESIM_ICE_HOSTS", "127.0.0.1")
+            host_addresses = [a for a in env.split(",") if a] or ["127.0.0.1"]
         return _start(host_addresses)
     return _loop
 

@@ -43,7 +43,11 @@ __all__ = [
     "down",
     "find",
     "janus_in_netns",
+    "netns_down",
+    "netns_link",
+    "netns_up",
     "up",
+    "veth_names",
 ]
 
 DEFAULT_NAME = "spacesim-janus"
@@ -92,7 +96,7 @@ def _run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return proc
 
 
-def _names(name: str, index: int) -> tuple[str, str, str, str]:
+def veth_names(name: str, index: int) -> tuple[str, str, str, str]:
     if not 0 <= index <= 255:
         raise JanusError(f"index must be 0..255, got {index}")
     # Interface names are at most 15 characters.
@@ -148,7 +152,7 @@ def _config(workdir: Path, ns_if: str, ns_ip: str, port: int) -> Path:
     return conf
 
 
-def _netns_up(name: str, host_if: str, ns_if: str, host_ip: str, ns_ip: str) -> None:
+def netns_up(name: str, host_if: str, ns_if: str, host_ip: str, ns_ip: str) -> None:
     _run("ip", "netns", "add", name)
     _run("ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if)
     _run("ip", "link", "set", ns_if, "netns", name)
@@ -168,9 +172,31 @@ def _netns_up(name: str, host_if: str, ns_if: str, host_ip: str, ns_ip: str) -> 
     _run(*ns, "sysctl", "-qw", f"net.ipv6.conf.{ns_if}.disable_ipv6=1", check=False)
 
 
-def _netns_down(name: str, host_if: str) -> None:
+def netns_down(name: str, host_if: str) -> None:
     _run("ip", "link", "del", host_if, check=False)
     _run("ip", "netns", "del", name, check=False)
+
+
+def netns_link(
+    a: str, b: str, if_a: str, if_b: str, ip_a: str, ip_b: str, routes: tuple[str, str] = ("", "")
+) -> None:
+    """A veth pair between namespaces `a` and `b` (`ip_a`/30 in a, `ip_b`/30 in b), each
+    end set up as `netns_up` sets its own (``accept_local``, no IPv6); `routes` are
+    networks (CIDR, "" for none) that a, then b, reach through the other end (e.g. the
+    other namespace's own veth to this one). Removed with either namespace."""
+    _run("ip", "link", "add", if_a, "type", "veth", "peer", "name", if_b)
+    for ns, iface, ip, route, via in (
+        (a, if_a, ip_a, routes[0], ip_b),
+        (b, if_b, ip_b, routes[1], ip_a),
+    ):
+        _run("ip", "link", "set", iface, "netns", ns)
+        cmd = ("ip", "netns", "exec", ns)
+        _run(*cmd, "ip", "addr", "add", f"{ip}/30", "dev", iface)
+        _run(*cmd, "ip", "link", "set", iface, "up")
+        _run(*cmd, "sysctl", "-qw", f"net.ipv4.conf.{iface}.accept_local=1")
+        _run(*cmd, "sysctl", "-qw", f"net.ipv6.conf.{iface}.disable_ipv6=1", check=False)
+        if route:
+            _run(*cmd, "ip", "route", "add", route, "via", via)
 
 
 def _info(http: str, timeout: float = 2.0) -> dict[str, Any]:
@@ -199,17 +225,17 @@ def up(
     (namespace, veth, Janus or its HTTP API), having removed what it created.
     """
     janus = deps.ensure("janus")
-    host_if, ns_if, host_ip, ns_ip = _names(name, index)
+    host_if, ns_if, host_ip, ns_ip = veth_names(name, index)
     down(name)
     workdir = STATE_ROOT / name
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     conf = _config(workdir, ns_if, ns_ip, port)
-    _netns_down(name, host_if)  # leftovers of a crashed run
+    netns_down(name, host_if)  # leftovers of a crashed run
     try:
-        _netns_up(name, host_if, ns_if, host_ip, ns_ip)
+        netns_up(name, host_if, ns_if, host_ip, ns_ip)
     except JanusError:
-        _netns_down(name, host_if)
+        netns_down(name, host_if)
         raise
     log = open(workdir / "janus.log", "wb")  # noqa: SIM115 - Janus writes it until down()
     cmd = ["ip", "netns", "exec", name, janus, "-F", str(conf), "-C",
@@ -263,7 +289,7 @@ def down(name: str = DEFAULT_NAME) -> bool:
             inst = None
         if inst is not None:
             found = _stop(inst.pid)
-            _netns_down(inst.name, inst.host_if)
+            netns_down(inst.name, inst.host_if)
         state.unlink(missing_ok=True)
     proc = _started.pop(name, None)
     if proc is not None:  # ours: reap it (`_stop` has signalled it)

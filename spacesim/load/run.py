@@ -370,6 +370,7 @@ def main(
     on_url: Callable[[str], None] | None = None,
     server_cpus: Collection[int] | None = None,
     swarm_cpus: Collection[int] | None = None,
+    ice_hosts: Sequence[str] = (),
 ) -> int:
     """Run a load test; 0 on success, 2 for a refused run, 1 when nothing was measured.
 
@@ -385,6 +386,9 @@ def main(
     starts (`spacesim demo` prints it: the swarm's spaces can be heard there meanwhile).
     `server_cpus` and `swarm_cpus` pin the embedded server and the swarm's processes
     (Locust, browser probes) to CPUs, so that neither's figures include the other's work.
+    `ice_hosts` are the addresses the swarm's clients gather ICE host candidates on
+    (default 127.0.0.1): a target elsewhere (another machine, a network namespace)
+    needs addresses it can reach.
     """
     try:
         if shape not in ("arrivals", "steady"):
@@ -395,7 +399,7 @@ def main(
             raise LoadError(f"clock must be local or server, got {clock!r}")
         return _main(
             scenario_path, target, users, duration, workers, out, spawn_rate, show, shape,
-            network, clock, overrides, on_url, server_cpus, swarm_cpus,
+            network, clock, overrides, on_url, server_cpus, swarm_cpus, ice_hosts,
         )  # fmt: skip
     except (LoadError, ScenarioError, FileExistsError) as exc:
         _say(str(exc))
@@ -418,6 +422,7 @@ def _main(
     on_url: Callable[[str], None] | None,
     server_cpus: Collection[int] | None = None,
     swarm_cpus: Collection[int] | None = None,
+    ice_hosts: Sequence[str] = (),
 ) -> int:
     if server_cpus is not None and target is not None:
         raise LoadError("--server-cpus pins the embedded server; it needs no --target")
@@ -485,6 +490,7 @@ def _main(
                 SPACESIM_SHAPE=shape,
                 SPACESIM_NETWORK=network,
                 SPACESIM_CLOCK=clock,
+                SPACESIM_ICE_HOSTS=",".join(ice_hosts or ("127.0.0.1",)),
             )
             cmd = [
                 sys.executable,

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import math
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeGuard
@@ -130,6 +131,10 @@ class ServerConfig:
     cluster: str | None = None
     node_id: str | None = None
     public_url: str | None = None
+    relay_host: str | None = None  # the node-to-node relay's address (None: ice_hosts[0])
+    # Networks whose clients may take dev tokens too (besides loopback), e.g. a test's
+    # veth pairs to nodes in network namespaces (`serve --dev-network`)
+    dev_networks: tuple[str, ...] = ()
 
     @property
     def posts_path(self) -> Path:
@@ -493,12 +498,28 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
+def _dev_client(remote: str, host: str, networks: Sequence[str]) -> bool:
+    """A client that may take dev tokens: loopback addressing localhost, or (both its
+    address and the Host it named) inside one of `networks` (``serve --dev-network``)."""
+    if is_loopback_host(remote) and is_loopback_host(host):
+        return True
+    if not networks:
+        return False
+    name = host.rpartition(":")[0] if host.count(":") == 1 else host
+    try:
+        ips = [ipaddress.ip_address(remote), ipaddress.ip_address(name.strip("[]"))]
+    except ValueError:
+        return False
+    nets = [ipaddress.ip_network(n, strict=False) for n in networks]
+    return all(any(ip in net for net in nets) for ip in ips)
+
+
 @routes.post("/v1/dev/token")
 async def dev_token(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
     if not config.dev:
         raise ProtocolError("forbidden", "dev tokens are disabled on this server")
-    if not is_loopback_host(request.remote or "") or not is_loopback_host(request.host):
+    if not _dev_client(request.remote or "", request.host, config.dev_networks):
         raise ProtocolError(  # and a loopback Host header: no DNS rebinding from a web page
             "forbidden", "dev tokens are only for loopback clients addressing localhost"
         )

@@ -49,7 +49,7 @@ def node(config: ServerConfig) -> Cluster:
         config.cluster,
         node_id=config.node_id,
         public_url=url,
-        relay_host=config.ice_hosts[0],
+        relay_host=config.relay_host or config.ice_hosts[0],
         secret=config.secret,
         slots=config.slots,
     )

@@ -150,16 +150,22 @@ def embedded_server(
 
 
 @contextlib.contextmanager
-def redis_server(workdir: Path, port: int | None = None, timeout: float = 15.0) -> Iterator[str]:
+def redis_server(
+    workdir: Path, port: int | None = None, timeout: float = 15.0, bind: Sequence[str] = ()
+) -> Iterator[str]:
     """A throwaway ``redis-server`` on 127.0.0.1 (no persistence: the cluster keeps only
-    what may be lost there) for the block; yields its ``redis://`` URL."""
+    what may be lost there) for the block; yields its ``redis://`` URL. `bind` lists
+    further addresses it listens on (e.g. veth ends facing network namespaces)."""
     from spacesim import deps
 
     exe = deps.ensure("redis")
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-           "--dir", str(workdir), "--protected-mode", "yes"]  # fmt: skip
+    cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", *bind, "--save", "",
+           "--appendonly", "no", "--dir", str(workdir),
+           # protected mode refuses every non-loopback client: off only when asked to
+           # listen on other addresses (it then listens on those alone)
+           "--protected-mode", "no" if bind else "yes"]  # fmt: skip
     with open(workdir / "redis.log", "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         try:

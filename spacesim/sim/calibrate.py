@@ -61,6 +61,26 @@ so their clocks line up. The fits are non-negative least squares:
   The swarm's packets carry a measurement mark (`SWARM_MARK_BYTES`) that real clients'
   do not, so a fit from load runs is that much above real speech; the notes say so.
 
+* **A cluster** (a load run against ``spacesim serve --cluster`` nodes: its server run
+  holds each node's samples, `spacesim.load.nodes`). Each node's second is one CPU
+  sample, its joins, connections and events those of the participants the load run's
+  ``participant_joined`` records put on it (``attrs.node``), so the same CPU terms are
+  per node, as the model's are. The cascade's own CPU is taken off each sample before
+  the fit at the scenario's ``cpu_per_relay_send`` (per packet the node relayed) and
+  ``cpu_per_relay_receive`` (per packet relayed to it): a few microseconds a packet,
+  below what a per-second CPU sample resolves, so they are measured apart rather than
+  fitted. One more CPU term is fitted there, ``cpu_per_publisher_packet``: the
+  speakers' packets (``published``, their packets a second on the space's origin node,
+  none elsewhere) cost the origin their receive path before any fan-out, which the
+  nodes without publishers show apart (on one node, with a fixed number of speakers,
+  it cannot be told from ``cpu_fixed`` and is left there). The latency fit takes each
+  node's listeners apart: the fan-out term counts
+  the listeners *on that node*, and one more term, ``edge_delay``, is the latency
+  common to every listener on a node other than the room's origin (the hop)::
+
+      latency_q = forward_delay + q x listeners on the node x fanout_delay
+                  + edge_delay x [not the origin]
+
 For capacity questions about real listeners (each on their own device), the two
 latency terms from a loopback rig overstate the fan-out: delete ``fanout_delay`` and
 ``forward_delay`` from the file and the node falls back to ``cpu_per_packet / cores``
@@ -111,6 +131,7 @@ __all__ = [
     "latency_points",
     "load_calibration",
     "nnls",
+    "origin_node",
     "recording_samples",
     "swarm_behind",
     "swarm_loop_lag",
@@ -252,6 +273,8 @@ def cpu_samples(directory: str | Path) -> pd.DataFrame:
 
 
 def _cpu_samples(pair: _Pair) -> pd.DataFrame:
+    if _nodes_of(pair):
+        return _cluster_cpu_samples(pair)
     rec = pair.server.records
     cpu = rec[(rec["kind"] == "node_cpu")].sort_values("t")
     fwd = rec[(rec["kind"] == "packets_forwarded")].set_index("t")["value"]
@@ -294,6 +317,139 @@ def _events_between(pair: _Pair, start: np.ndarray, end: np.ndarray) -> np.ndarr
         total[np.searchsorted(t, end, "right")] - total[np.searchsorted(t, start, "right")]
     )
     return out
+
+
+# --------------------------------------------------------------------------- a cluster
+
+
+def _nodes_of(pair: _Pair) -> dict[str, str]:
+    """participant -> node of a load run against a cluster (empty: not a cluster run, whose
+    server run is the nodes' samples, `spacesim.load.nodes.NodeSampler`)."""
+    if pair.load is None or "nodes" not in (pair.server.meta.extra or {}):
+        return {}
+    lrec = pair.load.records
+    joined = lrec[lrec["kind"] == "participant_joined"]
+    out: dict[str, str] = {}
+    for pid, attrs in zip(joined["participant"], joined["attrs"], strict=True):
+        node = json.loads(attrs).get("node") if isinstance(attrs, str) and attrs else None
+        if node:
+            out[str(pid)] = str(node)
+    return out
+
+
+def origin_node(run: Run) -> str | None:
+    """The node a cluster run's host was on (its space's origin), None without one."""
+    rec = run.records
+    hosts = rec[(rec["kind"] == "participant_joined") & (rec["role"] == "host")]
+    for attrs in hosts["attrs"]:
+        node = json.loads(attrs).get("node") if isinstance(attrs, str) and attrs else None
+        if node:
+            return str(node)
+    return None
+
+
+def _cluster_cpu_samples(pair: _Pair) -> pd.DataFrame:
+    """`_cpu_samples` of a cluster run: one row per node per second (``node`` says which),
+    less the cascade's CPU at the scenario's relay costs (see the module docstring)."""
+    assert pair.load is not None
+    server = Server.model_validate(((pair.load.meta.scenario or {}).get("server")) or {})
+    nodes = _nodes_of(pair)
+    origin = origin_node(pair.load)
+    senders, interval = _speaking(pair.load)
+    published = senders / interval  # the speakers' packets a second, all to the origin
+    rec = pair.server.records
+    lrec = pair.load.records
+    frames = []
+    relayed = rec[rec["kind"] == "packets_relayed"]
+    sent = relayed.groupby("t")["value"].sum()  # every node's relays in each sample
+    names = sorted(set(rec.loc[rec["kind"] == "node_cpu", "participant"]))
+    for node in names:
+        mine = rec[rec["participant"] == node]
+        cpu = mine[mine["kind"] == "node_cpu"].sort_values("t")
+        t = cpu["t"].to_numpy("float64")
+        if t.size < 2:
+            continue
+        fwd = mine[mine["kind"] == "packets_forwarded"].set_index("t")["value"]
+        out = mine[mine["kind"] == "packets_relayed"].set_index("t")["value"].reindex(t).fillna(0)
+        # what the other nodes relayed, shared among the others (each packet goes to one)
+        others = (sent.reindex(t).fillna(0.0) - out) / max(len(names) - 1, 1)
+        who = lrec["participant"].map(nodes)
+        here = lrec[who == node]
+        joined = np.sort(
+            here.loc[here["kind"] == "participant_joined", "t"].to_numpy("float64") + pair.offset
+        )
+        left = np.sort(
+            here.loc[here["kind"] == "participant_left", "t"].to_numpy("float64") + pair.offset
+        )
+        start = np.concatenate([[t[0] - 1.0], t[:-1]])
+
+        def alive(
+            at: np.ndarray, joined: np.ndarray = joined, left: np.ndarray = left
+        ) -> np.ndarray:
+            return np.searchsorted(joined, at, "right") - np.searchsorted(left, at, "right")
+
+        got = here[here["kind"] == "events_received"].sort_values("t")
+        et = got["t"].to_numpy("float64") + pair.offset
+        total = np.concatenate([[0.0], np.cumsum(got["value"].to_numpy("float64"))])
+        events = total[np.searchsorted(et, t, "right")] - total[np.searchsorted(et, start, "right")]
+        frame = pd.DataFrame(
+            {
+                "t": t,
+                "published": np.full(t.size, published if node == origin else 0.0),
+                "cpu": cpu["value"].to_numpy("float64")
+                - out.to_numpy("float64") * server.cpu_per_relay_send
+                - others.to_numpy("float64") * server.cpu_per_relay_receive,
+                "packets": fwd.reindex(t).fillna(0.0).to_numpy("float64"),
+                "joins": (
+                    np.searchsorted(joined, t, "right") - np.searchsorted(joined, start, "right")
+                ).astype("float64"),
+                "connections": (alive(start) + alive(t)) / 2.0,
+                "events": events,
+                "node": node,
+                "run_id": pair.server.meta.run_id,
+            }
+        )
+        frames.append(frame[frame["t"] <= _end(pair)])
+    if not frames:
+        raise CalibrationError(f"{pair.directory}: fewer than two CPU samples of any node")
+    return pd.concat(frames, ignore_index=True)
+
+
+def _cluster_latency_points(pair: _Pair) -> pd.DataFrame:
+    """`_latency_points` of a cluster run: each node's listeners apart, with ``remote``
+    (1 on a node other than the origin) and ``listeners`` on that node."""
+    cols = ["q", "listeners", "senders", "remote", "latency", "run_id"]
+    assert pair.load is not None
+    nodes = _nodes_of(pair)
+    origin = origin_node(pair.load)
+    rec = pair.load.records
+    if swarm_behind(pair.load) or origin is None:
+        return pd.DataFrame(columns=cols)
+    start, end = steady_window(rec, pair.load.meta.duration)
+    who = rec["participant"].map(nodes)
+    senders, _ = _speaking(pair.load)
+    frames = []
+    for node in sorted(set(nodes.values())):
+        here = rec[who == node]
+        lat = here.loc[
+            (here["kind"] == "audio_latency") & (here["t"] >= start) & (here["t"] <= end), "value"
+        ].dropna()
+        n = _listeners_in(here, start, end)
+        if lat.size < 20 or n <= 0:
+            continue
+        frames.append(
+            pd.DataFrame(
+                {
+                    "q": QUANTILES,
+                    "listeners": n,
+                    "senders": senders,
+                    "remote": float(node != origin),
+                    "latency": np.quantile(lat.to_numpy("float64"), QUANTILES),
+                    "run_id": pair.load.meta.run_id,
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
 
 
 def _listeners_in(records: pd.DataFrame, start: float, end: float) -> float:
@@ -363,6 +519,8 @@ def _latency_points(pair: _Pair) -> pd.DataFrame:
     cols = ["q", "listeners", "senders", "latency", "run_id"]
     if pair.load is None:
         return pd.DataFrame(columns=cols)
+    if _nodes_of(pair):
+        return _cluster_latency_points(pair)
     rec = pair.load.records
     start, end = steady_window(rec, pair.load.meta.duration)
     lat = rec.loc[
@@ -541,10 +699,12 @@ def fit_cpu(samples: pd.DataFrame) -> Fit:
     terms = list(CPU_TERMS)
     if "events" not in samples or not samples["events"].to_numpy("float64").any():
         terms = [t for t in terms if t[0] != "events"]
+    if "published" in samples and samples["published"].fillna(0).to_numpy("float64").any():
+        terms.append(("published", "cpu_per_publisher_packet"))  # a cluster's origin
     if len(samples) < len(terms) + 2:
         raise CalibrationError(f"{len(samples)} CPU samples: too few to fit {len(terms)}")
     a = np.column_stack(
-        [np.ones(len(samples))] + [samples[c].to_numpy("float64") for c, _ in terms[1:]]
+        [np.ones(len(samples))] + [samples[c].fillna(0.0).to_numpy("float64") for c, _ in terms[1:]]
     )
     y = samples["cpu"].to_numpy("float64")
     return _nnls_fit(a, y, [f for _, f in terms], samples)
@@ -553,16 +713,22 @@ def fit_cpu(samples: pd.DataFrame) -> Fit:
 def fit_latency(points: pd.DataFrame) -> Fit | None:
     """Fit ``latency_q = forward_delay + q x fan-out x fanout_delay``; None without points.
 
-    The fan-out of a packet is listeners (every listener hears every sender here).
+    The fan-out of a packet is listeners (every listener hears every sender here). Points
+    of a cluster's other nodes (``remote`` = 1) fit one more term, ``edge_delay``.
     """
     if len(points) < 3:
         return None
     x = (points["q"] * points["listeners"]).to_numpy("float64")
-    a = np.column_stack([np.ones(len(points)), x])
+    cols = [np.ones(len(points)), x]
+    names = ["forward_delay", "fanout_delay"]
+    if "remote" in points and (points["remote"].fillna(0) > 0).any():
+        cols.append(points["remote"].fillna(0).to_numpy("float64"))
+        names.append("edge_delay")
+    a = np.column_stack(cols)
     y = points["latency"].to_numpy("float64")
     if np.ptp(x) <= 0:
         return None
-    return _nnls_fit(a, y, ["forward_delay", "fanout_delay"], points)
+    return _nnls_fit(a, y, names, points)
 
 
 def fit_asr(samples: pd.DataFrame) -> Fit | None:

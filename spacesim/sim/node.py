@@ -31,6 +31,12 @@ streams it forwards (`streams`) and from how many senders (`senders`), so:
   packet waits a uniform share of ``L`` on top of the queue (`gc_wait`); events too.
   The pauses are CPU work the CPU fit already counts in ``cpu_per_packet``; this term
   is only their effect on the tail of the latency (`spacesim.server.gcmeter`).
+* **Before the fan-out** (`relay_rate`, cores): a room's origin receives each packet its
+  publishers send (``cpu_per_publisher_packet``), and a room whose listeners span nodes is
+  relayed by its origin once per packet to each other node with listeners of it
+  (``cpu_per_relay_send`` a packet and node), and each such node receives it
+  (``cpu_per_relay_receive``) before its own fan-out; the world keeps the rate (part of
+  ``r``). The latency the hop adds is the world's ``edge_delay``.
 * Joins add impulses of work (`add_work`) to a backlog served with the capacity the
   forwarding leaves spare; packets and joins wait behind it (one event loop), and while
   that wait exceeds D arriving packets are lost.
@@ -124,6 +130,7 @@ class Node:
         "offered",
         "offered_packets",
         "pps",
+        "relay_rate",
         "reserved_streams",
         "senders",
         "streams",
@@ -154,6 +161,7 @@ class Node:
         self.reserved_streams = 0  # streams admitted: what admission control counts
         self.backlog = 0.0  # core-seconds of join work waiting
         self.event_rate = 0.0  # cores of event delivery drawn per tick (see World)
+        self.relay_rate = 0.0  # cores of cascade relaying, sent and received (see World)
         self.last = 0.0
         # per-tick accumulators, reset by `take_tick`
         self.busy = 0.0
@@ -175,6 +183,7 @@ class Node:
             self.forwarding_rate()
             + self.connections * self.cpu_per_connection
             + self.event_rate
+            + self.relay_rate
             + self.cpu_fixed
         )
 
@@ -197,7 +206,10 @@ class Node:
 
     def queue_state(self) -> tuple[float, float, float, float]:
         """(rho, theta, loss, room) for a packet arriving now; room = buffer left."""
-        key = (self.streams, self.senders, self.connections, self.backlog, self.event_rate)
+        key = (
+            self.streams, self.senders, self.connections, self.backlog,
+            self.event_rate + self.relay_rate,
+        )  # fmt: skip
         if key == self._qs_key:  # many calls between changes: the law is the same
             return self._qs_val
         rho = self.rate() / self.cores
@@ -217,7 +229,8 @@ class Node:
         self.last = now
         c = self.cores
         fwd = self.forwarding_rate()
-        r = fwd + self.connections * self.cpu_per_connection + self.event_rate + self.cpu_fixed
+        r = fwd + self.connections * self.cpu_per_connection + self.event_rate + self.relay_rate
+        r += self.cpu_fixed
         _rho, _theta, loss, _room = self.queue_state()
         packets = self.streams * self.pps * dt
         self.offered += r * dt
@@ -244,6 +257,12 @@ class Node:
         """Event delivery work drawn for the coming tick, in cores, from `now` on."""
         self.advance(now)
         self.event_rate = max(rate, 0.0)
+
+    def set_relay_rate(self, now: float, rate: float) -> None:
+        """Cascade relaying (a room's packets sent to, or received from, other nodes), in
+        cores, from `now` on."""
+        self.advance(now)
+        self.relay_rate = max(rate, 0.0)
 
     def spare(self) -> float:
         """Cores left for join work once packets (those not lost) and connections are served."""

@@ -94,6 +94,7 @@ class Room:
     talkers: dict[str, simpy.Process] = field(default_factory=dict)  # pid -> talker process
     node_subs: dict[Node, int] = field(default_factory=dict)  # subscribed listeners per node
     event_load: dict[Node, float] = field(default_factory=dict)  # this tick's event cores
+    relay_load: dict[Node, float] = field(default_factory=dict)  # cores of its cascade
     events_tick: int = 0  # events delivered to every subscriber since the last sample
     count_changes: int = 0  # joins and leaves since the last audience tick
     stage_deliveries: int = 0  # join/leave events delivered to the stage since then
@@ -150,6 +151,9 @@ class World:
         self.streams_per_listener = max(scenario.speaking.active_speakers, 1)
         self.cpu_per_event = scenario.server.cpu_per_event
         self.edge_delay = scenario.server.edge_delay
+        self.publisher_packet = scenario.server.cpu_per_publisher_packet
+        self.relay_send = scenario.server.cpu_per_relay_send
+        self.relay_receive = scenario.server.cpu_per_relay_receive
         self.asr_cost = scenario.server.asr_cost
         self.caption_events = scenario.server.caption_events
         self.recorded_packet_bytes = scenario.server.recorded_packet_bytes
@@ -332,13 +336,17 @@ class World:
         """A participant's path (`Decisions.network`)."""
         return self.decide.network(room.number, pid)
 
-    def _path_attrs(self, net: NetworkProfile) -> str | None:
+    def _path_attrs(self, net: NetworkProfile, node: Node | None = None) -> str | None:
         """A replay records each participant's path as the swarm does (`load.host.path_attrs`),
+        and with several nodes the node carrying them (``node``, as a cluster's records say),
         so the two runs' records compare participant by participant; an independent draw
         leaves it out (a million joins' JSON)."""
         if not self.decide.replayed:
             return None
-        return json.dumps({"jitter": net.jitter, "loss": net.loss, "rtt": net.rtt})
+        attrs: dict[str, object] = {"jitter": net.jitter, "loss": net.loss, "rtt": net.rtt}
+        if node is not None and len(self.nodes) > 1:
+            attrs["node"] = node.name
+        return json.dumps(attrs)
 
     def one_way(self, net: NetworkProfile) -> float:
         """One-way network delay: half the RTT plus an exponential jitter term."""
@@ -409,7 +417,7 @@ class World:
         net = room.stage_nets[pid] = self.pick_network(room, pid)
         self._stage_hears(room)
         room.stage_deliveries += len(room.stage_nets) - 1
-        attrs = self._path_attrs(net)
+        attrs = self._path_attrs(net, room.origin)
         self.add(("participant_joined", self.env.now, room.name, pid, role, math.nan, attrs))
 
     def _refuse_join(self, room: Room, pid: str, reason: str) -> None:
@@ -455,6 +463,8 @@ class World:
         node.listeners += 1
         node.reserved_streams += self.streams_per_listener
         room.node_listeners[node] = here + 1
+        if not here and node is not room.origin:
+            self._relays(room)
         who = Listener(node, net, now, now + join_time)
         if len(room.sampled) < self.sc.sim.latency_sample:
             who.sampled = True
@@ -469,7 +479,7 @@ class World:
             d.uniform() < self.sc.rooms.host_follows
         ):
             room.space.follow(pid)
-        attrs = self._path_attrs(net)
+        attrs = self._path_attrs(net, node)
         self.add(("participant_joined", now, room.name, pid, "listener", join_time, attrs))
         return who
 
@@ -492,6 +502,8 @@ class World:
             room.node_listeners[node] = left
         else:
             del room.node_listeners[node]
+            if node is not room.origin:
+                self._relays(room)
         room.drop_id(pid)
         room.hands.pop(pid, None)
         if who.subscribed:
@@ -533,9 +545,30 @@ class World:
             room.recorded_from = now  # its timeline starts at the first packet
         for node, n in room.node_listeners.items():
             node.change(now, streams=delta * n, senders=delta)
+        self._relays(room)
         self._stage_hears(room)
         if delta > 0 and room.waiting_audio:
             self._first_audio(room)
+
+    def _relays(self, room: Room) -> None:
+        """The room's packets before any fan-out, now: its origin receives each packet its
+        senders send (``cpu_per_publisher_packet``) and relays it once to every other node
+        with listeners of the room, which receives it (`Node.relay_rate`)."""
+        if len(self.nodes) < 2 and not self.publisher_packet:
+            return
+        now = self.env.now
+        rate = room.talking * self.pps
+        load: dict[Node, float] = {}
+        others = [n for n in room.node_listeners if n is not room.origin]
+        if rate > 0:
+            load[room.origin] = rate * (self.publisher_packet + self.relay_send * len(others))
+            for node in others:
+                load[node] = load.get(node, 0.0) + rate * self.relay_receive
+        for node in set(load) | set(room.relay_load):
+            delta = load.get(node, 0.0) - room.relay_load.get(node, 0.0)
+            if delta:
+                node.set_relay_rate(now, node.relay_rate + delta)
+        room.relay_load = load
 
     def _stage_hears(self, room: Room) -> None:
         """The stage hears every sender but itself: the origin forwards those streams too.

@@ -1163,3 +1163,17 @@ def test_the_page_calls_only_documented_routes() -> None:
     assert named, "no routes found in the page's scripts"
     assert named <= paths, sorted(named - paths)
     assert "/v1/spaces/{space}/events" in named and "/v1/spaces/{space}/join" in named
+
+
+def test_dev_tokens_go_to_loopback_or_a_named_dev_network_only() -> None:
+    """``serve --dev-network``: a client there may take dev tokens when it also names an
+    address there; without the option only loopback clients addressing localhost may."""
+    from spacesim.server.app import _dev_client
+
+    assert _dev_client("127.0.0.1", "localhost:8080", ())
+    assert not _dev_client("10.213.201.1", "10.213.201.2:8080", ())
+    nets = ("10.213.0.0/16",)
+    assert _dev_client("10.213.201.1", "10.213.201.2:8080", nets)
+    assert not _dev_client("10.9.0.1", "10.213.201.2:8080", nets)  # a client elsewhere
+    assert not _dev_client("10.213.201.1", "evil.example:80", nets)  # DNS rebinding
+    assert not _dev_client("10.213.201.1", "8.8.8.8", nets)

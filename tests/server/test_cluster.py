@@ -26,7 +26,7 @@ from spacesim.client.speaker import SpeakerTrack, load_clip
 from spacesim.load.nodes import NodeSampler, node_stats
 from spacesim.results import load_run
 from spacesim.server import launch
-from spacesim.server.cluster import DOWN, Relay
+from spacesim.server.cluster import DOWN, TAG, Cluster, Relay
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -243,6 +243,37 @@ def test_relay_refuses_a_forged_packet() -> None:
     kind, space, user, k, gen, p = got[0]
     assert (kind, space, user, k, gen) == (DOWN, "s-1", "alice", 1, 5)
     assert (p.sequence_number, p.timestamp, p.payload) == (7, 960, b"opus")
+    good = bytearray(relay.encode(DOWN, "s-1", "alice", 1, 5, packet))
+    good[-TAG - 1] ^= 1  # one bit of the payload changed on the way
+    relay.datagram_received(bytes(good), ("1.2.3.4", 9))
+    assert len(got) == 1 and relay.refused == 2
+
+
+async def test_a_relayed_fan_out_runs_at_once_and_resumes_if_it_waits() -> None:
+    """`Cluster._eager` runs a relayed packet's fan-out in the receive call (no task per
+    packet); one that waits (the slow send path) finishes later, in order."""
+    node = Cluster(
+        "redis://unused", node_id="n", public_url="http://x", relay_host="127.0.0.1",
+        secret=b"s" * 32, slots=2,
+    )  # fmt: skip
+    steps: list[str] = []
+
+    async def quick() -> None:
+        steps.append("quick")
+
+    gate: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    async def slow() -> None:
+        steps.append("slow:start")
+        steps.append(f"slow:got {await gate}")
+
+    node._eager(quick())
+    assert steps == ["quick"] and not node._tasks
+    node._eager(slow())
+    assert steps == ["quick", "slow:start"] and len(node._tasks) == 1
+    gate.set_result(3)
+    await asyncio.gather(*node._tasks)
+    assert steps == ["quick", "slow:start", "slow:got 3"]
 
 
 def test_placement_leaves_out_the_node_a_rejoining_client_lost() -> None:

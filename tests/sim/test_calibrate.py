@@ -536,3 +536,75 @@ def test_join_time_is_two_round_trips_ice_pacing_and_the_clients_setup() -> None
         joins = summarise(simulate(sc, seed=1).records).loc["join_time"]
         expect = 2 * rtt + max(0.020, rtt) + setup + 1e-4
         assert joins["p50"] == pytest.approx(expect, rel=0.05), rtt
+
+
+RELAY = {"cpu_per_relay_send": 2e-6, "cpu_per_relay_receive": 5e-6}
+PUBLISHER = 150e-6
+
+
+def cluster_run(
+    directory: Path, n: int, forward: float, fanout: float, edge: float, seed: int
+) -> Path:
+    """A load run against two nodes: the host on node-1, listeners alternating between the
+    nodes (``attrs.node``), each node's CPU following `TRUE` for its own listeners plus the
+    relay's cost, and latency on node-2 `edge` later."""
+    rng = np.random.default_rng(seed)
+    load = Recorder(f"cload-{seed}", "load")
+    srv = Recorder(f"cserver-{seed}", "server")
+    load.add("participant_joined", 0.5, "r", "host", "host", 0.05, {"node": "node-1"})
+    per = {"node-1": 0, "node-2": 0}
+    for i in range(n):
+        node = f"node-{1 + i % 2}"
+        per[node] += 1
+        t = 1.0 + i * 0.01
+        load.add("participant_joined", t, "r", f"l{i}", "listener", 0.1, {"node": node})
+    for t in np.arange(5.0, 20.0, 0.01):
+        for node, who in (("node-1", "l0"), ("node-2", "l1")):
+            late = edge if node == "node-2" else 0.0
+            value = forward + late + rng.random() * per[node] * fanout
+            load.add("audio_latency", float(t), "r", who, "listener", value)
+    for t in range(5, 21):
+        load.add("packets_received", float(t), "r", "l0", "listener", PPS)
+        load.add("packets_lost", float(t), "r", "l0", "listener", 0.0)
+    for s in range(2, 21):  # server clock = load clock + 0.5 (t0 0.5 s earlier)
+        for node, mine in per.items():
+            joins = mine if s == 2 else 0  # they all joined in the second before
+            packets = PPS * mine
+            relayed = PPS if node == "node-1" else 0.0
+            cpu = (
+                TRUE["cpu_fixed"]
+                + TRUE["cpu_per_packet"] * packets
+                + TRUE["cpu_per_join"] * joins
+                + RELAY["cpu_per_relay_send"] * relayed
+                + RELAY["cpu_per_relay_receive"] * (PPS - relayed)
+                + PUBLISHER * (PPS if node == "node-1" else 0.0)  # the host's packets in
+                + rng.normal(0.0, 0.0005)
+            )
+            srv.add("node_cpu", float(s), "", node, "node", cpu)
+            srv.add("packets_forwarded", float(s), "", node, "node", packets)
+            srv.add("packets_relayed", float(s), "", node, "node", relayed)
+    server_meta = _meta(srv.run_id, "server", 20, 1000.0, nodes={"node-1": "", "node-2": ""})
+    write_run(directory / "server", srv.to_frame(), server_meta)
+    meta = _meta(load.run_id, "load", 20.0, 1000.5, server_run="server", users=n + 1)
+    meta = dataclasses.replace(meta, scenario={"speaking": {"active_speakers": 1}, "server": RELAY})
+    write_run(directory, load.to_frame(), meta)
+    return directory
+
+
+def test_a_cluster_run_is_fitted_per_node_with_the_cascade_as_edge_delay(tmp_path: Path) -> None:
+    """Each node's CPU samples fit the same per-node terms once the relay's known cost is
+    taken off; the other node's listeners carry one more latency term, edge_delay."""
+    runs = [cluster_run(tmp_path / f"c{n}", n, 0.0008, 50e-6, 0.0003, n) for n in (20, 60, 100)]
+    cal = calibrate(runs)
+    assert cal.server["cpu_per_packet"] + cal.server["cpu_per_connection"] / PPS == (
+        pytest.approx(TRUE["cpu_per_packet"], rel=0.1)
+    )  # one speaker: packets and connections trade off
+    assert cal.server["cpu_fixed"] == pytest.approx(TRUE["cpu_fixed"], rel=0.15)
+    assert cal.server["cpu_per_publisher_packet"] == pytest.approx(PUBLISHER, rel=0.1)
+    assert cal.server["edge_delay"] == pytest.approx(0.0003, rel=0.1)
+    assert cal.server["forward_delay"] == pytest.approx(0.0008, rel=0.1)
+    assert cal.server["fanout_delay"] == pytest.approx(50e-6, rel=0.1)
+    samples = cpu_samples(runs[0])
+    assert set(samples["node"]) == {"node-1", "node-2"}
+    last = samples.groupby("node")["connections"].last()
+    assert last.to_dict() == {"node-1": 11, "node-2": 10}  # the host's is on node-1

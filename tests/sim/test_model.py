@@ -176,3 +176,28 @@ def test_arrival_profiles_deliver_their_expected_counts(
     if arrivals["kind"] == "ramp":  # the rate rises: the second half gets three times the first
         late = sum(t >= 500 for t in times)
         assert late / (len(times) - late) == pytest.approx(3, rel=0.15)
+
+
+def test_a_room_spanning_two_nodes_costs_its_cascade_on_both() -> None:
+    """The origin pays cpu_per_relay_send per packet per other node with listeners, the
+    other node cpu_per_relay_receive per packet; with one node there is no cascade."""
+    costs = {
+        "cpu_per_packet": 0, "cpu_per_join": 0, "cpu_per_connection": 0, "cpu_per_event": 0,
+        "cpu_per_relay_send": 1e-4, "cpu_per_relay_receive": 3e-4,
+    }  # fmt: skip
+    fields = {
+        "duration": "40s",
+        "rooms": {"count": 1, "speakers": 0},
+        "speaking": {"active_speakers": 1, "dtx": False},
+        "arrivals": {"kind": "constant", "rate": "2/s"},
+        "session": {"kind": "fixed", "mean": "1h"},
+        "sim": {"tick": "1s"},
+    }
+    late = {}
+    for nodes in (1, 2):
+        run = simulate(scenario(**fields, server={"nodes": nodes, **costs}))
+        cpu = kind(run.records, "node_cpu")
+        late[nodes] = cpu[cpu["t"] > 30].groupby("participant")["value"].mean().to_dict()
+    pps = 50.0
+    assert late[1] == pytest.approx({"node-0": 0.0})
+    assert late[2] == pytest.approx({"node-0": pps * 1e-4, "node-1": pps * 3e-4}, rel=0.02)
