@@ -72,7 +72,7 @@ from spacesim.server import launch
 PACKETS_PER_S = 50
 SLOTS = 3
 CONNECT_TIMEOUT = 20.0
-KINDS = ("lite", "probe", "default")
+KINDS = ("lite", "callback", "probe", "default")
 
 
 def _quiet() -> None:
@@ -144,13 +144,13 @@ async def _worker_main(
     from aiortc.mediastreams import MediaStreamError
 
     from spacesim import rtc
-    from spacesim.client.listener import ListenerStats
+    from spacesim.client.listener import ListenerStats, lite_stats
     from spacesim.client.probe import ProbeStats
     from spacesim.client.session import RoomClient, connect_audio
 
     rtc.use_host_addresses(["127.0.0.1"])
     pcs: list[Any] = []
-    stats: list[ListenerStats] = []
+    stats: list[Any] = []
     frames = [0]
     tasks: list[asyncio.Task[None]] = []
 
@@ -166,11 +166,12 @@ async def _worker_main(
     async with aiohttp.ClientSession() as http:
         for i in range(n):
             client = RoomClient(base, f"{kind}-{i}", http)
-            if kind in ("lite", "probe"):
-                st = ListenerStats() if kind == "lite" else ProbeStats()
-                link = await connect_audio(
-                    client, space, st.on_rtp, slots=SLOTS, read_every=st.read_every
-                )
+            if kind in ("lite", "callback", "probe"):
+                st: Any = {"lite": lite_stats, "callback": ListenerStats, "probe": ProbeStats}[
+                    kind
+                ]()
+                every = None if kind == "callback" else st.read_every
+                link = await connect_audio(client, space, st.on_rtp, slots=SLOTS, read_every=every)
                 stats.append(st)
                 pcs.append(link.pc)
             else:
@@ -236,7 +237,7 @@ async def _worker_main(
         "us_per_listener_s": (c1 - c0) * 1e6 / n / (w1 - w0),
     }
     if stats:
-        lat = sorted(x for s in stats for ss in s.senders.values() for x in ss.latencies)
+        lat = sorted(x for s in stats for x in s.drain()[0])
         result["latency_p50_ms"] = lat[len(lat) // 2] * 1e3 if lat else float("nan")
         result["lost"] = sum(s.totals()[1] for s in stats)
     if kind == "probe":
@@ -282,6 +283,9 @@ def _line(r: dict[str, Any]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--lite", type=int, default=100, help="lite listeners (0 = skip)")
+    ap.add_argument(
+        "--callback", type=int, default=100, help="lite listeners read in the socket callback"
+    )
     ap.add_argument("--probe", type=int, default=40, help="probe listeners (0 = skip)")
     ap.add_argument("--default", type=int, default=10, help="default aiortc listeners")
     ap.add_argument("--runs", type=int, default=3, help="rounds; figures are medians")
@@ -360,8 +364,17 @@ def main() -> None:
             f"{kind:8s} median of {n_runs[kind]}: {us[kind]:.1f} us/packet, "
             f"{per_core:.0f} listeners per core{ratio}"
         )
+    speedup = [
+        r["callback"]["us_per_packet"] / r["lite"]["us_per_packet"]
+        for r in runs
+        if "lite" in r and "callback" in r
+    ]
+    if speedup:
+        print(f"lite (native batch reader) vs socket callback, per round: {speedup}")
     for kind in kinds:
         print(f"FIGURE {kind}_us_per_packet={us[kind]:.1f} us")
+    if speedup:
+        print(f"FIGURE lite_speedup_vs_callback={_median(speedup):.2f} ratio")
     for kind in ("lite", "probe"):
         if kind in kinds:
             print(f"FIGURE {kind}_listeners_per_core={1e6 / (PACKETS_PER_S * us[kind]):.0f}")
