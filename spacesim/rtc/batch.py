@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pylibsrtp
 from pylibsrtp._binding import ffi as _ffi
-from pylibsrtp._binding import lib as _lib
 
 from spacesim.rtc import internals as _i
 from spacesim.rtc import native_rx
@@ -55,7 +54,6 @@ _i.register(
         "asyncio/selector_events.py BaseSelectorEventLoop._remove_reader",
     ),
     _i.assigned(pylibsrtp.Session, "_srtp", "pylibsrtp/__init__.py Session._srtp"),
-    _i.attr(_lib, "srtp_unprotect", "pylibsrtp._binding lib.srtp_unprotect"),
 )
 
 # Linux: SO_TIMESTAMPNS (asm-generic/socket.h; x86, arm and riscv use 35) asks the kernel

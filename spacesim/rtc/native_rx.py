@@ -32,8 +32,15 @@ import threading
 from typing import Any
 
 import numpy as np
+from pylibsrtp._binding import lib as _lib
 
 from spacesim.client.opus import MAGIC, MARK_SIZE
+from spacesim.rtc import internals as _i
+
+_i.register(
+    __name__,
+    _i.attr(_lib, "srtp_unprotect", "pylibsrtp._binding lib.srtp_unprotect"),
+)
 
 __all__ = ["BATCH", "MAX_MESSAGES", "RxStats", "Status", "available", "drain_fn", "stats"]
 
@@ -76,7 +83,6 @@ def _ctypes_functions() -> tuple[Any, Any, Any] | None:
         return None
     try:
         from pylibsrtp._binding import ffi as _ffi
-        from pylibsrtp._binding import lib as _lib
 
         libc = ctypes.CDLL(None)
         i64, c_int = ctypes.c_int64, ctypes.c_int
