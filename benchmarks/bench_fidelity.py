@@ -3,9 +3,15 @@
 What runs (all on 127.0.0.1; every load run bounded in users and time):
 
 0. **Pinning.** With two or more CPUs, the embedded server is pinned to CPU 0 and the
-   swarm (Locust) to CPU 1 (``spacesim load --server-cpus 0 --swarm-cpus 1``:
+   swarm's listeners (Locust) to CPU 1 (``spacesim load --server-cpus 0 --swarm-cpus 1``:
    ``os.sched_setaffinity``), so the server's utilisation is of one core it has to
-   itself and the swarm's work does not slow its fan-out. ``--no-pin`` turns it off.
+   itself and the swarm's work does not slow its fan-out. The senders (the host and
+   its stage) run in a Locust process of their own on CPU 0 (``--stage-cpus 0``, as
+   ``bench_targets`` puts its speaker beside the server): the listeners' loop may lag
+   under load, and a sender on it would send its missed 20 ms slots in bursts that
+   queue at the server, which periodic senders (and the model) do not have. Their
+   CPU (a few packets every 20 ms) is on the server's core, so the measured server
+   load is the server's process alone. ``--no-pin`` turns it off.
 1. **Levels to saturation.** Unless ``--levels`` is given, a probe run (``PROBE``
    listeners) measures the server's CPU per listener, from which the listener count
    that would fill the server's core (``N_sat``) follows; the levels are the
@@ -149,7 +155,9 @@ def load_level(
         "--network", "none",  # plain loopback: the scenario's network is zero anyway
     ]  # fmt: skip
     if pin is not None:
-        cmd += ["--server-cpus", pin[0], "--swarm-cpus", pin[1]]
+        # the senders (host, stage) in their own process on the server's core: they send
+        # every 20 ms however busy the listeners' process is (`spacesim.load.run._stage_split`)
+        cmd += ["--server-cpus", pin[0], "--swarm-cpus", pin[1], "--stage-cpus", pin[0]]
     _say(f"{name}: {n} listeners for {duration:g} s")
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
     if d.exists():

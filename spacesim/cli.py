@@ -269,6 +269,7 @@ def cmd_load(args: argparse.Namespace) -> int:
         overrides=args.set or (),
         server_cpus=args.server_cpus,
         swarm_cpus=args.swarm_cpus,
+        stage_cpus=args.stage_cpus,
         show=lambda summary, sc, title: print_summary(
             summary, check_slos(summary, sc.slo.targets()), title
         ),
@@ -883,6 +884,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=_cpus,
         metavar="LIST",
         help="pin the swarm (Locust and browser probes) to these CPUs, e.g. 1",
+    )
+    load.add_argument(
+        "--stage-cpus",
+        type=_cpus,
+        metavar="LIST",
+        help="run the hosts and their stage (every sender) in a Locust process of their "
+        "own pinned to these CPUs, e.g. 0, so senders send on time however busy the "
+        "audience's process is",
     )
     load.set_defaults(func=cmd_load)
 

@@ -296,13 +296,17 @@ class BatchReader:
         loop = self._loop
         self._timer = loop.call_later(self.interval, self._tick)
         self.ticks += 1
-        offset = time.monotonic_ns() - time.time_ns()
-        full = native_rx.MAX_MESSAGES - native_rx.BATCH
-        for _ in range(8):  # bounded work per tick; what is left is read next tick
-            n = self._read(offset)
-            self._python(n)
-            if n < full:
-                break
+        self._more(time.monotonic_ns() - time.time_ns(), CALLS_PER_TICK)
+
+    def _more(self, offset_ns: int, calls: int) -> None:
+        """One call of the native loop (at most MAX_MESSAGES datagrams, a few ms); while
+        it fills up, the next runs as a fresh loop callback, so that timers due in
+        between (a speaker's next packet in this process) are not held up by the
+        whole backlog."""
+        n = self._read(offset_ns)
+        self._python(n)
+        if n >= native_rx.MAX_MESSAGES - native_rx.BATCH and calls > 1 and self._entries:
+            self._loop.call_soon(self._more, offset_ns, calls - 1)
 
     def _read(self, offset_ns: int) -> int:
         """One call of the native loop: datagram slots used."""
@@ -311,7 +315,7 @@ class BatchReader:
             self._ep.fileno(), self._events, self._events.ctypes.data, self._fd_slot,
             self._slot_srtp, self._slot_row, self._slot_rtp, self._hdr,
             self._hdr.ctypes.data, self._ctrl, self._data, self._data.ctypes.data,
-            self._length, self._length.ctypes.data, offset_ns, 64,
+            self._length, self._length.ctypes.data, offset_ns, 64, native_rx.MAX_MESSAGES,
             self._out_slot, self._out_status, self._out_len, self._out_arrival,
             table.ri, table.st, table.sd, table.sj, table.lat,
         )  # fmt: skip
@@ -372,6 +376,7 @@ def _address(name: bytes) -> tuple[Any, ...]:
     return socket.inet_ntop(socket.AF_INET, name[4:8]), port
 
 
+CALLS_PER_TICK = 32  # bounded work per tick; what is left is read next tick
 _READER_ATTR = "_spacesim_batch_reader"
 _stamps_on: socket.socket | None = None
 

@@ -42,10 +42,12 @@ _i.register(
     _i.attr(_lib, "srtp_unprotect", "pylibsrtp._binding lib.srtp_unprotect"),
 )
 
-__all__ = ["BATCH", "MAX_MESSAGES", "RxStats", "Status", "available", "drain_fn", "stats"]
+__all__ = [
+    "BATCH", "MAX_MESSAGES", "RxStats", "Status", "available", "drain_fn", "stats", "warm",
+]  # fmt: skip
 
 BATCH = 16  # datagrams per recvmmsg call (per ready socket)
-MAX_MESSAGES = 4096  # datagrams per drain call; the reader calls again while it fills
+MAX_MESSAGES = 1024  # datagrams per drain call (~2-3 ms); the reader calls again while it fills
 MESSAGE_SIZE = 2048  # bytes per datagram slot (RTP, STUN, SRTCP here are < 1,300)
 CONTROL_SIZE = 64  # CMSG_SPACE(sizeof(struct timespec)) is 32 on LP64
 NAME_SIZE = 32  # sockaddr_in6 is 28 bytes
@@ -266,13 +268,13 @@ def _compile() -> tuple[Any, Any]:
         def drain(
             epfd: int, events: Any, events_addr: int, fd_slot: Any, slot_srtp: Any,
             slot_row: Any, slot_rtp: Any, hdr: Any, hdr_addr: int, ctrl: Any, data: Any,
-            data_addr: int, length: Any, length_addr: int, offset_ns: int, rounds: int,
+            data_addr: int, length: Any, length_addr: int, offset_ns: int, rounds: int, limit: int,
             out_slot: Any, out_status: Any, out_len: Any, out_arrival: Any,
             ri: Any, st: Any, sd: Any, sj: Any, lat: Any,
         ) -> int:  # fmt: skip
-            """Read every ready socket (up to `rounds` epoll rounds and the buffer's
-            room); the number of datagram slots used."""
-            cap = out_slot.shape[0]
+            """Read every ready socket (up to `rounds` epoll rounds and `limit`
+            datagrams); the number of datagram slots used."""
+            cap = min(limit, out_slot.shape[0])
             total = 0
             for _ in range(rounds):
                 ready = epoll_wait(epfd, events_addr, MAX_EVENTS, 0)
@@ -452,3 +454,19 @@ def stats() -> RxStats:
     if _stats is None:
         _stats = RxStats()
     return _stats
+
+
+def warm() -> None:
+    """Compile both kernels now (~1-2 s; `account` comes from numba's disk cache), so
+    that the first batch reader of this process does not hold up its event loop."""
+    if not available():
+        return
+    drain, _ = _compile()
+    i64 = np.zeros(1, np.int64)
+    u8 = np.zeros(1, np.uint8)
+    table = stats()
+    drain(
+        -1, u8, 0, i64, i64, i64, i64, np.zeros((1, 8), np.int64), 0, i64, u8, 0,
+        np.zeros(1, np.int32), 0, 0, 1, 0, i64, i64, i64, i64,
+        table.ri, table.st, table.sd, table.sj, table.lat,
+    )  # fmt: skip
