@@ -8,11 +8,16 @@ What runs (all on 127.0.0.1, every process with a hard deadline):
 * per round (``--runs``), one worker process per listener kind, run one after the
   other, each holding N listeners of that kind:
 
-  - ``lite``: `connect_audio` + `ListenerStats.on_rtp` (RTP taken at the socket by
+  - ``lite``: the swarm's lite listener, `connect_audio` + `lite_stats()`'s ``on_rtp``
+    (`NativeListenerStats`: RTP taken at the socket by
     `spacesim.rtc.receive_rtp_direct`, which once audio flows hands the socket to the
-    `spacesim.rtc.BatchReader`: every ``ListenerStats.read_every`` (20 ms) one epoll
-    poll, ``recvmsg_into`` with the kernel's receive time, SRTP unprotected in place;
-    no aiortc receive path, no decoding);
+    `spacesim.rtc.BatchReader`: every ``read_every`` (100 ms) one call of the native
+    loop, `spacesim.rtc.native_rx`: epoll, ``recvmmsg`` with the kernel's receive times,
+    SRTP unprotected in place by libsrtp, the packet counted in the listener's row; no
+    Python per packet, no aiortc receive path, no decoding);
+  - ``callback``: the same-run baseline, a lite listener read the way the direct path
+    reads without the batch reader: Python `ListenerStats.on_rtp` called from each
+    datagram's socket callback (asyncio's ``_read_ready``), the clock read there;
   - ``probe``: `connect_audio` + `ProbeStats.on_rtp` (the same path + aiortc's jitter
     buffer, a libopus decode of every released frame and its RMS);
   - ``default``: the baseline, a plain aiortc `RTCPeerConnection` with ``slots``
@@ -35,6 +40,18 @@ listeners per core = 1e6 / (50 x us/packet): one speaker heard, 50 packets/s eac
 the top functions (profiling inflates the cost; the figures of that run are not
 representative).
 
+Recorded 2026-12-07 (2 cores shared with three other helpers' work, load average ~3),
+``--lite 300 --callback 300 --probe 0 --default 0 --runs 3``: lite **4.8 us/packet**
+(4.4-5.8; 4,202 listeners per core), callback 20.8 us (17.6-21.6), **3.75x** cheaper
+per round (3.7-4.7x). The batch reader as it was before the native loop (856aea6:
+Python per datagram, 20 ms ticks), same command, same hour: 13.7 us (12.6-15.1), so
+2.9x. Of the change, reading every 100 ms instead of 20 ms (more datagrams per
+``recvmmsg``, fewer wake-ups) is worth ~2x of it: 11.3, 5.7 and 4.6 us at 20, 50 and
+100 ms in one series. Where the rest goes (``perf``, 20 ms reads): the kernel ~33 %,
+libsrtp (AES-GCM with an OpenSSL context set up per packet, stream lookup) ~31 %, the
+interpreter ~25 % (aioice's consent checks, the loop, per-listener timers), the
+compiled loop ~4 %.
+
 Recorded 2026-12-06 (2 cores, quiet machine), defaults, median of 3 rounds, four
 runs: lite 17.5-18.5 us/packet (1,081-1,140 per core, 21.5-24.3x cheaper than the
 default listener), probe 89-96 us (208-224 per core, 4.1-4.7x; 70 us when run alone),
@@ -48,7 +65,7 @@ receive path with ``tap_rtp``; 24.5-29 us with the per-datagram socket callback
 place.
 
 Run: ``OPENBLAS_NUM_THREADS=1 python benchmarks/bench_swarm.py [--lite 100]
-[--probe 40] [--default 10] [--runs 3] [--warmup 3] [--window 8] [--profile]``.
+[--callback 100] [--probe 40] [--default 10] [--runs 3] [--warmup 3] [--window 8] [--profile]``.
 """
 
 from __future__ import annotations

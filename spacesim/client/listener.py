@@ -13,6 +13,9 @@ involved: `spacesim.rtc.receive_rtp_direct` hands each packet over with the time
 reached the socket, and only its payload is looked at (`spacesim.client.rtp.payload`).
 Since only that time matters, a listener lets the batch reader read its socket every
 `ListenerStats.read_every` s (kernel receive times), which is most of what makes it cheap.
+The swarm's lite listeners (`lite_stats`) are `NativeListenerStats`: the same
+accounting in machine code, where the batch reader counts their packets without
+calling back into Python (`spacesim.rtc.native_rx`), read every 100 ms.
 """
 
 from __future__ import annotations
@@ -142,6 +145,9 @@ class NativeListenerStats:
     `lite_stats`.
     """
 
+    #: longer than `ListenerStats.read_every`: more datagrams per ``recvmmsg`` and fewer
+    #: wake-ups (~2x less CPU per packet than 20 ms); arrival times are the kernel's,
+    #: and 100 ms of a listener's packets (~5-10 datagrams) fit its socket's buffer
     read_every: ClassVar[float | None] = 0.1
 
     def __init__(self, clock: Callable[[], int] = time.monotonic_ns, offset_ns: int = 0) -> None:
