@@ -36,9 +36,11 @@ so their clocks line up. The fits are non-negative least squares:
   swarm's clients share one machine, so this is their own CPU per join plus their
   contention while joining.
 * **Garbage-collection pauses.** The server records each second's collector pauses
-  (``gc_pause``: seconds, with the sum of squared pauses); ``gc_pause_per_packet`` is
-  the slope of pause seconds on packets forwarded, and ``gc_pause_length`` the
-  length-biased mean pause, sum(L^2) / sum(L): what a packet arriving in one sees.
+  (``gc_pause``: seconds, with the sum of squared pauses, and the same for the full,
+  generation-2, collections among them). Per kind -- young (generations 0 and 1) and
+  full -- ``gc_pause_per_packet`` / ``gc_full_per_packet`` is the slope of pause seconds
+  on packets forwarded, and ``gc_pause_length`` / ``gc_full_length`` the length-biased
+  mean pause, sum(L^2) / sum(L): what a packet arriving in one sees.
 
 * **Captions and recording.** Once a second the server also records its caption
   workers' CPU (``asr_cores``: their own processes) and the speech it sent them
@@ -486,7 +488,8 @@ def _join_setup(pair: _Pair, cpu_per_join: float) -> float | None:
 
 
 def gc_samples(directory: str | Path) -> pd.DataFrame:
-    """Per server sample: ``t, pause, squares, packets, run_id`` (its collector's pauses)."""
+    """Per server sample: ``t, pause, squares, full, full_squares, packets, run_id`` (its
+    collector's pauses, all of them and the full collections' of them)."""
     return _gc_samples(_pair(directory))
 
 
@@ -494,15 +497,22 @@ def _gc_samples(pair: _Pair) -> pd.DataFrame:
     rec = pair.server.records
     paused = rec[rec["kind"] == "gc_pause"].sort_values("t")
     if paused.empty:
-        return pd.DataFrame(columns=["t", "pause", "squares", "packets", "run_id"])
+        return pd.DataFrame(
+            columns=["t", "pause", "squares", "full", "full_squares", "packets", "run_id"]
+        )
     t = paused["t"].to_numpy("float64")
     packets = rec[rec["kind"] == "packets_forwarded"].set_index("t")["value"]
-    squares = [float(json.loads(a or "{}").get("squares", 0.0)) for a in paused["attrs"]]
+    attrs = [json.loads(a or "{}") for a in paused["attrs"]]
     frame = pd.DataFrame(
         {
             "t": t,
             "pause": paused["value"].to_numpy("float64"),
-            "squares": np.asarray(squares, dtype="float64"),
+            "squares": np.asarray([float(a.get("squares", 0.0)) for a in attrs], "float64"),
+            # records from before the split have no full-collection attrs: all young
+            "full": np.asarray([float(a.get("full", 0.0)) for a in attrs], "float64"),
+            "full_squares": np.asarray(
+                [float(a.get("full_squares", 0.0)) for a in attrs], "float64"
+            ),
             "packets": packets.reindex(t).fillna(0.0).to_numpy("float64"),
             "run_id": pair.server.meta.run_id,
         }
@@ -591,15 +601,31 @@ def fit_recording(samples: pd.DataFrame) -> Fit | None:
 
 
 def fit_gc(samples: pd.DataFrame) -> Fit | None:
-    """Fit ``pause seconds = gc_pause_per_packet x packets`` per second, and the pause a
-    packet arriving in one sees, ``gc_pause_length = sum(L^2) / sum(L)`` (length-biased
-    mean); None when the server recorded no pause while forwarding."""
+    """Per kind of collection -- young (generations 0 and 1) and full (generation 2) --
+    fit ``pause seconds = gc_*_per_packet x packets`` per second, and the pause a packet
+    arriving in one sees, ``gc_*_length = sum(L^2) / sum(L)`` (length-biased mean); the
+    returned fit's residuals are the total's. None when the server recorded no pause
+    while forwarding."""
     if len(samples) < 3 or samples["pause"].sum() <= 0 or samples["packets"].sum() <= 0:
         return None
+    full = samples["full"].to_numpy("float64") if "full" in samples else np.zeros(len(samples))
+    full_sq = (
+        samples["full_squares"].to_numpy("float64")
+        if "full_squares" in samples
+        else np.zeros(len(samples))
+    )
+    pause = samples["pause"].to_numpy("float64")
+    young = np.maximum(pause - full, 0.0)
+    young_sq = np.maximum(samples["squares"].to_numpy("float64") - full_sq, 0.0)
     a = samples[["packets"]].to_numpy("float64")
-    fit = _nnls_fit(a, samples["pause"].to_numpy("float64"), ["gc_pause_per_packet"], samples)
-    fit.coef["gc_pause_length"] = float(samples["squares"].sum() / samples["pause"].sum())
-    return fit
+    fit = _nnls_fit(a, pause, ["gc_total_per_packet"], samples)
+    coef = {
+        "gc_pause_per_packet": float(nnls(a, young)[0]),
+        "gc_pause_length": float(young_sq.sum() / young.sum()) if young.sum() > 0 else 0.0,
+        "gc_full_per_packet": float(nnls(a, full)[0]) if full.sum() > 0 else 0.0,
+        "gc_full_length": float(full_sq.sum() / full.sum()) if full.sum() > 0 else 0.0,
+    }
+    return Fit(coef, fit.stderr, fit.rms, fit.r2, fit.samples, fit.per_run)
 
 
 def _nnls_fit(a: np.ndarray, y: np.ndarray, names: list[str], rows: pd.DataFrame) -> Fit:

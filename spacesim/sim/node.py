@@ -25,10 +25,15 @@ streams it forwards (`streams`) and from how many senders (`senders`), so:
   through saturation (sharply for one speaker). The mean wait below saturation is
   Kingman's ``v rho S / (2 (1 - rho))`` when D is large (Pollaczek-Khinchine's for
   Poisson arrivals, ``v = 1``).
-* **Garbage-collection pauses** stop the node's forwarding: it is paused a share
-  ``f = gc_pause_per_packet x packets per second / cores`` of the time, in pauses that a
-  packet arriving in one sees last ``L = gc_pause_length`` (length-biased), and such a
+* **Garbage-collection pauses** stop the node's forwarding, in two kinds with terms of
+  their own: young collections (generations 0 and 1: frequent, short) and full ones
+  (generation 2: the whole heap, rare, long). For each, the node is paused a share
+  ``f = gc_*_per_packet x packets per second / cores`` of the time, in pauses that a
+  packet arriving in one sees last ``L = gc_*_length`` (length-biased), and such a
   packet waits a uniform share of ``L`` on top of the queue (`gc_wait`); events too.
+  One kind with the length-biased length of all pauses would give the frequent short
+  pauses the rare long ones' length, and put a long wait into the share of packets
+  that only meet a young collection.
   The pauses are CPU work the CPU fit already counts in ``cpu_per_packet``; this term
   is only their effect on the tail of the latency (`spacesim.server.gcmeter`).
 * Joins add impulses of work (`add_work`) to a backlog served with the capacity the
@@ -114,6 +119,8 @@ class Node:
         "event_rate",
         "fanout_delay",
         "forward_delay",
+        "gc_full_length",
+        "gc_full_per_packet",
         "gc_pause_length",
         "gc_pause_per_packet",
         "last",
@@ -144,6 +151,8 @@ class Node:
         self.forward_delay = server.forward_delay
         self.gc_pause_per_packet = server.gc_pause_per_packet
         self.gc_pause_length = server.gc_pause_length
+        self.gc_full_per_packet = server.gc_full_per_packet
+        self.gc_full_length = server.gc_full_length
         self.max_streams = server.max_streams
         self.max_queue_delay = server.max_queue_delay
         self.pps = pps
@@ -309,17 +318,27 @@ class Node:
 
     def gc_share(self) -> float:
         """Share of time the collector has the node stopped now (at most a half)."""
-        share = self.gc_pause_per_packet * self.streams * self.pps / self.cores
-        return min(share, 0.5)
+        per_packet = self.gc_pause_per_packet + self.gc_full_per_packet
+        return min(per_packet * self.streams * self.pps / self.cores, 0.5)
+
+    @property
+    def gc_paused(self) -> bool:
+        """True when the model has collector pauses (else no draw is made for them)."""
+        return self.gc_pause_length > 0.0 or self.gc_full_length > 0.0
 
     def gc_wait(self, u: float) -> float:
         """Wait of a packet for a collector's pause, from one uniform in [0, 1): it arrives
-        in a pause with probability `gc_share`, then waits a uniform share of its length
-        (u / share is uniform given u < share)."""
+        in a full collection's pause with probability the full ones' share of time, in a
+        young one's with the young ones' share, and waits a uniform share of that kind's
+        length (u / share is uniform given u < share)."""
         share = self.gc_share()
         if share <= 0.0 or u >= share:
             return 0.0
-        return (u / share) * self.gc_pause_length
+        per_packet = self.gc_pause_per_packet + self.gc_full_per_packet
+        full = share * self.gc_full_per_packet / per_packet
+        if u < full:
+            return (u / full) * self.gc_full_length
+        return ((u - full) / (share - full)) * self.gc_pause_length
 
     def loss_now(self) -> float:
         """Probability that a packet arriving now is lost for want of CPU or buffer."""

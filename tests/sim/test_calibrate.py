@@ -460,22 +460,30 @@ def test_collector_pauses_are_fitted_per_packet_with_their_length_biased_mean(
     packets = run.records[run.records["kind"] == "packets_forwarded"]
     total_l = total_sq = 0.0
     for t, p in zip(packets["t"], packets["value"], strict=True):
-        pause = GC_PER_PACKET * p
         short, full = GC_PAUSES
-        # the second's pause time split between short and full pauses, one full one per 10 s
-        k_full = 1 if int(t) % 10 == 0 and pause > full else 0
-        k_short = (pause - k_full * full) / short
+        young = GC_PER_PACKET * p  # young collections' pause time follows the packets
+        k_short = young / short
+        k_full = 1 if int(t) % 10 == 0 else 0  # and a full collection every 10 s
+        pause = young + k_full * full
         squares = k_full * full**2 + k_short * short**2
-        total_l += pause
-        total_sq += squares
-        attrs = {"count": k_full + k_short, "squares": squares, "max": full}
+        total_l += young
+        total_sq += k_short * short**2
+        attrs = {
+            "count": k_full + k_short, "squares": squares, "max": full,
+            "full_count": k_full, "full": k_full * full, "full_squares": k_full * full**2,
+        }  # fmt: skip
         rec.add("gc_pause", float(t), "", "server", "node", pause, attrs)
     write_run(d, pd.concat([run.records, rec.to_frame()], ignore_index=True), run.meta)
     assert len(gc_samples(d)) == 30
     cal = calibrate([d])
     assert cal.gc is not None and not any(n.startswith("gc_pause") for n in cal.notes)
+    # young and full collections apart, each with its own length-biased length (the
+    # young ones' is the short pause itself, not a mean the rare long ones dominate)
     assert cal.server["gc_pause_per_packet"] == pytest.approx(GC_PER_PACKET, rel=1e-3)
     assert cal.server["gc_pause_length"] == pytest.approx(total_sq / total_l, rel=1e-3)
+    assert cal.server["gc_pause_length"] == pytest.approx(GC_PAUSES[0], rel=1e-3)
+    assert cal.server["gc_full_per_packet"] > 0
+    assert cal.server["gc_full_length"] == pytest.approx(GC_PAUSES[1], rel=1e-3)
     path = cal.write(tmp_path / "cal.yaml")
     sc = apply_calibration(fixed_crowd(5, 10), path)
     assert sc.server.gc_pause_per_packet == cal.server["gc_pause_per_packet"]

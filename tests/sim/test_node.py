@@ -123,3 +123,18 @@ def test_gc_wait_is_a_uniform_share_of_the_pause_with_the_pauses_share_of_time()
     assert (waits > 0).mean() == pytest.approx(0.01, abs=0.001)
     assert waits[waits > 0].mean() == pytest.approx(0.025, rel=0.05)
     assert loaded(100).gc_wait(0.0) == 0.0  # no term, no wait
+
+
+def test_gc_wait_keeps_young_and_full_collections_apart() -> None:
+    """Young pauses (1 ms) take 1 % of the time and full ones (80 ms) 0.2 %: 1.2 % of
+    packets wait, and only a sixth of those wait a share of the long pause."""
+    n = loaded(
+        100, gc_pause_per_packet=2e-6, gc_pause_length=0.001,
+        gc_full_per_packet=0.4e-6, gc_full_length=0.08,
+    )  # fmt: skip
+    assert n.gc_share() == pytest.approx(0.012)
+    u = np.random.default_rng(5).random(300_000)
+    waits = np.array([n.gc_wait(x) for x in u])
+    assert (waits > 0).mean() == pytest.approx(0.012, abs=0.001)
+    assert (waits > 0.001).mean() == pytest.approx(0.002, abs=0.0005)
+    assert np.quantile(waits, 0.99) < 0.001  # p99 sees a young pause at most
