@@ -321,17 +321,28 @@ def _stage_split(
     stage = [*stage, "Host"]
     audience = [*_with_option(cmd, "-u", str(n_users - hosts)), "Listener", "Poster"]
     common = dict(env, SPACESIM_SPACES_FILE=str(workdir / "spaces"))
-    stage_env = dict(common, SPACESIM_ROLE="stage")
-    rcs: list[int] = []
-
-    def run_stage() -> None:
-        rcs.append(_run_locust(stage, stage_env, run_time + STAGE_MARGIN + GRACE, stage_cpus))
-
-    thread = threading.Thread(target=run_stage, daemon=True)
-    thread.start()
-    rc = _run_locust(audience, dict(common, SPACESIM_ROLE="audience"), run_time + GRACE, swarm_cpus)
-    thread.join(STAGE_MARGIN + GRACE + 30)
-    stage_rc = rcs[0] if rcs else -1
+    _say(" ".join(stage))
+    proc = subprocess.Popen(
+        stage, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env=dict(common, SPACESIM_ROLE="stage"),
+    )  # fmt: skip
+    launch.pin(proc, stage_cpus)
+    assert proc.stdout is not None
+    reader = threading.Thread(target=_pump, args=(proc.stdout, sys.stderr), daemon=True)
+    reader.start()
+    try:
+        rc = _run_locust(
+            audience, dict(common, SPACESIM_ROLE="audience"), run_time + GRACE, swarm_cpus
+        )
+    finally:
+        # the audience is done; the stage ends at its own run time (Locust's clean stop:
+        # the room ends, the process writes its part), stopped if it lingers
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(STAGE_MARGIN + GRACE)
+        launch.stop(proc)
+        reader.join(5)
+        proc.stdout.close()
+    stage_rc = proc.returncode
     return rc if rc != 0 or stage_rc == 0 else stage_rc
 
 
