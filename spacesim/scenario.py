@@ -669,12 +669,15 @@ class Server(_Model):
         description="Length of the young-collection pause a packet arriving in one sees: "
         "the length-biased mean E[L^2]/E[L] of those pauses (it waits a uniform share of it).",
     )
-    gc_full_per_packet: Duration = Field(
+    gc_full_per_join: Duration = Field(
         0.0,
         ge=0,
         description="Full garbage collections' pause (generation 2: the whole heap, so "
-        "rare and long) per forwarded packet; as gc_pause_per_packet, a term of its own so "
-        "that their length does not stand for every pause's.",
+        "rare and long) per listener join in the last second: CPython collects the whole "
+        "heap once it has grown by a quarter since the last full collection (its gc module: "
+        "long-lived objects pending > a quarter of the long-lived total), and a heap grows "
+        "with connections, not with packets; in a steady audience there are none. A term "
+        "of its own, so that their length does not stand for every pause's.",
     )
     gc_full_length: Duration = Field(
         0.0,

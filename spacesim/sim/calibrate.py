@@ -37,10 +37,11 @@ so their clocks line up. The fits are non-negative least squares:
   contention while joining.
 * **Garbage-collection pauses.** The server records each second's collector pauses
   (``gc_pause``: seconds, with the sum of squared pauses, and the same for the full,
-  generation-2, collections among them). Per kind -- young (generations 0 and 1) and
-  full -- ``gc_pause_per_packet`` / ``gc_full_per_packet`` is the slope of pause seconds
-  on packets forwarded, and ``gc_pause_length`` / ``gc_full_length`` the length-biased
-  mean pause, sum(L^2) / sum(L): what a packet arriving in one sees.
+  generation-2, collections among them). ``gc_pause_per_packet`` is the slope of the
+  young collections' pause seconds on packets forwarded, ``gc_full_per_join`` that of
+  the full ones' on listeners joined (the heap grows with connections), and
+  ``gc_pause_length`` / ``gc_full_length`` each kind's length-biased mean pause,
+  sum(L^2) / sum(L): what a packet arriving in one sees.
 
 * **Captions and recording.** Once a second the server also records its caption
   workers' CPU (``asr_cores``: their own processes) and the speech it sent them
@@ -488,8 +489,9 @@ def _join_setup(pair: _Pair, cpu_per_join: float) -> float | None:
 
 
 def gc_samples(directory: str | Path) -> pd.DataFrame:
-    """Per server sample: ``t, pause, squares, full, full_squares, packets, run_id`` (its
-    collector's pauses, all of them and the full collections' of them)."""
+    """Per server sample: ``t, pause, squares, full, full_squares, packets, joins, run_id``
+    (its collector's pauses, all of them and the full collections' of them; the packets
+    it forwarded and the listeners that joined it in the sample)."""
     return _gc_samples(_pair(directory))
 
 
@@ -498,11 +500,13 @@ def _gc_samples(pair: _Pair) -> pd.DataFrame:
     paused = rec[rec["kind"] == "gc_pause"].sort_values("t")
     if paused.empty:
         return pd.DataFrame(
-            columns=["t", "pause", "squares", "full", "full_squares", "packets", "run_id"]
+            columns=["t", "pause", "squares", "full", "full_squares", "packets", "joins", "run_id"]
         )
     t = paused["t"].to_numpy("float64")
     packets = rec[rec["kind"] == "packets_forwarded"].set_index("t")["value"]
     attrs = [json.loads(a or "{}") for a in paused["attrs"]]
+    joined = np.sort(rec.loc[rec["kind"] == "participant_joined", "t"].to_numpy("float64"))
+    start = np.concatenate([[0.0], t[:-1]])
     frame = pd.DataFrame(
         {
             "t": t,
@@ -514,6 +518,9 @@ def _gc_samples(pair: _Pair) -> pd.DataFrame:
                 [float(a.get("full_squares", 0.0)) for a in attrs], "float64"
             ),
             "packets": packets.reindex(t).fillna(0.0).to_numpy("float64"),
+            "joins": (
+                np.searchsorted(joined, t, "right") - np.searchsorted(joined, start, "right")
+            ).astype("float64"),
             "run_id": pair.server.meta.run_id,
         }
     )
@@ -601,31 +608,29 @@ def fit_recording(samples: pd.DataFrame) -> Fit | None:
 
 
 def fit_gc(samples: pd.DataFrame) -> Fit | None:
-    """Per kind of collection -- young (generations 0 and 1) and full (generation 2) --
-    fit ``pause seconds = gc_*_per_packet x packets`` per second, and the pause a packet
-    arriving in one sees, ``gc_*_length = sum(L^2) / sum(L)`` (length-biased mean); the
-    returned fit's residuals are the total's. None when the server recorded no pause
+    """Young collections (generations 0 and 1): ``pause seconds = gc_pause_per_packet x
+    packets`` per second; full ones (generation 2): ``= gc_full_per_join x joins`` (the
+    heap grows with connections: `spacesim.sim.node`); per kind the pause a packet
+    arriving in one sees, ``gc_*_length = sum(L^2) / sum(L)`` (length-biased mean). The
+    returned fit's residuals are the young fit's. None when the server recorded no pause
     while forwarding."""
     if len(samples) < 3 or samples["pause"].sum() <= 0 or samples["packets"].sum() <= 0:
         return None
-    full = samples["full"].to_numpy("float64") if "full" in samples else np.zeros(len(samples))
-    full_sq = (
-        samples["full_squares"].to_numpy("float64")
-        if "full_squares" in samples
-        else np.zeros(len(samples))
-    )
+    n = len(samples)
+    full = samples["full"].to_numpy("float64") if "full" in samples else np.zeros(n)
+    full_sq = samples["full_squares"].to_numpy("float64") if "full_squares" in samples else 0 * full
+    joins = samples["joins"].to_numpy("float64") if "joins" in samples else np.zeros(n)
     pause = samples["pause"].to_numpy("float64")
     young = np.maximum(pause - full, 0.0)
     young_sq = np.maximum(samples["squares"].to_numpy("float64") - full_sq, 0.0)
-    a = samples[["packets"]].to_numpy("float64")
-    fit = _nnls_fit(a, pause, ["gc_total_per_packet"], samples)
-    coef = {
-        "gc_pause_per_packet": float(nnls(a, young)[0]),
-        "gc_pause_length": float(young_sq.sum() / young.sum()) if young.sum() > 0 else 0.0,
-        "gc_full_per_packet": float(nnls(a, full)[0]) if full.sum() > 0 else 0.0,
-        "gc_full_length": float(full_sq.sum() / full.sum()) if full.sum() > 0 else 0.0,
-    }
-    return Fit(coef, fit.stderr, fit.rms, fit.r2, fit.samples, fit.per_run)
+    fit = _nnls_fit(
+        samples[["packets"]].to_numpy("float64"), young, ["gc_pause_per_packet"], samples
+    )
+    per_join = float(nnls(joins[:, None], full)[0]) if full.sum() > 0 and joins.sum() > 0 else 0.0
+    fit.coef["gc_pause_length"] = float(young_sq.sum() / young.sum()) if young.sum() > 0 else 0.0
+    fit.coef["gc_full_per_join"] = per_join
+    fit.coef["gc_full_length"] = float(full_sq.sum() / full.sum()) if per_join > 0 else 0.0
+    return fit
 
 
 def _nnls_fit(a: np.ndarray, y: np.ndarray, names: list[str], rows: pd.DataFrame) -> Fit:

@@ -458,12 +458,17 @@ def test_collector_pauses_are_fitted_per_packet_with_their_length_biased_mean(
     run = load_run(d)
     rec = Recorder(run.meta.run_id, "server")
     packets = run.records[run.records["kind"] == "packets_forwarded"]
+    joined = run.records.loc[run.records["kind"] == "participant_joined", "t"].to_numpy()
+    assert len(joined)
     total_l = total_sq = 0.0
+    last = 0.0
     for t, p in zip(packets["t"], packets["value"], strict=True):
         short, full = GC_PAUSES
         young = GC_PER_PACKET * p  # young collections' pause time follows the packets
         k_short = young / short
-        k_full = 1 if int(t) % 10 == 0 else 0  # and a full collection every 10 s
+        # and a full collection in each second listeners joined (the heap grew)
+        k_full = 1 if ((joined > last) & (joined <= t)).any() else 0
+        last = t
         pause = young + k_full * full
         squares = k_full * full**2 + k_short * short**2
         total_l += young
@@ -482,7 +487,7 @@ def test_collector_pauses_are_fitted_per_packet_with_their_length_biased_mean(
     assert cal.server["gc_pause_per_packet"] == pytest.approx(GC_PER_PACKET, rel=1e-3)
     assert cal.server["gc_pause_length"] == pytest.approx(total_sq / total_l, rel=1e-3)
     assert cal.server["gc_pause_length"] == pytest.approx(GC_PAUSES[0], rel=1e-3)
-    assert cal.server["gc_full_per_packet"] > 0
+    assert cal.server["gc_full_per_join"] > 0
     assert cal.server["gc_full_length"] == pytest.approx(GC_PAUSES[1], rel=1e-3)
     path = cal.write(tmp_path / "cal.yaml")
     sc = apply_calibration(fixed_crowd(5, 10), path)
