@@ -133,6 +133,10 @@ BACKLOG_INTERVALS = 5.0  # loopback median latency above this many packet interv
 # The fan-out law is fitted on the body of the distribution; the tail above it carries
 # the rig's stalls (GC, scheduling), which the model does not have.
 QUANTILES: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)
+# The fan-out fit reads latency quantiles as q x N fan-out steps, with no queue in
+# front of them; a run whose server was busier than this share of its cores in the
+# steady window has one (near saturation it is most of the latency), so it stays out.
+LATENCY_FIT_MAX_LOAD = 0.75
 #: Server samples (seconds) per window of the speech recognition fit.
 ASR_WINDOW = 5
 #: Bytes the swarm adds to each Opus packet it sends: a 20-byte mark in the padding of a
@@ -380,6 +384,8 @@ def _latency_points(pair: _Pair) -> pd.DataFrame:
     n = _listeners_in(rec, start, end)
     if lat.size < 20 or n <= 0 or swarm_behind(pair.load):
         return pd.DataFrame(columns=cols)
+    if server_load(pair) > LATENCY_FIT_MAX_LOAD:
+        return pd.DataFrame(columns=cols)
     qs = np.quantile(lat.to_numpy("float64"), QUANTILES)
     return pd.DataFrame(
         {
@@ -392,6 +398,18 @@ def _latency_points(pair: _Pair) -> pd.DataFrame:
             "run_id": pair.load.meta.run_id,
         }
     )
+
+
+def server_load(pair: _Pair) -> float:
+    """The server's mean CPU over its cores in its steady window (0 when unknown)."""
+    rec = pair.server.records
+    start, end = steady_window(rec, pair.server.meta.duration)
+    cpu = rec.loc[
+        (rec["kind"] == "node_cpu") & (rec["t"] >= start) & (rec["t"] <= end), "value"
+    ].dropna()
+    server = (pair.server.meta.scenario or {}).get("server") or {}
+    cores = float(server.get("cores") or 1.0)
+    return float(cpu.mean()) / cores if cpu.size else 0.0
 
 
 def asr_samples(directory: str | Path) -> pd.DataFrame:
@@ -781,7 +799,12 @@ def calibrate(
             entry["swarm_pace"] = round(swarm_pace(p.load), 4)
             entry["swarm_loop_lag"] = round(swarm_loop_lag(p.load), 4)
             entry["swarm_behind"] = swarm_behind(p.load)
-            entry["in_latency_fit"] = entry["swarm_behind"] is None and p in timed
+            entry["server_load"] = round(server_load(p), 4)
+            entry["in_latency_fit"] = (
+                entry["swarm_behind"] is None
+                and entry["server_load"] <= LATENCY_FIT_MAX_LOAD
+                and p in timed
+            )
             entry["users"] = p.load.meta.extra.get("users")
         runs.append(entry)
     return Calibration(

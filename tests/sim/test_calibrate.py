@@ -241,6 +241,24 @@ def test_runs_where_the_swarm_fell_behind_stay_out_of_the_latency_fit(tmp_path: 
     assert cal.runs[0]["swarm_loop_lag"] == pytest.approx(0.002)
 
 
+def test_runs_near_saturation_stay_out_of_the_latency_fit(tmp_path: Path) -> None:
+    """The fan-out fit reads quantiles as q x N steps with no queue in front: a run whose
+    server was busier than LATENCY_FIT_MAX_LOAD (here its CPU records scaled to 0.95 of
+    its core) would read its queue as fan-out; its CPU samples still count."""
+    good = [load_run_pair(tmp_path / f"n{n}", n, 0.001, 60e-6, n) for n in (10, 50)]
+    busy = load_run_pair(tmp_path / "busy", 90, 0.05, 60e-6, 90)  # a queue of 50 ms
+    run = load_run(busy / "server")
+    rec = run.records.copy()
+    rec.loc[rec["kind"] == "node_cpu", "value"] = 0.95
+    write_run(busy / "server", rec, run.meta)
+    cal = calibrate([*good, busy])
+    assert cal.latency is not None and set(cal.latency.per_run) == {"load-10", "load-50"}
+    assert cal.server["forward_delay"] == pytest.approx(0.001, abs=2e-4)
+    flags = {r["dir"]: r["in_latency_fit"] for r in cal.runs}
+    assert flags == {str(d): d in good for d in [*good, busy]}
+    assert len(cal.cpu.per_run) == 3
+
+
 @pytest.mark.parametrize(
     ("text", "field", "reason"),
     [
