@@ -3,9 +3,18 @@
 What runs (all on 127.0.0.1; every load run bounded in users and time):
 
 0. **Pinning.** With two or more CPUs, the embedded server is pinned to CPU 0 and the
-   swarm (Locust) to CPU 1 (``spacesim load --server-cpus 0 --swarm-cpus 1``:
+   swarm's listeners (Locust) to CPU 1 (``spacesim load --server-cpus 0 --swarm-cpus 1``:
    ``os.sched_setaffinity``), so the server's utilisation is of one core it has to
-   itself and the swarm's work does not slow its fan-out. ``--no-pin`` turns it off.
+   itself and the swarm's work does not slow its fan-out. The senders (the host and
+   its stage) run in a Locust process of their own (``--stage-cpus 1``): the
+   listeners' event loop may lag under load, and a sender on it would send its missed
+   20 ms slots in bursts that queue at the server, which periodic senders (and the
+   model) do not have. A process of its own, asleep between packets, is woken on time
+   by the kernel's scheduler even beside a busy one (a waking task preempts a running
+   one that has had more CPU), where a timer on a busy event loop waits for the loop.
+   It shares the swarm's core, not the server's: the stage's process costs ~0.1 core
+   (its members' own receive path, Locust), which the server's core could not spare
+   near saturation. ``--no-pin`` turns it off.
 1. **Levels to saturation.** Unless ``--levels`` is given, a probe run (``PROBE``
    listeners) measures the server's CPU per listener, from which the listener count
    that would fill the server's core (``N_sat``) follows; the levels are the
@@ -154,7 +163,9 @@ def load_level(
         "--network", "none",  # plain loopback: the scenario's network is zero anyway
     ]  # fmt: skip
     if pin is not None:
-        cmd += ["--server-cpus", pin[0], "--swarm-cpus", pin[1]]
+        # the senders (host, stage) in their own process: they send every 20 ms however
+        # busy the listeners' process is (`spacesim.load.run._stage_split`)
+        cmd += ["--server-cpus", pin[0], "--swarm-cpus", pin[1], "--stage-cpus", pin[1]]
     _say(f"{name}: {n} listeners for {duration:g} s")
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
     if d.exists():

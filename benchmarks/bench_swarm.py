@@ -8,11 +8,16 @@ What runs (all on 127.0.0.1, every process with a hard deadline):
 * per round (``--runs``), one worker process per listener kind, run one after the
   other, each holding N listeners of that kind:
 
-  - ``lite``: `connect_audio` + `ListenerStats.on_rtp` (RTP taken at the socket by
+  - ``lite``: the swarm's lite listener, `connect_audio` + `lite_stats()`'s ``on_rtp``
+    (`NativeListenerStats`: RTP taken at the socket by
     `spacesim.rtc.receive_rtp_direct`, which once audio flows hands the socket to the
-    `spacesim.rtc.BatchReader`: every ``ListenerStats.read_every`` (20 ms) one epoll
-    poll, ``recvmsg_into`` with the kernel's receive time, SRTP unprotected in place;
-    no aiortc receive path, no decoding);
+    `spacesim.rtc.BatchReader`: every ``read_every`` (100 ms) one call of the native
+    loop, `spacesim.rtc.native_rx`: epoll, ``recvmmsg`` with the kernel's receive times,
+    SRTP unprotected in place by libsrtp, the packet counted in the listener's row; no
+    Python per packet, no aiortc receive path, no decoding);
+  - ``callback``: the same-run baseline, a lite listener read the way the direct path
+    reads without the batch reader: Python `ListenerStats.on_rtp` called from each
+    datagram's socket callback (asyncio's ``_read_ready``), the clock read there;
   - ``probe``: `connect_audio` + `ProbeStats.on_rtp` (the same path + aiortc's jitter
     buffer, a libopus decode of every released frame and its RMS);
   - ``default``: the baseline, a plain aiortc `RTCPeerConnection` with ``slots``
@@ -35,6 +40,18 @@ listeners per core = 1e6 / (50 x us/packet): one speaker heard, 50 packets/s eac
 the top functions (profiling inflates the cost; the figures of that run are not
 representative).
 
+Recorded 2026-12-07 (2 cores shared with three other helpers' work, load average ~3),
+``--lite 300 --callback 300 --probe 0 --default 0 --runs 3``: lite **4.8 us/packet**
+(4.4-5.8; 4,202 listeners per core), callback 20.8 us (17.6-21.6), **3.75x** cheaper
+per round (3.7-4.7x). The batch reader as it was before the native loop (856aea6:
+Python per datagram, 20 ms ticks), same command, same hour: 13.7 us (12.6-15.1), so
+2.9x. Of the change, reading every 100 ms instead of 20 ms (more datagrams per
+``recvmmsg``, fewer wake-ups) is worth ~2x of it: 11.3, 5.7 and 4.6 us at 20, 50 and
+100 ms in one series. Where the rest goes (``perf``, 20 ms reads): the kernel ~33 %,
+libsrtp (AES-GCM with an OpenSSL context set up per packet, stream lookup) ~31 %, the
+interpreter ~25 % (aioice's consent checks, the loop, per-listener timers), the
+compiled loop ~4 %.
+
 Recorded 2026-12-06 (2 cores, quiet machine), defaults, median of 3 rounds, four
 runs: lite 17.5-18.5 us/packet (1,081-1,140 per core, 21.5-24.3x cheaper than the
 default listener), probe 89-96 us (208-224 per core, 4.1-4.7x; 70 us when run alone),
@@ -48,7 +65,7 @@ receive path with ``tap_rtp``; 24.5-29 us with the per-datagram socket callback
 place.
 
 Run: ``OPENBLAS_NUM_THREADS=1 python benchmarks/bench_swarm.py [--lite 100]
-[--probe 40] [--default 10] [--runs 3] [--warmup 3] [--window 8] [--profile]``.
+[--callback 100] [--probe 40] [--default 10] [--runs 3] [--warmup 3] [--window 8] [--profile]``.
 """
 
 from __future__ import annotations
@@ -72,7 +89,7 @@ from spacesim.server import launch
 PACKETS_PER_S = 50
 SLOTS = 3
 CONNECT_TIMEOUT = 20.0
-KINDS = ("lite", "probe", "default")
+KINDS = ("lite", "callback", "probe", "default")
 
 
 def _quiet() -> None:
@@ -144,13 +161,13 @@ async def _worker_main(
     from aiortc.mediastreams import MediaStreamError
 
     from spacesim import rtc
-    from spacesim.client.listener import ListenerStats
+    from spacesim.client.listener import ListenerStats, lite_stats
     from spacesim.client.probe import ProbeStats
     from spacesim.client.session import RoomClient, connect_audio
 
     rtc.use_host_addresses(["127.0.0.1"])
     pcs: list[Any] = []
-    stats: list[ListenerStats] = []
+    stats: list[Any] = []
     frames = [0]
     tasks: list[asyncio.Task[None]] = []
 
@@ -166,11 +183,12 @@ async def _worker_main(
     async with aiohttp.ClientSession() as http:
         for i in range(n):
             client = RoomClient(base, f"{kind}-{i}", http)
-            if kind in ("lite", "probe"):
-                st = ListenerStats() if kind == "lite" else ProbeStats()
-                link = await connect_audio(
-                    client, space, st.on_rtp, slots=SLOTS, read_every=st.read_every
-                )
+            if kind in ("lite", "callback", "probe"):
+                st: Any = {"lite": lite_stats, "callback": ListenerStats, "probe": ProbeStats}[
+                    kind
+                ]()
+                every = None if kind == "callback" else st.read_every
+                link = await connect_audio(client, space, st.on_rtp, slots=SLOTS, read_every=every)
                 stats.append(st)
                 pcs.append(link.pc)
             else:
@@ -236,7 +254,7 @@ async def _worker_main(
         "us_per_listener_s": (c1 - c0) * 1e6 / n / (w1 - w0),
     }
     if stats:
-        lat = sorted(x for s in stats for ss in s.senders.values() for x in ss.latencies)
+        lat = sorted(x for s in stats for x in s.drain()[0])
         result["latency_p50_ms"] = lat[len(lat) // 2] * 1e3 if lat else float("nan")
         result["lost"] = sum(s.totals()[1] for s in stats)
     if kind == "probe":
@@ -282,6 +300,9 @@ def _line(r: dict[str, Any]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--lite", type=int, default=100, help="lite listeners (0 = skip)")
+    ap.add_argument(
+        "--callback", type=int, default=100, help="lite listeners read in the socket callback"
+    )
     ap.add_argument("--probe", type=int, default=40, help="probe listeners (0 = skip)")
     ap.add_argument("--default", type=int, default=10, help="default aiortc listeners")
     ap.add_argument("--runs", type=int, default=3, help="rounds; figures are medians")
@@ -360,8 +381,17 @@ def main() -> None:
             f"{kind:8s} median of {n_runs[kind]}: {us[kind]:.1f} us/packet, "
             f"{per_core:.0f} listeners per core{ratio}"
         )
+    speedup = [
+        r["callback"]["us_per_packet"] / r["lite"]["us_per_packet"]
+        for r in runs
+        if "lite" in r and "callback" in r
+    ]
+    if speedup:
+        print(f"lite (native batch reader) vs socket callback, per round: {speedup}")
     for kind in kinds:
         print(f"FIGURE {kind}_us_per_packet={us[kind]:.1f} us")
+    if speedup:
+        print(f"FIGURE lite_speedup_vs_callback={_median(speedup):.2f} ratio")
     for kind in ("lite", "probe"):
         if kind in kinds:
             print(f"FIGURE {kind}_listeners_per_core={1e6 / (PACKETS_PER_S * us[kind]):.0f}")

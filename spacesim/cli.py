@@ -272,6 +272,7 @@ def cmd_load(args: argparse.Namespace) -> int:
         server_cpus=args.server_cpus,
         swarm_cpus=args.swarm_cpus,
         ice_hosts=args.ice_host or (),
+        stage_cpus=args.stage_cpus,
         show=lambda summary, sc, title: print_summary(
             summary, check_slos(summary, sc.slo.targets()), title
         ),
@@ -906,6 +907,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDR",
         help="an address the swarm's clients gather ICE candidates on (repeatable; default "
         "127.0.0.1): a target on another machine or network namespace needs one it reaches",
+    )
+    load.add_argument(
+        "--stage-cpus",
+        type=_cpus,
+        metavar="LIST",
+        help="run the hosts and their stage (every sender) in a Locust process of their "
+        "own pinned to these CPUs, e.g. 0, so senders send on time however busy the "
+        "audience's process is",
     )
     load.set_defaults(func=cmd_load)
 

@@ -198,7 +198,8 @@ KINDS: Mapping[str, tuple[str, str]] = {
     "gc_pause": (
         "s",
         "seconds the server's garbage collector paused it in a tick; attrs count, squares "
-        "(sum of squared pauses), max",
+        "(sum of squared pauses), max, and of them the full (generation-2) collections' "
+        "full_count, full (seconds), full_squares",
     ),
     "node_utilisation": ("ratio", "node_cpu / cores available"),
     "packets_forwarded": ("count", "packets a node forwarded in a tick"),

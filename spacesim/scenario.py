@@ -685,17 +685,33 @@ class Server(_Model):
     gc_pause_per_packet: Duration = Field(
         0.0,
         ge=0,
-        description="Garbage-collector pause per forwarded packet: the share of time a node "
-        "is stopped by its collector is this times its packets per second (the collector "
-        "runs after allocations, which follow packets). A packet or event arriving in a "
-        "pause waits out the rest of it. 0: no pauses; spacesim calibrate fits it from the "
-        "server's gc_pause records.",
+        description="Young garbage collections' pause (generations 0 and 1) per forwarded "
+        "packet: the share of time a node is stopped by them is this times its packets per "
+        "second (the collector runs after allocations, which follow packets). A packet or "
+        "event arriving in a pause waits out the rest of it. 0: no pauses; spacesim "
+        "calibrate fits it from the server's gc_pause records.",
     )
     gc_pause_length: Duration = Field(
         0.0,
         ge=0,
-        description="Length of the pause a packet arriving in one sees: the length-biased "
-        "mean E[L^2]/E[L] of the collector's pauses (it waits a uniform share of it).",
+        description="Length of the young-collection pause a packet arriving in one sees: "
+        "the length-biased mean E[L^2]/E[L] of those pauses (it waits a uniform share of it).",
+    )
+    gc_full_per_join: Duration = Field(
+        0.0,
+        ge=0,
+        description="Full garbage collections' pause (generation 2: the whole heap, so "
+        "rare and long) per listener join in the last second: CPython collects the whole "
+        "heap once it has grown by a quarter since the last full collection (its gc module: "
+        "long-lived objects pending > a quarter of the long-lived total), and a heap grows "
+        "with connections, not with packets; in a steady audience there are none. A term "
+        "of its own, so that their length does not stand for every pause's.",
+    )
+    gc_full_length: Duration = Field(
+        0.0,
+        ge=0,
+        description="Length of the full-collection pause a packet arriving in one sees "
+        "(length-biased mean, as gc_pause_length).",
     )
     asr_cost: float = Field(
         0.23,

@@ -151,6 +151,9 @@ def _init(environment: Environment, **_: Any) -> None:
         settings.scenario = load_scenario(path)
     out = getattr(opts, "spacesim_out", "") if opts else ""
     settings.out = Path(out) if out else None
+    from spacesim.rtc import native_rx
+
+    native_rx.warm()  # the listeners' receive loop, compiled before any user starts
     Host.fixed_count = scenario().rooms.count
     Poster.fixed_count = posters(scenario())
     if driver_of(environment.host or "http://") != "spacesim":

@@ -70,7 +70,7 @@ from collections.abc import Coroutine
 from typing import Any, Literal
 
 from spacesim import behaviour
-from spacesim.client.listener import ListenerStats
+from spacesim.client.listener import ListenerStats, NativeListenerStats, lite_stats
 from spacesim.client.probe import ProbeStats
 from spacesim.client.session import ClientError, refused
 from spacesim.client.speaker import transcripts
@@ -107,8 +107,11 @@ class ListenerSession:
         self.user = f"l-{ctx.tag}-{self.n}"
         self.rng = ctx.rng
         probe = self.rng.uniform() < sc.load.probe_fraction
-        kind = ProbeStats if probe else ListenerStats
-        self.stats: ListenerStats = kind(clock=ctx.clock, offset_ns=ctx.offset_ns)
+        self.stats: ListenerStats | NativeListenerStats = (
+            ProbeStats(clock=ctx.clock, offset_ns=ctx.offset_ns)
+            if probe
+            else lite_stats(clock=ctx.clock, offset_ns=ctx.offset_ns)
+        )
         self.subscribes = behaviour.subscribes_to_events(sc.audience, self.rng)
         self.path: NetworkProfile | None = (
             behaviour.network_path(sc.network, self.rng) if ctx.network else None
@@ -643,13 +646,7 @@ class ListenerSession:
     def window(self) -> tuple[list[float], int, int, list[int]]:
         """Latencies of packets since the last call, received / lost in between, and the
         senders heard in the window."""
-        lat: list[float] = []
-        heard: list[int] = []
-        for sid, s in self.stats.senders.items():
-            if s.latencies:
-                heard.append(sid)
-            lat += s.latencies
-            s.latencies = []
+        lat, heard = self.stats.drain()
         received, lost = self.stats.totals()
         d_recv, d_lost = received - self.received, lost - self.lost
         self.received, self.lost = received, lost

@@ -279,6 +279,73 @@ def _run_locust(
     return rc
 
 
+STAGE_MARGIN = 5.0  # s the hosts' process outlives the audience's (it starts first)
+
+
+def _with_option(cmd: Sequence[str], option: str, value: str) -> list[str]:
+    out = list(cmd)
+    out[out.index(option) + 1] = value
+    return out
+
+
+def _stage_split(
+    cmd: Sequence[str],
+    env: dict[str, str],
+    sc: Scenario,
+    n_users: int,
+    run_time: float,
+    workdir: Path,
+    stage_cpus: Collection[int],
+    swarm_cpus: Collection[int] | None,
+) -> int:
+    """The hosts in one Locust process (``Host`` users only, pinned to `stage_cpus`),
+    the audience in another (``Listener`` and ``Poster``, pinned to `swarm_cpus`).
+
+    In one process, a stage member's packets are sent by the event loop that also
+    receives every listener's audio: when that loop runs late, a sender sends its
+    missed 20 ms slots in a burst, and the burst queues at the server (real queueing
+    with a cause in the rig, which periodic senders do not have). Here the senders'
+    loop has nothing else to do. The hosts' process writes each space it opens to a
+    file (``SPACESIM_SPACES_FILE``) that the audience's process reads
+    (`spacesim.load.state.State.wait_for_space`); it starts first and stops
+    `STAGE_MARGIN` s after the audience's run time, so the audience never outlives
+    its spaces. Returns the audience's exit code (or the stage's, if that failed).
+    """
+    hosts = sc.rooms.count
+    locust_dir = Path(cmd[cmd.index("--csv") + 1]).parent
+    stage = _with_option(cmd, "-u", str(hosts))
+    stage = _with_option(stage, "-r", str(hosts))
+    stage = _with_option(stage, "-t", f"{math.ceil(run_time + STAGE_MARGIN)}s")
+    stage = _with_option(stage, "--csv", str(locust_dir / "stage"))
+    stage = _with_option(stage, "--html", str(locust_dir / "stage.html"))
+    stage = [*stage, "Host"]
+    audience = [*_with_option(cmd, "-u", str(n_users - hosts)), "Listener", "Poster"]
+    common = dict(env, SPACESIM_SPACES_FILE=str(workdir / "spaces"))
+    _say(" ".join(stage))
+    proc = subprocess.Popen(
+        stage, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env=dict(common, SPACESIM_ROLE="stage"),
+    )  # fmt: skip
+    launch.pin(proc, stage_cpus)
+    assert proc.stdout is not None
+    reader = threading.Thread(target=_pump, args=(proc.stdout, sys.stderr), daemon=True)
+    reader.start()
+    try:
+        rc = _run_locust(
+            audience, dict(common, SPACESIM_ROLE="audience"), run_time + GRACE, swarm_cpus
+        )
+    finally:
+        # the audience is done; the stage ends at its own run time (Locust's clean stop:
+        # the room ends, the process writes its part), stopped if it lingers
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(STAGE_MARGIN + GRACE)
+        launch.stop(proc)
+        reader.join(5)
+        proc.stdout.close()
+    stage_rc = proc.returncode
+    return rc if rc != 0 or stage_rc == 0 else stage_rc
+
+
 @contextlib.contextmanager
 def browser_probes(
     sc: Scenario,
@@ -371,6 +438,7 @@ def main(
     server_cpus: Collection[int] | None = None,
     swarm_cpus: Collection[int] | None = None,
     ice_hosts: Sequence[str] = (),
+    stage_cpus: Collection[int] | None = None,
 ) -> int:
     """Run a load test; 0 on success, 2 for a refused run, 1 when nothing was measured.
 
@@ -389,6 +457,9 @@ def main(
     `ice_hosts` are the addresses the swarm's clients gather ICE host candidates on
     (default 127.0.0.1): a target elsewhere (another machine, a network namespace)
     needs addresses it can reach.
+    With `stage_cpus`, the hosts (and the stage members they seat: every sender) run in
+    a Locust process of their own pinned there, the audience in another (`_stage_split`):
+    senders then send on time however busy the audience's process is.
     """
     try:
         if shape not in ("arrivals", "steady"):
@@ -399,7 +470,7 @@ def main(
             raise LoadError(f"clock must be local or server, got {clock!r}")
         return _main(
             scenario_path, target, users, duration, workers, out, spawn_rate, show, shape,
-            network, clock, overrides, on_url, server_cpus, swarm_cpus, ice_hosts,
+            network, clock, overrides, on_url, server_cpus, swarm_cpus, ice_hosts, stage_cpus,
         )  # fmt: skip
     except (LoadError, ScenarioError, FileExistsError) as exc:
         _say(str(exc))
@@ -423,6 +494,7 @@ def _main(
     server_cpus: Collection[int] | None = None,
     swarm_cpus: Collection[int] | None = None,
     ice_hosts: Sequence[str] = (),
+    stage_cpus: Collection[int] | None = None,
 ) -> int:
     if server_cpus is not None and target is not None:
         raise LoadError("--server-cpus pins the embedded server; it needs no --target")
@@ -440,6 +512,8 @@ def _main(
         )
     if workers < 0:
         raise LoadError(f"workers must be >= 0, got {workers}")
+    if stage_cpus is not None and workers > 0:
+        raise LoadError("--stage-cpus runs the hosts in a process of their own: no --workers")
     spawn = auto_spawn if spawn_rate is None else spawn_rate
     run_id = RunMeta.new_run_id()
     out_dir = Path(out) if out else Path("runs") / run_id
@@ -527,7 +601,12 @@ def _main(
                 ),
                 nodes or contextlib.nullcontext(),
             ):
-                rc = _run_locust(cmd, env, run_time + GRACE, swarm_cpus)
+                if stage_cpus is None:
+                    rc = _run_locust(cmd, env, run_time + GRACE, swarm_cpus)
+                else:
+                    rc = _stage_split(
+                        cmd, env, sc, n_users, run_time, workdir, stage_cpus, swarm_cpus
+                    )
             if nodes is not None and nodes.active:
                 if server_dir.exists():
                     shutil.rmtree(server_dir)
@@ -562,6 +641,7 @@ def _main(
             "t0_unix": t0,
             "server_cpus": sorted(server_cpus) if server_cpus is not None else None,
             "swarm_cpus": sorted(swarm_cpus) if swarm_cpus is not None else None,
+            "stage_cpus": sorted(stage_cpus) if stage_cpus is not None else None,
         },
     )
     write_run(out_dir, records, meta)

@@ -6,6 +6,7 @@ event below is gevent's once Locust has monkey-patched the process.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import random
@@ -58,6 +59,10 @@ class Settings:
     # users per second this process is given new users at: the shape's rate (a local
     # runner); None (no pacing) in a master's workers, which the shape does not run in
     spawn_rate: float | None = None
+    # "all"; or, with `spacesim load --stage-cpus`, "stage" (the hosts' process) or
+    # "audience" (everyone else's), which learn the spaces through `spaces_file`
+    role: str = os.environ.get("SPACESIM_ROLE", "all")
+    spaces_file: str | None = os.environ.get("SPACESIM_SPACES_FILE") or None
 
 
 settings = Settings()
@@ -151,7 +156,27 @@ class State:
     def add_space(self, space: str) -> None:
         if space not in self.spaces:
             self.spaces.append(space)
+            if settings.spaces_file and settings.role == "stage":
+                with open(settings.spaces_file, "a", encoding="utf-8") as f:
+                    f.write(space + "\n")  # one short write: whole lines for the reader
         self.space_ready.set()
+
+    def wait_for_space(self, timeout: float, sleep: Callable[[float], Any]) -> bool:
+        """True once a space is known: opened here, told by the master, or (the
+        audience of a split run) written to `settings.spaces_file` by the hosts' process."""
+        deadline = time.monotonic() + timeout
+        while settings.role == "audience" and settings.spaces_file:
+            if self.space_ready.is_set():
+                return True
+            with contextlib.suppress(FileNotFoundError):
+                text = Path(settings.spaces_file).read_text(encoding="utf-8")
+                for line in text.splitlines():
+                    if line.strip():
+                        self.add_space(line.strip())
+            if self.space_ready.is_set() or time.monotonic() > deadline:
+                return self.space_ready.is_set()
+            sleep(0.2)
+        return self.space_ready.wait(timeout=max(deadline - time.monotonic(), 0.0))
 
     async def session(self) -> aiohttp.ClientSession:
         if self.http is None or self.http.closed:

@@ -133,7 +133,7 @@ class Listener(User):
         env = self.environment
         ctx = ensure(env, self.host or "")
         st = state()
-        if not st.space_ready.wait(timeout=30):
+        if not st.wait_for_space(30, gevent.sleep):
             fire(env, "join", 0.0, RuntimeError("no space was created (no Host user?)"))
             gevent.sleep(1)
             return
@@ -186,6 +186,10 @@ class ScenarioShape(LoadTestShape):
         hosts = sc.rooms.count + posters(sc)  # fixed users: hosts and the poster
         num_users = getattr(opts, "num_users", None)
         cap_rate = getattr(opts, "spawn_rate", None)
+        if settings.role == "stage":  # the hosts' own process (spacesim load --stage-cpus)
+            return sc.rooms.count, float(sc.rooms.count)
+        if settings.role == "audience":
+            hosts = posters(sc)
         if settings.shape == "steady":
             return max(num_users or hosts + 1, hosts + 1), self._paced(float(cap_rate or 1.0))
         if self._users is None:

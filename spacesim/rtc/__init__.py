@@ -21,6 +21,8 @@ Modules, one concept each:
   buffer); STUN, DTLS and RTCP still go to aioice / aiortc.
 * :mod:`.batch` -- :class:`BatchReader`: the direct path's sockets read together on a
   timer, with kernel receive times.
+* :mod:`.native_rx` -- the batch reader's loop in machine code (numba): ``recvmmsg``,
+  libsrtp's ``srtp_unprotect``, and lite listeners' packets counted in rows of arrays.
 * :mod:`.writer` -- :class:`RtpWriter`: writes RTP packets for a sending transceiver
   straight to its connection's UDP socket, built and SRTP-protected in place in a
   scratch buffer by libsrtp (through pylibsrtp's cffi binding), with the sender's SSRC

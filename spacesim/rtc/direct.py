@@ -58,21 +58,38 @@ class DirectRtp:
     __slots__ = (
         "_slot_of",
         "batched",
+        "counted_rtp",
+        "delivered",
+        "native",
         "receivers",
-        "rtp",
         "sender_reports",
         "srtp_errors",
+        "truncated",
         "unrouted",
     )
 
     def __init__(self, receivers: list[RTCRtpReceiver]) -> None:
         self.receivers = receivers
-        self.rtp = 0  # RTP packets taken off the socket and unprotected
+        self.delivered = 0  # RTP packets unprotected and handed to `deliver`
+        # ... and counted by the batch reader's native loop (sockets it has let go of;
+        # `native` lists (reader, slot) of the sockets it holds)
+        self.counted_rtp = 0
+        self.native: list[tuple[BatchReader, int]] = []
+        self.truncated = 0  # datagrams longer than the batch reader's slots, dropped
         self.srtp_errors = 0  # failed authentication / replay (aiortc drops these too)
         self.unrouted = 0  # SSRC of none of the receivers (aiortc discards these too)
         self.sender_reports = 0  # RTCP SRs of those streams, not passed on (see below)
         self.batched = 0  # sockets handed to the batch reader (see `receive_rtp_direct`)
         self._slot_of: dict[int, int] = {}
+
+    @property
+    def rtp(self) -> int:
+        """RTP packets taken off the socket and unprotected."""
+        return (
+            self.delivered
+            + self.counted_rtp
+            + sum(reader.counted(slot) for reader, slot in self.native)
+        )
 
     def slot(self, dtls: RTCDtlsTransport, ssrc: int, by_type: bool = True) -> int:
         """The listen slot of ``ssrc`` as aiortc routes RTP, or -1 (cached once known).
@@ -129,7 +146,11 @@ def receive_rtp_direct(
     With ``read_every`` (seconds), a socket whose first SRTP packet has arrived (so
     the handshake is over) moves to this loop's :class:`BatchReader`, which reads it
     on a timer with kernel receive times; ``on_rtp`` then runs up to ``read_every``
-    after the arrival it is told of. Use it where the callback works from the arrival
+    after the arrival it is told of. When ``on_rtp`` is the bound ``on_rtp`` of an
+    object with an int ``native_row`` (`spacesim.client.listener.NativeListenerStats`),
+    the reader counts the packets of the streams that row already knows in machine
+    code (`spacesim.rtc.native_rx`), without calling it: the same accounting, no
+    Python per packet. Use it where the callback works from the arrival
     times it is given (both listener kinds here), not where it reads the clock itself.
     Without it, or where the batch reader is unavailable (no epoll, a TURN relay),
     ``arrival_ns`` is read in the socket's callback.
@@ -160,9 +181,13 @@ def receive_rtp_direct(
     # closed (it does a tick after its last socket goes) and a new one be needed.
     batch = read_every is not None and BatchReader.of(loop, read_every) is not None
     monotonic_ns = time.monotonic_ns
+    # A lite listener's own on_rtp (`spacesim.client.listener.NativeListenerStats`):
+    # the batch reader counts its known streams' packets in machine code, in that row.
+    row = getattr(getattr(on_rtp, "__self__", None), "native_row", -1)
+    row = row if isinstance(row, int) else -1
 
     def deliver(packet: bytes, arrival_ns: int) -> None:
-        direct.rtp += 1
+        direct.delivered += 1
         ssrc = int.from_bytes(packet[8:12], "big")
         slot = slot_of.get(ssrc, -1)
         if slot < 0:
@@ -214,7 +239,7 @@ def receive_rtp_direct(
                 reader = BatchReader.of(loop, read_every)
                 transport = getattr(protocol, "transport", None)
                 if reader is not None and reader.adopt(
-                    transport, protocol, direct, dtls._rx_srtp, handle, deliver
+                    transport, protocol, direct, dtls._rx_srtp, handle, deliver, row
                 ):
                     direct.batched += 1
                     protocol.datagram_received = _handle_only(handle)

@@ -130,7 +130,11 @@ class ServerRecorder:
                     )
                 )
                 pauses = meter.take()
-                attrs = {"count": pauses.count, "squares": pauses.squares, "max": pauses.longest}
+                attrs = {
+                    "count": pauses.count, "squares": pauses.squares, "max": pauses.longest,
+                    "full_count": pauses.full_count, "full": pauses.full_seconds,
+                    "full_squares": pauses.full_squares,
+                }  # fmt: skip
                 add(("gc_pause", now, "", "server", "node", pauses.seconds, json.dumps(attrs)))
                 counters = sources()
                 self._features(now, t - last_t, counters, last)

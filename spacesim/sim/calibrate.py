@@ -36,9 +36,12 @@ so their clocks line up. The fits are non-negative least squares:
   swarm's clients share one machine, so this is their own CPU per join plus their
   contention while joining.
 * **Garbage-collection pauses.** The server records each second's collector pauses
-  (``gc_pause``: seconds, with the sum of squared pauses); ``gc_pause_per_packet`` is
-  the slope of pause seconds on packets forwarded, and ``gc_pause_length`` the
-  length-biased mean pause, sum(L^2) / sum(L): what a packet arriving in one sees.
+  (``gc_pause``: seconds, with the sum of squared pauses, and the same for the full,
+  generation-2, collections among them). ``gc_pause_per_packet`` is the slope of the
+  young collections' pause seconds on packets forwarded, ``gc_full_per_join`` that of
+  the full ones' on listeners joined (the heap grows with connections), and
+  ``gc_pause_length`` / ``gc_full_length`` each kind's length-biased mean pause,
+  sum(L^2) / sum(L): what a packet arriving in one sees.
 
 * **Captions and recording.** Once a second the server also records its caption
   workers' CPU (``asr_cores``: their own processes) and the speech it sent them
@@ -151,6 +154,10 @@ BACKLOG_INTERVALS = 5.0  # loopback median latency above this many packet interv
 # The fan-out law is fitted on the body of the distribution; the tail above it carries
 # the rig's stalls (GC, scheduling), which the model does not have.
 QUANTILES: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)
+# The fan-out fit reads latency quantiles as q x N fan-out steps, with no queue in
+# front of them; a run whose server was busier than this share of its cores in the
+# steady window has one (near saturation it is most of the latency), so it stays out.
+LATENCY_FIT_MAX_LOAD = 0.75
 #: Server samples (seconds) per window of the speech recognition fit.
 ASR_WINDOW = 5
 #: Bytes the swarm adds to each Opus packet it sends: a 20-byte mark in the padding of a
@@ -503,10 +510,16 @@ def swarm_behind(run: Run) -> str | None:
     `BACKLOG_INTERVALS` packet intervals although nothing on the path but the server
     and the swarm's own event loop can hold them: the swarm is working off a backlog.
     Such runs stay out of the latency fit (their CPU samples, the server's own, count).
+    The backlog rule does not apply where the senders ran in their own process
+    (``spacesim load --stage-cpus``): latency then runs from a mark taken when an
+    on-time sender sent to the kernel's receive time at the listener's socket, so no
+    wait in the listeners' process can enter it, and a long median is the server's.
     """
     pace = swarm_pace(run)
     if pace < MIN_PACE:
         return f"pace {pace:.2f} < {MIN_PACE}"
+    if run.meta.extra.get("stage_cpus") is not None:
+        return None
     _, interval = _speaking(run)
     rec = _steady(run)
     median = float(rec.loc[rec["kind"] == "audio_latency", "value"].median())
@@ -529,6 +542,8 @@ def _latency_points(pair: _Pair) -> pd.DataFrame:
     n = _listeners_in(rec, start, end)
     if lat.size < 20 or n <= 0 or swarm_behind(pair.load):
         return pd.DataFrame(columns=cols)
+    if server_load(pair) > LATENCY_FIT_MAX_LOAD:
+        return pd.DataFrame(columns=cols)
     qs = np.quantile(lat.to_numpy("float64"), QUANTILES)
     return pd.DataFrame(
         {
@@ -541,6 +556,18 @@ def _latency_points(pair: _Pair) -> pd.DataFrame:
             "run_id": pair.load.meta.run_id,
         }
     )
+
+
+def server_load(pair: _Pair) -> float:
+    """The server's mean CPU over its cores in its steady window (0 when unknown)."""
+    rec = pair.server.records
+    start, end = steady_window(rec, pair.server.meta.duration)
+    cpu = rec.loc[
+        (rec["kind"] == "node_cpu") & (rec["t"] >= start) & (rec["t"] <= end), "value"
+    ].dropna()
+    server = (pair.server.meta.scenario or {}).get("server") or {}
+    cores = float(server.get("cores") or 1.0)
+    return float(cpu.mean()) / cores if cpu.size else 0.0
 
 
 def asr_samples(directory: str | Path) -> pd.DataFrame:
@@ -638,7 +665,9 @@ def _join_setup(pair: _Pair, cpu_per_join: float) -> float | None:
 
 
 def gc_samples(directory: str | Path) -> pd.DataFrame:
-    """Per server sample: ``t, pause, squares, packets, run_id`` (its collector's pauses)."""
+    """Per server sample: ``t, pause, squares, full, full_squares, packets, joins, run_id``
+    (its collector's pauses, all of them and the full collections' of them; the packets
+    it forwarded and the listeners that joined it in the sample)."""
     return _gc_samples(_pair(directory))
 
 
@@ -646,16 +675,28 @@ def _gc_samples(pair: _Pair) -> pd.DataFrame:
     rec = pair.server.records
     paused = rec[rec["kind"] == "gc_pause"].sort_values("t")
     if paused.empty:
-        return pd.DataFrame(columns=["t", "pause", "squares", "packets", "run_id"])
+        return pd.DataFrame(
+            columns=["t", "pause", "squares", "full", "full_squares", "packets", "joins", "run_id"]
+        )
     t = paused["t"].to_numpy("float64")
     packets = rec[rec["kind"] == "packets_forwarded"].set_index("t")["value"]
-    squares = [float(json.loads(a or "{}").get("squares", 0.0)) for a in paused["attrs"]]
+    attrs = [json.loads(a or "{}") for a in paused["attrs"]]
+    joined = np.sort(rec.loc[rec["kind"] == "participant_joined", "t"].to_numpy("float64"))
+    start = np.concatenate([[0.0], t[:-1]])
     frame = pd.DataFrame(
         {
             "t": t,
             "pause": paused["value"].to_numpy("float64"),
-            "squares": np.asarray(squares, dtype="float64"),
+            "squares": np.asarray([float(a.get("squares", 0.0)) for a in attrs], "float64"),
+            # records from before the split have no full-collection attrs: all young
+            "full": np.asarray([float(a.get("full", 0.0)) for a in attrs], "float64"),
+            "full_squares": np.asarray(
+                [float(a.get("full_squares", 0.0)) for a in attrs], "float64"
+            ),
             "packets": packets.reindex(t).fillna(0.0).to_numpy("float64"),
+            "joins": (
+                np.searchsorted(joined, t, "right") - np.searchsorted(joined, start, "right")
+            ).astype("float64"),
             "run_id": pair.server.meta.run_id,
         }
     )
@@ -751,14 +792,28 @@ def fit_recording(samples: pd.DataFrame) -> Fit | None:
 
 
 def fit_gc(samples: pd.DataFrame) -> Fit | None:
-    """Fit ``pause seconds = gc_pause_per_packet x packets`` per second, and the pause a
-    packet arriving in one sees, ``gc_pause_length = sum(L^2) / sum(L)`` (length-biased
-    mean); None when the server recorded no pause while forwarding."""
+    """Young collections (generations 0 and 1): ``pause seconds = gc_pause_per_packet x
+    packets`` per second; full ones (generation 2): ``= gc_full_per_join x joins`` (the
+    heap grows with connections: `spacesim.sim.node`); per kind the pause a packet
+    arriving in one sees, ``gc_*_length = sum(L^2) / sum(L)`` (length-biased mean). The
+    returned fit's residuals are the young fit's. None when the server recorded no pause
+    while forwarding."""
     if len(samples) < 3 or samples["pause"].sum() <= 0 or samples["packets"].sum() <= 0:
         return None
-    a = samples[["packets"]].to_numpy("float64")
-    fit = _nnls_fit(a, samples["pause"].to_numpy("float64"), ["gc_pause_per_packet"], samples)
-    fit.coef["gc_pause_length"] = float(samples["squares"].sum() / samples["pause"].sum())
+    n = len(samples)
+    full = samples["full"].to_numpy("float64") if "full" in samples else np.zeros(n)
+    full_sq = samples["full_squares"].to_numpy("float64") if "full_squares" in samples else 0 * full
+    joins = samples["joins"].to_numpy("float64") if "joins" in samples else np.zeros(n)
+    pause = samples["pause"].to_numpy("float64")
+    young = np.maximum(pause - full, 0.0)
+    young_sq = np.maximum(samples["squares"].to_numpy("float64") - full_sq, 0.0)
+    fit = _nnls_fit(
+        samples[["packets"]].to_numpy("float64"), young, ["gc_pause_per_packet"], samples
+    )
+    per_join = float(nnls(joins[:, None], full)[0]) if full.sum() > 0 and joins.sum() > 0 else 0.0
+    fit.coef["gc_pause_length"] = float(young_sq.sum() / young.sum()) if young.sum() > 0 else 0.0
+    fit.coef["gc_full_per_join"] = per_join
+    fit.coef["gc_full_length"] = float(full_sq.sum() / full.sum()) if per_join > 0 else 0.0
     return fit
 
 
@@ -910,7 +965,12 @@ def calibrate(
             entry["swarm_pace"] = round(swarm_pace(p.load), 4)
             entry["swarm_loop_lag"] = round(swarm_loop_lag(p.load), 4)
             entry["swarm_behind"] = swarm_behind(p.load)
-            entry["in_latency_fit"] = entry["swarm_behind"] is None and p in timed
+            entry["server_load"] = round(server_load(p), 4)
+            entry["in_latency_fit"] = (
+                entry["swarm_behind"] is None
+                and entry["server_load"] <= LATENCY_FIT_MAX_LOAD
+                and p in timed
+            )
             entry["users"] = p.load.meta.extra.get("users")
         runs.append(entry)
     return Calibration(

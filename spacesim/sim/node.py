@@ -25,10 +25,17 @@ streams it forwards (`streams`) and from how many senders (`senders`), so:
   through saturation (sharply for one speaker). The mean wait below saturation is
   Kingman's ``v rho S / (2 (1 - rho))`` when D is large (Pollaczek-Khinchine's for
   Poisson arrivals, ``v = 1``).
-* **Garbage-collection pauses** stop the node's forwarding: it is paused a share
-  ``f = gc_pause_per_packet x packets per second / cores`` of the time, in pauses that a
-  packet arriving in one sees last ``L = gc_pause_length`` (length-biased), and such a
-  packet waits a uniform share of ``L`` on top of the queue (`gc_wait`); events too.
+* **Garbage-collection pauses** stop the node's forwarding, in two kinds with terms of
+  their own: young collections (generations 0 and 1: frequent, short, after
+  allocations, which follow packets) and full ones (generation 2: the whole heap, long;
+  CPython runs one once the heap has grown by a quarter, so they follow joins and stop
+  in a steady audience). The node is paused a share ``gc_pause_per_packet x packets
+  per second / cores`` of the time by young ones and ``gc_full_per_join x joins in the
+  last second / cores`` by full ones, in pauses that a packet arriving in one sees last
+  ``L = gc_*_length`` (length-biased), and such a packet waits a uniform share of ``L``
+  on top of the queue (`gc_wait`); events too. One kind with the length-biased length
+  of all pauses, at a rate per packet, put the full collections of the audience's
+  arrival into every second of a steady audience.
   The pauses are CPU work the CPU fit already counts in ``cpu_per_packet``; this term
   is only their effect on the tail of the latency (`spacesim.server.gcmeter`).
 * **Before the fan-out** (`relay_rate`, cores): a room's origin receives each packet its
@@ -53,6 +60,7 @@ CPU) and the sampled listeners' latency and loss, so the two always agree.
 from __future__ import annotations
 
 import math
+from collections import deque
 
 from spacesim.scenario import Server
 
@@ -120,8 +128,11 @@ class Node:
         "event_rate",
         "fanout_delay",
         "forward_delay",
+        "gc_full_length",
+        "gc_full_per_join",
         "gc_pause_length",
         "gc_pause_per_packet",
+        "joins",
         "last",
         "listeners",
         "max_queue_delay",
@@ -151,6 +162,9 @@ class Node:
         self.forward_delay = server.forward_delay
         self.gc_pause_per_packet = server.gc_pause_per_packet
         self.gc_pause_length = server.gc_pause_length
+        self.gc_full_per_join = server.gc_full_per_join
+        self.gc_full_length = server.gc_full_length
+        self.joins: deque[float] = deque()  # join times in the last second (full collections)
         self.max_streams = server.max_streams
         self.max_queue_delay = server.max_queue_delay
         self.pps = pps
@@ -278,6 +292,8 @@ class Node:
         self.streams += streams
         self.connections += 1
         self.senders += senders
+        if self.gc_full_length > 0.0:
+            self.joins.append(now)
         return wait
 
     def add_work(self, now: float, cpu: float) -> float:
@@ -326,19 +342,40 @@ class Node:
             wait += _queued(theta, room, u_wait)
         return wait
 
-    def gc_share(self) -> float:
-        """Share of time the collector has the node stopped now (at most a half)."""
-        share = self.gc_pause_per_packet * self.streams * self.pps / self.cores
-        return min(share, 0.5)
+    def join_rate(self, now: float) -> float:
+        """Listener joins in the last second (per second), as the calibration counts them."""
+        joins = self.joins
+        while joins and joins[0] <= now - 1.0:
+            joins.popleft()
+        return float(len(joins))
 
-    def gc_wait(self, u: float) -> float:
+    def gc_shares(self, now: float) -> tuple[float, float]:
+        """Shares of time the collector has the node stopped now: (full, young)."""
+        full = self.gc_full_per_join * self.join_rate(now) / self.cores if self.joins else 0.0
+        young = self.gc_pause_per_packet * self.streams * self.pps / self.cores
+        full = min(full, 0.5)
+        return full, min(young, 0.5 - full)
+
+    def gc_share(self, now: float | None = None) -> float:
+        """Share of time the collector has the node stopped now (at most a half)."""
+        return sum(self.gc_shares(self.last if now is None else now))
+
+    @property
+    def gc_paused(self) -> bool:
+        """True when the model has collector pauses (else no draw is made for them)."""
+        return self.gc_pause_length > 0.0 or self.gc_full_length > 0.0
+
+    def gc_wait(self, u: float, now: float | None = None) -> float:
         """Wait of a packet for a collector's pause, from one uniform in [0, 1): it arrives
-        in a pause with probability `gc_share`, then waits a uniform share of its length
-        (u / share is uniform given u < share)."""
-        share = self.gc_share()
-        if share <= 0.0 or u >= share:
-            return 0.0
-        return (u / share) * self.gc_pause_length
+        in a full collection's pause with probability their share of time now (joins in
+        the last second), in a young one's with the young ones' share (packets), and waits
+        a uniform share of that kind's length (u / share is uniform given u < share)."""
+        full, young = self.gc_shares(self.last if now is None else now)
+        if u < full:
+            return (u / full) * self.gc_full_length
+        if u < full + young:
+            return ((u - full) / young) * self.gc_pause_length
+        return 0.0
 
     def loss_now(self) -> float:
         """Probability that a packet arriving now is lost for want of CPU or buffer."""

@@ -323,8 +323,8 @@ class World:
             subs += len(room.stage_nets)
         wait = node.event_wait(d.uniform(), d.uniform())
         wait += d.uniform() * subs * self.cpu_per_event / node.cores
-        if node.gc_pause_length > 0.0:
-            wait += node.gc_wait(d.uniform())
+        if node.gc_paused:
+            wait += node.gc_wait(d.uniform(), self.env.now)
         delay = wait + self.one_way(who.net)
         if node is not room.origin:
             delay += self.edge_delay
@@ -369,8 +369,8 @@ class World:
         server = who.node.packet_wait(u_busy, d.uniform(), d.uniform())
         if server is None:
             return None
-        if who.node.gc_pause_length > 0.0:  # (no draw without the term: seeds keep their runs)
-            server += who.node.gc_wait(d.uniform())
+        if who.node.gc_paused:  # (no draw without the term: seeds keep their runs)
+            server += who.node.gc_wait(d.uniform(), self.env.now)
         senders = list(room.senders.values())
         uplink = senders[d.index(len(senders))] if senders else self.sc.network[0]
         delay = self.one_way(uplink) + server + self.one_way(who.net)

@@ -90,14 +90,16 @@ server: {max_streams: 3}
 
 def test_pinned_run_enforces_the_models_admission_limit(tmp_path: Path) -> None:
     """server.max_streams reaches the embedded server (--capacity): the host and two
-    listeners fill 3 streams, the others are refused server_full; the pins are recorded."""
+    listeners fill 3 streams, the others are refused server_full; the pins are recorded.
+    The host runs in a Locust process of its own (--stage-cpus), and the listeners of
+    the other process find its space and hear it."""
     path = tmp_path / "admitted.yaml"
     path.write_text(ADMITTED)
     cpus = sorted(os.sched_getaffinity(0))
     server_cpus, swarm_cpus = {cpus[0]}, {cpus[-1]}
     out = tmp_path / "run"
     rc = main(path, users=5, duration=6, out=out, shape="steady", network="none",
-              server_cpus=server_cpus, swarm_cpus=swarm_cpus)  # fmt: skip
+              server_cpus=server_cpus, swarm_cpus=swarm_cpus, stage_cpus=server_cpus)  # fmt: skip
     assert rc == 0
     run = load_run(out)
     rec = run.records
@@ -108,6 +110,10 @@ def test_pinned_run_enforces_the_models_admission_limit(tmp_path: Path) -> None:
     assert {json.loads(a)["reason"] for a in refused["attrs"]} == {"server_full"}
     assert run.meta.extra["server_cpus"] == sorted(server_cpus)
     assert run.meta.extra["swarm_cpus"] == sorted(swarm_cpus)
+    assert run.meta.extra["stage_cpus"] == sorted(server_cpus)
+    assert len(list((out / "parts").glob("part-*.parquet"))) == 2  # two Locust processes
+    heard = rec[(rec["kind"] == "packets_received") & (rec["value"] > 0)]
+    assert set(heard["participant"]) == set(joined["participant"])
 
 
 def test_listeners_arrive_at_the_spawn_rate_not_in_locusts_bursts(tmp_path: Path) -> None:

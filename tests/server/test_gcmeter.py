@@ -31,3 +31,19 @@ def test_an_uninstalled_meter_sees_nothing() -> None:
     meter.uninstall()
     gc.collect()
     assert meter.take().count == 0
+
+
+def test_full_collections_are_told_apart_from_young_ones() -> None:
+    """Generation-2 collections (the model's ``gc_full_*``) are summed on their own."""
+    meter = GcMeter()
+    meter.install()
+    try:
+        meter.take()
+        gc.collect(0)
+        gc.collect(1)
+        gc.collect(2)
+        p = meter.take()
+    finally:
+        meter.uninstall()
+    assert p.count >= 3 and p.full_count >= 1 and p.count - p.full_count >= 2
+    assert 0 < p.full_seconds <= p.seconds and 0 < p.full_squares <= p.squares

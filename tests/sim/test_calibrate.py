@@ -241,6 +241,24 @@ def test_runs_where_the_swarm_fell_behind_stay_out_of_the_latency_fit(tmp_path: 
     assert cal.runs[0]["swarm_loop_lag"] == pytest.approx(0.002)
 
 
+def test_runs_near_saturation_stay_out_of_the_latency_fit(tmp_path: Path) -> None:
+    """The fan-out fit reads quantiles as q x N steps with no queue in front: a run whose
+    server was busier than LATENCY_FIT_MAX_LOAD (here its CPU records scaled to 0.95 of
+    its core) would read its queue as fan-out; its CPU samples still count."""
+    good = [load_run_pair(tmp_path / f"n{n}", n, 0.001, 60e-6, n) for n in (10, 50)]
+    busy = load_run_pair(tmp_path / "busy", 90, 0.05, 60e-6, 90)  # a queue of 50 ms
+    run = load_run(busy / "server")
+    rec = run.records.copy()
+    rec.loc[rec["kind"] == "node_cpu", "value"] = 0.95
+    write_run(busy / "server", rec, run.meta)
+    cal = calibrate([*good, busy])
+    assert cal.latency is not None and set(cal.latency.per_run) == {"load-10", "load-50"}
+    assert cal.server["forward_delay"] == pytest.approx(0.001, abs=2e-4)
+    flags = {r["dir"]: r["in_latency_fit"] for r in cal.runs}
+    assert flags == {str(d): d in good for d in [*good, busy]}
+    assert len(cal.cpu.per_run) == 3
+
+
 @pytest.mark.parametrize(
     ("text", "field", "reason"),
     [
@@ -458,24 +476,37 @@ def test_collector_pauses_are_fitted_per_packet_with_their_length_biased_mean(
     run = load_run(d)
     rec = Recorder(run.meta.run_id, "server")
     packets = run.records[run.records["kind"] == "packets_forwarded"]
+    joined = run.records.loc[run.records["kind"] == "participant_joined", "t"].to_numpy()
+    assert len(joined)
     total_l = total_sq = 0.0
+    last = 0.0
     for t, p in zip(packets["t"], packets["value"], strict=True):
-        pause = GC_PER_PACKET * p
         short, full = GC_PAUSES
-        # the second's pause time split between short and full pauses, one full one per 10 s
-        k_full = 1 if int(t) % 10 == 0 and pause > full else 0
-        k_short = (pause - k_full * full) / short
+        young = GC_PER_PACKET * p  # young collections' pause time follows the packets
+        k_short = young / short
+        # and a full collection in each second listeners joined (the heap grew)
+        k_full = 1 if ((joined > last) & (joined <= t)).any() else 0
+        last = t
+        pause = young + k_full * full
         squares = k_full * full**2 + k_short * short**2
-        total_l += pause
-        total_sq += squares
-        attrs = {"count": k_full + k_short, "squares": squares, "max": full}
+        total_l += young
+        total_sq += k_short * short**2
+        attrs = {
+            "count": k_full + k_short, "squares": squares, "max": full,
+            "full_count": k_full, "full": k_full * full, "full_squares": k_full * full**2,
+        }  # fmt: skip
         rec.add("gc_pause", float(t), "", "server", "node", pause, attrs)
     write_run(d, pd.concat([run.records, rec.to_frame()], ignore_index=True), run.meta)
     assert len(gc_samples(d)) == 30
     cal = calibrate([d])
     assert cal.gc is not None and not any(n.startswith("gc_pause") for n in cal.notes)
+    # young and full collections apart, each with its own length-biased length (the
+    # young ones' is the short pause itself, not a mean the rare long ones dominate)
     assert cal.server["gc_pause_per_packet"] == pytest.approx(GC_PER_PACKET, rel=1e-3)
     assert cal.server["gc_pause_length"] == pytest.approx(total_sq / total_l, rel=1e-3)
+    assert cal.server["gc_pause_length"] == pytest.approx(GC_PAUSES[0], rel=1e-3)
+    assert cal.server["gc_full_per_join"] > 0
+    assert cal.server["gc_full_length"] == pytest.approx(GC_PAUSES[1], rel=1e-3)
     path = cal.write(tmp_path / "cal.yaml")
     sc = apply_calibration(fixed_crowd(5, 10), path)
     assert sc.server.gc_pause_per_packet == cal.server["gc_pause_per_packet"]

@@ -123,3 +123,23 @@ def test_gc_wait_is_a_uniform_share_of_the_pause_with_the_pauses_share_of_time()
     assert (waits > 0).mean() == pytest.approx(0.01, abs=0.001)
     assert waits[waits > 0].mean() == pytest.approx(0.025, rel=0.05)
     assert loaded(100).gc_wait(0.0) == 0.0  # no term, no wait
+
+
+def test_gc_wait_keeps_young_and_full_collections_apart() -> None:
+    """Young pauses (1 ms) take 1 % of the time, with the packets; full ones (80 ms)
+    follow joins: 10 ms of them per join, so 2 joins in the last second stop the node
+    2 % of the time, and a steady audience (no join for a second) has none."""
+    n = loaded(
+        100, gc_pause_per_packet=2e-6, gc_pause_length=0.001,
+        gc_full_per_join=0.01, gc_full_length=0.08,
+    )  # fmt: skip
+    n.connect(0.5, 1, 1, 0.0)
+    n.connect(0.6, 1, 1, 0.0)
+    assert n.gc_shares(1.0) == pytest.approx((0.02, 0.0102))
+    u = np.random.default_rng(5).random(300_000)
+    waits = np.array([n.gc_wait(x, 1.0) for x in u])
+    assert (waits > 0.001).mean() == pytest.approx(0.02 * 79 / 80, abs=0.002)
+    assert n.gc_shares(2.0)[0] == 0.0  # no join in the last second: no full collection
+    steady = np.array([n.gc_wait(x, 2.0) for x in u[:100_000]])
+    assert (steady > 0).mean() == pytest.approx(0.0102, abs=0.001)
+    assert steady.max() <= 0.001  # only young pauses
