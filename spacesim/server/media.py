@@ -298,6 +298,12 @@ class MediaRoom:
         """
         shape = parse_offer(offer_sdp, self.slots)
         await self.close(participant)
+        k = self._slot_of.get(participant)
+        if k is not None and shape.publish_mid is not None:
+            # A new publishing connection starts a new RTP sequence and timestamp: its
+            # next packet takes a slot anew (a new generation), so each listener's
+            # stream rebases instead of jumping by the old and new starts' difference.
+            self._release(k)
         pc = rtc.new_peer_connection()
         peer = _Peer(participant, pc)
         self._peers[participant] = peer
