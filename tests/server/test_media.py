@@ -442,3 +442,29 @@ async def test_a_failing_send_is_logged_once_and_drops_only_that_listener(
     assert "bad" in records[0].getMessage() and "transport closed" in records[0].getMessage()
     assert room.stats()["send_errors"] == 1
     assert good.writers[0].sent == 5  # type: ignore[attr-defined]
+
+
+async def test_a_speaker_who_reconnects_continues_each_listeners_stream(world: Any) -> None:
+    """A speaker first relayed from another node, then connected here (a cluster move):
+    the new connection starts its own RTP sequence, and listeners' streams rebase on it
+    instead of jumping by the two starts' difference, which the server's SRTP replay
+    window and the listeners' loss counts would take as damage."""
+    room = world.room(lambda p: p == "s")
+    lst = await world.join(room, "l")
+    # first heard through another node (the cluster's `publish`: no connection here) ...
+    tone = opus_tone(440.0)
+    for i in range(20):
+        packet = rtc.RtpPacket(
+            payload_type=111, sequence_number=1000 + i, timestamp=960 * i, ssrc=7,
+            payload=tone[i % len(tone)],
+        )  # fmt: skip
+        await room.publish("s", packet, 20 * i)
+        await asyncio.sleep(0.02)
+    await until(lambda: len(lst.got[0]) >= 10)
+    n = len(lst.got[0])
+    await world.join(room, "s", opus_tone(660.0))  # ... then connected here
+    await until(lambda: len(lst.got[0]) >= n + 10)
+    seqs = [g[1] for g in lst.got[0]]
+    steps = [(b - a) & 0xFFFF for a, b in itertools.pairwise(seqs)]
+    assert all(0 < s < 50 for s in steps), steps
+    assert room.stats()["send_errors"] == 0
