@@ -368,7 +368,14 @@ async def show_post(request: web.Request) -> web.Response:
     if not isinstance(post_id, str):
         raise ProtocolError("bad_request", "'post' must be a post id")
     user = claims.sub
-    post = _find(state, user, post_id)
+    try:
+        post = _find(state, user, post_id)
+    except ProtocolError as exc:
+        # The space (the addressed resource) is there; the post the body names is not, or
+        # not for this viewer: a well-formed request the state refuses (409, as
+        # bad_target), not a 404, which would say the space itself is gone (schemathesis
+        # ST302, "created resource not found", read it so).
+        raise ProtocolError("bad_target", f"no post {post_id!r} you can read") from exc
     if post.kind != "post":
         raise ProtocolError("bad_request", "only posts (not Fleets or DMs) are shown in a space")
     role = room.space.role_of(user)

@@ -405,6 +405,9 @@ async def test_pinned_and_shared_posts_reach_every_listener(served: Any) -> None
         assert (status, err["error"]) == (403, "not_allowed")
         status, err = await api.call("POST", path, "outsider", {"post": post["id"]})
         assert (status, err["error"]) == (409, "not_present")
+        # a post that is not there: the space is, so 409 (not a 404 for the space)
+        status, err = await api.call("POST", path, "l1", {"post": "p-nothing", "how": "share"})
+        assert (status, err["error"]) == (409, "bad_target")
         pins = []
         for i in range(policy.MAX_PINNED_POSTS):
             _, p = await api.call("POST", "/v1/posts", "writer", {"text": f"pin {i}"})
