@@ -14,7 +14,17 @@ What runs (every packet stays on this machine; every load run bounded in users a
   through the same store protocol). With two or more CPUs, node K is pinned to CPU K-1
   (``sched_setaffinity`` on its process; the issue's "one core each", as two machines
   would have), and the swarm is left to the scheduler: on a 2-core machine it shares
-  both cores with the nodes, so the levels stay well below a node's saturation.
+  both cores with the nodes, so the levels stay well below a node's saturation. The
+  swarm runs at ``SCHED_IDLE`` (``chrt --idle 0``; sched(7): such a thread runs only
+  when nothing else is runnable, and the kernel preempts it as soon as a node wakes),
+  standing in for clients on machines of their own: at normal priority a node woken
+  by a packet waited behind the swarm's work on its core for up to a scheduler slice,
+  which put milliseconds into every latency percentile from the median up (measured
+  at 280 listeners: p95 8.0 -> 4.2 ms at the origin, cascade p50 0.73 -> 0.27 ms; at
+  40 listeners p95 4.2 -> 0.98 ms) -- contention two machines would not have. The
+  swarm's measurements do not depend on when it runs: each latency is taken against
+  the kernel's arrival time (``SO_TIMESTAMPNS``), and the host (the only sender) marks
+  each packet as it is handed to the socket. ``--no-idle`` runs it at normal priority.
 * **The load** at each level: ``spacesim load scenarios/fidelity.yaml -u N+1 --shape
   steady --network none --target http://10.213.201.2:PORT --ice-host 10.213.201.1
   --ice-host 10.213.202.1`` against a fresh cluster: the host creates the space on
@@ -135,6 +145,32 @@ def netns_cluster(workdir: Path, pin: bool = True, timeout: float = 30.0) -> Ite
             netns.netns_down(ns, host_if)
 
 
+@contextlib.contextmanager
+def cores_awake(on: bool = True) -> Iterator[None]:
+    """Keep every core out of idle states with an exit latency for the block, as
+    latency benchmarks do (cyclictest): a PM QoS request of 0 us on
+    ``/dev/cpu_dma_latency``, held while the file is open (the kernel's
+    Documentation/power/pm_qos_interface.rst). On this VM the cpuidle driver is
+    ``haltpoll``: an idle vCPU halts, and a node woken on it by a relayed packet first
+    waits for the hypervisor to run it again; at 40 listeners (cores mostly idle) that
+    put ~40 us more into the cascade than at 280, where the swarm keeps them busy. A
+    node under production load does not sleep between packets, and the model's hop
+    (``edge_delay``) is one constant. No-op when the file cannot be opened (not root)."""
+    if not on:
+        yield
+        return
+    try:
+        fd = os.open("/dev/cpu_dma_latency", os.O_WRONLY)
+    except OSError:
+        yield
+        return
+    try:
+        os.write(fd, (0).to_bytes(4, sys.byteorder, signed=True))
+        yield
+    finally:
+        os.close(fd)
+
+
 def _wait(proc: subprocess.Popen[bytes], url: str, log: Path, timeout: float) -> None:
     try:
         launch.wait_up(proc, url, timeout)
@@ -155,7 +191,15 @@ def available() -> str | None:
 
 
 def load_level(
-    out: Path, n: int, duration: float, spawn: float, name: str, reuse: bool, pin: bool
+    out: Path,
+    n: int,
+    duration: float,
+    spawn: float,
+    name: str,
+    reuse: bool,
+    pin: bool,
+    idle: bool = True,
+    awake: bool = True,
 ) -> Path:
     """One `spacesim load` run with n listeners (and the host) against a fresh cluster."""
     run_time = math.ceil(n / spawn + duration)
@@ -164,8 +208,9 @@ def load_level(
         _say(f"{name}: reusing {d}")
         return d
     (d / "meta.json").unlink(missing_ok=True)
-    with netns_cluster(out / f"{name}-cluster", pin=pin) as c:
+    with netns_cluster(out / f"{name}-cluster", pin=pin) as c, cores_awake(awake):
         cmd = [
+            *(["chrt", "--idle", "0"] if idle else []),
             sys.executable, "-m", "spacesim.cli", "load", str(SCENARIO),
             "-u", str(n + 1), "-r", f"{spawn:g}", "-t", f"{run_time:g}s", "--out", str(d),
             "--shape", "steady", "--network", "none", "--target", c.urls[0],
@@ -248,7 +293,15 @@ def run(args: argparse.Namespace) -> int:
     for n in levels:
         reused = args.reuse and (out / f"cload-{n:03d}" / "meta.json").is_file()
         dirs[n] = load_level(
-            out, n, args.duration, args.spawn, f"cload-{n:03d}", args.reuse, not args.no_pin
+            out,
+            n,
+            args.duration,
+            args.spawn,
+            f"cload-{n:03d}",
+            args.reuse,
+            not args.no_pin,
+            not args.no_idle,
+            not args.cpu_sleep,
         )
         if not reused:  # the load average while the level ran
             machine[str(n)] = os.getloadavg()[0]
@@ -335,6 +388,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", default="runs/fidelity-cluster")
     ap.add_argument("--reuse", action="store_true", help="reuse load runs already in --out")
     ap.add_argument("--no-pin", action="store_true", help="leave the nodes to the scheduler")
+    ap.add_argument("--no-idle", action="store_true", help="run the swarm at normal priority")
+    ap.add_argument(
+        "--cpu-sleep", action="store_true", help="let idle cores sleep (no PM QoS request)"
+    )
     ap.add_argument("--seed", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="2 tiny levels of 6 s (tests)")
     args = ap.parse_args(argv)

@@ -125,6 +125,7 @@ __all__ = [
     "calibrate",
     "cpu_samples",
     "fit_asr",
+    "fit_cluster_cpu",
     "fit_cpu",
     "fit_gc",
     "fit_latency",
@@ -366,6 +367,7 @@ def _cluster_cpu_samples(pair: _Pair) -> pd.DataFrame:
     published = senders / interval  # the speakers' packets a second, all to the origin
     rec = pair.server.records
     lrec = pair.load.records
+    steady = steady_window(lrec, pair.load.meta.duration)
     frames = []
     relayed = rec[rec["kind"] == "packets_relayed"]
     sent = relayed.groupby("t")["value"].sum()  # every node's relays in each sample
@@ -414,6 +416,8 @@ def _cluster_cpu_samples(pair: _Pair) -> pd.DataFrame:
                 "events": events,
                 "node": node,
                 "run_id": pair.server.meta.run_id,
+                # the sample's second inside the load run's steady window (no joins)
+                "steady": (t - 1.0 >= steady[0] + pair.offset) & (t <= steady[1] + pair.offset),
             }
         )
         frames.append(frame[frame["t"] <= _end(pair)])
@@ -751,6 +755,56 @@ def fit_cpu(samples: pd.DataFrame) -> Fit:
     return _nnls_fit(a, y, [f for _, f in terms], samples)
 
 
+def fit_cluster_cpu(samples: pd.DataFrame) -> Fit:
+    """`fit_cpu` for a cluster's per-node samples, in two steps: the steady terms on the
+    seconds of the runs' steady windows (no joins), then ``cpu_per_join`` on what those
+    leave of the other seconds.
+
+    In a cluster a join's work is split between the node that answers its HTTP requests
+    (the load's target, proxying to the origin) and the node that carries its media;
+    the per-node join counts see only the latter. Fitted in one step, that misplaced
+    work leaked into the steady terms (``cpu_per_packet`` 0 and ``cpu_fixed`` a third
+    of an idle-to-loaded node's intercept, 37 % under on the other node at 40
+    listeners); fitted on the steady seconds, each node's steady CPU is what its
+    packets, connections and publishers cost. Without a steady second (a run too short
+    for a steady window), `fit_cpu` as for one node.
+    """
+    steady = samples[samples["steady"].astype(bool)] if "steady" in samples else samples[:0]
+    terms = [t for t in CPU_TERMS if t[0] != "joins"]
+    if "events" not in steady or not steady["events"].to_numpy("float64").any():
+        terms = [t for t in terms if t[0] != "events"]
+    if "published" in steady and steady["published"].fillna(0).to_numpy("float64").any():
+        terms.append(("published", "cpu_per_publisher_packet"))
+    if len(steady) < len(terms) + 2:
+        return fit_cpu(samples)
+    a = np.column_stack(
+        [np.ones(len(steady))] + [steady[c].fillna(0.0).to_numpy("float64") for c, _ in terms[1:]]
+    )
+    base = _nnls_fit(a, steady["cpu"].to_numpy("float64"), [f for _, f in terms], steady)
+    full = np.column_stack(
+        [np.ones(len(samples))] + [samples[c].fillna(0.0).to_numpy("float64") for c, _ in terms[1:]]
+    )
+    rest = samples["cpu"].to_numpy("float64") - full @ np.array([base.coef[f] for _, f in terms])
+    ramp = ~samples["steady"].astype(bool).to_numpy() if "steady" in samples else None
+    joins = samples["joins"].fillna(0.0).to_numpy("float64")
+    coef = dict(base.coef)
+    stderr = dict(base.stderr)
+    if ramp is not None and joins[ramp].any():
+        per_join = _nnls_fit(joins[ramp, None], rest[ramp], ["cpu_per_join"], samples[ramp])
+        coef |= per_join.coef
+        stderr |= per_join.stderr
+    resid = rest - joins * coef.get("cpu_per_join", 0.0)
+    y = samples["cpu"].to_numpy("float64")
+    return Fit(
+        coef=coef,
+        stderr=stderr,
+        rms=float(np.sqrt(np.mean(resid**2))),
+        r2=_r2(y, resid),
+        samples=len(y),
+        per_run=_per_run(samples, resid),
+    )
+
+
 def fit_latency(points: pd.DataFrame) -> Fit | None:
     """Fit ``latency_q = forward_delay + q x fan-out x fanout_delay``; None without points.
 
@@ -910,7 +964,7 @@ def calibrate(
         raise CalibrationError("no runs given")
     pairs = [_pair(d) for d in directories]
     samples = pd.concat([_cpu_samples(p) for p in pairs], ignore_index=True)
-    cpu = fit_cpu(samples)
+    cpu = fit_cluster_cpu(samples) if "node" in samples else fit_cpu(samples)
     chosen = None if latency_from is None else {Path(d).resolve() for d in latency_from}
     timed = [p for p in pairs if chosen is None or p.directory.resolve() in chosen]
     frames = [f for f in (_latency_points(p) for p in timed) if len(f)]

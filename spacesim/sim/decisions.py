@@ -80,6 +80,17 @@ class Decisions:
     def subscribes(self, room: int, pid: str) -> bool:
         return behaviour.subscribes_to_events(self.sc.audience, self.draws)
 
+    def place(
+        self,
+        room: int,
+        pid: str,
+        n: int,
+        load: Callable[[int], float],
+        admits: Callable[[int], bool],
+    ) -> int | None:
+        """Which of `n` nodes carries a joining listener (`behaviour.place_listener`)."""
+        return behaviour.place_listener(n, load, admits, self.draws)
+
     # ------------------------------------------------------------------ stage
 
     def talk_phases(
@@ -190,6 +201,16 @@ class _Spurts:
         return False, start - t
 
 
+def _node_order(members: dict[str, Member]) -> list[str]:
+    """A room's measured nodes: its origin (the host's) first, the others by name."""
+    seen = sorted({m.node for m in members.values() if m.node})
+    hosts = [m.node for m in members.values() if m.role == "host" and m.node]
+    if hosts:
+        seen.remove(hosts[0])
+        seen.insert(0, hosts[0])
+    return seen
+
+
 class Replay(Decisions):
     """Decisions answered from a measured run's `Trace` (see the module's docstring).
 
@@ -249,6 +270,7 @@ class Replay(Decisions):
             [m for m in (trace.rooms[i].listeners if i < len(trace.rooms) else ())]
             for i in range(len(room_names))
         ]
+        self.nodes = [_node_order(members) for members in self.members]
 
     def _member(self, room: int, pid: str) -> Member | None:
         return self.members[room].get(pid)
@@ -282,6 +304,27 @@ class Replay(Decisions):
         if m is not None and not m.refused:
             return m.subscribed
         return super().subscribes(room, pid)
+
+    def place(
+        self,
+        room: int,
+        pid: str,
+        n: int,
+        load: Callable[[int], float],
+        admits: Callable[[int], bool],
+    ) -> int | None:
+        """The node the measured run placed them on: its k-th node (the room's origin
+        first, the others by name) is the model's node ``(room + k) mod n``, as the
+        model's room ``room`` has its origin on node ``room mod n``. A listener the
+        measured run did not place (refused, a single node), a node the model does not
+        have, or one that does not admit them now: the drawn placement."""
+        m = self._member(room, pid)
+        order = self.nodes[room]
+        if m is not None and m.node in order and len(order) <= n:
+            i = (room + order.index(m.node)) % n
+            if admits(i):
+                return i
+        return super().place(room, pid, n, load, admits)
 
     # ------------------------------------------------------------------ stage
 

@@ -57,6 +57,7 @@ class Member:
     refused: bool = False
     subscribed: bool = False
     spurts: tuple[tuple[float, float], ...] = ()  # (start, length) of each talk spurt
+    node: str | None = None  # the cluster node that carried them (``attrs.node``)
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,7 @@ def _room(name: str, rec: pd.DataFrame) -> RoomTrace:
     spurts: dict[str, list[tuple[float, float]]] = {}
     left: dict[str, float] = {}
     subscribed: set[str] = set()
-    joins: list[tuple[str, str, float, float | None, Path | None]] = []
+    joins: list[tuple[str, str, float, float | None, Path | None, str | None]] = []
     refused: list[tuple[str, float]] = []
     actions: list[Action] = []
     answers: list[Answer] = []
@@ -166,7 +167,9 @@ def _room(name: str, rec: pd.DataFrame) -> RoomTrace:
     for kind, t, pid, role, value, text in rows:
         if kind == "participant_joined" and pid not in seen:
             seen.add(pid)
-            joins.append((pid, role, t, _num(value), _path(_attrs(text))))
+            a = _attrs(text)
+            node = a.get("node")
+            joins.append((pid, role, t, _num(value), _path(a), str(node) if node else None))
         elif kind == "join_refused" and pid not in seen:
             seen.add(pid)
             refused.append((pid, t))
@@ -211,7 +214,9 @@ def _room(name: str, rec: pd.DataFrame) -> RoomTrace:
             queued = float(wait) if isinstance(wait, int | float) else 0.0
             reviews.append((max(value - queued, 0.0), str(a.get("action", "dismiss"))))
 
-    def member(pid: str, role: str, t: float, took: float | None, path: Path | None) -> Member:
+    def member(
+        pid: str, role: str, t: float, took: float | None, path: Path | None, node: str | None
+    ) -> Member:
         stay = left.get(pid)
         return Member(
             pid,
@@ -221,6 +226,7 @@ def _room(name: str, rec: pd.DataFrame) -> RoomTrace:
             path,
             subscribed=pid in subscribed,
             spurts=tuple(spurts.get(pid, ())),
+            node=node,
         )
 
     order = {r: i for i, r in enumerate(STAGE_ROLES)}

@@ -403,11 +403,15 @@ class World:
 
     # ------------------------------------------------------------------ membership
 
-    def _place(self) -> Node | None:
+    def _place(self, room: Room, pid: str) -> Node | None:
         need = self.streams_per_listener
         nodes = self.nodes
-        i = behaviour.place_listener(
-            len(nodes), lambda i: nodes[i].listeners, lambda i: nodes[i].admits(need), self.draws
+        i = self.decide.place(
+            room.number,
+            pid,
+            len(nodes),
+            lambda i: nodes[i].listeners,
+            lambda i: nodes[i].admits(need),
         )
         return None if i is None else nodes[i]
 
@@ -446,7 +450,7 @@ class World:
         if not outcome.ok:
             self._refuse_join(room, pid, outcome.code or "refused")
             return None
-        node = self._place()
+        node = self._place(room, pid)
         if node is None:
             room.space.leave(pid)
             self._refuse_join(room, pid, "server_full")

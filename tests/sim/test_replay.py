@@ -160,6 +160,29 @@ def test_a_replay_is_deterministic_and_an_independent_draw_is_not_a_replay() -> 
     assert runs.labels([a, drawn])[1].startswith("sim (independent draw): ")
 
 
+def test_a_replay_places_each_listener_on_the_node_the_cluster_did() -> None:
+    """Like for like on a cluster: the measured run's placement, not a fresh draw (which
+    split 20 listeners 9/11 where the cluster had 13/7 and moved the nodes' fan-out
+    spreads). The origin (the host's node) is the model's node-0 for room 0."""
+    sc = dict(SCENARIO, server={"nodes": 2})
+    where = {f"l-{i}": "node-2" if i % 3 == 0 else "node-7" for i in range(1, 21)}
+    rows: list[Row] = [
+        _row("participant_joined", 1.0, "host-x-0", "host", 0.5, {**FAST, "node": "node-7"})
+    ]
+    rows += [
+        _row("participant_joined", 2.0 + i, pid, "listener", 0.2, {**FAST, "node": node})
+        for i, (pid, node) in enumerate(where.items())
+    ]
+    got = replay(measured(rows), parse_scenario({**sc, "duration": "40s"}))
+    joined = _of(got.records, "participant_joined", role="listener")
+    placed = {
+        p: json.loads(a)["node"]
+        for p, a in zip(joined["participant"], joined["attrs"], strict=True)
+    }
+    model = {"node-7": "node-0", "node-2": "node-1"}  # origin first, then by name
+    assert placed == {pid: model[node] for pid, node in where.items()}
+
+
 def test_a_run_without_participants_cannot_be_replayed() -> None:
     with pytest.raises(ValueError, match="no participant_joined"):
         replay(measured([_row("reaction", 1.0, "l-1", "listener", 1.0)]))
