@@ -78,7 +78,7 @@ NAMESPACES = ("spacesim-cf1", "spacesim-cf2")
 INDEX = 201  # node K's veth pair to the root namespace: 10.213.(INDEX+K-1).0/30
 LINK = ("cf-n1", "cf-n2", "10.77.0.1", "10.77.0.2")  # the pair between the nodes
 LEVELS = (40, 120, 200, 280)
-DURATION = 20.0
+DURATION = 30.0
 SPAWN = 20.0
 GRACE = 120.0
 TARGET = 0.10
@@ -145,32 +145,6 @@ def netns_cluster(workdir: Path, pin: bool = True, timeout: float = 30.0) -> Ite
             netns.netns_down(ns, host_if)
 
 
-@contextlib.contextmanager
-def cores_awake(on: bool = True) -> Iterator[None]:
-    """Keep every core out of idle states with an exit latency for the block, as
-    latency benchmarks do (cyclictest): a PM QoS request of 0 us on
-    ``/dev/cpu_dma_latency``, held while the file is open (the kernel's
-    Documentation/power/pm_qos_interface.rst). On this VM the cpuidle driver is
-    ``haltpoll``: an idle vCPU halts, and a node woken on it by a relayed packet first
-    waits for the hypervisor to run it again; at 40 listeners (cores mostly idle) that
-    put ~40 us more into the cascade than at 280, where the swarm keeps them busy. A
-    node under production load does not sleep between packets, and the model's hop
-    (``edge_delay``) is one constant. No-op when the file cannot be opened (not root)."""
-    if not on:
-        yield
-        return
-    try:
-        fd = os.open("/dev/cpu_dma_latency", os.O_WRONLY)
-    except OSError:
-        yield
-        return
-    try:
-        os.write(fd, (0).to_bytes(4, sys.byteorder, signed=True))
-        yield
-    finally:
-        os.close(fd)
-
-
 def _wait(proc: subprocess.Popen[bytes], url: str, log: Path, timeout: float) -> None:
     try:
         launch.wait_up(proc, url, timeout)
@@ -199,7 +173,6 @@ def load_level(
     reuse: bool,
     pin: bool,
     idle: bool = True,
-    awake: bool = True,
 ) -> Path:
     """One `spacesim load` run with n listeners (and the host) against a fresh cluster."""
     run_time = math.ceil(n / spawn + duration)
@@ -208,7 +181,7 @@ def load_level(
         _say(f"{name}: reusing {d}")
         return d
     (d / "meta.json").unlink(missing_ok=True)
-    with netns_cluster(out / f"{name}-cluster", pin=pin) as c, cores_awake(awake):
+    with netns_cluster(out / f"{name}-cluster", pin=pin) as c:
         cmd = [
             *(["chrt", "--idle", "0"] if idle else []),
             sys.executable, "-m", "spacesim.cli", "load", str(SCENARIO),
@@ -301,7 +274,6 @@ def run(args: argparse.Namespace) -> int:
             args.reuse,
             not args.no_pin,
             not args.no_idle,
-            not args.cpu_sleep,
         )
         if not reused:  # the load average while the level ran
             machine[str(n)] = os.getloadavg()[0]
@@ -389,9 +361,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--reuse", action="store_true", help="reuse load runs already in --out")
     ap.add_argument("--no-pin", action="store_true", help="leave the nodes to the scheduler")
     ap.add_argument("--no-idle", action="store_true", help="run the swarm at normal priority")
-    ap.add_argument(
-        "--cpu-sleep", action="store_true", help="let idle cores sleep (no PM QoS request)"
-    )
     ap.add_argument("--seed", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="2 tiny levels of 6 s (tests)")
     args = ap.parse_args(argv)
