@@ -574,11 +574,18 @@ PUBLISHER = 150e-6
 
 
 def cluster_run(
-    directory: Path, n: int, forward: float, fanout: float, edge: float, seed: int
+    directory: Path,
+    n: int,
+    forward: float,
+    fanout: float,
+    edge: float,
+    seed: int,
+    answering: float = 0.0,
 ) -> Path:
     """A load run against two nodes: the host on node-1, listeners alternating between the
     nodes (``attrs.node``), each node's CPU following `TRUE` for its own listeners plus the
-    relay's cost, and latency on node-2 `edge` later."""
+    relay's cost, and latency on node-2 `edge` later. `answering`: CPU per join on node-1,
+    the node that answers every join's requests (the load's target), wherever placed."""
     rng = np.random.default_rng(seed)
     load = Recorder(f"cload-{seed}", "load")
     srv = Recorder(f"cserver-{seed}", "server")
@@ -600,6 +607,7 @@ def cluster_run(
     for s in range(2, 21):  # server clock = load clock + 0.5 (t0 0.5 s earlier)
         for node, mine in per.items():
             joins = mine if s == 2 else 0  # they all joined in the second before
+            answered = n * answering if s == 2 and node == "node-1" else 0.0
             packets = PPS * mine
             relayed = PPS if node == "node-1" else 0.0
             cpu = (
@@ -609,6 +617,7 @@ def cluster_run(
                 + RELAY["cpu_per_relay_send"] * relayed
                 + RELAY["cpu_per_relay_receive"] * (PPS - relayed)
                 + PUBLISHER * (PPS if node == "node-1" else 0.0)  # the host's packets in
+                + answered
                 + rng.normal(0.0, 0.0005)
             )
             srv.add("node_cpu", float(s), "", node, "node", cpu)
@@ -639,3 +648,22 @@ def test_a_cluster_run_is_fitted_per_node_with_the_cascade_as_edge_delay(tmp_pat
     assert set(samples["node"]) == {"node-1", "node-2"}
     last = samples.groupby("node")["connections"].last()
     assert last.to_dict() == {"node-1": 11, "node-2": 10}  # the host's is on node-1
+
+
+def test_join_work_on_the_answering_node_does_not_leak_into_the_steady_terms(
+    tmp_path: Path,
+) -> None:
+    """Every join's HTTP work lands on the node that answers it (node-1 here) while the
+    samples count joins per media node: the steady terms come from the steady seconds, so
+    that misplaced work cannot bend them."""
+    runs = [
+        cluster_run(tmp_path / f"c{n}", n, 0.0008, 50e-6, 0.0003, n, answering=0.02)
+        for n in (20, 60, 100)
+    ]
+    cal = calibrate(runs)
+    assert cal.server["cpu_fixed"] == pytest.approx(TRUE["cpu_fixed"], rel=0.15)
+    assert cal.server["cpu_per_publisher_packet"] == pytest.approx(PUBLISHER, rel=0.1)
+    assert cal.server["cpu_per_packet"] + cal.server["cpu_per_connection"] / PPS == (
+        pytest.approx(TRUE["cpu_per_packet"], rel=0.1)
+    )
+    assert cal.server["cpu_per_join"] > TRUE["cpu_per_join"]  # the HTTP work, averaged
