@@ -33,12 +33,16 @@ What runs (every packet stays on this machine; every load run bounded in users a
   the run's server part holds each node's CPU and packets forwarded and relayed
   (`spacesim.load.nodes.NodeSampler`); each ``participant_joined`` says which node
   carried the listener (``attrs.node``).
-* **Calibration** (`spacesim.sim.calibrate.calibrate_cluster`) on the fit levels (1st,
-  3rd, ...): each node's CPU samples against its packets forwarded and relayed, and the
-  cascade's latency (``edge_delay``); see docs/fidelity.md, "The cluster".
+* **Calibration** (`spacesim.sim.calibrate.calibrate`) on the fit levels (1st, 3rd,
+  ...): each node's CPU samples against its packets forwarded and relayed, the steady
+  terms on the steady seconds (`fit_cluster_cpu`), and the cascade's latency
+  (``edge_delay``); see docs/fidelity.md, "The cluster".
 * **The simulator** replays each level (`spacesim simulate --replay RUN`: the run's own
-  joins and leaves) with ``server.nodes = 2`` and the calibration: the same placement
-  rule, the space's room on node-1's counterpart (the sim's ``node-0``, its origin).
+  joins and leaves, and each listener on the node the cluster placed it on) with
+  ``server.nodes = 2`` and the calibration, the space's room on node-1's counterpart
+  (the sim's ``node-0``, its origin). A fresh draw of the placement rule split 40
+  listeners 19/21 where the cluster had 17/23, which moved each node's fan-out spread
+  and so the cascade's p50 by ~0.03 ms of its ~0.2.
 * **Compared**, per node (origin / the other; `spacesim.analysis.likeforlike.node_figures`,
   which `spacesim report` shows for the same pair of runs): mean CPU in the steady
   window, audio latency p50 and p95 of the listeners it carries; and the cascade latency
