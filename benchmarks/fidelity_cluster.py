@@ -24,7 +24,10 @@ What runs (every packet stays on this machine; every load run bounded in users a
   40 listeners p95 4.2 -> 0.98 ms) -- contention two machines would not have. The
   swarm's measurements do not depend on when it runs: each latency is taken against
   the kernel's arrival time (``SO_TIMESTAMPNS``), and the host (the only sender) marks
-  each packet as it is handed to the socket. ``--no-idle`` runs it at normal priority.
+  each packet in the step that sends it. The flip side: any other busy process on the
+  machine starves the swarm (a level whose swarm started late has no steady window), so
+  run the case on an otherwise quiet machine, as every benchmark here. ``--no-idle``
+  runs it at normal priority.
 * **The load** at each level: ``spacesim load scenarios/fidelity.yaml -u N+1 --shape
   steady --network none --target http://10.213.201.2:PORT --ice-host 10.213.201.1
   --ice-host 10.213.202.1`` against a fresh cluster: the host creates the space on
@@ -366,10 +369,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--no-pin", action="store_true", help="leave the nodes to the scheduler")
     ap.add_argument("--no-idle", action="store_true", help="run the swarm at normal priority")
     ap.add_argument("--seed", type=int, default=5)
-    ap.add_argument("--quick", action="store_true", help="2 tiny levels of 6 s (tests)")
+    ap.add_argument("--quick", action="store_true", help="2 tiny levels of 10 s (tests)")
     args = ap.parse_args(argv)
     if args.quick:
-        args.levels, args.duration, args.spawn = "4,8", 6.0, 20.0
+        args.levels, args.duration, args.spawn = "4,8", 10.0, 20.0
     return run(args)
 
 
