@@ -29,8 +29,8 @@ cluster, 10 s each), the same case's CPU per packet moved by ~15 % from run to r
 this VM, and the clients' CPU moved with it (the host's speed, not the server's code):
 the single node alone gave 11.3, 13.7, 12.3, 13.4, 11.6, 13.5 us in six runs and the
 ratio 1.04-1.38 (1.38, 1.16, 1.04; 1.05, 1.17, 1.03: medians 1.16 and 1.05). Windows a
-few seconds apart see the same machine: the ratio then stays within a few percent of
-its median from run to run.
+few seconds apart see the same machine, so the drift no longer lands between the two
+cases; runs still spread (each is a new set of processes and connections), less.
 
 N: ``--listeners`` defaults to 400, bench_sfu's N, split over the two nodes (about 200
 each): one speaker, as in bench_sfu, so the two figures are of the same room, and the
@@ -41,17 +41,22 @@ Pinning (``--pin``, `placement`), the same in both cases; CPU accounting was che
 SMT siblings (lscpu: 1 thread per core; a busy second core slows a loop on the first by
 3-6 %, the host's doing):
 
-* ``each`` (default): server process i on core i (the issue's "one core each"; the
-  single node on the first), the clients (~0.35 core) left to the scheduler;
-* ``split``: as ``each``, and listener process i on core i too, so each server core
-  carries one listener process in both cases;
-* ``one``: every server process on the first core, the clients on the second: no client
-  work on the servers' core, but the two nodes take turns on it;
+* ``one`` (default): every server process on the first core, the clients (~0.35 core)
+  on the second: the servers of both cases work under the same conditions -- one core,
+  no client work on it -- and the only difference is the one measured, the same work
+  split over two processes (which take turns on the core);
+* ``each``: server process i on core i (the issue's "one core each"; the single node on
+  the first), the clients left to the scheduler. Here two things change at once: the
+  single node leaves the second core to the clients, while each node shares its core
+  with them (the scheduler balances ~0.6 core of work over two cores), so the ratio
+  also carries the clients' interference -- with the clients at SCHED_IDLE
+  (``--clients-idle``: a server never waits behind them) one run gave 1.14 against
+  medians of 1.18-1.23 without;
+* ``split``: as ``each``, and listener process i on core i too;
 * ``none``: everything left to the scheduler.
 
-``--clients-idle`` runs the listener processes at SCHED_IDLE (a server never waits
-behind them). There is no fair way to give the cluster two client-free cores here: two
-cores carry the servers and the clients.
+There is no way to give the cluster two client-free cores on two cores; ``one`` is the
+design in which both cases' servers see the same machine.
 
 Figures: ``cluster_us_per_packet`` = all nodes' CPU / packets delivered in the windows
 (2 nodes); ``cluster_overhead`` = that / the single node's us/packet in the same run;
@@ -62,18 +67,26 @@ the speaker sent in the windows, as any listener saw them), each server's CPU wh
 speaking and idle, and how the listeners were split.
 
 Measured here (2026-12-07, 400 listeners, 4 windows of 5 s per case and run; the
-machine shared with other helpers' benchmarks and tests, load average 1-3):
+machine shared with other helpers' tests, load average 0.9-1.7 under the bench lock),
+with the one-round-trip heartbeat:
 
-* ``--pin each``, 3 runs: single node 13.0 us/packet, ``cluster_us_per_packet`` 14.8
-  us, ``cluster_overhead`` **1.176** (runs 1.176, 1.235, 1.130), ``cascade_latency_p50``
-  0.28 ms;
-* ``--pin one``, 2 runs: 11.5 / 13.2 us, **1.155** (1.148, 1.163), cascade -0.9 ms (the
-  nodes share a core: node-2 is woken by the relay before node-1 fans out and the
-  scheduler lets it go first);
-* ``--pin each --clients-idle``, 1 run: 12.9 / 14.7 us, 1.141;
-* ``--pin split``, 1 run: 11.8 / 14.3 us, 1.207.
+* ``--pin each``, 3 runs: single node 10.7 us/packet, ``cluster_us_per_packet`` 12.5
+  us, ``cluster_overhead`` **1.231** (runs 1.137, 1.231, 1.255), ``cascade_latency_p50``
+  0.26 ms; idle (listeners connected, no audio) 0.055-0.069 core against 0.073-0.089
+  for the two nodes. An earlier set of 3 (its first run still with the three-round-trip
+  heartbeat): 1.176 (1.176, 1.235, 1.130).
+* ``--pin one``, 3 runs: 11.6 / 13.3 us, **1.143** (1.143, 1.094, 1.222), cascade
+  -0.80 ms (the nodes share a core: node-2 is woken by the relay before node-1 fans out
+  and the scheduler lets it go first); idle 0.061-0.068 against 0.086-0.093. An earlier
+  set of 2: 1.155 (1.148, 1.163).
+* ``--pin each --clients-idle``, 1 run: 12.9 / 14.7 us, 1.141 (idle 0.074 / 0.097).
+* ``--pin split``, 1 run: 11.8 / 14.3 us, 1.207 (idle 0.069 / 0.085).
 
-Delivery 1.0000 in every case.
+Delivery 1.0000 in every case. The single node's 10.7-13.0 us is what bench_sfu measures
+for the same path (10.2-10.8 us there, idle included). Interleaving took out the drift
+between cases, not the spread between runs (each run is a new set of processes and
+connections): ``cluster_overhead`` is 1.14-1.16 by its median with the servers on one
+core, 1.18-1.23 one core each, and single runs range 1.09-1.26.
 
 Where the overhead comes from (each measured apart):
 
@@ -87,16 +100,28 @@ Where the overhead comes from (each measured apart):
   node (`Relay.encode`); receiving one ~4.3 us on the other node
   (`Relay.datagram_received`). At 50 packets/s that is ~0.03 % of a core.
 * **The listeners' upkeep, split over two processes.** With every listener connected and
-  no audio (``idle_cores``), the single node used 0.069-0.074 core and the two nodes
-  0.085-0.097 together: 0.016-0.023 core more for the same 400 connections' RTCP, ICE
+  no audio (``idle_cores``), the single node used 0.055-0.074 core and the two nodes
+  0.073-0.097 together: 0.016-0.025 core more for the same 400 connections' RTCP, ICE
   consent checks and timers -- about half of the whole excess while speaking
-  (0.036-0.049 core), and not the cluster's own work (heartbeat and relay: ~0.005).
-  The same events cost more each in two processes than in one: the events of each
-  process are half as dense, so fewer of them find the process (and the interpreter's
-  own hot data) already awake and in cache -- on this 2-core VM, where the other core's
-  process and the clients take the caches in between.
-* **The forwarding.** The rest (~0.02 core, ~8 %) is the fan-out itself costing more
-  per listener in each of two processes than in one, for the same reason.
+  (0.029-0.059 core), and not the cluster's own work (heartbeat and relay: ~0.005).
+* **What perf sees** (``perf record -F 997 -g`` on each case's servers through one
+  ``--pin one`` run, 4 windows each; both cases deliver the same packets): speaking,
+  6,326 samples for the single node against 7,583 for the two nodes (+20 %): the kernel
+  (sendto, loopback delivery) 3,044 -> 3,318 (+9 %), libsrtp's protect 1,341 -> 1,394
+  (+4 %), libcrypto +104, but libpython 1,544 -> 2,316 (+50 %; the interpreter loop
+  ``_PyEval_EvalFrameDefault`` 728 -> 1,017). Idle, 1,829 against 2,613, libpython
+  1,312 -> 1,957: most of the interpreted excess is there already without audio, i.e.
+  in the listeners' upkeep rather than in the forwarding or the relay. 214 of the idle
+  excess are the garbage collector (``gc_collect_main``, ``visit_*``: one or two full
+  collections of a node in those 24 s; none on the single node, 2 samples while
+  speaking), the rest is interpreted Python spread thin. Why the same per-listener
+  upkeep costs ~30 % more per listener in a process of 200 than in one of 400 is not
+  established here (fewer events per event-loop wake-up to share its cost, or colder
+  caches, are the candidates); py-spy (not installed) or cProfile inside a node would
+  tell which Python functions grow.
+* **Not measured yet:** two plain servers with 200 listeners and a speaker each against
+  one with 400 (no cluster at all) would separate what splitting over two processes
+  costs on this machine from what the cluster adds.
 """
 
 from __future__ import annotations
@@ -396,10 +421,11 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=3.0)
     ap.add_argument(
         "--pin",
-        choices=("each", "split", "one", "none"),
-        default="each",
-        help="server processes: one core each (default); all on the first core and the "
-        "clients on the others; or unpinned",
+        choices=("one", "each", "split", "none"),
+        default="one",
+        help="server processes: all on the first core and the clients on the others "
+        "(default); one core each; one core each with listener process i on core i; "
+        "or unpinned",
     )
     ap.add_argument(
         "--clients-idle",
