@@ -286,6 +286,7 @@ class Cluster:
         self.cpu = 0.0  # share of one core this process used over the last beat
         self.closed_forwarded = 0  # packets forwarded by remote rooms already closed
         self.registered = False  # the first registration is done
+        self._members: list[str] = []  # the node set as the last beat read it
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -299,8 +300,7 @@ class Cluster:
         )
         self.pubsub = self.redis.pubsub()
         await self.pubsub.subscribe(f"{PREFIX}hello")  # get_message needs a subscription
-        await self._register()
-        await self._refresh()
+        await self._beat()
         await self._adopt(state)
         for job in (self._heartbeat(), self._publisher(), self._reader()):
             self._spawn(job)
@@ -342,7 +342,13 @@ class Cluster:
         rooms = [*self.state.media.values(), *self.remote.values()]
         return sum(len(m.participants()) for m in rooms)
 
-    async def _register(self) -> None:
+    async def _beat(self) -> None:
+        """One heartbeat, in one round trip to Redis: this node's entry written (its TTL
+        renewed) and the registry read back in the same transaction -- the node set and
+        the entry of each node the last beat saw. Only a node new since then costs a
+        second round trip. (It was three: the write, SMEMBERS, then the entries; each
+        round trip wakes this process and Redis, and an idle node's CPU was mostly its
+        beats, benchmarks/bench_cluster.py.)"""
         assert self.redis is not None and self.relay is not None and self.relay.transport
         now, mono = time.process_time(), time.monotonic()
         cpu0, mono0 = self._cpu
@@ -362,11 +368,25 @@ class Cluster:
             "pid": os.getpid(),
         }
         key = self._node_key(self.id)
+        known = self._members
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
             pipe.pexpire(key, int(self.ttl * 1000))
             pipe.sadd(f"{PREFIX}nodes", self.id)
-            added, *_ = await pipe.execute()
+            pipe.smembers(f"{PREFIX}nodes")
+            for node in known:
+                pipe.hgetall(self._node_key(node))
+            added, _, _, members, *rows = await pipe.execute()
+        entries = dict(zip(known, rows, strict=True))
+        ids = sorted(_text(m) for m in members)
+        new = [node for node in ids if node not in entries]
+        if new:  # a node joined since the last beat (or this is the first)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for node in new:
+                    pipe.hgetall(self._node_key(node))
+                entries.update(zip(new, await pipe.execute(), strict=True))
+        self._members = ids
+        self._read_nodes(ids, entries)
         if added == len(fields) and self.registered and self.state is not None:
             # HSET counted every field as new: our entry had gone (its TTL ran out during
             # a stall, or a peer found our port closed, `unreachable`), so other nodes
@@ -375,19 +395,15 @@ class Cluster:
             await self._adopt(self.state)
         self.registered = True
 
-    async def _refresh(self) -> None:
-        """Read the live nodes; forget what lived on a node whose entry expired."""
-        assert self.redis is not None
-        ids = sorted(_text(m) for m in await self.redis.smembers(f"{PREFIX}nodes"))
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for node in ids:
-                pipe.hgetall(self._node_key(node))
-            rows = await pipe.execute()
+    def _read_nodes(self, ids: list[str], entries: dict[str, Any]) -> None:
+        """The live nodes from their registry entries; forget what lived on a node whose
+        entry expired."""
         live: dict[str, NodeInfo] = {}
-        for node, row in zip(ids, rows, strict=True):
+        for node in ids:
+            row = entries.get(node)
             if not row:
                 continue  # expired: it missed its heartbeats
-            r = {k.decode(): v.decode() for k, v in row.items()}
+            r = {_text(k): _text(v) for k, v in row.items()}
             live[node] = NodeInfo(
                 node,
                 r["url"],
@@ -404,8 +420,7 @@ class Cluster:
         while True:
             await asyncio.sleep(self.beat)
             try:
-                await self._register()
-                await self._refresh()
+                await self._beat()
             except Exception:
                 log.exception("cluster heartbeat failed")
 
@@ -651,7 +666,7 @@ class Cluster:
         with a RST; a live but busy node would time out instead, and is left to its TTL).
         Its registry entry is deleted now rather than at its TTL, so no node places
         listeners on it and its spaces can be taken over at once (`origin_of`). Were
-        it alive after all, its next beat finds its entry gone and re-adopts (`_register`).
+        it alive after all, its next beat finds its entry gone and re-adopts (`_beat`).
         """
         if node_id == self.id or node_id not in self.nodes:
             return
@@ -771,7 +786,9 @@ class Cluster:
     async def _reader(self) -> None:
         while True:
             try:
-                msg = await self.pubsub.get_message(timeout=1.0)
+                # blocks until a message comes (timeout None: PubSub.parse_response
+                # reads with no timeout), rather than waking the node every second
+                msg = await self.pubsub.get_message(timeout=None)
             except Exception:
                 log.exception("cluster: reading events failed")
                 await asyncio.sleep(0.5)

@@ -320,13 +320,64 @@ async def test_a_node_whose_entry_vanished_gives_up_the_spaces_taken_over(
             await r.hset("spacesim:node:node-b", mapping=other)  # type: ignore[arg-type]
             await r.sadd("spacesim:nodes", "node-b")
             await r.set("spacesim:space:s-1", "node-b")  # ... and s-1 taken over
-            await c._refresh()
-            await c._register()  # the next beat
+            await c._beat()  # the next beat
             assert set(state.rooms) == {"s-2"} and c.origins["s-1"] == "node-b"
             assert await r.get("spacesim:space:s-2") == b"node-a"
-            await c._register()  # an entry that did not vanish: nothing changes
+            await c._beat()  # an entry that did not vanish: nothing changes
             assert set(state.rooms) == {"s-2"}
         finally:
+            await c.close()
+            await r.aclose()
+
+
+async def test_a_heartbeat_is_one_round_trip_to_redis(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle node's CPU was mostly its beats, one every 0.5 s: each writes the node's
+    entry and reads the registry back in one round trip; a node that joined since the
+    last beat costs one more, once; an expired entry drops its node."""
+    from types import SimpleNamespace
+
+    import redis.asyncio as aioredis
+    from redis.asyncio.connection import AbstractConnection
+
+    sends = 0
+    send = AbstractConnection._send_packed_command
+
+    async def counted(self: Any, command: Any) -> None:
+        nonlocal sends
+        sends += 1
+        await send(self, command)
+
+    with launch.redis_server(tmp_path) as url:
+        c = Cluster(url, node_id="node-a", public_url="http://a", relay_host="127.0.0.1",
+                    secret=b"k", slots=3, beat=60)  # fmt: skip
+        state: Any = SimpleNamespace(rooms={}, media={}, presence={})
+        r = aioredis.Redis.from_url(url)
+        try:
+            await c.start(state)
+            monkeypatch.setattr(AbstractConnection, "_send_packed_command", counted)
+
+            async def beat() -> int:
+                nonlocal sends
+                sends = 0
+                await c._beat()
+                return sends
+
+            assert await beat() == 1 and set(c.nodes) == {"node-a"}
+            other = {"url": "http://b", "relay_host": "127.0.0.1", "relay_port": 9}
+            await r.hset("spacesim:node:node-b", mapping=other)  # type: ignore[arg-type]
+            await r.sadd("spacesim:nodes", "node-b")
+            sends = 0
+            assert await beat() == 2 and set(c.nodes) == {"node-a", "node-b"}
+            assert c.nodes["node-b"].relay == ("127.0.0.1", 9)
+            assert await beat() == 1 and set(c.nodes) == {"node-a", "node-b"}
+            await r.delete("spacesim:node:node-b")  # its TTL ran out
+            assert await beat() == 1 and set(c.nodes) == {"node-a"}
+            row = await r.hgetall("spacesim:node:node-a")
+            assert row[b"url"] == b"http://a" and 0 < await r.pttl("spacesim:node:node-a") <= 3000
+        finally:
+            monkeypatch.undo()
             await c.close()
             await r.aclose()
 
