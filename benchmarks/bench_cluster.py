@@ -41,22 +41,21 @@ Pinning (``--pin``, `placement`), the same in both cases; CPU accounting was che
 SMT siblings (lscpu: 1 thread per core; a busy second core slows a loop on the first by
 3-6 %, the host's doing):
 
-* ``one`` (default): every server process on the first core, the clients (~0.35 core)
-  on the second: the servers of both cases work under the same conditions -- one core,
-  no client work on it -- and the only difference is the one measured, the same work
-  split over two processes (which take turns on the core);
-* ``each``: server process i on core i (the issue's "one core each"; the single node on
-  the first), the clients left to the scheduler. Here two things change at once: the
-  single node leaves the second core to the clients, while each node shares its core
-  with them (the scheduler balances ~0.6 core of work over two cores), so the ratio
-  also carries the clients' interference -- with the clients at SCHED_IDLE
-  (``--clients-idle``: a server never waits behind them) one run gave 1.14 against
-  medians of 1.18-1.23 without;
+* ``each`` (default): server process i on core i (the issue's "one core each"; the
+  single node on the first), the clients left to the scheduler at ``SCHED_IDLE``
+  (``--clients-idle``, on by default; sched(7): they run only when no server wants the
+  core, and a server woken by a packet preempts them at once), standing in for clients
+  on machines of their own, as the swarm does in ``bench_fidelity.py --cluster``. At
+  normal priority (``--no-clients-idle``) each node shares its core with ~0.3 core of
+  client work while the single node leaves the second core to the clients, so the ratio
+  also carried the clients' interference: medians of 1.18-1.23 against 1.14 idle;
+* ``one``: every server process on the first core, the clients (~0.35 core) on the
+  second: the servers of both cases work on one client-free core, and the only
+  difference is the same work split over two processes (which take turns on the core,
+  so ``cascade_latency_p50`` is meaningless there: node-2, woken by the relay, fans out
+  before node-1 does);
 * ``split``: as ``each``, and listener process i on core i too;
 * ``none``: everything left to the scheduler.
-
-There is no way to give the cluster two client-free cores on two cores; ``one`` is the
-design in which both cases' servers see the same machine.
 
 Figures: ``cluster_us_per_packet`` = all nodes' CPU / packets delivered in the windows
 (2 nodes); ``cluster_overhead`` = that / the single node's us/packet in the same run;
@@ -422,15 +421,16 @@ def main() -> None:
     ap.add_argument(
         "--pin",
         choices=("one", "each", "split", "none"),
-        default="one",
-        help="server processes: all on the first core and the clients on the others "
-        "(default); one core each; one core each with listener process i on core i; "
+        default="each",
+        help="server processes: one core each (default); all on the first core and the "
+        "clients on the others; one core each with listener process i on core i; "
         "or unpinned",
     )
     ap.add_argument(
         "--clients-idle",
-        action="store_true",
-        help="listener processes at SCHED_IDLE (they run when no server wants the core)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="listener processes at SCHED_IDLE (they run when no server wants the core; default)",
     )
     args = ap.parse_args()
     if args.listen:
