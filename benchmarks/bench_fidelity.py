@@ -16,15 +16,17 @@ What runs (all on 127.0.0.1; every load run bounded in users and time):
    (its members' own receive path, Locust), which the server's core could not spare
    near saturation. ``--no-pin`` turns it off.
 1. **Levels to saturation.** Unless ``--levels`` is given, two probe runs (``PROBE``
-   listeners, ``PROBE_SPEAKERS`` = 1 and 4 speakers) measure the server's and the
+   listeners, ``PROBE_SPEAKERS`` = 1 and ``SLOTS`` speakers) measure the server's and the
    swarm's CPU per listener at two speaker counts, which separates a listener's cost
    per connection from its cost per speaker heard (`choose_sizing`); from them follow
    the number of speakers K and the listener count that would fill the server's core
    with them (``N_sat``): the fewest speakers for which the past-saturation level fits
    the swarm's ``MAX_LISTENERS`` and the swarm stays within ``SWARM_SHARE`` of its core
-   (``--speakers`` forces K). The levels are the ``--fractions`` of ``N_sat`` (default
-   0.2 … 0.97, seven levels). Each level is ``spacesim load scenarios/fidelity.yaml
-   -u N+1 -r SPAWN -t N/SPAWN+DURATION --shape steady --network none``
+   (``--speakers`` forces K); at most ``SLOTS``, the streams the server forwards to a
+   listener at once (more speakers would add senders but no work per listener). The
+   levels are the ``--fractions`` of ``N_sat`` (default 0.2 … 0.97, seven levels).
+   Each level is ``spacesim load scenarios/fidelity.yaml -u N+1 -r SPAWN
+   -t N/SPAWN+DURATION --shape steady --network none``
    (``OUT/load-NNN``); with one speaker, one more run with two speakers at the 2nd
    level (``OUT/load-duo-NNN``) separates CPU per packet from CPU per connection for
    the fit.
@@ -82,7 +84,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +100,7 @@ from spacesim.analysis.fidelity import (
 )
 from spacesim.results import load_run, write_run
 from spacesim.scenario import load_scenario
+from spacesim.server.app import ServerConfig
 from spacesim.sim import simulate
 from spacesim.sim.calibrate import (
     apply_calibration,
@@ -112,7 +115,10 @@ SCENARIO = ROOT / "scenarios" / "fidelity.yaml"
 FRACTIONS = (0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 0.97)
 OVERLOAD = 1.25
 PROBE = 150  # listeners of each probe run that sizes the levels
-PROBE_SPEAKERS = (1, 4)  # speakers of the probe runs: two, to separate connection and packets
+# Speakers a listener hears at once: the server forwards at most this many streams to each
+# client (`spacesim serve`'s ServerConfig.slots), so more speakers add no work per listener.
+SLOTS = {f.name: f.default for f in fields(ServerConfig)}["slots"]
+PROBE_SPEAKERS = (1, SLOTS)  # speakers of the probe runs: two, to separate connection and packets
 MIN_OVERLOAD = 1.1  # the past-saturation level offers at least this x N_sat
 SWARM_SHARE = 0.8  # the swarm's processes may use this much of their core at N_sat
 MAX_LISTENERS = 880  # spacesim load's user limit (one UDP socket each) less the host
@@ -262,7 +268,7 @@ def choose_sizing(
     max_listeners: int = 880,
     min_overload: float = 1.1,
     swarm_share: float = 0.8,
-    max_speakers: int = 12,
+    max_speakers: int = 3,
 ) -> Sizing:
     """Speakers K and the audience that fills the server's core with them, from probes.
 
@@ -316,7 +322,8 @@ def choose_sizing(
     if fallback is not None:
         return fallback
     n_sat = (cores - idle) / (a + b * max_speakers)
-    return Sizing(max_speakers, n_sat, idle, a, b, sa, sb, math.nan, math.nan, "too many")
+    note = f"even {max_speakers} speakers leave N_sat past the swarm's {max_listeners}"
+    return Sizing(max_speakers, n_sat, idle, a, b, sa, sb, math.nan, math.nan, note)
 
 
 def _idle_cpu(d: Path) -> float:
@@ -384,7 +391,7 @@ def size_levels(
             f"{PROBE} listeners of {k} speaker(s)"
         )
     cores = server_cores(out / f"probe-{PROBE_SPEAKERS[0]}")
-    sizing = choose_sizing(probes, cores, MAX_LISTENERS, MIN_OVERLOAD, SWARM_SHARE)
+    sizing = choose_sizing(probes, cores, MAX_LISTENERS, MIN_OVERLOAD, SWARM_SHARE, SLOTS)
     if args.speakers:  # given: its own N_sat, by the same law
         k = args.speakers
         n_sat = (cores - sizing.idle) / (sizing.per_connection + sizing.per_speaker * k)
