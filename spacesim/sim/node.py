@@ -17,7 +17,15 @@ streams it forwards (`streams`) and from how many senders (`senders`), so:
   in time, is ``D = B x rho / pps`` (``queue_limit``; ``B / pps`` at saturation, the time
   the node takes for ``B`` of each sender's packets when it is just keeping up). A fixed
   limit of 0.2 s dropped what waited longer, where the real server at its core's
-  capacity lost nothing and delivered 0.3-1.3 s late (docs/fidelity.md). The wait of a
+  capacity lost nothing and delivered 0.3-1.3 s late (docs/fidelity.md).
+* **The fluid queue** (`fluid`): a limit of seconds takes long to reach. While the
+  offered load is past the cores (``rho > 1``) the sockets fill at ``rho - 1`` seconds
+  of wait per second, and below it they drain at ``1 - rho``; a packet waits what is
+  queued now, and only once that reaches D are packets lost (``1 - 1 / rho`` of them).
+  The measured server at its core's capacity shows exactly this: latency growing
+  through the steady window (0.3 -> 3.8 s over 36 s at 880 offered listeners), nothing
+  lost; the stationary law alone put every packet of an overloaded node at D at once.
+  Below saturation (and the fluid queue empty) the wait of a
   packet is the diffusion (heavy-traffic) approximation of a G/D/1 queue with that
   finite buffer: busy with probability ``min(rho, 1)``, and then exponential with rate
   ``theta = 2 (1 - rho) / (S v)`` truncated to ``[0, D]`` (theta < 0 above saturation,
@@ -142,6 +150,7 @@ class Node:
         "dropped_packets",
         "event_rate",
         "fanout_delay",
+        "fluid",
         "forward_delay",
         "gc_full_length",
         "gc_full_per_join",
@@ -189,6 +198,7 @@ class Node:
         self.senders = 0  # senders whose packets this node fans out now
         self.reserved_streams = 0  # streams admitted: what admission control counts
         self.backlog = 0.0  # core-seconds of join work waiting
+        self.fluid = 0.0  # seconds of wait the sockets hold for a saturated node
         self.event_rate = 0.0  # cores of event delivery drawn per tick (see World)
         self.relay_rate = 0.0  # cores of cascade relaying, sent and received (see World)
         self.last = 0.0
@@ -197,7 +207,7 @@ class Node:
         self.offered = 0.0
         self.offered_packets = 0.0
         self.dropped_packets = 0.0
-        self._qs_key: tuple[int, int, int, float, float] | None = None
+        self._qs_key: tuple[int, int, int, float, float, float] | None = None
         self._qs_val = (0.0, math.inf, 0.0, 0.0)
 
     # ------------------------------------------------------------------ load
@@ -249,7 +259,7 @@ class Node:
         """(rho, theta, loss, room) for a packet arriving now; room = buffer left."""
         key = (
             self.streams, self.senders, self.connections, self.backlog,
-            self.event_rate + self.relay_rate,
+            self.event_rate + self.relay_rate, self.fluid,
         )  # fmt: skip
         if key == self._qs_key:  # many calls between changes: the law is the same
             return self._qs_val
@@ -258,6 +268,8 @@ class Node:
         theta, loss = wait_and_loss(
             rho, self.fanout_service(), room, arrival_variability(self.senders)
         )
+        if rho >= 1.0 and self.fluid < room:
+            loss = 0.0  # the sockets are still filling: late, not lost
         self._qs_key = key
         self._qs_val = (rho, theta, loss, room)
         return self._qs_val
@@ -272,7 +284,16 @@ class Node:
         fwd = self.forwarding_rate()
         r = fwd + self.connections * self.cpu_per_connection + self.event_rate + self.relay_rate
         r += self.cpu_fixed
-        _rho, _theta, loss, _room = self.queue_state()
+        rho, _theta, loss, room = self.queue_state()
+        if rho >= 1.0 and room > 0.0:
+            # lossless until the sockets are full: at rho - 1 s of wait per second
+            filling = max(room - self.fluid, 0.0) / (rho - 1.0) if rho > 1.0 else math.inf
+            if filling < dt:
+                _theta, full = wait_and_loss(
+                    rho, self.fanout_service(), room, arrival_variability(self.senders)
+                )
+                loss = full * (dt - filling) / dt
+        self.fluid = min(max(self.fluid + (rho - 1.0) * dt, 0.0), max(room, 0.0))
         packets = self.streams * self.pps * dt
         self.offered += r * dt
         self.offered_packets += packets
@@ -357,10 +378,16 @@ class Node:
         # A lost packet is judged first, so delivered waits come from the truncated law.
         if u_busy < loss:
             return None
-        wait = self.backlog / self.cores
-        if (u_busy - loss) / (1.0 - loss) < min(rho, 1.0):
-            wait += _queued(theta, room, u_wait)
-        return self.forward_delay + wait + u_position * self.fanout_spread()
+        wait = self.backlog / self.cores + self.fluid
+        if rho >= 1.0:  # behind what the sockets hold, at a place in the senders' round
+            wait += u_wait * self.fanout_service() * max(self.senders, 1)
+        elif (u_busy - loss) / (1.0 - loss) < rho:
+            wait += _queued(theta, max(room - self.fluid, 0.0), u_wait)
+        return (
+            self.forward_delay
+            + min(wait, self.backlog / self.cores + room)
+            + (u_position * self.fanout_spread())
+        )
 
     def event_wait(self, u_busy: float, u_wait: float) -> float:
         """Time an event arriving now waits before its fan-out starts.
@@ -370,7 +397,9 @@ class Node:
         """
         rho, theta, _loss, room = self.queue_state()
         wait = self.backlog / self.cores
-        if room > 0.0 and u_busy < min(rho, 1.0):
+        if rho >= 1.0:  # not in the sockets: a turn of the loop beside the senders' round
+            wait += u_wait * self.fanout_service() * max(self.senders, 1)
+        elif room > 0.0 and u_busy < rho:
             wait += _queued(theta, room, u_wait)
         return wait
 

@@ -48,13 +48,32 @@ def test_below_capacity_busy_equals_offered() -> None:
     assert dropped / (fwd + dropped) < 1e-6
 
 
-def test_overload_saturates_the_cores_and_drops_the_excess() -> None:
-    n = loaded(400)  # 2 cores offered on 1
+def test_overload_saturates_the_cores_and_drops_the_excess_once_the_queue_is_full() -> None:
+    n = loaded(400, **limit(1.0, 2.0))  # 2 cores offered on 1; the sockets hold 1 s
     busy, offered, fwd, dropped = n.take_tick(10.0)
     assert offered == pytest.approx(20.0)
     assert busy == pytest.approx(10.0, rel=0.01)
-    assert dropped / (fwd + dropped) == pytest.approx(0.5, rel=0.02)  # 1 - capacity / offered
-    assert n.loss_now() == pytest.approx(dropped / (fwd + dropped))
+    # full after 1 s (1 s of wait a second), then 1 - capacity / offered is lost
+    assert dropped / (fwd + dropped) == pytest.approx(0.5 * 9 / 10, rel=0.02)
+    assert n.loss_now() == pytest.approx(0.5, rel=0.02)
+    assert n.fluid == pytest.approx(1.0)
+
+
+def test_the_fluid_queue_fills_at_rho_minus_one_and_drains_at_one_minus_rho() -> None:
+    """Past the core the sockets fill a second of wait per second of 100 % excess; a
+    packet waits what they hold, none is lost until they are full; below, they drain."""
+    n = loaded(110, senders=2)  # 1.1 cores offered; D = 630 x 1.1 / 50 = 13.9 s
+    n.advance(10.0)
+    assert n.fluid == pytest.approx(1.0)
+    assert n.loss_now() == 0.0
+    assert n.packet_wait(0.5, 0.0, 0.0) == pytest.approx(1.0)
+    _busy, _offered, _fwd, dropped = n.take_tick(10.0)
+    assert dropped == 0.0
+    n.change(10.0, streams=-120)  # 0.5 cores: drains at 0.5 s a second
+    n.advance(11.0)
+    assert n.fluid == pytest.approx(0.5)
+    n.advance(20.0)
+    assert n.fluid == 0.0
 
 
 def test_join_work_waits_for_spare_capacity_and_drains() -> None:
@@ -106,6 +125,7 @@ def test_mean_wait_matches_kingman_when_the_buffer_is_large(senders: int) -> Non
 def test_one_speaker_goes_from_no_wait_to_the_full_queue_through_saturation() -> None:
     below, above = loaded(190, **limit(0.2, 1.05)), loaded(210, **limit(0.2, 1.05))
     assert below.loss_now() == 0 and below.packet_wait(0.99, 0.99, 0.0) == pytest.approx(0)
+    above.advance(10.0)  # the sockets (0.2 s) fill in 4 s at 0.05 s a second
     assert above.loss_now() == pytest.approx(1 - 1 / 1.05, rel=1e-3)
     assert above.packet_wait(0.99, 0.5, 0.0) == pytest.approx(0.2, rel=1e-3)
 
@@ -115,6 +135,7 @@ def test_waits_never_exceed_the_queue_limit_and_grow_with_load() -> None:
     means = []
     for listeners in (50, 90, 99, 110):
         n = loaded(listeners, senders=2, **limit(0.2, 1.1))
+        n.advance(5.0)  # past the core, the sockets have filled by then (fluid queue)
         waits = [n.packet_wait(*rng.random(3)) for _ in range(20_000)]
         got = np.array([w for w in waits if w is not None])
         assert n.queue_limit() <= 0.2 + 1e-9
@@ -144,6 +165,7 @@ def test_a_full_core_delays_packets_by_the_socket_queue_and_loses_none() -> None
     waits = np.array([n.packet_wait(*rng.random(3)) for _ in range(20_000)], dtype=float)
     assert 0.2 < waits.mean() < 1.0 and np.quantile(waits, 0.99) > 0.5
     over = loaded(66, senders=3, cpu_per_packet=1.1 / (66 * 3 * 50))
+    over.advance(200.0)  # 13.9 s of sockets, filled at 0.1 s a second
     assert over.loss_now() == pytest.approx(1 - 1 / 1.1, rel=1e-3)
     late = [over.packet_wait(0.99, u, 0.0) for u in (0.5, 0.9)]
     assert all(w is not None and w > 0.9 * over.queue_limit() for w in late)
