@@ -49,6 +49,10 @@ What runs (all on 127.0.0.1; every load run bounded in users and time):
    relative errors -> ``OUT/errors.csv``, ``OUT/fidelity.json``. A level where the
    swarm itself was the bottleneck (`spacesim.sim.calibrate.swarm_behind`: it took in
    fewer packets than were sent, or worked off a backlog) is flagged and not counted.
+   Join times are the swarm's own clients', whose steps wait for the listeners' event
+   loop: the table's ``jlag95`` is that loop's p95 lag while the audience joined
+   (`swarm_while_joining`), and the bench says where a join-time error comes with a
+   lagging loop (more than ``JOIN_LAG``); such errors still count.
 
 Figures (last lines):
 
