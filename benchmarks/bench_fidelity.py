@@ -15,22 +15,27 @@ What runs (all on 127.0.0.1; every load run bounded in users and time):
    It shares the swarm's core, not the server's: the stage's process costs ~0.1 core
    (its members' own receive path, Locust), which the server's core could not spare
    near saturation. ``--no-pin`` turns it off.
-1. **Levels to saturation.** Unless ``--levels`` is given, a probe run (``PROBE``
-   listeners) measures the server's CPU per listener, from which the listener count
-   that would fill the server's core (``N_sat``) follows; the levels are the
-   ``--fractions`` of it (default 0.2 … 0.97, seven levels, the probe's own level
-   replaced by the nearest), at most ``MAX_LISTENERS``. When ``N_sat`` is above that
-   (a fast server), each level has more active speakers (``--speakers``, chosen so
-   ``N_sat`` fits): packets per listener go up and the same utilisation needs fewer
-   connections. Each level is ``spacesim load scenarios/fidelity.yaml -u N+1 -r SPAWN
-   -t N/SPAWN+DURATION --shape steady --network none`` (``OUT/load-NNN``); with one speaker,
-   one more run with two speakers at the 2nd level (``OUT/load-duo-NNN``) separates CPU
-   per packet from CPU per connection for the fit.
-2. **Past saturation** (``--overload``, default 1.25 x N_sat): the scenario's
-   ``server.max_streams`` is set to N_sat's streams, which the embedded server
-   enforces (``spacesim serve --capacity``) and the model too; joins beyond it must be
-   refused and the admitted audience must be served as well as at N_sat
-   (``OUT/load-over-NNN``, ``OUT/sim-over-NNN``). Reported on its own lines.
+1. **Levels to saturation.** Unless ``--levels`` is given, two probe runs (``PROBE``
+   listeners, ``PROBE_SPEAKERS`` = 1 and ``SLOTS`` speakers) measure the server's and the
+   swarm's CPU per listener at two speaker counts, which separates a listener's cost
+   per connection from its cost per speaker heard (`choose_sizing`); from them follow
+   the number of speakers K and the listener count that would fill the server's core
+   with them (``N_sat``): the fewest speakers for which the past-saturation level fits
+   the swarm's ``MAX_LISTENERS`` and the swarm stays within ``SWARM_SHARE`` of its core
+   (``--speakers`` forces K); at most ``SLOTS``, the streams the server forwards to a
+   listener at once (more speakers would add senders but no work per listener). The
+   levels are the ``--fractions`` of ``N_sat`` (default 0.2 … 0.97, seven levels).
+   Each level is ``spacesim load scenarios/fidelity.yaml -u N+1 -r SPAWN
+   -t N/SPAWN+DURATION --shape steady --network none``
+   (``OUT/load-NNN``); with one speaker, one more run with two speakers at the 2nd
+   level (``OUT/load-duo-NNN``) separates CPU per packet from CPU per connection for
+   the fit.
+2. **Past saturation** (``--overload``, default 1.25 x N_sat, at most
+   ``MAX_LISTENERS``): the scenario's ``server.max_streams`` is set to N_sat's
+   streams, which the embedded server enforces (``spacesim serve --capacity``) and the
+   model too; joins beyond it must be refused and the admitted audience must be served
+   as well as at N_sat (``OUT/load-over-NNN``, ``OUT/sim-over-NNN``). Reported on its
+   own lines.
 3. ``spacesim calibrate`` on the **fit levels** (the 1st, 3rd, 5th, ... and the duo
    run) -> ``OUT/calibration.yaml``; the other levels are **out of sample** and the
    table says which is which (``in_fit``).
@@ -44,6 +49,10 @@ What runs (all on 127.0.0.1; every load run bounded in users and time):
    relative errors -> ``OUT/errors.csv``, ``OUT/fidelity.json``. A level where the
    swarm itself was the bottleneck (`spacesim.sim.calibrate.swarm_behind`: it took in
    fewer packets than were sent, or worked off a backlog) is flagged and not counted.
+   Join times are the swarm's own clients', whose steps wait for the listeners' event
+   loop: the table's ``jlag95`` is that loop's p95 lag while the audience joined
+   (`swarm_while_joining`), and the bench says where a join-time error comes with a
+   lagging loop (more than ``JOIN_LAG``); such errors still count.
 
 Figures (last lines):
 
@@ -79,6 +88,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -92,8 +102,9 @@ from spacesim.analysis.fidelity import (
     open_level,
     relative_errors,
 )
-from spacesim.results import write_run
+from spacesim.results import Run, load_run, write_run
 from spacesim.scenario import load_scenario
+from spacesim.server.app import ServerConfig
 from spacesim.sim import simulate
 from spacesim.sim.calibrate import (
     apply_calibration,
@@ -107,12 +118,19 @@ ROOT = Path(__file__).resolve().parents[1]
 SCENARIO = ROOT / "scenarios" / "fidelity.yaml"
 FRACTIONS = (0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 0.97)
 OVERLOAD = 1.25
-PROBE = 100  # listeners of the probe run that sizes the levels
+PROBE = 150  # listeners of each probe run that sizes the levels
+# Speakers a listener hears at once: the server forwards at most this many streams to each
+# client (`spacesim serve`'s ServerConfig.slots), so more speakers add no work per listener.
+SLOTS = {f.name: f.default for f in fields(ServerConfig)}["slots"]
+PROBE_SPEAKERS = (1, SLOTS)  # speakers of the probe runs: two, to separate connection and packets
+MIN_OVERLOAD = 1.1  # the past-saturation level offers at least this x N_sat
+SWARM_SHARE = 0.8  # the swarm's processes may use this much of their core at N_sat
 MAX_LISTENERS = 880  # spacesim load's user limit (one UDP socket each) less the host
-IDLE_CPU = 0.02  # the server's CPU with nobody connected (cores), for sizing only
+IDLE_CPU = 0.02  # the server's CPU with nobody connected (cores), if a probe has no sample
 DURATION = 20.0  # steady seconds per level (after the ramp)
 SPAWN = 25.0
 TARGET = 0.10  # the issue's target: every relative error within 10 %
+JOIN_LAG = 0.020  # the swarm's loop lag while joining past which the table says so (s)
 MAX_LOAD = 0.90  # fidelity_max_error counts levels up to this measured load
 CURVE_POINTS = 16  # simulated levels on the latency-vs-load curve
 GRACE = 120.0  # seconds past a load run's duration before it is killed
@@ -213,23 +231,189 @@ def server_cores(run_dir: Path) -> float:
     return float(len(pinned)) if pinned else float(os.cpu_count() or 1)
 
 
-def size_levels(
-    out: Path, scenario: Path, args: argparse.Namespace, pin: tuple[str, str] | None
-) -> tuple[list[int], int, float]:
-    """(levels, speakers, N_sat) from a probe run: see the module docstring."""
-    d = load_level(out, scenario, PROBE, args.duration, args.spawn, "probe", args.reuse, pin)
+@dataclass(frozen=True)
+class Probe:
+    """What a probe run measured: mean cores in its steady window."""
+
+    speakers: int
+    listeners: int
+    server_cpu: float  # the server's
+    idle_cpu: float  # the server's before anyone joined
+    swarm_cpu: float  # the swarm's listeners' process(es); NaN: unknown
+    stage_cpu: float = 0.0  # the senders' own process (``--stage-cpus``), on the swarm's core
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """The speakers and the core-filling audience (`n_sat`) chosen from the probes."""
+
+    speakers: int
+    n_sat: float
+    idle: float  # cores
+    per_connection: float  # server cores per listener
+    per_speaker: float  # server cores per listener and speaker (its packets)
+    swarm_per_connection: float  # swarm cores per listener (NaN: not measured)
+    swarm_per_speaker: float  # swarm cores per listener and speaker
+    stage: float  # cores of the senders' process with K speakers
+    swarm_at_sat: float  # the swarm's cores at n_sat (NaN: not measured)
+    note: str = ""
+
+
+def _per_listener_law(ks: Sequence[int], per: Sequence[float]) -> tuple[float, float]:
+    """(a, b) of ``per-listener cost = a + b K`` from probes with different K (least
+    squares; both kept positive: a listener's connection and its packets both cost)."""
+    x = np.column_stack([np.ones(len(ks)), np.asarray(ks, dtype="float64")])
+    (a, b), *_ = np.linalg.lstsq(x, np.asarray(per, dtype="float64"), rcond=None)
+    return max(float(a), 1e-9), max(float(b), 1e-9)
+
+
+def choose_sizing(
+    probes: Sequence[Probe],
+    cores: float,
+    max_listeners: int = 880,
+    min_overload: float = 1.1,
+    swarm_share: float = 0.8,
+    max_speakers: int = 3,
+) -> Sizing:
+    """Speakers K and the audience that fills the server's core with them, from probes.
+
+    Each probe gives the server's cores per listener at its K, so two probes with
+    different K separate what a listener costs per connection (``a``: its transport's
+    timers, RTCP, consent checks) from what it costs per speaker heard (``b``: the
+    packets fanned out to it): ``N_sat(K) = (cores - idle) / (a + b K)``. A per-packet
+    law alone (``N_sat / K``) is wrong when ``a`` is not small: with the fan-out in
+    machine code ``a`` was ~3x ``b``, and levels sized that way stopped at 0.63 of the
+    core. The swarm's processes are measured the same way (``a'``, ``b'``). K is the
+    fewest speakers for which the past-saturation level can offer ``min_overload x
+    N_sat`` listeners within the swarm's ``max_listeners`` (so admission really
+    refuses joins there) and the swarm at ``N_sat`` uses at most ``swarm_share`` of its
+    core (room for its event loop). Fewer speakers: more listeners, more joins, a
+    longer ramp, and the swarm's per-packet work kept low. When no K meets both, the
+    fewest that meets the listener limit (the figure then says the swarm fell behind).
+    """
+    if len({p.speakers for p in probes}) < 2:
+        raise ValueError("sizing needs probes with at least two speaker counts")
+    idle = float(np.median([p.idle_cpu for p in probes]))
+    a, b = _per_listener_law(
+        [p.speakers for p in probes],
+        [max(p.server_cpu - idle, 1e-9) / p.listeners for p in probes],
+    )
+    swarm = [p for p in probes if math.isfinite(p.swarm_cpu)]
+    sa = sb = math.nan
+    stage = [0.0, 0.0]
+    if len({p.speakers for p in swarm}) >= 2:
+        # the listeners' process: no fixed term (an idle Locust process takes ~0.01
+        # core), so a slight overestimate; the senders' process: linear in K
+        ks = [p.speakers for p in swarm]
+        sa, sb = _per_listener_law(ks, [p.swarm_cpu / p.listeners for p in swarm])
+        x = np.column_stack([np.ones(len(ks)), np.asarray(ks, dtype="float64")])
+        fit, *_ = np.linalg.lstsq(x, np.array([p.stage_cpu for p in swarm]), rcond=None)
+        stage = [float(fit[0]), float(fit[1])]
+    fallback: Sizing | None = None
+    for k in range(1, max_speakers + 1):
+        n_sat = (cores - idle) / (a + b * k)
+        on_stage = max(stage[0] + stage[1] * k, 0.0)
+        at_sat = n_sat * (sa + sb * k) + on_stage if math.isfinite(sa) else math.nan
+        sizing = Sizing(k, n_sat, idle, a, b, sa, sb, on_stage, at_sat)
+        if min_overload * n_sat > max_listeners:
+            continue
+        if not at_sat > swarm_share:  # NaN (not measured) passes
+            return sizing
+        if fallback is None:
+            fallback = replace(
+                sizing,
+                note=f"no speaker count keeps the swarm within {swarm_share:.0%} of its core",
+            )
+    if fallback is not None:
+        return fallback
+    n_sat = (cores - idle) / (a + b * max_speakers)
+    note = f"even {max_speakers} speakers leave N_sat past the swarm's {max_listeners}"
+    return Sizing(max_speakers, n_sat, idle, a, b, sa, sb, math.nan, math.nan, note)
+
+
+def _idle_cpu(d: Path) -> float:
+    """The server's mean CPU before the run's first join (cores); NaN if no sample."""
+    run = open_level(d).run
+    server = load_run(d / str(run.meta.extra.get("server_run") or "server"))
+    offset = float(run.meta.extra["t0_unix"]) - float(server.meta.extra["t0_unix"])
+    rec = run.records
+    joins = rec.loc[rec["kind"] == "participant_joined", "t"]
+    if not len(joins):
+        return math.nan
+    srec = server.records
+    first = float(joins.min()) + offset  # on the server's clock
+    cpu = srec.loc[(srec["kind"] == "node_cpu") & (srec["t"] < first - 1.0), "value"]
+    return float(cpu.mean()) if len(cpu) else math.nan
+
+
+def _swarm_cpu(level: Level) -> tuple[float, float]:
+    """(listeners', senders') processes' CPU in the steady window (cores, summed over
+    processes), from their ``loop_lag`` records' ``cpu`` and ``role``; NaN if unknown."""
+    lag = level.records[level.records["kind"] == "loop_lag"]
+    attrs = [json.loads(a) if isinstance(a, str) else {} for a in lag["attrs"]]
+    frame = pd.DataFrame(
+        {
+            "who": lag["participant"].to_numpy(),
+            "cpu": [a.get("cpu", math.nan) for a in attrs],
+            "stage": [a.get("role") == "stage" for a in attrs],
+        }
+    )
+    if not len(frame) or frame["cpu"].isna().any():
+        return math.nan, math.nan
+    per = frame.groupby(["who", "stage"])["cpu"].mean().reset_index()
+    stage = per["stage"].astype(bool)
+    return float(per.loc[~stage, "cpu"].sum()), float(per.loc[stage, "cpu"].sum())
+
+
+def probe(d: Path, speakers: int) -> Probe:
+    """A probe run's measures (see `Probe`)."""
     level = open_level(d)
-    cpu = float(level.cpu.mean())
-    per_listener = max(cpu - IDLE_CPU, 1e-6) / PROBE
-    n_sat = (server_cores(d) - IDLE_CPU) / per_listener
-    speakers = max(1, math.ceil(max(args.fractions) * n_sat / MAX_LISTENERS))
-    n_sat /= speakers  # per-packet work dominates: K speakers, K times the work per listener
+    idle = _idle_cpu(d)
+    listeners, stage = _swarm_cpu(level)
+    return Probe(
+        speakers,
+        PROBE,
+        float(level.cpu.mean()),
+        IDLE_CPU if math.isnan(idle) else idle,
+        listeners,
+        0.0 if math.isnan(stage) else stage,
+    )
+
+
+def size_levels(
+    out: Path, args: argparse.Namespace, pin: tuple[str, str] | None
+) -> tuple[list[int], Sizing]:
+    """(levels, sizing) from probe runs at ``PROBE_SPEAKERS``: see `choose_sizing`."""
+    probes = []
+    for k in PROBE_SPEAKERS:
+        sc = SCENARIO if k == 1 else scenario_with(out, k, f"fidelity-{k}")
+        d = load_level(out, sc, PROBE, args.duration, args.spawn, f"probe-{k}", args.reuse, pin)
+        probes.append(probe(d, k))
+        p = probes[-1]
+        _say(
+            f"probe: {p.server_cpu:.3f} server cores (idle {p.idle_cpu:.3f}), "
+            f"swarm {p.swarm_cpu:.3f} (listeners) + {p.stage_cpu:.3f} (senders) cores at "
+            f"{PROBE} listeners of {k} speaker(s)"
+        )
+    cores = server_cores(out / f"probe-{PROBE_SPEAKERS[0]}")
+    sizing = choose_sizing(probes, cores, MAX_LISTENERS, MIN_OVERLOAD, SWARM_SHARE, SLOTS)
+    if args.speakers:  # given: its own N_sat, by the same law
+        k = args.speakers
+        n_sat = (cores - sizing.idle) / (sizing.per_connection + sizing.per_speaker * k)
+        at_sat = n_sat * (sizing.swarm_per_connection + sizing.swarm_per_speaker * k)
+        at_sat += sizing.stage  # the senders' process as sized (close enough for a report)
+        sizing = replace(sizing, speakers=k, n_sat=n_sat, swarm_at_sat=at_sat, note="given")
+    n_sat = sizing.n_sat
     levels = sorted({max(2, min(MAX_LISTENERS, round(f * n_sat))) for f in args.fractions})
     _say(
-        f"probe: {cpu:.3f} cores at {PROBE} listeners -> the core fills at ~{n_sat:.0f} "
-        f"listeners with {speakers} speaker(s); levels {levels}"
+        f"sizing: a listener costs the server {sizing.per_connection * 1e3:.3f} ms/s + "
+        f"{sizing.per_speaker * 1e3:.3f} ms/s per speaker, the swarm "
+        f"{sizing.swarm_per_connection * 1e3:.3f} + {sizing.swarm_per_speaker * 1e3:.3f} "
+        f"-> {sizing.speakers} speaker(s), the core fills at ~{n_sat:.0f} listeners "
+        f"(swarm ~{sizing.swarm_at_sat:.2f} cores){'; ' + sizing.note if sizing.note else ''}; "
+        f"levels {levels}"
     )
-    return levels, speakers, n_sat
+    return levels, sizing
 
 
 def compare(out: Path, names: Sequence[tuple[int, str, str]], fitted: set[int]) -> pd.DataFrame:
@@ -247,6 +431,7 @@ def compare(out: Path, names: Sequence[tuple[int, str, str]], fitted: set[int]) 
         e["in_fit"] = n in fitted
         e["swarm_pace"] = swarm_pace(measured.run)
         e["swarm_loop_lag"] = swarm_loop_lag(measured.run)
+        e["join_lag"], e["join_swarm_cpu"] = swarm_while_joining(measured.run)
         e["swarm_behind"] = swarm_behind(measured.run) or ""
         e["admitted"] = _admitted(measured)
         e["sim_admitted"] = _admitted(open_level(out / sim_name))
@@ -254,6 +439,31 @@ def compare(out: Path, names: Sequence[tuple[int, str, str]], fitted: set[int]) 
     table = pd.concat(frames, ignore_index=True)
     table.to_csv(out / "errors.csv", index=False)
     return table
+
+
+def swarm_while_joining(run: Run) -> tuple[float, float]:
+    """(p95 loop lag, mean CPU in cores) of the swarm's listeners' process while its
+    audience joined (first to last listener join); NaN where the records lack them.
+
+    A listener's join time is measured by the swarm's own client: its signalling, ICE
+    and DTLS steps each wait for the listeners' event loop, which also runs the audience
+    already there. So the join times of a level whose loop lagged while joining include
+    the rig, which the model (clients on their own devices) does not have: the table
+    shows it next to the join-time error (docs/fidelity.md).
+    """
+    rec = run.records
+    joins = rec.loc[(rec["kind"] == "participant_joined") & (rec["role"] == "listener"), "t"]
+    lag = rec[rec["kind"] == "loop_lag"]
+    if not len(joins) or not len(lag):
+        return math.nan, math.nan
+    lag = lag[(lag["t"] >= joins.min()) & (lag["t"] <= joins.max() + 1.0)]
+    attrs = [json.loads(a) if isinstance(a, str) else {} for a in lag["attrs"]]
+    audience = np.array([a.get("role", "all") != "stage" for a in attrs], dtype=bool)
+    if not audience.any():
+        return math.nan, math.nan
+    cpu = np.array([a.get("cpu", math.nan) for a in attrs], dtype="float64")[audience]
+    p95 = float(np.quantile(lag["value"].to_numpy("float64")[audience], 0.95))
+    return p95, float(np.nanmean(cpu)) if np.isfinite(cpu).any() else math.nan
 
 
 def _admitted(level: Level) -> int:
@@ -293,7 +503,7 @@ def _show(x: float, unit: str) -> str:
 
 def print_table(table: pd.DataFrame) -> None:
     print(
-        f"{'N':>4} {'fit':>3} {'load':>5} {'pace':>5} {'lag95':>6}  {'metric':<15} "
+        f"{'N':>4} {'fit':>3} {'load':>5} {'pace':>5} {'lag95':>6} {'jlag95':>6}  {'metric':<15} "
         f"{'measured':>11} {'simulated':>11} {'error':>8}"
     )
     for row in table.itertuples(index=False):
@@ -301,7 +511,8 @@ def print_table(table: pd.DataFrame) -> None:
         flag = "*" if row.rel_error > TARGET else " "
         print(
             f"{row.listeners:>4} {'yes' if row.in_fit else 'no':>3} {row.load:>5.2f} "
-            f"{row.swarm_pace:>5.2f} {row.swarm_loop_lag * 1000:>4.0f}ms  {label:<15} "
+            f"{row.swarm_pace:>5.2f} {row.swarm_loop_lag * 1000:>4.0f}ms "
+            f"{row.join_lag * 1000:>4.0f}ms  {label:<15} "
             f"{_show(row.measured, unit):>11} {_show(row.simulated, unit):>11} "
             f"{row.rel_error:>7.1%}{flag}"
         )
@@ -354,11 +565,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     speakers = args.speakers or 1
     n_sat = math.nan
+    sizing = None
     if args.levels:
         levels = sorted({int(x) for x in args.levels.split(",")})
     else:
-        levels, auto, n_sat = size_levels(out, SCENARIO, args, pin)
-        speakers = args.speakers or auto
+        levels, sizing = size_levels(out, args, pin)
+        speakers, n_sat = sizing.speakers, sizing.n_sat
     scenario = SCENARIO if speakers == 1 else scenario_with(out, speakers, f"fidelity-{speakers}")
     fit = (
         {int(x) for x in args.fit.split(",")}
@@ -439,6 +651,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "speakers": speakers,
         "scenario": str(scenario),
         "n_sat": n_sat,
+        "sizing": asdict(sizing) if sizing is not None else None,
         "fit_levels": sorted(fit),
         "pinned": {"server": pin[0], "swarm": pin[1]} if pin else None,
         "duration": args.duration,
@@ -465,6 +678,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     for n in behind:
         why = under.loc[under["listeners"] == n, "swarm_behind"].iloc[0]
         print(f"{n} listeners: the swarm fell behind the server ({why}); not counted")
+    joins = table[(table["metric"] == "join_time.p95") & (table["rel_error"] > TARGET)]
+    for row in joins.itertuples(index=False):
+        if row.join_lag > JOIN_LAG:
+            print(
+                f"{row.listeners} listeners: join time {row.measured * 1000:.0f} ms measured "
+                f"against {row.simulated * 1000:.0f} ms while the swarm's listeners' loop "
+                f"lagged {row.join_lag * 1000:.0f} ms (p95) at {row.join_swarm_cpu:.2f} "
+                "cores: its clients' join steps waited for it (the rig, not the server)"
+            )
     if over_n is not None:
         o = table[table["level"].str.startswith("load-over")].iloc[0]
         print(

@@ -192,7 +192,12 @@ KINDS: Mapping[str, tuple[str, str]] = {
         "driver: spacesim.load.targets); attrs.action names it",
     ),
     # the swarm itself
-    "loop_lag": ("s", "how late a load process's event loop ran a timer; worst in a tick"),
+    "loop_lag": (
+        "s",
+        "how late a load process's event loop ran a timer; worst in a tick; attrs cpu "
+        "(the process's cores in the tick), gc_max (its collector's longest pause, s), "
+        "gc_full (full collections) and role (stage, audience or all)",
+    ),
     # server nodes
     "node_cpu": ("cores", "CPU a node used in a tick, in cores busy (CPU s per s)"),
     "gc_pause": (

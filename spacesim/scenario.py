@@ -650,8 +650,26 @@ class Server(_Model):
         ),
         json_schema_extra={"engines": list(BOTH)},  # (`engines` is shadowed here)
     )
-    max_queue_delay: Duration = Field(
-        0.2, gt=0, description="Work queued longer than this is dropped (packets lost)."
+    socket_buffer: float = Field(
+        524_288,
+        gt=0,
+        description="Bytes of datagrams a publisher's UDP socket at the server holds before "
+        "the kernel drops what arrives (sk_rcvbuf): aioice asks SO_RCVBUF 262,144 for each "
+        "host candidate's socket (aioice/ice.py, Connection.gather_candidates; "
+        "turn.UDP_SOCKET_BUFFER_SIZE) and Linux doubles what is asked for its bookkeeping "
+        "(socket(7), SO_RCVBUF; up to net.core.rmem_max). Packets a busy server has not "
+        "read wait there: the queue's limit is this buffer, in datagrams "
+        "(/ datagram_truesize), and how fast the node works through it (spacesim.sim.node).",
+    )
+    datagram_truesize: float = Field(
+        832,
+        gt=0,
+        description="Bytes of a socket's receive buffer one audio datagram takes: the "
+        "kernel charges each queued datagram's skb->truesize (its data allocation plus the "
+        "sk_buff and skb_shared_info; net/ipv4/udp.c, __udp_enqueue_schedule_skb drops once "
+        "sk_rmem_alloc exceeds sk_rcvbuf), not its length. Measured on loopback (Linux "
+        "6.18): 832 bytes for datagrams up to ~190 bytes (an Opus frame with RTP and SRTP), "
+        "so a 524,288-byte buffer holds 630 of them; 1,282 for 200-300 bytes.",
     )
     edge_delay: Duration = Field(
         0.0005,

@@ -119,7 +119,7 @@ FULL: dict[str, Any] = {
         "fanout_delay": "20us",
         "forward_delay": "1ms",
         "max_streams": 5000,
-        "max_queue_delay": "150ms",
+        "socket_buffer": 262144,
         "edge_delay": "1ms",
         "asr_cost": 0.3,
         "recorded_packet_bytes": 50,

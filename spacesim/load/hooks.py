@@ -4,8 +4,10 @@ the loop-lag watch and the clock. Imported by `spacesim.load.users` (after Locus
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,25 +45,76 @@ def fire(env: Environment, name: str, seconds: float, exc: BaseException | None 
     )
 
 
+class _GcWatch:
+    """The longest collection of this process's garbage collector since the last read, and
+    how many full (generation-2) ones ran: `gc.callbacks` brackets every collection."""
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self.full = 0
+        self._start = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+            return
+        self.longest = max(self.longest, time.perf_counter() - self._start)
+        self.full += info.get("generation") == 2
+
+    def take(self) -> tuple[float, int]:
+        out = (self.longest, self.full)
+        self.longest, self.full = 0.0, 0
+        return out
+
+
 async def _watch_lag(env: Environment) -> None:
     """Record how late this process's loop runs a short timer, worst per second.
 
     A saturated swarm delays every packet it measures (FACTS.md: Locust's own CPU
     warning stays silent when the whole machine is busy), so each run carries the
-    swarm's own lag next to the latencies it reports.
+    swarm's own lag next to the latencies it reports, with what the process did in the
+    tick (attrs): ``cpu`` (cores: CPU seconds per second), ``gc_max`` (its collector's
+    longest pause, s), ``gc_full`` (full collections) and ``role`` (``stage``,
+    ``audience`` or ``all``: `spacesim load --stage-cpus`).
+
+    Each tick also freezes the heap (`gc.freeze`, Python >= 3.7): what lives by now
+    (Locust, aiortc, each connected listener's peer connection, thousands of objects
+    apiece) moves to the collector's permanent generation, so a full collection
+    traverses only what came since. Without it a listeners' process stopped for a full
+    collection of its whole heap every few seconds while its audience arrived, 200 ms
+    at 300 listeners growing to 690 ms at 623 (bench_fidelity, load-623's loop_lag
+    records, one spike every ~3 s: CPython runs a full collection once the long-lived
+    objects have grown by a quarter, gcmodule.c ``gc_collect_generations``), and every
+    join in flight waited for it, so join times grew with the swarm's audience, not the
+    server's (docs/fidelity.md). The server freezes its start-up heap the same way
+    (`spacesim serve`). Cost: cyclic garbage older than a tick is kept until the process
+    exits, which a load run bounded in time can afford.
     """
     st = state()
     loop = asyncio.get_running_loop()
+    watch = _GcWatch()
     worst, window_end = 0.0, loop.time() + TICK
+    cpu0, wall0 = time.process_time(), loop.time()
     while True:
         t = loop.time()
         await asyncio.sleep(LAG_PROBE)
         now = loop.time()
         worst = max(worst, now - t - LAG_PROBE)
         if now >= window_end:
-            st.recorder.add("loop_lag", st.now(), "", f"swarm-{st.pid}", "swarm", worst)
+            cpu1 = time.process_time()
+            longest, full = watch.take()
+            attrs = {
+                "cpu": (cpu1 - cpu0) / max(now - wall0, 1e-9),
+                "gc_max": longest,
+                "gc_full": full,
+                "role": settings.role,
+            }
+            st.recorder.add("loop_lag", st.now(), "", f"swarm-{st.pid}", "swarm", worst, attrs)
             fire(env, "loop_lag", worst)
+            gc.freeze()
             worst, window_end = 0.0, now + TICK
+            cpu0, wall0 = cpu1, now
 
 
 def ensure(env: Environment, base: str) -> Context:

@@ -7,7 +7,25 @@ streams it forwards (`streams`) and from how many senders (`senders`), so:
   + cpu_fixed`` (cores), utilisation ``rho = r / cores``;
 * each incoming packet is a batch of ``streams / senders`` sends (its fan-out), served in
   ``S = fanout x cpu_per_packet / cores`` (the node's cores share the fan-out);
-* packets queue in a buffer that holds ``D = max_queue_delay`` of work. The wait of a
+* packets queue in the kernel, in each publisher's UDP socket at the node, which holds
+  ``B = socket_buffer / datagram_truesize`` datagrams (630: aioice's 262,144-byte
+  SO_RCVBUF, doubled by Linux, over 832 bytes of skb truesize per small datagram; see
+  `spacesim.scenario.Server`); what arrives at a full socket is dropped. The event loop
+  reads the ready sockets in turn, one datagram each, so a packet with ``B`` ahead in its
+  own socket waits while the node works through ``B`` rounds of every sender's packets,
+  with all its other work (connections' timers, events) in between: the queue's limit,
+  in time, is ``D = B x rho / pps`` (``queue_limit``; ``B / pps`` at saturation, the time
+  the node takes for ``B`` of each sender's packets when it is just keeping up). A fixed
+  limit of 0.2 s dropped what waited longer, where the real server at its core's
+  capacity lost nothing and delivered 0.3-1.3 s late (docs/fidelity.md).
+* **The fluid queue** (`fluid`): a limit of seconds takes long to reach. While the
+  offered load is past the cores (``rho > 1``) the sockets fill at ``rho - 1`` seconds
+  of wait per second, and below it they drain at ``1 - rho``; a packet waits what is
+  queued now, and only once that reaches D are packets lost (``1 - 1 / rho`` of them).
+  The measured server at its core's capacity shows exactly this: latency growing
+  through the steady window (0.3 -> 3.8 s over 36 s at 880 offered listeners), nothing
+  lost; the stationary law alone put every packet of an overloaded node at D at once.
+  Below saturation (and the fluid queue empty) the wait of a
   packet is the diffusion (heavy-traffic) approximation of a G/D/1 queue with that
   finite buffer: busy with probability ``min(rho, 1)``, and then exponential with rate
   ``theta = 2 (1 - rho) / (S v)`` truncated to ``[0, D]`` (theta < 0 above saturation,
@@ -45,8 +63,13 @@ streams it forwards (`streams`) and from how many senders (`senders`), so:
   (``cpu_per_relay_receive``) before its own fan-out; the world keeps the rate (part of
   ``r``). The latency the hop adds is the world's ``edge_delay``.
 * Joins add impulses of work (`add_work`) to a backlog served with the capacity the
-  forwarding leaves spare; packets and joins wait behind it (one event loop), and while
-  that wait exceeds D arriving packets are lost.
+  forwarding leaves spare, but never less than a **turn of the event loop**
+  (`join_share`): the loop runs every ready handle once a round, one datagram from each
+  sender's socket and the next step of the joins in flight, so at or past saturation
+  joins still get ``1 / (senders + 1)`` of the cores (the forwarding falls further
+  behind in their place) rather than waiting for spare capacity that never comes.
+  Packets wait behind the backlog (one event loop), and while that wait exceeds D
+  arriving packets are lost.
 * The event stream's deliveries (reactions, policy events, coalesced audience counts,
   listeners' joins and leaves shown to the stage), aggregated per tick by the world,
   are a steady load over the tick (`event_rate`, cores), part of ``r`` like
@@ -127,6 +150,7 @@ class Node:
         "dropped_packets",
         "event_rate",
         "fanout_delay",
+        "fluid",
         "forward_delay",
         "gc_full_length",
         "gc_full_per_join",
@@ -135,12 +159,12 @@ class Node:
         "joins",
         "last",
         "listeners",
-        "max_queue_delay",
         "max_streams",
         "name",
         "offered",
         "offered_packets",
         "pps",
+        "queue_datagrams",
         "relay_rate",
         "reserved_streams",
         "senders",
@@ -166,7 +190,7 @@ class Node:
         self.gc_full_length = server.gc_full_length
         self.joins: deque[float] = deque()  # join times in the last second (full collections)
         self.max_streams = server.max_streams
-        self.max_queue_delay = server.max_queue_delay
+        self.queue_datagrams = server.socket_buffer / server.datagram_truesize
         self.pps = pps
         self.listeners = 0  # listener connections on this node
         self.connections = 0  # all connections (stage members and listeners)
@@ -174,6 +198,7 @@ class Node:
         self.senders = 0  # senders whose packets this node fans out now
         self.reserved_streams = 0  # streams admitted: what admission control counts
         self.backlog = 0.0  # core-seconds of join work waiting
+        self.fluid = 0.0  # seconds of wait the sockets hold for a saturated node
         self.event_rate = 0.0  # cores of event delivery drawn per tick (see World)
         self.relay_rate = 0.0  # cores of cascade relaying, sent and received (see World)
         self.last = 0.0
@@ -182,8 +207,8 @@ class Node:
         self.offered = 0.0
         self.offered_packets = 0.0
         self.dropped_packets = 0.0
-        self._qs_key: tuple[int, int, int, float, float] | None = None
-        self._qs_val = (0.0, math.inf, 0.0, self.max_queue_delay)
+        self._qs_key: tuple[int, int, int, float, float, float] | None = None
+        self._qs_val = (0.0, math.inf, 0.0, 0.0)
 
     # ------------------------------------------------------------------ load
 
@@ -218,19 +243,33 @@ class Node:
             return 0.0
         return self.streams / self.senders * self.fanout_delay
 
+    def queue_limit(self, rho: float | None = None) -> float:
+        """D: the longest a packet waits before its sender's socket is full (s).
+
+        ``B`` rounds of the senders' packets, each round with the node's other work in
+        between: ``B x rho / pps`` (module docstring). Below saturation the queue seldom
+        comes near it; at and past it, this is where waits pile up and losses begin.
+        """
+        if self.pps <= 0.0:
+            return 0.0
+        rho = self.rate() / self.cores if rho is None else rho
+        return self.queue_datagrams * rho / self.pps
+
     def queue_state(self) -> tuple[float, float, float, float]:
         """(rho, theta, loss, room) for a packet arriving now; room = buffer left."""
         key = (
             self.streams, self.senders, self.connections, self.backlog,
-            self.event_rate + self.relay_rate,
+            self.event_rate + self.relay_rate, self.fluid,
         )  # fmt: skip
         if key == self._qs_key:  # many calls between changes: the law is the same
             return self._qs_val
         rho = self.rate() / self.cores
-        room = self.max_queue_delay - self.backlog / self.cores
+        room = self.queue_limit(rho) - self.backlog / self.cores
         theta, loss = wait_and_loss(
             rho, self.fanout_service(), room, arrival_variability(self.senders)
         )
+        if rho >= 1.0 and self.fluid < room:
+            loss = 0.0  # the sockets are still filling: late, not lost
         self._qs_key = key
         self._qs_val = (rho, theta, loss, room)
         return self._qs_val
@@ -245,17 +284,26 @@ class Node:
         fwd = self.forwarding_rate()
         r = fwd + self.connections * self.cpu_per_connection + self.event_rate + self.relay_rate
         r += self.cpu_fixed
-        _rho, _theta, loss, _room = self.queue_state()
+        rho, _theta, loss, room = self.queue_state()
+        if rho >= 1.0 and room > 0.0:
+            # lossless until the sockets are full: at rho - 1 s of wait per second
+            filling = max(room - self.fluid, 0.0) / (rho - 1.0) if rho > 1.0 else math.inf
+            if filling < dt:
+                _theta, full = wait_and_loss(
+                    rho, self.fanout_service(), room, arrival_variability(self.senders)
+                )
+                loss = full * (dt - filling) / dt
+        self.fluid = min(max(self.fluid + (rho - 1.0) * dt, 0.0), max(room, 0.0))
         packets = self.streams * self.pps * dt
         self.offered += r * dt
         self.offered_packets += packets
         self.dropped_packets += packets * loss
         served = min(r - fwd * loss, c)  # work actually done on packets and connections
-        spare = c - served  # what the join backlog drains with
-        if self.backlog > 0.0 and spare > 0.0:
+        spare = max(c - served, self.join_share())  # what the join backlog drains with
+        if self.backlog > 0.0:
             drained = min(self.backlog, spare * dt)
             self.backlog -= drained
-            served_total = served * dt + drained
+            served_total = min(served * dt + drained, c * dt)
         else:
             served_total = served * dt
         self.busy += served_total
@@ -282,7 +330,12 @@ class Node:
         """Cores left for join work once packets (those not lost) and connections are served."""
         fwd = self.forwarding_rate()
         served = min(self.rate() - fwd * self.loss_now(), self.cores)
-        return max(self.cores - served, 0.05 * self.cores)  # never fully starved
+        return max(self.cores - served, self.join_share())
+
+    def join_share(self) -> float:
+        """Cores join work gets at least: a turn in each round of the event loop, beside
+        one datagram from each sender's socket (module docstring)."""
+        return self.cores / (self.senders + 1)
 
     def connect(self, now: float, streams: int, senders: int, cpu: float) -> float:
         """A listener joins: its join work queues, then its streams start; returns join wait."""
@@ -304,7 +357,7 @@ class Node:
 
     def clear_time(self) -> float:
         """How long until join work ahead of packets falls back within the queue limit."""
-        excess = self.backlog - self.cores * self.max_queue_delay
+        excess = self.backlog - self.cores * self.queue_limit()
         return excess / self.spare() if excess > 0 else 0.0
 
     def admits(self, streams: int) -> bool:
@@ -325,10 +378,16 @@ class Node:
         # A lost packet is judged first, so delivered waits come from the truncated law.
         if u_busy < loss:
             return None
-        wait = self.backlog / self.cores
-        if (u_busy - loss) / (1.0 - loss) < min(rho, 1.0):
-            wait += _queued(theta, room, u_wait)
-        return self.forward_delay + wait + u_position * self.fanout_spread()
+        wait = self.backlog / self.cores + self.fluid
+        if rho >= 1.0:  # behind what the sockets hold, at a place in the senders' round
+            wait += u_wait * self.fanout_service() * max(self.senders, 1)
+        elif (u_busy - loss) / (1.0 - loss) < rho:
+            wait += _queued(theta, max(room - self.fluid, 0.0), u_wait)
+        return (
+            self.forward_delay
+            + min(wait, self.backlog / self.cores + room)
+            + (u_position * self.fanout_spread())
+        )
 
     def event_wait(self, u_busy: float, u_wait: float) -> float:
         """Time an event arriving now waits before its fan-out starts.
@@ -338,7 +397,9 @@ class Node:
         """
         rho, theta, _loss, room = self.queue_state()
         wait = self.backlog / self.cores
-        if room > 0.0 and u_busy < min(rho, 1.0):
+        if rho >= 1.0:  # not in the sockets: a turn of the loop beside the senders' round
+            wait += u_wait * self.fanout_service() * max(self.senders, 1)
+        elif room > 0.0 and u_busy < rho:
             wait += _queued(theta, room, u_wait)
         return wait
 

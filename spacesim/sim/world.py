@@ -387,7 +387,7 @@ class World:
         node = who.node
         clear = node.clear_time()
         if clear > 0.0:  # every packet is lost until then; the first through waits ~D
-            wait = node.forward_delay + node.max_queue_delay
+            wait = node.forward_delay + node.queue_limit()
             wait += self.draws.uniform() * node.fanout_spread()
             uplink = self.one_way(self.sc.network[0])
             return (clear if first else 0.0) + uplink + wait + self.one_way(who.net)

@@ -53,7 +53,11 @@ def test_latency_and_loss_grow_smoothly_through_saturation() -> None:
     assert all(b >= a * 0.95 for a, b in itertools.pairwise(p95)), p95
     assert all(b <= a + 0.005 for a, b in itertools.pairwise(delivery)), delivery
     assert min(delivery[:3]) > 0.999
-    assert p95[-1] <= 0.2 + 0.2  # never beyond the queue limit plus the network
+    # never beyond the queue limit (the socket's 630 datagrams at ~450 / 333 of the core,
+    # a little more with the connections' work: `Node.queue_limit`) plus the network;
+    # past the core, waits pile up near it
+    limit = 524_288 / 832 * (450 / 333) / 50
+    assert 0.5 * limit < p95[-1] <= 1.03 * limit + 0.2
     assert delivery[-1] == pytest.approx(333 / 450, abs=0.03)  # what the core can carry
 
 
