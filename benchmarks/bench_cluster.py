@@ -78,14 +78,18 @@ with the one-round-trip heartbeat:
   -0.80 ms (the nodes share a core: node-2 is woken by the relay before node-1 fans out
   and the scheduler lets it go first); idle 0.061-0.068 against 0.086-0.093. An earlier
   set of 2: 1.155 (1.148, 1.163).
-* ``--pin each --clients-idle``, 1 run: 12.9 / 14.7 us, 1.141 (idle 0.074 / 0.097).
+* ``--pin each --clients-idle`` (now the default), 1 run: 12.9 / 14.7 us, 1.141 (idle
+  0.074 / 0.097); on the merged tree (lead, load average 0.6-1.9: another helper's
+  benchmark had just finished), 3 runs: 11.7 / 13.3 us, **1.141** (1.133, 1.141, 1.142),
+  ``cascade_latency_p50`` 0.20 ms, delivery 1.0000.
 * ``--pin split``, 1 run: 11.8 / 14.3 us, 1.207 (idle 0.069 / 0.085).
 
 Delivery 1.0000 in every case. The single node's 10.7-13.0 us is what bench_sfu measures
 for the same path (10.2-10.8 us there, idle included). Interleaving took out the drift
 between cases, not the spread between runs (each run is a new set of processes and
 connections): ``cluster_overhead`` is 1.14-1.16 by its median with the servers on one
-core, 1.18-1.23 one core each, and single runs range 1.09-1.26.
+core, 1.18-1.23 one core each with the clients at normal priority, 1.14 with them at
+SCHED_IDLE, and single runs range 1.09-1.26.
 
 Where the overhead comes from (each measured apart):
 
