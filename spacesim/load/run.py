@@ -149,15 +149,19 @@ def target_meter(
 
     def sample() -> None:
         cpu, pkts, t = meter.cpu_seconds(), meter.packets(), time.monotonic()
-        while not stop.wait(every):
+        while True:
+            stopped = stop.wait(every)
             try:
                 cpu2, pkts2, t2 = meter.cpu_seconds(), meter.packets(), time.monotonic()
             except OSError:  # Janus went away
                 return
             now = time.time() - t0
-            rec.add("node_cpu", now, "", "janus", "node", (cpu2 - cpu) / (t2 - t))
-            rec.add("packets_forwarded", now, "", "janus", "node", pkts2 - pkts)
+            if t2 > t:  # at the stop, the part of an interval since the last sample too
+                rec.add("node_cpu", now, "", "janus", "node", (cpu2 - cpu) / (t2 - t))
+                rec.add("packets_forwarded", now, "", "janus", "node", pkts2 - pkts)
             cpu, pkts, t = cpu2, pkts2, t2
+            if stopped:
+                return
 
     thread = threading.Thread(target=sample, name="janus-meter", daemon=True)
     thread.start()
