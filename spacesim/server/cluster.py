@@ -743,14 +743,9 @@ class Cluster:
         packet cost ~6 us, half the receive path). The fan-out only suspends on the slow
         path (a listener behind TURN): then its rest runs as a task (`_resume`), as
         Python 3.12's eager task factory does (3.11 has none)."""
-        try:
-            waiting = coro.send(None)
-        except StopIteration:
-            return
-        except Exception:
-            log.exception("cluster: a relayed packet's fan-out failed")
-            return
-        self._spawn(_resume(coro, waiting))
+        done, waiting = _step(coro)
+        if not done:
+            self._spawn(_resume(coro, waiting))
 
     # ------------------------------------------------------------------ events
 
@@ -858,10 +853,18 @@ async def _resume(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
                 if not waiting.done():  # this task was cancelled: so is the fan-out
                     coro.close()
                     raise
-        try:
-            waiting = coro.send(None)
-        except StopIteration:
+        done, waiting = _step(coro)
+        if done:
             return
-        except Exception:
-            log.exception("cluster: a relayed packet's fan-out failed")
-            return
+
+
+def _step(coro: Coroutine[Any, Any, None]) -> tuple[bool, Any]:
+    """One step of a relayed packet's fan-out: (finished, what it now waits on). A
+    failure is logged and ends it: one packet's fan-out never takes the relay down."""
+    try:
+        return False, coro.send(None)
+    except StopIteration:
+        return True, None
+    except Exception:
+        log.exception("cluster: a relayed packet's fan-out failed")
+        return True, None
