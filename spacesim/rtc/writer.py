@@ -182,12 +182,11 @@ class _Direct:
 
     def ok(self) -> bool:
         """Still the connection's state: connected, the same pair, nothing queued."""
-        return (
-            self.live
-            and self.dtls._state is _CONNECTED
-            and self.nominated.get(1) is self.pair
-            and not self.transport._buffer
-        )
+        return self.current() and not self.transport._buffer
+
+    def current(self) -> bool:
+        """Still the connection's path: connected, the same pair."""
+        return self.live and self.dtls._state is _CONNECTED and self.nominated.get(1) is self.pair
 
     def send_rtcp(self, n: int) -> int:
         """SRTCP-protect the n bytes of RTCP in the scratch buffer and send them; bytes sent."""
@@ -556,12 +555,16 @@ class RtpWriter:
 class _Group:
     """The writers of one connection, reported on together."""
 
-    __slots__ = ("due", "sdes", "writers")
+    __slots__ = ("direct", "due", "sdes", "writers")
 
     def __init__(self, writers: Sequence[RtpWriter], due: float) -> None:
         self.writers = tuple(writers)
         self.due = due
         self.sdes = b""  # the SDES part, once the CNAME is known
+        # the direct path the last report looked up while no writer had one (a silent
+        # connection): kept, as each _Direct adds a "statechange" handler to the DTLS
+        # transport for the connection's life
+        self.direct: _Direct | None = None
 
 
 class SenderReports:
@@ -642,7 +645,9 @@ class SenderReports:
             # or datagrams queued in asyncio -- each writer looks again at its next send
             for w in writers:
                 w._drop_direct()
-            d = _direct(first._dtls) if first.direct else None
+            d = group.direct
+            if d is None or not d.current():
+                d = group.direct = _direct(first._dtls) if first.direct else None
             if d is not None and d.transport._buffer:
                 d = None  # behind asyncio's queue: aiortc's own send
         for w in writers:

@@ -195,6 +195,27 @@ async def test_sender_reports_one_compound_packet_per_connection(
     assert sender._RTCRtpSender__lsr == (1 << 41) >> 16
 
 
+async def test_reports_on_a_silent_connection_look_its_path_up_once(
+    pc: RTCPeerConnection, link: Link
+) -> None:
+    """A connection whose writers have sent nothing yet (listeners waiting for the first
+    speaker) is reported on through one direct path: each lookup adds a "statechange"
+    handler to the DTLS transport for its life, so one per report grew without bound
+    (and cost the idle server a third of its CPU)."""
+    reports = rtc.SenderReports()
+    w = _writer(pc, link, reports)
+    group = writer_mod._Group([w], 0.0)
+    before = len(link.dtls.listeners("statechange"))
+    for _ in range(5):
+        reports._report(group)
+    assert reports.sent == 5 and w._d is None
+    assert len(link.dtls.listeners("statechange")) == before + 1
+    assert len(await link.received(5)) == 5
+    link.dtls._state = State.CLOSED
+    link.dtls.emit("statechange")
+    assert group.direct is not None and not group.direct.current()
+
+
 async def test_a_managed_writer_stops_at_the_dtls_state_change_and_queues_behind_asyncio(
     pc: RTCPeerConnection, link: Link
 ) -> None:
