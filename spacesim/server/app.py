@@ -597,8 +597,9 @@ async def create_space(request: web.Request) -> web.Response:
 
 @routes.get("/v1/spaces")
 async def list_spaces(request: web.Request) -> web.Response:
-    """The live and scheduled spaces on this server (what a client offers to join),
-    newest first; ended spaces are read one at a time by id."""
+    """The live and scheduled spaces (what a client offers to join), newest first; ended
+    spaces are read one at a time by id. On a cluster, any node lists every live node's
+    spaces (each node holds only the rooms whose origin it is)."""
     claims = _claims(request)
     _allow(claims, (SPACE_JOIN, MODERATE), None)
     status = request.query.get("status")
@@ -607,7 +608,22 @@ async def list_spaces(request: web.Request) -> web.Response:
     limit_text = request.query.get("limit", str(PAGE_DEFAULT))
     if not (_DIGITS.fullmatch(limit_text) and 1 <= int(limit_text) <= PAGE_MAX):
         raise ProtocolError("bad_request", f"'limit' must be an integer from 1 to {PAGE_MAX}")
+    limit = int(limit_text)
     state = request.app[STATE]
+    count, rows = local_spaces(state, status, limit)
+    if state.cluster is not None:
+        more_count, more = await state.cluster.others_spaces(status, limit)
+        seen = {row["item"]["id"] for row in rows}
+        rows += [row for row in more if row["item"]["id"] not in seen]
+        count += more_count
+        rows.sort(key=lambda row: row["created_at"], reverse=True)
+    return _json({"spaces": [row["item"] for row in rows[:limit]], "count": count})
+
+
+def local_spaces(state: ServerState, status: str | None, limit: int) -> tuple[int, list[Any]]:
+    """How many of this process's rooms are live or scheduled (or of `status`), and the
+    newest `limit` of them as ``{"created_at", "item"}`` (``item``: the listing's entry;
+    ``created_at`` orders the entries of several nodes)."""
     rooms = [
         r
         for r in state.rooms.values()
@@ -618,21 +634,20 @@ async def list_spaces(request: web.Request) -> web.Response:
         (state.store.get_space(r.id) for r in rooms), key=lambda rec: rec.created_at, reverse=True
     )
     by_id = {r.id: r for r in rooms}
-    items = []
-    for rec in records[: int(limit_text)]:
+    rows = []
+    for rec in records[:limit]:
         snap = by_id[rec.id].snapshot()
-        items.append(
-            {
-                "id": rec.id,
-                "host": rec.host,
-                "title": rec.title,
-                "status": snap["status"],
-                "scheduled_for": rec.scheduled_for,
-                "counts": snap["counts"],
-                "captions": snap["captions"],
-            }
-        )
-    return _json({"spaces": items, "count": len(records)})
+        item = {
+            "id": rec.id,
+            "host": rec.host,
+            "title": rec.title,
+            "status": snap["status"],
+            "scheduled_for": rec.scheduled_for,
+            "counts": snap["counts"],
+            "captions": snap["captions"],
+        }
+        rows.append({"created_at": rec.created_at, "item": item})
+    return len(records), rows
 
 
 @routes.get("/v1/spaces/{space}")

@@ -651,6 +651,26 @@ class Cluster:
             kind = NodeGone if refused(exc) else ConnectionError
             raise kind(f"{node.url}: {exc}") from None
 
+    async def others_spaces(self, status: str | None, limit: int) -> tuple[int, list[Any]]:
+        """The other live nodes' spaces (`app.local_spaces` on each, asked at once): how
+        many, and each node's newest `limit`. A node that does not answer is left out
+        (it is dying: its spaces are being taken over by a node that will list them)."""
+
+        async def ask(node: NodeInfo) -> dict[str, Any]:
+            try:
+                return await self._call(
+                    node, "/cluster/v1/spaces", {"status": status, "limit": limit}
+                )
+            except Exception as exc:
+                log.info("cluster: listing %s's spaces failed: %s", node.id, exc)
+                return {}
+
+        answers = await asyncio.gather(
+            *(ask(n) for n in list(self.nodes.values()) if n.id != self.id)
+        )
+        count = sum(int(a.get("count", 0)) for a in answers)
+        return count, [row for a in answers for row in a.get("spaces", [])]
+
     async def _post(self, node_id: str, path: str, body: dict[str, Any]) -> None:
         node = self.nodes.get(node_id)
         if node is None:

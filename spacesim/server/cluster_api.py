@@ -28,6 +28,7 @@ from spacesim.server.app import (
     _json,
     _watch_presence,
     _ws_action,
+    local_spaces,
     media_setup_errors,
 )
 from spacesim.server.auth import SPACE_JOIN
@@ -265,6 +266,19 @@ async def events_action(request: web.Request) -> web.Response:
     claims, state, room = _in_space(request, "space:join")
     body = await _body(request)
     return _json(await _ws_action(state, room, claims, str(body.get("text", ""))))
+
+
+@routes.post("/cluster/v1/spaces")
+async def spaces_here(request: web.Request) -> web.Response:
+    """The spaces whose origin this node is, for another node's ``GET /v1/spaces`` (which
+    checked its caller's token): ``status`` and ``limit`` as there."""
+    _trusted(request)
+    body = await _body(request)
+    status = body.get("status")
+    count, rows = local_spaces(
+        request.app[STATE], None if status is None else str(status), int(body.get("limit", 1))
+    )
+    return _json({"count": count, "spaces": rows})
 
 
 @routes.get("/cluster/v1/node")

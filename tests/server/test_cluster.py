@@ -123,6 +123,35 @@ async def test_speaker_on_one_node_is_heard_and_events_reach_the_other(
                 await link.close()
 
 
+async def test_any_node_lists_every_nodes_spaces(two_nodes: list[tuple[Any, str]]) -> None:
+    """A node holds only the rooms whose origin it is; ``GET /v1/spaces`` on any node
+    lists the whole cluster's, newest first, ``limit`` and ``status`` applied over all."""
+    (_, url1), (_, url2) = two_nodes
+    deadline = time.monotonic() + 10
+    while not all(_node(url)["nodes"] == 2 for _, url in two_nodes):
+        assert time.monotonic() < deadline, "the nodes never saw each other"
+        await asyncio.sleep(0.2)
+    async with aiohttp.ClientSession() as http:
+        older = await RoomClient(url1, "lister-a", http).create_space("on node-1")
+        newer = await RoomClient(url2, "lister-b", http).create_space("on node-2")
+        later = await RoomClient(url1, "lister-c", http).create_space(
+            "scheduled", scheduled_for=time.time() + 3600
+        )
+        reader = RoomClient(url2, "reader", http)
+        for url in (url1, url2):
+            listing = await RoomClient(url, "reader", http).spaces()
+            ids = [s["id"] for s in listing["spaces"]]
+            assert {older, newer, later} <= set(ids), url
+            assert ids.index(later) < ids.index(newer) < ids.index(older)  # newest first
+            assert listing["count"] == len(ids)
+        first = await reader.spaces(limit=1)
+        assert [s["id"] for s in first["spaces"]] == [ids[0]] and first["count"] == len(ids)
+        live = [s["id"] for s in (await reader.spaces(status="live"))["spaces"]]
+        assert older in live and newer in live and later not in live
+        for space, host in ((older, "lister-a"), (newer, "lister-b"), (later, "lister-c")):
+            await RoomClient(url1 if space != newer else url2, host, http).lifecycle(space, "end")
+
+
 def test_node_sampler_keeps_each_nodes_cpu(
     two_nodes: list[tuple[Any, str]], tmp_path: Path
 ) -> None:
