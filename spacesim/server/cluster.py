@@ -511,6 +511,7 @@ class Cluster:
             row.listener_cap,
             state.store.captions_enabled(space_id),
         )
+        state.recordings.resume(space_id)
         self.origins[space_id] = self.id
         log.warning("cluster: took over %s from %s, which is gone", space_id, dead)
         return True

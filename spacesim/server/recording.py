@@ -545,7 +545,7 @@ class Recordings:
         space ended meanwhile, or is gone) are marked stopped with what their file holds."""
         for rec in self.store.recordings_in_progress():
             if rec.space in live:
-                self._begin(rec.space)
+                self.resume(rec.space)
                 continue
             path = self.path(rec.space)
             size, dur = 0, 0.0
@@ -614,6 +614,14 @@ class Recordings:
         fut = asyncio.ensure_future(coro)
         self._pending.add(fut)
         fut.add_done_callback(self._pending.discard)
+
+    def resume(self, space: str) -> None:
+        """The space came back in this process (a restart, or a cluster node taking over
+        a dead origin's space): its recording goes on if it was being written, in a new
+        segment of the same file (nodes that share the database share its directory)."""
+        rec = self.store.get_recording(space)
+        if rec is not None and rec.status == "recording":
+            self._begin(space)
 
     def _begin(self, space: str) -> None:
         track = self.tracks.get(space)

@@ -495,7 +495,8 @@ async def test_a_space_whose_origin_is_killed_is_taken_over(tmp_path: Path) -> N
     """kill -9 the space's origin: the next request for it through the other node finds
     the origin's port closed and takes the space over from the store (as a restarted
     server would) without waiting for its TTL; the host and a listener join again there
-    and the listener hears the host again within 5 s (here: ~1.5 s)."""
+    and the listener hears the host again within 5 s (here: ~1.5 s); the space's
+    recording goes on there, in the same file."""
     with launch.cluster(tmp_path, nodes=2) as (_, procs):
         (proc1, url1), (_, url2) = procs
         while _node(url2)["nodes"] < 2:
@@ -507,7 +508,7 @@ async def test_a_space_whose_origin_is_killed_is_taken_over(tmp_path: Path) -> N
 
         async with aiohttp.ClientSession() as http:
             host = RoomClient(url1, "host", http)
-            space = await host.create_space("origin")
+            space = await host.create_space("origin", recording=True)
             track = SpeakerTrack(load_clip("welcome"), sender_id=1, loop=True)
             speaker = await connect_audio(host, space, _ignore, publish=track)
             listener = await connect_audio(RoomClient(url2, "l", http), space, on_rtp)
@@ -534,6 +535,13 @@ async def test_a_space_whose_origin_is_killed_is_taken_over(tmp_path: Path) -> N
                     await asyncio.sleep(0.05)
                 assert killed < last[0] < killed + 5.0
                 assert (await host2.space(space))["status"] == "live"
+                heard = time.monotonic()
+                await asyncio.sleep(3.0)
+                await host2.lifecycle(space, "end")
+                info = await host2.recording_info(space)
+                # node-1 recorded at most the ~2 s to its kill; node-2 the 3 s since
+                assert info["status"] == "stopped"
+                assert info["duration_s"] >= time.monotonic() - heard - 0.5, info
             finally:
                 track.stop()
                 await speaker.close()
