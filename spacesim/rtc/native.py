@@ -56,6 +56,7 @@ SCRATCH = 2048
 MAX_PACKET = SCRATCH - (16 + 128)
 _SYMBOL = "spacesim_srtp_protect"
 _U64 = (1 << 64) - 1
+_NO_COUNTS = (0, 0, 0, 0, 0)  # take_counts of a lane with no sends since the last
 
 
 _i.register(
@@ -303,8 +304,11 @@ class FanOut:
         """(packets, payload octets, bytes sent, last RTP timestamp, last NTP) of the
         kernel's sends on the lane since the last call; the counts are reset."""
         t = self.tab[k]
+        packets = int(t[N_PKT, i])
+        if not packets:  # a silent slot's lane, at each report (two of three, one speaker)
+            return _NO_COUNTS
         ntp = int(t[NTP, i]) & _U64  # stored as int64 (see `run`)
-        c = (int(t[N_PKT, i]), int(t[N_OCT, i]), int(t[N_TX, i]), int(t[RTP_TS, i]), ntp)
+        c = (packets, int(t[N_OCT, i]), int(t[N_TX, i]), int(t[RTP_TS, i]), ntp)
         t[N_PKT, i] = t[N_OCT, i] = t[N_TX, i] = 0
         return c
 
