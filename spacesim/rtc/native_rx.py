@@ -105,6 +105,7 @@ def _ctypes_functions() -> tuple[Any, Any, Any] | None:
 _FUNCS = _ctypes_functions()
 _DRAIN: Any = None
 _ACCOUNT: Any = None
+_BE32: Any = None  # `_compile`'s be32, for `account`
 _lock = threading.Lock()
 
 
@@ -145,6 +146,13 @@ def _compile() -> tuple[Any, Any]:
                 | np.int64(b[i + 3])
             )
 
+        # `account` calls be32 as a module global, not a closure variable: numba's cache
+        # keys a closure's entries on its pickled cell contents (numba/core/caching.py
+        # Cache._index_key), and a dispatcher pickles with a new uuid in every process,
+        # so each process missed the cache, compiled `account` again and added an entry
+        global _BE32
+        _BE32 = be32
+
         @numba.njit(cache=True)
         def account(
             row: int, b: Any, start: int, n: Any, now: int, allow_new: bool,
@@ -152,7 +160,7 @@ def _compile() -> tuple[Any, Any]:
         ) -> bool:  # fmt: skip
             """`ListenerStats.on_rtp` on row `row` (False: a new SSRC, not allowed)."""
             if n >= 12:
-                ssrc = be32(b, start + 8)
+                ssrc = _BE32(b, start + 8)
                 seq16 = (np.int64(b[start + 2]) << 8) | np.int64(b[start + 3])
                 ns = ri[row, 4]
                 j = -1
@@ -213,14 +221,14 @@ def _compile() -> tuple[Any, Any]:
                     if not (count & 0x40) or not (count & 0x3F) or b[ps + 2] != mark_size:
                         ok = False
             q = end - mark_size
-            if ok and be32(b, q) != magic:
+            if ok and _BE32(b, q) != magic:
                 ok = False
             if not ok:
                 ri[row, 3] += 1  # unmarked
                 return True
-            sender = be32(b, q + 4)
-            seq = be32(b, q + 8)
-            t_ns = (be32(b, q + 12) << 32) | be32(b, q + 16)
+            sender = _BE32(b, q + 4)
+            seq = _BE32(b, q + 8)
+            t_ns = (_BE32(b, q + 12) << 32) | _BE32(b, q + 16)
             if ri[row, 1] == NONE:
                 ri[row, 1] = now
             nd = ri[row, 5]

@@ -8,6 +8,7 @@ import random
 import socket
 import struct
 import time
+from pathlib import Path
 
 import pylibsrtp
 import pytest
@@ -126,3 +127,34 @@ async def test_the_reader_counts_known_streams_natively() -> None:
         transport.close()
     await asyncio.sleep(0)
     assert direct.rtp == 40 and not direct.native  # the count outlives the socket
+
+
+_COMPILE_IN_A_PROCESS = """
+import asyncio
+from spacesim.rtc import batch, native_rx
+
+async def main() -> None:
+    assert batch.BatchReader.of(asyncio.get_running_loop(), 0.02) is not None
+
+asyncio.run(main())
+print(sum(native_rx.account_fn().stats.cache_hits.values()))
+"""
+
+
+def test_a_second_process_loads_the_account_kernel_from_numbas_cache(tmp_path: Path) -> None:
+    """Each swarm process reads through the batch reader: the cached kernel must be
+    found by the next process, not compiled again (~3 s a process here) with one more
+    entry added to the cache's index for good."""
+    import subprocess
+    import sys
+
+    env = os.environ | {"NUMBA_CACHE_DIR": str(tmp_path)}
+    hits = [
+        subprocess.run(
+            [sys.executable, "-c", _COMPILE_IN_A_PROCESS],
+            env=env, capture_output=True, text=True, check=True, timeout=120,
+        ).stdout.split()[-1]
+        for _ in range(2)
+    ]  # fmt: skip
+    assert hits == ["0", "1"]
+    assert len(list(tmp_path.rglob("*account*.nbc"))) == 1
