@@ -56,6 +56,8 @@ if TYPE_CHECKING:
 __all__ = ["Cluster", "NodeGone", "NodeInfo", "Relay", "internal_key"]
 
 log = logging.getLogger("spacesim.server.cluster")
+#: Seconds `Cluster.others_spaces` waits for another node's spaces.
+LIST_TIMEOUT = 2.0
 
 PREFIX = "spacesim:"
 #: Redis script: move a space's origin from a dead node to this one, unless another
@@ -640,10 +642,16 @@ class Cluster:
 
     # ------------------------------------------------------------------ node to node
 
-    async def _call(self, node: NodeInfo, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _call(
+        self, node: NodeInfo, path: str, body: dict[str, Any], timeout: float | None = None
+    ) -> dict[str, Any]:
         assert self.http is not None
+        # (not None for the session's: aiohttp takes None as "no limit")
+        limit = self.http.timeout if timeout is None else aiohttp.ClientTimeout(total=timeout)
         try:
-            async with self.http.post(node.url + path, json=body, headers=self.header) as r:
+            async with self.http.post(
+                node.url + path, json=body, headers=self.header, timeout=limit
+            ) as r:
                 data = await r.json(content_type=None)
                 if r.status >= 400:
                     raise NodeRefused(r.status, data if isinstance(data, dict) else {})
@@ -655,12 +663,14 @@ class Cluster:
     async def others_spaces(self, status: str | None, limit: int) -> tuple[int, list[Any]]:
         """The other live nodes' spaces (`app.local_spaces` on each, asked at once): how
         many, and each node's newest `limit`. A node that does not answer is left out
-        (it is dying: its spaces are being taken over by a node that will list them)."""
+        (it is dying: its spaces are being taken over by a node that will list them), and
+        so is one that takes over `LIST_TIMEOUT` s (stalled: the listing does not wait
+        for it as long as a request for one of its spaces would)."""
 
         async def ask(node: NodeInfo) -> dict[str, Any]:
             try:
                 return await self._call(
-                    node, "/cluster/v1/spaces", {"status": status, "limit": limit}
+                    node, "/cluster/v1/spaces", {"status": status, "limit": limit}, LIST_TIMEOUT
                 )
             except Exception as exc:
                 log.info("cluster: listing %s's spaces failed: %s", node.id, exc)

@@ -152,6 +152,31 @@ async def test_any_node_lists_every_nodes_spaces(two_nodes: list[tuple[Any, str]
             await RoomClient(url1 if space != newer else url2, host, http).lifecycle(space, "end")
 
 
+async def test_a_stalled_node_does_not_hold_up_the_listing(tmp_path: Path) -> None:
+    """A node that stopped answering (stopped, not dead: its port still accepts) is left
+    out of another node's listing after `LIST_TIMEOUT`, not the session's 15 s."""
+    from spacesim.server.cluster import LIST_TIMEOUT
+
+    with launch.cluster(tmp_path, nodes=2) as (_, procs):
+        (_, url1), (proc2, url2) = procs
+        while _node(url1)["nodes"] < 2:
+            await asyncio.sleep(0.1)
+        async with aiohttp.ClientSession() as http:
+            here = await RoomClient(url1, "a", http).create_space("here")
+            await RoomClient(url2, "b", http).create_space("stalled")
+            reader = RoomClient(url1, "reader", http)
+            await reader.token()
+            os.kill(proc2.pid, signal.SIGSTOP)
+            try:
+                began = time.monotonic()
+                listing = await reader.spaces()
+                took = time.monotonic() - began
+            finally:
+                os.kill(proc2.pid, signal.SIGCONT)
+            assert [s["id"] for s in listing["spaces"]] == [here]
+            assert LIST_TIMEOUT <= took < LIST_TIMEOUT + 2
+
+
 def test_node_sampler_keeps_each_nodes_cpu(
     two_nodes: list[tuple[Any, str]], tmp_path: Path
 ) -> None:
