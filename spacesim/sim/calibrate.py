@@ -21,6 +21,10 @@ so their clocks line up. The fits are non-negative least squares:
   are left out. With one speaker, packets per second are proportional to connections,
   so the packet and connection costs trade off; runs with a different number of
   speakers separate them (the standard errors show how well they were separated).
+  Such runs also part a sixth term from ``cpu_fixed``, ``cpu_per_publisher_packet``
+  (``published``: the speakers' packets a second, in the seconds the server forwarded
+  any): each packet a speaker sends costs the server its Python receive path before
+  the fan-out, whatever the audience, so with few listeners it is most of the CPU.
 * **Latency.** The reference SFU fans a packet out sequentially, so in a steady window
   with N listeners the q-quantile of publisher -> listener latency is about
   ``forward_delay + q x N x fanout_delay`` (listeners' positions in the fan-out are
@@ -76,7 +80,8 @@ so their clocks line up. The fits are non-negative least squares:
   speakers' packets (``published``, their packets a second on the space's origin node,
   none elsewhere) cost the origin their receive path before any fan-out, which the
   nodes without publishers show apart (on one node, with a fixed number of speakers,
-  it cannot be told from ``cpu_fixed`` and is left there). The latency fit takes each
+  it cannot be told from ``cpu_fixed`` and is left there; runs with different numbers
+  of speakers part them, as above). The latency fit takes each
   node's listeners apart: the fan-out term counts
   the listeners *on that node*, and one more term, ``edge_delay``, is the latency
   common to every listener on a node other than the room's origin (the hop)::
@@ -271,11 +276,14 @@ def _end(pair: _Pair) -> float:
 
 
 def cpu_samples(directory: str | Path) -> pd.DataFrame:
-    """One row per server CPU sample: ``t, cpu, packets, joins, connections, events, run_id``.
+    """One row per server CPU sample: ``t, cpu, packets, joins, connections, events,
+    published, run_id``.
 
     `joins` are the server's ``participant_joined`` records in the sample's second;
     `connections` the participants connected, averaged over the second's two ends;
-    `events` the events the load run's listeners received in it (0 without a load run).
+    `events` the events the load run's listeners received in it (0 without a load run);
+    `published` the packets the run's speakers sent it a second (its scenario's
+    ``active_speakers`` / ``packet_interval``) in a second it forwarded any, else 0.
     """
     return _cpu_samples(_pair(directory))
 
@@ -296,14 +304,17 @@ def _cpu_samples(pair: _Pair) -> pd.DataFrame:
     def alive(at: np.ndarray) -> np.ndarray:
         return np.searchsorted(joined, at, "right") - np.searchsorted(left, at, "right")
 
+    packets = fwd.reindex(t).fillna(0.0).to_numpy("float64")
+    senders, interval = _speaking(pair.load or pair.server)
     frame = pd.DataFrame(
         {
             "t": t,
             "cpu": cpu["value"].to_numpy("float64"),
-            "packets": fwd.reindex(t).fillna(0.0).to_numpy("float64"),
+            "packets": packets,
             "joins": np.searchsorted(joined, t, "right") - np.searchsorted(joined, start, "right"),
             "connections": (alive(start) + alive(t)) / 2.0,
             "events": _events_between(pair, start, t),
+            "published": np.where(packets > 0, senders / interval, 0.0),
             "run_id": pair.server.meta.run_id,
         }
     )
@@ -744,8 +755,8 @@ def fit_cpu(samples: pd.DataFrame) -> Fit:
     terms = list(CPU_TERMS)
     if "events" not in samples or not samples["events"].to_numpy("float64").any():
         terms = [t for t in terms if t[0] != "events"]
-    if "published" in samples and samples["published"].fillna(0).to_numpy("float64").any():
-        terms.append(("published", "cpu_per_publisher_packet"))  # a cluster's origin
+    if _publishers_apart(samples):
+        terms.append(("published", "cpu_per_publisher_packet"))
     if len(samples) < len(terms) + 2:
         raise CalibrationError(f"{len(samples)} CPU samples: too few to fit {len(terms)}")
     a = np.column_stack(
@@ -753,6 +764,19 @@ def fit_cpu(samples: pd.DataFrame) -> Fit:
     )
     y = samples["cpu"].to_numpy("float64")
     return _nnls_fit(a, y, [f for _, f in terms], samples)
+
+
+def _publishers_apart(samples: pd.DataFrame) -> bool:
+    """Whether the samples tell the speakers' packets (``cpu_per_publisher_packet``) from
+    ``cpu_fixed``: a cluster's other nodes have none, and on one node runs with different
+    numbers of speakers differ by them. One node with one number of speakers leaves them
+    in ``cpu_fixed`` (the seconds before the stage joined are too few to part them)."""
+    if "published" not in samples:
+        return False
+    published = samples["published"].fillna(0).to_numpy("float64")
+    if "node" in samples:
+        return bool(published.any())
+    return np.unique(published[published > 0]).size >= 2
 
 
 def fit_cluster_cpu(samples: pd.DataFrame) -> Fit:

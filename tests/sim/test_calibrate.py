@@ -43,7 +43,9 @@ TRUE = {
 PPS = 50.0
 
 
-def _meta(run_id: str, source: str, duration: float, t0: float, **extra: object) -> RunMeta:
+def _meta(
+    run_id: str, source: str, duration: float, t0: float, speakers: int = 1, **extra: object
+) -> RunMeta:
     return RunMeta(
         run_id=run_id,
         source=source,
@@ -52,15 +54,23 @@ def _meta(run_id: str, source: str, duration: float, t0: float, **extra: object)
         seed=None,
         started_at="2026-01-01T00:00:00",
         duration=duration,
-        scenario={"speaking": {"active_speakers": 1}},
+        scenario={"speaking": {"active_speakers": speakers}},
         extra={"t0_unix": t0, **extra},
     )
 
 
 def server_run(
-    directory: Path, seconds: int, join_rate: float, speakers: int, seed: int, noise: float
+    directory: Path,
+    seconds: int,
+    join_rate: float,
+    speakers: int,
+    seed: int,
+    noise: float,
+    publisher: float = 0.0,
 ) -> Path:
-    """A server run whose CPU follows `TRUE` exactly (plus Gaussian noise)."""
+    """A server run whose CPU follows `TRUE` exactly (plus Gaussian noise); with
+    `publisher`, each packet its speakers send costs that too, and its scenario says how
+    many speakers there were (else it says one, whatever `speakers`)."""
     rng = np.random.default_rng(seed)
     rec = Recorder(f"server-{seed}", "server")
     alive = 0
@@ -80,11 +90,14 @@ def server_run(
             + TRUE["cpu_per_packet"] * packets
             + TRUE["cpu_per_join"] * joins
             + TRUE["cpu_per_connection"] * conn
+            + (publisher * speakers * PPS if packets > 0 else 0.0)
             + rng.normal(0.0, noise)
         )
         rec.add("node_cpu", float(s), "", "server", "node", cpu)
         rec.add("packets_forwarded", float(s), "", "server", "node", packets)
-    write_run(directory, rec.to_frame(), _meta(rec.run_id, "server", seconds, 1000.0))
+    said = speakers if publisher else 1
+    meta = _meta(rec.run_id, "server", seconds, 1000.0, speakers=said)
+    write_run(directory, rec.to_frame(), meta)
     return directory
 
 
@@ -205,8 +218,28 @@ def test_cpu_fit_recovers_known_costs(tmp_path: Path) -> None:
         "joins",
         "connections",
         "events",
+        "published",
         "run_id",
     ]
+    assert "cpu_per_publisher_packet" not in cal.server  # one number of speakers said
+
+
+def test_cpu_fit_parts_the_speakers_packets_from_the_fixed_cost(tmp_path: Path) -> None:
+    # one node, runs with 1, 2 and 3 speakers: each packet a speaker sends costs the server
+    # its receive path, whatever the audience; the runs' speaker counts part it from
+    # cpu_fixed (one count alone cannot: see the test above)
+    publisher = 500e-6
+    runs = [
+        server_run(tmp_path / f"k{k}", 40, 3.0 + k, k, k, 0.003, publisher=publisher)
+        for k in (1, 2, 3)
+    ]
+    cal = calibrate(runs)
+    assert cal.server["cpu_per_publisher_packet"] == pytest.approx(publisher, rel=0.15)
+    for field, true in TRUE.items():
+        assert cal.server[field] == pytest.approx(true, rel=0.2), field
+    samples = cpu_samples(runs[2])
+    assert samples["published"].max() == 3 * PPS
+    assert (samples.loc[samples["packets"] == 0, "published"] == 0).all()
 
 
 def test_latency_fit_and_file_round_trip(tmp_path: Path) -> None:
