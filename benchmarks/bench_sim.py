@@ -21,15 +21,18 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import simpy
 
-from spacesim.scenario import Scenario, parse_scenario
+from spacesim.scenario import Scenario, Server, parse_scenario
 from spacesim.sim import simulate
 
 
 def town_hall(listeners: int, nodes: int) -> Scenario:
     """An hour-long town hall: a notification burst brings `listeners`, who mostly stay."""
-    # Forwarding needs listeners x 3 senders x 50 packets/s x 30 us = 0.0045 cores each;
-    # size the nodes so that they run at ~50 % and the model exercises the unsaturated path.
-    cores = listeners * 0.0045 / nodes / 0.5
+    # A listener costs 3 senders x 50 packets/s x cpu_per_packet + cpu_per_connection
+    # (the model's default costs); size the nodes so that they run at ~50 % and the model
+    # exercises the unsaturated path.
+    costs = Server()
+    per_listener = 3 * 50 * costs.cpu_per_packet + costs.cpu_per_connection
+    cores = listeners * per_listener / nodes / 0.5
     spec: dict[str, Any] = {
         "name": f"bench-town-hall-{listeners}",
         "duration": "1h",

@@ -583,11 +583,14 @@ class NetworkProfile(_Model):
 class Server(_Model):
     """Server nodes and their costs; the defaults are this project's measured pass-through SFU.
 
-    `cpu_per_packet` is CPU per forwarded packet (about 30 us, FACTS.md);
-    `cpu_per_join` CPU per joining participant (about 6 ms); `cpu_per_connection` CPU
-    per connection per second of wall time (RTCP, ICE consent, keep-alives).
-    `spacesim calibrate` fits these costs (and `cpu_fixed`, `fanout_delay`,
-    `forward_delay`) from load runs; `simulate --calibration FILE` applies them.
+    The CPU defaults come from one calibration of the reference server (numba fan-out,
+    direct send path) on this project's 2-vCPU VM, 2026-12-07, from ten load runs of the
+    demo's scenario with 0-3 talkers and 0-70 listeners (full clients), none a demo's own
+    run: `docs/calibrations/2026-12-07-server-cpu.yaml` lists them and how they were made.
+    A speaker's packet costs far more than a forwarded copy (its Python receive path
+    against the compiled fan-out), so with few listeners the speakers are most of the CPU.
+    `spacesim calibrate` fits these costs (and `fanout_delay`, `forward_delay`) from load
+    runs of another server or machine; `simulate --calibration FILE` applies them.
 
     Simulator only (but max_streams): a load run measures a real server, not a model.
     """
@@ -596,10 +599,27 @@ class Server(_Model):
 
     nodes: Count = Field(1, ge=1)
     cores: float = Field(1.0, gt=0, description="Cores per node available to forwarding.")
-    cpu_per_packet: Duration = Field(30e-6, description="CPU per forwarded packet.")
-    cpu_per_join: Duration = Field(6e-3, description="CPU per joining participant.")
+    cpu_per_packet: Duration = Field(
+        5.2e-6,
+        description="CPU per forwarded packet (one listener's copy: rewrite, srtp_protect, "
+        "sendto in the compiled fan-out). 5.2 +- 1.2 us: spacesim calibrate, 2026-12-07, "
+        "2-vCPU VM (docs/calibrations/2026-12-07-server-cpu.yaml); it was 30 us before the "
+        "numba fan-out kernel.",
+    )
+    cpu_per_join: Duration = Field(
+        21e-3,
+        description="CPU per joining participant (signalling, SDP, ICE, DTLS handshake). "
+        "20.7 +- 0.7 ms: spacesim calibrate, 2026-12-07, 2-vCPU VM "
+        "(docs/calibrations/2026-12-07-server-cpu.yaml).",
+    )
     cpu_per_connection: Duration = Field(
-        20e-6, description="CPU per open connection per second (RTCP, ICE consent)."
+        1.17e-3,
+        description="CPU per open connection per second, whatever it hears: aiortc's upkeep "
+        "of a peer connection (RTCP sender and receiver reports, ICE consent checks every "
+        "~5 s, DTLS/SRTCP on them) and the client's event stream. 1.17 +- 0.17 ms/s for "
+        "the swarm's full clients: spacesim calibrate, 2026-12-07, 2-vCPU VM "
+        "(docs/calibrations/2026-12-07-server-cpu.yaml); bench_fidelity's lite listeners "
+        "(no event stream) cost ~0.3-0.6 ms/s.",
     )
     cpu_per_event: Duration = Field(
         10e-6,
@@ -611,7 +631,9 @@ class Server(_Model):
         ge=0,
         description=(
             "CPU a node uses with nobody connected (event loop, timers, metrics), in cores; "
-            "it counts towards utilisation."
+            "it counts towards utilisation. 0.008 +- 0.001: spacesim calibrate, 2026-12-07, "
+            "2-vCPU VM (docs/calibrations/2026-12-07-server-cpu.yaml; the idle server "
+            "alone measured 0.003-0.004)."
         ),
     )
     fanout_delay: Duration | None = Field(
@@ -679,13 +701,18 @@ class Server(_Model):
         "latency on the other node less the origin's).",
     )
     cpu_per_publisher_packet: Duration = Field(
-        0.0,
+        573e-6,
         ge=0,
         description="CPU the room's origin node spends per packet a publisher sends it, "
-        "before the fan-out (SRTP unprotect, RTCP, parse, gate, slot). 0: folded into "
-        "cpu_fixed, as a one-node calibration with a fixed number of speakers must (the two "
-        "cannot be told apart there); spacesim calibrate fits it from a cluster run, whose "
-        "other nodes forward without publishers.",
+        "before the fan-out: the Python receive path (the event loop's wake-up and socket "
+        "read, ICE demux, DTLS transport, SRTP unprotect, aiortc's receiver and jitter "
+        "buffer, the tap, gate and slot) and the fan-out call's own overhead. 573 +- 13 us "
+        "at 50 packets/s per speaker: spacesim calibrate on one node, runs with 0-3 "
+        "talkers, 2026-12-07, 2-vCPU VM (docs/calibrations/2026-12-07-server-cpu.yaml; the "
+        "stage alone drew ~0.03 core more per talker). spacesim calibrate fits it from "
+        "runs with different numbers of speakers, or from a cluster run, whose other nodes "
+        "forward without publishers; with one number of speakers on one node it is left "
+        "in cpu_fixed (set it to 0 with such a calibration).",
     )
     cpu_per_relay_send: Duration = Field(
         2.2e-6,

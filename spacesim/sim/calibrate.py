@@ -1007,6 +1007,13 @@ def calibrate(
     gc_frames = [f for f in (_gc_samples(p) for p in pairs) if len(f)]
     gc = fit_gc(pd.concat(gc_frames, ignore_index=True)) if gc_frames else None
     notes = []
+    if "cpu_per_publisher_packet" not in cpu.coef:
+        # the speakers' packets are in cpu_fixed: the scenario's own cost would count twice
+        fitted["cpu_per_publisher_packet"] = 0.0
+        notes.append(
+            "cpu_per_publisher_packet: one number of speakers on one node, so their packets "
+            "are in cpu_fixed (set to 0); runs with different numbers of speakers part them"
+        )
     if gc is not None:
         fitted.update(gc.coef)
     else:

@@ -14,6 +14,18 @@ QUIET_AUDIENCE: dict[str, Any] = {
     "block_rate": 0,
 }
 
+#: The server costs these tests reason with: round numbers (30 us a forwarded packet,
+#: 20 us a second per connection, 6 ms a join, nothing fixed nor per speaker's packet),
+#: pinned so that recalibrating `spacesim.scenario.Server`'s defaults does not move the
+#: mechanisms under test. A test that sets a cost overrides it.
+TEST_COSTS: dict[str, Any] = {
+    "cpu_per_packet": "30us",
+    "cpu_per_join": "6ms",
+    "cpu_per_connection": "20us",
+    "cpu_fixed": 0,
+    "cpu_per_publisher_packet": 0,
+}
+
 
 def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
@@ -33,6 +45,7 @@ def scenario(**fields: Any) -> Scenario:
         "session": {"kind": "exponential", "mean": "1m"},
         "audience": QUIET_AUDIENCE,
         "network": {"rtt": "40ms", "jitter": "5ms", "loss": 0},
+        "server": TEST_COSTS,
     }
     if "arrivals" in fields:  # a different kind has different fields: replace, don't merge
         base["arrivals"] = fields.pop("arrivals")

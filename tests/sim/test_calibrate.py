@@ -221,7 +221,10 @@ def test_cpu_fit_recovers_known_costs(tmp_path: Path) -> None:
         "published",
         "run_id",
     ]
-    assert "cpu_per_publisher_packet" not in cal.server  # one number of speakers said
+    # one number of speakers said: their packets are in cpu_fixed, and the file says 0 so
+    # that the scenario's own cost is not counted on top
+    assert cal.server["cpu_per_publisher_packet"] == 0.0
+    assert any(n.startswith("cpu_per_publisher_packet") for n in cal.notes)
 
 
 def test_cpu_fit_parts_the_speakers_packets_from_the_fixed_cost(tmp_path: Path) -> None:
@@ -332,6 +335,7 @@ def test_simulate_with_calibration_uses_the_fitted_costs(tmp_path: Path) -> None
         "cpu_per_join": 0,
         "cpu_per_connection": 0,
         "cpu_per_event": 0,
+        "cpu_per_publisher_packet": 0,
     }
     cal.write_text(yaml.safe_dump({"server": costs, "provenance": {"note": "test"}}))
     scenario = tmp_path / "sc.yaml"
@@ -431,7 +435,7 @@ def test_caption_and_recording_costs_are_fitted_and_written(tmp_path: Path) -> N
     runs = [feature_run(tmp_path / "a", 60, 1), feature_run(tmp_path / "b", 60, 2)]
     cal = calibrate(runs)
     assert cal.asr is not None and cal.recording is not None
-    assert [n for n in cal.notes if not n.startswith("gc_pause")] == []
+    assert [n for n in cal.notes if not n.startswith(("gc_pause", "cpu_per_publisher"))] == []
     # the lag between speech and its CPU averages out over windows; the load spike is
     # before the first speech, so it stays out
     assert cal.server["asr_cost"] == pytest.approx(ASR_COST, rel=0.02)
@@ -450,7 +454,7 @@ def test_caption_and_recording_costs_are_fitted_and_written(tmp_path: Path) -> N
     # recorded from the swarm: its packets' measurement marks are in the bytes, and said
     pair = load_run_pair(tmp_path / "load", 10, 0.001, 60e-6, 5)
     feature_run(pair / "server", 20, 5)
-    (note,) = [n for n in calibrate([pair]).notes if not n.startswith("gc_pause")]
+    (note,) = [n for n in calibrate([pair]).notes if n.startswith("recorded_packet_bytes")]
     assert note.startswith("recorded_packet_bytes: the swarm's packets carry a 22-byte")
 
 
@@ -462,6 +466,7 @@ def test_runs_without_captions_leave_their_costs_at_the_defaults(
     assert cal.asr is None and cal.recording is None
     assert not {"asr_cost", "recorded_packet_bytes"} & set(cal.server)
     assert [n.split(":")[0] for n in cal.notes] == [
+        "cpu_per_publisher_packet",
         "gc_pause_*",
         "asr_cost",
         "recorded_packet_bytes",
