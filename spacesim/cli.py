@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from spacesim.policy import HEARD_AT_ONCE
 from spacesim.results import Run, SloVerdict, check_slos, format_value, summarise, write_run
 from spacesim.scenario import Scenario, ScenarioError, engine_notes, load_scenario
 
@@ -783,7 +784,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--capacity", type=int, help="forwarded streams before joins are refused with 503"
     )
-    serve.add_argument("--slots", type=int, default=3, help="speakers each listener hears at once")
+    serve.add_argument(
+        "--slots",
+        type=int,
+        default=HEARD_AT_ONCE,
+        help="speakers each listener hears at once",
+    )
     serve.add_argument(
         "--recording-dir",
         help="where recorded spaces and clips go (default: <db name>-recordings/ beside --store)",

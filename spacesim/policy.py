@@ -19,6 +19,7 @@ from types import MappingProxyType
 
 __all__ = [
     "EVENT_KINDS",
+    "HEARD_AT_ONCE",
     "MAX_COHOSTS",
     "MAX_PINNED_POSTS",
     "MAX_SPEAKERS",
@@ -76,6 +77,10 @@ class ModerationAction(StrEnum):
 
 MAX_COHOSTS = 2
 MAX_SPEAKERS = 10  # stage seats besides host and co-hosts => 13 on stage
+#: Speakers a participant hears at once: the server forwards each listener this many
+#: streams (its slots, `spacesim serve --slots`); a further speaker's packets are dropped
+#: until a slot frees (`spacesim.server.media`, "Slots").
+HEARD_AT_ONCE = 3
 
 #: The complete vocabulary of event kinds this module may emit.
 EVENT_KINDS: frozenset[str] = frozenset(

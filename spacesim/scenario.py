@@ -576,7 +576,13 @@ class NetworkProfile(_Model):
 
     share: Fraction = 1.0
     rtt: Duration = Field(0.060, description="Base (minimum) round-trip time.")
-    jitter: Duration = Field(0.010, description="Mean extra one-way delay (exponential).")
+    jitter: Duration = Field(
+        0.010,
+        description="Mean extra one-way delay, drawn per packet (exponential); a flow's "
+        "packets keep their order (the swarm's relay holds a packet until the one before "
+        "it has left, as a FIFO queue does), so on a busy flow a packet also waits for "
+        "the late ones ahead of it (spacesim.sim.jitter).",
+    )
     loss: Fraction = 0.0
 
 
@@ -646,11 +652,15 @@ class Server(_Model):
         ),
     )
     forward_delay: Duration = Field(
-        0.0,
+        1.1e-3,
         description=(
             "Fixed latency every forwarded packet spends in the node whatever the load "
             "(receive, SRTP unprotect / protect, send). A calibration from loopback runs "
-            "also puts the clients' own receive path here."
+            "also puts the clients' own receive path here. 1.12 +- 0.05 ms: spacesim "
+            "calibrate on loopback runs without network paths (spacesim load --network "
+            "none, the demo's scenario, 1-70 listeners, 2026-12-07, 2-vCPU VM; "
+            "docs/calibrations/2026-12-07-server-latency.yaml): the swarm's receive path "
+            "is in it, so for real clients it is an upper bound."
         ),
     )
     client_setup: Duration = Field(

@@ -100,7 +100,7 @@ class ServerConfig:
     dev: bool = True
     ice_hosts: tuple[str, ...] = ("127.0.0.1",)
     capacity: int | None = None  # forwarded streams; None = no admission control
-    slots: int = 3  # audio streams each client receives (speakers heard at once)
+    slots: int = policy.HEARD_AT_ONCE  # audio streams each client receives
     max_body: int = 256 * 1024
     record_dir: Path | None = None  # write the server's own records (source=server) here
     # Slow and vanished clients (docs/protocol.md, Errors and Presence):

@@ -15,15 +15,16 @@ QUIET_AUDIENCE: dict[str, Any] = {
 }
 
 #: The server costs these tests reason with: round numbers (30 us a forwarded packet,
-#: 20 us a second per connection, 6 ms a join, nothing fixed nor per speaker's packet),
-#: pinned so that recalibrating `spacesim.scenario.Server`'s defaults does not move the
-#: mechanisms under test. A test that sets a cost overrides it.
+#: 20 us a second per connection, 6 ms a join, nothing fixed nor per speaker's packet,
+#: no fixed forwarding latency), pinned so that recalibrating `spacesim.scenario.Server`'s
+#: defaults does not move the mechanisms under test. A test that sets a cost overrides it.
 TEST_COSTS: dict[str, Any] = {
     "cpu_per_packet": "30us",
     "cpu_per_join": "6ms",
     "cpu_per_connection": "20us",
     "cpu_fixed": 0,
     "cpu_per_publisher_packet": 0,
+    "forward_delay": 0,
 }
 
 

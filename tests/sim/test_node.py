@@ -10,9 +10,10 @@ from spacesim.sim.node import Node, wait_and_loss
 
 
 def node(**kw: object) -> Node:
-    server = Server.model_validate(
-        {"cores": 1, "cpu_per_packet": 1e-4, "cpu_per_connection": 0, **kw}
-    )
+    """A node with the hand-computable costs these tests reason with (nothing fixed, no
+    fixed forwarding latency), whatever the calibrated defaults."""
+    costs = {"cpu_per_packet": 1e-4, "cpu_per_connection": 0, "cpu_fixed": 0, "forward_delay": 0}
+    server = Server.model_validate({"cores": 1, **costs, **kw})
     return Node("n", server, pps=50)
 
 
