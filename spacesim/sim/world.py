@@ -376,10 +376,11 @@ class World:
             return None
         if who.node.gc_paused:  # (no draw without the term: seeds keep their runs)
             server += who.node.gc_wait(d.uniform(), self.env.now)
-        senders = list(room.senders.values())
+        # a speaker the listener hears: the slots go to the first to start
+        senders = list(room.senders.values())[: policy.HEARD_AT_ONCE]
         uplink = senders[d.index(len(senders))] if senders else self.sc.network[0]
         # the speaker's flow carries their stream; the listener's the streams it hears
-        heard = min(max(len(senders), 1), policy.HEARD_AT_ONCE)
+        heard = max(len(senders), 1)
         delay = self.one_way(uplink, self.pps) + server + self.one_way(who.net, heard * self.pps)
         if who.node is not room.origin:
             delay += self.edge_delay
@@ -466,8 +467,9 @@ class World:
         d = self.draws
         here = room.node_listeners.get(node, 0)
         # The node fans this room's senders out once it has a listener of the room.
-        senders = 0 if here else room.talking
-        join_time = node.connect(now, room.talking, senders, self.sc.server.cpu_per_join)
+        heard = self.heard(room.talking)
+        senders = 0 if here else heard
+        join_time = node.connect(now, heard, senders, self.sc.server.cpu_per_join)
         room.stage_deliveries += len(room.stage_nets)  # the stage sees who comes
         room.count_changes += 1
         join_time += self._handshake(net)
@@ -504,9 +506,8 @@ class World:
         now = self.env.now
         node = who.node
         left = room.node_listeners[node] - 1
-        node.change(
-            now, streams=-room.talking, connections=-1, senders=0 if left else -room.talking
-        )
+        heard = self.heard(room.talking)
+        node.change(now, streams=-heard, connections=-1, senders=0 if left else -heard)
         node.listeners -= 1
         node.reserved_streams -= self.streams_per_listener
         if left:
@@ -542,10 +543,19 @@ class World:
             room.floor_seconds += now - room.talk_changed
         room.talk_changed = now
 
+    @staticmethod
+    def heard(talking: int) -> int:
+        """Streams a listener receives while `talking` speakers send: one each, up to the
+        server's slots (`policy.HEARD_AT_ONCE`; a further speaker's packets are dropped)."""
+        return min(talking, policy.HEARD_AT_ONCE)
+
     def talk(self, room: Room, pid: str, delta: int) -> None:
-        """`pid` starts (+1) or stops (-1) sending: every node's fan-out changes now."""
+        """`pid` starts (+1) or stops (-1) sending: every node's fan-out changes now (past
+        the slots a speaker more or less changes what the room receives, not its fan-out)."""
         self._account_talk(room)
+        before = self.heard(room.talking)
         room.talking += delta
+        heard = self.heard(room.talking) - before
         if delta > 0:
             who = room.present.get(pid)
             room.senders[pid] = who.net if who else room.stage_nets.get(pid, self.sc.network[0])
@@ -554,8 +564,9 @@ class World:
         now = self.env.now
         if delta > 0 and room.recording and room.recorded_from is None:
             room.recorded_from = now  # its timeline starts at the first packet
-        for node, n in room.node_listeners.items():
-            node.change(now, streams=delta * n, senders=delta)
+        if heard:
+            for node, n in room.node_listeners.items():
+                node.change(now, streams=heard * n, senders=heard)
         self._relays(room)
         self._stage_hears(room)
         if delta > 0 and room.waiting_audio:
@@ -582,14 +593,16 @@ class World:
         room.relay_load = load
 
     def _stage_hears(self, room: Room) -> None:
-        """The stage hears every sender but itself: the origin forwards those streams too.
+        """The stage hears every sender but itself (up to the slots): the origin forwards
+        those streams too.
 
         The reference server sends each speaker's audio to every other connected member,
         stage included (one swarm run: 7 on stage, 3 talking, a quarter of its packets).
         Recounted on each change (a stage is a few members).
         """
         stage = room.stage_nets
-        n = len(stage) * len(room.senders) - sum(1 for p in room.senders if p in stage)
+        talking = len(room.senders)
+        n = sum(self.heard(talking - (p in room.senders)) for p in stage)
         if n != room.stage_streams:
             room.origin.change(self.env.now, streams=n - room.stage_streams)
             room.stage_streams = n

@@ -36,3 +36,37 @@ def test_each_sender_reaches_every_other_stage_member() -> None:
     # the silent one hears both: four streams.
     assert _forwarded(2, 2) == pytest.approx(4 * pps, rel=0.01)
     assert _forwarded(0, 1) == 0  # the host alone forwards nothing
+
+
+def test_a_member_hears_at_most_the_servers_slots() -> None:
+    # The server forwards each participant at most HEARD_AT_ONCE (3) speakers and drops a
+    # further one's packets (spacesim.server.media, "Slots"); five of six on stage talk.
+    pps = 50
+    # each talker hears the four others, capped at three; the silent speaker hears three
+    assert _forwarded(5, 5) == pytest.approx((5 * 3 + 3) * pps, rel=0.01)
+    # under the cap nothing changes: two talkers, four listening members
+    assert _forwarded(5, 2) == pytest.approx((2 * 1 + 4 * 2) * pps, rel=0.01)
+
+
+def test_listeners_hear_at_most_the_servers_slots() -> None:
+    """Five speakers talk; each of 20 listeners receives three streams, not five."""
+    n, pps = 20, 50
+    sc = parse_scenario(
+        {
+            "name": "five-talkers",
+            "duration": "30s",
+            "rooms": {"count": 1, "cohosts": 0, "speakers": 4},
+            "speaking": {"active_speakers": 5, "dtx": False},
+            "arrivals": {
+                "kind": "flash_crowd",
+                "base": 0,
+                "bursts": [{"at": 0, "size": n, "over": 1}],
+            },
+            "session": {"kind": "fixed", "mean": "1h"},
+            "audience": {"hand_raise_rate": 0, "reaction_rate": 0, "report_rate": 0},
+        }
+    )
+    rec = simulate(sc, seed=1).records
+    fwd = rec[(rec["kind"] == "packets_forwarded") & (rec["t"] > 10)]["value"]
+    stage = 5 * 3  # each of the five hears three of the other four
+    assert fwd.mean() == pytest.approx((n * 3 + stage) * pps, rel=0.01)
