@@ -576,13 +576,7 @@ class NetworkProfile(_Model):
 
     share: Fraction = 1.0
     rtt: Duration = Field(0.060, description="Base (minimum) round-trip time.")
-    jitter: Duration = Field(
-        0.010,
-        description="Mean extra one-way delay, drawn per packet (exponential); a flow's "
-        "packets keep their order (the swarm's relay holds a packet until the one before "
-        "it has left, as a FIFO queue does), so on a busy flow a packet also waits for "
-        "the late ones ahead of it (spacesim.sim.jitter).",
-    )
+    jitter: Duration = Field(0.010, description="Mean extra one-way delay (exponential).")
     loss: Fraction = 0.0
 
 

@@ -31,7 +31,6 @@ from spacesim.results import Recorder
 from spacesim.scenario import NetworkProfile, Scenario
 from spacesim.sim.decisions import Decisions
 from spacesim.sim.draws import Draws
-from spacesim.sim.jitter import ordered_delay
 from spacesim.sim.node import Node
 
 __all__ = ["Listener", "ReplayListener", "Room", "World"]
@@ -349,14 +348,10 @@ class World:
             attrs["node"] = node.name
         return json.dumps(attrs)
 
-    def one_way(self, net: NetworkProfile, rate: float = 0.0) -> float:
-        """One-way network delay: half the RTT plus an exponential jitter term; on a flow
-        of `rate` packets a second, whose packets keep their order, the jitter of the
-        packets before one delays it too (`spacesim.sim.jitter`)."""
-        if net.jitter <= 0:
-            return net.rtt / 2
-        e = self.draws.exp(1.0)
-        return net.rtt / 2 + ordered_delay(e, net.jitter, 1.0 / rate if rate > 0 else 0.0)
+    def one_way(self, net: NetworkProfile) -> float:
+        """One-way network delay: half the RTT plus an exponential jitter term."""
+        j = self.draws.exp(net.jitter) if net.jitter > 0 else 0.0
+        return net.rtt / 2 + j
 
     def audio_latency(self, room: Room, who: Listener, *, delivered: bool = False) -> float | None:
         """Publisher -> listener delay of one packet, None if the server loses it.
@@ -379,9 +374,7 @@ class World:
         # a speaker the listener hears: the slots go to the first to start
         senders = list(room.senders.values())[: policy.HEARD_AT_ONCE]
         uplink = senders[d.index(len(senders))] if senders else self.sc.network[0]
-        # the speaker's flow carries their stream; the listener's the streams it hears
-        heard = max(len(senders), 1)
-        delay = self.one_way(uplink, self.pps) + server + self.one_way(who.net, heard * self.pps)
+        delay = self.one_way(uplink) + server + self.one_way(who.net)
         if who.node is not room.origin:
             delay += self.edge_delay
         return delay
