@@ -203,7 +203,9 @@ def test_set_turns_on_captions_and_recording(tiny: Path, tmp_path: Path) -> None
     out = tmp_path / "run"
     on = ["features.captions=1", "features.recording=1", "features.clip_rate=30/min",
           "audience.hand_raise_rate=0"]  # fmt: skip
-    assert main(tiny, users=4, duration=10, out=out, shape="steady", network="none",
+    # 14 s: Locust's start took most of 10 s on a slow machine (2026-12-07), leaving
+    # too little recorded speech for clips and captions
+    assert main(tiny, users=4, duration=14, out=out, shape="steady", network="none",
                 overrides=on) == 0  # fmt: skip
     run = load_run(out)
     assert run.meta.scenario is not None
@@ -226,8 +228,8 @@ def test_set_turns_on_captions_and_recording(tiny: Path, tmp_path: Path) -> None
 
 REPLAYED = """\
 name: replayed
-duration: 11s
-rooms: {count: 1, speakers: 1, ends_at: 6s}
+duration: 15s
+rooms: {count: 1, speakers: 1, ends_at: 10s}
 speaking: {active_speakers: 2}
 arrivals: {kind: constant, rate: 1/s}
 session: {kind: fixed, mean: 2s}
@@ -238,13 +240,15 @@ load: {probe_fraction: 0%}
 
 
 def test_replay_listeners_hear_an_ended_recording_over_webrtc_and_http(tmp_path: Path) -> None:
-    """A recorded space ends at 6 s (Locust takes seconds to start); replay listeners
-    (4/s) then play its recording from the real server, half over WebRTC (they receive
-    its packets), half over HTTP (range reads of the file); clip cutters download clips."""
+    """A recorded space ends at 10 s (Locust takes seconds to start: at 6 s, on a slow
+    machine the host had not started the space yet when it ended, 2026-12-07); replay
+    listeners (4/s) then play its recording from the real server, half over WebRTC (they
+    receive its packets), half over HTTP (range reads of the file); clip cutters
+    download clips."""
     path = tmp_path / "replayed.yaml"
     path.write_text(REPLAYED)
     out = tmp_path / "run"
-    assert main(path, users=3, duration=11, out=out, shape="steady", network="none") == 0
+    assert main(path, users=3, duration=15, out=out, shape="steady", network="none") == 0
     rec = load_run(out).records
     ended = rec.loc[rec["kind"] == "space_ended", "t"].min()
     started = rec[rec["kind"] == "replay_started"]
