@@ -88,6 +88,8 @@ server: {max_streams: 3}
 """
 
 
+# slow: 20 s on the CI VM (2026-12-07); tests/server/test_limits.py checks the cap itself
+@pytest.mark.slow
 def test_pinned_run_enforces_the_models_admission_limit(tmp_path: Path) -> None:
     """server.max_streams reaches the embedded server (--capacity): the host and two
     listeners fill 3 streams, the others are refused server_full; the pins are recorded.
@@ -116,6 +118,8 @@ def test_pinned_run_enforces_the_models_admission_limit(tmp_path: Path) -> None:
     assert set(heard["participant"]) == set(joined["participant"])
 
 
+# slow: 15 s on the CI VM (2026-12-07); tests/load/test_pacing.py checks the pacing
+@pytest.mark.slow
 def test_listeners_arrive_at_the_spawn_rate_not_in_locusts_bursts(tmp_path: Path) -> None:
     """-r 6 means one join every 1/6 s, as the simulator's constant arrivals have it.
     Locust dispatches floor(r) users at once each second, and the users spawned before
@@ -308,6 +312,9 @@ def test_refused_host_stops_the_run_with_the_servers_reason(
     assert "no participant could join" in err and "dev tokens are disabled" in err
 
 
+# slow: 39 s on the CI VM (2026-12-07); tests/load/test_behaviour.py checks the rejoin
+# logic, tests/server the kill -9 durability
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_clients_reconnect_after_the_server_crashes(tiny: Path, tmp_path: Path) -> None:
     """kill -9 the server mid-run and start it again: the host and listeners rejoin and
@@ -351,6 +358,8 @@ def test_clients_reconnect_after_the_server_crashes(tiny: Path, tmp_path: Path) 
     assert lost["value"].sum() < 0.02 * heard["value"].sum()
 
 
+# slow: 12 s on the CI VM (2026-12-07); the metrics' records are checked by every other run here
+@pytest.mark.slow
 def test_web_ui_shows_the_custom_metrics(tiny: Path, tmp_path: Path) -> None:
     """`locust -f loadtests/locustfile.py` with its web UI: the stats page lists our events."""
     import json
@@ -445,6 +454,9 @@ def test_master_and_two_workers_run_the_town_hall(tmp_path: Path) -> None:
     assert latency.min() > -0.002 and latency.median() < 0.5  # offsets agree within ~1 ms
 
 
+# slow: 20 s on the CI VM (2026-12-07); tests/load/test_posting.py and
+# tests/server/test_posts.py cover posting
+@pytest.mark.slow
 def test_voice_day_posts_and_plays_voice_over_http(tmp_path: Path) -> None:
     """`spacesim load scenarios/voice-day.yaml -t 10s -u 4`: the Poster user uploads
     voice posts, DMs and Fleets to the embedded server and plays them back (a short
