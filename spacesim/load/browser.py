@@ -251,6 +251,14 @@ async def run_probes(
     if not spaces:
         _say("no live space appeared: no browser probe joined")
         return 1
+    # a live space: the swarm has started, so the run's time zero is settled (load.state)
+    from spacesim.load.state import read_t0
+
+    t0_file = os.environ.get("SPACESIM_T0_FILE")
+    started = read_t0(Path(t0_file)) if t0_file else None
+    if started is not None:  # the probes last as long as the swarm, from its start
+        t0 = started
+        until = time.monotonic() + max(0.0, t0 + seconds - time.time())
     js = PROBE_JS.read_text(encoding="utf-8")
     cpu_mark = (time.monotonic(), chromium_cpu_seconds(os.getpid()))
     async with async_playwright() as p:

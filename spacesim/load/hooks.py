@@ -248,6 +248,11 @@ async def _close_all(objs: list[Any]) -> None:
         st.http = None
 
 
+@events.test_start.add_listener
+def _start(environment: Environment, **_: Any) -> None:
+    state().start_clock()
+
+
 @events.test_stop.add_listener
 def _stop(environment: Environment, **_: Any) -> None:
     st = state()

@@ -52,6 +52,7 @@ import pandas as pd
 from spacesim.load import targets
 from spacesim.load.nodes import NodeSampler
 from spacesim.load.shape import DEFAULT_LISTENERS, posters, scaled_users
+from spacesim.load.state import read_t0
 from spacesim.results import (
     Recorder,
     Run,
@@ -556,7 +557,11 @@ def _main(
             locust_dir.mkdir(parents=True, exist_ok=True)
             if lacking:
                 _note_lacking(parts, run_id, lacking)
+            # time zero until the swarm's first process starts its users (load.state,
+            # State.start_clock: they write it to SPACESIM_T0_FILE, read back below)
             t0 = time.time()
+            t0_file = workdir / "t0"
+            t0_file.unlink(missing_ok=True)
             # The Locust processes read the scenario as resolved here (overrides applied).
             resolved = workdir / "scenario.yaml"
             resolved.write_text(sc.to_yaml(), encoding="utf-8")
@@ -565,6 +570,7 @@ def _main(
                 SPACESIM_LOAD_OUT=str(parts.resolve()),
                 SPACESIM_RUN_ID=run_id,
                 SPACESIM_T0=repr(t0),
+                SPACESIM_T0_FILE=str(t0_file),
                 SPACESIM_SHAPE=shape,
                 SPACESIM_NETWORK=network,
                 SPACESIM_CLOCK=clock,
@@ -611,6 +617,7 @@ def _main(
                     rc = _stage_split(
                         cmd, env, sc, n_users, run_time, workdir, stage_cpus, swarm_cpus
                     )
+            t0 = read_t0(t0_file) or t0
             if nodes is not None and nodes.active:
                 if server_dir.exists():
                     shutil.rmtree(server_dir)

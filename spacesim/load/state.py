@@ -99,6 +99,32 @@ def scenario() -> Scenario:
     return settings.scenario
 
 
+def agree_t0(path: Path) -> float:
+    """The run's time zero, the same in every process of a run (the stage's, the
+    audience's, each worker's): the first to ask writes its clock to `path`, the others
+    read it."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return read_t0(path, wait=5.0) or time.time()
+    t0 = time.time()
+    with os.fdopen(fd, "w") as f:
+        f.write(repr(t0))
+    return t0
+
+
+def read_t0(path: Path, wait: float = 0.0) -> float | None:
+    """The time zero `agree_t0` wrote at `path` (waiting up to `wait` s for its writer to
+    finish); None if there is none."""
+    until = time.monotonic() + wait
+    while True:
+        with contextlib.suppress(OSError, ValueError):
+            return float(path.read_text(encoding="utf-8"))
+        if time.monotonic() >= until:
+            return None
+        time.sleep(0.005)
+
+
 class State:
     """One Locust process: records, clock, HTTP session, the behaviour's `Context`."""
 
@@ -124,6 +150,17 @@ class State:
 
     def now(self) -> float:
         return time.time() - self.t0
+
+    def start_clock(self) -> None:
+        """Time zero is when the swarm starts, as in the simulator, not when ``spacesim
+        load`` started Locust: its processes take seconds to import and start (~11 s on
+        a slow 2-vCPU VM with two pinned processes, 2026-12-07), which put every record
+        that much later than the scenario's ``duration`` and a timeline's times (a
+        space's ``ends_at``) before the first user. Called at Locust's ``test_start``
+        (fired in each process before its users spawn)."""
+        path = os.environ.get("SPACESIM_T0_FILE")
+        if path:
+            self.t0 = agree_t0(Path(path))
 
     def context(self, base: str, report: Report) -> Context:
         """The behaviour's context (made once, after the clock is settled)."""

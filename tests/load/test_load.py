@@ -54,6 +54,11 @@ def test_tiny_run_with_embedded_server(tiny: Path, tmp_path: Path) -> None:
     assert 0 < latency.median() < 0.2
     assert len(rec[rec["kind"] == "first_audio"]) == 3
     assert run.meta.source == "load" and run.meta.scenario_name == "tiny-load"
+    # time zero is when the swarm started its users (as in the simulator), not when
+    # Locust started to import: the first joins come within the spawn's first seconds,
+    # and the records end with the run's duration (and the users' stop)
+    joined = rec.loc[rec["kind"] == "participant_joined", "t"]
+    assert 0 <= joined.min() < 2.0 and rec["t"].max() < 8 + 5
     # Probes (all listeners here): the jitter buffer holds ~4 frames, mouth-to-ear adds up.
     summary = summarise(rec).loc
     hold, m2e = summary["client_buffer", "p50"], summary["mouth_to_ear", "p50"]
