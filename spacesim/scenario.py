@@ -38,6 +38,8 @@ from pydantic import (
     model_validator,
 )
 
+from spacesim import policy
+
 __all__ = [
     "Arrivals",
     "Audience",
@@ -592,7 +594,8 @@ class Server(_Model):
     `spacesim calibrate` fits these costs (and `fanout_delay`, `forward_delay`) from load
     runs of another server or machine; `simulate --calibration FILE` applies them.
 
-    Simulator only (but max_streams): a load run measures a real server, not a model.
+    Simulator only (but max_streams and slots): a load run measures a real server, not a
+    model.
     """
 
     engines: ClassVar[tuple[str, ...]] = ("sim",)
@@ -675,6 +678,15 @@ class Server(_Model):
             "embedded server enforces it too (spacesim serve --capacity)."
         ),
         json_schema_extra={"engines": list(BOTH)},  # (`engines` is shadowed here)
+    )
+    slots: Count = Field(
+        policy.HEARD_AT_ONCE,
+        ge=1,
+        description="Speakers' streams each listener receives at once: the server's slots "
+        "(spacesim serve --slots; a further speaker's packets are dropped until a slot "
+        "frees). A load run's embedded server is started with it; another target has its "
+        "own.",
+        json_schema_extra={"engines": list(BOTH)},
     )
     socket_buffer: float = Field(
         524_288,

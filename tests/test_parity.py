@@ -119,6 +119,7 @@ FULL: dict[str, Any] = {
         "fanout_delay": "20us",
         "forward_delay": "1ms",
         "max_streams": 5000,
+        "slots": 2,
         "socket_buffer": 262144,
         "edge_delay": "1ms",
         "asr_cost": 0.3,
@@ -272,7 +273,7 @@ def run_load(sc: Scenario, behave: bool, seconds: float = 8.0) -> set[tuple[str,
     from spacesim.behaviour import PyRng
     from spacesim.load.dryrun import dry_run
     from spacesim.load.posting import PostingPlan
-    from spacesim.load.run import planned_browser_probes, server_capacity
+    from spacesim.load.run import planned_browser_probes, server_capacity, server_slots
     from spacesim.load.shape import listener_targets, posters
     from spacesim.results import Recorder
     from tests.load.fakes import FakeServer
@@ -280,6 +281,7 @@ def run_load(sc: Scenario, behave: bool, seconds: float = 8.0) -> set[tuple[str,
     listener_targets(sc, sc.duration, 20)
     planned_browser_probes(sc)  # `spacesim load` starts the browser probes' helper
     server_capacity(sc)  # and its embedded server with the model's admission limit
+    server_slots(sc)  # and slots
     if not behave:
         return set()
     # the Poster's plan (its HTTP side is tests/load/test_load.py's voice-day run)

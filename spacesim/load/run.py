@@ -49,6 +49,7 @@ from typing import IO, Any
 import numpy as np
 import pandas as pd
 
+from spacesim import policy
 from spacesim.load import targets
 from spacesim.load.nodes import NodeSampler
 from spacesim.load.shape import DEFAULT_LISTENERS, posters, scaled_users
@@ -195,6 +196,7 @@ def target_lacks(sc: Scenario, url: str | None) -> list[str]:
         "posts": posters(sc) > 0,
         "browser_probes": planned_browser_probes(sc) > 0,
         "server.max_streams": server_capacity(sc) is not None,  # its admission is its own
+        "server.slots": server_slots(sc) != policy.HEARD_AT_ONCE,  # and its slots
     }
     return [feature for feature, wanted in asked.items() if wanted]
 
@@ -205,17 +207,21 @@ def embedded_server(
     record: Path | None = None,
     cpus: Collection[int] | None = None,
     capacity: int | None = None,
+    slots: int | None = None,
 ) -> Iterator[str]:
     """`spacesim serve` on a free loopback port with a temporary database.
 
     With `record`, the server writes its own run (source=server: its CPU, packets
     forwarded and events) there when it stops; with `cpus`, it is pinned to them; with
     `capacity` (the scenario's ``server.max_streams``), it refuses joins beyond that
-    many forwarded streams, as the model's node does.
+    many forwarded streams, as the model's node does; with `slots` (``server.slots``),
+    each listener receives that many speakers at once.
     """
     args = ["--record", str(record)] if record is not None else []
     if capacity is not None:
         args += ["--capacity", str(capacity)]
+    if slots is not None:
+        args += ["--slots", str(slots)]
     try:
         with launch.embedded_server(
             workdir, SERVER_START_TIMEOUT, env=_child_env(), args=args, cpus=cpus
@@ -396,6 +402,12 @@ def server_capacity(sc: Scenario) -> int | None:
     return sc.server.max_streams
 
 
+def server_slots(sc: Scenario) -> int:
+    """The speakers each listener of the embedded server hears at once: the model's,
+    ``server.slots``."""
+    return sc.server.slots
+
+
 def planned_browser_probes(sc: Scenario) -> int:
     """How many browser probes the run adds (``load.browser_probes``)."""
     return sc.load.browser_probes
@@ -543,7 +555,7 @@ def _main(
         if server_dir.exists():
             shutil.rmtree(server_dir)
         server = (
-            embedded_server(workdir, server_dir, server_cpus, server_capacity(sc))
+            embedded_server(workdir, server_dir, server_cpus, server_capacity(sc), server_slots(sc))
             if target is None
             else contextlib.nullcontext(target)
         )

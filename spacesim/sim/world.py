@@ -151,6 +151,7 @@ class World:
         self.streams_per_listener = max(scenario.speaking.active_speakers, 1)
         self.cpu_per_event = scenario.server.cpu_per_event
         self.edge_delay = scenario.server.edge_delay
+        self.slots = scenario.server.slots
         self.publisher_packet = scenario.server.cpu_per_publisher_packet
         self.relay_send = scenario.server.cpu_per_relay_send
         self.relay_receive = scenario.server.cpu_per_relay_receive
@@ -372,7 +373,7 @@ class World:
         if who.node.gc_paused:  # (no draw without the term: seeds keep their runs)
             server += who.node.gc_wait(d.uniform(), self.env.now)
         # a speaker the listener hears: the slots go to the first to start
-        senders = list(room.senders.values())[: policy.HEARD_AT_ONCE]
+        senders = list(room.senders.values())[: self.slots]
         uplink = senders[d.index(len(senders))] if senders else self.sc.network[0]
         delay = self.one_way(uplink) + server + self.one_way(who.net)
         if who.node is not room.origin:
@@ -536,11 +537,10 @@ class World:
             room.floor_seconds += now - room.talk_changed
         room.talk_changed = now
 
-    @staticmethod
-    def heard(talking: int) -> int:
+    def heard(self, talking: int) -> int:
         """Streams a listener receives while `talking` speakers send: one each, up to the
-        server's slots (`policy.HEARD_AT_ONCE`; a further speaker's packets are dropped)."""
-        return min(talking, policy.HEARD_AT_ONCE)
+        server's slots (``server.slots``; a further speaker's packets are dropped)."""
+        return min(talking, self.slots)
 
     def talk(self, room: Room, pid: str, delta: int) -> None:
         """`pid` starts (+1) or stops (-1) sending: every node's fan-out changes now (past

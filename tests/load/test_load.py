@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -9,12 +10,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from spacesim.load.run import main
+from spacesim.load.run import embedded_server, main, server_capacity, server_slots
 from spacesim.results import load_run, summarise
+from spacesim.scenario import parse_scenario
 from spacesim.server import launch
 
 pytestmark = pytest.mark.timeout(60)
@@ -79,6 +83,33 @@ def test_tiny_run_with_embedded_server(tiny: Path, tmp_path: Path) -> None:
     figures = summarise(server.records).loc
     assert figures["packets_forwarded", "value"] > 100
     assert 0 < figures["cpu_per_packet", "value"] < 0.01
+
+
+def test_the_embedded_server_gets_the_models_slots_and_admission_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``server.slots`` and ``server.max_streams`` mean the same to both engines: the
+    simulator's node applies them, and a load run starts its server with them."""
+    seen: list[list[str]] = []
+
+    @contextlib.contextmanager
+    def fake(workdir: Path, timeout: float, **kw: Any) -> Iterator[str]:
+        seen.append(list(kw["args"]))
+        yield "http://127.0.0.1:1"
+
+    monkeypatch.setattr(launch, "embedded_server", fake)
+    sc = parse_scenario(
+        {
+            "name": "x",
+            "duration": "5s",
+            "arrivals": {"kind": "constant", "rate": "1/s"},
+            "session": {"kind": "fixed", "mean": "2s"},
+            "server": {"slots": 2, "max_streams": 40},
+        }
+    )
+    with embedded_server(tmp_path, None, None, server_capacity(sc), server_slots(sc)) as url:
+        assert url == "http://127.0.0.1:1"
+    assert seen == [["--capacity", "40", "--slots", "2"]]
 
 
 ADMITTED = """\

@@ -11,7 +11,7 @@ from spacesim.scenario import parse_scenario
 from spacesim.sim import simulate
 
 
-def _forwarded(speakers: int, active: int) -> float:
+def _forwarded(speakers: int, active: int, slots: int = 3) -> float:
     """Packets the node forwards per second."""
     sc = parse_scenario(
         {
@@ -21,6 +21,7 @@ def _forwarded(speakers: int, active: int) -> float:
             "speaking": {"active_speakers": active, "dtx": False},
             "arrivals": {"kind": "constant", "rate": "0/s"},  # nobody but the stage
             "session": {"kind": "fixed", "mean": "1s"},
+            "server": {"slots": slots},
         }
     )
     rec = simulate(sc).records
@@ -46,10 +47,13 @@ def test_a_member_hears_at_most_the_servers_slots() -> None:
     assert _forwarded(5, 5) == pytest.approx((5 * 3 + 3) * pps, rel=0.01)
     # under the cap nothing changes: two talkers, four listening members
     assert _forwarded(5, 2) == pytest.approx((2 * 1 + 4 * 2) * pps, rel=0.01)
+    # a server with one slot (spacesim serve --slots 1, the scenario's server.slots)
+    assert _forwarded(5, 5, slots=1) == pytest.approx(6 * pps, rel=0.01)
 
 
-def test_listeners_hear_at_most_the_servers_slots() -> None:
-    """Five speakers talk; each of 20 listeners receives three streams, not five."""
+@pytest.mark.parametrize("slots", [3, 2])
+def test_listeners_hear_at_most_the_servers_slots(slots: int) -> None:
+    """Five speakers talk; each of 20 listeners receives `slots` streams, not five."""
     n, pps = 20, 50
     sc = parse_scenario(
         {
@@ -64,9 +68,10 @@ def test_listeners_hear_at_most_the_servers_slots() -> None:
             },
             "session": {"kind": "fixed", "mean": "1h"},
             "audience": {"hand_raise_rate": 0, "reaction_rate": 0, "report_rate": 0},
+            "server": {"slots": slots},
         }
     )
     rec = simulate(sc, seed=1).records
     fwd = rec[(rec["kind"] == "packets_forwarded") & (rec["t"] > 10)]["value"]
-    stage = 5 * 3  # each of the five hears three of the other four
-    assert fwd.mean() == pytest.approx((n * 3 + stage) * pps, rel=0.01)
+    stage = 5 * slots  # each of the five hears `slots` of the other four
+    assert fwd.mean() == pytest.approx((n * slots + stage) * pps, rel=0.01)
