@@ -38,6 +38,7 @@ __all__ = [
     "may_pin",
     "may_read_post",
     "may_share",
+    "streams_reserved",
 ]
 
 
@@ -81,6 +82,16 @@ MAX_SPEAKERS = 10  # stage seats besides host and co-hosts => 13 on stage
 #: streams (its slots, `spacesim serve --slots`); a further speaker's packets are dropped
 #: until a slot frees (`spacesim.server.media`, "Slots").
 HEARD_AT_ONCE = 3
+
+
+def streams_reserved(audible: int, slots: int = HEARD_AT_ONCE) -> int:
+    """Forwarded streams admission control reserves for one participant while `audible`
+    stage members may be heard: one each up to the server's slots (a further speaker's
+    packets are dropped, so they cost no forwarding), and at least one (a silent stage
+    still needs the room's first talker). The server (`spacesim serve --capacity`) and the
+    simulator (``server.max_streams``) both count this way."""
+    return max(1, min(audible, slots))
+
 
 #: The complete vocabulary of event kinds this module may emit.
 EVENT_KINDS: frozenset[str] = frozenset(

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from spacesim import policy
 from spacesim.policy import (
     EVENT_KINDS,
     MAX_COHOSTS,
@@ -1137,3 +1138,12 @@ def test_delivery_rule_the_server_and_simulator_share() -> None:
     assert policy.delivery(ev("blocked", "u", actor="h", attrs={"scope": "space"})) is D.EVERYONE
     for kind in ("reaction", "muted", "speaker_granted", "space_ended", "hand_raised"):
         assert policy.delivery(ev(kind, "u")) is D.EVERYONE
+
+
+def test_admission_reserves_one_stream_per_audible_speaker_up_to_the_slots() -> None:
+    """The server's --capacity and the model's server.max_streams count alike: a speaker
+    past the slots is dropped, so it costs no forwarding (2026-12-07: both counted every
+    audible speaker before)."""
+    assert [policy.streams_reserved(n, 3) for n in range(6)] == [1, 1, 2, 3, 3, 3]
+    assert policy.streams_reserved(5, 1) == 1
+    assert policy.streams_reserved(4) == policy.HEARD_AT_ONCE

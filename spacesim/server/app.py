@@ -828,12 +828,15 @@ def _admit(state: ServerState, room: Room) -> None:
     cap = state.config.capacity
     if cap is None:
         return
-    heard = max(1, sum(1 for u in room.space.stage() if room.space.may_be_heard(u)))
-    streams = sum(
-        len(r.space.participants)
-        * max(1, sum(1 for u in r.space.stage() if r.space.may_be_heard(u)))
-        for r in state.rooms.values()
-    )
+    slots = state.config.slots
+
+    def per_participant(r: Room) -> int:
+        return policy.streams_reserved(
+            sum(1 for u in r.space.stage() if r.space.may_be_heard(u)), slots
+        )
+
+    heard = per_participant(room)
+    streams = sum(len(r.space.participants) * per_participant(r) for r in state.rooms.values())
     if streams + heard > cap:
         metrics.JOINS_REFUSED.inc()
         raise ProtocolError(

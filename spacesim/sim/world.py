@@ -147,8 +147,10 @@ class World:
         self.nodes = [
             Node(f"node-{i}", scenario.server, self.pps) for i in range(scenario.server.nodes)
         ]
-        # A listener reserves one stream per speaker that may talk at once.
-        self.streams_per_listener = max(scenario.speaking.active_speakers, 1)
+        # A listener reserves one stream per speaker that may talk at once, up to the slots.
+        self.streams_per_listener = policy.streams_reserved(
+            scenario.speaking.active_speakers, scenario.server.slots
+        )
         self.cpu_per_event = scenario.server.cpu_per_event
         self.edge_delay = scenario.server.edge_delay
         self.slots = scenario.server.slots
