@@ -4,7 +4,9 @@ A record is a row ``(kind, t, run_id, source, room, participant, role, value, at
 
 * ``kind``: a name from `KINDS` (the one vocabulary shared by the simulator, the load
   test and the server's event stream);
-* ``t``: seconds since the run started; ``value``: the kind's quantity, in the unit
+* ``t``: seconds since the run started (a load run: since the swarm started its users,
+  as a simulated run starts with its arrivals; a server's own run: since it started, and
+  ``meta.extra["t0_unix"]`` of both aligns them); ``value``: the kind's quantity, in the unit
   `KINDS` gives (seconds for times, counts for counts), NaN when the kind has none;
 * ``source``: ``sim``, ``load`` or ``server``; ``attrs``: optional JSON text for extras.
 
