@@ -385,6 +385,33 @@ def test_summarise_run_takes_the_servers_figures_from_its_nested_run(tmp_path: P
     assert alone.loc["cpu_per_packet", "value"] == pytest.approx(1e-4)
 
 
+def test_summarise_run_takes_the_servers_figures_over_the_load_runs_own_time(
+    tmp_path: Path,
+) -> None:
+    """The server's run also holds the seconds it idled while Locust started and after
+    the swarm stopped: its mean CPU is over the load run's window (``t0_unix``,
+    ``duration``), as a simulation of the same seconds is."""
+    from spacesim.results import summarise_run
+
+    server = Recorder("srv", "server")
+    for i in range(12):  # idle 0-3 s, busy 4-9 s (the load run's 0-5 s), idle again
+        busy = 4 <= i <= 9
+        server.add("node_cpu", float(i), participant="server", role="node",
+                   value=0.4 if busy else 0.01)  # fmt: skip
+        server.add("packets_forwarded", float(i), participant="server", role="node",
+                   value=1e3 if busy else 0.0)  # fmt: skip
+    write_run(tmp_path / "server", server.to_frame(),
+              meta("srv", duration=12.0, extra={"t0_unix": 1000.0}))  # fmt: skip
+    write_run(tmp_path, sample_recorder().to_frame(),
+              meta(duration=5.0, extra={"server_run": "server", "t0_unix": 1004.0}))  # fmt: skip
+    summary = summarise_run(load_run(tmp_path))
+    assert summary.loc["node_cpu", "mean"] == pytest.approx(0.4)
+    assert summary.loc["packets_forwarded", "value"] == 6e3
+    # a load run from before t0_unix was recorded: the server's whole run
+    write_run(tmp_path, sample_recorder().to_frame(), meta(extra={"server_run": "server"}))
+    assert summarise_run(load_run(tmp_path)).loc["node_cpu", "mean"] < 0.3
+
+
 def test_summarise_run_takes_the_servers_caption_cores_and_recording_bytes(
     tmp_path: Path,
 ) -> None:
